@@ -1,0 +1,42 @@
+# Common tasks. Every recipe bootstraps ./.venv on first use, so a fresh clone needs only `just`.
+
+python := ".venv/bin/python"
+cli := ".venv/bin/nsls2-artifacts"
+
+default:
+    @just --list
+
+# create ./.venv with the project and its test/dev tools (idempotent)
+venv:
+    @test -x {{python}} || python3 -m venv .venv
+    @{{python}} -c "import nsls2_artifacts, pytest, playwright" 2>/dev/null || {{python}} -m pip install -q -e '.[dev]'
+
+# build ./var/channel: an offline conda channel made from PyPI wheels (cached)
+channel: venv
+    {{cli}} dev-channel ./var/channel
+
+# build ENV from manifests/ENV and put it in the store
+publish env *args: venv
+    {{cli}} publish {{env}} {{args}}
+
+# run the sync agent (daemon); `just agent --once` reconciles once
+agent *args: venv
+    {{cli}} agent {{args}}
+
+# the whole flow, offline: channel -> publish demo -> deploy -> start its kernel
+demo: venv channel
+    {{cli}} publish demo
+    {{cli}} store list demo
+
+# the test suite
+test *args: venv
+    {{python}} -m pytest -ra {{args}}
+
+# benchmarks (prints ratios; see docs/benchmarks.md)
+bench: venv
+    for b in benchmarks/bench_*.py; do {{python}} "$b"; done
+
+# lint and format check
+lint: venv
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .

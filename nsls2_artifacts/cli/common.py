@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: the --config option, error reporting, the console."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..config import SiteConfig, load_config
+from ..errors import ArtifactsError
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Site config YAML (default: $NSLS2_ARTIFACTS_CONFIG, then embedded)"),
+]
+
+console = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn an ArtifactsError into a red one-line message and exit status 1."""
+    try:
+        yield
+    except ArtifactsError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(1)
+
+
+def site(config: Path | None) -> SiteConfig:
+    with reported_errors():
+        return load_config(config)

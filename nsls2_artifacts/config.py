@@ -1,0 +1,236 @@
+"""Site config: load and validate the YAML that tells every command where things live.
+
+Resolution order: `--config PATH`, then `$NSLS2_ARTIFACTS_CONFIG`, then the embedded
+`default-site.yaml` (paths relative to the current directory). Relative paths in a
+config file are relative to that file. Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_ENV = "NSLS2_ARTIFACTS_CONFIG"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    lts_years: float = 3
+    keep_latest: int = 3
+    grace_days: float = 7
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    poll_seconds: float = 30
+    node: str = field(default_factory=socket.gethostname)
+    node_ttl_seconds: float = 600
+    prune: bool = True
+    smoke_timeout_seconds: float = 300
+    max_members: int = 500_000
+    max_bytes: int = 64 * 1024**3
+
+
+@dataclass(frozen=True)
+class Beamline:
+    name: str
+    uri: str
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    listen: str = "127.0.0.1:8707"
+    tokens_sha256: tuple[str, ...] = ()
+    webhook_secret_env: str = "NSLS2_HOOK_SECRET"
+    nightly: str | None = "02:00"
+    webhook_repos: dict[str, list[str]] = field(default_factory=dict)
+    concurrency: int = 1
+    build_timeout_seconds: float = 3600
+    state_dir: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    source: Path | None  # the config file, None for the embedded default
+    manifests: Path
+    store: Path
+    deploy_root: Path
+    channel_mirrors: dict[str, str] = field(default_factory=dict)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    beamlines: dict[str, Beamline] = field(default_factory=dict)
+    hook: HookSettings = field(default_factory=HookSettings)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.deploy_root / "state"
+
+    @property
+    def hook_state_dir(self) -> Path:
+        return self.hook.state_dir or (self.store.parent / "hook")
+
+    def mirror_for(self, channel: str) -> str:
+        """The URL to fetch `channel` from, after `channel_mirrors` (by name or by URL)."""
+        if channel in self.channel_mirrors:
+            return self.channel_mirrors[channel]
+        name = channel.rstrip("/").rsplit("/", 1)[-1]
+        if channel.startswith(("http://", "https://")) and name in self.channel_mirrors:
+            return self.channel_mirrors[name]
+        return channel
+
+
+_TOP_KEYS = {
+    "manifests", "store", "deploy_root", "channel_mirrors", "retention", "agent", "beamlines", "hook",
+}
+
+
+def load_config(path: str | Path | None = None) -> SiteConfig:
+    """Load the site config from `path`, `$NSLS2_ARTIFACTS_CONFIG`, or the embedded default."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    if path is None:
+        text = resources.files("nsls2_artifacts").joinpath("default-site.yaml").read_text()
+        return parse_config(text, source=None, base=Path.cwd())
+    path = Path(path).absolute()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read site config: {exc.strerror}") from None
+    return parse_config(text, source=path, base=path.parent)
+
+
+def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, None, f"invalid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, "expected a mapping at the top level")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    reader = _Reader(source, base)
+    return SiteConfig(
+        source=source,
+        manifests=reader.path(data, "manifests", "./manifests"),
+        store=reader.path(data, "store", "./var/store"),
+        deploy_root=reader.path(data, "deploy_root", "./var/deploy"),
+        channel_mirrors=reader.mirrors(data.get("channel_mirrors") or {}),
+        retention=reader.section(data, "retention", RetentionPolicy),
+        agent=reader.section(data, "agent", AgentSettings),
+        beamlines=reader.beamlines(data.get("beamlines") or {}),
+        hook=reader.hook(data.get("hook") or {}),
+    )
+
+
+class _Reader:
+    """Field-by-field validation that names the file and the dotted key on error."""
+
+    def __init__(self, source: Path | None, base: Path) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, key, message)
+
+    def path(self, data: dict[str, Any], key: str, default: str) -> Path:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "expected a path")
+        return (self.base / Path(value).expanduser()).resolve()
+
+    def mirrors(self, data: Any) -> dict[str, str]:
+        if not isinstance(data, dict):
+            raise self.fail("channel_mirrors", "expected a mapping of channel -> mirror URL")
+        out = {}
+        for name, url in data.items():
+            if not isinstance(url, str) or not url:
+                raise self.fail(f"channel_mirrors.{name}", "expected a URL or path")
+            if "://" not in url:
+                url = (self.base / url).resolve().as_uri()
+            out[str(name)] = url
+        return out
+
+    def section(self, data: dict[str, Any], key: str, kind: type) -> Any:
+        raw = data.get(key) or {}
+        if not isinstance(raw, dict):
+            raise self.fail(key, "expected a mapping")
+        defaults = kind()
+        values = {}
+        for name, value in raw.items():
+            if not hasattr(defaults, name):
+                raise self.fail(f"{key}.{name}", "unknown key")
+            expected = type(getattr(defaults, name))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise self.fail(f"{key}.{name}", f"expected {expected.__name__}, got {value!r}")
+            if expected in (int, float) and value < 0:
+                raise self.fail(f"{key}.{name}", f"must not be negative, got {value!r}")
+            values[name] = value
+        return kind(**values)
+
+    def beamlines(self, data: Any) -> dict[str, Beamline]:
+        if not isinstance(data, dict):
+            raise self.fail("beamlines", "expected a mapping of beamline -> {uri, path}")
+        out = {}
+        for name, entry in data.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
+                raise self.fail(f"beamlines.{name}.uri", "expected a URI string")
+            path = entry.get("path") or []
+            if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
+                raise self.fail(f"beamlines.{name}.path", "expected a list of strings")
+            out[str(name)] = Beamline(name=str(name), uri=entry["uri"], path=tuple(path))
+        return out
+
+    def hook(self, data: Any) -> HookSettings:
+        if not isinstance(data, dict):
+            raise self.fail("hook", "expected a mapping")
+        known = set(HookSettings.__dataclass_fields__)
+        for key in data:
+            if key not in known:
+                raise self.fail(f"hook.{key}", "unknown key")
+        listen = data.get("listen", "127.0.0.1:8707")
+        if not isinstance(listen, str) or ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+            raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
+        tokens = data.get("tokens_sha256") or []
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, str) and len(t) == 64 for t in tokens
+        ):
+            raise self.fail("hook.tokens_sha256", "expected a list of sha256 hex digests")
+        repos = data.get("webhook_repos") or {}
+        if not isinstance(repos, dict) or not all(isinstance(v, list) for v in repos.values()):
+            raise self.fail("hook.webhook_repos", "expected a mapping of owner/repo -> [env, ...]")
+        nightly = data.get("nightly", "02:00")
+        if nightly is not None and not isinstance(nightly, str):
+            raise self.fail("hook.nightly", "expected a time of day (HH:MM) or a cron expression")
+        state_dir = data.get("state_dir")
+        return HookSettings(
+            listen=listen,
+            tokens_sha256=tuple(t.lower() for t in tokens),
+            webhook_secret_env=str(data.get("webhook_secret_env", "NSLS2_HOOK_SECRET")),
+            nightly=nightly,
+            webhook_repos={str(k): [str(e) for e in v] for k, v in repos.items()},
+            concurrency=int(data.get("concurrency", 1)),
+            build_timeout_seconds=float(data.get("build_timeout_seconds", 3600)),
+            state_dir=(self.base / state_dir).resolve() if state_dir else None,
+        )

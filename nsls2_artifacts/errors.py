@@ -1,0 +1,82 @@
+"""One error type per pipeline stage, each carrying what the user needs to fix it.
+
+Every stage raises a subclass of `ArtifactsError`; the CLI prints the message and
+exits non-zero, so a message must name the file, field, channel or build involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ArtifactsError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class ConfigError(ArtifactsError):
+    """The site config is missing, unreadable or has a bad field."""
+
+    def __init__(self, path: str | Path | None, field: str | None, message: str) -> None:
+        self.path = str(path) if path is not None else "<embedded default>"
+        self.field = field
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class ManifestError(ArtifactsError):
+    """An environment manifest (pixi.toml, nsls2.yaml, pixi.lock) is malformed."""
+
+    def __init__(self, path: str | Path, field: str | None, message: str) -> None:
+        self.path = str(path)
+        self.field = field
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class SolveError(ArtifactsError):
+    """The solver found no solution, or a channel could not be reached."""
+
+
+class ChannelUnreachableError(SolveError):
+    """A channel (after channel_mirrors) could not be fetched."""
+
+    def __init__(self, channel: str, url: str, reason: str) -> None:
+        self.channel = channel
+        self.url = url
+        super().__init__(
+            f"channel {channel!r} is unreachable at {url}: {reason}\n"
+            f"hint: point it at a reachable mirror with `channel_mirrors: {{{channel}: URL}}` "
+            "in the site config"
+        )
+
+
+class InstallError(ArtifactsError):
+    """Installing the solved packages into the scratch prefix failed."""
+
+
+class PackError(ArtifactsError):
+    """conda-pack could not pack the prefix."""
+
+
+class StoreError(ArtifactsError):
+    """The artifact store is unreadable, inconsistent or refused a write."""
+
+
+class BuildLockedError(StoreError):
+    """Another publish of the same environment holds the build lock."""
+
+
+class DeployError(ArtifactsError):
+    """A build could not be deployed; `build_id` names it, the message says why."""
+
+    def __init__(self, build_id: str, message: str) -> None:
+        self.build_id = build_id
+        super().__init__(f"{build_id}: {message}")
+
+
+class RejectedArtifactError(DeployError):
+    """The artifact failed verification or safe extraction and must never be retried."""
+
+
+class PruneError(ArtifactsError):
+    """Retention could not be applied."""

@@ -1,0 +1,261 @@
+"""Plain records that cross module boundaries: no I/O here, only data and (de)serialisation.
+
+The build side writes `BuildManifest` into the store; the agent reads it back, writes
+`ReadyRecord` into the deploy root and `NodeHeartbeat` into the shared state; prune
+returns `RetentionDecision`s. Every stage imports this module; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+MANIFEST_SCHEMA = 1
+
+_BUILD_ID_RE = re.compile(r"^(\d{4}\.\d{2}\.\d{2}T\d{6}Z)-([0-9a-f]{8})$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO 8601 in UTC with a trailing Z, the one time format we write anywhere."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def make_build_id(created: datetime, lock_sha256: str) -> str:
+    """`2026.11.25T020000Z-1a2b3c4d`: sorts by time, names its content (the lock hash)."""
+    return f"{created.astimezone(UTC):%Y.%m.%dT%H%M%SZ}-{lock_sha256[:8]}"
+
+
+def is_build_id(text: str) -> bool:
+    return bool(_BUILD_ID_RE.match(text))
+
+
+def build_id_lock_prefix(build_id: str) -> str:
+    match = _BUILD_ID_RE.match(build_id)
+    if not match:
+        raise ValueError(f"not a build id: {build_id!r}")
+    return match.group(2)
+
+
+class RecordError(ValueError):
+    """A serialised record is missing a field or has one of the wrong type."""
+
+    def __init__(self, record: str, field_name: str, message: str) -> None:
+        self.record = record
+        self.field = field_name
+        super().__init__(f"{record}: field {field_name!r}: {message}")
+
+
+def _require(data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(data, dict):
+        raise RecordError(record, name, "record is not a JSON object")
+    if name not in data:
+        raise RecordError(record, name, "missing")
+    value = data[name]
+    if not isinstance(value, kind):
+        raise RecordError(record, name, f"expected {kind}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class PackageRef:
+    """One installed package, as the lock and the manifest name it."""
+
+    name: str
+    version: str
+    build: str
+    channel: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PackageRef:
+        return cls(**{k: str(_require(data, "package", k, str)) for k in ("name", "version", "build", "channel")})
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    file: str
+    sha256: str
+    size: int
+    format: str  # "tar.zst" or "tar.gz"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    """`STORE/ENV/BUILD_ID/manifest.json`: written last; its presence commits the build."""
+
+    name: str
+    build_id: str
+    created: str
+    platform: str
+    display_name: str
+    smoke: tuple[str, ...]
+    artifact: ArtifactInfo
+    lock: LockInfo
+    packages: tuple[PackageRef, ...]
+    builder: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    schema: int = MANIFEST_SCHEMA
+
+    @property
+    def created_at(self) -> datetime:
+        return parse_time(self.created)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["smoke"] = list(self.smoke)
+        data["packages"] = [asdict(p) for p in self.packages]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildManifest:
+        record = "manifest.json"
+        schema = _require(data, record, "schema", int)
+        if schema > MANIFEST_SCHEMA:
+            raise RecordError(record, "schema", f"schema {schema} is newer than this tool ({MANIFEST_SCHEMA})")
+        artifact = _require(data, record, "artifact", dict)
+        lock = _require(data, record, "lock", dict)
+        created = _require(data, record, "created", str)
+        try:
+            parse_time(created)
+        except ValueError as exc:
+            raise RecordError(record, "created", f"not an ISO 8601 time: {exc}") from None
+        size = _require(artifact, "manifest.json artifact", "size", int)
+        return cls(
+            schema=schema,
+            name=_require(data, record, "name", str),
+            build_id=_require(data, record, "build_id", str),
+            created=created,
+            platform=_require(data, record, "platform", str),
+            display_name=_require(data, record, "display_name", str),
+            smoke=tuple(_require(data, record, "smoke", list)),
+            artifact=ArtifactInfo(
+                file=_require(artifact, "manifest.json artifact", "file", str),
+                sha256=_require(artifact, "manifest.json artifact", "sha256", str),
+                size=size,
+                format=_require(artifact, "manifest.json artifact", "format", str),
+            ),
+            lock=LockInfo(
+                file=_require(lock, "manifest.json lock", "file", str),
+                sha256=_require(lock, "manifest.json lock", "sha256", str),
+            ),
+            packages=tuple(PackageRef.from_dict(p) for p in _require(data, record, "packages", list)),
+            builder=_require(data, record, "builder", dict),
+            source=_require(data, record, "source", dict),
+        )
+
+
+@dataclass(frozen=True)
+class LtsRecord:
+    """`STORE/ENV/lts/LABEL.json`: a long-term-support label pointing at one build."""
+
+    env: str
+    label: str
+    build_id: str
+    promoted: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"build_id": self.build_id, "promoted": self.promoted}
+
+    @classmethod
+    def from_dict(cls, env: str, label: str, data: dict[str, Any]) -> LtsRecord:
+        record = f"lts/{label}.json"
+        return cls(
+            env=env,
+            label=label,
+            build_id=_require(data, record, "build_id", str),
+            promoted=_require(data, record, "promoted", str),
+        )
+
+
+@dataclass(frozen=True)
+class ReadyRecord:
+    """`DEPLOY_ROOT/envs/ENV/BUILD_ID/.nsls2/ready.json`: written last by the agent."""
+
+    env: str
+    build_id: str
+    created: str
+    deployed: str
+    node: str
+    artifact_sha256: str
+    smoke: tuple[str, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["smoke"] = list(self.smoke)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReadyRecord:
+        record = "ready.json"
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            created=_require(data, record, "created", str),
+            deployed=_require(data, record, "deployed", str),
+            node=_require(data, record, "node", str),
+            artifact_sha256=_require(data, record, "artifact_sha256", str),
+            smoke=tuple(_require(data, record, "smoke", list)),
+            seconds=float(_require(data, record, "seconds", (int, float))),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessUse:
+    """A process found using a deployed build (or `unknown` when it could not be read)."""
+
+    pid: int
+    user: str
+    via: str  # exe, cwd, root, fd, maps, environ, or "unreadable"
+    path: str
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    """`DEPLOY_ROOT/state/nodes/NODE.json`: what one node's agent saw on its last pass."""
+
+    node: str
+    time: str
+    version: str
+    in_use: dict[str, list[dict[str, Any]]]  # "ENV/BUILD_ID" -> [ProcessUse as dict]
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeHeartbeat:
+        record = "node heartbeat"
+        return cls(
+            node=_require(data, record, "node", str),
+            time=_require(data, record, "time", str),
+            version=_require(data, record, "version", str),
+            in_use=_require(data, record, "in_use", dict),
+            complete=_require(data, record, "complete", bool),
+        )
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    """What prune decided for one deployed build, and why (shown by `prune --dry-run`)."""
+
+    env: str
+    build_id: str
+    action: str  # "keep", "tombstone", "delete", "untombstone", "wait"
+    reason: str
