@@ -1,0 +1,366 @@
+"""Environment manifests: read and validate `manifests/ENV/{pixi.toml,nsls2.yaml}`.
+
+`publish` calls `load_manifest` before anything touches the network or the store, so a
+malformed manifest fails fast with a `ManifestError` naming the file and the field. The
+hook and the CLI call `list_manifests` to find buildable environments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+
+from .config import RetentionPolicy
+from .errors import ManifestError
+
+PIXI_TOML = "pixi.toml"
+NSLS2_YAML = "nsls2.yaml"
+PIXI_LOCK = "pixi.lock"
+
+KNOWN_PLATFORMS = frozenset(
+    {"linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64", "noarch"}
+)
+
+_ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_CONDA_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]*$")
+_PYPI_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A bare version ("1.2.3") means exactly that version in pixi; conda would read it fuzzily.
+_BARE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z._+!]*$")
+
+_NSLS2_KEYS = {"display_name", "smoke", "retention", "nightly", "description"}
+_RETENTION_KEYS = {f.name for f in dataclasses.fields(RetentionPolicy)}
+
+
+@dataclass(frozen=True)
+class EnvManifest:
+    """One buildable environment, validated. Specs are conda MatchSpec / PEP 508 strings."""
+
+    name: str
+    directory: Path
+    channels: tuple[str, ...]
+    platforms: tuple[str, ...]
+    dependencies: dict[str, str]  # conda package name -> MatchSpec string
+    pypi_dependencies: dict[str, str]  # PyPI project name -> PEP 508 requirement string
+    display_name: str
+    smoke: tuple[str, ...]
+    retention: dict[str, float] = field(default_factory=dict)  # overrides of the site policy
+    nightly: bool = True
+    description: str = ""
+    system_requirements: dict[str, str] = field(default_factory=dict)  # e.g. {"libc": "2.28"}
+    source_sha256: str = ""
+
+    @property
+    def pixi_toml(self) -> Path:
+        return self.directory / PIXI_TOML
+
+    @property
+    def nsls2_yaml(self) -> Path:
+        return self.directory / NSLS2_YAML
+
+    @property
+    def lock_path(self) -> Path:
+        """Where a committed lock lives (it may not exist: only LTS rebuilds need one)."""
+        return self.directory / PIXI_LOCK
+
+    def match_specs(self) -> list[str]:
+        return list(self.dependencies.values())
+
+    def retention_policy(self, site: RetentionPolicy) -> RetentionPolicy:
+        """The site's retention policy with this environment's overrides applied."""
+        return dataclasses.replace(site, **self.retention)
+
+
+def list_manifests(manifests_dir: str | Path) -> list[str]:
+    """Names of the environments under `manifests_dir` (directories holding a pixi.toml)."""
+    root = Path(manifests_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / PIXI_TOML).is_file() and _ENV_NAME_RE.match(p.name)
+    )
+
+
+def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
+    """Read and validate `manifests_dir/env`; raise ManifestError naming file and field."""
+    directory = Path(manifests_dir).absolute() / env
+    if not _ENV_NAME_RE.match(env):
+        raise ManifestError(
+            directory, None, "environment names are lowercase letters, digits, '-' and '_'"
+        )
+    toml_path = directory / PIXI_TOML
+    if not toml_path.is_file():
+        known = ", ".join(list_manifests(manifests_dir)) or "none"
+        raise ManifestError(toml_path, None, f"no such environment manifest (known: {known})")
+    toml_bytes = _read_bytes(toml_path)
+    yaml_path = directory / NSLS2_YAML
+    yaml_bytes = _read_bytes(yaml_path) if yaml_path.exists() else b""
+
+    pixi = _PixiReader(toml_path, toml_bytes)
+    extras = _Nsls2Reader(yaml_path, yaml_bytes, env)
+    platform_deps = pixi.platform_dependencies()
+    return EnvManifest(
+        name=env,
+        directory=directory,
+        channels=pixi.channels(),
+        platforms=pixi.platforms(),
+        dependencies={**pixi.dependencies("dependencies"), **platform_deps[0]},
+        pypi_dependencies={**pixi.pypi_dependencies("pypi-dependencies"), **platform_deps[1]},
+        display_name=extras.display_name(),
+        smoke=extras.smoke(),
+        retention=extras.retention(),
+        nightly=extras.nightly(),
+        description=extras.description(),
+        system_requirements=pixi.system_requirements(),
+        source_sha256=source_digest(toml_bytes, yaml_bytes),
+    )
+
+
+def source_digest(toml_bytes: bytes, yaml_bytes: bytes) -> str:
+    """sha256 naming the manifest sources (both files, framed so they cannot run together)."""
+    digest = hashlib.sha256()
+    for name, data in ((PIXI_TOML, toml_bytes), (NSLS2_YAML, yaml_bytes)):
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(path, None, f"cannot read: {exc.strerror}") from None
+
+
+def conda_spec(name: str, value: Any, path: Path, key: str) -> str:
+    """A pixi dependency value (string or table) as a conda MatchSpec string."""
+    if isinstance(value, str):
+        version, build, channel = value, None, None
+    elif isinstance(value, dict):
+        unknown = sorted(set(value) - {"version", "build", "channel"})
+        if unknown:
+            raise ManifestError(path, f"{key}.{unknown[0]}", "unsupported for a conda dependency")
+        version = value.get("version", "*")
+        build, channel = value.get("build"), value.get("channel")
+        for sub, item in (("version", version), ("build", build), ("channel", channel)):
+            if item is not None and (not isinstance(item, str) or not item.strip()):
+                raise ManifestError(path, f"{key}.{sub}", "expected a non-empty string")
+    else:
+        raise ManifestError(path, key, "expected a version string or a table {version, build}")
+    version = "".join(version.split()) or "*"
+    if _BARE_VERSION_RE.match(version):
+        version = f"=={version}"
+    spec = name if version == "*" and not build else f"{name} {version}"
+    if build:
+        spec += f" {build.strip()}"
+    return f"{channel.strip()}::{spec}" if channel else spec
+
+
+def pypi_requirement(name: str, value: Any, path: Path, key: str) -> str:
+    """A pixi pypi-dependency value as a PEP 508 requirement string uv understands."""
+    extras = ""
+    if isinstance(value, str):
+        text = name if value.strip() in ("", "*") else f"{name}{value.strip()}"
+    elif isinstance(value, dict):
+        unknown = sorted(
+            set(value) - {"version", "extras", "url", "git", "rev", "tag", "branch", "path"}
+        )
+        if unknown:
+            raise ManifestError(path, f"{key}.{unknown[0]}", "unsupported for a PyPI dependency")
+        raw_extras = value.get("extras", [])
+        if not isinstance(raw_extras, list) or not all(isinstance(e, str) for e in raw_extras):
+            raise ManifestError(path, f"{key}.extras", "expected a list of strings")
+        extras = f"[{','.join(raw_extras)}]" if raw_extras else ""
+        text = _pypi_from_table(name + extras, value, path, key)
+    else:
+        raise ManifestError(path, key, "expected a version string or a table")
+    try:
+        Requirement(text)
+    except InvalidRequirement as exc:
+        raise ManifestError(path, key, f"invalid requirement {text!r}: {exc}") from None
+    return text
+
+
+def _pypi_from_table(head: str, value: dict[str, Any], path: Path, key: str) -> str:
+    if "git" in value:
+        ref = value.get("rev") or value.get("tag") or value.get("branch")
+        return f"{head} @ git+{value['git']}" + (f"@{ref}" if ref else "")
+    if "url" in value:
+        return f"{head} @ {value['url']}"
+    if "path" in value:
+        local = Path(value["path"])
+        local = local if local.is_absolute() else (path.parent / local).resolve()
+        return f"{head} @ {local.as_uri()}"
+    version = value.get("version", "*")
+    if not isinstance(version, str):
+        raise ManifestError(path, f"{key}.version", "expected a string")
+    return head if version.strip() in ("", "*") else f"{head}{version.strip()}"
+
+
+class _PixiReader:
+    """Field-by-field reading of a pixi workspace file."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        try:
+            self.doc = tomllib.loads(data.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(path, None, f"invalid TOML: {exc}") from None
+        self.table_name = "workspace" if "workspace" in self.doc else "project"
+        table = self.doc.get(self.table_name)
+        if not isinstance(table, dict):
+            raise ManifestError(path, "workspace", "missing [workspace] table")
+        self.table = table
+
+    def fail(self, key: str, message: str) -> ManifestError:
+        return ManifestError(self.path, key, message)
+
+    def channels(self) -> tuple[str, ...]:
+        key = f"{self.table_name}.channels"
+        raw = self.table.get("channels")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(key, "expected a non-empty list of channel names or URLs")
+        channels = []
+        for index, item in enumerate(raw):
+            if isinstance(item, dict):  # pixi's {channel = "...", priority = n} form
+                item = item.get("channel")
+            if not isinstance(item, str) or not item.strip():
+                raise self.fail(f"{key}[{index}]", "expected a channel name or URL")
+            channels.append(item.strip())
+        return tuple(channels)
+
+    def platforms(self) -> tuple[str, ...]:
+        key = f"{self.table_name}.platforms"
+        raw = self.table.get("platforms")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(key, 'expected a non-empty list of platforms, e.g. ["linux-64"]')
+        for index, item in enumerate(raw):
+            if item not in KNOWN_PLATFORMS:
+                known = ", ".join(sorted(KNOWN_PLATFORMS))
+                raise self.fail(f"{key}[{index}]", f"unknown platform {item!r} (known: {known})")
+        return tuple(raw)
+
+    def _table(self, key: str, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+        raw = (self.doc if parent is None else parent).get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(raw, dict):
+            raise self.fail(key, "expected a table")
+        return raw
+
+    def dependencies(self, key: str, parent: dict[str, Any] | None = None) -> dict[str, str]:
+        deps = {}
+        for name, value in self._table(key, parent).items():
+            if not _CONDA_NAME_RE.match(name):
+                raise self.fail(f"{key}.{name}", "conda package names are lowercase")
+            deps[name] = conda_spec(name, value, self.path, f"{key}.{name}")
+        return deps
+
+    def pypi_dependencies(self, key: str, parent: dict[str, Any] | None = None) -> dict[str, str]:
+        deps = {}
+        for name, value in self._table(key, parent).items():
+            if not _PYPI_NAME_RE.match(name):
+                raise self.fail(f"{key}.{name}", "not a valid PyPI project name")
+            deps[name] = pypi_requirement(name, value, self.path, f"{key}.{name}")
+        return deps
+
+    def platform_dependencies(self) -> tuple[dict[str, str], dict[str, str]]:
+        """`[target.PLATFORM.*dependencies]`, merged over the common ones (linux-64 only here).
+
+        Only the build platform's target table applies; we build for linux-64 (SDCC).
+        """
+        targets = self._table("target")
+        conda: dict[str, str] = {}
+        pypi: dict[str, str] = {}
+        for platform, table in targets.items():
+            if not isinstance(table, dict):
+                raise self.fail(f"target.{platform}", "expected a table")
+            if platform not in ("linux-64", "linux", "unix"):
+                continue
+            conda.update(self.dependencies(f"target.{platform}.dependencies", table))
+            pypi.update(self.pypi_dependencies(f"target.{platform}.pypi-dependencies", table))
+        return conda, pypi
+
+    def system_requirements(self) -> dict[str, str]:
+        out = {}
+        for name, value in self._table("system-requirements").items():
+            if isinstance(value, dict):  # libc = {family = "glibc", version = "2.28"}
+                value = value.get("version")
+            if isinstance(value, int | float):
+                value = str(value)
+            if not isinstance(value, str) or not value:
+                raise self.fail(f"system-requirements.{name}", "expected a version string")
+            out[str(name)] = value
+        return out
+
+
+class _Nsls2Reader:
+    """Field-by-field reading of nsls2.yaml (optional: every field has a default)."""
+
+    def __init__(self, path: Path, data: bytes, env: str) -> None:
+        self.path = path
+        self.env = env
+        try:
+            doc = yaml.safe_load(data.decode("utf-8")) if data else {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ManifestError(path, None, f"invalid YAML: {exc}") from None
+        doc = {} if doc is None else doc
+        if not isinstance(doc, dict):
+            raise ManifestError(path, None, "expected a mapping at the top level")
+        unknown = sorted(set(doc) - _NSLS2_KEYS)
+        if unknown:
+            known = ", ".join(sorted(_NSLS2_KEYS))
+            raise ManifestError(path, unknown[0], f"unknown key (known: {known})")
+        self.doc = doc
+
+    def fail(self, key: str, message: str) -> ManifestError:
+        return ManifestError(self.path, key, message)
+
+    def display_name(self) -> str:
+        value = self.doc.get("display_name", f"NSLS-II {self.env}")
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail("display_name", "expected a non-empty string")
+        return value.strip()
+
+    def description(self) -> str:
+        value = self.doc.get("description", "")
+        if not isinstance(value, str):
+            raise self.fail("description", "expected a string")
+        return value.strip()
+
+    def smoke(self) -> tuple[str, ...]:
+        value = self.doc.get("smoke", ["ipykernel"])
+        if not isinstance(value, list):
+            raise self.fail("smoke", "expected a list of module names to import")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not _MODULE_RE.match(item):
+                raise self.fail(f"smoke[{index}]", f"not an importable module name: {item!r}")
+        return tuple(value)
+
+    def nightly(self) -> bool:
+        value = self.doc.get("nightly", True)
+        if not isinstance(value, bool):
+            raise self.fail("nightly", f"expected true or false, got {value!r}")
+        return value
+
+    def retention(self) -> dict[str, float]:
+        value = self.doc.get("retention") or {}
+        if not isinstance(value, dict):
+            raise self.fail("retention", "expected a mapping")
+        out: dict[str, float] = {}
+        for key, item in value.items():
+            if key not in _RETENTION_KEYS:
+                known = ", ".join(sorted(_RETENTION_KEYS))
+                raise self.fail(f"retention.{key}", f"unknown key (known: {known})")
+            if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+                raise self.fail(f"retention.{key}", f"expected a non-negative number, got {item!r}")
+            if key == "keep_latest" and not isinstance(item, int):
+                raise self.fail(f"retention.{key}", f"expected a whole number, got {item!r}")
+            out[key] = item
+        return out
