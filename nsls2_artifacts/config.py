@@ -97,7 +97,14 @@ class SiteConfig:
 
 
 _TOP_KEYS = {
-    "manifests", "store", "deploy_root", "channel_mirrors", "retention", "agent", "beamlines", "hook",
+    "manifests",
+    "store",
+    "deploy_root",
+    "channel_mirrors",
+    "retention",
+    "agent",
+    "beamlines",
+    "hook",
 }
 
 
@@ -127,7 +134,9 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
         raise ConfigError(source, None, "expected a mapping at the top level")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+        raise ConfigError(
+            source, unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})"
+        )
     reader = _Reader(source, base)
     return SiteConfig(
         source=source,
@@ -210,7 +219,11 @@ class _Reader:
             if key not in known:
                 raise self.fail(f"hook.{key}", "unknown key")
         listen = data.get("listen", "127.0.0.1:8707")
-        if not isinstance(listen, str) or ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        if (
+            not isinstance(listen, str)
+            or ":" not in listen
+            or not listen.rsplit(":", 1)[1].isdigit()
+        ):
             raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
         tokens = data.get("tokens_sha256") or []
         if not isinstance(tokens, list) or not all(

@@ -78,7 +78,12 @@ class PackageRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackageRef:
-        return cls(**{k: str(_require(data, "package", k, str)) for k in ("name", "version", "build", "channel")})
+        return cls(
+            **{
+                k: str(_require(data, "package", k, str))
+                for k in ("name", "version", "build", "channel")
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,9 @@ class BuildManifest:
         record = "manifest.json"
         schema = _require(data, record, "schema", int)
         if schema > MANIFEST_SCHEMA:
-            raise RecordError(record, "schema", f"schema {schema} is newer than this tool ({MANIFEST_SCHEMA})")
+            raise RecordError(
+                record, "schema", f"schema {schema} is newer than this tool ({MANIFEST_SCHEMA})"
+            )
         artifact = _require(data, record, "artifact", dict)
         lock = _require(data, record, "lock", dict)
         created = _require(data, record, "created", str)
@@ -154,7 +161,9 @@ class BuildManifest:
                 file=_require(lock, "manifest.json lock", "file", str),
                 sha256=_require(lock, "manifest.json lock", "sha256", str),
             ),
-            packages=tuple(PackageRef.from_dict(p) for p in _require(data, record, "packages", list)),
+            packages=tuple(
+                PackageRef.from_dict(p) for p in _require(data, record, "packages", list)
+            ),
             builder=_require(data, record, "builder", dict),
             source=_require(data, record, "source", dict),
         )

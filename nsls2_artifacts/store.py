@@ -84,7 +84,9 @@ class FilesystemStore:
     def envs(self) -> list[str]:
         if not self.root.is_dir():
             raise StoreError(f"store root {self.root} does not exist or is not a directory")
-        return sorted(e.name for e in self._scan(self.root) if e.is_dir() and not e.name.startswith("."))
+        return sorted(
+            e.name for e in self._scan(self.root) if e.is_dir() and not e.name.startswith(".")
+        )
 
     def _committed_ids(self, env: str) -> list[str]:
         return sorted(

@@ -16,7 +16,9 @@ from ..errors import ArtifactsError
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Site config YAML (default: $NSLS2_ARTIFACTS_CONFIG, then embedded)"),
+    typer.Option(
+        "--config", "-c", help="Site config YAML (default: $NSLS2_ARTIFACTS_CONFIG, then embedded)"
+    ),
 ]
 
 console = Console(stderr=True)
