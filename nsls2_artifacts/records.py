@@ -244,6 +244,8 @@ class NodeHeartbeat:
     version: str
     in_use: dict[str, list[dict[str, Any]]]  # "ENV/BUILD_ID" -> [ProcessUse as dict]
     complete: bool
+    # processes the scan could not read ([ProcessUse as dict]); any makes `complete` False
+    unknown: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,6 +259,7 @@ class NodeHeartbeat:
             version=_require(data, record, "version", str),
             in_use=_require(data, record, "in_use", dict),
             complete=_require(data, record, "complete", bool),
+            unknown=_require(data, record, "unknown", list) if "unknown" in data else [],
         )
 
 

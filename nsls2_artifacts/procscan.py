@@ -1,0 +1,358 @@
+"""Find the local processes that use given build directories, by reading /proc.
+
+Retention (`agent/retention.py`) calls `scan()` once per pass to learn which deployed
+builds this node still uses; operators run it alone: `python -m nsls2_artifacts.procscan PATH...`.
+
+Per process the checks run cheapest first and stop once every target has matched:
+`exe`, `cwd`, `root` (readlink), `fd/*` (readlink only: a `stat` there would follow into
+sockets, FIFOs or hung network mounts), the mapped files in `maps`, then `environ`
+(`CONDA_PREFIX`, `PATH`). A path counts when it lies under the concrete build directory
+or under the `envs/ENV/latest` alias that currently points at it. A process that exits
+mid-scan is skipped; one we may not read (EACCES, hidepid) makes the scan incomplete,
+which callers must treat as "maybe in use" for every target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import pwd
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .records import ProcessUse
+
+PROC = "/proc"
+READ_CHUNK = 256 * 1024
+ENV_VARS = (b"CONDA_PREFIX=", b"PATH=")
+# PID 1 is the node's init: it never runs a user's kernel, and sandboxes (this project's
+# development VMs among them) give it capabilities that make it unreadable even to root.
+# Counting it as "unknown" would block every deletion forever, so it is not scanned.
+ALWAYS_SKIPPED = frozenset({1})
+
+
+@dataclass(frozen=True)
+class Target:
+    """One build directory and every path prefix that means "inside it"."""
+
+    path: str  # the build directory as the caller named it (the key of `ScanResult.uses`)
+    prefixes: tuple[str, ...]  # without trailing slash: concrete path(s) and `latest` aliases
+
+
+@dataclass
+class ScanResult:
+    """What one pass over /proc found."""
+
+    uses: dict[str, list[ProcessUse]] = field(default_factory=dict)  # target path -> uses
+    unknown: list[ProcessUse] = field(default_factory=list)  # processes we could not read
+    scanned: int = 0
+    vanished: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every process could be read, so an absent build is really unused."""
+        return not self.unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "uses": {k: [asdict(u) for u in v] for k, v in self.uses.items()},
+            "unknown": [asdict(u) for u in self.unknown],
+            "complete": self.complete,
+            "scanned": self.scanned,
+            "vanished": self.vanished,
+            "seconds": self.seconds,
+        }
+
+
+def targets_for(paths: Iterable[str | Path]) -> list[Target]:
+    """Targets for build directories; a path that is itself a symlink (`latest`) names its target.
+
+    Prefixes include the path as given, its real path (the kernel reports resolved paths in
+    exe/cwd/fd/maps, while environ holds whatever string the launcher used) and the
+    `latest` alias next to it when that alias currently points at this build.
+    """
+    merged: dict[str, set[str]] = {}
+    for raw in paths:
+        given = os.path.abspath(os.fspath(raw))
+        real = os.path.realpath(given)
+        key = real if os.path.islink(given) else given
+        prefixes = merged.setdefault(key, set())
+        prefixes.update({given, real, key})
+        for parent in {os.path.dirname(given), os.path.dirname(real)}:
+            alias = os.path.join(parent, "latest")
+            if alias != given and os.path.realpath(alias) == real:
+                prefixes.add(alias)
+                prefixes.add(os.path.join(os.path.realpath(parent), "latest"))
+    return [Target(key, tuple(sorted(p.rstrip("/") or "/" for p in merged[key]))) for key in merged]
+
+
+class _Matcher:
+    """Prefix tests for str and bytes paths, precomputed once per scan."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        self.targets = targets
+        self.str_slash = tuple(p + "/" for t in targets for p in t.prefixes)
+        self.owner = {p: t.path for t in targets for p in t.prefixes}
+        self.bytes_prefixes = [(os.fsencode(p), t.path) for t in targets for p in t.prefixes]
+
+    def match(self, path: str) -> str | None:
+        """The target that `path` lies in (or is), else None."""
+        path = path.removesuffix(" (deleted)")
+        if path in self.owner:
+            return self.owner[path]
+        if not path.startswith(self.str_slash):  # one C-level call for the common miss
+            return None
+        for prefix, key in self.owner.items():
+            if path.startswith(prefix + "/"):
+                return key
+        return None
+
+
+class _Unreadable(Exception):
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+class _Vanished(Exception):
+    pass
+
+
+def _read_all(name: str, dir_fd: int) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _guard(what: str, exc: OSError) -> None:
+    """Classify an error from one check: re-raise as vanished/unreadable, or ignore."""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        raise _Unreadable(what) from None
+    if isinstance(exc, ProcessLookupError) or exc.errno == errno.ESRCH:
+        raise _Vanished() from None
+    # ENOENT and friends: a kernel thread has no exe, a zombie no maps, an fd was closed
+    # between listdir and readlink. Nothing to see for this check; go on with the next.
+
+
+class _ProcessScan:
+    """The checks for one process; `hits` maps target -> (via, path)."""
+
+    def __init__(self, matcher: _Matcher, pid_fd: int) -> None:
+        self.matcher = matcher
+        self.pid_fd = pid_fd
+        self.hits: dict[str, tuple[str, str]] = {}
+
+    def done(self) -> bool:
+        return len(self.hits) == len(self.matcher.targets)
+
+    def note(self, via: str, path: str) -> None:
+        key = self.matcher.match(path)
+        if key is not None and key not in self.hits:
+            self.hits[key] = (via, path)
+
+    def run(self) -> None:
+        for check in (self.links, self.fds, self.maps, self.environ):
+            check()
+            if self.done():
+                return
+
+    def links(self) -> None:
+        for name in ("exe", "cwd", "root"):
+            try:
+                self.note(name, os.readlink(name, dir_fd=self.pid_fd))
+            except OSError as exc:
+                _guard(name, exc)
+
+    def fds(self) -> None:
+        try:
+            fd_dir = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.pid_fd)
+        except OSError as exc:
+            _guard("fd", exc)
+            return
+        try:
+            try:
+                names = os.listdir(fd_dir)
+            except OSError as exc:
+                _guard("fd", exc)
+                return
+            for name in names:
+                try:
+                    target = os.readlink(name, dir_fd=fd_dir)
+                except OSError as exc:
+                    _guard("fd", exc)
+                    continue
+                if target.startswith("/"):  # skip socket:[..], pipe:[..], anon_inode:..
+                    self.note("fd", target)
+                    if self.done():
+                        return
+        finally:
+            os.close(fd_dir)
+
+    def maps(self) -> None:
+        try:
+            data = _read_all("maps", self.pid_fd)
+        except OSError as exc:
+            _guard("maps", exc)
+            return
+        # bytes.find over the whole file is far cheaper than splitting thousands of lines;
+        # only a hit is parsed. A path field starts after a run of spaces.
+        for prefix, key in self.matcher.bytes_prefixes:
+            if key in self.hits:
+                continue
+            start = data.find(prefix)
+            while start > 0:
+                end = data.find(b"\n", start)
+                path = os.fsdecode(data[start : end if end >= 0 else len(data)])
+                if data[start - 1 : start] == b" " and self.matcher.match(path) == key:
+                    self.hits[key] = ("maps", path)
+                    break
+                start = data.find(prefix, start + 1)
+
+    def environ(self) -> None:
+        try:
+            data = _read_all("environ", self.pid_fd)
+        except OSError as exc:
+            _guard("environ", exc)
+            return
+        if not any(prefix in data for prefix, _key in self.matcher.bytes_prefixes):
+            return
+        for entry in data.split(b"\0"):
+            if entry.startswith(b"CONDA_PREFIX="):
+                value = os.fsdecode(entry[len(b"CONDA_PREFIX=") :])
+                if value:
+                    self.note("environ", os.path.normpath(value))
+            elif entry.startswith(b"PATH="):
+                for part in os.fsdecode(entry[len(b"PATH=") :]).split(":"):
+                    if part:
+                        self.note("environ", os.path.normpath(part))
+
+
+class _Users:
+    """uid -> user name, cached (a name lookup per process would dominate the scan)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[int, str] = {}
+
+    def of(self, pid_fd: int) -> str:
+        try:
+            uid = os.fstat(pid_fd).st_uid  # the /proc/PID directory is owned by the euid
+        except OSError:
+            return "?"
+        if uid not in self.cache:
+            try:
+                self.cache[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self.cache[uid] = str(uid)
+        return self.cache[uid]
+
+
+def _hidden_processes(proc: str) -> bool:
+    """True if /proc is mounted with hidepid and we are not root: other users' pids are absent."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        with open(os.path.join(proc, "self", "mountinfo"), encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == proc and "hidepid=" in line:
+                    return not any(opt in line for opt in ("hidepid=0", "hidepid=off"))
+    except OSError:
+        return False
+    return False
+
+
+def scan(
+    paths: Iterable[str | Path],
+    *,
+    proc: str = PROC,
+    skip_pids: Iterable[int] = (),
+) -> ScanResult:
+    """Scan every process in `proc` for use of the build directories `paths`."""
+    started = time.perf_counter()
+    targets = targets_for(paths)
+    result = ScanResult(uses={t.path: [] for t in targets})
+    if not targets:
+        result.seconds = time.perf_counter() - started
+        return result
+    if _hidden_processes(proc):
+        result.unknown.append(ProcessUse(0, "?", "hidepid", proc))
+    matcher = _Matcher(targets)
+    users = _Users()
+    skipped = {os.getpid(), *ALWAYS_SKIPPED, *skip_pids}
+    proc_fd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(proc_fd):
+            if not name.isdigit() or int(name) in skipped:
+                continue
+            _scan_one(int(name), proc_fd, matcher, users, result)
+    finally:
+        os.close(proc_fd)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _scan_one(pid: int, proc_fd: int, matcher: _Matcher, users: _Users, result: ScanResult) -> None:
+    try:
+        pid_fd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
+    except OSError:
+        result.vanished += 1
+        return
+    try:
+        process = _ProcessScan(matcher, pid_fd)
+        try:
+            process.run()
+        except _Vanished:
+            result.vanished += 1
+            return
+        except _Unreadable as exc:
+            where = f"/proc/{pid}/{exc.what}"
+            result.unknown.append(ProcessUse(pid, users.of(pid_fd), "unreadable", where))
+        result.scanned += 1
+        if process.hits:
+            user = users.of(pid_fd)
+            for key, (via, path) in process.hits.items():
+                result.uses[key].append(ProcessUse(pid, user, via, path))
+    finally:
+        os.close(pid_fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nsls2_artifacts.procscan PATH...`: exit 0 unused, 1 in use, 2 unknown."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nsls2_artifacts.procscan",
+        description="List local processes that use the given build directories.",
+    )
+    parser.add_argument("paths", nargs="+", help="build directories (or envs/ENV/latest)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    result = scan(args.paths)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for key, uses in result.uses.items():
+            for use in uses:
+                print(f"{key}\tpid {use.pid}\t{use.user}\t{use.via}\t{use.path}")
+        for use in result.unknown:
+            print(f"unknown\tpid {use.pid}\t{use.user}\t{use.via}\t{use.path}")
+        print(
+            f"# {result.scanned} processes in {result.seconds * 1000:.1f} ms"
+            f"{'' if result.complete else ', INCOMPLETE'}",
+            file=sys.stderr,
+        )
+    if not result.complete:
+        return 2
+    return 1 if any(result.uses.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
