@@ -1,0 +1,169 @@
+"""Who may queue builds: bearer tokens, signed session cookies, CSRF tokens, webhook HMACs.
+
+The app builds one `Auth` from the site config and calls it on every request that
+changes something. Only sha256 hashes of tokens are configured (`hook.tokens_sha256`);
+every comparison is constant-time. Sessions are HMAC-signed cookies (no server state)
+with the key kept in `hook_state_dir/session.key`, so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SESSION_COOKIE = "nsls2_hook_session"
+SIGNIN_COOKIE = "nsls2_hook_signin"
+SESSION_SECONDS = 12 * 3600
+SIGNIN_SECONDS = 1800
+
+
+def token_hash(token: str) -> str:
+    """The sha256 hex digest that goes into `hook.tokens_sha256` for `token`."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_key(path: str | Path) -> bytes:
+    """The session signing key; created once (mode 0600) so sessions survive restarts."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32).hex().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    key = bytes.fromhex(path.read_text().strip())
+    if len(key) < 32:
+        raise ValueError(f"{path}: session key is too short; delete it to make a new one")
+    return key
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in staff member: which token (by hash) and the form CSRF token."""
+
+    token_sha256: str
+    csrf: str
+    expires: float
+
+    @property
+    def who(self) -> str:
+        # Enough of the hash to tell tokens apart in the history, never the token itself.
+        return f"token:{self.token_sha256[:8]}"
+
+
+class Auth:
+    """Token, session, CSRF and webhook checks for one site config."""
+
+    def __init__(self, tokens_sha256: tuple[str, ...], key: bytes, webhook_secret: str | None):
+        self.tokens_sha256 = tuple(t.lower() for t in tokens_sha256)
+        self.key = key
+        self.webhook_secret = webhook_secret
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def check_token(self, token: str) -> str | None:
+        """The configured hash `token` matches, or None; compares against every hash."""
+        digest = token_hash(token)
+        match = None
+        for configured in self.tokens_sha256:
+            if hmac.compare_digest(configured, digest):
+                match = configured
+        return match
+
+    def bearer(self, header: str | None) -> tuple[int, str | None]:
+        """(status, token hash): 200 with the hash, 401 without a token, 403 for a bad one."""
+        if not header or not header.lower().startswith("bearer "):
+            return 401, None
+        match = self.check_token(header[7:].strip())
+        return (200, match) if match else (403, None)
+
+    # -- signed values ---------------------------------------------------------------------
+
+    def sign(self, payload: dict) -> str:
+        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+        mac = hmac.new(self.key, body.encode(), hashlib.sha256).digest()
+        return f"{body}.{_b64(mac)}"
+
+    def unsign(self, value: str | None) -> dict | None:
+        """The payload of a value `sign` made and that has not expired, else None."""
+        if not value or "." not in value:
+            return None
+        body, _, mac = value.partition(".")
+        expected = _b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected, mac):
+            return None
+        try:
+            payload = json.loads(_unb64(body))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(payload, dict) or payload.get("exp", 0) < time.time():
+            return None
+        return payload
+
+    # -- sessions and CSRF -----------------------------------------------------------------
+
+    def new_session(self, token_sha256: str) -> tuple[Session, str]:
+        session = Session(token_sha256, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
+        cookie = self.sign({"sub": token_sha256, "csrf": session.csrf, "exp": session.expires})
+        return session, cookie
+
+    def session(self, cookie: str | None) -> Session | None:
+        """The session in `cookie`, if it is signed, unexpired and its token still configured."""
+        payload = self.unsign(cookie)
+        if payload is None:
+            return None
+        sub, csrf = payload.get("sub"), payload.get("csrf")
+        if not isinstance(sub, str) or not isinstance(csrf, str):
+            return None
+        # A token removed from the config ends its sessions at once.
+        if not any(hmac.compare_digest(sub, t) for t in self.tokens_sha256):
+            return None
+        return Session(sub, csrf, float(payload["exp"]))
+
+    @staticmethod
+    def csrf_ok(session: Session | None, submitted: str | None) -> bool:
+        if session is None or not submitted:
+            return False
+        return hmac.compare_digest(session.csrf.encode(), submitted.encode())
+
+    def new_signin_nonce(self) -> tuple[str, str]:
+        """(nonce for the sign-in form, cookie value): a double-submit CSRF check pre-session."""
+        nonce = secrets.token_urlsafe(24)
+        return nonce, self.sign({"nonce": nonce, "exp": time.time() + SIGNIN_SECONDS})
+
+    def signin_nonce_ok(self, cookie: str | None, submitted: str | None) -> bool:
+        payload = self.unsign(cookie)
+        if payload is None or not submitted or not isinstance(payload.get("nonce"), str):
+            return False
+        return hmac.compare_digest(payload["nonce"].encode(), submitted.encode())
+
+    # -- webhook ---------------------------------------------------------------------------
+
+    def webhook_ok(self, body: bytes, header: str | None) -> bool:
+        """GitHub's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`."""
+        if not self.webhook_secret or not header or not header.startswith("sha256="):
+            return False
+        expected = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, header[len("sha256=") :].strip().lower())

@@ -1,0 +1,74 @@
+"""Which environments the hook can build, and what the store knows about each.
+
+The app calls `list_envs` / `is_env` to validate requests, `nightly_opt_in` for the
+nightly schedule, and `summaries` for the front page. An environment is a directory of
+`site.manifests` holding a `pixi.toml`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import SiteConfig
+from ..errors import StoreError
+from ..records import BuildManifest, LtsRecord
+from ..store import FilesystemStore
+
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def list_envs(site: SiteConfig) -> list[str]:
+    root = Path(site.manifests)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if _ENV_NAME.match(p.name) and is_env(site, p.name)
+    )
+
+
+def is_env(site: SiteConfig, name: str) -> bool:
+    """True for a well-formed env name with a manifest (never follows `..` or slashes)."""
+    return bool(_ENV_NAME.match(name)) and (Path(site.manifests) / name / "pixi.toml").is_file()
+
+
+def nightly_opt_in(site: SiteConfig, env: str) -> bool:
+    """`nightly:` in manifests/ENV/nsls2.yaml (default true); an unreadable file opts out."""
+    path = Path(site.manifests) / env / "nsls2.yaml"
+    if not path.exists():
+        return True
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        # A broken nsls2.yaml would fail the publish anyway; don't build it every night.
+        return False
+    value = data.get("nightly", True) if isinstance(data, dict) else True
+    return value is not False
+
+
+@dataclass(frozen=True)
+class EnvSummary:
+    """What the front page shows for one environment (store side)."""
+
+    name: str
+    builds: list[BuildManifest] = field(default_factory=list)
+    lts: list[LtsRecord] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def latest(self) -> BuildManifest | None:
+        return self.builds[-1] if self.builds else None
+
+    def labels_for(self, build_id: str) -> list[str]:
+        return [r.label for r in self.lts if r.build_id == build_id]
+
+
+def summary(site: SiteConfig, store: FilesystemStore, env: str) -> EnvSummary:
+    """The store's builds and LTS labels of `env`; a store error is shown, not raised."""
+    try:
+        return EnvSummary(env, store.builds(env), store.lts(env))
+    except StoreError as exc:
+        return EnvSummary(env, error=str(exc))

@@ -1,0 +1,254 @@
+"""Runs queued builds: one `nsls2-artifacts publish ENV --json` subprocess per build.
+
+The app starts `Runner.run_forever` in its lifespan and calls `wake` after queueing,
+`cancel` from the cancel button, and `promote` from the "Promote to LTS" form. On
+startup `recover` fails the builds a killed hook left running (and kills their publish
+if it survived), so the queue continues. Logs go to `hook_state_dir/logs/ID.log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ..config import SiteConfig
+from .queue import CANCELLED, FAILED, PUBLISHED, UNCHANGED, BuildQueue, BuildRequest
+
+log = logging.getLogger("nsls2_artifacts.hook")
+
+KILL_GRACE_SECONDS = 10
+PROMOTE_TIMEOUT_SECONDS = 300
+_PR_SET_PDEATHSIG = 1
+
+
+def cli_argv(site: SiteConfig, *args: str) -> list[str]:
+    """`nsls2-artifacts ARGS --config SITE` run with this interpreter (no PATH lookup)."""
+    argv = [sys.executable, "-c", "from nsls2_artifacts.cli import main; main()", *args]
+    if site.source is not None:
+        argv += ["--config", str(site.source)]
+    return argv
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the hook dies, so a killed hook leaves no publish."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Stream progress line by line into the log, without colour codes.
+    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1", TERM="dumb", COLUMNS="120")
+    return env
+
+
+def _is_our_publish(pid: int) -> bool:
+    """Whether `pid` still runs a publish (pids get reused; never kill a stranger)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"publish" in cmdline and any(b"nsls2_artifacts" in part for part in cmdline)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def failure_reason(log_text: str, returncode: int | None) -> str:
+    """A one-paragraph reason from the end of a publish log: its `error:` message."""
+    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("[hook]")]
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].lower().startswith(("error:", "error ")):
+            return "\n".join(lines[index : index + 20])[:2000]
+    tail = "\n".join(lines[-5:])[:2000]
+    return f"publish exited with status {returncode}" + (f":\n{tail}" if tail else "")
+
+
+class Runner:
+    """Starts queued builds within the limits and records their results."""
+
+    def __init__(self, site: SiteConfig, queue: BuildQueue, log_dir: Path) -> None:
+        self.site = site
+        self.queue = queue
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._wake = asyncio.Event()
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._cancelled: dict[int, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def log_path(self, build: int) -> Path:
+        return self.log_dir / f"{build}.log"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- startup recovery ------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Fail builds a previous hook process left 'running'; kill a surviving publish."""
+        failed = []
+        for record in self.queue.running():
+            survived = record.pid is not None and _is_our_publish(record.pid)
+            if survived:
+                _kill_group(record.pid, signal.SIGKILL)
+            reason = (
+                "interrupted: the hook stopped while this build was running"
+                + (" (its publish was killed on restart)" if survived else "")
+                + "; nothing was committed by it unless the store shows its build id"
+            )
+            self.queue.fail_running(record.id, reason)
+            with contextlib.suppress(OSError), open(self.log_path(record.id), "a") as handle:
+                handle.write(f"\n[hook] {reason}\n")
+            failed.append(record.id)
+        return failed
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            for record in await asyncio.to_thread(self.queue.claim, self.site.hook.concurrency):
+                task = asyncio.create_task(self._run(record))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            # A timer too, so builds queued by another writer of the database still start.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=5)
+
+    async def shutdown(self) -> None:
+        """On a clean stop: kill running publishes; `recover` marks them on next start."""
+        for proc in list(self._procs.values()):
+            _kill_group(proc.pid, signal.SIGTERM)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _run(self, record: BuildRequest) -> None:
+        argv = cli_argv(self.site, "publish", record.env, "--json")
+        path = self.log_path(record.id)
+        started = time.monotonic()
+        try:
+            with open(path, "ab", buffering=0) as logfile:
+                logfile.write(
+                    f"[hook] build #{record.id} of {record.env}: {' '.join(argv[3:])}\n".encode()
+                )
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=logfile,
+                    env=_child_env(),
+                    start_new_session=True,  # its own process group: cancel kills its children
+                    preexec_fn=_die_with_parent,
+                )
+                self._procs[record.id] = proc
+                await asyncio.to_thread(self.queue.set_pid, record.id, proc.pid)
+                state, fields = await self._wait(record, proc)
+                logfile.write(f"[hook] {self._summary(state, fields, started)}\n".encode())
+        except OSError as exc:
+            state, fields = FAILED, {"reason": f"could not start publish: {exc}"}
+        finally:
+            self._procs.pop(record.id, None)
+            self._cancelled.pop(record.id, None)
+        if state == FAILED and "reason" not in fields:
+            fields["reason"] = failure_reason(
+                path.read_text(errors="replace"), fields.pop("rc", None)
+            )
+        fields.pop("rc", None)
+        await asyncio.to_thread(self.queue.finish, record.id, state, **fields)
+        self.wake()
+
+    @staticmethod
+    def _summary(state: str, fields: dict, started: float) -> str:
+        took = f"{time.monotonic() - started:.1f} s"
+        if state == PUBLISHED:
+            return f"published {fields.get('published')} in {took}"
+        if state == UNCHANGED:
+            return f"no change: the lock equals the newest build ({took})"
+        return f"{state} after {took}" + (f": {fields['reason']}" if fields.get("reason") else "")
+
+    async def _wait(
+        self, record: BuildRequest, proc: asyncio.subprocess.Process
+    ) -> tuple[str, dict]:
+        timeout = self.site.hook.build_timeout_seconds
+        try:
+            stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout or None)
+        except TimeoutError:
+            await self._stop(proc)
+            return FAILED, {"reason": f"timed out after {timeout:g} s (hook.build_timeout_seconds)"}
+        if record.id in self._cancelled:
+            return CANCELLED, {"reason": self._cancelled[record.id]}
+        if proc.returncode != 0:
+            return FAILED, {"rc": proc.returncode}
+        return self._parse_result(stdout)
+
+    @staticmethod
+    def _parse_result(stdout: bytes) -> tuple[str, dict]:
+        lines = [line for line in stdout.decode(errors="replace").splitlines() if line.strip()]
+        try:
+            result = json.loads(lines[-1])
+            status = result["status"]
+        except (IndexError, ValueError, KeyError, TypeError):
+            return FAILED, {"reason": "publish exited 0 but printed no JSON result on stdout"}
+        fields = {
+            "published": result.get("build_id"),
+            "size": result.get("size"),
+            "seconds": result.get("seconds"),
+        }
+        if status == "published":
+            return PUBLISHED, fields
+        if status == "unchanged":
+            return UNCHANGED, fields
+        return FAILED, {"reason": f"publish reported unknown status {status!r}"}
+
+    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the build's process group, then SIGKILL it after a grace period."""
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE_SECONDS)
+        except TimeoutError:
+            _kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def cancel(self, build: int, who: str) -> bool:
+        """Cancel a queued or running build; False if it has already ended."""
+        reason = f"cancelled by {who}"
+        if await asyncio.to_thread(self.queue.cancel_queued, build, reason):
+            return True
+        proc = self._procs.get(build)
+        if proc is None:
+            return False
+        self._cancelled[build] = reason
+        await self._stop(proc)
+        return True
+
+    async def promote(self, env: str, build_id: str, label: str) -> tuple[bool, str]:
+        """Run `promote ENV BUILD_ID --lts LABEL`; (ok, its output)."""
+        argv = cli_argv(self.site, "promote", env, build_id, "--lts", label)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=_child_env(),
+        )
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), PROMOTE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return False, f"promote timed out after {PROMOTE_TIMEOUT_SECONDS} s"
+        return proc.returncode == 0, output.decode(errors="replace").strip()
