@@ -1,9 +1,111 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""`agent`, `status`, `rollback` and the hidden `demo-kernel`: thin wrappers over the agent."""
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from .common import ConfigOption, out, reported_errors, site
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.command("agent")(agent)
+    app.command("status")(status)
+    app.command("rollback")(rollback)
+    app.command("demo-kernel", hidden=True)(demo_kernel)
+
+
+def agent(
+    config: ConfigOption = None,
+    once: Annotated[bool, typer.Option("--once", help="Reconcile once and exit")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (as if every deploy succeeds)")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: the plan as JSON")
+    ] = False,
+) -> None:
+    """The sync daemon: deploy committed builds, write kernelspecs, flip latest."""
+    from ..agent.log import setup_logging
+    from ..agent.reconcile import run_pass
+    from ..agent.watch import install_stop_signals, run_daemon
+    from ..store import open_store
+
+    cfg = site(config)
+    log = setup_logging()
+    store = open_store(cfg.store)
+    with reported_errors():
+        if dry_run:
+            plan = run_pass(cfg, store, log, dry_run=True).plan
+            out.print(
+                json.dumps(plan.to_dict(), indent=2) if json_out else plan.describe(),
+                highlight=False,
+                markup=False,
+            )
+            return
+        if once:
+            result = run_pass(cfg, store, log)
+            sys.exit(0 if result.ok else 1)
+        stop = threading.Event()
+        install_stop_signals(stop, log)
+        run_daemon(cfg, store, log, stop)
+
+
+def status(
+    config: ConfigOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """What is deployed: envs, builds, latest, LTS labels, quarantined builds, last passes."""
+    from ..status import collect_status, render_text
+    from ..store import open_store
+
+    cfg = site(config)
+    with reported_errors():
+        data = collect_status(cfg, open_store(cfg.store))
+    if json_out:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        out.print(render_text(data), highlight=False, markup=False)
+
+
+def rollback(
+    env: Annotated[str, typer.Argument(help="Environment name")],
+    build_id: Annotated[
+        str | None, typer.Argument(help="Ready build to point latest at (default: the previous)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Point ENV's latest at an older ready build and hold it there until the next publish."""
+    from ..agent import latest
+    from ..agent.kernels import kernel_name
+
+    cfg = site(config)
+    with reported_errors():
+        previous, target = latest.rollback(cfg.deploy_root, env, build_id)
+    out.print(
+        f"{env}/latest: {previous or '-'} -> {target} (held until a newer build is published; "
+        f"restart {kernel_name(env)} kernels to use it)",
+        highlight=False,
+        markup=False,
+    )
+
+
+def demo_kernel(
+    config: ConfigOption = None,
+    env: Annotated[str, typer.Option(help="Environment whose latest kernel to start")] = "demo",
+    jupyter_path: Annotated[
+        Path | None, typer.Option(help="Default: DEPLOY_ROOT/share/jupyter")
+    ] = None,
+) -> None:
+    """Start ENV's latest kernel by kernelspec name, run a databroker cell, explain JupyterLab."""
+    from ..demo import run_demo_kernel
+
+    cfg = site(config)
+    with reported_errors():
+        run_demo_kernel(cfg, env, jupyter_path)

@@ -1,0 +1,421 @@
+"""Deploy one committed build: verify, extract safely, conda-unpack, smoke-test, mark ready.
+
+Called by `reconcile.run_pass` for every committed build that is not ready here. Each
+step is safe to redo: the archive is extracted into `envs/ENV/.partial-BUILD_ID`,
+renamed to `envs/ENV/BUILD_ID`, `bin/conda-unpack` runs at that final path, the smoke
+imports run with the env's own python, and `.nsls2/ready.json` is written last. A
+failure quarantines the artifact (reason + what was seen of the artifact) so the same
+bad artifact is never retried in a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from ..config import SiteConfig
+from ..errors import DeployError, RejectedArtifactError
+from ..fsutil import LockBusy, atomic_write_json, fsync_dir, read_json
+from ..records import BuildManifest, ReadyRecord, isoformat, utcnow
+from ..store import FilesystemStore
+from . import layout
+from .locks import build_lock
+from .log import event
+
+HASH_CHUNK = 4 * 1024 * 1024
+PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What happened to one build in one pass."""
+
+    env: str
+    build_id: str
+    result: str  # deployed | ready | quarantined | skipped | busy
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """`state/quarantine/ENV/BUILD_ID.json`: why a build was rejected, and which artifact.
+
+    The artifact is identified by the manifest's sha256 plus the size and mtime seen on
+    disk: the same artifact is never retried, a republished or re-synced one is.
+    """
+
+    env: str
+    build_id: str
+    stage: str  # verify | extract | unpack | smoke
+    reason: str
+    artifact_sha256: str
+    artifact_size: int
+    artifact_mtime_ns: int
+    time: str
+    node: str
+
+    def same_artifact(self, sha256: str, seen: tuple[int, int]) -> bool:
+        return (self.artifact_sha256, self.artifact_size, self.artifact_mtime_ns) == (sha256, *seen)
+
+
+class _StageError(DeployError):
+    """A failure after verification (unpack, smoke): quarantine with `stage`."""
+
+    def __init__(self, build_id: str, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(build_id, message)
+
+
+# -- quarantine records -------------------------------------------------------------------
+
+
+def read_quarantine(deploy_root: Path, env: str, build_id: str) -> Quarantine | None:
+    try:
+        return Quarantine(**read_json(layout.quarantine_path(deploy_root, env, build_id)))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_quarantined(deploy_root: Path) -> list[Quarantine]:
+    found = []
+    for path in sorted((deploy_root / "state" / "quarantine").glob("*/*.json")):
+        record = read_quarantine(deploy_root, path.parent.name, path.stem)
+        if record:
+            found.append(record)
+    return found
+
+
+def _artifact_seen(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def quarantined_for(
+    site: SiteConfig, store: FilesystemStore, manifest: BuildManifest
+) -> Quarantine | None:
+    """The quarantine record that still applies to this exact artifact, if any."""
+    record = read_quarantine(site.deploy_root, manifest.name, manifest.build_id)
+    if record is None:
+        return None
+    seen = _artifact_seen(store.root / manifest.name / manifest.build_id / manifest.artifact.file)
+    return record if record.same_artifact(manifest.artifact.sha256, seen) else None
+
+
+def _quarantine(
+    site: SiteConfig, manifest: BuildManifest, artifact: Path, stage: str, reason: str
+) -> Quarantine:
+    size, mtime_ns = _artifact_seen(artifact)
+    record = Quarantine(
+        env=manifest.name,
+        build_id=manifest.build_id,
+        stage=stage,
+        reason=reason,
+        artifact_sha256=manifest.artifact.sha256,
+        artifact_size=size,
+        artifact_mtime_ns=mtime_ns,
+        time=isoformat(utcnow()),
+        node=site.agent.node,
+    )
+    atomic_write_json(
+        layout.quarantine_path(site.deploy_root, manifest.name, manifest.build_id), asdict(record)
+    )
+    return record
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify_artifact(path: Path, manifest: BuildManifest) -> None:
+    """Size, then sha256, against the manifest, before anything reads the archive."""
+    expected = manifest.artifact
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise RejectedArtifactError(manifest.build_id, f"artifact {path}: {exc.strerror}") from None
+    if size != expected.size:
+        raise RejectedArtifactError(
+            manifest.build_id, f"artifact {path.name}: size {size} != manifest size {expected.size}"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.sha256:
+        raise RejectedArtifactError(
+            manifest.build_id,
+            f"artifact {path.name}: sha256 {digest.hexdigest()} "
+            f"!= manifest sha256 {expected.sha256}",
+        )
+
+
+# -- safe extraction ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open_stream(path: Path, fmt: str) -> Any:
+    """A forward-only tarfile over the archive (zstd via `zstandard`, gzip via tarfile)."""
+    with open(path, "rb") as raw:
+        if fmt in ("tar.zst", "tar.zstd"):
+            import zstandard
+
+            reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20) as tar:
+                yield tar
+        elif fmt in ("tar.gz", "tgz"):
+            with tarfile.open(fileobj=raw, mode="r|gz", bufsize=1 << 20) as tar:
+                yield tar
+        elif fmt == "tar":
+            with tarfile.open(fileobj=raw, mode="r|", bufsize=1 << 20) as tar:
+                yield tar
+        else:
+            raise RejectedArtifactError("", f"unknown artifact format {fmt!r}")
+
+
+def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
+    """Our own checks, for clear reasons; tarfile's "data" filter re-checks all of them."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute():
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: absolute path")
+    if ".." in name.parts:
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: '..' in path")
+    if member.isdev():
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: device or fifo file")
+    if member.issym() or member.islnk():
+        link = PurePosixPath(member.linkname)
+        base = name.parent if member.issym() else PurePosixPath()
+        depth = 0
+        for part in (base / link).parts if not link.is_absolute() else ("/",):
+            if part == "/":
+                depth = -1
+                break
+            depth += -1 if part == ".." else (0 if part == "." else 1)
+            if depth < 0:
+                break
+        if depth < 0:
+            kind = "symlink" if member.issym() else "hardlink"
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: {kind} to {member.linkname!r} leaves the prefix"
+            )
+
+
+def safe_extract(
+    archive: Path, fmt: str, dest: Path, *, build_id: str, max_members: int, max_bytes: int
+) -> tuple[int, int]:
+    """Extract `archive` into `dest` (which must exist); returns (members, bytes).
+
+    Raises RejectedArtifactError for anything unsafe, over the limits or unreadable. Only
+    `dest` is ever written: tarfile's "data" filter refuses absolute names, `..`, links
+    leaving `dest` and device files, and we check the same things first for the message.
+    """
+    members = total = 0
+    try:
+        with _open_stream(archive, fmt) as tar:
+            for member in tar:
+                members += 1
+                total += max(member.size, 0)
+                if members > max_members:
+                    raise RejectedArtifactError(
+                        build_id, f"archive has more than agent.max_members={max_members} members"
+                    )
+                if total > max_bytes:
+                    raise RejectedArtifactError(
+                        build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
+                    )
+                _check_member(member, build_id)
+                tar.extract(member, dest, set_attrs=True, filter="data")
+                if members == PAUSE_AFTER_MEMBERS:
+                    layout.test_pause("extract")
+    except RejectedArtifactError:
+        raise
+    except tarfile.FilterError as exc:
+        raise RejectedArtifactError(build_id, f"unsafe archive member: {exc}") from None
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        # an OSError (disk full, GPFS hiccup) is not the artifact's fault: it propagates and
+        # the build is retried next pass instead of being quarantined
+        raise RejectedArtifactError(
+            build_id, f"unreadable archive: {type(exc).__name__}: {exc}"
+        ) from None
+    except Exception as exc:
+        if type(exc).__name__ == "ZstdError":  # zstandard's error type for corrupt frames
+            raise RejectedArtifactError(build_id, f"unreadable archive: {exc}") from None
+        raise
+    if members == 0:
+        raise RejectedArtifactError(build_id, "archive is empty")
+    return members, total
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def env_for_prefix(prefix: Path) -> dict[str, str]:
+    """The environment a deployed env's programs run with: its bin first, its CONDA_PREFIX."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
+    env["PATH"] = f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env["CONDA_PREFIX"] = str(prefix)
+    return env
+
+
+def _run(cmd: list[str], prefix: Path, timeout: float, build_id: str, stage: str) -> None:
+    """Run `cmd` in its own process group; kill the whole group on timeout."""
+    with tempfile.TemporaryDirectory(prefix="nsls2-agent-") as cwd:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,  # an empty cwd, so nothing there shadows the env's modules
+            env=env_for_prefix(prefix),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output, _ = proc.communicate(timeout=timeout or None)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise _StageError(build_id, stage, f"{stage} timed out after {timeout:g} s") from None
+    if proc.returncode != 0:
+        tail = output.decode(errors="replace").strip().splitlines()[-5:]
+        raise _StageError(
+            build_id, stage, f"{stage} failed (exit {proc.returncode}): {' | '.join(tail)}"
+        )
+
+
+def conda_unpack(prefix: Path, timeout: float, build_id: str) -> None:
+    """Run the env's own `bin/conda-unpack` by absolute path, at the final location."""
+    script = prefix / "bin" / "conda-unpack"
+    if not script.is_file():
+        raise _StageError(
+            build_id, "unpack", "bin/conda-unpack is missing: not a conda-pack archive"
+        )
+    python = prefix / "bin" / "python"
+    # conda-pack writes it with a `#!/usr/bin/env python` shebang; name the interpreter so
+    # the env's python runs it whatever PATH the agent has
+    cmd = [str(python), str(script)] if python.exists() else [str(script)]
+    _run(cmd, prefix, timeout, build_id, "unpack")
+
+
+def smoke_test(prefix: Path, imports: tuple[str, ...], timeout: float, build_id: str) -> None:
+    """Import every smoke module with the env's own python (isolated mode: no user site)."""
+    python = prefix / "bin" / "python"
+    if not python.exists():
+        raise _StageError(build_id, "smoke", "bin/python is missing")
+    code = "\n".join(f"import {name}" for name in imports) or "pass"
+    _run([str(python), "-I", "-c", code], prefix, timeout, build_id, "smoke")
+
+
+# -- the whole step ------------------------------------------------------------------------------
+
+
+def _discard(path: Path) -> None:
+    """Move a stale directory out of the way atomically, then delete it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    trash = path.parent / f"{layout.TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_trash(deploy_root: Path, env: str) -> None:
+    for entry in layout.env_dir(deploy_root, env).glob(f"{layout.TRASH_PREFIX}*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def deploy_build(
+    site: SiteConfig,
+    store: FilesystemStore,
+    manifest: BuildManifest,
+    log: logging.Logger,
+    *,
+    wait: bool = False,
+) -> DeployOutcome:
+    """Make ENV/BUILD_ID ready here, or quarantine it; never raises for a bad build."""
+    env, build_id = manifest.name, manifest.build_id
+    root = site.deploy_root
+    try:
+        with build_lock(root, env, build_id, wait=wait):
+            if layout.read_ready(root, env, build_id):
+                return DeployOutcome(env, build_id, "ready")
+            if (record := quarantined_for(site, store, manifest)) is not None:
+                return DeployOutcome(env, build_id, "skipped", record.reason)
+            return _deploy_locked(site, store, manifest, log)
+    except LockBusy:
+        event(log, "busy", env=env, build=build_id, detail="another agent is deploying it")
+        return DeployOutcome(env, build_id, "busy")
+
+
+def _deploy_locked(
+    site: SiteConfig, store: FilesystemStore, manifest: BuildManifest, log: logging.Logger
+) -> DeployOutcome:
+    env, build_id = manifest.name, manifest.build_id
+    root = site.deploy_root
+    artifact = store.root / env / build_id / manifest.artifact.file
+    final = layout.build_dir(root, env, build_id)
+    partial = layout.partial_dir(root, env, build_id)
+    started = time.monotonic()
+    stage = "verify"
+    try:
+        verify_artifact(artifact, manifest)
+        event(log, "verified", env=env, build=build_id, seconds=time.monotonic() - started)
+        # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
+        _discard(partial)
+        _discard(final)
+        partial.mkdir(parents=True)
+        stage = "extract"
+        event(log, "extract", env=env, build=build_id, node=site.agent.node)
+        members, nbytes = safe_extract(
+            artifact,
+            manifest.artifact.format,
+            partial,
+            build_id=build_id,
+            max_members=site.agent.max_members,
+            max_bytes=site.agent.max_bytes,
+        )
+        os.rename(partial, final)
+        fsync_dir(final.parent)
+        stage = "unpack"
+        layout.test_pause("unpack")
+        conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
+        stage = "smoke"
+        layout.test_pause("smoke")
+        smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
+    except (RejectedArtifactError, _StageError) as exc:
+        reason = str(exc)
+        with contextlib.suppress(OSError):
+            _discard(partial)
+            _discard(final)
+        _quarantine(site, manifest, artifact, getattr(exc, "stage", stage), reason)
+        event(log, "quarantine", logging.ERROR, env=env, build=build_id, stage=stage, reason=reason)
+        return DeployOutcome(env, build_id, "quarantined", reason, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    atomic_write_json(final / layout.LOCAL_MANIFEST, manifest.to_dict())
+    ready = ReadyRecord(
+        env=env,
+        build_id=build_id,
+        created=manifest.created,
+        deployed=isoformat(utcnow()),
+        node=site.agent.node,
+        artifact_sha256=manifest.artifact.sha256,
+        smoke=manifest.smoke,
+        seconds=round(seconds, 3),
+    )
+    atomic_write_json(final / layout.READY, ready.to_dict())  # the done marker, last
+    event(log, "deploy", env=env, build=build_id, members=members, bytes=nbytes, seconds=seconds)
+    return DeployOutcome(env, build_id, "deployed", seconds=seconds)

@@ -1,0 +1,139 @@
+"""Node heartbeats and the shared filesystem's clock.
+
+Every agent pass writes `DEPLOY_ROOT/state/nodes/NODE.json` (the builds in use on that
+node, from its /proc scan) through `retention.run_pass`; retention reads all of them to
+decide what may be deleted, and `nodes list` / `nodes retire` show and retire them.
+All ages are measured with file mtimes as the shared filesystem records them, never with
+a node's own clock, so clock skew between nodes cannot make a heartbeat look fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .. import __version__
+from ..errors import PruneError
+from ..fsutil import atomic_write_json, fsync_dir, read_json
+from ..procscan import ScanResult
+from ..records import NodeHeartbeat, RecordError, isoformat, utcnow
+
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def nodes_dir(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "state" / "nodes"
+
+
+def retired_dir(deploy_root: str | Path) -> Path:
+    return nodes_dir(deploy_root) / "retired"
+
+
+def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
+    if not _NODE_RE.match(node):
+        raise PruneError(f"node name {node!r} cannot be a file name in {nodes_dir(deploy_root)}")
+    return nodes_dir(deploy_root) / f"{node}.json"
+
+
+def fs_now_ns(deploy_root: str | Path, node: str) -> int:
+    """Now, as the shared filesystem's clock says: write a probe file, read back its mtime."""
+    state = Path(deploy_root) / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    probe = state / f".clock-{node}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"clock probe\n")  # a data write makes the file server stamp the mtime
+        os.fsync(fd)
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHeartbeat:
+    """The heartbeat for one scan; `keys` maps each scanned build dir to "ENV/BUILD_ID"."""
+    in_use = {
+        keys[path]: [asdict(use) for use in uses]
+        for path, uses in sorted(scan.uses.items())
+        if uses and path in keys
+    }
+    return NodeHeartbeat(
+        node=node,
+        time=isoformat(utcnow()),  # informational only; ages come from the file's mtime
+        version=__version__,
+        in_use=in_use,
+        complete=scan.complete,
+        unknown=[asdict(use) for use in scan.unknown],
+    )
+
+
+def write_heartbeat(deploy_root: str | Path, heartbeat: NodeHeartbeat) -> int:
+    """Write NODE.json atomically; returns its mtime (ns) as the shared filesystem recorded it."""
+    path = heartbeat_path(deploy_root, heartbeat.node)
+    atomic_write_json(path, heartbeat.to_dict())
+    return os.stat(path).st_mtime_ns
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """One node's last heartbeat as found on disk (or why it could not be read)."""
+
+    node: str
+    mtime_ns: int
+    heartbeat: NodeHeartbeat | None
+    error: str | None = None
+
+    def age_seconds(self, now_ns: int) -> float:
+        return max(0, now_ns - self.mtime_ns) / 1e9
+
+    def stale(self, now_ns: int, ttl_seconds: float) -> bool:
+        return self.age_seconds(now_ns) > ttl_seconds
+
+    @property
+    def since(self) -> str:
+        """The heartbeat's mtime as an ISO time (for "stale since …")."""
+        return isoformat(datetime.fromtimestamp(self.mtime_ns / 1e9, UTC))
+
+
+def read_reports(deploy_root: str | Path) -> list[NodeReport]:
+    """Every non-retired node's heartbeat; an unreadable one is reported with its error."""
+    reports = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(nodes_dir(deploy_root)), key=lambda e: e.name):
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            node = entry.name[: -len(".json")]
+            try:
+                mtime_ns = entry.stat(follow_symlinks=False).st_mtime_ns
+            except FileNotFoundError:
+                continue  # retired between listing and stat
+            try:
+                heartbeat = NodeHeartbeat.from_dict(read_json(entry.path))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, RecordError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                reports.append(NodeReport(node, mtime_ns, None, f"{entry.path}: {reason}"))
+                continue
+            reports.append(NodeReport(node, mtime_ns, heartbeat))
+    return reports
+
+
+def retire(deploy_root: str | Path, node: str) -> Path:
+    """Move NODE.json to state/nodes/retired/ so it stops blocking deletion."""
+    source = heartbeat_path(deploy_root, node)
+    target = retired_dir(deploy_root) / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        known = ", ".join(r.node for r in read_reports(deploy_root)) or "none"
+        raise PruneError(
+            f"no heartbeat for node {node!r} in {source.parent} (known: {known})"
+        ) from None
+    fsync_dir(source.parent)
+    fsync_dir(target.parent)
+    return target

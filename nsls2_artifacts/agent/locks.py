@@ -1,0 +1,36 @@
+"""Per-build and per-deploy-root locks on the shared filesystem, so several agents
+(one per node, all on one GPFS deploy root) unpack each build exactly once.
+
+Callers: `deploy.deploy_build` (build lock) and `reconcile.run_pass` (apply lock).
+Built on `fsutil.file_lock` (POSIX locks, dropped by the kernel when a holder dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..fsutil import file_lock
+
+
+def build_lock_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return Path(deploy_root) / "state" / "locks" / env / f"{build_id}.lock"
+
+
+def apply_lock_path(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "state" / "locks" / "apply.lock"
+
+
+@contextlib.contextmanager
+def build_lock(deploy_root: str | Path, env: str, build_id: str, *, wait: bool) -> Iterator[Path]:
+    """Hold the lock for unpacking ENV/BUILD_ID; raises `fsutil.LockBusy` if not `wait`."""
+    with file_lock(build_lock_path(deploy_root, env, build_id), wait=wait) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def apply_lock(deploy_root: str | Path) -> Iterator[Path]:
+    """Serialise flips and kernelspec writes so each agent plans from what it then applies."""
+    with file_lock(apply_lock_path(deploy_root), wait=True) as path:
+        yield path

@@ -1,0 +1,397 @@
+"""One reconcile pass: look at the store and the deploy root, plan, apply.
+
+Called by `watch.run_daemon` (repeatedly) and `agent --once` / `--dry-run`. Desired
+state = committed manifests + LTS records in the store; actual state = the deploy
+root. Every step is idempotent, so a crash anywhere is repaired by the next pass. A
+store listing that fails or comes back empty never removes or un-flips anything:
+`latest` is chosen from builds ready here, and only LTS kernelspecs depend on the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import SiteConfig
+from ..errors import StoreError
+from ..fsutil import atomic_write_json, read_json
+from ..records import (
+    BuildManifest,
+    LtsRecord,
+    ReadyRecord,
+    RecordError,
+    isoformat,
+    parse_time,
+    utcnow,
+)
+from ..store import FilesystemStore, InvalidBuild
+from . import deploy, kernels, latest, layout, profiles
+from .locks import apply_lock
+from .log import event
+
+
+@dataclass(frozen=True)
+class Flip:
+    env: str
+    from_build: str | None
+    to_build: str
+    release_hold: bool = False
+
+
+@dataclass(frozen=True)
+class KernelWrite:
+    name: str
+    env: str
+    build_id: str
+    channel: str  # latest | lts
+    label: str
+    display_name: str
+
+
+@dataclass
+class Observed:
+    """Everything a plan is computed from; gathered without changing anything."""
+
+    store_ok: bool
+    store_error: str
+    manifests: dict[str, list[BuildManifest]]  # env -> committed builds, oldest first
+    invalid: list[InvalidBuild]
+    lts: dict[str, list[LtsRecord]]
+    ready: dict[str, list[ReadyRecord]]
+    current: dict[str, str | None]
+    holds: dict[str, latest.Hold | None]
+    kernels: dict[str, dict[str, Any]]
+    quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
+    display_names: dict[tuple[str, str], str]
+
+
+@dataclass
+class Plan:
+    """What a pass will do. `--dry-run` prints `describe()`; `apply` is safe to repeat."""
+
+    store_ok: bool = True
+    store_error: str = ""
+    to_deploy: list[BuildManifest] = field(default_factory=list)
+    quarantined: list[tuple[str, str, str]] = field(default_factory=list)
+    invalid: list[InvalidBuild] = field(default_factory=list)
+    to_flip: list[Flip] = field(default_factory=list)
+    kernels_write: list[KernelWrite] = field(default_factory=list)
+    kernels_remove: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store_ok": self.store_ok,
+            "store_error": self.store_error,
+            "to_deploy": [f"{m.name}/{m.build_id}" for m in self.to_deploy],
+            "quarantined": [{"env": e, "build_id": b, "reason": r} for e, b, r in self.quarantined],
+            "invalid": [asdict(i) for i in self.invalid],
+            "to_flip": [asdict(f) for f in self.to_flip],
+            "kernels_write": [asdict(k) for k in self.kernels_write],
+            "kernels_remove": [{"name": n, "why": w} for n, w in self.kernels_remove],
+        }
+
+    def describe(self) -> str:
+        lines = []
+        if not self.store_ok:
+            lines.append(f"store unavailable ({self.store_error}): nothing will be removed")
+        lines += [f"deploy   {m.name}/{m.build_id}" for m in self.to_deploy]
+        lines += [f"skip     {e}/{b} (quarantined: {r})" for e, b, r in self.quarantined]
+        lines += [f"ignore   {i.env}/{i.build_id} ({i.reason})" for i in self.invalid]
+        for f in self.to_flip:
+            hold = " (rollback hold released)" if f.release_hold else ""
+            lines.append(f"flip     {f.env}/latest: {f.from_build or '-'} -> {f.to_build}{hold}")
+        lines += [
+            f"kernel   write {k.name} -> {k.env}/{k.build_id} ({k.channel})"
+            for k in self.kernels_write
+        ]
+        lines += [f"kernel   remove {n} ({w})" for n, w in self.kernels_remove]
+        return "\n".join(lines) or "nothing to do"
+
+
+@dataclass
+class PassResult:
+    plan: Plan
+    outcomes: list[deploy.DeployOutcome] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# -- look -----------------------------------------------------------------------------------
+
+
+def _local_display_name(deploy_root: Path, env: str, build_id: str) -> str | None:
+    try:
+        return BuildManifest.from_dict(
+            read_json(layout.build_dir(deploy_root, env, build_id) / layout.LOCAL_MANIFEST)
+        ).display_name
+    except (OSError, ValueError, RecordError):
+        return None
+
+
+def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Observed:
+    root = site.deploy_root
+    obs = Observed(True, "", {}, [], {}, {}, {}, {}, kernels.installed(root), {}, {})
+    try:
+        for env in store.envs():
+            obs.manifests[env] = store.builds(env)
+            obs.invalid += store.invalid_builds(env)
+            obs.lts[env] = store.lts(env)
+    except StoreError as exc:
+        obs.store_ok, obs.store_error = False, str(exc)
+        obs.manifests, obs.lts = {}, {}
+        event(log, "store-unavailable", logging.WARNING, reason=str(exc))
+    for env, builds in obs.manifests.items():
+        for m in builds:
+            obs.display_names[(env, m.build_id)] = m.display_name
+            if (q := deploy.quarantined_for(site, store, m)) is not None:
+                obs.quarantined[(env, m.build_id)] = q.reason
+    for env in sorted(set(obs.manifests) | set(layout.deployed_envs(root))):
+        obs.ready[env] = layout.ready_builds(root, env)
+        obs.current[env] = latest.current_latest(root, env)
+        obs.holds[env] = latest.read_hold(root, env)
+        for r in obs.ready[env]:
+            name = _local_display_name(root, env, r.build_id)
+            if name:
+                obs.display_names.setdefault((env, r.build_id), name)
+    return obs
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+def _planned_ready(m: BuildManifest) -> ReadyRecord:
+    return ReadyRecord(
+        m.name, m.build_id, m.created, "(planned)", "", m.artifact.sha256, m.smoke, 0.0
+    )
+
+
+def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Plan:
+    """Compare desired and actual state. `assume_ready` plans as if every deploy succeeds
+    (for `--dry-run`); the real pass re-observes after deploying instead."""
+    plan = Plan(store_ok=obs.store_ok, store_error=obs.store_error, invalid=list(obs.invalid))
+    ready_ids = {env: {r.build_id for r in rs} for env, rs in obs.ready.items()}
+    for env, builds in obs.manifests.items():
+        for m in builds:
+            if m.build_id in ready_ids.get(env, set()):
+                continue
+            if (env, m.build_id) in obs.quarantined:
+                plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
+            else:
+                plan.to_deploy.append(m)
+    # newest first: the build users are waiting for is usually the newest one
+    plan.to_deploy.sort(key=lambda m: (m.created_at, m.build_id), reverse=True)
+
+    ready = {env: list(rs) for env, rs in obs.ready.items()}
+    if assume_ready:
+        for m in plan.to_deploy:
+            ready.setdefault(m.name, []).append(_planned_ready(m))
+        for rs in ready.values():
+            rs.sort(key=lambda r: (parse_time(r.created), r.build_id))
+
+    wanted: dict[str, KernelWrite] = {}
+    for env in sorted(ready):
+        ids = {r.build_id for r in ready[env]}
+        target, release = latest.choose_latest(ready[env], obs.current.get(env), obs.holds.get(env))
+        if target and (target != obs.current.get(env) or release):
+            plan.to_flip.append(Flip(env, obs.current.get(env), target, release))
+        if target:
+            name = kernels.kernel_name(env)
+            wanted[name] = KernelWrite(
+                name, env, target, "latest", "latest", obs.display_names.get((env, target), env)
+            )
+        store_knows_env = obs.store_ok and bool(obs.manifests.get(env))
+        if store_knows_env:
+            for record in obs.lts.get(env, []):
+                if record.build_id in ids:
+                    name = kernels.kernel_name(env, record.label)
+                    display = obs.display_names.get((env, record.build_id), env)
+                    wanted[name] = KernelWrite(
+                        name, env, record.build_id, "lts", record.label, display
+                    )
+        else:
+            # the store said nothing about this env: keep its LTS kernels as they are
+            for name, data in obs.kernels.items():
+                target_info = kernels.spec_target(data)
+                if (
+                    target_info.get("env") == env
+                    and target_info.get("channel") == "lts"
+                    and target_info.get("build_id") in ids
+                ):
+                    wanted[name] = KernelWrite(
+                        name,
+                        env,
+                        target_info["build_id"],
+                        "lts",
+                        target_info.get("label", ""),
+                        obs.display_names.get((env, target_info["build_id"]), env),
+                    )
+    plan.kernels_write = [wanted[n] for n in sorted(wanted)]
+    for name, data in sorted(obs.kernels.items()):
+        if name not in wanted:
+            info = kernels.spec_target(data)
+            plan.kernels_remove.append(
+                (name, f"{info.get('env')}/{info.get('build_id')} not wanted")
+            )
+    return plan
+
+
+# -- apply ----------------------------------------------------------------------------------
+
+
+def _spec_for(site: SiteConfig, k: KernelWrite) -> Any:
+    if k.channel == "latest":
+        return kernels.latest_spec(site.deploy_root, k.env, k.build_id, k.display_name)
+    return kernels.lts_spec(site.deploy_root, k.env, k.label, k.build_id, k.display_name)
+
+
+def apply_deploys(
+    site: SiteConfig,
+    store: FilesystemStore,
+    plan: Plan,
+    log: logging.Logger,
+    stop: threading.Event | None = None,
+) -> list[deploy.DeployOutcome]:
+    """Deploy every planned build; one failing never stops the others.
+
+    First without waiting for other agents' build locks (so two agents split the work),
+    then waiting for the busy ones, which then turn out ready (or get redone if the
+    holder died)."""
+    outcomes, busy = [], []
+    for wait in (False, True):
+        for m in busy if wait else plan.to_deploy:
+            if stop is not None and stop.is_set():
+                return outcomes
+            try:
+                outcome = deploy.deploy_build(site, store, m, log, wait=wait)
+            except Exception as exc:  # a transient fault (disk, GPFS): retried next pass
+                event(
+                    log,
+                    "deploy-error",
+                    logging.ERROR,
+                    env=m.name,
+                    build=m.build_id,
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+                outcome = deploy.DeployOutcome(m.name, m.build_id, "error", str(exc))
+            if outcome.result == "busy" and not wait:
+                busy.append(m)
+            else:
+                outcomes.append(outcome)
+    return outcomes
+
+
+def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
+    """Flip latest, then write/remove kernelspecs (latest first: its spec resolves the link)."""
+    root = site.deploy_root
+    for f in plan.to_flip:
+        latest.flip(root, f.env, f.to_build)
+        if f.release_hold:
+            latest.clear_hold(root, f.env)
+        event(log, "flip", env=f.env, build=f.to_build, previous=f.from_build or "-")
+    for k in plan.kernels_write:
+        if kernels.write_kernelspec(root, k.name, _spec_for(site, k)):
+            event(log, "kernelspec", name=k.name, env=k.env, build=k.build_id, channel=k.channel)
+    for name, why in plan.kernels_remove:
+        if kernels.remove_kernelspec(root, name):
+            event(log, "kernelspec-removed", name=name, why=why)
+    written, removed = profiles.write_profiles(site)
+    for name in written:
+        event(log, "profile", beamline=name)
+    for name in removed:
+        event(log, "profile-removed", beamline=name)
+
+
+def _run_retention(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> str | None:
+    """Hand over to retention (heartbeats + prune) when that module is installed."""
+    try:
+        retention = importlib.import_module("nsls2_artifacts.agent.retention")
+    except ModuleNotFoundError as exc:
+        if exc.name != "nsls2_artifacts.agent.retention":
+            raise
+        return None
+    try:
+        retention.run_pass(site, store, log, apply=True)
+    except Exception as exc:
+        event(log, "retention-error", logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+        return f"retention: {exc}"
+    return None
+
+
+def run_pass(
+    site: SiteConfig,
+    store: FilesystemStore,
+    log: logging.Logger,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+) -> PassResult:
+    """Look, plan, apply once. With `dry_run`, only plan (as if every deploy succeeded)."""
+    started = time.monotonic()
+    plan = make_plan(site, observe(site, store, log), assume_ready=dry_run)
+    result = PassResult(plan)
+    if dry_run:
+        return result
+    for bad in plan.invalid:
+        event(
+            log,
+            "invalid-manifest",
+            logging.WARNING,
+            env=bad.env,
+            build=bad.build_id,
+            reason=bad.reason,
+        )
+        result.failures.append(f"{bad.env}/{bad.build_id}: {bad.reason}")
+    if not plan.store_ok:
+        result.failures.append(f"store: {plan.store_error}")
+    for env in layout.deployed_envs(site.deploy_root):
+        deploy.clean_trash(site.deploy_root, env)
+    result.outcomes = apply_deploys(site, store, plan, log, stop)
+    result.failures += [
+        f"{o.env}/{o.build_id}: {o.reason}"
+        for o in result.outcomes
+        if o.result in ("quarantined", "error")
+    ]
+    layout.test_pause("flip")
+    with apply_lock(site.deploy_root):
+        # re-look under the lock: the deploys (ours or another agent's) changed what is ready
+        state_plan = make_plan(site, observe(site, store, log))
+        apply_state(site, state_plan, log)
+    result.plan.to_flip, result.plan.kernels_write = state_plan.to_flip, state_plan.kernels_write
+    result.plan.kernels_remove = state_plan.kernels_remove
+    if (failure := _run_retention(site, store, log)) is not None:
+        result.failures.append(failure)
+    result.seconds = time.monotonic() - started
+    _record_pass(site, result)
+    event(
+        log,
+        "pass",
+        deployed=sum(o.result == "deployed" for o in result.outcomes),
+        failed=len(result.failures),
+        seconds=result.seconds,
+    )
+    return result
+
+
+def _record_pass(site: SiteConfig, result: PassResult) -> None:
+    """`state/agent/NODE.json`: when this node last finished a pass and what failed."""
+    atomic_write_json(
+        layout.pass_record_path(site.deploy_root, site.agent.node),
+        {
+            "node": site.agent.node,
+            "time": isoformat(utcnow()),
+            "seconds": round(result.seconds, 3),
+            "ok": result.ok,
+            "failures": result.failures,
+            "outcomes": [asdict(o) for o in result.outcomes],
+            "store_ok": result.plan.store_ok,
+        },
+    )

@@ -1,0 +1,618 @@
+"""Retention: mark-and-sweep deletion of deployed builds that nothing uses any more.
+
+The sync agent calls `run_pass` once per reconcile pass; `nsls2-artifacts prune` calls it
+from the command line (`--dry-run` plans without applying). One pass: scan this node's
+/proc for every deployed build, write this node's heartbeat, then look → plan → apply:
+
+  roots       `latest` target, rollback hold, LTS builds younger than `lts_years`, the
+              newest `keep_latest` ready builds, builds younger than `grace_days`, and
+              builds in use on any node (this scan + every other node's heartbeat);
+  candidates  everything else: first a tombstone (`state/tombstones/ENV/BUILD_ID.json`)
+              and its kernelspecs removed; deleted on a later pass only when the
+              tombstone is older than the grace period, every live node has reported
+              since, nobody reports it in use, nothing is unknown and no node is stale.
+
+Times that decide deletion are file mtimes on the shared filesystem (tombstone,
+heartbeats, a probe file), never this node's clock, so clock skew cannot delete early.
+Deleting renames `envs/ENV/BUILD_ID` into `state/trash/` (never half-visible as a build)
+and writes `state/deleted/ENV/BUILD_ID.json` so the agent does not deploy it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RetentionPolicy, SiteConfig
+from ..errors import StoreError
+from ..fsutil import LockBusy, atomic_write_json, fsync_dir, read_json
+from ..procscan import scan
+from ..records import (
+    LtsRecord,
+    NodeHeartbeat,
+    ProcessUse,
+    RetentionDecision,
+    is_build_id,
+    isoformat,
+    parse_time,
+    utcnow,
+)
+from ..store import FilesystemStore
+from . import heartbeat as hb
+from . import layout
+from .locks import build_lock
+
+try:  # the agent's kernelspec module is the only kernelspec writer; use it when present
+    from .kernels import remove_kernelspecs_for as _agent_remove_kernelspecs
+except ImportError:  # pragma: no cover - only before the sync agent's module exists
+    _agent_remove_kernelspecs = None
+
+DAY = 86400.0
+_RETENTION_KEYS = {"lts_years", "keep_latest", "grace_days"}
+
+
+# -- layout of retention's own state ------------------------------------------------------------
+
+
+def tombstone_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return Path(deploy_root) / "state" / "tombstones" / env / f"{build_id}.json"
+
+
+def deleted_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return Path(deploy_root) / "state" / "deleted" / env / f"{build_id}.json"
+
+
+def trash_dir(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "state" / "trash"
+
+
+def _ids_in(directory: Path) -> dict[str, int]:
+    """build id -> mtime (ns) of `directory/BUILD_ID.json` files."""
+    found = {}
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(directory):
+            build_id = entry.name.removesuffix(".json")
+            if entry.name.endswith(".json") and is_build_id(build_id):
+                with contextlib.suppress(FileNotFoundError):
+                    found[build_id] = entry.stat(follow_symlinks=False).st_mtime_ns
+    return found
+
+
+def tombstones(deploy_root: str | Path, env: str) -> dict[str, int]:
+    """Tombstoned build ids of `env` -> tombstone time (file mtime, ns, shared-fs clock)."""
+    return _ids_in(tombstone_path(deploy_root, env, "x").parent)
+
+
+def deleted_builds(deploy_root: str | Path, env: str) -> set[str]:
+    """Builds retention deleted: the agent must not deploy these again from the store."""
+    return set(_ids_in(deleted_path(deploy_root, env, "x").parent))
+
+
+# -- kernelspecs ---------------------------------------------------------------------------------
+
+
+def remove_kernelspecs(deploy_root: Path, env: str, build_id: str) -> list[str]:
+    """Remove every kernelspec that starts ENV/BUILD_ID (the agent's function when present)."""
+    if _agent_remove_kernelspecs is not None:
+        return list(_agent_remove_kernelspecs(deploy_root, env, build_id))
+    return _fallback_remove_kernelspecs(deploy_root, env, build_id)
+
+
+def _fallback_remove_kernelspecs(deploy_root: Path, env: str, build_id: str) -> list[str]:
+    """Remove kernelspec dirs whose argv, env or metadata names the build directory."""
+    needle = str(layout.build_dir(deploy_root, env, build_id))
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(layout.kernels_dir(deploy_root)), key=lambda e: e.name):
+            spec = Path(entry.path) / "kernel.json"
+            try:
+                text = spec.read_text()
+            except OSError:
+                continue
+            if needle in text:
+                spec.unlink()  # Jupyter stops listing it before the directory goes
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
+
+
+# -- looking ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    """One directory `envs/ENV/BUILD_ID` (ready or not) and when it was built."""
+
+    env: str
+    build_id: str
+    path: Path
+    created: datetime
+    ready: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.env}/{self.build_id}"
+
+
+@dataclass
+class EnvView:
+    """What retention knows about one environment."""
+
+    env: str
+    policy: RetentionPolicy
+    builds: list[Build]
+    latest: str | None
+    hold: str | None
+    lts: list[LtsRecord]
+    tombstones: dict[str, int]
+    deleted: set[str]
+    problem: str | None = None  # set: nothing in this env may be tombstoned or deleted
+
+
+@dataclass
+class Cluster:
+    """Every node's view: uses, unreadable processes, stale or broken heartbeats."""
+
+    node: str
+    now_ns: int
+    ttl_seconds: float
+    in_use: dict[str, list[tuple[str, ProcessUse]]] = field(default_factory=dict)
+    unknown: list[tuple[str, ProcessUse | None]] = field(default_factory=list)
+    stale: list[hb.NodeReport] = field(default_factory=list)
+    broken: list[hb.NodeReport] = field(default_factory=list)
+    reported: dict[str, int] = field(default_factory=dict)  # live node -> heartbeat mtime
+
+    @property
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.now_ns / 1e9, UTC)
+
+
+def env_policy(site: SiteConfig, env: str) -> RetentionPolicy:
+    """The site policy with `retention:` overrides from manifests/ENV/nsls2.yaml, if any.
+
+    Raises ValueError naming the file and key when the override is malformed: the caller
+    then keeps everything in that env rather than guessing a policy.
+    """
+    path = site.manifests / env / "nsls2.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return site.retention
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    raw = doc.get("retention") if isinstance(doc, dict) else None
+    if raw is None:
+        return site.retention
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: retention: expected a mapping")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _RETENTION_KEYS:
+            raise ValueError(f"{path}: retention.{key}: unknown key")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{path}: retention.{key}: expected a non-negative number")
+        values[key] = int(value) if key == "keep_latest" else float(value)
+    return RetentionPolicy(**{**site.retention.__dict__, **values})
+
+
+def _created(deploy_root: Path, env: str, build_id: str, store_created: dict[str, str]) -> datetime:
+    """Build time: ready.json, else the store manifest, else the build id's own timestamp."""
+    ready = layout.read_ready(deploy_root, env, build_id)
+    for text in (ready.created if ready else None, store_created.get(build_id)):
+        if text:
+            with contextlib.suppress(ValueError):
+                return parse_time(text)
+    return datetime.strptime(build_id.split("-", 1)[0], "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _read_hold(deploy_root: Path, env: str) -> str | None:
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        build_id = read_json(layout.hold_path(deploy_root, env)).get("build_id")
+        return build_id if isinstance(build_id, str) else None
+    return None
+
+
+def _latest(deploy_root: Path, env: str) -> str | None:
+    try:
+        name = os.path.basename(os.readlink(layout.latest_link(deploy_root, env)).rstrip("/"))
+    except OSError:
+        return None
+    return name if is_build_id(name) else None
+
+
+def _lts_problem(store: Any, env: str, records: list[LtsRecord]) -> str | None:
+    """An LTS record the store could not parse would make its build look deletable."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        names = [
+            e.name
+            for e in os.scandir(Path(root) / env / "lts")
+            if e.name.endswith(".json") and not e.name.startswith(".")
+        ]
+        if len(names) != len(records):
+            readable = {f"{r.label}.json" for r in records}
+            bad = sorted(set(names) - readable)
+            return f"unreadable LTS record {Path(root) / env / 'lts' / bad[0]}" if bad else None
+    return None
+
+
+def look_env(site: SiteConfig, store: FilesystemStore, env: str) -> EnvView:
+    """Gather one env's builds, roots and tombstones; a failure becomes `problem`."""
+    root = site.deploy_root
+    problem = None
+    try:
+        policy = env_policy(site, env)
+    except ValueError as exc:
+        policy, problem = site.retention, f"bad retention override: {exc}"
+    store_created: dict[str, str] = {}
+    lts: list[LtsRecord] = []
+    ids = layout.build_dirs(root, env)
+    try:
+        manifests = store.builds(env)
+        lts = store.lts(env)
+        store_created = {m.build_id: m.created for m in manifests}
+        if not manifests and ids:
+            # DESIGN rule 2: an empty listing is never a reason to delete anything
+            problem = problem or f"store lists no builds for {env} (unreachable or empty?)"
+        problem = problem or _lts_problem(store, env, lts)
+    except StoreError as exc:
+        problem = problem or f"store listing for {env} failed: {exc}"
+    builds = [
+        Build(
+            env,
+            build_id,
+            layout.build_dir(root, env, build_id),
+            _created(root, env, build_id, store_created),
+            layout.read_ready(root, env, build_id) is not None,
+        )
+        for build_id in ids
+    ]
+    return EnvView(
+        env=env,
+        policy=policy,
+        builds=builds,
+        latest=_latest(root, env),
+        hold=_read_hold(root, env),
+        lts=lts,
+        tombstones=tombstones(root, env),
+        deleted=deleted_builds(root, env),
+        problem=problem,
+    )
+
+
+def all_envs(deploy_root: Path) -> list[str]:
+    """Envs with a directory under envs/ or left-over tombstones."""
+    names = set(layout.deployed_envs(deploy_root))
+    with contextlib.suppress(FileNotFoundError):
+        names.update(e.name for e in os.scandir(deploy_root / "state" / "tombstones") if e.is_dir())
+    return sorted(names)
+
+
+def gather_cluster(
+    deploy_root: Path,
+    node: str,
+    now_ns: int,
+    ttl_seconds: float,
+    own: NodeHeartbeat,
+) -> Cluster:
+    """Merge this node's fresh heartbeat with every other node's last one."""
+    cluster = Cluster(node=node, now_ns=now_ns, ttl_seconds=ttl_seconds)
+    others = [r for r in hb.read_reports(deploy_root) if r.node != node]
+    for report in [hb.NodeReport(node, now_ns, own), *others]:
+        if report.stale(now_ns, ttl_seconds):
+            cluster.stale.append(report)
+        elif report.heartbeat is None:
+            cluster.broken.append(report)
+        else:
+            cluster.reported[report.node] = report.mtime_ns
+        beat = report.heartbeat
+        if beat is None:
+            continue
+        # a stale node's last uses still count: being conservative costs only disk space
+        for key, uses in beat.in_use.items():
+            for use in uses:
+                with contextlib.suppress(TypeError):
+                    cluster.in_use.setdefault(key, []).append((report.node, ProcessUse(**use)))
+        if not report.stale(now_ns, ttl_seconds):
+            unknown = [_use_or_none(u) for u in beat.unknown]
+            if not beat.complete and not unknown:
+                unknown = [None]
+            cluster.unknown.extend((report.node, u) for u in unknown)
+    return cluster
+
+
+def _use_or_none(data: Any) -> ProcessUse | None:
+    try:
+        return ProcessUse(**data)
+    except TypeError:
+        return None
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+
+def _span(seconds: float) -> str:
+    """A short human duration: 45s, 12m, 3.5h, 2d, 2.5d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", DAY), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            value = seconds / size
+            return (
+                f"{value:.0f}{unit}" if abs(value - round(value)) < 0.05 else f"{value:.1f}{unit}"
+            )
+    return f"{seconds:.0f}s"
+
+
+def _use_text(node: str, use: ProcessUse) -> str:
+    return f"pid {use.pid} ({use.user}) on node {node} via {use.via}"
+
+
+def _unknown_text(node: str, use: ProcessUse | None) -> str:
+    if use is None:
+        what = "scan incomplete"
+    elif use.via == "hidepid":
+        what = f"{use.path} hides other users' processes"
+    else:
+        what = f"pid {use.pid} unreadable"
+    return f"kept: unknown ({what}) on node {node}"
+
+
+def root_reason(build: Build, view: EnvView, cluster: Cluster, newest: list[str]) -> str | None:
+    """Why `build` is a root (kept unconditionally), or None for a candidate."""
+    if build.build_id == view.latest:
+        return "kept: latest"
+    if build.build_id == view.hold:
+        return "kept: rollback hold"
+    for record in view.lts:
+        if record.build_id != build.build_id:
+            continue
+        with contextlib.suppress(ValueError):
+            promoted = parse_time(record.promoted)
+            if cluster.now - promoted < timedelta(days=365.25 * view.policy.lts_years):
+                return f"kept: lts {record.label} (promoted {promoted:%Y-%m-%d})"
+    uses = cluster.in_use.get(build.key)
+    if uses:
+        mine = sorted(uses, key=lambda u: (u[0] != cluster.node, u[0], u[1].pid))
+        more = f" (+{len(uses) - 1} more)" if len(uses) > 1 else ""
+        return f"kept: in use by {_use_text(*mine[0])}{more}"
+    if build.build_id in newest:
+        rank = newest.index(build.build_id) + 1
+        return f"kept: newest {view.policy.keep_latest} (#{rank})"
+    age = (cluster.now - build.created).total_seconds()
+    grace = view.policy.grace_days * DAY
+    if age < grace:
+        return f"kept: younger than grace {_span(grace)} (age {_span(age)})"
+    return None
+
+
+def decide(build: Build, view: EnvView, cluster: Cluster, newest: list[str]) -> RetentionDecision:
+    """The decision for one deployed build (pure: reads only the views it is given)."""
+
+    def verdict(action: str, reason: str) -> RetentionDecision:
+        return RetentionDecision(build.env, build.build_id, action, reason)
+
+    tombstone = view.tombstones.get(build.build_id)
+    reason = root_reason(build, view, cluster, newest)
+    if reason:
+        if tombstone is not None:
+            return verdict("untombstone", f"{reason} (tombstone removed)")
+        return verdict("keep", reason)
+    if cluster.unknown:  # a process we could not read may be using it: do not even tombstone
+        return verdict("keep", _unknown_text(*cluster.unknown[0]))
+    if view.problem:
+        return verdict("keep", f"kept: {view.problem}")
+    if tombstone is None:
+        return verdict("tombstone", "tombstoned")
+    age = (cluster.now_ns - tombstone) / 1e9
+    grace = view.policy.grace_days * DAY
+    if age < grace:
+        return verdict("wait", f"waiting: tombstone age {_span(age)} < grace {_span(grace)}")
+    if cluster.stale:
+        report = cluster.stale[0]
+        return verdict("keep", f"kept: node {report.node} stale since {report.since}")
+    if cluster.broken:
+        report = cluster.broken[0]
+        return verdict("keep", f"kept: heartbeat of node {report.node} unreadable ({report.error})")
+    late = sorted(node for node, mtime in cluster.reported.items() if mtime <= tombstone)
+    if late:
+        return verdict("wait", f"waiting: node {late[0]} has not reported since the tombstone")
+    return verdict("delete", "deleted")
+
+
+def plan_env(view: EnvView, cluster: Cluster) -> list[RetentionDecision]:
+    """Decisions for every build of one env, plus tombstones left without a build."""
+    ready = sorted((b for b in view.builds if b.ready), key=lambda b: (b.created, b.build_id))
+    newest = [b.build_id for b in reversed(ready)][: view.policy.keep_latest]
+    decisions = [decide(b, view, cluster, newest) for b in view.builds]
+    present = {b.build_id for b in view.builds}
+    for build_id in sorted(set(view.tombstones) - present):
+        # the agent was killed after moving the build to trash: finish the delete
+        decisions.append(
+            RetentionDecision(
+                view.env, build_id, "finish", "deleted (finished an interrupted delete)"
+            )
+        )
+    for build_id in sorted(view.deleted - present):
+        reason = _revived(build_id, view, cluster)
+        if reason:
+            decisions.append(RetentionDecision(view.env, build_id, "revive", reason))
+    return decisions
+
+
+def _revived(build_id: str, view: EnvView, cluster: Cluster) -> str | None:
+    """A deleted build that is a root again (rolled back to, promoted) may be redeployed."""
+    ghost = Build(view.env, build_id, Path(), cluster.now, False)
+    if build_id in (view.latest, view.hold) or any(r.build_id == build_id for r in view.lts):
+        reason = root_reason(ghost, view, cluster, [])
+        if reason and not reason.startswith("kept: younger"):
+            return f"{reason} (was deleted; the agent may deploy it again)"
+    return None
+
+
+# -- applying -----------------------------------------------------------------------------------
+
+
+def _event(log: logging.Logger, name: str, **fields: Any) -> None:
+    log.info("%s %s", name, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+def finish_trash(deploy_root: Path, log: logging.Logger) -> list[str]:
+    """Remove whatever an earlier (perhaps killed) delete left in state/trash."""
+    done = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(trash_dir(deploy_root)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
+            done.append(entry.name)
+            _event(log, "trash-removed", entry=entry.name)
+    return done
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+        fsync_dir(path.parent)
+
+
+def _tombstone(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) -> None:
+    root = site.deploy_root
+    path = tombstone_path(root, decision.env, decision.build_id)
+    if not path.exists():  # never rewrite: the file's mtime is the tombstone's time
+        atomic_write_json(
+            path,
+            {
+                "env": decision.env,
+                "build_id": decision.build_id,
+                "node": site.agent.node,
+                "time": isoformat(utcnow()),  # informational; the mtime is what counts
+            },
+        )
+    removed = remove_kernelspecs(root, decision.env, decision.build_id)
+    _event(log, "tombstoned", env=decision.env, build=decision.build_id, kernelspecs=removed)
+
+
+def _delete(
+    site: SiteConfig, decision: RetentionDecision, log: logging.Logger
+) -> RetentionDecision:
+    """Delete one build under its deploy lock: marker, kernelspecs, rename to trash, rmtree."""
+    root, env, build_id = site.deploy_root, decision.env, decision.build_id
+    try:
+        with build_lock(root, env, build_id, wait=False):
+            atomic_write_json(
+                deleted_path(root, env, build_id),
+                {
+                    "env": env,
+                    "build_id": build_id,
+                    "node": site.agent.node,
+                    "time": isoformat(utcnow()),
+                },
+            )
+            removed = remove_kernelspecs(root, env, build_id)
+            source = layout.build_dir(root, env, build_id)
+            target = trash_dir(root) / f"{env}--{build_id}--{uuid.uuid4().hex[:8]}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source, target)  # atomic: the build is whole or gone, never half
+                fsync_dir(source.parent)
+            _unlink(tombstone_path(root, env, build_id))
+            shutil.rmtree(target, ignore_errors=True)
+    except LockBusy:
+        return RetentionDecision(
+            env, build_id, "wait", "waiting: another agent holds the build lock"
+        )
+    _event(log, "deleted", env=env, build=build_id, kernelspecs=removed)
+    return decision
+
+
+def _finish(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) -> None:
+    root, env, build_id = site.deploy_root, decision.env, decision.build_id
+    marker = deleted_path(root, env, build_id)
+    if not marker.exists():
+        atomic_write_json(marker, {"env": env, "build_id": build_id, "node": site.agent.node})
+    removed = remove_kernelspecs(root, env, build_id)
+    _unlink(tombstone_path(root, env, build_id))
+    _event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)
+
+
+def apply_plan(
+    site: SiteConfig, decisions: list[RetentionDecision], log: logging.Logger
+) -> list[RetentionDecision]:
+    """Carry out a plan; one build failing is logged and reported, never stops the others."""
+    done = []
+    for decision in decisions:
+        try:
+            if decision.action == "tombstone":
+                _tombstone(site, decision, log)
+            elif decision.action == "untombstone":
+                _unlink(tombstone_path(site.deploy_root, decision.env, decision.build_id))
+            elif decision.action == "delete":
+                decision = _delete(site, decision, log)
+            elif decision.action == "finish":
+                _finish(site, decision, log)
+            elif decision.action == "revive":
+                _unlink(deleted_path(site.deploy_root, decision.env, decision.build_id))
+        except OSError as exc:
+            log.error(
+                "retention-failed env=%s build=%s error=%s", decision.env, decision.build_id, exc
+            )
+            decision = RetentionDecision(
+                decision.env, decision.build_id, "error", f"error: {decision.action} failed: {exc}"
+            )
+        done.append(decision)
+    return done
+
+
+# -- one pass -----------------------------------------------------------------------------------
+
+
+def run_pass(
+    site: SiteConfig,
+    store: FilesystemStore,
+    log: logging.Logger,
+    apply: bool = True,
+    *,
+    heartbeat: bool = True,
+) -> list[RetentionDecision]:
+    """Scan, write this node's heartbeat (if `apply` and `heartbeat`), plan, apply (if `apply`).
+
+    With `apply=False` nothing on disk changes; ages are then measured with this host's
+    clock instead of a probe file on the shared filesystem.
+    """
+    root = site.deploy_root
+    node = site.agent.node
+    if apply:
+        finish_trash(root, log)
+    envs = all_envs(root)
+    views = [look_env(site, store, env) for env in envs]
+    builds = [b for view in views for b in view.builds]
+    result = scan([b.path for b in builds])
+    own = hb.scan_heartbeat(node, result, {str(b.path): b.key for b in builds})
+    if apply and heartbeat:
+        hb.write_heartbeat(root, own)
+    now_ns = hb.fs_now_ns(root, node) if apply else time.time_ns()
+    cluster = gather_cluster(root, node, now_ns, site.agent.node_ttl_seconds, own)
+    plan = [d for view in views for d in plan_env(view, cluster)]
+    _event(
+        log,
+        "retention-scan",
+        processes=result.scanned,
+        ms=round(result.seconds * 1000, 1),
+        complete=result.complete,
+        builds=len(builds),
+    )
+    if not apply:
+        return plan
+    return apply_plan(site, plan, log)

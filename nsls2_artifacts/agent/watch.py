@@ -1,0 +1,123 @@
+"""The agent daemon loop: reconcile on store changes (a hint) and every `poll_seconds`.
+
+Called by `nsls2-artifacts agent`. The full reconcile pass is the ground truth: it
+lists the store itself, so writes made by other nodes (which inotify never sees on
+GPFS/NFS) are picked up at the next poll. watchdog's native observer on the store
+only shortens the wait when it does see something; events are debounced so one
+publish (several files) causes one pass. SIGTERM/SIGINT stop the loop between builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import SiteConfig
+from ..store import FilesystemStore
+from .log import event
+from .reconcile import PassResult, run_pass
+
+DEBOUNCE_SECONDS = 0.5  # quiet time after the last event before a hinted pass starts
+DEBOUNCE_MAX_SECONDS = 5.0  # ... but never wait longer than this once hinted
+
+
+class _Hint:
+    """Collects filesystem events into one "reconcile now" flag with a debounce."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self.last = 0.0
+
+    def poke(self) -> None:
+        self.last = time.monotonic()
+        self.flag.set()
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait up to `timeout` for a hint (True) or the poll interval (False)."""
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.flag.wait(min(remaining, 0.5)):
+                break
+        if stop.is_set():
+            return False
+        first = time.monotonic()
+        while (
+            time.monotonic() - self.last < DEBOUNCE_SECONDS
+            and time.monotonic() - first < DEBOUNCE_MAX_SECONDS
+            and not stop.is_set()
+        ):
+            time.sleep(DEBOUNCE_SECONDS / 5)
+        self.flag.clear()
+        return True
+
+
+def _start_observer(store: FilesystemStore, hint: _Hint, log: logging.Logger) -> Any:
+    """A native (inotify) observer on the store root, or None where it cannot run."""
+    try:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, ev: Any) -> None:
+                # only the commit marker and LTS records matter; the rest is noise
+                path = str(getattr(ev, "dest_path", "") or ev.src_path)
+                if path.endswith(".json"):
+                    hint.poke()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(store.root), recursive=True)
+        observer.daemon = True
+        observer.start()
+    except Exception as exc:  # no inotify, store missing, watch limit: polling still works
+        event(log, "watch-unavailable", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        return None
+    event(log, "watching", path=str(store.root))
+    return observer
+
+
+def install_stop_signals(stop: threading.Event, log: logging.Logger) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        event(log, "stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_daemon(
+    site: SiteConfig,
+    store: FilesystemStore,
+    log: logging.Logger,
+    stop: threading.Event,
+    on_pass: Callable[[PassResult], None] | None = None,
+) -> None:
+    """Reconcile until `stop` is set: at start, on a debounced hint, every poll_seconds."""
+    hint = _Hint()
+    observer = _start_observer(store, hint, log)
+    event(log, "agent-start", node=site.agent.node, poll_seconds=site.agent.poll_seconds)
+    try:
+        while not stop.is_set():
+            try:
+                result = run_pass(site, store, log, stop=stop)
+            except Exception as exc:  # never let one bad pass kill the daemon
+                event(log, "pass-error", logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+            else:
+                if on_pass is not None:
+                    on_pass(result)
+            if observer is None and not stop.is_set():
+                observer = _start_observer(store, hint, log) if store.root.is_dir() else None
+            hinted = hint.wait(site.agent.poll_seconds, stop)
+            if hinted:
+                event(log, "hint", detail="store changed")
+    finally:
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+        event(log, "agent-stop", node=site.agent.node)

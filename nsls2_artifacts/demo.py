@@ -1,0 +1,58 @@
+"""The tail of `just demo`: start the deployed `nsls2-ENV-latest` kernel the way Jupyter
+does (by kernelspec name, found through JUPYTER_PATH), run one cell that imports
+databroker and prints sys.prefix, and say how to point JupyterLab at the kernels.
+
+Called by the hidden `nsls2-artifacts demo-kernel` command.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .agent.kernels import kernel_name
+from .config import SiteConfig
+from .errors import DeployError
+
+CELL = "import sys, databroker\nprint('databroker', databroker.__version__)\nprint(sys.prefix)"
+
+
+def run_cell(kernel: str, jupyter_path: Path, code: str, timeout: float = 120) -> str:
+    """Start `kernel` by name with `jupyter_path` on JUPYTER_PATH, run `code`, return stdout."""
+    from jupyter_client.manager import start_new_kernel
+
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        [str(jupyter_path), *filter(None, os.environ.get("JUPYTER_PATH", "").split(os.pathsep))]
+    )
+    manager, client = start_new_kernel(kernel_name=kernel, startup_timeout=timeout)
+    chunks: list[str] = []
+
+    def on_output(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            chunks.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            chunks.append("\n".join(msg["content"]["traceback"]))
+
+    try:
+        reply = client.execute_interactive(code, timeout=timeout, output_hook=on_output)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    if reply["content"]["status"] != "ok":
+        raise DeployError(kernel, f"the demo cell failed in kernel {kernel}:\n{''.join(chunks)}")
+    return "".join(chunks)
+
+
+def run_demo_kernel(site: SiteConfig, env: str, jupyter_path: Path | None = None) -> None:
+    jupyter_path = jupyter_path or site.deploy_root / "share" / "jupyter"
+    name = kernel_name(env)
+    if not (jupyter_path / "kernels" / name / "kernel.json").exists():
+        raise DeployError(name, f"no kernelspec {name} under {jupyter_path}: run `agent --once`")
+    print(f"starting kernel {name} (JUPYTER_PATH={jupyter_path}) ...")
+    print(run_cell(name, jupyter_path, CELL).rstrip())
+    print(
+        "\nTo see these kernels in JupyterLab:\n"
+        f"  JUPYTER_PATH={jupyter_path} jupyter lab\n"
+        f"(JupyterHub: add {jupyter_path} to JUPYTER_PATH of the spawned servers.)\n"
+        f"After a new publish and `agent --once`, restart the {name} kernel to get the new build."
+    )

@@ -1,0 +1,133 @@
+"""What is deployed here: envs, builds and their state, latest, holds, LTS labels,
+kernels, quarantined builds with reasons, invalid manifests, each node's last pass.
+
+Called by `nsls2-artifacts status [--json]`. Reads only: the deploy root always, the
+store when it is reachable (its absence is reported, not fatal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .agent import deploy, kernels, latest, layout
+from .config import SiteConfig
+from .errors import StoreError
+from .fsutil import read_json
+from .store import FilesystemStore
+
+
+def collect_status(site: SiteConfig, store: FilesystemStore) -> dict[str, Any]:
+    root = site.deploy_root
+    out: dict[str, Any] = {
+        "deploy_root": str(root),
+        "store": str(store.root),
+        "store_error": None,
+        "envs": {},
+        "quarantined": [asdict(q) for q in deploy.list_quarantined(root)],
+        "invalid": [],
+        "kernels": {},
+        "nodes": _passes(root),
+    }
+    committed: dict[str, dict[str, Any]] = {}
+    labels: dict[tuple[str, str], list[str]] = {}
+    try:
+        for env in store.envs():
+            committed[env] = {m.build_id: m for m in store.builds(env)}
+            out["invalid"] += [asdict(i) for i in store.invalid_builds(env)]
+            for record in store.lts(env):
+                labels.setdefault((env, record.build_id), []).append(record.label)
+    except StoreError as exc:
+        out["store_error"] = str(exc)
+    quarantined = {(q["env"], q["build_id"]): q for q in out["quarantined"]}
+    for env in sorted(set(committed) | set(layout.deployed_envs(root))):
+        out["envs"][env] = _env_status(root, env, committed.get(env, {}), labels, quarantined)
+    for name, data in sorted(kernels.installed(root).items()):
+        out["kernels"][name] = {
+            "display_name": data.get("display_name"),
+            **kernels.spec_target(data),
+        }
+    return out
+
+
+def _env_status(
+    root: Path,
+    env: str,
+    committed: dict[str, Any],
+    labels: dict[tuple[str, str], list[str]],
+    quarantined: dict[tuple[str, str], dict[str, Any]],
+) -> dict[str, Any]:
+    ready = {r.build_id: r for r in layout.ready_builds(root, env)}
+    hold = latest.read_hold(root, env)
+    builds = []
+    for build_id in sorted(set(committed) | set(layout.build_dirs(root, env)) | set(ready)):
+        manifest = committed.get(build_id)
+        if build_id in ready:
+            state = "ready"
+        elif (env, build_id) in quarantined:
+            state = "quarantined"
+        elif (layout.build_dir(root, env, build_id)).exists():
+            state = "incomplete"
+        else:
+            state = "pending"
+        builds.append(
+            {
+                "build_id": build_id,
+                "state": state,
+                "created": manifest.created
+                if manifest
+                else ready[build_id].created
+                if build_id in ready
+                else None,
+                "in_store": manifest is not None,
+                "lts": sorted(labels.get((env, build_id), [])),
+                "reason": quarantined.get((env, build_id), {}).get("reason"),
+            }
+        )
+    return {
+        "latest": latest.current_latest(root, env),
+        "hold": asdict(hold) if hold else None,
+        "builds": builds,
+    }
+
+
+def _passes(root: Path) -> dict[str, Any]:
+    found = {}
+    for path in sorted((root / "state" / "agent").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = read_json(path)
+            found[path.stem] = {k: data.get(k) for k in ("time", "seconds", "ok", "failures")}
+    return found
+
+
+def render_text(status: dict[str, Any]) -> str:
+    """A terse human summary (the --json form carries everything)."""
+    lines = [f"deploy root {status['deploy_root']}", f"store       {status['store']}"]
+    if status["store_error"]:
+        lines.append(f"  STORE UNAVAILABLE: {status['store_error']}")
+    for env, info in status["envs"].items():
+        hold = f" (held by rollback to {info['hold']['build_id']})" if info["hold"] else ""
+        lines.append(f"env {env}: latest -> {info['latest'] or '-'}{hold}")
+        for b in info["builds"]:
+            lts = f" lts={','.join(b['lts'])}" if b["lts"] else ""
+            mark = " *" if b["build_id"] == info["latest"] else ""
+            reason = f"  reason: {b['reason']}" if b["reason"] else ""
+            lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{reason}")
+    if status["kernels"]:
+        lines.append("kernels:")
+        for name, k in status["kernels"].items():
+            lines.append(f"  {name:<28} {k['display_name']}  -> {k['env']}/{k['build_id']}")
+    if status["quarantined"]:
+        lines.append("quarantined:")
+        for q in status["quarantined"]:
+            lines.append(f"  {q['env']}/{q['build_id']} [{q['stage']}] {q['reason']}")
+    if status["invalid"]:
+        lines.append("invalid manifests (ignored):")
+        for i in status["invalid"]:
+            lines.append(f"  {i['env']}/{i['build_id']}: {i['reason']}")
+    for node, p in status["nodes"].items():
+        state = "ok" if p.get("ok") else f"{len(p.get('failures') or [])} failure(s)"
+        lines.append(f"node {node}: last pass {p.get('time')} ({state})")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Helpers for the agent tests: hand-made conda-pack-like archives committed to a store.
+
+A "fake env" is a tiny prefix whose `bin/python` is a shell wrapper around the test
+interpreter (so smoke imports and ipykernel work) and whose `bin/conda-unpack` is a
+python script that appends a line to `.unpacked` (so tests can count unpacks).
+Archives are written with `tarfile` directly, so tests can craft hostile members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+import zstandard
+
+from nsls2_artifacts.config import SiteConfig, load_config
+from nsls2_artifacts.fsutil import atomic_write_json
+from nsls2_artifacts.records import (
+    ArtifactInfo,
+    BuildManifest,
+    LockInfo,
+    PackageRef,
+    isoformat,
+    make_build_id,
+)
+
+CLI = [sys.executable, "-m", "nsls2_artifacts.cli"]
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+UNPACK_SCRIPT = """\
+import os
+prefix = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(prefix, ".unpacked"), "a") as handle:
+    handle.write(prefix + "\\n")
+"""
+
+
+def write_site(root: Path, **overrides: Any) -> tuple[Path, SiteConfig]:
+    """A site config under `root` with its own store and deploy root (no channel needed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "store": "./store",
+        "deploy_root": "./deploy",
+        "agent": {"poll_seconds": 1, "node": "test-node", "smoke_timeout_seconds": 60},
+        "beamlines": {"csx": {"uri": "http://127.0.0.1:9/api", "path": ["csx", "raw"]}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (root / "store").mkdir(exist_ok=True)
+    return path, load_config(path)
+
+
+def member(
+    name: str, data: bytes = b"", *, mode: int = 0o644, **attrs: Any
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = int(T0.timestamp())
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    if info.type != tarfile.REGTYPE:
+        info.size = 0
+        data = b""
+    return info, data
+
+
+def fake_env_members(
+    tag: str = "a", python: str = sys.executable
+) -> list[tuple[tarfile.TarInfo, bytes]]:
+    wrapper = f'#!/bin/sh\nexec {python} "$@"\n'.encode()
+    return [
+        member("bin/python", wrapper, mode=0o755),
+        member("bin/python3", type=tarfile.SYMTYPE, linkname="python"),
+        member("bin/conda-unpack", UNPACK_SCRIPT.encode(), mode=0o755),
+        member("lib/tag.txt", tag.encode()),
+        member("lib/tag-link.txt", type=tarfile.LNKTYPE, linkname="lib/tag.txt"),
+        member("share/doc/readme.txt", b"fake env for tests\n"),
+    ]
+
+
+def tar_bytes(members: Iterable[tuple[tarfile.TarInfo, bytes]], fmt: str = "tar.zst") -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    if fmt == "tar.zst":
+        return zstandard.ZstdCompressor().compress(raw.getvalue())
+    if fmt == "tar.gz":
+        import gzip
+
+        return gzip.compress(raw.getvalue())
+    return raw.getvalue()
+
+
+def commit_build(
+    store: Path,
+    env: str,
+    archive: bytes,
+    *,
+    created: datetime | None = None,
+    fmt: str = "tar.zst",
+    smoke: tuple[str, ...] = ("json",),
+    display_name: str = "NSLS-II test",
+    manifest_sha256: str | None = None,
+    manifest_size: int | None = None,
+    lts: str | None = None,
+) -> BuildManifest:
+    """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, manifest.json} (manifest last)."""
+    created = created or T0
+    lock = (
+        f"# lock for {env} {created.isoformat()} {hashlib.sha256(archive).hexdigest()}\n".encode()
+    )
+    lock_sha = hashlib.sha256(lock).hexdigest()
+    build_id = make_build_id(created, lock_sha)
+    directory = store / env / build_id
+    directory.mkdir(parents=True)
+    (directory / f"env.{fmt}").write_bytes(archive)
+    (directory / "pixi.lock").write_bytes(lock)
+    manifest = BuildManifest(
+        name=env,
+        build_id=build_id,
+        created=isoformat(created),
+        platform="linux-64",
+        display_name=display_name,
+        smoke=smoke,
+        artifact=ArtifactInfo(
+            file=f"env.{fmt}",
+            sha256=manifest_sha256 or hashlib.sha256(archive).hexdigest(),
+            size=len(archive) if manifest_size is None else manifest_size,
+            format=fmt,
+        ),
+        lock=LockInfo(file="pixi.lock", sha256=lock_sha),
+        packages=(PackageRef("python", "3.11.7", "fake_0", "conda-forge"),),
+        builder={"host": "test"},
+        source={"manifest_sha256": "0" * 64},
+    )
+    atomic_write_json(directory / "manifest.json", manifest.to_dict())
+    if lts:
+        atomic_write_json(
+            store / env / "lts" / f"{lts}.json",
+            {"build_id": build_id, "promoted": isoformat(created)},
+        )
+    return manifest
+
+
+def commit_fake(
+    site: SiteConfig, env: str = "demo", tag: str = "a", hours: int = 0, **kw: Any
+) -> BuildManifest:
+    """Commit a good fake build created `hours` after T0."""
+    return commit_build(
+        site.store, env, tar_bytes(fake_env_members(tag)), created=T0 + timedelta(hours=hours), **kw
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` (lstat size + mode), to prove what a step did not touch."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (
+                st.st_size if not os.path.isdir(path) else 0,
+                st.st_mode,
+            )
+    return found
+
+
+def run_cli(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+    return subprocess.run(
+        [*CLI, args[0], "--config", str(config), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def start_agent(
+    config: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+    stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [*CLI, "agent", "--config", str(config), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=full_env,
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill9(proc: subprocess.Popen[Any]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def events(log_text: str, name: str) -> list[dict[str, str]]:
+    from nsls2_artifacts.agent.log import parse_line
+
+    return [f for line in log_text.splitlines() if (f := parse_line(line)).get("event") == name]

@@ -1,0 +1,199 @@
+"""Verify-then-extract safety: every hostile or broken artifact is rejected, quarantined
+with a reason that `status` shows, leaves nothing outside the partial directory, and is
+not retried in a loop, while good builds next to it deploy."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import pytest
+from helpers_agent import (
+    commit_build,
+    commit_fake,
+    events,
+    fake_env_members,
+    member,
+    run_cli,
+    snapshot,
+    tar_bytes,
+    write_site,
+)
+
+from nsls2_artifacts.agent import layout
+from nsls2_artifacts.agent.log import setup_logging
+from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.store import FilesystemStore
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    return write_site(tmp_path / "site", agent={"max_members": 50})
+
+
+def run(cfg) -> tuple[object, str]:
+    stream = io.StringIO()
+    result = run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, stream))
+    return result, stream.getvalue()
+
+
+def evil(*extra: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    return tar_bytes([*fake_env_members(), *extra])
+
+
+HOSTILE = {
+    "dotdot": lambda: evil(member("lib/../../../escaped.txt", b"pwned")),
+    "absolute": lambda tmp: evil(member(str(tmp / "escaped.txt"), b"pwned")),
+    "symlink-escape": lambda: evil(
+        member("lib/evil", type=tarfile.SYMTYPE, linkname="../../../..")
+    ),
+    "symlink-absolute": lambda tmp: evil(
+        member("lib/evil", type=tarfile.SYMTYPE, linkname=str(tmp))
+    ),
+    "hardlink-escape": lambda tmp: evil(
+        member("lib/evil", type=tarfile.LNKTYPE, linkname=str(tmp / "site" / "site.yaml"))
+    ),
+    "hardlink-dotdot": lambda: evil(
+        member("lib/evil", type=tarfile.LNKTYPE, linkname="../../site.yaml")
+    ),
+    "chardev": lambda: evil(member("dev/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
+    "fifo": lambda: evil(member("lib/fifo", type=tarfile.FIFOTYPE)),
+    "too-many": lambda: evil(*[member(f"lib/f{i}.txt", b"x") for i in range(60)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_member_rejected_and_contained(site, tmp_path: Path, kind: str) -> None:
+    config, cfg = site
+    make = HOSTILE[kind]
+    archive = make(tmp_path) if make.__code__.co_argcount else make()
+    bad = commit_build(cfg.store, "demo", archive)
+    good = commit_fake(cfg, "other", tag="good")
+    outside = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("site/deploy")}
+
+    result, log = run(cfg)
+
+    # nothing appeared or changed outside the deploy root's envs (the escape targets included)
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("site/deploy")}
+    assert after == outside
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not layout.build_dir(cfg.deploy_root, "demo", bad.build_id).exists()
+    assert not layout.partial_dir(cfg.deploy_root, "demo", bad.build_id).exists()
+    # rejected with a reason, quarantined, and the good build unaffected
+    assert not result.ok
+    [q] = events(log, "quarantine")
+    assert q["build"] == bad.build_id and q["stage"] == "extract"
+    assert layout.read_ready(cfg.deploy_root, "other", good.build_id) is not None
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    [record] = status["quarantined"]
+    assert record["build_id"] == bad.build_id and record["reason"]
+    assert "quarantined" in run_cli(config, "status").stdout
+
+    # the next pass does not try again
+    _, log2 = run(cfg)
+    assert events(log2, "extract") == [] and events(log2, "quarantine") == []
+
+
+def test_sha256_mismatch_rejected_before_extract(site) -> None:
+    config, cfg = site
+    archive = tar_bytes(fake_env_members())
+    bad = commit_build(cfg.store, "demo", archive, manifest_sha256="0" * 64)
+    result, log = run(cfg)
+    assert events(log, "extract") == []  # never read past verification
+    [q] = events(log, "quarantine")
+    assert q["stage"] == "verify" and "sha256" in q["reason"]
+    assert not layout.env_dir(cfg.deploy_root, "demo").joinpath(bad.build_id).exists()
+    text = run_cli(config, "status").stdout
+    assert bad.build_id in text and "sha256" in text
+    _, log2 = run(cfg)
+    assert events(log2, "quarantine") == [] and events(log2, "verified") == []
+
+
+def test_size_mismatch_rejected(site) -> None:
+    _, cfg = site
+    archive = tar_bytes(fake_env_members())
+    commit_build(cfg.store, "demo", archive, manifest_size=len(archive) + 1)
+    _, log = run(cfg)
+    [q] = events(log, "quarantine")
+    assert "size" in q["reason"]
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz"])
+def test_truncated_archive_rejected(site, fmt: str) -> None:
+    _, cfg = site
+    full = tar_bytes([*fake_env_members(), member("lib/big.bin", bytes(range(256)) * 400)], fmt)
+    truncated = full[: len(full) // 2]  # the manifest matches the truncated bytes
+    bad = commit_build(cfg.store, "demo", truncated, fmt=fmt)
+    _, log = run(cfg)
+    [q] = events(log, "quarantine")
+    assert q["build"] == bad.build_id and "unreadable archive" in q["reason"]
+    assert not layout.partial_dir(cfg.deploy_root, "demo", bad.build_id).exists()
+
+
+def test_republished_artifact_is_retried(site) -> None:
+    _, cfg = site
+    archive = tar_bytes(fake_env_members())
+    bad = commit_build(cfg.store, "demo", archive, manifest_sha256="0" * 64)
+    run(cfg)
+    # the publisher fixes the manifest of the same build: a different artifact identity
+    path = cfg.store / "demo" / bad.build_id / "manifest.json"
+    data = json.loads(path.read_text())
+    import hashlib
+
+    data["artifact"]["sha256"] = hashlib.sha256(archive).hexdigest()
+    path.write_text(json.dumps(data))
+    result, log = run(cfg)
+    assert [e["build"] for e in events(log, "deploy")] == [bad.build_id]
+    assert layout.read_ready(cfg.deploy_root, "demo", bad.build_id) is not None
+
+
+def test_smoke_failure_quarantines_without_kernel(site) -> None:
+    config, cfg = site
+    bad = commit_fake(cfg, smoke=("json", "no_such_module_xyz"))
+    result, log = run(cfg)
+    [q] = events(log, "quarantine")
+    assert q["stage"] == "smoke" and "no_such_module_xyz" in q["reason"]
+    assert not (cfg.deploy_root / "envs" / "demo" / "latest").is_symlink()
+    assert not (cfg.deploy_root / "share" / "jupyter" / "kernels" / "nsls2-demo-latest").exists()
+    assert not layout.build_dir(cfg.deploy_root, "demo", bad.build_id).exists()
+    _, log2 = run(cfg)
+    assert events(log2, "extract") == []
+
+
+def test_missing_conda_unpack_quarantines(site) -> None:
+    _, cfg = site
+    members = [m for m in fake_env_members() if m[0].name != "bin/conda-unpack"]
+    commit_build(cfg.store, "demo", tar_bytes(members))
+    _, log = run(cfg)
+    [q] = events(log, "quarantine")
+    assert q["stage"] == "unpack" and "conda-unpack" in q["reason"]
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["invalid-json", "missing-field", "wrong-type"],
+)
+def test_bad_manifest_ignored_others_deploy(site, breakage: str) -> None:
+    config, cfg = site
+    good = commit_fake(cfg, tag="good", hours=1)
+    bad = commit_fake(cfg, tag="bad", hours=2)
+    path = cfg.store / "demo" / bad.build_id / "manifest.json"
+    data = json.loads(path.read_text())
+    if breakage == "invalid-json":
+        path.write_text(path.read_text()[:-20])
+    elif breakage == "missing-field":
+        del data["artifact"]["sha256"]
+        path.write_text(json.dumps(data))
+    else:
+        data["smoke"] = "json"
+        path.write_text(json.dumps(data))
+    result, log = run(cfg)
+    [ignored] = events(log, "invalid-manifest")
+    assert ignored["build"] == bad.build_id and "manifest.json" in ignored["reason"]
+    assert not result.ok
+    assert layout.read_ready(cfg.deploy_root, "demo", good.build_id) is not None
+    assert (cfg.deploy_root / "envs" / "demo" / "latest").resolve().name == good.build_id
+    assert bad.build_id in run_cli(config, "status").stdout
