@@ -527,6 +527,7 @@ def _delete(
             with contextlib.suppress(FileNotFoundError):
                 os.rename(source, target)  # atomic: the build is whole or gone, never half
                 fsync_dir(source.parent)
+            layout.test_pause("prune-trashed")  # test-only: a kill here leaves trash + tombstone
             _unlink(tombstone_path(root, env, build_id))
             shutil.rmtree(target, ignore_errors=True)
     except LockBusy:

@@ -1,9 +1,130 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""`prune [--dry-run]`, `nodes list`, `nodes retire NODE`: retention from the command line.
+
+Thin wrappers: the policy lives in `agent/retention.py`, heartbeats in `agent/heartbeat.py`.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+from typing import Annotated
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..agent import heartbeat as hb
+from ..agent.retention import run_pass
+from ..records import RetentionDecision
+from ..store import open_store
+from .common import ConfigOption, console, out, reported_errors, site
+
+_STYLE = {
+    "keep": "green",
+    "untombstone": "green",
+    "revive": "green",
+    "wait": "yellow",
+    "tombstone": "yellow",
+    "delete": "red",
+    "finish": "red",
+    "error": "bold red",
+}
+
+
+def _width() -> int | None:
+    """Full width on a terminal; wide enough in a pipe that reasons are not wrapped."""
+    return None if out.is_terminal else 220
+
+
+def decisions_table(decisions: list[RetentionDecision], *, dry_run: bool) -> Table:
+    title = "retention plan (dry run: nothing changed)" if dry_run else "retention"
+    table = Table(title=title, title_justify="left")
+    for column in ("env", "build", "decision", "reason"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        action = d.action if not dry_run or d.action in ("keep", "wait") else f"would {d.action}"
+        style = _STYLE.get(d.action, "")
+        table.add_row(
+            d.env, d.build_id, f"[{style}]{action}[/]" if style else action, escape(d.reason)
+        )
+    return table
+
+
+def prune(
+    config: ConfigOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and explain; change nothing")
+    ] = False,
+) -> None:
+    """Apply retention to the deploy root and explain every keep/delete decision."""
+    cfg = site(config)
+    log = logging.getLogger("nsls2_artifacts.prune")
+    with reported_errors():
+        # a host that runs no agent must not register as a node: its heartbeat would go
+        # stale and block all deletion. Only refresh a heartbeat this node already writes.
+        beating = hb.heartbeat_path(cfg.deploy_root, cfg.agent.node).exists()
+        decisions = run_pass(cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating)
+    if not decisions:
+        console.print(f"no deployed builds under {cfg.deploy_root / 'envs'}")
+    else:
+        out.print(decisions_table(decisions, dry_run=dry_run), width=_width())
+    if any(d.action == "error" for d in decisions):
+        sys.exit(1)
+
+
+def nodes_list(config: ConfigOption = None) -> None:
+    """Show every node's last heartbeat: age, alive or stale, scan complete, builds in use."""
+    cfg = site(config)
+    with reported_errors():
+        reports = hb.read_reports(cfg.deploy_root)
+        try:
+            now_ns = hb.fs_now_ns(cfg.deploy_root, cfg.agent.node)
+        except OSError:  # read-only deploy root: this host's clock is the best we have
+            now_ns = time.time_ns()
+    ttl = cfg.agent.node_ttl_seconds
+    table = Table(title=f"nodes (stale after {ttl:g}s without a heartbeat)", title_justify="left")
+    for column in ("node", "last report", "age", "status", "scan", "builds in use", "version"):
+        table.add_column(column, overflow="fold")
+    for report in reports:
+        beat = report.heartbeat
+        if report.stale(now_ns, ttl):
+            status = "[red]stale[/]"
+        elif beat is None:
+            status = "[red]unreadable[/]"
+        else:
+            status = "[green]alive[/]"
+        table.add_row(
+            report.node,
+            report.since,
+            f"{report.age_seconds(now_ns):.0f}s",
+            status,
+            "-" if beat is None else ("complete" if beat.complete else "[yellow]incomplete[/]"),
+            "-" if beat is None else escape(", ".join(sorted(beat.in_use)) or "none"),
+            "-" if beat is None else beat.version,
+        )
+    if not reports:
+        console.print(f"no heartbeats under {hb.nodes_dir(cfg.deploy_root)}")
+        return
+    out.print(table, width=_width())
+
+
+def nodes_retire(
+    node: Annotated[str, typer.Argument(help="The node to retire (its heartbeat file name)")],
+    config: ConfigOption = None,
+) -> None:
+    """Retire a node that is gone for good, so its stale heartbeat stops blocking deletion."""
+    cfg = site(config)
+    with reported_errors():
+        target = hb.retire(cfg.deploy_root, node)
+    out.print(f"retired node {escape(node)}: heartbeat moved to {escape(str(target))}")
+    out.print("if its agent still runs, its next heartbeat registers it again")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    """Add `prune` and the `nodes` group to the main app."""
+    app.command("prune")(prune)
+    nodes = typer.Typer(help="The agents that report heartbeats.", no_args_is_help=True)
+    nodes.command("list")(nodes_list)
+    nodes.command("retire")(nodes_retire)
+    app.add_typer(nodes, name="nodes")

@@ -1,0 +1,245 @@
+"""Test helpers for retention, nodes and procscan: deploy roots made of plain directories.
+
+A "deployed build" here is a directory tree with what a process can use (a copy of
+/bin/sleep, a shared library, a data file) and `.nsls2/ready.json`, plus a committed
+manifest in the store, so retention runs against real directories and real processes
+without building conda environments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nsls2_artifacts.config import SiteConfig, load_config
+from nsls2_artifacts.fsutil import atomic_symlink, atomic_write_json
+from nsls2_artifacts.records import (
+    ArtifactInfo,
+    BuildManifest,
+    LockInfo,
+    LtsRecord,
+    ReadyRecord,
+    isoformat,
+    make_build_id,
+    utcnow,
+)
+
+DAY = 86400
+ENV = "demo"
+
+
+def shared_library() -> Path:
+    """A real shared library of this system to copy into a build (for ctypes/maps tests)."""
+    for name in ("libz.so.1", "libbz2.so.1.0", "liblzma.so.5", "libffi.so.8"):
+        for base in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib"):
+            path = Path(base) / name
+            if path.exists():
+                return path
+    raise RuntimeError("no shared library found to copy into a test build")
+
+
+def write_site(
+    root: Path, *, node: str = "test-node", ttl: float = 600, **retention: Any
+) -> tuple[Path, SiteConfig]:
+    """A site config under `root` with its own store, deploy root and manifests dir."""
+    root.mkdir(parents=True, exist_ok=True)
+    policy = {"lts_years": 3, "keep_latest": 1, "grace_days": 7, **retention}
+    data = {
+        "manifests": "./manifests",
+        "store": "./store",
+        "deploy_root": "./deploy",
+        "channel_mirrors": {},
+        "retention": policy,
+        "agent": {"poll_seconds": 2, "node": node, "node_ttl_seconds": ttl},
+        "beamlines": {},
+    }
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for sub in ("store", "deploy", "manifests"):
+        (root / sub).mkdir(exist_ok=True)
+    return path, load_config(path)
+
+
+def build_id_days_ago(days: float, tag: str) -> tuple[str, datetime]:
+    created = utcnow() - timedelta(days=days)
+    return make_build_id(created, (tag * 8)[:8]), created
+
+
+def make_build(
+    site: SiteConfig, days_ago: float, tag: str, env: str = ENV, ready: bool = True
+) -> Path:
+    """A deployed build created `days_ago`: bin/sleep, lib/<a .so>, share/data.txt, ready.json."""
+    build_id, created = build_id_days_ago(days_ago, tag)
+    prefix = site.deploy_root / "envs" / env / build_id
+    (prefix / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/sleep", prefix / "bin" / "sleep")
+    lib = shared_library()
+    (prefix / "lib").mkdir()
+    shutil.copy2(lib, prefix / "lib" / lib.name)
+    (prefix / "share").mkdir()
+    (prefix / "share" / "data.txt").write_text("x" * 8192)
+    if ready:
+        record = ReadyRecord(
+            env=env,
+            build_id=build_id,
+            created=isoformat(created),
+            deployed=isoformat(utcnow()),
+            node="test-node",
+            artifact_sha256="0" * 64,
+            smoke=(),
+            seconds=0.1,
+        )
+        atomic_write_json(prefix / ".nsls2" / "ready.json", record.to_dict())
+    commit_in_store(site, env, build_id, created)
+    return prefix
+
+
+def commit_in_store(site: SiteConfig, env: str, build_id: str, created: datetime) -> None:
+    """A committed manifest.json in the store (no artifact bytes: retention never reads them)."""
+    manifest = BuildManifest(
+        name=env,
+        build_id=build_id,
+        created=isoformat(created),
+        platform="linux-64",
+        display_name="demo",
+        smoke=(),
+        artifact=ArtifactInfo("env.tar.zst", "0" * 64, 0, "tar.zst"),
+        lock=LockInfo("pixi.lock", "0" * 64),
+        packages=(),
+    )
+    atomic_write_json(site.store / env / build_id / "manifest.json", manifest.to_dict())
+
+
+def set_latest(site: SiteConfig, prefix: Path) -> None:
+    atomic_symlink(prefix.name, prefix.parent / "latest")
+
+
+def promote(site: SiteConfig, prefix: Path, label: str, days_ago: float) -> None:
+    promoted = isoformat(utcnow() - timedelta(days=days_ago))
+    record = LtsRecord(prefix.parent.name, label, prefix.name, promoted)
+    atomic_write_json(site.store / record.env / "lts" / f"{label}.json", record.to_dict())
+
+
+def write_kernelspec(site: SiteConfig, prefix: Path, label: str) -> Path:
+    """An LTS kernelspec naming the build, in the agent's format (metadata.nsls2)."""
+    env, build_id = prefix.parent.name, prefix.name
+    directory = site.deploy_root / "share" / "jupyter" / "kernels" / f"nsls2-{env}-{label}"
+    spec = {
+        "argv": [
+            str(prefix / "bin" / "python"),
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": f"demo {label}",
+        "language": "python",
+        "env": {"CONDA_PREFIX": str(prefix)},
+        "metadata": {"nsls2": {"env": env, "build_id": build_id, "channel": "lts", "label": label}},
+    }
+    atomic_write_json(directory / "kernel.json", spec)
+    return directory
+
+
+def tombstone_file(site: SiteConfig, prefix: Path) -> Path:
+    return site.deploy_root / "state" / "tombstones" / prefix.parent.name / f"{prefix.name}.json"
+
+
+def age(path: Path, days: float) -> None:
+    """Backdate a file's mtime (as if written `days` ago on the shared filesystem)."""
+    moment = time.time() - days * DAY
+    os.utime(path, (moment, moment))
+
+
+def by_build(decisions: list[Any]) -> dict[str, Any]:
+    return {d.build_id: d for d in decisions}
+
+
+# -- real child processes -----------------------------------------------------------------------
+
+MMAP_CHILD = """
+import mmap, sys, signal
+with open(sys.argv[1], 'rb') as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+print('ready', flush=True)
+signal.pause()
+"""
+
+CTYPES_CHILD = """
+import ctypes, sys, signal
+lib = ctypes.CDLL(sys.argv[1])
+print('ready', flush=True)
+signal.pause()
+"""
+
+
+@contextlib.contextmanager
+def child(kind: str, prefix: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A sleeping process that uses `prefix` in one way; killed and reaped on exit."""
+    clean_env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    stdin: Any = subprocess.DEVNULL
+    cwd = "/"
+    env = clean_env
+    if kind == "exe":
+        argv = [str(prefix / "bin" / "sleep"), "600"]
+    elif kind == "cwd":
+        argv, cwd = ["/bin/sleep", "600"], str(prefix / "share")
+    elif kind == "fd":
+        argv = ["/bin/sleep", "600"]
+        stdin = open(prefix / "share" / "data.txt", "rb")  # noqa: SIM115 - closed below
+    elif kind == "mmap":
+        argv = [sys.executable, "-c", MMAP_CHILD, str(prefix / "share" / "data.txt")]
+    elif kind == "so":
+        argv = [sys.executable, "-c", CTYPES_CHILD, str(prefix / "lib" / shared_library().name)]
+    elif kind == "conda_prefix":
+        argv, env = ["/bin/sleep", "600"], {**clean_env, "CONDA_PREFIX": str(prefix)}
+    else:
+        raise ValueError(kind)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE)
+    if stdin is not subprocess.DEVNULL:
+        stdin.close()  # only the child holds it open now
+    try:
+        if kind in ("mmap", "so"):
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+        else:
+            wait_exec(proc.pid, argv[0])
+        yield proc
+    finally:
+        stop(proc)
+
+
+def wait_exec(pid: int, program: str, timeout: float = 10) -> None:
+    """Wait until `pid` has exec'd `program` (after fork its exe is still python)."""
+    deadline = time.monotonic() + timeout
+    wanted = os.path.realpath(program)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/exe") == wanted:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not exec {program} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
