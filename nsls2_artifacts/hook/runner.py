@@ -31,7 +31,7 @@ _PR_SET_PDEATHSIG = 1
 
 def cli_argv(site: SiteConfig, *args: str) -> list[str]:
     """`nsls2-artifacts ARGS --config SITE` run with this interpreter (no PATH lookup)."""
-    argv = [sys.executable, "-c", "from nsls2_artifacts.cli import main; main()", *args]
+    argv = [sys.executable, "-m", "nsls2_artifacts.cli", *args]
     if site.source is not None:
         argv += ["--config", str(site.source)]
     return argv

@@ -1,0 +1,169 @@
+"""Test helpers for the staff build hook: a site config and a real uvicorn server process.
+
+`hook_site` writes a site config whose hook listens on a free loopback port;
+`HookServer` starts `nsls2-artifacts hook serve` as a subprocess (so tests can SIGKILL
+it), waits for /healthz, and gives an httpx client. Used by tests/test_hook_*.py and
+benchmarks/bench_hook.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+TOKEN = "staff-token-for-tests-0123456789"
+WEBHOOK_SECRET = "webhook-secret-for-tests"
+SECRET_ENV = "NSLS2_TEST_HOOK_SECRET"
+
+DEMO_TOML = """[workspace]
+name = "{name}"
+channels = ["conda-forge"]
+platforms = ["linux-64"]
+
+[dependencies]
+{deps}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_env(manifests: Path, name: str, deps: dict[str, str], **nsls2: Any) -> Path:
+    """A manifest directory: pixi.toml with `deps` and an nsls2.yaml."""
+    path = manifests / name
+    path.mkdir(parents=True, exist_ok=True)
+    lines = "\n".join(f'{pkg} = "{spec}"' for pkg, spec in deps.items())
+    (path / "pixi.toml").write_text(DEMO_TOML.format(name=name, deps=lines))
+    meta = {"display_name": f"Test {name}", "smoke": [], **nsls2}
+    (path / "nsls2.yaml").write_text(yaml.safe_dump(meta))
+    return path
+
+
+def hook_site(
+    root: Path, *, channel: Path | None = None, hook: dict[str, Any] | None = None
+) -> Path:
+    """A site config under `root` with a hook on a free port; returns the config path."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifests").mkdir(exist_ok=True)
+    (root / "store").mkdir(exist_ok=True)
+    settings = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "tokens_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()],
+        "webhook_secret_env": SECRET_ENV,
+        "webhook_repos": {"NSLS-II/demo-pkg": ["demo"]},
+        "nightly": None,
+        "state_dir": "./hook-state",
+        "concurrency": 2,
+        "build_timeout_seconds": 900,
+    }
+    settings.update(hook or {})
+    data: dict[str, Any] = {
+        "manifests": "./manifests",
+        "store": "./store",
+        "deploy_root": "./deploy",
+        # Without a channel, builds fail at the solve: fine for tests that never run one.
+        "channel_mirrors": {"conda-forge": str(channel or root / "no-channel")},
+        "hook": settings,
+    }
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class HookServer:
+    """`nsls2-artifacts hook serve --config CONFIG` in a subprocess of its own."""
+
+    def __init__(self, config: Path, *, secret: str | None = WEBHOOK_SECRET) -> None:
+        self.config = config
+        data = yaml.safe_load(config.read_text())
+        self.url = f"http://{data['hook']['listen']}"
+        self.secret = secret
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "hook-serve.log"
+
+    def start(self, timeout: float = 60) -> HookServer:
+        env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
+        if self.secret is not None:
+            env[SECRET_ENV] = self.secret
+        else:
+            env.pop(SECRET_ENV, None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nsls2_artifacts.cli", "hook", "serve",
+                 "--config", str(self.config), "--log-level", "warning"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hook serve exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"hook serve did not answer /healthz in {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def client(self, token: str | None = TOKEN, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def kill(self) -> None:
+        """SIGKILL: the hook gets no chance to clean up (what a crash or OOM kill does)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> HookServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_build(
+    client: httpx.Client, build: int, states: tuple[str, ...], timeout: float = 600
+) -> dict[str, Any]:
+    """Poll GET /api/builds/ID until its state is one of `states`."""
+    deadline = time.monotonic() + timeout
+    record: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        record = client.get(f"/api/builds/{build}").raise_for_status().json()
+        if record["state"] in states:
+            return record
+        time.sleep(0.2)
+    raise AssertionError(f"build #{build} never reached {states}: {record}")

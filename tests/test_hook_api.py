@@ -1,0 +1,227 @@
+"""The hook's HTTP surface against a real uvicorn server on 127.0.0.1: auth, bad input,
+coalescing, webhook, sign-in + CSRF, nightly, metrics. The queue is paused here (no
+builds run), so these tests need no conda channel; test_hook_builds.py runs real builds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers_hook import TOKEN, HookServer, hook_site, sign, write_env
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[HookServer]:
+    config = hook_site(tmp_path)
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    write_env(tmp_path / "manifests", "other", {"python": "3.11.*"})
+    with HookServer(config) as hook, hook.client() as client:
+        # Nothing runs in these tests: every request stays queued where we can count it.
+        assert client.post("/api/queue", json={"paused": True}).json()["paused"] is True
+        yield hook
+
+
+def builds(hook: HookServer, env: str | None = None) -> list[dict]:
+    with hook.client() as client:
+        params = {"env": env} if env else {}
+        return client.get("/api/builds", params=params).raise_for_status().json()
+
+
+def test_api_requires_a_valid_token(server: HookServer) -> None:
+    with server.client(token=None) as anonymous:
+        response = anonymous.post("/api/builds", json={"env": "demo"})
+        assert response.status_code == 401
+        assert "bearer" in response.json()["error"]
+        assert anonymous.get("/api/envs").status_code == 401
+    with server.client(token="not-" + TOKEN) as wrong:
+        assert wrong.post("/api/builds", json={"env": "demo"}).status_code == 403
+        assert wrong.post("/api/queue", json={"paused": False}).status_code == 403
+    with httpx.Client(base_url=server.url) as raw:
+        response = raw.post(
+            "/api/builds", json={"env": "demo"}, headers={"Authorization": f"Basic {TOKEN}"}
+        )
+        assert response.status_code == 401
+    assert builds(server) == []
+
+
+def test_unknown_env_and_malformed_json(server: HookServer) -> None:
+    with server.client() as client:
+        response = client.post("/api/builds", json={"env": "nope"})
+        assert response.status_code == 404 and "nope" in response.json()["error"]
+        assert response.json()["envs"] == ["demo", "other"]
+        traversal = client.post("/api/builds", json={"env": "../manifests/demo"})
+        assert traversal.status_code == 404
+        response = client.post(
+            "/api/builds", content=b'{"env": "demo"', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422
+        assert response.json()["error"].startswith("malformed JSON")
+        for body in ([], {"env": 3}, {"environment": "demo"}, "demo"):
+            response = client.post("/api/builds", json=body)
+            assert response.status_code == 422 and "env" in response.json()["error"]
+        assert client.get("/api/builds/999").status_code == 404
+    assert builds(server) == []
+
+
+def test_two_hundred_concurrent_posts_make_one_queued_build(server: HookServer) -> None:
+    def post(_: int) -> httpx.Response:
+        with server.client() as client:
+            return client.post("/api/builds", json={"env": "demo"})
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        responses = list(pool.map(post, range(200)))
+    assert {r.status_code for r in responses} == {202}
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 1
+    assert sum(not r.json()["joined"] for r in responses) == 1
+    (record,) = builds(server, "demo")
+    assert record["state"] == "queued" and record["requests"] == 200
+    with server.client() as client:
+        assert client.get(f"/api/builds/{ids.pop()}").json()["requests"] == 200
+        metrics = client.get("/metrics").text
+    assert "nsls2_hook_queue_length 1" in metrics
+    assert "nsls2_hook_joined_requests_total 199" in metrics
+
+
+def test_webhook_signature(server: HookServer) -> None:
+    payload = json.dumps(
+        {"ref": "refs/tags/v1.2.3", "repository": {"full_name": "NSLS-II/demo-pkg"}}
+    )
+    body = payload.encode()
+    with httpx.Client(base_url=server.url) as raw:
+        missing = raw.post("/api/webhook", content=body)
+        assert missing.status_code == 401
+        forged = raw.post(
+            "/api/webhook", content=body, headers={"X-Hub-Signature-256": sign(body, "guess")}
+        )
+        assert forged.status_code == 403
+        # a valid signature of a different body: the body was changed in flight
+        swapped = raw.post(
+            "/api/webhook", content=body + b" ", headers={"X-Hub-Signature-256": sign(body)}
+        )
+        assert swapped.status_code == 403
+        assert builds(server) == []
+        ping = raw.post(
+            "/api/webhook",
+            content=body,
+            headers={"X-Hub-Signature-256": sign(body), "X-GitHub-Event": "ping"},
+        )
+        assert ping.status_code == 200 and builds(server) == []
+        unknown = json.dumps({"repository": {"full_name": "someone/else"}}).encode()
+        response = raw.post(
+            "/api/webhook", content=unknown, headers={"X-Hub-Signature-256": sign(unknown)}
+        )
+        assert response.status_code == 404 and "webhook_repos" in response.json()["error"]
+        bad = b"{not json"
+        response = raw.post("/api/webhook", content=bad, headers={"X-Hub-Signature-256": sign(bad)})
+        assert response.status_code == 422
+        ok = raw.post(
+            "/api/webhook",
+            content=body,
+            headers={"X-Hub-Signature-256": sign(body), "X-GitHub-Event": "release"},
+        )
+    assert ok.status_code == 202
+    (record,) = builds(server)
+    assert ok.json()["ids"] == [record["id"]]
+    assert record["env"] == "demo" and record["requested_by"] == "webhook:NSLS-II/demo-pkg"
+
+
+def test_webhook_without_configured_secret_is_refused(tmp_path: Path) -> None:
+    config = hook_site(tmp_path)
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    body = json.dumps({"repository": {"full_name": "NSLS-II/demo-pkg"}}).encode()
+    with HookServer(config, secret=None) as hook, httpx.Client(base_url=hook.url) as raw:
+        # Even a body signed with an empty secret must not pass.
+        response = raw.post(
+            "/api/webhook", content=body, headers={"X-Hub-Signature-256": sign(body, "")}
+        )
+        assert response.status_code == 403
+        assert "NSLS2_TEST_HOOK_SECRET" in response.json()["error"]
+        assert builds(hook) == []
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def test_forms_need_session_and_csrf(server: HookServer) -> None:
+    with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
+        # No session at all
+        assert browser.post("/envs/demo/build", data={"csrf": "x"}).status_code == 403
+        # Sign in: wrong token, then a form without its nonce, then the real thing
+        page = browser.get("/signin")
+        assert "HttpOnly" in page.headers["set-cookie"]
+        nonce = _csrf(page.text)
+        wrong = browser.post("/signin", data={"csrf": nonce, "token": "wrong"})
+        assert wrong.status_code == 403 and "nsls2_hook_session" not in browser.cookies
+        nonce = _csrf(wrong.text)
+        assert browser.post("/signin", data={"token": TOKEN}).status_code == 403
+        response = browser.post("/signin", data={"csrf": nonce, "token": TOKEN, "next": "/"})
+        assert response.status_code == 303
+        cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        home = browser.get("/")
+        assert "Build a new latest environment!" in home.text
+        csrf = _csrf(home.text)
+        # Replayed form without / with a wrong CSRF token: refused, nothing queued
+        assert browser.post("/envs/demo/build").status_code == 403
+        assert browser.post("/envs/demo/build", data={"csrf": csrf + "x"}).status_code == 403
+        assert builds(server) == []
+        # The real form: queued, and the page shows it
+        response = browser.post("/envs/demo/build", data={"csrf": csrf})
+        assert response.status_code == 303
+        build_page = browser.get(response.headers["location"])
+        assert "queued" in build_page.text
+        assert browser.post("/envs/nope/build", data={"csrf": csrf}).status_code == 404
+        # Cancel through the form
+        (record,) = builds(server)
+        response = browser.post(f"/builds/{record['id']}/cancel", data={"csrf": csrf})
+        assert response.status_code == 303
+        assert builds(server)[0]["state"] == "cancelled"
+        # A session cookie from another hook's key is worthless
+        browser.cookies.set("nsls2_hook_session", "e30.AAAA")
+        assert browser.post("/envs/demo/build", data={"csrf": csrf}).status_code == 403
+    assert len(builds(server)) == 1
+
+
+def test_nightly_schedule_queues_opted_in_envs(tmp_path: Path) -> None:
+    config = hook_site(tmp_path, hook={"nightly": "* * * * *"})
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    write_env(tmp_path / "manifests", "quiet", {"python": "3.11.*"}, nightly=False)
+    with HookServer(config) as hook, hook.client() as client:
+        client.post("/api/queue", json={"paused": True})
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not builds(hook):
+            time.sleep(1)
+        records = builds(hook)
+        assert [(r["env"], r["source"]) for r in records] == [("demo", "nightly")]
+        assert "* * * * *" in client.get("/").text
+
+
+def test_pages_health_and_metrics(server: HookServer) -> None:
+    with httpx.Client(base_url=server.url) as anonymous:
+        home = anonymous.get("/")
+        assert home.status_code == 200 and 'data-env="demo"' in home.text
+        assert "Sign in to build" in home.text
+        assert anonymous.get("/envs/demo").status_code == 200
+        assert anonymous.get("/envs/nope").status_code == 404
+        assert anonymous.get("/builds/12345").status_code == 404
+        assert anonymous.get("/healthz").json()["ok"] is True
+        metrics = anonymous.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert "# TYPE nsls2_hook_queue_length gauge" in metrics.text
+    with server.client() as client:
+        envs = client.get("/api/envs").json()
+        assert [e["env"] for e in envs] == ["demo", "other"]
+        assert envs[0]["latest"] is None

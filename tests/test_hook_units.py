@@ -1,0 +1,190 @@
+"""The hook's pure parts: schedule parsing, package diffs, signed values, the SQLite queue."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from helpers_hook import hook_site, write_env
+
+from nsls2_artifacts.config import load_config
+from nsls2_artifacts.errors import ConfigError
+from nsls2_artifacts.hook.auth import Auth, token_hash
+from nsls2_artifacts.hook.diff import diff_builds, previous_build
+from nsls2_artifacts.hook.envs import list_envs, nightly_opt_in
+from nsls2_artifacts.hook.nightly import enqueue_nightly, parse_schedule, site_schedule
+from nsls2_artifacts.hook.queue import BuildQueue
+from nsls2_artifacts.hook.runner import failure_reason
+from nsls2_artifacts.records import ArtifactInfo, BuildManifest, LockInfo, PackageRef
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+
+def test_time_of_day_fires_next_day_after_it_passed() -> None:
+    schedule = parse_schedule("02:00")
+    assert schedule.next_after(at("2026-11-25T01:59:30")) == at("2026-11-25T02:00")
+    assert schedule.next_after(at("2026-11-25T02:00")) == at("2026-11-26T02:00")
+
+
+def test_cron_steps_ranges_and_weekdays() -> None:
+    every_15 = parse_schedule("*/15 * * * *")
+    assert every_15.next_after(at("2026-11-25T10:07")) == at("2026-11-25T10:15")
+    weekdays = parse_schedule("30 3 * * 1-5")  # Monday-Friday 03:30
+    # 2026-11-28 is a Saturday: the next run is Monday the 30th
+    assert weekdays.next_after(at("2026-11-27T04:00")) == at("2026-11-30T03:30")
+    sunday = parse_schedule("0 0 * * 7")  # 7 means Sunday, as in cron
+    assert sunday.next_after(at("2026-11-25T00:00")) == at("2026-11-29T00:00")
+    leap = parse_schedule("0 12 29 2 *")
+    assert leap.next_after(at("2026-03-01T00:00")) == at("2028-02-29T12:00")
+
+
+@pytest.mark.parametrize("text", ["25:00", "2:60", "* * *", "61 * * * *", "*/0 * * * *", "x"])
+def test_bad_schedules_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_schedule(text)
+
+
+def test_bad_nightly_names_config_key(tmp_path: Path) -> None:
+    site = load_config(hook_site(tmp_path, hook={"nightly": "26:00"}))
+    with pytest.raises(ConfigError, match="hook.nightly"):
+        site_schedule(site)
+
+
+def test_nightly_enqueues_opted_in_envs_only(tmp_path: Path) -> None:
+    config = hook_site(tmp_path)
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    write_env(tmp_path / "manifests", "quiet", {"python": "3.11.*"}, nightly=False)
+    (tmp_path / "manifests" / "not-an-env").mkdir()
+    site = load_config(config)
+    assert list_envs(site) == ["demo", "quiet"]
+    assert nightly_opt_in(site, "demo") and not nightly_opt_in(site, "quiet")
+    queue = BuildQueue(tmp_path / "q.sqlite")
+    ids = enqueue_nightly(site, queue)
+    assert [queue.get(i).env for i in ids] == ["demo"]
+    assert queue.get(ids[0]).source == "nightly"
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def manifest(build_id: str, packages: dict[str, str]) -> BuildManifest:
+    return BuildManifest(
+        name="demo",
+        build_id=build_id,
+        created="2026-11-25T02:00:00.000000Z",
+        platform="linux-64",
+        display_name="demo",
+        smoke=(),
+        artifact=ArtifactInfo("env.tar.zst", "0" * 64, 1, "tar.zst"),
+        lock=LockInfo("pixi.lock", "0" * 64),
+        packages=tuple(
+            PackageRef(n, v.split("/")[0], v.split("/")[1] if "/" in v else "0", "c")
+            for n, v in packages.items()
+        ),
+    )
+
+
+def test_diff_added_removed_changed() -> None:
+    old = manifest("2026.11.24T020000Z-aaaaaaaa", {"a": "1", "b": "1", "c": "1", "d": "1/0"})
+    new = manifest("2026.11.25T020000Z-bbbbbbbb", {"a": "1", "c": "2", "d": "1/1", "e": "5"})
+    diff = diff_builds(old, new)
+    assert [p.name for p in diff.added] == ["e"]
+    assert [p.name for p in diff.removed] == ["b"]
+    assert [(c.name, c.old, c.new) for c in diff.changed] == [
+        ("c", "1", "2"),
+        ("d", "1 (0)", "1 (1)"),  # a rebuild of the same version shows its build string
+    ]
+    assert diff.old_build == old.build_id and not diff.empty
+    assert diff_builds(new, new).empty
+    first = diff_builds(None, old)
+    assert first.old_build is None and len(first.added) == 4
+    assert previous_build([old, new], new.build_id) == old
+    assert previous_build([old, new], old.build_id) is None
+
+
+# -- auth --------------------------------------------------------------------------------------
+
+
+def test_tokens_sessions_and_webhook_signatures() -> None:
+    auth = Auth((token_hash("right"),), b"k" * 32, "secret")
+    assert auth.bearer(None) == (401, None)
+    assert auth.bearer("Bearer wrong") == (403, None)
+    assert auth.bearer("Bearer right") == (200, token_hash("right"))
+    _session, cookie = auth.new_session(token_hash("right"))
+    session = auth.session(cookie)
+    assert session is not None and Auth.csrf_ok(session, session.csrf)
+    assert not Auth.csrf_ok(session, "x" + session.csrf) and not Auth.csrf_ok(session, None)
+    body, mac = cookie.split(".")
+    assert auth.session(body[:-2] + "AA." + mac) is None  # tampered payload
+    other_key = Auth((token_hash("right"),), b"x" * 32, "secret")
+    assert other_key.session(cookie) is None
+    revoked = Auth((token_hash("other"),), b"k" * 32, "secret")
+    assert revoked.session(cookie) is None  # token removed from the config
+    from helpers_hook import sign
+
+    assert Auth((), b"k" * 32, "secret").webhook_ok(b"{}", sign(b"{}", "secret"))
+    assert not Auth((), b"k" * 32, "secret").webhook_ok(b"{} ", sign(b"{}", "secret"))
+    assert not Auth((), b"k" * 32, None).webhook_ok(b"{}", sign(b"{}", "secret"))
+
+
+def test_failure_reason_quotes_the_error_message() -> None:
+    log = "[hook] build #1\nsolving...\nerror: cannot solve: nothing provides foo\n  needed by x\n"
+    assert failure_reason(log, 1) == "error: cannot solve: nothing provides foo\n  needed by x"
+    assert failure_reason("boom\n", 2) == "publish exited with status 2:\nboom"
+
+
+# -- queue -------------------------------------------------------------------------------------
+
+
+def test_queue_coalesces_concurrent_requests_from_threads(tmp_path: Path) -> None:
+    queue = BuildQueue(tmp_path / "q.sqlite")
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        record, joined = BuildQueue(tmp_path / "q.sqlite").request(
+            "demo", source="api", requested_by="t"
+        )
+        with lock:
+            results.append((record.id, joined))
+
+    threads = [threading.Thread(target=ask) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({i for i, _ in results}) == 1
+    assert sum(not joined for _, joined in results) == 1
+    (only,) = queue.active()
+    assert only.requests == 50
+
+
+def test_queue_limits_one_running_per_env_and_total(tmp_path: Path) -> None:
+    queue = BuildQueue(tmp_path / "q.sqlite")
+    a1, _ = queue.request("a", source="api", requested_by="t")
+    b1, _ = queue.request("b", source="api", requested_by="t")
+    c1, _ = queue.request("c", source="api", requested_by="t")
+    assert [r.id for r in queue.claim(2)] == [a1.id, b1.id]
+    a2, joined = queue.request("a", source="api", requested_by="t")
+    assert not joined and a2.id != a1.id  # a1 started: a new request queues a new build
+    assert queue.claim(2) == []  # total limit reached
+    queue.finish(b1.id, "published", published="2026.11.25T020000Z-12345678")
+    assert [r.id for r in queue.claim(2)] == [c1.id]  # a2 waits: a1 still runs
+    queue.finish(a1.id, "unchanged")
+    assert queue.get(a1.id).label == "no change"
+    queue.set_paused(True)
+    assert queue.claim(5) == []
+    queue.set_paused(False)
+    assert [r.id for r in queue.claim(5)] == [a2.id]
+    assert queue.cancel_queued(a2.id, "x") is False  # running: the runner cancels it
+    # history survives reopening the database
+    again = BuildQueue(tmp_path / "q.sqlite")
+    assert again.get(b1.id).build_id == "2026.11.25T020000Z-12345678"
+    assert {r.id for r in again.running()} == {c1.id, a2.id}
