@@ -1,0 +1,93 @@
+"""`latest` only moves forward on its own, repairs a dangling link, and `rollback` holds
+it on an older build until a newer build than the newest at hold time is ready."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+from helpers_agent import commit_fake, run_cli, write_site
+
+from nsls2_artifacts.agent import latest, layout
+from nsls2_artifacts.agent.log import setup_logging
+from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.records import ReadyRecord
+from nsls2_artifacts.store import FilesystemStore
+
+
+def ready(build_id: str, hour: int) -> ReadyRecord:
+    return ReadyRecord("demo", build_id, f"2026-11-01T{hour:02d}:00:00Z", "", "", "", (), 0.0)
+
+
+def run(cfg):
+    return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
+
+
+def target(cfg) -> str:
+    return os.readlink(layout.latest_link(cfg.deploy_root, "demo"))
+
+
+def test_choose_latest_rules() -> None:
+    a, b, c = ready("a", 1), ready("b", 2), ready("c", 3)
+    assert latest.choose_latest([], "a", None) == (None, False)
+    assert latest.choose_latest([a, b], None, None) == ("b", False)
+    assert latest.choose_latest([a, b, c], "b", None) == ("c", False)
+    # never backwards: the newest build disappearing from the ready list ...
+    assert latest.choose_latest([a, b], "b", None) == ("b", False)
+    # ... but a dangling or unready target is replaced by the newest ready build
+    assert latest.choose_latest([a, b], "zz", None) == ("b", False)
+    hold = latest.Hold("demo", "a", "b", b.created, "")
+    assert latest.choose_latest([a, b], "a", hold) == ("a", False)
+    assert latest.choose_latest([a, b, c], "a", hold) == ("c", True)
+
+
+def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1)
+    second = commit_fake(cfg, tag="two", hours=2)
+    assert run(cfg).ok
+    assert target(cfg) == second.build_id
+
+    out = run_cli(config, "rollback", "demo")
+    assert out.returncode == 0, out.stderr
+    assert target(cfg) == first.build_id
+    assert run(cfg).ok  # the agent does not undo a rollback
+    assert target(cfg) == first.build_id
+    assert "held by rollback" in run_cli(config, "status").stdout
+
+    third = commit_fake(cfg, tag="three", hours=3)
+    assert run(cfg).ok
+    assert target(cfg) == third.build_id
+    assert not layout.hold_path(cfg.deploy_root, "demo").exists()
+
+
+def test_rollback_refuses_unready_build(tmp_path: Path) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    commit_fake(cfg, tag="one", hours=1)
+    assert run(cfg).ok
+    out = run_cli(config, "rollback", "demo", "2026.01.01T000000Z-deadbeef")
+    assert out.returncode == 1 and "not a ready build" in out.stderr
+    out = run_cli(config, "rollback", "demo")
+    assert out.returncode == 1 and "no ready build older" in out.stderr
+
+
+def test_dangling_latest_is_repaired(tmp_path: Path) -> None:
+    _, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1)
+    assert run(cfg).ok
+    latest.flip(cfg.deploy_root, "demo", "2026.01.01T000000Z-deadbeef")
+    assert run(cfg).ok
+    assert target(cfg) == first.build_id
+
+
+def test_dry_run_prints_plan_and_changes_nothing(tmp_path: Path) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    build = commit_fake(cfg)
+    out = run_cli(config, "agent", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert f"deploy   demo/{build.build_id}" in out.stdout
+    assert f"flip     demo/latest: - -> {build.build_id}" in out.stdout
+    assert "kernel   write nsls2-demo-latest" in out.stdout
+    assert not (cfg.deploy_root / "envs").exists()
