@@ -170,9 +170,16 @@ def by_build(decisions: list[Any]) -> dict[str, Any]:
 # -- real child processes -----------------------------------------------------------------------
 
 MMAP_CHILD = """
-import mmap, sys, signal
+import mmap, os, sys, signal
 with open(sys.argv[1], 'rb') as f:
     m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+# Python's mmap keeps a dup of the fd: close it so only the mapping remains
+for fd in os.listdir('/proc/self/fd'):
+    try:
+        if os.readlink(f'/proc/self/fd/{fd}') == os.path.realpath(sys.argv[1]):
+            os.close(int(fd))
+    except OSError:
+        pass
 print('ready', flush=True)
 signal.pause()
 """

@@ -11,6 +11,7 @@ import time
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -32,9 +33,12 @@ _STYLE = {
 }
 
 
-def _width() -> int | None:
-    """Full width on a terminal; wide enough in a pipe that reasons are not wrapped."""
-    return None if out.is_terminal else 220
+def _show(table: Table) -> None:
+    """Full width on a terminal; in a pipe, wide enough that reasons are not wrapped."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(file=out.file, width=240).print(table)
 
 
 def decisions_table(decisions: list[RetentionDecision], *, dry_run: bool) -> Table:
@@ -68,7 +72,7 @@ def prune(
     if not decisions:
         console.print(f"no deployed builds under {cfg.deploy_root / 'envs'}")
     else:
-        out.print(decisions_table(decisions, dry_run=dry_run), width=_width())
+        _show(decisions_table(decisions, dry_run=dry_run))
     if any(d.action == "error" for d in decisions):
         sys.exit(1)
 
@@ -106,7 +110,7 @@ def nodes_list(config: ConfigOption = None) -> None:
     if not reports:
         console.print(f"no heartbeats under {hb.nodes_dir(cfg.deploy_root)}")
         return
-    out.print(table, width=_width())
+    _show(table)
 
 
 def nodes_retire(
