@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers_hook import hook_site, write_env
+from helpers_hook import hook_site, sign, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError
@@ -127,8 +127,6 @@ def test_tokens_sessions_and_webhook_signatures() -> None:
     assert other_key.session(cookie) is None
     revoked = Auth((token_hash("other"),), b"k" * 32, "secret")
     assert revoked.session(cookie) is None  # token removed from the config
-    from helpers_hook import sign
-
     assert Auth((), b"k" * 32, "secret").webhook_ok(b"{}", sign(b"{}", "secret"))
     assert not Auth((), b"k" * 32, "secret").webhook_ok(b"{} ", sign(b"{}", "secret"))
     assert not Auth((), b"k" * 32, None).webhook_ok(b"{}", sign(b"{}", "secret"))

@@ -131,6 +131,7 @@ class BuildRequest:
             "duration": self.duration,
             "build_id": self.build_id,
             "size": self.size,
+            "pid": self.pid,
             "reason": self.reason,
         }
 
