@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import SiteConfig, load_config
 from ..errors import ArtifactsError
@@ -31,7 +32,11 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except ArtifactsError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # escape: messages quote TOML tables and match specs ("[workspace]", "pkg[...]");
+        # soft_wrap: keep long paths and solver lines whole for logs and callers that grep
+        console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(1)
 
 
