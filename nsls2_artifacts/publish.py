@@ -1,0 +1,407 @@
+"""Publish: manifest -> solve -> install -> pack -> store, as one crash-safe build.
+
+Called by `nsls2-artifacts publish` (and through it by the hook). The order keeps bad input
+away from the store: the manifest is validated and solved before anything is written. The
+build is then installed into a local scratch prefix, packed straight into a staging
+directory on the store's filesystem, and committed by `FilesystemStore.commit_build`, which
+writes `manifest.json` last. A publish killed at any point leaves only a staging directory
+(invisible to readers), which the next publish of the same env removes under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform as host_platform_module
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from hashlib import sha256
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import install as installer
+from . import pack as packer
+from . import solve as solver
+from .config import SiteConfig
+from .errors import ArtifactsError, StoreError
+from .manifest import EnvManifest, load_manifest
+from .records import (
+    ArtifactInfo,
+    BuildManifest,
+    LockInfo,
+    LtsRecord,
+    is_build_id,
+    isoformat,
+    make_build_id,
+    utcnow,
+)
+from .store import MANIFEST, FilesystemStore, open_store
+
+LOCK_FILE = "pixi.lock"
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"  # tests: stop at a named point so they can kill -9 there
+
+
+class Reporter(Protocol):
+    """Progress sink for the stages: solve, download, install, pypi, pack, upload."""
+
+    def start(self, stage: str, total: int = 0) -> None: ...
+    def advance(self, stage: str, done: int, total: int) -> None: ...
+    def finish(self, stage: str, detail: str = "") -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def start(self, stage: str, total: int = 0) -> None:
+        pass
+
+    def advance(self, stage: str, done: int, total: int) -> None:
+        pass
+
+    def finish(self, stage: str, detail: str = "") -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    env: str
+    build_id: str
+    status: str  # "published" or "unchanged"
+    size: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: BuildManifest | None = None
+    lts: str | None = None
+
+    def summary(self) -> str:
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        if self.status == "unchanged":
+            return (
+                f"{self.env}: unchanged: the lock equals the newest build {self.build_id}; "
+                f"nothing published ({self.seconds:.1f}s)"
+                + (f"; LTS {self.lts} -> {self.build_id}" if self.lts else "")
+            )
+        return (
+            f"{self.env}: published {self.build_id}, {self.size / 1e6:.1f} MB "
+            f"({steps}; total {self.seconds:.1f}s)" + (f"; LTS {self.lts}" if self.lts else "")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": self.env,
+            "build_id": self.build_id,
+            "status": self.status,
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def publish(
+    site: SiteConfig,
+    env: str,
+    *,
+    lts: str | None = None,
+    locked: bool = False,
+    fmt: str = "tar.zst",
+    reporter: Reporter | None = None,
+    cache_dir: str | Path | None = None,
+) -> PublishResult:
+    """Build `env` from `site.manifests/env` and commit it to the store (see module doc)."""
+    report = reporter or SilentReporter()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    fmt = packer.normalise_format(fmt)
+    if lts is not None:
+        _check_label(lts)
+    manifest = load_manifest(site.manifests, env)
+    cache = Path(cache_dir) if cache_dir else solver.default_cache_dir(site)
+
+    with _stage(report, timings, "solve"):
+        if locked:
+            solution = solver.load_locked(manifest, site)
+        else:
+            solution = solver.solve(manifest, site, cache_dir=cache)
+    report.note(f"{len(solution.records)} conda packages for {solution.platform}")
+    _pause("solve")
+
+    store = open_store(site.store)
+    (store.root / env).mkdir(parents=True, exist_ok=True)
+    with store.publish_lock(env):
+        for leftover in store.clean_staging(env) + _clean_uncommitted(store, env):
+            report.note(f"removed the leftover of an interrupted publish: {leftover.name}")
+        with _scratch(cache, site, env) as scratch:
+            lock_path = scratch / LOCK_FILE
+            lock_sha = solver.write_lock(solution, lock_path)
+            if not manifest.pypi_dependencies:  # the lock is final: skip the install if unchanged
+                newest = _unchanged(store, env, lock_sha)
+                if newest is not None:
+                    return _finish_unchanged(site, store, env, newest, lts, started, timings)
+            prefix = scratch / "prefix"
+            _install(solution, manifest, prefix, cache, report, timings, locked=locked)
+            if manifest.pypi_dependencies:
+                lock_sha = solver.write_lock(solution, lock_path)
+                newest = _unchanged(store, env, lock_sha)
+                if newest is not None:
+                    return _finish_unchanged(site, store, env, newest, lts, started, timings)
+            created = utcnow()
+            build_id = make_build_id(created, lock_sha)
+            staging = store.staging_dir(env, build_id)
+            packed = _pack(prefix, staging, fmt, report, timings)
+            shutil.copyfile(lock_path, staging / LOCK_FILE)
+            record = BuildManifest(
+                name=env,
+                build_id=build_id,
+                created=isoformat(created),
+                platform=solution.platform,
+                display_name=manifest.display_name,
+                smoke=manifest.smoke,
+                artifact=ArtifactInfo(
+                    file=packed.path.name, sha256=packed.sha256, size=packed.size, format=fmt
+                ),
+                lock=LockInfo(file=LOCK_FILE, sha256=lock_sha),
+                packages=solution.packages,
+                builder=builder_info(),
+                source=source_info(manifest, locked=locked),
+            )
+            _pause("commit")
+            with _stage(report, timings, "upload"):
+                store.commit_build(staging, record)
+            if lts:
+                promote(site, env, build_id, lts)
+    return PublishResult(
+        env=env,
+        build_id=build_id,
+        status="published",
+        size=packed.size,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        manifest=record,
+        lts=lts,
+    )
+
+
+def promote(site: SiteConfig, env: str, build_id: str, label: str) -> LtsRecord:
+    """Mark the committed build `env/build_id` as LTS release `label` (no rebuild)."""
+    _check_label(label)
+    store = open_store(site.store)
+    store.manifest(env, build_id)  # raises StoreError naming the build if it is not committed
+    record = LtsRecord(env=env, label=label, build_id=build_id, promoted=isoformat(utcnow()))
+    store.set_lts(record)
+    return record
+
+
+def builder_info() -> dict[str, Any]:
+    """Where and with what a build was made (recorded in manifest.json)."""
+    versions = {"python": host_platform_module.python_version()}
+    for dist in ("nsls2-artifacts", "py-rattler", "conda-pack", "zstandard"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    with contextlib.suppress(Exception):
+        versions["uv"] = metadata.version("uv")
+    return {
+        "host": socket.gethostname(),
+        "user": _user(),
+        "tool": "nsls2-artifacts publish",
+        "versions": versions,
+    }
+
+
+def source_info(manifest: EnvManifest, *, locked: bool) -> dict[str, Any]:
+    """What the build was made from: manifest hash and, if the manifests are in git, the commit."""
+    info: dict[str, Any] = {
+        "manifest_sha256": manifest.source_sha256,
+        "manifest_dir": str(manifest.directory),
+        "locked": locked,
+        "git_commit": None,
+    }
+    git = shutil.which("git")
+    if git:
+        head = subprocess.run(
+            [git, "-C", str(manifest.directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            dirty = subprocess.run(
+                [git, "-C", str(manifest.directory), "status", "--porcelain", "--", "."],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    return info
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+def _install(
+    solution: solver.Solution,
+    manifest: EnvManifest,
+    prefix: Path,
+    cache: Path,
+    report: Reporter,
+    timings: dict[str, float],
+    *,
+    locked: bool,
+) -> None:
+    _pause("install")
+    with _stage(report, timings, "install", total=len(solution.records)):
+        report.start("download", len(solution.records))
+
+        def forward(stage: str, done: int, total: int) -> None:
+            report.advance(stage, done, total)
+
+        installer.install(solution, prefix, cache, progress=forward)
+        report.finish("download")
+        # rattler tags its cache directories; an unowned tag in the env is noise
+        with contextlib.suppress(FileNotFoundError):
+            (prefix / "CACHEDIR.TAG").unlink()
+    if manifest.pypi_dependencies or solution.pypi:
+        with _stage(report, timings, "pypi"):
+            solution.pypi = installer.install_pypi(
+                prefix,
+                list(manifest.pypi_dependencies.values()),
+                pins=solution.pypi if locked else None,
+                progress=forward,
+            )
+
+
+def _pack(
+    prefix: Path, staging: Path, fmt: str, report: Reporter, timings: dict[str, float]
+) -> packer.PackResult:
+    pause_at_half = os.environ.get(PAUSE_ENV) == "pack"
+
+    def progress(done: int, total: int) -> None:
+        report.advance("pack", done, total)
+        if pause_at_half and done >= total // 2:
+            _pause("pack")  # half an archive is on disk in the staging directory
+
+    with _stage(report, timings, "pack"):
+        result = packer.pack(prefix, staging / packer.archive_name(fmt), fmt=fmt, progress=progress)
+    report.note(f"packed {result.files} files into {result.path.name}: {result.size / 1e6:.1f} MB")
+    return result
+
+
+def _unchanged(store: FilesystemStore, env: str, lock_sha: str) -> str | None:
+    """The newest committed build's id if its lock hash equals `lock_sha`."""
+    builds = store.builds(env)
+    if builds and builds[-1].lock.sha256 == lock_sha:
+        return builds[-1].build_id
+    return None
+
+
+def _finish_unchanged(
+    site: SiteConfig,
+    store: FilesystemStore,
+    env: str,
+    build_id: str,
+    lts: str | None,
+    started: float,
+    timings: dict[str, float],
+) -> PublishResult:
+    """Nothing to publish; an `--lts` label still goes to the (identical) newest build."""
+    newest = store.manifest(env, build_id)
+    if lts:
+        promote(site, env, build_id, lts)
+    return PublishResult(
+        env=env,
+        build_id=build_id,
+        status="unchanged",
+        size=newest.artifact.size,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        manifest=newest,
+        lts=lts,
+    )
+
+
+def _check_label(label: str) -> None:
+    if not _LABEL_RE.match(label):
+        raise ArtifactsError(f"LTS label {label!r}: use letters, digits, '.', '-' (e.g. 2026-1)")
+
+
+def _clean_uncommitted(store: FilesystemStore, env: str) -> list[Path]:
+    """Build directories without manifest.json (killed between rename and commit)."""
+    removed = []
+    root = store.root / env
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            if is_build_id(entry.name) and not os.path.exists(os.path.join(entry.path, MANIFEST)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
+    """A local scratch directory for the prefix, next to the package cache (hard links).
+
+    Named per store and env; leftovers of killed publishes (dead pids) are removed first.
+    """
+    tag = sha256(str(site.store).encode()).hexdigest()[:8]
+    root = cache.parent / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in root.glob(f"{env}-{tag}-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+    path = root / f"{env}-{tag}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stage(
+    report: Reporter, timings: dict[str, float], name: str, total: int = 0
+) -> Iterator[None]:
+    report.start(name, total)
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    report.finish(name, f"{timings[name]:.1f}s")
+
+
+def _pause(point: str) -> None:
+    """Test hook: block at `point` so a test can SIGKILL the publish exactly there."""
+    if os.environ.get(PAUSE_ENV) == point:
+        sys.stderr.write(f"paused at {point}\n")
+        sys.stderr.flush()
+        time.sleep(3600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        import getpass
+
+        return getpass.getuser()
+    return ""
+
+
+__all__ = ["PublishResult", "Reporter", "SilentReporter", "StoreError", "promote", "publish"]
