@@ -53,9 +53,9 @@ def two_envs(tmp_path):
     """Two envs, each with a latest build and an old, expired one."""
     config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1, ttl=600)
     builds = {}
-    for env in ("demo", "base"):
-        old = make_build(site, 30, "a", env=env)
-        new = make_build(site, 0.1, "b", env=env)
+    for env, (old_tag, new_tag) in {"demo": "ab", "base": "cd"}.items():  # distinct build ids
+        old = make_build(site, 30, old_tag, env=env)
+        new = make_build(site, 0.1, new_tag, env=env)
         set_latest(site, new)
         builds[env] = old
     return config, site, builds

@@ -50,7 +50,7 @@ from ..records import (
 from ..store import FilesystemStore
 from . import heartbeat as hb
 from . import layout
-from .locks import build_lock
+from .locks import apply_lock, build_lock
 
 try:  # the agent's kernelspec module is the only kernelspec writer; use it when present
     from .kernels import remove_kernelspecs_for as _agent_remove_kernelspecs
@@ -511,6 +511,9 @@ def _delete(
     root, env, build_id = site.deploy_root, decision.env, decision.build_id
     try:
         with build_lock(root, env, build_id, wait=False):
+            if build_id in (_latest(root, env), _read_hold(root, env)):
+                # a rollback or flip landed after we planned: it is a root again
+                return RetentionDecision(env, build_id, "keep", "kept: became latest or held")
             atomic_write_json(
                 deleted_path(root, env, build_id),
                 {
@@ -590,8 +593,20 @@ def run_pass(
     """Scan, write this node's heartbeat (if `apply` and `heartbeat`), plan, apply (if `apply`).
 
     With `apply=False` nothing on disk changes; ages are then measured with this host's
-    clock instead of a probe file on the shared filesystem.
+    clock instead of a probe file on the shared filesystem. Takes `locks.apply_lock`, so
+    it must be called without holding that lock (POSIX locks are per process).
     """
+    if not apply:
+        return _pass(site, store, log, apply=False, heartbeat=False)
+    # serialise with flips, rollbacks and kernelspec writes of every agent on this root, so
+    # a build is never deleted just after it became latest; callers must not hold it already
+    with apply_lock(site.deploy_root):
+        return _pass(site, store, log, apply=True, heartbeat=heartbeat)
+
+
+def _pass(
+    site: SiteConfig, store: FilesystemStore, log: logging.Logger, *, apply: bool, heartbeat: bool
+) -> list[RetentionDecision]:
     root = site.deploy_root
     node = site.agent.node
     if apply:
