@@ -1,0 +1,103 @@
+"""Store retention: decide which committed builds to delete from the artifact store.
+
+Called by `nsls2-artifacts store prune [--dry-run]`. Every committed build gets a decision
+with a reason. Kept: every LTS-labelled build (LTS artifacts are never deleted), the newest
+`keep_latest` builds, builds younger than `grace_days`, and the build a deploy root's
+`latest` points at. Deleting is `FilesystemStore.delete_build` (manifest.json first). The
+deployed copies on the cluster are the agent's business (its own prune, with in-use checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime, timedelta
+
+from .config import RetentionPolicy, SiteConfig
+from .errors import ArtifactsError
+from .manifest import load_manifest
+from .records import RetentionDecision, utcnow
+from .store import FilesystemStore
+
+
+def plan(
+    site: SiteConfig, store: FilesystemStore, now: datetime | None = None
+) -> list[RetentionDecision]:
+    """One decision ("keep" or "delete") per committed or unreadable build, oldest first."""
+    now = now or utcnow()
+    decisions: list[RetentionDecision] = []
+    for env in store.envs():
+        decisions.extend(_plan_env(site, store, env, now))
+    return decisions
+
+
+def apply(store: FilesystemStore, decisions: list[RetentionDecision]) -> list[RetentionDecision]:
+    """Delete what `plan` marked; returns the deletions that failed (as "error" decisions)."""
+    failed = []
+    for decision in decisions:
+        if decision.action != "delete":
+            continue
+        try:
+            store.delete_build(decision.env, decision.build_id)
+        except OSError as exc:
+            failed.append(RetentionDecision(decision.env, decision.build_id, "error", str(exc)))
+    return failed
+
+
+def _policy(site: SiteConfig, env: str) -> tuple[RetentionPolicy, str]:
+    """The site policy with the env's nsls2.yaml overrides (if its manifest still exists)."""
+    try:
+        manifest = load_manifest(site.manifests, env)
+    except ArtifactsError:
+        return site.retention, "site policy"
+    if manifest.retention:
+        return manifest.retention_policy(site.retention), "nsls2.yaml policy"
+    return site.retention, "site policy"
+
+
+def _plan_env(
+    site: SiteConfig, store: FilesystemStore, env: str, now: datetime
+) -> list[RetentionDecision]:
+    policy, source = _policy(site, env)
+    builds = store.builds(env)
+    labels: dict[str, list[str]] = {}
+    for record in store.lts(env):
+        labels.setdefault(record.build_id, []).append(record.label)
+    newest = {m.build_id for m in builds[-policy.keep_latest :]} if policy.keep_latest else set()
+    latest_target = _deployed_latest(site, env)
+    grace = timedelta(days=policy.grace_days)
+    out = [
+        RetentionDecision(
+            env, bad.build_id, "keep", f"manifest unreadable, never deleted: {bad.reason}"
+        )
+        for bad in store.invalid_builds(env)
+    ]
+    for build in builds:
+        keep_reasons = []
+        if build.build_id in labels:
+            keep_reasons.append("LTS " + ", ".join(sorted(labels[build.build_id])))
+        if build.build_id in newest:
+            keep_reasons.append(f"one of the newest {policy.keep_latest} ({source})")
+        age = now - build.created_at
+        if age < grace:
+            keep_reasons.append(f"younger than {policy.grace_days:g} days")
+        if build.build_id == latest_target:
+            keep_reasons.append("latest on the deploy root")
+        if keep_reasons:
+            out.append(RetentionDecision(env, build.build_id, "keep", "; ".join(keep_reasons)))
+        else:
+            out.append(
+                RetentionDecision(
+                    env,
+                    build.build_id,
+                    "delete",
+                    f"{age.days} days old, not among the newest {policy.keep_latest}, no LTS label",
+                )
+            )
+    return out
+
+
+def _deployed_latest(site: SiteConfig, env: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return os.path.basename(os.readlink(site.deploy_root / "envs" / env / "latest"))
+    return None
