@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -70,15 +71,21 @@ def wait_exec(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None
         time.sleep(0.05)
 
 
-def timed(command: list[str], repeat: int) -> tuple[float, str]:
-    """Median wall time of a command (seconds) and its last stdout+stderr."""
-    times, output = [], ""
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        times.append(time.perf_counter() - started)
-        output = result.stdout + result.stderr
-    return statistics.median(times), output
+def run_once(command: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds (user+sys of the child) of one command, and its output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, result.stdout + result.stderr
+
+
+def scan_once(build: Path) -> tuple[float, float, procscan.ScanResult]:
+    cpu_started = time.process_time()
+    result = procscan.scan([build])
+    return result.seconds, time.process_time() - cpu_started, result
 
 
 def pids_in(text: str) -> set[int]:
@@ -126,51 +133,75 @@ def main() -> int:
         total = sum(1 for name in os.listdir("/proc") if name.isdigit())
         per_k = 1000 / total
 
+        commands = {
+            "python -m nsls2_artifacts.procscan": [
+                sys.executable,
+                "-m",
+                "nsls2_artifacts.procscan",
+                str(build),
+            ],
+            "fuser -m BUILD": ["fuser", "-m", str(build)],
+            "fuser -v BUILD": ["fuser", "-v", str(build)],
+            "lsof +D BUILD": ["lsof", "-n", "-w", "+D", str(build)],
+        }
         procscan.scan([build])  # warm the dentry cache for everyone alike
-        ours = []
+        walls: dict[str, list[float]] = {name: [] for name in ["procscan.scan", *commands]}
+        cpus: dict[str, list[float]] = {name: [] for name in walls}
+        outputs: dict[str, str] = {}
+        # round-robin, so a load spike from other jobs on the machine hits every tool alike
         for _ in range(args.repeat):
-            result = procscan.scan([build])
-            ours.append(result.seconds)
-        ours_s = statistics.median(ours)
-        found = {u.pid for u in result.uses[str(build)]}
-        cli_s, _ = timed(
-            [sys.executable, "-m", "nsls2_artifacts.procscan", str(build)], args.repeat
-        )
-        fuser_m_s, fuser_m_out = timed(["fuser", "-m", str(build)], args.repeat)
-        fuser_v_s, fuser_v_out = timed(["fuser", "-v", str(build)], args.repeat)
-        lsof_s, lsof_out = timed(["lsof", "-n", "-w", "+D", str(build)], max(1, args.repeat // 2))
-
+            wall, cpu, result = scan_once(build)
+            walls["procscan.scan"].append(wall)
+            cpus["procscan.scan"].append(cpu)
+            for name, command in commands.items():
+                wall, cpu, outputs[name] = run_once(command)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        wall_ms = {name: statistics.median(v) * 1000 for name, v in walls.items()}
+        cpu_ms = {name: statistics.median(v) * 1000 for name, v in cpus.items()}
+        found = {
+            "procscan.scan": {u.pid for u in result.uses[str(build)]},
+            "python -m nsls2_artifacts.procscan": pids_in(
+                outputs["python -m nsls2_artifacts.procscan"].replace("pid ", "")
+            ),
+            "fuser -m BUILD": pids_in(outputs["fuser -m BUILD"]),
+            "fuser -v BUILD": pids_in(outputs["fuser -v BUILD"]),
+            "lsof +D BUILD": lsof_pids(outputs["lsof +D BUILD"]),
+        }
+        scope = {
+            "procscan.scan": "tree under the build (in-process, what the agent runs)",
+            "python -m nsls2_artifacts.procscan": "same, plus interpreter start",
+            "fuser -m BUILD": "every process on the build's filesystem",
+            "fuser -v BUILD": "the directory itself only",
+            "lsof +D BUILD": "tree under the build",
+        }
         print(f"# /proc scan benchmark — {cpu_model()}, {os.cpu_count()} CPUs, Python {PY}")
         print(
             f"processes in /proc: {total} ({len(procs)} spawned in {spawned:.1f}s; "
-            f"{len(inside)} use the build); build tree: {args.files} files; median of {args.repeat}"
+            f"{len(inside)} use the build); build tree: {args.files} files; "
+            f"median of {args.repeat}, tools interleaved"
         )
-        rows = [
-            ("procscan.scan (in-process)", ours_s, len(found & inside), "exact: tree under build"),
-            (
-                "python -m nsls2_artifacts.procscan",
-                cli_s,
-                len(inside),
-                "same, incl. interpreter start",
-            ),
-            ("fuser -m BUILD", fuser_m_s, len(pids_in(fuser_m_out) & inside), "whole filesystem"),
-            (
-                "fuser -v BUILD",
-                fuser_v_s,
-                len(pids_in(fuser_v_out) & inside),
-                "the dir itself only",
-            ),
-            ("lsof +D BUILD", lsof_s, len(lsof_pids(lsof_out) & inside), "tree under build"),
-        ]
-        print(f"{'tool':38} {'total ms':>9} {'ms/1k procs':>11} {'found':>6}  scope")
-        for name, seconds, hits, scope in rows:
+        print(
+            f"{'tool':36} {'wall ms':>8} {'wall/1k':>8} {'cpu ms':>8} {'cpu/1k':>8} "
+            f"{'found':>6}  scope"
+        )
+        for name in walls:
             print(
-                f"{name:38} {seconds * 1000:9.1f} {seconds * 1000 * per_k:11.1f} {hits:6d}  {scope}"
+                f"{name:36} {wall_ms[name]:8.1f} {wall_ms[name] * per_k:8.1f} {cpu_ms[name]:8.1f} "
+                f"{cpu_ms[name] * per_k:8.1f} {len(found[name] & inside):6d}  {scope[name]}"
             )
-        print(f"ratio fuser -m / procscan: {fuser_m_s / ours_s:.1f}x")
-        print(f"ratio fuser -v / procscan: {fuser_v_s / ours_s:.1f}x")
-        print(f"ratio lsof +D  / procscan: {lsof_s / ours_s:.1f}x")
-        print(f"ratio lsof +D  / procscan CLI: {lsof_s / cli_s:.1f}x")
+        ours = "procscan.scan"
+        for name in ("fuser -m BUILD", "fuser -v BUILD", "lsof +D BUILD"):
+            print(
+                f"ratio {name} / {ours}: wall {wall_ms[name] / wall_ms[ours]:.1f}x, "
+                f"cpu {cpu_ms[name] / cpu_ms[ours]:.1f}x"
+            )
+        cli = "python -m nsls2_artifacts.procscan"
+        print(
+            f"ratio lsof +D BUILD / {cli}: wall {wall_ms['lsof +D BUILD'] / wall_ms[cli]:.1f}x, "
+            f"cpu {cpu_ms['lsof +D BUILD'] / cpu_ms[cli]:.1f}x"
+        )
+        found = found[ours]
         if found & inside != inside:
             print(f"WARNING: procscan missed {len(inside - found)} processes", file=sys.stderr)
             return 1
