@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 
 import pytest
 from helpers_retention import age, by_build, make_build, set_latest, tombstone_file, write_site
@@ -171,3 +172,17 @@ def test_prune_cli_on_a_host_without_agent_does_not_register_a_node(two_envs):
     cli(config, "prune")
     assert not hb.heartbeat_path(site.deploy_root, "test-node").exists()
     assert all(tombstone_file(site, old).exists() for old in builds.values())
+
+
+def test_agent_prune_off_still_beats_but_changes_nothing(two_envs):
+    config, site, builds = two_envs
+    site = replace(site, agent=replace(site.agent, prune=False))  # `agent: {prune: false}`
+    decisions = run(site)
+    old = builds["demo"]
+    assert decisions[old.name].action == "keep"
+    assert decisions[old.name].reason == "kept: agent.prune is off (would tombstone)"
+    assert not tombstone_file(site, old).exists()
+    assert hb.heartbeat_path(site.deploy_root, "test-node").exists()
+    # the operator's explicit `prune` applies the policy regardless
+    cli(config, "prune")
+    assert tombstone_file(site, old).exists()

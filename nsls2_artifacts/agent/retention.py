@@ -589,27 +589,41 @@ def run_pass(
     apply: bool = True,
     *,
     heartbeat: bool = True,
+    enforce: bool | None = None,
 ) -> list[RetentionDecision]:
     """Scan, write this node's heartbeat (if `apply` and `heartbeat`), plan, apply (if `apply`).
 
     With `apply=False` nothing on disk changes; ages are then measured with this host's
-    clock instead of a probe file on the shared filesystem. Takes `locks.apply_lock`, so
-    it must be called without holding that lock (POSIX locks are per process).
+    clock instead of a probe file on the shared filesystem. `enforce` (default: the site's
+    `agent.prune`) False still scans and writes the heartbeat, which other nodes need, but
+    tombstones and deletes nothing. Takes `locks.apply_lock`, so it must be called without
+    holding that lock (POSIX locks are per process).
     """
     if not apply:
         return _pass(site, store, log, apply=False, heartbeat=False)
+    if enforce is None:
+        enforce = site.agent.prune
     # serialise with flips, rollbacks and kernelspec writes of every agent on this root, so
     # a build is never deleted just after it became latest; callers must not hold it already
     with apply_lock(site.deploy_root):
-        return _pass(site, store, log, apply=True, heartbeat=heartbeat)
+        return _pass(site, store, log, apply=True, heartbeat=heartbeat, enforce=enforce)
+
+
+_CHANGES = ("tombstone", "untombstone", "delete", "finish", "revive")
 
 
 def _pass(
-    site: SiteConfig, store: FilesystemStore, log: logging.Logger, *, apply: bool, heartbeat: bool
+    site: SiteConfig,
+    store: FilesystemStore,
+    log: logging.Logger,
+    *,
+    apply: bool,
+    heartbeat: bool,
+    enforce: bool = True,
 ) -> list[RetentionDecision]:
     root = site.deploy_root
     node = site.agent.node
-    if apply:
+    if apply and enforce:
         finish_trash(root, log)
     envs = all_envs(root)
     views = [look_env(site, store, env) for env in envs]
@@ -631,4 +645,13 @@ def _pass(
     )
     if not apply:
         return plan
+    if not enforce:
+        return [
+            RetentionDecision(
+                d.env, d.build_id, "keep", f"kept: agent.prune is off (would {d.action})"
+            )
+            if d.action in _CHANGES
+            else d
+            for d in plan
+        ]
     return apply_plan(site, plan, log)

@@ -68,7 +68,9 @@ def prune(
         # a host that runs no agent must not register as a node: its heartbeat would go
         # stale and block all deletion. Only refresh a heartbeat this node already writes.
         beating = hb.heartbeat_path(cfg.deploy_root, cfg.agent.node).exists()
-        decisions = run_pass(cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating)
+        decisions = run_pass(
+            cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating, enforce=True
+        )
     if not decisions:
         console.print(f"no deployed builds under {cfg.deploy_root / 'envs'}")
     else:
