@@ -100,6 +100,12 @@ class _Matcher:
         self.str_slash = tuple(p + "/" for t in targets for p in t.prefixes)
         self.owner = {p: t.path for t in targets for p in t.prefixes}
         self.bytes_prefixes = [(os.fsencode(p), t.path) for t in targets for p in t.prefixes]
+        # builds share a few parent directories (envs/ENV): one search for each of those
+        # rules out most processes before looking for every build separately
+        self.bytes_parents = tuple({os.fsencode(os.path.dirname(p)) for p in self.owner})
+
+    def might_contain(self, data: bytes) -> bool:
+        return any(parent in data for parent in self.bytes_parents)
 
     def match(self, path: str) -> str | None:
         """The target that `path` lies in (or is), else None."""
@@ -204,6 +210,8 @@ class _ProcessScan:
         except OSError as exc:
             _guard("maps", exc)
             return
+        if not self.matcher.might_contain(data):
+            return
         # bytes.find over the whole file is far cheaper than splitting thousands of lines;
         # only a hit is parsed. A path field starts after a run of spaces.
         for prefix, key in self.matcher.bytes_prefixes:
@@ -224,7 +232,7 @@ class _ProcessScan:
         except OSError as exc:
             _guard("environ", exc)
             return
-        if not any(prefix in data for prefix, _key in self.matcher.bytes_prefixes):
+        if not self.matcher.might_contain(data):
             return
         for entry in data.split(b"\0"):
             if entry.startswith(b"CONDA_PREFIX="):
