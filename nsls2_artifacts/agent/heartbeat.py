@@ -25,6 +25,18 @@ from ..records import NodeHeartbeat, RecordError, isoformat, utcnow
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def span(seconds: float) -> str:
+    """A short human duration: 45s, 12m, 3.5h, 2d, 2.5d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            value = seconds / size
+            return (
+                f"{value:.0f}{unit}" if abs(value - round(value)) < 0.05 else f"{value:.1f}{unit}"
+            )
+    return f"{seconds:.0f}s"
+
+
 def nodes_dir(deploy_root: str | Path) -> Path:
     return Path(deploy_root) / "state" / "nodes"
 

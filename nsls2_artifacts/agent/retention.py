@@ -343,18 +343,6 @@ def _use_or_none(data: Any) -> ProcessUse | None:
 # -- planning -----------------------------------------------------------------------------------
 
 
-def _span(seconds: float) -> str:
-    """A short human duration: 45s, 12m, 3.5h, 2d, 2.5d."""
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", DAY), ("h", 3600.0), ("m", 60.0)):
-        if seconds >= size:
-            value = seconds / size
-            return (
-                f"{value:.0f}{unit}" if abs(value - round(value)) < 0.05 else f"{value:.1f}{unit}"
-            )
-    return f"{seconds:.0f}s"
-
-
 def _use_text(node: str, use: ProcessUse) -> str:
     return f"pid {use.pid} ({use.user}) on node {node} via {use.via}"
 
@@ -393,7 +381,7 @@ def root_reason(build: Build, view: EnvView, cluster: Cluster, newest: list[str]
     age = (cluster.now - build.created).total_seconds()
     grace = view.policy.grace_days * DAY
     if age < grace:
-        return f"kept: younger than grace {_span(grace)} (age {_span(age)})"
+        return f"kept: younger than grace {hb.span(grace)} (age {hb.span(age)})"
     return None
 
 
@@ -418,7 +406,7 @@ def decide(build: Build, view: EnvView, cluster: Cluster, newest: list[str]) -> 
     age = (cluster.now_ns - tombstone) / 1e9
     grace = view.policy.grace_days * DAY
     if age < grace:
-        return verdict("wait", f"waiting: tombstone age {_span(age)} < grace {_span(grace)}")
+        return verdict("wait", f"waiting: tombstone age {hb.span(age)} < grace {hb.span(grace)}")
     if cluster.stale:
         report = cluster.stale[0]
         return verdict("keep", f"kept: node {report.node} stale since {report.since}")

@@ -103,7 +103,7 @@ def nodes_list(config: ConfigOption = None) -> None:
         table.add_row(
             report.node,
             report.since,
-            f"{report.age_seconds(now_ns):.0f}s",
+            hb.span(report.age_seconds(now_ns)),
             status,
             "-" if beat is None else ("complete" if beat.complete else "[yellow]incomplete[/]"),
             "-" if beat is None else escape(", ".join(sorted(beat.in_use)) or "none"),
