@@ -352,7 +352,7 @@ def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
     Named per store and env; leftovers of killed publishes (dead pids) are removed first.
     """
     tag = sha256(str(site.store).encode()).hexdigest()[:8]
-    root = cache.parent / "scratch"
+    root = cache / "scratch"
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.glob(f"{env}-{tag}-*"):
         pid = entry.name.rsplit("-", 1)[-1]

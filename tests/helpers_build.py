@@ -1,0 +1,114 @@
+"""Helpers for the build-side tests: publish as a real subprocess, unpack an artifact."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from conftest import CLI, run_cli
+
+from nsls2_artifacts.devchannel import default_cache_dir
+
+# One rattler package cache for every test publish, kept between runs (extract once).
+BUILD_CACHE = default_cache_dir() / "rattler-tests"
+
+
+def cache_env(cache: Path) -> dict[str, str]:
+    """Environment for a publish subprocess that shares the session's rattler cache."""
+    return {"NSLS2_ARTIFACTS_CACHE": str(cache)}
+
+
+def publish(config: Path, cache: Path, *args: str, check: bool = True, **env: str) -> Any:
+    return run_cli(config, "publish", *args, check=check, env={**cache_env(cache), **env})
+
+
+def start_publish(config: Path, cache: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    environ = {**os.environ, **cache_env(cache), **env}
+    environ.pop("NSLS2_ARTIFACTS_CONFIG", None)
+    return subprocess.Popen(
+        [*CLI, "publish", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+
+
+class LineWatcher:
+    """Collect a process's stderr lines in a thread so a test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self._queue.put(line)
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"{text!r} never appeared on stderr:\n{''.join(self.lines)}")
+
+
+def committed_manifests(store: Path) -> list[Path]:
+    return sorted(store.glob("*/*/manifest.json"))
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Unpack an env archive with tarfile's "data" filter (what the agent does)."""
+    dest.mkdir(parents=True)
+    with open(archive, "rb") as raw:
+        if archive.name.endswith(".zst"):
+            with (
+                zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+                tarfile.open(fileobj=stream, mode="r|") as tar,
+            ):
+                tar.extractall(dest, filter="data")
+        else:
+            with tarfile.open(fileobj=raw, mode="r:gz") as tar:
+                tar.extractall(dest, filter="data")
+
+
+def conda_unpack(prefix: Path) -> subprocess.CompletedProcess[str]:
+    """Run the archive's conda-unpack at its final path with the env's own python."""
+    return subprocess.run(
+        [str(prefix / "bin" / "python"), str(prefix / "bin" / "conda-unpack")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def env_python(prefix: Path, code: str) -> subprocess.CompletedProcess[str]:
+    environ = {"PATH": f"{prefix / 'bin'}:/usr/bin:/bin", "HOME": str(prefix)}
+    return subprocess.run(
+        [str(prefix / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+        check=False,
+    )

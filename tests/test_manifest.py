@@ -1,0 +1,166 @@
+"""Manifests: the shipped ones load; every malformed field is named with its file.
+
+The CLI-level tests check the other half of the promise: a bad manifest writes nothing
+to the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nsls2_artifacts.config import RetentionPolicy
+from nsls2_artifacts.errors import ManifestError
+from nsls2_artifacts.manifest import list_manifests, load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD_TOML = """
+[workspace]
+name = "t"
+channels = ["conda-forge"]
+platforms = ["linux-64"]
+
+[dependencies]
+python = "3.11.*"
+numpy = ">=1.26, <3"
+six = "1.16.0"
+ipykernel = {version = ">=6", build = "pypi*"}
+
+[pypi-dependencies]
+iniconfig = ">=2"
+rich = {version = "*", extras = ["jupyter"]}
+"""
+
+
+def write_env(root: Path, toml: str = GOOD_TOML, yaml: str | None = "display_name: T\n") -> Path:
+    env = root / "t"
+    env.mkdir(parents=True, exist_ok=True)
+    (env / "pixi.toml").write_text(toml)
+    if yaml is not None:
+        (env / "nsls2.yaml").write_text(yaml)
+    return root
+
+
+def test_shipped_manifests_load() -> None:
+    assert {"base", "demo"} <= set(list_manifests(REPO / "manifests"))
+    demo = load_manifest(REPO / "manifests", "demo")
+    assert demo.channels == ("conda-forge",)
+    assert demo.platforms == ("linux-64",)
+    assert demo.dependencies == {
+        "python": "python 3.11.*",
+        "ipykernel": "ipykernel",
+        "databroker": "databroker",
+    }
+    assert demo.display_name == "NSLS-II demo"
+    assert demo.smoke == ("ipykernel", "databroker")
+    assert demo.nightly is True
+    base = load_manifest(REPO / "manifests", "base")
+    for name in ("python", "ipykernel", "databroker", "bluesky", "ophyd", "numpy", "scipy"):
+        assert name in base.dependencies
+    for module in ("databroker", "bluesky", "ophyd", "numpy", "matplotlib", "skimage"):
+        assert module in base.smoke
+    assert len(base.source_sha256) == 64
+
+
+def test_specs_follow_pixi_semantics(tmp_path: Path) -> None:
+    m = load_manifest(write_env(tmp_path), "t")
+    assert m.dependencies["numpy"] == "numpy >=1.26,<3"
+    assert m.dependencies["six"] == "six ==1.16.0"  # a bare version is exact in pixi
+    assert m.dependencies["ipykernel"] == "ipykernel >=6 pypi*"
+    assert m.pypi_dependencies == {"iniconfig": "iniconfig>=2", "rich": "rich[jupyter]"}
+    assert m.display_name == "T"
+    assert m.smoke == ("ipykernel",)  # the default
+
+
+def test_source_hash_names_both_files(tmp_path: Path) -> None:
+    root = write_env(tmp_path)
+    first = load_manifest(root, "t").source_sha256
+    (root / "t" / "nsls2.yaml").write_text("display_name: Other\n")
+    assert load_manifest(root, "t").source_sha256 != first
+
+
+def test_retention_overrides_apply_over_the_site_policy(tmp_path: Path) -> None:
+    root = write_env(tmp_path, yaml="retention: {keep_latest: 5}\nnightly: false\n")
+    m = load_manifest(root, "t")
+    policy = m.retention_policy(RetentionPolicy(lts_years=3, keep_latest=3, grace_days=7))
+    assert (policy.keep_latest, policy.grace_days) == (5, 7)
+    assert m.nightly is False
+
+
+BAD_TOML = [
+    ("[workspace\nname = 1", "pixi.toml", "invalid TOML"),
+    ("[dependencies]\npython = '3.11'\n", "pixi.toml: workspace", "[workspace]"),
+    (GOOD_TOML.replace('channels = ["conda-forge"]', "channels = []"), "workspace.channels", ""),
+    (
+        GOOD_TOML.replace('channels = ["conda-forge"]', "channels = [3]"),
+        "workspace.channels[0]",
+        "",
+    ),
+    (GOOD_TOML.replace('["linux-64"]', '["linux-65"]'), "workspace.platforms[0]", "linux-65"),
+    (GOOD_TOML.replace('python = "3.11.*"', "python = 3.11"), "dependencies.python", ""),
+    (GOOD_TOML.replace('python = "3.11.*"', 'Python = "3.11.*"'), "dependencies.Python", ""),
+    (GOOD_TOML.replace('build = "pypi*"', 'bild = "x"'), "dependencies.ipykernel.bild", ""),
+    (
+        GOOD_TOML.replace('iniconfig = ">=2"', 'iniconfig = "=>2"'),
+        "pypi-dependencies.iniconfig",
+        "",
+    ),
+    (GOOD_TOML.replace('extras = ["jupyter"]', 'extras = "jupyter"'), "rich.extras", ""),
+    (GOOD_TOML + "\n[system-requirements]\nlibc = []\n", "system-requirements.libc", ""),
+]
+
+
+@pytest.mark.parametrize(("toml", "field", "text"), BAD_TOML)
+def test_bad_pixi_toml_names_file_and_field(
+    tmp_path: Path, toml: str, field: str, text: str
+) -> None:
+    root = write_env(tmp_path, toml=toml)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root, "t")
+    message = str(info.value)
+    assert str(root / "t" / "pixi.toml") in message
+    assert field in message
+    assert text in message
+
+
+BAD_YAML = [
+    ("display_name: [unclosed\n", None, "invalid YAML"),
+    ("- a list\n", None, "mapping"),
+    ("display_nam: X\n", "display_nam", "unknown key"),
+    ("display_name: ''\n", "display_name", "non-empty"),
+    ("smoke: databroker\n", "smoke", "list"),
+    ("smoke: [databroker, 'not a module']\n", "smoke[1]", "not an importable"),
+    ("retention: {keep_latest: -1}\n", "retention.keep_latest", "non-negative"),
+    ("retention: {keep_latest: 1.5}\n", "retention.keep_latest", "whole number"),
+    ("retention: {keep: 1}\n", "retention.keep", "unknown key"),
+    ("nightly: sometimes\n", "nightly", "true or false"),
+]
+
+
+@pytest.mark.parametrize(("yaml", "field", "text"), BAD_YAML)
+def test_bad_nsls2_yaml_names_file_and_field(
+    tmp_path: Path, yaml: str, field: str | None, text: str
+) -> None:
+    root = write_env(tmp_path, yaml=yaml)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root, "t")
+    assert info.value.path == str(root / "t" / "nsls2.yaml")
+    assert info.value.field == field
+    assert text in str(info.value)
+
+
+def test_unknown_env_lists_the_known_ones(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "manifests", "nope")
+    assert "base" in str(info.value) and "demo" in str(info.value)
+    with pytest.raises(ManifestError, match="lowercase"):
+        load_manifest(tmp_path / "manifests", "../demo")
+
+
+def test_nsls2_yaml_is_optional(tmp_path: Path) -> None:
+    m = load_manifest(write_env(tmp_path, yaml=None), "t")
+    assert m.display_name == "NSLS-II t"

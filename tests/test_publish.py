@@ -1,0 +1,316 @@
+"""`publish` end to end against the offline conda channel, and its faults.
+
+Every publish here is the real CLI in a subprocess: rattler solves and installs from the
+offline channel, conda-pack's Packer drives our archive writer, the store commits. Kills
+are real SIGKILLs at named points (NSLS2_TEST_PAUSE_AT makes the publish wait there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import rattler
+from conftest import run_cli
+from helpers_build import (
+    BUILD_CACHE,
+    LineWatcher,
+    all_files,
+    committed_manifests,
+    conda_unpack,
+    env_python,
+    extract,
+    publish,
+    start_publish,
+)
+
+from nsls2_artifacts.records import BuildManifest, is_build_id
+from nsls2_artifacts.store import sha256_file
+
+pytestmark = pytest.mark.slow
+
+DESIGN_FIELDS = {
+    "schema", "name", "build_id", "created", "platform", "display_name", "smoke",
+    "artifact", "lock", "packages", "builder", "source",
+}  # fmt: skip
+
+
+@pytest.fixture
+def build_cache() -> Path:
+    return BUILD_CACHE
+
+
+def only_build(store: Path) -> tuple[Path, dict]:
+    manifests = committed_manifests(store)
+    assert len(manifests) == 1, manifests
+    return manifests[0].parent, json.loads(manifests[0].read_text())
+
+
+def edit_demo(config: Path, old: str, new: str) -> None:
+    toml = config.parent / "manifests" / "demo" / "pixi.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+
+
+def test_publish_demo_end_to_end(make_site, build_cache: Path, tmp_path: Path) -> None:
+    config, site = make_site()
+    result = publish(config, build_cache, "demo")
+    build_id = result.stdout.strip()
+    assert is_build_id(build_id), result.stdout
+    assert "published" in result.stderr
+
+    build, data = only_build(site.store)
+    assert build.name == build_id
+    assert set(data) >= DESIGN_FIELDS
+    BuildManifest.from_dict(data)  # every field present with the right type
+    assert set(data["artifact"]) == {"file", "sha256", "size", "format"}
+    assert data["artifact"] == {
+        "file": "env.tar.zst",
+        "format": "tar.zst",
+        "sha256": sha256_file(build / "env.tar.zst")[0],
+        "size": (build / "env.tar.zst").stat().st_size,
+    }
+    assert data["lock"] == {"file": "pixi.lock", "sha256": sha256_file(build / "pixi.lock")[0]}
+    assert build_id.endswith(data["lock"]["sha256"][:8])
+    assert data["display_name"] == "NSLS-II demo" and data["smoke"] == ["ipykernel", "databroker"]
+    assert data["platform"] == "linux-64"
+    assert data["builder"]["host"] and "py-rattler" in data["builder"]["versions"]
+    assert len(data["source"]["manifest_sha256"]) == 64 and "git_commit" in data["source"]
+    assert all(set(p) == {"name", "version", "build", "channel"} for p in data["packages"])
+    assert {p["channel"] for p in data["packages"]} == {"conda-forge"}
+    assert sorted(f.name for f in build.iterdir()) == ["env.tar.zst", "manifest.json", "pixi.lock"]
+
+    # The tarball unpacks with tarfile at a new path and works after conda-unpack there.
+    prefix = tmp_path / "somewhere" / "else" / "demo-env"
+    extract(build / "env.tar.zst", prefix)
+    unpack = conda_unpack(prefix)
+    assert unpack.returncode == 0, unpack.stderr
+    check = env_python(prefix, "import databroker, ipykernel, sys; print(sys.prefix)")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == str(prefix)
+
+    # The artifact's lock loads with rattler and lists exactly the installed packages.
+    lock = rattler.LockFile.from_path(build / "pixi.lock")
+    env = lock.default_environment()
+    platform = next(p for p in env.platforms() if p.name == "linux-64")
+    locked = {
+        (r.name.normalized, str(r.version), str(r.build))
+        for r in env.conda_repodata_records_for_platform(platform)
+    }
+    installed = set()
+    for meta in (prefix / "conda-meta").glob("*.json"):
+        record = json.loads(meta.read_text())
+        installed.add((record["name"], record["version"], record["build"]))
+    assert locked == installed
+    assert {(p["name"], p["version"], p["build"]) for p in data["packages"]} == installed
+    assert {"python", "ipykernel", "databroker"} <= {name for name, _, _ in installed}
+
+
+def test_republish_is_unchanged_json_and_lts(make_site, build_cache: Path) -> None:
+    config, site = make_site()
+    first = json.loads(publish(config, build_cache, "demo", "--json").stdout)
+    build, data = only_build(site.store)
+    assert first == {
+        "env": "demo",
+        "build_id": build.name,
+        "status": "published",
+        "size": data["artifact"]["size"],
+        "seconds": first["seconds"],
+    }
+
+    again = publish(config, build_cache, "demo", "--json", "--lts", "2026-1")
+    lines = again.stdout.strip().splitlines()
+    assert len(lines) == 1, again.stdout  # exactly one JSON object on stdout
+    assert json.loads(lines[0])["status"] == "unchanged"
+    assert json.loads(lines[0])["build_id"] == build.name
+    assert "unchanged" in again.stderr and "nothing published" in again.stderr
+    assert len(committed_manifests(site.store)) == 1
+    lts = json.loads((site.store / "demo" / "lts" / "2026-1.json").read_text())
+    assert lts["build_id"] == build.name
+
+    # promote: an existing build gets a label without a rebuild; a missing one is refused
+    promoted = run_cli(config, "promote", "demo", build.name, "--lts", "2026-2")
+    assert promoted.stdout.strip() == build.name
+    assert json.loads((site.store / "demo" / "lts" / "2026-2.json").read_text())["build_id"] == (
+        build.name
+    )
+    missing = run_cli(
+        config, "promote", "demo", "2026.01.01T000000Z-deadbeef", "--lts", "x", check=False
+    )
+    assert missing.returncode == 1
+    assert "2026.01.01T000000Z-deadbeef" in missing.stderr
+    assert not (site.store / "demo" / "lts" / "x.json").exists()
+    shown = run_cli(config, "store", "show", "demo", build.name)
+    assert "2026-1" in shown.stdout and "databroker" in shown.stdout
+
+
+def test_gzip_format(make_site, build_cache: Path, tmp_path: Path) -> None:
+    config, site = make_site()
+    publish(config, build_cache, "demo", "--format", "gz")
+    build, data = only_build(site.store)
+    assert data["artifact"]["file"] == "env.tar.gz" and data["artifact"]["format"] == "tar.gz"
+    prefix = tmp_path / "gz-env"
+    extract(build / "env.tar.gz", prefix)
+    assert conda_unpack(prefix).returncode == 0
+    assert env_python(prefix, "import databroker").returncode == 0
+
+
+def test_unsolvable_shows_solver_explanation_and_writes_nothing(make_site, build_cache) -> None:
+    config, site = make_site()
+    edit_demo(config, 'python = "3.11.*"', 'python = "2.7.*"')
+    result = publish(config, build_cache, "demo", check=False)
+    assert result.returncode == 1
+    assert "cannot be solved" in result.stderr
+    assert "python 2.7" in result.stderr  # the solver's own explanation
+    assert "pixi.toml" in result.stderr
+    assert result.stdout == ""
+    assert all_files(site.store) == []
+
+
+@pytest.mark.parametrize("mirror", ["file:///nonexistent/conda-forge", "http://127.0.0.1:1/cf"])
+def test_unreachable_channel_names_channel_and_mirror_setting(
+    make_site, build_cache: Path, mirror: str
+) -> None:
+    config, site = make_site(channel_mirrors={"conda-forge": mirror})
+    result = publish(config, build_cache, "demo", check=False)
+    assert result.returncode == 1
+    assert "'conda-forge' is unreachable" in result.stderr
+    assert mirror.rstrip("/") in result.stderr
+    assert "channel_mirrors" in result.stderr
+    assert all_files(site.store) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "old", "new", "field"),
+    [
+        ("pixi.toml", 'platforms = ["linux-64"]', "platforms = 5", "workspace.platforms"),
+        ("pixi.toml", 'ipykernel = "*"', 'ipykernel = "=>=6"', "dependencies.ipykernel"),
+        ("nsls2.yaml", "smoke:", "smokes:", "smokes"),
+    ],
+)
+def test_malformed_manifest_names_file_and_field_and_writes_nothing(
+    make_site, build_cache: Path, target: str, old: str, new: str, field: str
+) -> None:
+    config, site = make_site()
+    path = config.parent / "manifests" / "demo" / target
+    path.write_text(path.read_text().replace(old, new))
+    result = publish(config, build_cache, "demo", check=False)
+    assert result.returncode == 1
+    assert str(path) in result.stderr and field in result.stderr
+    assert all_files(site.store) == []
+
+
+def test_locked_installs_the_committed_lock_and_refuses_a_stale_one(
+    make_site, build_cache: Path
+) -> None:
+    config, site = make_site("first")
+    publish(config, build_cache, "demo")
+    build, data = only_build(site.store)
+
+    # An LTS rebuild elsewhere from the committed lock: same packages, same lock hash.
+    config2, site2 = make_site("second")
+    lock = config2.parent / "manifests" / "demo" / "pixi.lock"
+    lock.write_bytes((build / "pixi.lock").read_bytes())
+    publish(config2, build_cache, "demo", "--locked")
+    _build2, data2 = only_build(site2.store)
+    assert data2["lock"]["sha256"] == data["lock"]["sha256"]
+    assert data2["packages"] == data["packages"]
+    assert data2["source"]["locked"] is True
+
+    # The manifest moves on but the lock does not: a clear error, nothing written.
+    edit_demo(config2, 'databroker = "*"', 'databroker = "<2"\nsix = "*"')
+    stale = publish(config2, build_cache, "demo", "--locked", check=False)
+    assert stale.returncode == 1
+    assert str(lock) in stale.stderr
+    assert "does not match" in stale.stderr
+    assert "databroker <2" in stale.stderr and "six is not in the lock" in stale.stderr
+    assert len(committed_manifests(site2.store)) == 1
+
+    lock.unlink()
+    missing = publish(config2, build_cache, "demo", "--locked", check=False)
+    assert missing.returncode == 1 and "committed pixi.lock" in missing.stderr
+
+
+def scratch_dirs(cache: Path, pid: int) -> list[Path]:
+    return list((cache / "scratch").glob(f"demo-*-{pid}"))
+
+
+@pytest.mark.parametrize("point", ["install", "pack", "commit"])
+def test_sigkill_leaves_no_visible_build_and_is_cleaned_up(
+    make_site, build_cache: Path, point: str
+) -> None:
+    config, site = make_site()
+    proc = start_publish(config, build_cache, "demo", NSLS2_TEST_PAUSE_AT=point)
+    watcher = LineWatcher(proc)
+    try:
+        watcher.wait_for(f"paused at {point}")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert committed_manifests(site.store) == []
+    staging = list((site.store / "demo").glob(".staging-*"))
+    if point in ("pack", "commit"):
+        assert staging, "the kill should have left a half-written build behind"
+        assert (staging[0] / "env.tar.zst").stat().st_size > 0
+    assert scratch_dirs(build_cache, proc.pid), "the killed publish's scratch prefix"
+    assert run_cli(config, "store", "verify").returncode == 0
+    assert run_cli(config, "store", "list").stdout.strip() == "no committed builds"
+
+    result = publish(config, build_cache, "demo")
+    assert "leftover of an interrupted publish" in result.stderr or point == "install"
+    assert list((site.store / "demo").glob(".staging-*")) == []
+    assert scratch_dirs(build_cache, proc.pid) == []
+    only_build(site.store)
+    assert run_cli(config, "store", "verify").returncode == 0
+
+
+def test_concurrent_publishes_never_corrupt(make_site, build_cache: Path) -> None:
+    config, site = make_site()
+    # Deterministic: while one publish holds the lock, another refuses cleanly.
+    holder = start_publish(config, build_cache, "demo", NSLS2_TEST_PAUSE_AT="commit")
+    watcher = LineWatcher(holder)
+    try:
+        watcher.wait_for("paused at commit")
+        second = publish(config, build_cache, "demo", "--json", check=False)
+        assert second.returncode == 1
+        assert "another publish of 'demo' is running" in second.stderr
+        assert second.stdout == ""
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=60)
+
+    # Free-running race: both finish, or one refuses; one good build either way.
+    procs = [start_publish(config, build_cache, "demo", "--json") for _ in range(2)]
+    outcomes = [(*p.communicate(timeout=900), p.returncode) for p in procs]
+    statuses = []
+    for stdout, stderr, code in outcomes:
+        if code == 0:
+            statuses.append(json.loads(stdout)["status"])
+        else:
+            assert code == 1 and "another publish" in stderr, stderr
+            statuses.append("refused")
+    assert statuses.count("published") == 1, outcomes
+    only_build(site.store)
+    assert run_cli(config, "store", "verify").returncode == 0
+
+
+def test_pypi_dependencies_go_through_uv_into_the_lock(
+    make_site, build_cache: Path, tmp_path: Path
+) -> None:
+    config, site = make_site()
+    toml = config.parent / "manifests" / "demo" / "pixi.toml"
+    toml.write_text(toml.read_text() + '\n[pypi-dependencies]\niniconfig = ">=2"\n')
+    publish(config, build_cache, "demo")
+    build, data = only_build(site.store)
+    assert ("iniconfig", "pypi") in {(p["name"], p["channel"]) for p in data["packages"]}
+    env = rattler.LockFile.from_path(build / "pixi.lock").default_environment()
+    platform = env.platforms()[0]
+    assert [p.name for p in env.pypi_packages_for_platform(platform)] == ["iniconfig"]
+    prefix = tmp_path / "pypi-env"
+    extract(build / "env.tar.zst", prefix)
+    assert conda_unpack(prefix).returncode == 0
+    assert env_python(prefix, "import iniconfig, databroker").returncode == 0
