@@ -40,7 +40,7 @@ from ..store import FilesystemStore
 from . import metrics
 from .auth import SESSION_COOKIE, SESSION_SECONDS, SIGNIN_COOKIE, Auth, Session, load_or_create_key
 from .diff import diff_builds, previous_build
-from .envs import is_env, list_envs, summary
+from .envs import ManifestCache, is_env, list_envs, summary
 from .nightly import Schedule, run_nightly, site_schedule
 from .queue import BuildQueue
 from .runner import Runner
@@ -65,6 +65,7 @@ class Hook:
     runner: Runner
     auth: Auth
     store: FilesystemStore
+    manifests: ManifestCache
     templates: Environment
     schedule: Schedule | None
 
@@ -176,7 +177,7 @@ def index(request: Request) -> HTMLResponse:
     for name in list_envs(hook.site):
         envs.append(
             {
-                "summary": summary(hook.site, hook.store, name),
+                "summary": summary(hook.site, hook.manifests, name),
                 "last": hook.queue.last_finished(name),
                 "active": [r for r in hook.queue.active() if r.env == name],
             }
@@ -201,14 +202,14 @@ def env_page(request: Request) -> HTMLResponse:
         request,
         "env.html",
         env=env,
-        summary=summary(hook.site, hook.store, env),
+        summary=summary(hook.site, hook.manifests, env),
         history=hook.queue.history(env=env, limit=50),
         promoted=request.query_params.get("promoted"),
     )
 
 
 def _store_build_context(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
-    info = summary(hook.site, hook.store, env)
+    info = summary(hook.site, hook.manifests, env)
     build = next((b for b in info.builds if b.build_id == build_id), None)
     if build is None:
         return None
@@ -469,7 +470,7 @@ async def api_cancel_build(request: Request) -> Response:
 
 
 def _env_info(hook: Hook, name: str) -> dict[str, Any]:
-    info = summary(hook.site, hook.store, name)
+    info = summary(hook.site, hook.manifests, name)
     last = hook.queue.last_finished(name)
     return {
         "env": name,
@@ -607,12 +608,14 @@ def create_app(site: SiteConfig) -> Starlette:
     state_dir.mkdir(parents=True, exist_ok=True)
     queue = BuildQueue(state_dir / "hook.sqlite")
     secret = os.environ.get(site.hook.webhook_secret_env) or None
+    store = FilesystemStore(site.store)
     hook = Hook(
         site=site,
         queue=queue,
         runner=Runner(site, queue, state_dir / "logs"),
         auth=Auth(site.hook.tokens_sha256, load_or_create_key(state_dir / "session.key"), secret),
-        store=FilesystemStore(site.store),
+        store=store,
+        manifests=ManifestCache(store),
         templates=_templates(),
         schedule=site_schedule(site),
     )
