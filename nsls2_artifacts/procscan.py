@@ -178,6 +178,8 @@ class _ProcessScan:
                 self.note(name, os.readlink(name, dir_fd=self.pid_fd))
             except OSError as exc:
                 _guard(name, exc)
+            if self.done():
+                return
 
     def fds(self) -> None:
         try:
