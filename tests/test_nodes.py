@@ -186,3 +186,22 @@ def test_agent_prune_off_still_beats_but_changes_nothing(two_envs):
     # the operator's explicit `prune` applies the policy regardless
     cli(config, "prune")
     assert tombstone_file(site, old).exists()
+
+
+def test_skewed_clock_in_heartbeat_does_not_make_a_node_stale_or_fresh(two_envs):
+    """Freshness is the heartbeat file's mtime, not the `time` its node's clock wrote."""
+    config, site, builds = two_envs
+    beat_path = other_agent(site, "sdcc-08")
+    data = json.loads(beat_path.read_text())
+    beat_path.write_text(json.dumps({**data, "time": "2020-01-01T00:00:00.000000Z"}))
+
+    def status() -> str:
+        rows = [line for line in cli(config, "nodes", "list").splitlines() if "sdcc-08" in line]
+        assert len(rows) == 1
+        return "stale" if "stale" in rows[0] else "alive" if "alive" in rows[0] else rows[0]
+
+    assert status() == "alive"
+    # and a heartbeat whose clock is in the future is stale when its file is old
+    beat_path.write_text(json.dumps({**data, "time": "2099-01-01T00:00:00.000000Z"}))
+    age(beat_path, 1)
+    assert status() == "stale"

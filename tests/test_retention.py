@@ -6,6 +6,7 @@ real children that use a build by exe, cwd, an open file, a mapping or CONDA_PRE
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -298,6 +299,13 @@ def test_clock_skew_up_to_grace_does_not_delete_early(deploy, monkeypatch):
     assert decision.reason.startswith("waiting: tombstone age ")
     assert old.is_dir()
     monkeypatch.undo()
+    # another node with a slow clock rewrote the record inside: its time field is ignored
+    record = tombstone_file(site, old)
+    mtime = record.stat().st_mtime_ns
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "time": "2020-01-01T00:00:00.000000Z"}))
+    os.utime(record, ns=(mtime, mtime))
+    assert run(site)[old.name].action == "wait"
     # aged for real on the shared filesystem → deleted
     age(tombstone_file(site, old), 1.1)
     assert run(site)[old.name].action == "delete"
