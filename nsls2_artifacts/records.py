@@ -269,5 +269,7 @@ class RetentionDecision:
 
     env: str
     build_id: str
-    action: str  # "keep", "tombstone", "delete", "untombstone", "wait"
+    # "keep", "tombstone", "delete", "untombstone", "wait"; also "finish" (an interrupted
+    # delete completed), "revive" (a deleted build became a root again), "error"
+    action: str
     reason: str
