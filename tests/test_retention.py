@@ -351,3 +351,16 @@ def test_dry_run_explains_every_decision_and_changes_nothing(tmp_path):
     assert "would delete" in rows[tombstoned.name] and "deleted" in rows[tombstoned.name]
     for prefix in (lts, in_use, expired, tombstoned, latest):
         assert prefix.is_dir()
+
+
+def test_deleted_build_that_becomes_lts_again_may_be_redeployed(deploy):
+    config, site, old, new = deploy
+    run(site)
+    age(tombstone_file(site, old), 2)
+    assert run(site)[old.name].action == "delete"
+    assert old.name in retention.deleted_builds(site.deploy_root, "demo")
+    promote(site, old, "2026-2", days_ago=0)  # staff promote the deleted build to LTS
+    decision = run(site)[old.name]
+    assert decision.action == "revive"
+    assert decision.reason.startswith("kept: lts 2026-2 (promoted ")
+    assert old.name not in retention.deleted_builds(site.deploy_root, "demo")
