@@ -216,7 +216,8 @@ def test_unreadable_process_blocks_as_unknown(tmp_path):
         old = make_build(site, 30, "a")
         new = make_build(site, 0.1, "b")
         set_latest(site, new)
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(base)], check=True)
+        nobody = pwd.getpwnam("nobody")
+        subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(base)], check=True)
         for path in (base, base / "site"):
             os.chmod(path, 0o755)
         # a root-owned process (another user, from nobody's view) running inside the old build
