@@ -68,6 +68,7 @@ class Observed:
     kernels: dict[str, dict[str, Any]]
     quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
     display_names: dict[tuple[str, str], str]
+    deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
 
 
 @dataclass
@@ -154,7 +155,10 @@ def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Ob
             obs.display_names[(env, m.build_id)] = m.display_name
             if (q := deploy.quarantined_for(site, store, m)) is not None:
                 obs.quarantined[(env, m.build_id)] = q.reason
+    retention = _retention_module()
     for env in sorted(set(obs.manifests) | set(layout.deployed_envs(root))):
+        if retention is not None:
+            obs.deleted[env] = set(retention.deleted_builds(root, env))
         obs.ready[env] = layout.ready_builds(root, env)
         obs.current[env] = latest.current_latest(root, env)
         obs.holds[env] = latest.read_hold(root, env)
@@ -181,8 +185,8 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
     ready_ids = {env: {r.build_id for r in rs} for env, rs in obs.ready.items()}
     for env, builds in obs.manifests.items():
         for m in builds:
-            if m.build_id in ready_ids.get(env, set()):
-                continue
+            if m.build_id in ready_ids.get(env, set()) or m.build_id in obs.deleted.get(env, ()):
+                continue  # ready, or retired by retention: the store copy is not a reason
             if (env, m.build_id) in obs.quarantined:
                 plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
             else:
@@ -310,13 +314,20 @@ def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
         event(log, "profile-removed", beamline=name)
 
 
-def _run_retention(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> str | None:
-    """Hand over to retention (heartbeats + prune) when that module is installed."""
+def _retention_module() -> Any:
+    """`agent.retention` (heartbeats, prune, the list of pruned builds), if installed."""
     try:
-        retention = importlib.import_module("nsls2_artifacts.agent.retention")
+        return importlib.import_module("nsls2_artifacts.agent.retention")
     except ModuleNotFoundError as exc:
         if exc.name != "nsls2_artifacts.agent.retention":
             raise
+        return None
+
+
+def _run_retention(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> str | None:
+    """Hand over to retention (heartbeats + prune) when that module is installed."""
+    retention = _retention_module()
+    if retention is None:
         return None
     try:
         retention.run_pass(site, store, log, apply=True)
