@@ -6,7 +6,9 @@ builds run), so these tests need no conda channel; test_hook_builds.py runs real
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_hook import TOKEN, HookServer, hook_site, sign, write_env
+import yaml
+from helpers_hook import TOKEN, WEBHOOK_SECRET, HookServer, hook_site, sign, write_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -225,3 +228,33 @@ def test_pages_health_and_metrics(server: HookServer) -> None:
         envs = client.get("/api/envs").json()
         assert [e["env"] for e in envs] == ["demo", "other"]
         assert envs[0]["latest"] is None
+
+
+def test_documented_ci_workflow_step_triggers_a_build(server: HookServer) -> None:
+    """Run the GitHub Actions step from docs/hook.md (jq + openssl + curl) as written."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "hook.md").read_text()
+    block = re.search(r"```yaml\n(# \.github/workflows/.*?)```", doc, re.S)
+    assert block, "docs/hook.md lost its workflow example"
+    workflow = yaml.safe_load(block.group(1))
+    (step,) = workflow["jobs"]["rebuild"]["steps"]
+    env = {
+        **os.environ,
+        "HOOK_URL": f"{server.url}/api/webhook",
+        "HOOK_SECRET": WEBHOOK_SECRET,
+        "GITHUB_REPOSITORY": "NSLS-II/demo-pkg",
+        "GITHUB_REF": "refs/tags/v1.2.3",
+    }
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    answer = json.loads(result.stdout)
+    (record,) = builds(server)
+    assert answer["ids"] == [record["id"]] and record["source"] == "webhook"
+    # The same step with the wrong secret is refused and queues nothing more.
+    env["HOOK_SECRET"] = "wrong"
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "does not match" in result.stdout
+    assert len(builds(server)) == 1
