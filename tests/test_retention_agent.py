@@ -59,11 +59,6 @@ def test_agent_pass_keeps_used_build_then_deletes_it(deployed):
         assert old_dir.name not in spec.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile deploys every store build that is not ready, including builds retention "
-    "deleted; it must skip retention.deleted_builds(deploy_root, env)",
-)
 def test_agent_does_not_redeploy_a_deleted_build(deployed):
     config, site, old_dir, new_dir = deployed
     agent_once(config)  # tombstone
