@@ -1,0 +1,111 @@
+"""Site config: resolution order, channel_mirrors, and errors that name the file and key.
+
+A publish with a malformed site config must fail before it writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import CLI, run_cli
+
+from nsls2_artifacts.config import CONFIG_ENV, load_config
+from nsls2_artifacts.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_and_mirrors_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "chan").mkdir()
+    cfg = load_config(
+        write(
+            tmp_path,
+            "store: ./s\ndeploy_root: d\nchannel_mirrors:\n  conda-forge: ./chan\n"
+            "  https://conda.anaconda.org/bioconda: https://mirror.example/bioconda\n",
+        )
+    )
+    assert cfg.store == tmp_path / "s" and cfg.deploy_root == tmp_path / "d"
+    assert cfg.mirror_for("conda-forge") == (tmp_path / "chan").as_uri()
+    assert cfg.mirror_for("https://conda.anaconda.org/bioconda") == (
+        "https://mirror.example/bioconda"
+    )
+    # a channel given by URL falls back to the mirror of its name
+    assert cfg.mirror_for("https://conda.anaconda.org/conda-forge/") == (tmp_path / "chan").as_uri()
+    assert cfg.mirror_for("pytorch") == "pytorch"
+
+
+def test_environment_variable_is_the_fallback(tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path, "store: ./from-env\n")
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    assert load_config().store == tmp_path / "from-env"
+    (tmp_path / "other").mkdir()
+    explicit = write(tmp_path / "other", "store: ./explicit\n")
+    assert load_config(explicit).store == tmp_path / "other" / "explicit"  # --config wins
+
+
+def test_embedded_default_works_offline_under_var(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config()
+    assert cfg.source is None
+    assert cfg.store == tmp_path / "var" / "store"
+    assert cfg.mirror_for("conda-forge") == (tmp_path / "var" / "channel").as_uri()
+
+
+BAD = [
+    ("store: [unclosed\n", None, "invalid YAML"),
+    ("- just a list\n", None, "mapping"),
+    ("stores: ./s\n", "stores", "unknown key"),
+    ("store: 3\n", "store", "path"),
+    ("channel_mirrors: [conda-forge]\n", "channel_mirrors", "mapping"),
+    ("channel_mirrors: {conda-forge: ''}\n", "channel_mirrors.conda-forge", "URL"),
+    ("retention: {keep_latest: three}\n", "retention.keep_latest", "expected int"),
+    ("retention: {keep_latest: -1}\n", "retention.keep_latest", "negative"),
+    ("retention: {keep: 1}\n", "retention.keep", "unknown key"),
+    ("hook: {listen: nowhere}\n", "hook.listen", "HOST:PORT"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "message"), BAD)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str | None, message: str):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.path == str(path)
+    assert info.value.field == key
+    assert message in str(info.value)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_publish_with_bad_config_fails_before_writing(tmp_path: Path, via_env: bool) -> None:
+    import subprocess
+
+    path = write(
+        tmp_path,
+        f"manifests: {REPO / 'manifests'}\nstore: ./store\ndeploy_root: ./deploy\n"
+        "retention: {grace_days: soon}\n",
+    )
+    if via_env:
+        environ = {**os.environ, CONFIG_ENV: str(path)}
+        result = subprocess.run(
+            [*CLI, "publish", "demo"], capture_output=True, text=True, env=environ, check=False
+        )
+    else:
+        result = run_cli(path, "publish", "demo", check=False)
+    assert result.returncode == 1
+    assert str(path) in result.stderr and "retention.grace_days" in result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]  # no store, no cache
