@@ -72,6 +72,8 @@ def test_unknown_env_and_malformed_json(server: HookServer) -> None:
             response = client.post("/api/builds", json=body)
             assert response.status_code == 422 and "env" in response.json()["error"]
         assert client.get("/api/builds/999").status_code == 404
+        huge = b'{"env": "demo", "pad": "' + b"x" * 2_000_000 + b'"}'
+        assert client.post("/api/builds", content=huge).status_code == 413
     assert builds(server) == []
 
 

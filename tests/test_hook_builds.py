@@ -118,3 +118,32 @@ def test_hook_killed_mid_build_marks_it_failed_and_queue_continues(
         assert leftovers == []
     finally:
         hook.stop()
+
+
+def test_timeout_and_cancel_stop_the_publish(tmp_path: Path, offline_channel: Path) -> None:
+    # A publish of this env takes several seconds here; a 1 s limit must kill it.
+    config = hook_site(tmp_path / "a", channel=offline_channel, hook={"build_timeout_seconds": 1})
+    write_env(tmp_path / "a" / "manifests", "demo", DEMO)
+    with HookServer(config) as hook, hook.client() as client:
+        timed_out = wait_for_build(client, request_build(client, "demo"), ("failed", "published"))
+        assert timed_out["state"] == "failed", timed_out
+        assert "timed out" in timed_out["reason"]
+        assert not _alive(timed_out["pid"])
+    assert FilesystemStore(load_config(config).store).builds("demo") == []
+
+    config = hook_site(tmp_path / "b", channel=offline_channel)
+    write_env(tmp_path / "b" / "manifests", "demo", DEMO)
+    with HookServer(config) as hook, hook.client() as client:
+        build = request_build(client, "demo")
+        record = wait_for_build(client, build, ("running", "published", "failed"))
+        while record["state"] == "running" and record["pid"] is None:
+            record = client.get(f"/api/builds/{build}").json()
+        assert record["state"] == "running", record
+        response = client.post(f"/api/builds/{build}/cancel")
+        assert response.status_code == 200 and response.json()["cancelled"] is True
+        cancelled = wait_for_build(client, build, ("cancelled", "failed", "published"))
+        assert cancelled["state"] == "cancelled" and "cancelled by token:" in cancelled["reason"]
+        assert not _alive(record["pid"])
+        # cancelling a finished build changes nothing
+        assert client.post(f"/api/builds/{build}/cancel").json()["cancelled"] is False
+    assert FilesystemStore(load_config(config).store).builds("demo") == []

@@ -157,10 +157,24 @@ def _tail_log(path: Path) -> tuple[str, int, bool]:
     return text, end, start > 0
 
 
+async def _read_body(request: Request) -> bytes | None:
+    """The raw body, or None once it grows past MAX_BODY (read no further than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json_body(request: Request) -> tuple[Any, Response | None]:
     """The request's JSON body, or a 413/422 response saying what is wrong with it."""
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    body = await _read_body(request)
+    if body is None:
         return None, _json_error(413, f"request body is larger than {MAX_BODY} bytes")
     try:
         return json.loads(body), None
@@ -512,8 +526,8 @@ async def api_queue(request: Request) -> Response:
 async def webhook(request: Request) -> Response:
     """A CI job asks for builds: HMAC-signed body; envs come from hook.webhook_repos."""
     hook = _hook(request)
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    body = await _read_body(request)
+    if body is None:
         return _json_error(413, f"request body is larger than {MAX_BODY} bytes")
     signature = request.headers.get("x-hub-signature-256")
     if not hook.auth.webhook_secret:

@@ -158,7 +158,11 @@ async def run_nightly(
         # Sleep in short steps so a changed wall clock (suspend, NTP step) is noticed.
         while (remaining := (due - now()).total_seconds()) > 0:
             await asyncio.sleep(min(remaining, 30))
-        ids = await asyncio.to_thread(enqueue_nightly, site, queue)
-        queue.set_meta("nightly_last", now().isoformat(timespec="seconds"))
+        try:
+            ids = await asyncio.to_thread(enqueue_nightly, site, queue)
+            queue.set_meta("nightly_last", now().isoformat(timespec="seconds"))
+        except Exception:  # noqa: BLE001 - one bad night must not end the schedule
+            log.exception("nightly schedule %r could not queue builds", schedule.text)
+            continue
         log.info("nightly schedule %r queued builds %s", schedule.text, ids)
         wake()

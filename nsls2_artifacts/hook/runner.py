@@ -119,7 +119,12 @@ class Runner:
     async def run_forever(self) -> None:
         while True:
             self._wake.clear()
-            for record in await asyncio.to_thread(self.queue.claim, self.site.hook.concurrency):
+            try:
+                claimed = await asyncio.to_thread(self.queue.claim, self.site.hook.concurrency)
+            except Exception:  # noqa: BLE001 - a locked or full disk must not stop the loop
+                log.exception("could not claim queued builds; retrying")
+                claimed = []
+            for record in claimed:
                 task = asyncio.create_task(self._run(record))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
