@@ -1,0 +1,160 @@
+"""`store list|show|verify|prune` on a store of small synthetic builds (real files, real CLI).
+
+The builds are committed through `FilesystemStore.staging_dir`/`commit_build`, the same
+path publish uses; only their archives are small stand-ins, which is all these commands
+read (sizes and hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+
+from conftest import run_cli
+
+from nsls2_artifacts.records import (
+    ArtifactInfo,
+    BuildManifest,
+    LockInfo,
+    LtsRecord,
+    PackageRef,
+    isoformat,
+    make_build_id,
+    utcnow,
+)
+from nsls2_artifacts.store import FilesystemStore
+
+
+def fake_build(store: FilesystemStore, env: str, age_days: float, payload: bytes) -> str:
+    created = utcnow() - timedelta(days=age_days)
+    lock = b"version: 6\n# " + payload + b"\n"
+    lock_sha = hashlib.sha256(lock).hexdigest()
+    build_id = make_build_id(created, lock_sha)
+    staging = store.staging_dir(env, build_id)
+    (staging / "env.tar.zst").write_bytes(payload * 100)
+    (staging / "pixi.lock").write_bytes(lock)
+    store.commit_build(
+        staging,
+        BuildManifest(
+            name=env,
+            build_id=build_id,
+            created=isoformat(created),
+            platform="linux-64",
+            display_name=f"NSLS-II {env}",
+            smoke=("json",),
+            artifact=ArtifactInfo(
+                "env.tar.zst",
+                hashlib.sha256(payload * 100).hexdigest(),
+                len(payload) * 100,
+                "tar.zst",
+            ),
+            lock=LockInfo("pixi.lock", lock_sha),
+            packages=(PackageRef("python", "3.11.7", "0", "conda-forge"),),
+            builder={"host": "test"},
+            source={"manifest_sha256": "0" * 64},
+        ),
+    )
+    return build_id
+
+
+def label(store: FilesystemStore, env: str, name: str, build_id: str) -> None:
+    store.set_lts(LtsRecord(env, name, build_id, isoformat(utcnow())))
+
+
+def test_list_and_show(make_site) -> None:
+    config, site = make_site()
+    store = FilesystemStore(site.store)
+    old = fake_build(store, "demo", 10, b"old")
+    new = fake_build(store, "demo", 1, b"new")
+    label(store, "demo", "2026-1", old)
+
+    rows = json.loads(run_cli(config, "store", "list", "--json").stdout)
+    assert [(r["build_id"], r["lts"]) for r in rows] == [(old, ["2026-1"]), (new, [])]
+    text = run_cli(config, "store", "list", "demo").stdout
+    assert old in text and new in text and "2026-1" in text
+    assert run_cli(config, "store", "--config", str(config), "list").returncode == 0
+
+    shown = json.loads(run_cli(config, "store", "show", "demo", old, "--json").stdout)
+    assert shown["build_id"] == old and shown["lts"] == ["2026-1"]
+    assert shown["packages"] == [
+        {"name": "python", "version": "3.11.7", "build": "0", "channel": "conda-forge"}
+    ]
+    human = run_cli(config, "store", "show", "demo", old).stdout
+    assert "python" in human and "2026-1" in human and "0.0 MB" in human
+    missing = run_cli(config, "store", "show", "demo", "2020.01.01T000000Z-00000000", check=False)
+    assert missing.returncode == 1 and "2020.01.01T000000Z-00000000" in missing.stderr
+
+
+def test_verify_is_green_then_finds_every_kind_of_damage(make_site) -> None:
+    config, site = make_site()
+    store = FilesystemStore(site.store)
+    ids = [fake_build(store, "demo", age, f"build{age}".encode()) for age in (4, 3, 2, 1)]
+    staging = store.staging_dir("demo", "2026.01.01T000000Z-abcdef12")  # a killed publish
+    (staging / "env.tar.zst").write_bytes(b"half")
+    ok = run_cli(config, "store", "verify")
+    assert "4 ok, 0 bad" in ok.stderr and "interrupted publishes" in ok.stderr
+
+    root = site.store / "demo"
+    flipped = bytearray((root / ids[0] / "env.tar.zst").read_bytes())
+    flipped[5] ^= 0xFF
+    (root / ids[0] / "env.tar.zst").write_bytes(bytes(flipped))  # same size, other bytes
+    with open(root / ids[1] / "env.tar.zst", "r+b") as handle:
+        handle.truncate(10)
+    os.unlink(root / ids[2] / "pixi.lock")
+    (root / ids[3] / "manifest.json").write_text("{not json")
+    label(store, "demo", "gone", ids[0])
+    (root / "lts" / "gone.json").write_text(
+        json.dumps({"build_id": "2020.01.01T000000Z-00000000", "promoted": "2020-01-01T00:00:00Z"})
+    )
+
+    bad = run_cli(config, "store", "verify", "--json", check=False)
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False
+    by_id = {r["build_id"]: r for r in report["builds"]}
+    assert "sha256 mismatch" in by_id[ids[0]]["detail"]
+    assert "size 10" in by_id[ids[1]]["detail"]
+    assert "pixi.lock" in by_id[ids[2]]["detail"]
+    assert "invalid JSON" in by_id[ids[3]]["detail"]
+    assert "not a committed build" in by_id["lts/gone"]["detail"]
+    assert not any(r["ok"] for r in report["builds"])
+
+
+def test_prune_keeps_lts_newest_young_and_deployed_latest(make_site) -> None:
+    config, site = make_site(retention={"lts_years": 3, "keep_latest": 3, "grace_days": 7})
+    store = FilesystemStore(site.store)
+    ages = (100, 90, 80, 70, 60, 3, 1)
+    other = {age: fake_build(store, "other", age, f"o{age}".encode()) for age in ages}
+    label(store, "other", "2025-3", other[100])
+    latest = site.deploy_root / "envs" / "other" / "latest"
+    latest.parent.mkdir(parents=True)
+    os.symlink(other[80], latest)
+    # demo's nsls2.yaml keeps only the newest 2
+    demo = {age: fake_build(store, "demo", age, f"d{age}".encode()) for age in (50, 40, 30)}
+
+    dry = json.loads(run_cli(config, "store", "prune", "--dry-run", "--json").stdout)
+    decisions = {(d["env"], d["build_id"]): d for d in dry["decisions"]}
+    assert len(decisions) == len(ages) + 3
+    to_delete = {k for k, d in decisions.items() if d["action"] == "delete"}
+    assert to_delete == {("other", other[90]), ("other", other[70]), ("demo", demo[50])}
+    assert "LTS 2025-3" in decisions[("other", other[100])]["reason"]
+    assert "latest on the deploy root" in decisions[("other", other[80])]["reason"]
+    assert "younger than 7 days" in decisions[("other", other[1])]["reason"]
+    assert "newest 3" in decisions[("other", other[60])]["reason"]
+    assert "newest 2 (nsls2.yaml policy)" in decisions[("demo", demo[40])]["reason"]
+    assert len(store.builds("other")) == len(ages)  # dry run deleted nothing
+    table = run_cli(config, "store", "prune", "--dry-run").stdout
+    assert table.count("would delete") == 3 and "keep" in table
+
+    done = run_cli(config, "store", "prune")
+    assert done.stdout.count("deleted") == 3
+    kept = {m.build_id for m in store.builds("other")} | {m.build_id for m in store.builds("demo")}
+    assert kept == {other[a] for a in (100, 80, 60, 3, 1)} | {demo[40], demo[30]}
+    for env, build_id in to_delete:
+        assert not (site.store / env / build_id).exists()
+    assert run_cli(config, "store", "verify").returncode == 0
+    # the LTS build survives any number of prunes, whatever its age
+    run_cli(config, "store", "prune")
+    assert (site.store / "other" / other[100] / "env.tar.zst").exists()
