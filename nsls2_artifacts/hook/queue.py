@@ -143,6 +143,9 @@ class BuildQueue:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers of this process queue on a mutex: SQLite's own busy handler sleeps and
+        # polls, which under a click flood turns into second-long tail latencies.
+        self._write_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -163,13 +166,14 @@ class BuildQueue:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the database's write lock up front."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[BuildRequest]:
         return [BuildRequest(**dict(row)) for row in self._conn().execute(sql, args)]
