@@ -356,7 +356,11 @@ def safe_extract(
             made_dirs.add(path)
 
     try:
-        with _open_stream(archive, fmt) as tar, ThreadPoolExecutor(WRITERS) as pool:
+        with (
+            _open_stream(archive, fmt) as tar,
+            ThreadPoolExecutor(WRITERS) as pool,
+            _inside(root),
+        ):
             try:
                 for member in tar:
                     members += 1
@@ -371,7 +375,9 @@ def safe_extract(
                             build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
                         )
                     _check_member(member, build_id)
-                    member = tarfile.data_filter(member, root)
+                    # relative to the cwd (= root): the filter's realpath() then lstat()s only
+                    # the member's own components, not root's ancestors, for every member
+                    member = tarfile.data_filter(member, ".")
                     name = member.name.rstrip("/")
                     if any(p in symlinks for p in _parents(name)):
                         raise RejectedArtifactError(
@@ -428,6 +434,18 @@ def safe_extract(
     if members == 0:
         raise RejectedArtifactError(build_id, "archive is empty")
     return members, total
+
+
+@contextlib.contextmanager
+def _inside(directory: str) -> Any:
+    """chdir into `directory` for the block (the agent's other threads use absolute paths)."""
+    previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(directory)
+        yield
+    finally:
+        os.fchdir(previous)
+        os.close(previous)
 
 
 def _write_large(handle: IO[bytes], target: str, member: tarfile.TarInfo) -> None:
@@ -579,8 +597,10 @@ def _deploy_locked(
     partial = layout.partial_dir(root, env, build_id)
     started = time.monotonic()
     stage = "verify"
+    marks: dict[str, float] = {}
     try:
         verify_artifact(artifact, manifest)
+        marks["verify"] = time.monotonic()
         event(log, "verified", env=env, build=build_id, seconds=time.monotonic() - started)
         # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
         _discard(partial)
@@ -598,12 +618,15 @@ def _deploy_locked(
         )
         os.rename(partial, final)
         fsync_dir(final.parent)
+        marks["extract"] = time.monotonic()
         stage = "unpack"
         layout.test_pause("unpack")
         conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
+        marks["unpack"] = time.monotonic()
         stage = "smoke"
         layout.test_pause("smoke")
         smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
+        marks["smoke"] = time.monotonic()
     except (RejectedArtifactError, _StageError) as exc:
         reason = str(exc)
         with contextlib.suppress(OSError):
@@ -625,5 +648,17 @@ def _deploy_locked(
         seconds=round(seconds, 3),
     )
     atomic_write_json(final / layout.READY, ready.to_dict())  # the done marker, last
-    event(log, "deploy", env=env, build=build_id, members=members, bytes=nbytes, seconds=seconds)
+    steps, previous = {}, started
+    for step in ("verify", "extract", "unpack", "smoke"):
+        steps[f"{step}_s"], previous = marks[step] - previous, marks[step]
+    event(
+        log,
+        "deploy",
+        env=env,
+        build=build_id,
+        members=members,
+        bytes=nbytes,
+        seconds=seconds,
+        **steps,
+    )
     return DeployOutcome(env, build_id, "deployed", seconds=seconds)
