@@ -5,10 +5,12 @@ builds run), so these tests need no conda channel; test_hook_builds.py runs real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers_hook import TOKEN, WEBHOOK_SECRET, HookServer, hook_site, sign, write_env
+from helpers_hook import (
+    TOKEN,
+    WEBHOOK_SECRET,
+    HookServer,
+    free_port,
+    hook_site,
+    sign,
+    write_env,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -99,7 +109,7 @@ def test_two_hundred_concurrent_posts_make_one_queued_build(server: HookServer) 
 
 def test_webhook_signature(server: HookServer) -> None:
     payload = json.dumps(
-        {"ref": "refs/tags/v1.2.3", "repository": {"full_name": "NSLS-II/demo-pkg"}}
+        {"ref": "refs/tags/v1.2.3", "repository": {"full_name": "nsls-ii/Demo-Pkg"}}
     )
     body = payload.encode()
     with httpx.Client(base_url=server.url) as raw:
@@ -137,7 +147,7 @@ def test_webhook_signature(server: HookServer) -> None:
     assert ok.status_code == 202
     (record,) = builds(server)
     assert ok.json()["ids"] == [record["id"]]
-    assert record["env"] == "demo" and record["requested_by"] == "webhook:NSLS-II/demo-pkg"
+    assert record["env"] == "demo" and record["requested_by"] == "webhook:nsls-ii/Demo-Pkg"
 
 
 def test_webhook_without_configured_secret_is_refused(tmp_path: Path) -> None:
@@ -260,3 +270,26 @@ def test_documented_ci_workflow_step_triggers_a_build(server: HookServer) -> Non
     )
     assert result.returncode != 0 and "does not match" in result.stdout
     assert len(builds(server)) == 1
+
+
+def test_second_hook_on_same_state_dir_refuses_to_start(server: HookServer) -> None:
+    """Two hooks on one queue would both start the same builds: the second must refuse."""
+    other_port = str(free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "nsls2_artifacts.cli", "hook", "serve",
+         "--config", str(server.config), "--listen", f"127.0.0.1:{other_port}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "another hook is already running" in result.stdout + result.stderr
+    assert httpx.get(f"{server.url}/healthz").json()["ok"] is True
+
+
+def test_hook_token_prints_a_token_and_its_hash() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nsls2_artifacts.cli", "hook", "token"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    token = re.search(r"token:\s+(\S+)", result.stdout).group(1)
+    digest = re.search(r"tokens_sha256: \[([0-9a-f]{64})\]", result.stdout).group(1)
+    assert hashlib.sha256(token.encode()).hexdigest() == digest and len(token) >= 40

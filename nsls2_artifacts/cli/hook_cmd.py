@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigOption, console, out, reported_errors, site
+from .common import ConfigOption, console, reported_errors, site
 
 hook_app = typer.Typer(help="The staff build hook: web page, API, CI webhook, nightly builds.")
 
@@ -46,8 +46,9 @@ def token() -> None:
     from ..hook.auth import new_token, token_hash
 
     value = new_token()
-    out.print(f"token:  {value}", highlight=False)
-    out.print(f"config: hook: {{tokens_sha256: [{token_hash(value)}]}}", highlight=False)
+    # plain print: rich would read "[...]" as markup and eat the hash
+    print(f"token:  {value}")
+    print(f"config: hook: {{tokens_sha256: [{token_hash(value)}]}}")
 
 
 def register(app: typer.Typer) -> None:

@@ -547,7 +547,9 @@ async def webhook(request: Request) -> Response:
     repo = payload.get("repository", {}).get("full_name") if isinstance(payload, dict) else None
     if not isinstance(repo, str):
         return _json_error(422, "payload has no repository.full_name")
-    wanted = hook.site.hook.webhook_repos.get(repo)
+    # GitHub treats owner/name case-insensitively; so does the config lookup.
+    repos = {name.lower(): envs for name, envs in hook.site.hook.webhook_repos.items()}
+    wanted = repos.get(repo.lower())
     if not wanted:
         return _json_error(404, f"repository {repo!r} is not in hook.webhook_repos")
     envs = [e for e in wanted if is_env(hook.site, e)]
