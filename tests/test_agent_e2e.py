@@ -1,0 +1,186 @@
+"""End to end with real parts: publish demo builds from the offline conda channel, deploy
+them with the agent (real conda-pack archives, real conda-unpack, real smoke imports),
+start the kernels through jupyter_client by kernelspec name, and read data from a real
+tiled server through the beamline profile the agent wrote."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers_agent import events, run_cli, start_agent, wait_for, write_site
+
+from nsls2_artifacts.agent import layout
+from nsls2_artifacts.devchannel import default_cache_dir
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
+PREFIX_CELL = "import sys, databroker; print(sys.prefix)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def publish(config: Path, *args: str) -> str:
+    out = run_cli(config, "publish", *args, env=CACHE, timeout=900)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def execute(manager, code: str) -> str:
+    client = manager.blocking_client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        chunks: list[str] = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                chunks.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                chunks.append("\n".join(msg["content"]["traceback"]))
+
+        reply = client.execute_interactive(code, timeout=120, output_hook=hook)
+        assert reply["content"]["status"] == "ok", "".join(chunks)
+        return "".join(chunks).strip()
+    finally:
+        client.stop_channels()
+
+
+@pytest.fixture(scope="module")
+def e2e(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(REPO / "manifests", root / "manifests")
+    port = free_port()
+    config, cfg = write_site(
+        root,
+        manifests="./manifests",
+        channel_mirrors={"conda-forge": str(offline_channel)},
+        beamlines={"csx": {"uri": f"http://127.0.0.1:{port}/api", "path": ["csx"]}},
+        agent={"smoke_timeout_seconds": 300},
+    )
+    first = publish(config, "demo")
+    assert run_cli(config, "promote", "demo", first, "--lts", "2026-1").returncode == 0
+    out = run_cli(config, "agent", "--once", timeout=900)
+    assert out.returncode == 0, out.stderr
+    return root, config, cfg, port, first
+
+
+def test_latest_kernel_follows_publish_lts_stays(e2e, monkeypatch) -> None:
+    from jupyter_client.manager import KernelManager
+
+    root, config, cfg, _port, first = e2e
+    monkeypatch.setenv("JUPYTER_PATH", str(cfg.deploy_root / "share" / "jupyter"))
+    first_dir = layout.build_dir(cfg.deploy_root, "demo", first)
+    latest = KernelManager(kernel_name="nsls2-demo-latest")
+    lts = KernelManager(kernel_name="nsls2-demo-2026-1")
+    log = root / "daemon.log"
+    daemon = start_agent(config, log=log)
+    try:
+        latest.start_kernel()
+        assert execute(latest, PREFIX_CELL) == str(first_dir)
+
+        # a changed manifest (one more package from the channel) -> a different lock
+        pixi = root / "manifests" / "demo" / "pixi.toml"
+        pixi.write_text(pixi.read_text() + 'six = "*"\n')
+        second = publish(config, "demo")
+        assert second != first
+        link = layout.latest_link(cfg.deploy_root, "demo")
+        wait_for(lambda: os.readlink(link) == second, timeout=600, what="the daemon's flip")
+        second_dir = layout.build_dir(cfg.deploy_root, "demo", second)
+
+        # the running kernel stays on its build until restarted; the same manager restarts
+        # into the new build
+        assert execute(latest, PREFIX_CELL) == str(first_dir)
+        latest.restart_kernel(now=True)
+        assert execute(latest, PREFIX_CELL + "; import six") == str(second_dir)
+
+        lts.start_kernel()
+        assert execute(lts, PREFIX_CELL) == str(first_dir)
+        lts.restart_kernel(now=True)
+        assert execute(lts, PREFIX_CELL) == str(first_dir)
+    finally:
+        for manager in (latest, lts):
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=120) == 0
+    text = log.read_text()
+    assert [e["build"] for e in events(text, "deploy")] == [second]
+    status = run_cli(config, "status").stdout
+    assert first in status and second in status and "lts=2026-1" in status
+
+
+TREE = """
+from tiled.adapters.mapping import MapAdapter
+
+tree = MapAdapter(
+    {
+        "csx": MapAdapter(
+            {"scan1": MapAdapter({}, metadata={"sample": "LaB6", "energy_keV": 7.1})},
+            metadata={"beamline": "csx"},
+        )
+    }
+)
+"""
+
+
+def test_kernel_reads_tiled_through_beamline_profile(e2e, tmp_path: Path, monkeypatch) -> None:
+    from jupyter_client.manager import KernelManager
+
+    _root, _config, cfg, port, _first = e2e
+    (tmp_path / "nsls2_test_tree.py").write_text(TREE)
+    tiled = Path(sys.executable).parent / "tiled"
+    server = subprocess.Popen(
+        [
+            str(tiled),
+            "serve",
+            "pyobject",
+            "--public",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "nsls2_test_tree:tree",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "tiled.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    try:
+
+        def listening() -> bool:
+            assert server.poll() is None, (tmp_path / "tiled.log").read_text()
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, timeout=120, what="tiled server")
+        monkeypatch.setenv("JUPYTER_PATH", str(cfg.deploy_root / "share" / "jupyter"))
+        manager = KernelManager(kernel_name="nsls2-demo-latest")
+        manager.start_kernel()
+        try:
+            out = execute(
+                manager,
+                "import databroker\n"
+                "from tiled.client import from_profile\n"
+                "c = from_profile('csx')\n"
+                "print(sorted(c))\n"
+                "print(c['scan1'].metadata['sample'], c['scan1'].metadata['energy_keV'])",
+            )
+        finally:
+            manager.shutdown_kernel(now=True)
+        assert out.splitlines() == ["['scan1']", "LaB6 7.1"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
