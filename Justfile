@@ -27,6 +27,9 @@ agent *args: venv
 demo: venv channel
     {{cli}} publish demo
     {{cli}} store list demo
+    {{cli}} agent --once
+    {{cli}} status
+    {{cli}} demo-kernel --env demo
 
 # the test suite
 test *args: venv

@@ -517,6 +517,9 @@ def _run(cmd: list[str], prefix: Path, timeout: float, build_id: str, stage: str
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise _StageError(build_id, stage, f"{stage} timed out after {timeout:g} s") from None
+    if proc.returncode in (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT):
+        # killed from outside (shutdown, OOM killer): not the build's fault, retry next pass
+        raise DeployError(build_id, f"{stage} was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         tail = output.decode(errors="replace").strip().splitlines()[-5:]
         raise _StageError(
