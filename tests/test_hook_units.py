@@ -16,7 +16,7 @@ from nsls2_artifacts.hook.diff import diff_builds, previous_build
 from nsls2_artifacts.hook.envs import list_envs, nightly_opt_in
 from nsls2_artifacts.hook.nightly import enqueue_nightly, parse_schedule, site_schedule
 from nsls2_artifacts.hook.queue import BuildQueue
-from nsls2_artifacts.hook.runner import failure_reason
+from nsls2_artifacts.hook.runner import Runner, failure_reason
 from nsls2_artifacts.records import ArtifactInfo, BuildManifest, LockInfo, PackageRef
 
 
@@ -186,3 +186,40 @@ def test_queue_limits_one_running_per_env_and_total(tmp_path: Path) -> None:
     again = BuildQueue(tmp_path / "q.sqlite")
     assert again.get(b1.id).build_id == "2026.11.25T020000Z-12345678"
     assert {r.id for r in again.running()} == {c1.id, a2.id}
+
+
+def test_recover_kills_a_surviving_publish_session_but_never_a_stranger(tmp_path: Path) -> None:
+    """The parent-death signal can be missed (e.g. a publish that blocks SIGTERM); the
+    next hook start must then kill what is left of that publish's session, and must not
+    kill an unrelated process that got the recorded pid."""
+    import signal
+    import subprocess
+    import sys
+
+    site = load_config(hook_site(tmp_path))
+    queue = BuildQueue(tmp_path / "q.sqlite")
+    sleeper = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    # argv as the runner starts it, so it looks like a publish of ours
+    publish = subprocess.Popen(
+        [sys.executable, "-c", sleeper, "nsls2_artifacts.cli", "publish", "demo"],
+        start_new_session=True,
+    )
+    stranger = subprocess.Popen([sys.executable, "-c", sleeper], start_new_session=True)
+    try:
+        ours, _ = queue.request("demo", source="api", requested_by="t")
+        other, _ = queue.request("other", source="api", requested_by="t")
+        queue.claim(2)
+        queue.set_pid(ours.id, publish.pid)
+        queue.set_pid(other.id, stranger.pid)
+        runner = Runner(site, queue, tmp_path / "logs")
+        assert sorted(runner.recover()) == sorted([ours.id, other.id])
+        assert publish.wait(timeout=10) == -signal.SIGKILL
+        assert stranger.poll() is None  # not ours: left alone
+        assert "killed on restart" in queue.get(ours.id).reason
+        assert queue.get(other.id).state == "failed"
+        assert "hook stopped" in (tmp_path / "logs" / f"{ours.id}.log").read_text()
+        assert queue.running() == []
+    finally:
+        for proc in (publish, stranger):
+            proc.kill()
+            proc.wait()

@@ -187,20 +187,20 @@ async def _json_body(request: Request) -> tuple[Any, Response | None]:
 
 def index(request: Request) -> HTMLResponse:
     hook = _hook(request)
-    envs = []
-    for name in list_envs(hook.site):
-        envs.append(
-            {
-                "summary": summary(hook.site, hook.manifests, name),
-                "last": hook.queue.last_finished(name),
-                "active": [r for r in hook.queue.active() if r.env == name],
-            }
-        )
+    active = hook.queue.active()
+    envs = [
+        {
+            "summary": summary(hook.site, hook.manifests, name),
+            "last": hook.queue.last_finished(name),
+            "active": [r for r in active if r.env == name],
+        }
+        for name in list_envs(hook.site)
+    ]
     return _page(
         request,
         "index.html",
         envs=envs,
-        active=hook.queue.active(),
+        active=active,
         history=hook.queue.history(limit=50),
         schedule=hook.schedule,
         nightly_next=hook.queue.get_meta("nightly_next"),

@@ -59,6 +59,33 @@ def _is_our_publish(pid: int) -> bool:
     return b"publish" in cmdline and any(b"nsls2_artifacts" in part for part in cmdline)
 
 
+def _session_members(sid: int) -> list[int]:
+    """Pids whose session id is `sid`: a publish and whatever it started (setsid below)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # fields after the ")" of comm: state ppid pgrp session ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def _leftovers(pid: int) -> list[int]:
+    """What is left of the publish session `pid`, if it is safe to kill.
+
+    The session leader is the publish itself; if a process with that pid exists but is
+    not a publish, the pid was reused: kill nothing.
+    """
+    if Path(f"/proc/{pid}").exists() and not _is_our_publish(pid):
+        return []
+    return _session_members(pid)
+
+
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -100,9 +127,11 @@ class Runner:
         """Fail builds a previous hook process left 'running'; kill a surviving publish."""
         failed = []
         for record in self.queue.running():
-            survived = record.pid is not None and _is_our_publish(record.pid)
-            if survived:
-                _kill_group(record.pid, signal.SIGKILL)
+            survivors = _leftovers(record.pid) if record.pid else []
+            survived = bool(survivors)
+            for pid in survivors:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             reason = (
                 "interrupted: the hook stopped while this build was running"
                 + (" (its publish was killed on restart)" if survived else "")
