@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,16 +50,24 @@ def demo_prefix(work: Path) -> Path:
     return prefix
 
 
-def timed(fn) -> float:  # noqa: ANN001 - a zero-argument callable
+def timed(fn) -> tuple[float, float]:  # noqa: ANN001 - a zero-argument callable
+    """(wall seconds, CPU seconds of this process's threads and its children)."""
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(
+        (a.ru_utime + a.ru_stime) - (b.ru_utime + b.ru_stime)
+        for a, b in zip(after, before, strict=True)
+    )
+    return wall, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", type=Path, help="an installed conda prefix to pack")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per method (best is kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs per method")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-pack-"))
@@ -72,6 +82,7 @@ def main() -> None:
         out.mkdir()
         methods = {
             "ours (zstd)": lambda: ourpack.pack(prefix, out / "ours.tar.zst"),
+            "ours (zstd -6)": lambda: ourpack.pack(prefix, out / "ours6.tar.zst", level=6),
             "ours (gzip)": lambda: ourpack.pack(prefix, out / "ours.tar.gz", fmt="gz"),
             "stock conda-pack gzip": lambda: subprocess.run(
                 [conda_pack, "-p", str(prefix), "-o", str(out / "stock.tar.gz"), "--force", "-q"],
@@ -93,30 +104,38 @@ def main() -> None:
         }
         outputs = {
             "ours (zstd)": "ours.tar.zst",
+            "ours (zstd -6)": "ours6.tar.zst",
             "ours (gzip)": "ours.tar.gz",
             "stock conda-pack gzip": "stock.tar.gz",
             "plain tar + zstd -T0": "plain.tar.zst",
         }
-        best = {name: float("inf") for name in methods}
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
         for _ in range(args.repeat):
             for name, fn in methods.items():
-                best[name] = min(best[name], timed(fn))
+                runs[name].append(timed(fn))
+        best = {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
+        cpu = {name: statistics.median(c for _, c in r) for name, r in runs.items()}
         sizes = {name: (out / outputs[name]).stat().st_size for name in methods}
 
         stock_t, stock_s = best["stock conda-pack gzip"], sizes["stock conda-pack gzip"]
+        stock_c = cpu["stock conda-pack gzip"]
         print(
-            f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, {platform.platform()}"
         )
         print(
-            f"prefix: {prefix} ({size / 1e6:.0f} MB, {files} files and dirs); "
-            f"best of {args.repeat}\n"
+            f"prefix: {prefix} ({size / 1e6:.0f} MB, {files} files and dirs); median of "
+            f"{args.repeat} interleaved runs; load average {os.getloadavg()[0]:.1f}\n"
         )
-        print(f"{'method':24s} {'seconds':>8s} {'x stock':>8s} {'MB':>8s} {'size x stock':>13s}")
+        print(
+            f"{'method':24s} {'wall s':>7s} {'x stock':>8s} {'CPU s':>7s} {'x stock':>8s} "
+            f"{'MB':>7s} {'size x stock':>13s}"
+        )
         for name in methods:
             print(
-                f"{name:24s} {best[name]:8.2f} {best[name] / stock_t:8.2f} "
-                f"{sizes[name] / 1e6:8.1f} {sizes[name] / stock_s:13.2f}"
+                f"{name:24s} {best[name]:7.2f} {best[name] / stock_t:8.2f} "
+                f"{cpu[name]:7.2f} {cpu[name] / stock_c:8.2f} "
+                f"{sizes[name] / 1e6:7.1f} {sizes[name] / stock_s:13.2f}"
             )
         time_ok = best["ours (zstd)"] <= stock_t / 3
         size_ok = sizes["ours (zstd)"] <= 0.9 * stock_s
