@@ -48,8 +48,22 @@ def test_failed_build_shows_solver_message_and_next_build_works(
         assert store.builds("demo") == []
 
         write_env(manifests, "demo", DEMO)  # the fix is merged
-        good = wait_for_build(client, request_build(client, "demo"), ("failed", "published"))
+        build = request_build(client, "demo")
+        # Follow the log as the page does: chunks from an offset until the build is done.
+        streamed, offset, polls = "", 0, 0
+        while True:
+            chunk = client.get(f"/builds/{build}/log", params={"offset": offset}).json()
+            streamed += chunk["text"]
+            offset = chunk["offset"]
+            polls += 1
+            if chunk["done"]:
+                break
+            time.sleep(0.2)
+        good = client.get(f"/api/builds/{build}").json()
         assert good["state"] == "published", good
+        whole = client.get(f"/builds/{build}/log").json()["text"]
+        assert streamed == whole and polls > 1
+        assert f"published {good['build_id']}" in whole
         (built,) = store.builds("demo")
         assert good["build_id"] == built.build_id
         page = client.get(f"/builds/{good['id']}").text

@@ -149,7 +149,9 @@ class Runner:
         while True:
             self._wake.clear()
             try:
-                claimed = await asyncio.to_thread(self.queue.claim, self.site.hook.concurrency)
+                # concurrency 0 would hold the queue forever; pausing is the way to do that
+                limit = max(1, self.site.hook.concurrency)
+                claimed = await asyncio.to_thread(self.queue.claim, limit)
             except Exception:  # noqa: BLE001 - a locked or full disk must not stop the loop
                 log.exception("could not claim queued builds; retrying")
                 claimed = []
