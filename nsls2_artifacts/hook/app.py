@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -68,6 +68,7 @@ class Hook:
     manifests: ManifestCache
     templates: Environment
     schedule: Schedule | None
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # background loops
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -574,6 +575,9 @@ def healthz(request: Request) -> Response:
         active = hook.queue.active()
     except Exception as exc:  # noqa: BLE001 - any database failure means unhealthy
         return JSONResponse({"ok": False, "error": f"queue database: {exc}"}, status_code=503)
+    dead = [name for name, task in hook.tasks.items() if task.done()]
+    if dead:
+        return JSONResponse({"ok": False, "error": f"stopped: {', '.join(dead)}"}, status_code=503)
     return JSONResponse(
         {
             "ok": True,
@@ -652,13 +656,13 @@ def create_app(site: SiteConfig) -> Starlette:
                 log.warning(
                     "marked builds %s failed: the previous hook stopped mid-build", recovered
                 )
-            tasks = [asyncio.create_task(hook.runner.run_forever())]
+            hook.tasks["runner"] = asyncio.create_task(hook.runner.run_forever())
             if hook.schedule is not None:
-                tasks.append(
-                    asyncio.create_task(run_nightly(site, hook.schedule, queue, hook.runner.wake))
+                hook.tasks["nightly"] = asyncio.create_task(
+                    run_nightly(site, hook.schedule, queue, hook.runner.wake)
                 )
             yield
-            for task in tasks:
+            for task in hook.tasks.values():
                 task.cancel()
             await hook.runner.shutdown()
         finally:

@@ -174,6 +174,7 @@ class Runner:
         argv = cli_argv(self.site, "publish", record.env, "--json")
         path = self.log_path(record.id)
         started = time.monotonic()
+        proc: asyncio.subprocess.Process | None = None
         try:
             with open(path, "ab", buffering=0) as logfile:
                 logfile.write(
@@ -194,6 +195,11 @@ class Runner:
                 logfile.write(f"[hook] {self._summary(state, fields, started)}\n".encode())
         except OSError as exc:
             state, fields = FAILED, {"reason": f"could not start publish: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - record it; never leave a build 'running'
+            log.exception("build #%s: the hook failed while running it", record.id)
+            if proc is not None and proc.returncode is None:
+                await self._stop(proc)
+            state, fields = FAILED, {"reason": f"hook error while running the build: {exc!r}"}
         finally:
             self._procs.pop(record.id, None)
             self._cancelled.pop(record.id, None)
@@ -223,11 +229,12 @@ class Runner:
         except TimeoutError:
             await self._stop(proc)
             return FAILED, {"reason": f"timed out after {timeout:g} s (hook.build_timeout_seconds)"}
+        if proc.returncode == 0:
+            # Even if a cancel came in: the publish finished first, and its build is real.
+            return self._parse_result(stdout)
         if record.id in self._cancelled:
             return CANCELLED, {"reason": self._cancelled[record.id]}
-        if proc.returncode != 0:
-            return FAILED, {"rc": proc.returncode}
-        return self._parse_result(stdout)
+        return FAILED, {"rc": proc.returncode}
 
     @staticmethod
     def _parse_result(stdout: bytes) -> tuple[str, dict]:
