@@ -102,8 +102,7 @@ def pack(
             raise PackError(f"packing {prefix} failed: {exc}") from None
         archive.close()
         _finish(compressor)
-        raw.flush()
-        os.fsync(raw.fileno())
+        raw.flush()  # no fsync here: FilesystemStore.commit_build fsyncs what it commits
     return PackResult(
         path=Path(output),
         format=fmt,
