@@ -142,47 +142,25 @@ def publish(
         with _scratch(cache, site, env) as scratch:
             lock_path = scratch / LOCK_FILE
             lock_sha = solver.write_lock(solution, lock_path)
-            if not manifest.pypi_dependencies:  # the lock is final: skip the install if unchanged
-                newest = _unchanged(store, env, lock_sha)
-                if newest is not None:
-                    return _finish_unchanged(site, store, env, newest, lts, started, timings)
+            # Without PyPI dependencies the lock is final now: skip the install if unchanged.
+            if not manifest.pypi_dependencies and (same := _unchanged(store, env, lock_sha)):
+                return _finish_unchanged(site, store, env, same, lts, started, timings)
             prefix = scratch / "prefix"
-            _install(solution, manifest, prefix, cache, report, timings, locked=locked)
+            _install(solution, manifest, prefix, cache, report, timings)
             if manifest.pypi_dependencies:
-                lock_sha = solver.write_lock(solution, lock_path)
-                newest = _unchanged(store, env, lock_sha)
-                if newest is not None:
-                    return _finish_unchanged(site, store, env, newest, lts, started, timings)
-            created = utcnow()
-            build_id = make_build_id(created, lock_sha)
-            staging = store.staging_dir(env, build_id)
-            packed = _pack(prefix, staging, fmt, report, timings)
-            shutil.copyfile(lock_path, staging / LOCK_FILE)
-            record = BuildManifest(
-                name=env,
-                build_id=build_id,
-                created=isoformat(created),
-                platform=solution.platform,
-                display_name=manifest.display_name,
-                smoke=manifest.smoke,
-                artifact=ArtifactInfo(
-                    file=packed.path.name, sha256=packed.sha256, size=packed.size, format=fmt
-                ),
-                lock=LockInfo(file=LOCK_FILE, sha256=lock_sha),
-                packages=solution.packages,
-                builder=builder_info(),
-                source=source_info(manifest, locked=locked),
+                lock_sha = solver.write_lock(solution, lock_path)  # now with uv's packages
+                if same := _unchanged(store, env, lock_sha):
+                    return _finish_unchanged(site, store, env, same, lts, started, timings)
+            record = _pack_and_commit(
+                store, manifest, solution, prefix, lock_path, lock_sha, fmt, report, timings
             )
-            _pause("commit")
-            with _stage(report, timings, "upload"):
-                store.commit_build(staging, record)
-            if lts:
-                promote(site, env, build_id, lts)
+        if lts:
+            promote(site, env, record.build_id, lts)
     return PublishResult(
         env=env,
-        build_id=build_id,
+        build_id=record.build_id,
         status="published",
-        size=packed.size,
+        size=record.artifact.size,
         seconds=time.perf_counter() - started,
         timings=timings,
         manifest=record,
@@ -203,11 +181,9 @@ def promote(site: SiteConfig, env: str, build_id: str, label: str) -> LtsRecord:
 def builder_info() -> dict[str, Any]:
     """Where and with what a build was made (recorded in manifest.json)."""
     versions = {"python": host_platform_module.python_version()}
-    for dist in ("nsls2-artifacts", "py-rattler", "conda-pack", "zstandard"):
+    for dist in ("nsls2-artifacts", "py-rattler", "conda-pack", "zstandard", "uv"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-    with contextlib.suppress(Exception):
-        versions["uv"] = metadata.version("uv")
     return {
         "host": socket.gethostname(),
         "user": _user(),
@@ -254,8 +230,6 @@ def _install(
     cache: Path,
     report: Reporter,
     timings: dict[str, float],
-    *,
-    locked: bool,
 ) -> None:
     _pause("install")
     with _stage(report, timings, "install", total=len(solution.records)):
@@ -274,9 +248,47 @@ def _install(
             solution.pypi = installer.install_pypi(
                 prefix,
                 list(manifest.pypi_dependencies.values()),
-                pins=solution.pypi if locked else None,
+                pins=solution.pypi if solution.locked else None,
                 progress=forward,
             )
+
+
+def _pack_and_commit(
+    store: FilesystemStore,
+    manifest: EnvManifest,
+    solution: solver.Solution,
+    prefix: Path,
+    lock_path: Path,
+    lock_sha: str,
+    fmt: str,
+    report: Reporter,
+    timings: dict[str, float],
+) -> BuildManifest:
+    """Pack straight into a staging dir on the store's filesystem, then commit it."""
+    created = utcnow()
+    build_id = make_build_id(created, lock_sha)
+    staging = store.staging_dir(manifest.name, build_id)
+    packed = _pack(prefix, staging, fmt, report, timings)
+    shutil.copyfile(lock_path, staging / LOCK_FILE)
+    record = BuildManifest(
+        name=manifest.name,
+        build_id=build_id,
+        created=isoformat(created),
+        platform=solution.platform,
+        display_name=manifest.display_name,
+        smoke=manifest.smoke,
+        artifact=ArtifactInfo(
+            file=packed.path.name, sha256=packed.sha256, size=packed.size, format=fmt
+        ),
+        lock=LockInfo(file=LOCK_FILE, sha256=lock_sha),
+        packages=solution.packages,
+        builder=builder_info(),
+        source=source_info(manifest, locked=solution.locked),
+    )
+    _pause("commit")
+    with _stage(report, timings, "upload"):
+        store.commit_build(staging, record)
+    return record
 
 
 def _pack(

@@ -60,6 +60,7 @@ class Solution:
     virtual_packages: list[str]
     specs: list[str]
     pypi: list[PypiPin] = field(default_factory=list)
+    locked: bool = False  # from a committed pixi.lock (`publish --locked`), not a fresh solve
 
     @property
     def packages(self) -> tuple[PackageRef, ...]:
@@ -168,6 +169,7 @@ def load_locked(
         virtual_packages=list(lock_platform.virtual_packages),
         specs=[str(s) for s in specs],
         pypi=[PypiPin(p.name, str(p.version), str(p.location)) for p in pypi],
+        locked=True,
     )
 
 
