@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -205,6 +206,13 @@ def test_recover_kills_a_surviving_publish_session_but_never_a_stranger(tmp_path
         start_new_session=True,
     )
     stranger = subprocess.Popen([sys.executable, "-c", sleeper], start_new_session=True)
+    # Popen returns once exec has begun; /proc/PID/cmdline is empty until the kernel has
+    # finished loading the program (seen under load). A real restart comes much later.
+    for proc in (publish, stranger):
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while b"sleep" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
     try:
         ours, _ = queue.request("demo", source="api", requested_by="t")
         other, _ = queue.request("other", source="api", requested_by="t")
