@@ -59,6 +59,18 @@ HOSTILE = {
     "hardlink-dotdot": lambda: evil(
         member("lib/evil", type=tarfile.LNKTYPE, linkname="../../site.yaml")
     ),
+    "hardlink-to-symlink": lambda: evil(
+        member("lib/up", type=tarfile.SYMTYPE, linkname=".."),
+        member("escape", type=tarfile.LNKTYPE, linkname="lib/up"),
+    ),
+    "symlink-through-symlink": lambda: evil(
+        member("d", type=tarfile.SYMTYPE, linkname="."),
+        member("e", type=tarfile.SYMTYPE, linkname="d/.."),
+    ),
+    "below-symlink": lambda: evil(
+        member("lib/here", type=tarfile.SYMTYPE, linkname="."),
+        member("lib/here/x.txt", b"x"),
+    ),
     "chardev": lambda: evil(member("dev/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
     "fifo": lambda: evil(member("lib/fifo", type=tarfile.FIFOTYPE)),
     "too-many": lambda: evil(*[member(f"lib/f{i}.txt", b"x") for i in range(60)]),

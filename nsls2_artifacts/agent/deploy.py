@@ -359,7 +359,8 @@ def safe_extract(
         with (
             _open_stream(archive, fmt) as tar,
             ThreadPoolExecutor(WRITERS) as pool,
-            _inside(root),
+            _empty_dir(Path(root).parent, Path(root).name) as judge,
+            _inside(judge),
         ):
             try:
                 for member in tar:
@@ -375,8 +376,10 @@ def safe_extract(
                             build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
                         )
                     _check_member(member, build_id)
-                    # relative to the cwd (= root): the filter's realpath() then lstat()s only
-                    # the member's own components, not root's ancestors, for every member
+                    # The filter judges the member against an empty directory (the cwd):
+                    # while this loop runs, `root` holds no symlinks either (links are made
+                    # last, nothing may lie below an archive symlink), so the verdict is
+                    # the same as against `root`, without racing the writers' lookups.
                     member = tarfile.data_filter(member, ".")
                     name = member.name.rstrip("/")
                     if any(p in symlinks for p in _parents(name)):
@@ -437,6 +440,16 @@ def safe_extract(
 
 
 @contextlib.contextmanager
+def _empty_dir(parent: Path, name: str) -> Any:
+    path = parent / f".judge-{name}-{os.getpid()}"
+    path.mkdir()
+    try:
+        yield str(path)
+    finally:
+        os.rmdir(path)
+
+
+@contextlib.contextmanager
 def _inside(directory: str) -> Any:
     """chdir into `directory` for the block (the agent's other threads use absolute paths)."""
     previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
@@ -456,18 +469,37 @@ def _write_large(handle: IO[bytes], target: str, member: tarfile.TarInfo) -> Non
     os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
 
 
+def _walk(path: str, symlinks: set[str]) -> tuple[str, bool]:
+    """Resolve `path` lexically; also say whether any step went *through* (not to) one of
+    `symlinks` - normalising first would hide `d/..` with `d -> .`."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    stack: list[str] = []
+    through = False
+    for i, part in enumerate(parts):
+        if part == "..":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(part)
+        if i < len(parts) - 1 and "/".join(stack) in symlinks:
+            through = True
+    return "/".join(stack), through
+
+
 def _make_links(
     links: list[tuple[tarfile.TarInfo, str]], symlinks: set[str], root: str, build_id: str
 ) -> None:
     """Create the archive's links after its files. A link target may end at another
     symlink but never pass through one: the data filter judged targets lexically."""
     for member, target in links:
-        if member.issym():
-            base = os.path.dirname(member.name.rstrip("/"))
-            resolved = os.path.normpath(os.path.join(base, member.linkname))
-        else:
-            resolved = os.path.normpath(member.linkname)
-        if any(p in symlinks for p in _parents(resolved)):
+        base = os.path.dirname(member.name.rstrip("/")) if member.issym() else ""
+        resolved, through = _walk(f"{base}/{member.linkname}", symlinks)
+        if member.islnk() and resolved in symlinks:
+            # a hardlink to a symlink is a second symlink, resolved from a new place
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: hardlink to the symlink {member.linkname!r}"
+            )
+        if through:
             raise RejectedArtifactError(
                 build_id, f"member {member.name!r}: link target passes through a symlink"
             )

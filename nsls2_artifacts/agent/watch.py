@@ -97,10 +97,14 @@ def run_daemon(
     log: logging.Logger,
     stop: threading.Event,
     on_pass: Callable[[PassResult], None] | None = None,
+    events: bool = True,
 ) -> None:
-    """Reconcile until `stop` is set: at start, on a debounced hint, every poll_seconds."""
+    """Reconcile until `stop` is set: at start, on a debounced hint, every poll_seconds.
+
+    `events=False` polls only (what a node sees when the store is written by other nodes).
+    """
     hint = _Hint()
-    observer = _start_observer(store, hint, log)
+    observer = _start_observer(store, hint, log) if events else None
     event(log, "agent-start", node=site.agent.node, poll_seconds=site.agent.poll_seconds)
     try:
         while not stop.is_set():
@@ -111,7 +115,7 @@ def run_daemon(
             else:
                 if on_pass is not None:
                     on_pass(result)
-            if observer is None and not stop.is_set():
+            if events and observer is None and not stop.is_set():
                 observer = _start_observer(store, hint, log) if store.root.is_dir() else None
             hinted = hint.wait(site.agent.poll_seconds, stop)
             if hinted:

@@ -30,6 +30,9 @@ def agent(
     json_out: Annotated[
         bool, typer.Option("--json", help="With --dry-run: the plan as JSON")
     ] = False,
+    events: Annotated[
+        bool, typer.Option(help="Use filesystem events as a reconcile-now hint", hidden=True)
+    ] = True,
 ) -> None:
     """The sync daemon: deploy committed builds, write kernelspecs, flip latest."""
     from ..agent.log import setup_logging
@@ -54,7 +57,7 @@ def agent(
             sys.exit(0 if result.ok else 1)
         stop = threading.Event()
         install_stop_signals(stop, log)
-        run_daemon(cfg, store, log, stop)
+        run_daemon(cfg, store, log, stop, events=events)
 
 
 def status(
