@@ -132,6 +132,8 @@ def publish(
         else:
             solution = solver.solve(manifest, site, cache_dir=cache)
     report.note(f"{len(solution.records)} conda packages for {solution.platform}")
+    if not locked and manifest.lock_path.is_file():
+        report.note(f"solved afresh; {manifest.lock_path} is used only with --locked")
     _pause("solve")
 
     store = open_store(site.store)
