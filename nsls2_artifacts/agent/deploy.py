@@ -352,8 +352,23 @@ def safe_extract(
 
     def ensure_dir(path: str) -> None:
         if path not in made_dirs:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, exist_ok=True)  # safe when two writers race for it
             made_dirs.add(path)
+
+    def place(member: tarfile.TarInfo, data: bytes) -> None:
+        """Judge, then write one directory or small file (in a writer thread).
+
+        tarfile's data filter judges against an empty directory (the cwd): while members
+        are placed, `root` holds no symlinks either (links are made last, nothing may lie
+        below an archive symlink), so the verdict is the same as against `root`. Its
+        realpath() system calls release the GIL, so the writers judge in parallel."""
+        member = tarfile.data_filter(member, ".")
+        target = os.path.join(root, member.name.rstrip("/"))
+        if member.isdir():
+            ensure_dir(target)
+            return
+        ensure_dir(os.path.dirname(target))
+        _write_file(target, data, member.mode, member.mtime)
 
     try:
         with (
@@ -376,42 +391,35 @@ def safe_extract(
                             build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
                         )
                     _check_member(member, build_id)
-                    # The filter judges the member against an empty directory (the cwd):
-                    # while this loop runs, `root` holds no symlinks either (links are made
-                    # last, nothing may lie below an archive symlink), so the verdict is
-                    # the same as against `root`, without racing the writers' lookups.
-                    member = tarfile.data_filter(member, ".")
                     name = member.name.rstrip("/")
                     if any(p in symlinks for p in _parents(name)):
                         raise RejectedArtifactError(
                             build_id, f"member {name!r} lies below a symlink of the archive"
                         )
-                    target = os.path.join(root, name)
-                    if member.isdir():
-                        ensure_dir(target)
-                        continue
-                    ensure_dir(os.path.dirname(target))
-                    if member.issym() or member.islnk():
-                        if member.issym():
-                            symlinks.add(name)
-                        links.append((member, target))
-                    elif member.isreg():
+                    if member.isreg() and member.size <= SMALL_FILE:
                         handle = tar.extractfile(member)
                         assert handle is not None  # a regular file always has data
-                        if member.size <= SMALL_FILE:
-                            pending.append(
-                                pool.submit(
-                                    _write_file, target, handle.read(), member.mode, member.mtime
-                                )
-                            )
-                            if len(pending) > MAX_INFLIGHT:
-                                pending.popleft().result()
-                        else:
-                            _write_large(handle, target, member)
+                        pending.append(pool.submit(place, member, handle.read()))
+                        if len(pending) > MAX_INFLIGHT:
+                            pending.popleft().result()
+                    elif member.isdir():
+                        pending.append(pool.submit(place, member, b""))
                     else:
-                        raise RejectedArtifactError(
-                            build_id, f"member {name!r}: unsupported type {member.type!r}"
-                        )
+                        member = tarfile.data_filter(member, ".")
+                        target = os.path.join(root, name)
+                        ensure_dir(os.path.dirname(target))
+                        if member.issym() or member.islnk():
+                            if member.issym():
+                                symlinks.add(name)
+                            links.append((member, target))
+                        elif member.isreg():
+                            handle = tar.extractfile(member)
+                            assert handle is not None
+                            _write_large(handle, target, member)
+                        else:
+                            raise RejectedArtifactError(
+                                build_id, f"member {name!r}: unsupported type {member.type!r}"
+                            )
                     if members == PAUSE_AFTER_MEMBERS:
                         layout.test_pause("extract")
                 while pending:
