@@ -449,7 +449,11 @@ def safe_extract(
 
 @contextlib.contextmanager
 def _empty_dir(parent: Path, name: str) -> Any:
-    path = parent / f".judge-{name}-{os.getpid()}"
+    """`NAME.judge` next to the extraction dir; the build lock makes the name ours, and a
+    killed agent's leftover (always empty) is replaced."""
+    path = parent / f"{name}.judge"
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
     path.mkdir()
     try:
         yield str(path)
