@@ -104,7 +104,7 @@ def solve(
     virtual = _virtual_packages(manifest, target)
     cache = Path(cache_dir) if cache_dir else default_cache_dir(site)
     for name, _canonical, mirror in channels:
-        _precheck_local_channel(name, mirror, target)
+        _precheck_local_channel(name, mirror)
     gateway = rattler.Gateway(cache_dir=cache / "repodata", show_progress=False)
     try:
         records = asyncio.run(
@@ -309,7 +309,7 @@ def _channel_label(channel: str | None) -> str:
     return channel[len(prefix) :].strip("/") if channel.startswith(prefix) else channel
 
 
-def _precheck_local_channel(name: str, mirror: str, target: str) -> None:
+def _precheck_local_channel(name: str, mirror: str) -> None:
     """A file:// channel without repodata reads as empty; call it unreachable instead."""
     if not mirror.startswith("file://"):
         return
