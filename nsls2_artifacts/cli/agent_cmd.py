@@ -74,7 +74,7 @@ def status(
     if json_out:
         print(json.dumps(data, indent=2, default=str))
     else:
-        out.print(render_text(data), highlight=False, markup=False)
+        print(render_text(data))  # plain: rich would re-wrap the columns
 
 
 def rollback(
