@@ -159,3 +159,20 @@ def test_daemon_polls_survives_store_outage_and_stops_on_sigterm(tmp_path: Path)
     assert events(log.read_text(), "agent-stop")
     record = read_json(layout.pass_record_path(cfg.deploy_root, "test-node"))
     assert record["node"] == "test-node"
+
+
+def test_daemon_store_event_triggers_pass_before_poll(tmp_path: Path) -> None:
+    """With a poll interval of an hour, only the native event hint can deploy in time."""
+    config, cfg = write_site(tmp_path / "site", agent={"poll_seconds": 3600})
+    log = tmp_path / "daemon.log"
+    daemon = start_agent(config, log=log)
+    try:
+        wait_for(lambda: events(log.read_text(), "pass"), what="the first pass")
+        build = commit_fake(cfg, tag="one", hours=1)
+        link = layout.latest_link(cfg.deploy_root, "demo")
+        wait_for(lambda: link.is_symlink(), timeout=120, what="a hinted pass")
+        assert os.readlink(link) == build.build_id
+        assert events(log.read_text(), "hint")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0

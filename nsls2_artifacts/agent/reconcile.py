@@ -238,7 +238,11 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
                         target_info.get("label", ""),
                         obs.display_names.get((env, target_info["build_id"]), env),
                     )
-    plan.kernels_write = [wanted[n] for n in sorted(wanted)]
+    plan.kernels_write = [
+        wanted[n]
+        for n in sorted(wanted)
+        if obs.kernels.get(n) != kernels.spec_dict(_spec_for(site, wanted[n]))  # only changes
+    ]
     for name, data in sorted(obs.kernels.items()):
         if name not in wanted:
             info = kernels.spec_target(data)
