@@ -176,3 +176,28 @@ def test_daemon_store_event_triggers_pass_before_poll(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("stage", ["extract", "unpack"])
+def test_leftovers_of_a_build_gone_from_the_store_are_swept(tmp_path: Path, stage: str) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1)
+    assert run_cli(config, "agent", "--once").returncode == 0
+    second = commit_fake(cfg, tag="two", hours=2)
+    marker = tmp_path / "paused"
+    agent = start_agent(
+        config, "--once", env={"NSLS2_TEST_PAUSE_AT": stage, "NSLS2_TEST_PAUSE_FILE": str(marker)}
+    )
+    try:
+        wait_for(marker.exists, what=f"the agent to reach {stage}")
+    finally:
+        kill9(agent)
+    env_dir = layout.env_dir(cfg.deploy_root, "demo")
+    assert any(p.name != first.build_id and p.name != "latest" for p in env_dir.iterdir())
+    shutil.rmtree(cfg.store / "demo" / second.build_id)  # unpublished before the redo
+
+    out = run_cli(config, "agent", "--once")
+    assert out.returncode == 0, out.stderr
+    assert events(out.stderr, "leftover-removed")
+    assert sorted(p.name for p in env_dir.iterdir()) == sorted([first.build_id, "latest"])
+    assert_converged(cfg, {"demo": first.build_id})

@@ -611,6 +611,40 @@ def clean_trash(deploy_root: Path, env: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
+def sweep_leftovers(
+    deploy_root: Path, env: str, committed: set[str] | None, log: logging.Logger
+) -> list[str]:
+    """Remove what killed deploys left behind for builds no pass will redo: partial and
+    judge dirs, and build dirs without ready.json whose build left the store.
+
+    `committed` is None when the store said nothing about `env` (unreachable or empty):
+    then incomplete build dirs stay, as nothing is removed on an empty listing. Each
+    removal happens under the build's lock, skipped if another agent holds it.
+    """
+    removed = []
+    directory = layout.env_dir(deploy_root, env)
+    stale: dict[str, list[Path]] = {}
+    for entry in directory.glob(f"{layout.PARTIAL_PREFIX}*"):
+        build_id = entry.name[len(layout.PARTIAL_PREFIX) :].removesuffix(".judge")
+        stale.setdefault(build_id, []).append(entry)
+    if committed is not None:
+        for build_id in layout.build_dirs(deploy_root, env):
+            if build_id not in committed and layout.read_ready(deploy_root, env, build_id) is None:
+                stale.setdefault(build_id, []).append(layout.build_dir(deploy_root, env, build_id))
+    for build_id, paths in sorted(stale.items()):
+        try:
+            with build_lock(deploy_root, env, build_id, wait=False):
+                for path in paths:
+                    if path.name == build_id and layout.read_ready(deploy_root, env, build_id):
+                        continue  # became ready meanwhile
+                    _discard(path)
+                    removed.append(path.name)
+                    event(log, "leftover-removed", env=env, path=path.name)
+        except LockBusy:
+            continue
+    return removed
+
+
 def deploy_build(
     site: SiteConfig,
     store: FilesystemStore,

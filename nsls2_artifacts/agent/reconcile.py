@@ -351,7 +351,12 @@ def run_pass(
 ) -> PassResult:
     """Look, plan, apply once. With `dry_run`, only plan (as if every deploy succeeded)."""
     started = time.monotonic()
-    plan = make_plan(site, observe(site, store, log), assume_ready=dry_run)
+    observed = observe(site, store, log)
+    plan = make_plan(site, observed, assume_ready=dry_run)
+    plan_committed = {
+        env: {m.build_id for m in builds} | {i.build_id for i in observed.invalid if i.env == env}
+        for env, builds in observed.manifests.items()
+    }
     result = PassResult(plan)
     if dry_run:
         return result
@@ -375,6 +380,9 @@ def run_pass(
         for o in result.outcomes
         if o.result in ("quarantined", "error")
     ]
+    for env in layout.deployed_envs(site.deploy_root):
+        builds = plan_committed.get(env)
+        deploy.sweep_leftovers(site.deploy_root, env, builds or None, log)
     layout.test_pause("flip")
     with apply_lock(site.deploy_root):
         # re-look under the lock: the deploys (ours or another agent's) changed what is ready
