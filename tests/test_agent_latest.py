@@ -4,6 +4,7 @@ it on an older build until a newer build than the newest at hold time is ready."
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
     out = run_cli(config, "rollback", "demo")
     assert out.returncode == 0, out.stderr
     assert target(cfg) == first.build_id
+    spec = cfg.deploy_root / "share/jupyter/kernels/nsls2-demo-latest/kernel.json"
+    assert json.loads(spec.read_text())["metadata"]["nsls2"]["build_id"] == first.build_id
     assert run(cfg).ok  # the agent does not undo a rollback
     assert target(cfg) == first.build_id
     assert "held by rollback" in run_cli(config, "status").stdout

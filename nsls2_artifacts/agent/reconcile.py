@@ -404,6 +404,15 @@ def run_pass(
     return result
 
 
+def refresh_state(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Plan:
+    """Flips, kernelspecs and profiles only (no deploys), under the apply lock: what
+    `rollback` runs right after moving `latest`, so kernel metadata follows at once."""
+    with apply_lock(site.deploy_root):
+        plan = make_plan(site, observe(site, store, log))
+        apply_state(site, plan, log)
+    return plan
+
+
 def _record_pass(site: SiteConfig, result: PassResult) -> None:
     """`state/agent/NODE.json`: when this node last finished a pass and what failed."""
     atomic_write_json(

@@ -87,10 +87,16 @@ def rollback(
     """Point ENV's latest at an older ready build and hold it there until the next publish."""
     from ..agent import latest
     from ..agent.kernels import kernel_name
+    from ..agent.locks import apply_lock
+    from ..agent.log import setup_logging
+    from ..agent.reconcile import refresh_state
+    from ..store import open_store
 
     cfg = site(config)
     with reported_errors():
-        previous, target = latest.rollback(cfg.deploy_root, env, build_id)
+        with apply_lock(cfg.deploy_root):  # not while an agent flips
+            previous, target = latest.rollback(cfg.deploy_root, env, build_id)
+        refresh_state(cfg, open_store(cfg.store), setup_logging())
     out.print(
         f"{env}/latest: {previous or '-'} -> {target} (held until a newer build is published; "
         f"restart {kernel_name(env)} kernels to use it)",
