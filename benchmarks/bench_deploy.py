@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nsls2_artifacts.agent import deploy, layout  # noqa: E402
+from nsls2_artifacts.agent import deploy, extract, layout  # noqa: E402
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.fsutil import atomic_write_json, read_json  # noqa: E402
 from nsls2_artifacts.records import BuildManifest, isoformat, make_build_id, utcnow  # noqa: E402
@@ -92,7 +92,7 @@ def agent_deploy(archive: Path, manifest: BuildManifest, dest: Path) -> dict[str
     marks["verify"] = time.perf_counter()
     partial = dest.parent / f".partial-{dest.name}"
     partial.mkdir(parents=True)
-    deploy.safe_extract(
+    extract.safe_extract(
         archive,
         manifest.artifact.format,
         partial,

@@ -1,0 +1,383 @@
+"""Safe extraction of a build archive: tarfile parses, tarfile's "data" filter judges
+every member, limits on member count and bytes, links made last and never through
+another link; decompression and file writes overlap.
+
+Called by `deploy.deploy_build` (after the artifact is verified) and the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import queue
+import shutil
+import tarfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from ..errors import RejectedArtifactError
+from . import layout
+
+PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
+
+
+class _PrefetchReader(io.RawIOBase):
+    """Decompress in a background thread while the caller writes files, like the
+    `tar -I zstd` pipeline does with two processes (zstandard releases the GIL).
+
+    Read-only and forward-only; `seek` forward is supported (tarfile skips padding that
+    way), which lets tarfile use its cheaper random-access mode instead of `r|`.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=32)
+        self._buf = b""
+        self._pos = 0  # offset into _buf
+        self._offset = 0  # bytes handed out (or skipped) so far
+        self._eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, args=(source,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, source: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = source.read(self.CHUNK)
+                self._queue.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._queue.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._offset
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if not item:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + item
+        self._pos = 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            size = len(self._buf) - self._pos
+        while len(self._buf) - self._pos < size and self._fill():
+            pass
+        out = self._buf[self._pos : self._pos + size]
+        self._pos += len(out)
+        self._offset += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._offset + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._offset:
+            raise OSError(f"cannot seek backwards in a compressed stream (to {target})")
+        while target > self._offset:
+            if not self.read(min(target - self._offset, self.CHUNK)):
+                break
+        return self._offset
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a pump waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
+            self._thread.join(timeout=0.01)
+        super().close()
+
+
+@contextlib.contextmanager
+def _open_stream(path: Path, fmt: str) -> Any:
+    """A tarfile reading the archive front to back (zstd via `zstandard`, or gzip)."""
+    with open(path, "rb") as raw:
+        if fmt in ("tar.zst", "tar.zstd"):
+            import zstandard
+
+            source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+        elif fmt in ("tar.gz", "tgz"):
+            source = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif fmt == "tar":
+            source = raw
+        else:
+            raise RejectedArtifactError("", f"unknown artifact format {fmt!r}")
+        reader = _PrefetchReader(source)
+        try:
+            with tarfile.open(fileobj=reader, mode="r:") as tar:
+                yield tar
+        finally:
+            reader.close()
+
+
+def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
+    """Our own checks, for clear reasons; tarfile's "data" filter re-checks all of them."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute():
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: absolute path")
+    if ".." in name.parts:
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: '..' in path")
+    if member.isdev():
+        raise RejectedArtifactError(build_id, f"member {member.name!r}: device or fifo file")
+    if member.issym() or member.islnk():
+        link = PurePosixPath(member.linkname)
+        base = name.parent if member.issym() else PurePosixPath()
+        depth = 0
+        for part in (base / link).parts if not link.is_absolute() else ("/",):
+            if part == "/":
+                depth = -1
+                break
+            depth += -1 if part == ".." else (0 if part == "." else 1)
+            if depth < 0:
+                break
+        if depth < 0:
+            kind = "symlink" if member.issym() else "hardlink"
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: {kind} to {member.linkname!r} leaves the prefix"
+            )
+
+
+SMALL_FILE = 4 * 1024 * 1024  # members up to this size are written by the thread pool
+MAX_INFLIGHT = 64  # pending writes (bounds memory to MAX_INFLIGHT * SMALL_FILE)
+WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _write_file(path: str, data: bytes, mode: int, mtime: float) -> None:
+    """Create a new file (O_EXCL|O_NOFOLLOW: never through a link, never over anything)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def safe_extract(
+    archive: Path, fmt: str, dest: Path, *, build_id: str, max_members: int, max_bytes: int
+) -> tuple[int, int]:
+    """Extract `archive` into the existing, empty directory `dest`; returns (members, bytes).
+
+    tarfile parses the archive and `tarfile.data_filter` vets every member (no absolute
+    names, no `..`, no links leaving `dest`, no device files, no setuid bits); we check
+    the same first for a clear message, plus two rules that keep the filter's answers
+    true after extraction: no member lies below a symlink of the archive, and no link
+    target passes through one. Symlinks and hardlinks are made last, so no file is ever
+    written through a link; regular files are written by a small thread pool because
+    creating files on a shared filesystem is latency-bound.
+    Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
+    """
+    root = os.path.realpath(dest)
+    members = total = 0
+    made_dirs = {root}
+    symlinks: set[str] = set()
+    links: list[tuple[tarfile.TarInfo, str]] = []
+    pending: deque[Future[None]] = deque()
+
+    def ensure_dir(path: str) -> None:
+        if path not in made_dirs:
+            os.makedirs(path, exist_ok=True)  # safe when two writers race for it
+            made_dirs.add(path)
+
+    def place(member: tarfile.TarInfo, data: bytes) -> None:
+        """Judge, then write one directory or small file (in a writer thread).
+
+        tarfile's data filter judges against an empty directory (the cwd): while members
+        are placed, `root` holds no symlinks either (links are made last, nothing may lie
+        below an archive symlink), so the verdict is the same as against `root`. Its
+        realpath() system calls release the GIL, so the writers judge in parallel."""
+        member = tarfile.data_filter(member, ".")
+        target = os.path.join(root, member.name.rstrip("/"))
+        if member.isdir():
+            ensure_dir(target)
+            return
+        ensure_dir(os.path.dirname(target))
+        _write_file(target, data, member.mode, member.mtime)
+
+    try:
+        with (
+            _open_stream(archive, fmt) as tar,
+            ThreadPoolExecutor(WRITERS) as pool,
+            _empty_dir(Path(root).parent, Path(root).name) as judge,
+            _inside(judge),
+        ):
+            try:
+                for member in tar:
+                    members += 1
+                    total += max(member.size, 0)
+                    if members > max_members:
+                        raise RejectedArtifactError(
+                            build_id,
+                            f"archive has more than agent.max_members={max_members} members",
+                        )
+                    if total > max_bytes:
+                        raise RejectedArtifactError(
+                            build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
+                        )
+                    _check_member(member, build_id)
+                    name = member.name.rstrip("/")
+                    if any(p in symlinks for p in _parents(name)):
+                        raise RejectedArtifactError(
+                            build_id, f"member {name!r} lies below a symlink of the archive"
+                        )
+                    if member.isreg() and member.size <= SMALL_FILE:
+                        handle = tar.extractfile(member)
+                        assert handle is not None  # a regular file always has data
+                        pending.append(pool.submit(place, member, handle.read()))
+                        if len(pending) > MAX_INFLIGHT:
+                            pending.popleft().result()
+                    elif member.isdir():
+                        pending.append(pool.submit(place, member, b""))
+                    else:
+                        member = tarfile.data_filter(member, ".")
+                        target = os.path.join(root, name)
+                        ensure_dir(os.path.dirname(target))
+                        if member.issym() or member.islnk():
+                            if member.issym():
+                                symlinks.add(name)
+                            links.append((member, target))
+                        elif member.isreg():
+                            handle = tar.extractfile(member)
+                            assert handle is not None
+                            _write_large(handle, target, member)
+                        else:
+                            raise RejectedArtifactError(
+                                build_id, f"member {name!r}: unsupported type {member.type!r}"
+                            )
+                    if members == PAUSE_AFTER_MEMBERS:
+                        layout.test_pause("extract")
+                while pending:
+                    pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+        _make_links(links, symlinks, root, build_id)
+    except RejectedArtifactError:
+        raise
+    except tarfile.FilterError as exc:
+        raise RejectedArtifactError(build_id, f"unsafe archive member: {exc}") from None
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        # an OSError (disk full, GPFS hiccup) is not the artifact's fault: it propagates and
+        # the build is retried next pass instead of being quarantined
+        raise RejectedArtifactError(
+            build_id, f"unreadable archive: {type(exc).__name__}: {exc}"
+        ) from None
+    except Exception as exc:
+        if type(exc).__name__ == "ZstdError":  # zstandard's error type for corrupt frames
+            raise RejectedArtifactError(build_id, f"unreadable archive: {exc}") from None
+        raise
+    if members == 0:
+        raise RejectedArtifactError(build_id, "archive is empty")
+    return members, total
+
+
+@contextlib.contextmanager
+def _empty_dir(parent: Path, name: str) -> Any:
+    """`NAME.judge` next to the extraction dir; the build lock makes the name ours, and a
+    killed agent's leftover (always empty) is replaced."""
+    path = parent / f"{name}.judge"
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
+    path.mkdir()
+    try:
+        yield str(path)
+    finally:
+        os.rmdir(path)
+
+
+@contextlib.contextmanager
+def _inside(directory: str) -> Any:
+    """chdir into `directory` for the block (the agent's other threads use absolute paths)."""
+    previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(directory)
+        yield
+    finally:
+        os.fchdir(previous)
+        os.close(previous)
+
+
+def _write_large(handle: IO[bytes], target: str, member: tarfile.TarInfo) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+        shutil.copyfileobj(handle, out, 1 << 20)
+        os.fchmod(out.fileno(), member.mode)
+    os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _walk(path: str, symlinks: set[str]) -> tuple[str, bool]:
+    """Resolve `path` lexically; also say whether any step went *through* (not to) one of
+    `symlinks` - normalising first would hide `d/..` with `d -> .`."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    stack: list[str] = []
+    through = False
+    for i, part in enumerate(parts):
+        if part == "..":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(part)
+        if i < len(parts) - 1 and "/".join(stack) in symlinks:
+            through = True
+    return "/".join(stack), through
+
+
+def _make_links(
+    links: list[tuple[tarfile.TarInfo, str]], symlinks: set[str], root: str, build_id: str
+) -> None:
+    """Create the archive's links after its files. A link target may end at another
+    symlink but never pass through one: the data filter judged targets lexically."""
+    for member, target in links:
+        base = os.path.dirname(member.name.rstrip("/")) if member.issym() else ""
+        resolved, through = _walk(f"{base}/{member.linkname}", symlinks)
+        if member.islnk() and resolved in symlinks:
+            # a hardlink to a symlink is a second symlink, resolved from a new place
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: hardlink to the symlink {member.linkname!r}"
+            )
+        if through:
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: link target passes through a symlink"
+            )
+        try:
+            if member.issym():
+                os.symlink(member.linkname, target)
+            else:
+                os.link(os.path.join(root, member.linkname), target, follow_symlinks=False)
+        except FileExistsError:
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: a second entry for the same path"
+            ) from None
+        except FileNotFoundError:
+            raise RejectedArtifactError(
+                build_id, f"member {member.name!r}: hardlink to a missing {member.linkname!r}"
+            ) from None
