@@ -1,6 +1,6 @@
 """Pack benchmark: our pack step vs stock `conda-pack -o x.tar.gz` vs plain `tar | zstd -T0`.
 
-All three pack the same prefix in one run (interleaved, best of --repeat), and the script
+All of them pack the same prefix in one run (interleaved, median of --repeat), and the script
 prints seconds, sizes and the ratios the build-side issue targets: our time at most 1/3
 of stock conda-pack's gzip time, our archive at most 0.9x the gzip one.
 
@@ -110,14 +110,21 @@ def main() -> None:
             "plain tar + zstd -T0": "plain.tar.zst",
         }
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+        for fn in methods.values():  # warm-up, untimed: page cache, imports, first-call costs
+            fn()
         for _ in range(args.repeat):
             for name, fn in methods.items():
+                # a fresh file each time, as in publish: rewriting a file in place makes ext4
+                # flush it on close (auto_da_alloc), which would tax whoever runs next
+                (out / outputs[name]).unlink(missing_ok=True)
                 runs[name].append(timed(fn))
-        best = {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
+        median = {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
         cpu = {name: statistics.median(c for _, c in r) for name, r in runs.items()}
+        # fastest run: the one least disturbed by other load on a shared machine
+        fastest = {name: min(w for w, _ in r) for name, r in runs.items()}
         sizes = {name: (out / outputs[name]).stat().st_size for name in methods}
 
-        stock_t, stock_s = best["stock conda-pack gzip"], sizes["stock conda-pack gzip"]
+        stock_t, stock_s = median["stock conda-pack gzip"], sizes["stock conda-pack gzip"]
         stock_c = cpu["stock conda-pack gzip"]
         print(
             f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -125,22 +132,28 @@ def main() -> None:
         )
         print(
             f"prefix: {prefix} ({size / 1e6:.0f} MB, {files} files and dirs); median of "
-            f"{args.repeat} interleaved runs; load average {os.getloadavg()[0]:.1f}\n"
+            f"{args.repeat} interleaved runs after a warm-up; "
+            f"load average {os.getloadavg()[0]:.1f}\n"
         )
         print(
-            f"{'method':24s} {'wall s':>7s} {'x stock':>8s} {'CPU s':>7s} {'x stock':>8s} "
-            f"{'MB':>7s} {'size x stock':>13s}"
+            f"{'method':24s} {'wall s':>7s} {'x stock':>8s} {'best s':>7s} {'x stock':>8s} "
+            f"{'CPU s':>7s} {'x stock':>8s} {'MB':>7s} {'size x stock':>13s}"
         )
+        stock_f = fastest["stock conda-pack gzip"]
         for name in methods:
             print(
-                f"{name:24s} {best[name]:7.2f} {best[name] / stock_t:8.2f} "
+                f"{name:24s} {median[name]:7.2f} {median[name] / stock_t:8.2f} "
+                f"{fastest[name]:7.2f} {fastest[name] / stock_f:8.2f} "
                 f"{cpu[name]:7.2f} {cpu[name] / stock_c:8.2f} "
                 f"{sizes[name] / 1e6:7.1f} {sizes[name] / stock_s:13.2f}"
             )
-        time_ok = best["ours (zstd)"] <= stock_t / 3
+        print("\nwall and CPU: medians; best: the fastest run of each method")
+        time_ok = median["ours (zstd)"] <= stock_t / 3
+        best_ok = fastest["ours (zstd)"] <= stock_f / 3
         size_ok = sizes["ours (zstd)"] <= 0.9 * stock_s
         print(
-            f"\ntarget time <= 1/3 stock: {'met' if time_ok else 'MISSED'}; "
+            f"target time <= 1/3 stock: median {'met' if time_ok else 'MISSED'}, "
+            f"fastest runs {'met' if best_ok else 'MISSED'}; "
             f"target size <= 0.9x stock gzip: {'met' if size_ok else 'MISSED'}"
         )
     finally:
