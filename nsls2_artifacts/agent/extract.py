@@ -197,90 +197,21 @@ def safe_extract(
     Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
     """
     root = os.path.realpath(dest)
-    members = total = 0
-    made_dirs = {root}
-    symlinks: set[str] = set()
-    links: list[tuple[tarfile.TarInfo, str]] = []
-    pending: deque[Future[None]] = deque()
-
-    def ensure_dir(path: str) -> None:
-        if path not in made_dirs:
-            os.makedirs(path, exist_ok=True)  # safe when two writers race for it
-            made_dirs.add(path)
-
-    def place(member: tarfile.TarInfo, data: bytes) -> None:
-        """Judge, then write one directory or small file (in a writer thread).
-
-        tarfile's data filter judges against an empty directory (the cwd): while members
-        are placed, `root` holds no symlinks either (links are made last, nothing may lie
-        below an archive symlink), so the verdict is the same as against `root`. Its
-        realpath() system calls release the GIL, so the writers judge in parallel."""
-        member = tarfile.data_filter(member, ".")
-        target = os.path.join(root, member.name.rstrip("/"))
-        if member.isdir():
-            ensure_dir(target)
-            return
-        ensure_dir(os.path.dirname(target))
-        _write_file(target, data, member.mode, member.mtime)
-
     try:
         with (
             _open_stream(archive, fmt) as tar,
-            ThreadPoolExecutor(WRITERS) as pool,
             _empty_dir(Path(root).parent, Path(root).name) as judge,
             _inside(judge),
+            ThreadPoolExecutor(WRITERS) as pool,  # innermost: writers finish before we leave
         ):
+            job = _Extraction(root, build_id, max_members, max_bytes, pool)
             try:
                 for member in tar:
-                    members += 1
-                    total += max(member.size, 0)
-                    if members > max_members:
-                        raise RejectedArtifactError(
-                            build_id,
-                            f"archive has more than agent.max_members={max_members} members",
-                        )
-                    if total > max_bytes:
-                        raise RejectedArtifactError(
-                            build_id, f"archive holds more than agent.max_bytes={max_bytes} bytes"
-                        )
-                    _check_member(member, build_id)
-                    name = member.name.rstrip("/")
-                    if any(p in symlinks for p in _parents(name)):
-                        raise RejectedArtifactError(
-                            build_id, f"member {name!r} lies below a symlink of the archive"
-                        )
-                    if member.isreg() and member.size <= SMALL_FILE:
-                        handle = tar.extractfile(member)
-                        assert handle is not None  # a regular file always has data
-                        pending.append(pool.submit(place, member, handle.read()))
-                        if len(pending) > MAX_INFLIGHT:
-                            pending.popleft().result()
-                    elif member.isdir():
-                        pending.append(pool.submit(place, member, b""))
-                    else:
-                        member = tarfile.data_filter(member, ".")
-                        target = os.path.join(root, name)
-                        ensure_dir(os.path.dirname(target))
-                        if member.issym() or member.islnk():
-                            if member.issym():
-                                symlinks.add(name)
-                            links.append((member, target))
-                        elif member.isreg():
-                            handle = tar.extractfile(member)
-                            assert handle is not None
-                            _write_large(handle, target, member)
-                        else:
-                            raise RejectedArtifactError(
-                                build_id, f"member {name!r}: unsupported type {member.type!r}"
-                            )
-                    if members == PAUSE_AFTER_MEMBERS:
-                        layout.test_pause("extract")
-                while pending:
-                    pending.popleft().result()
+                    job.take(tar, member)
+                job.drain()
             finally:
-                for future in pending:
-                    future.cancel()
-        _make_links(links, symlinks, root, build_id)
+                job.cancel()
+        _make_links(job.links, job.symlinks, root, build_id)
     except RejectedArtifactError:
         raise
     except tarfile.FilterError as exc:
@@ -295,9 +226,102 @@ def safe_extract(
         if type(exc).__name__ == "ZstdError":  # zstandard's error type for corrupt frames
             raise RejectedArtifactError(build_id, f"unreadable archive: {exc}") from None
         raise
-    if members == 0:
+    if job.members == 0:
         raise RejectedArtifactError(build_id, "archive is empty")
-    return members, total
+    return job.members, job.total
+
+
+class _Extraction:
+    """The state of one extraction: limits, directories made, links deferred, writes
+    in flight. `take` handles one member in archive order (main thread); `place` runs
+    in the writer threads."""
+
+    def __init__(
+        self, root: str, build_id: str, max_members: int, max_bytes: int, pool: ThreadPoolExecutor
+    ) -> None:
+        self.root = root
+        self.build_id = build_id
+        self.max_members = max_members
+        self.max_bytes = max_bytes
+        self.pool = pool
+        self.members = self.total = 0
+        self.made_dirs = {root}
+        self.symlinks: set[str] = set()
+        self.links: list[tuple[tarfile.TarInfo, str]] = []
+        self.pending: deque[Future[None]] = deque()
+
+    def reject(self, message: str) -> RejectedArtifactError:
+        return RejectedArtifactError(self.build_id, message)
+
+    def take(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self.members += 1
+        self.total += max(member.size, 0)
+        if self.members > self.max_members:
+            raise self.reject(f"archive has more than agent.max_members={self.max_members} members")
+        if self.total > self.max_bytes:
+            raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
+        _check_member(member, self.build_id)
+        name = member.name.rstrip("/")
+        if any(p in self.symlinks for p in _parents(name)):
+            raise self.reject(f"member {name!r} lies below a symlink of the archive")
+        if member.isreg() and member.size <= SMALL_FILE:
+            handle = tar.extractfile(member)
+            assert handle is not None  # a regular file always has data
+            self.submit(member, handle.read())
+        elif member.isdir():
+            self.submit(member, b"")
+        else:
+            self.take_special(tar, tarfile.data_filter(member, "."), name)
+        if self.members == PAUSE_AFTER_MEMBERS:
+            layout.test_pause("extract")
+
+    def take_special(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+        """Links (deferred to the end) and large files (streamed here), already judged."""
+        target = os.path.join(self.root, name)
+        self.ensure_dir(os.path.dirname(target))
+        if member.issym() or member.islnk():
+            if member.issym():
+                self.symlinks.add(name)
+            self.links.append((member, target))
+        elif member.isreg():
+            handle = tar.extractfile(member)
+            assert handle is not None
+            _write_large(handle, target, member)
+        else:
+            raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
+
+    def submit(self, member: tarfile.TarInfo, data: bytes) -> None:
+        self.pending.append(self.pool.submit(self.place, member, data))
+        if len(self.pending) > MAX_INFLIGHT:
+            self.pending.popleft().result()
+
+    def place(self, member: tarfile.TarInfo, data: bytes) -> None:
+        """Judge, then write one directory or small file (in a writer thread).
+
+        tarfile's data filter judges against an empty directory (the cwd): while members
+        are placed, `root` holds no symlinks either (links are made last, nothing may lie
+        below an archive symlink), so the verdict is the same as against `root`. Its
+        realpath() system calls release the GIL, so the writers judge in parallel."""
+        member = tarfile.data_filter(member, ".")
+        target = os.path.join(self.root, member.name.rstrip("/"))
+        if member.isdir():
+            self.ensure_dir(target)
+            return
+        self.ensure_dir(os.path.dirname(target))
+        _write_file(target, data, member.mode, member.mtime)
+
+    def ensure_dir(self, path: str) -> None:
+        if path not in self.made_dirs:
+            os.makedirs(path, exist_ok=True)  # safe when two writers race for it
+            self.made_dirs.add(path)
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
 
 
 @contextlib.contextmanager
