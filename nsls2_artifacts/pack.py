@@ -87,7 +87,11 @@ def pack(
         raise PackError(f"conda-pack cannot pack {prefix}: {exc}") from None
     files = list(env.files)
     threads = threads or os.cpu_count() or 1
-    with open(output, "wb") as raw:
+    try:
+        raw = open(output, "wb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise PackError(f"cannot write {output}: {exc.strerror}") from None
+    with raw:
         sink = _HashingSink(raw)
         compressor = _compressor(fmt, sink, level, threads)
         archive = FastTarArchive(compressor)

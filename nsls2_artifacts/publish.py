@@ -137,7 +137,8 @@ def publish(
     _pause("solve")
 
     store = open_store(site.store)
-    (store.root / env).mkdir(parents=True, exist_ok=True)
+    with _store_errors(store.root / env):
+        (store.root / env).mkdir(parents=True, exist_ok=True)
     with store.publish_lock(env):
         for leftover in store.clean_staging(env) + _clean_uncommitted(store, env):
             report.note(f"removed the leftover of an interrupted publish: {leftover.name}")
@@ -269,9 +270,11 @@ def _pack_and_commit(
     """Pack straight into a staging dir on the store's filesystem, then commit it."""
     created = utcnow()
     build_id = make_build_id(created, lock_sha)
-    staging = store.staging_dir(manifest.name, build_id)
+    with _store_errors(store.root / manifest.name):
+        staging = store.staging_dir(manifest.name, build_id)
     packed = _pack(prefix, staging, fmt, report, timings)
-    shutil.copyfile(lock_path, staging / LOCK_FILE)
+    with _store_errors(staging):
+        shutil.copyfile(lock_path, staging / LOCK_FILE)
     record = BuildManifest(
         name=manifest.name,
         build_id=build_id,
@@ -288,7 +291,7 @@ def _pack_and_commit(
         source=source_info(manifest, locked=solution.locked),
     )
     _pause("commit")
-    with _stage(report, timings, "upload"):
+    with _stage(report, timings, "upload"), _store_errors(staging):
         store.commit_build(staging, record)
     return record
 
@@ -382,6 +385,15 @@ def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _store_errors(path: Path) -> Iterator[None]:
+    """A failing store write (full, read-only, not a directory) as a StoreError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot write to the store at {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
 def _stage(
     report: Reporter, timings: dict[str, float], name: str, total: int = 0
 ) -> Iterator[None]:
@@ -418,4 +430,4 @@ def _user() -> str:
     return ""
 
 
-__all__ = ["PublishResult", "Reporter", "SilentReporter", "StoreError", "promote", "publish"]
+__all__ = ["PublishResult", "Reporter", "SilentReporter", "promote", "publish"]

@@ -320,3 +320,13 @@ def test_pypi_dependencies_go_through_uv_into_the_lock(
     extract(build / "env.tar.zst", prefix)
     assert conda_unpack(prefix).returncode == 0
     assert env_python(prefix, "import iniconfig, databroker").returncode == 0
+
+
+def test_unwritable_store_is_a_clear_error(make_site, build_cache: Path) -> None:
+    config, site = make_site()
+    site.store.rmdir()
+    site.store.write_text("not a directory\n")  # e.g. a mount that is not there
+    result = publish(config, build_cache, "demo", check=False)
+    assert result.returncode == 1
+    assert f"cannot write to the store at {site.store / 'demo'}" in result.stderr
+    assert "Traceback" not in result.stderr
