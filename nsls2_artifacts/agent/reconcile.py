@@ -182,62 +182,21 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
     """Compare desired and actual state. `assume_ready` plans as if every deploy succeeds
     (for `--dry-run`); the real pass re-observes after deploying instead."""
     plan = Plan(store_ok=obs.store_ok, store_error=obs.store_error, invalid=list(obs.invalid))
-    ready_ids = {env: {r.build_id for r in rs} for env, rs in obs.ready.items()}
-    for env, builds in obs.manifests.items():
-        for m in builds:
-            if m.build_id in ready_ids.get(env, set()) or m.build_id in obs.deleted.get(env, ()):
-                continue  # ready, or retired by retention: the store copy is not a reason
-            if (env, m.build_id) in obs.quarantined:
-                plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
-            else:
-                plan.to_deploy.append(m)
-    # newest first: the build users are waiting for is usually the newest one
-    plan.to_deploy.sort(key=lambda m: (m.created_at, m.build_id), reverse=True)
-
+    _plan_deploys(obs, plan)
     ready = {env: list(rs) for env, rs in obs.ready.items()}
     if assume_ready:
         for m in plan.to_deploy:
             ready.setdefault(m.name, []).append(_planned_ready(m))
         for rs in ready.values():
             rs.sort(key=lambda r: (parse_time(r.created), r.build_id))
-
     wanted: dict[str, KernelWrite] = {}
     for env in sorted(ready):
-        ids = {r.build_id for r in ready[env]}
-        target, release = latest.choose_latest(ready[env], obs.current.get(env), obs.holds.get(env))
-        if target and (target != obs.current.get(env) or release):
-            plan.to_flip.append(Flip(env, obs.current.get(env), target, release))
+        target = _plan_latest(env, ready[env], obs, plan)
         if target:
             name = kernels.kernel_name(env)
-            wanted[name] = KernelWrite(
-                name, env, target, "latest", "latest", obs.display_names.get((env, target), env)
-            )
-        store_knows_env = obs.store_ok and bool(obs.manifests.get(env))
-        if store_knows_env:
-            for record in obs.lts.get(env, []):
-                if record.build_id in ids:
-                    name = kernels.kernel_name(env, record.label)
-                    display = obs.display_names.get((env, record.build_id), env)
-                    wanted[name] = KernelWrite(
-                        name, env, record.build_id, "lts", record.label, display
-                    )
-        else:
-            # the store said nothing about this env: keep its LTS kernels as they are
-            for name, data in obs.kernels.items():
-                target_info = kernels.spec_target(data)
-                if (
-                    target_info.get("env") == env
-                    and target_info.get("channel") == "lts"
-                    and target_info.get("build_id") in ids
-                ):
-                    wanted[name] = KernelWrite(
-                        name,
-                        env,
-                        target_info["build_id"],
-                        "lts",
-                        target_info.get("label", ""),
-                        obs.display_names.get((env, target_info["build_id"]), env),
-                    )
+            display = obs.display_names.get((env, target), env)
+            wanted[name] = KernelWrite(name, env, target, "latest", "latest", display)
+        wanted.update(_wanted_lts(env, {r.build_id for r in ready[env]}, obs))
     plan.kernels_write = [
         wanted[n]
         for n in sorted(wanted)
@@ -250,6 +209,51 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
                 (name, f"{info.get('env')}/{info.get('build_id')} not wanted")
             )
     return plan
+
+
+def _plan_deploys(obs: Observed, plan: Plan) -> None:
+    """Committed builds not ready here, minus quarantined and retention-deleted ones."""
+    ready_ids = {env: {r.build_id for r in rs} for env, rs in obs.ready.items()}
+    for env, builds in obs.manifests.items():
+        for m in builds:
+            if m.build_id in ready_ids.get(env, set()) or m.build_id in obs.deleted.get(env, ()):
+                continue  # ready, or retired by retention: the store copy is not a reason
+            if (env, m.build_id) in obs.quarantined:
+                plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
+            else:
+                plan.to_deploy.append(m)
+    # newest first: the build users are waiting for is usually the newest one
+    plan.to_deploy.sort(key=lambda m: (m.created_at, m.build_id), reverse=True)
+
+
+def _plan_latest(env: str, ready: list[ReadyRecord], obs: Observed, plan: Plan) -> str | None:
+    """Where `latest` should point (a flip is planned if it does not already)."""
+    current = obs.current.get(env)
+    target, release = latest.choose_latest(ready, current, obs.holds.get(env))
+    if target and (target != current or release):
+        plan.to_flip.append(Flip(env, current, target, release))
+    return target
+
+
+def _wanted_lts(env: str, ready_ids: set[str], obs: Observed) -> dict[str, KernelWrite]:
+    """One kernel per LTS label whose build is ready here. When the store said nothing
+    about `env` (unreachable, or listed no builds), keep the LTS kernels as they are."""
+    wanted = {}
+    if obs.store_ok and obs.manifests.get(env):
+        labels = [(r.label, r.build_id) for r in obs.lts.get(env, [])]
+    else:
+        labels = [
+            (info.get("label", ""), info.get("build_id", ""))
+            for data in obs.kernels.values()
+            if (info := kernels.spec_target(data)).get("env") == env
+            and info.get("channel") == "lts"
+        ]
+    for label, build_id in labels:
+        if build_id in ready_ids:
+            name = kernels.kernel_name(env, label)
+            display = obs.display_names.get((env, build_id), env)
+            wanted[name] = KernelWrite(name, env, build_id, "lts", label, display)
+    return wanted
 
 
 # -- apply ----------------------------------------------------------------------------------
