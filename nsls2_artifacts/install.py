@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rattler
-from rattler.exceptions import InstallerError, LinkError, TransactionError
+from rattler.exceptions import (
+    ExtractError,
+    InstallerError,
+    IoError,
+    LinkError,
+    TransactionError,
+)
 
 from .errors import InstallError
 from .records import PackageRef
@@ -76,7 +82,7 @@ def install(
                 reporter=_Reporter(progress),
             )
         )
-    except (InstallerError, LinkError, TransactionError, OSError) as exc:
+    except (InstallerError, LinkError, TransactionError, ExtractError, IoError, OSError) as exc:
         raise InstallError(f"installing {solution.env} into {prefix} failed: {exc}") from None
     finally:
         # the lock must keep naming the canonical channel, not this site's mirror

@@ -330,3 +330,21 @@ def test_unwritable_store_is_a_clear_error(make_site, build_cache: Path) -> None
     assert result.returncode == 1
     assert f"cannot write to the store at {site.store / 'demo'}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_package_missing_from_the_mirror_fails_the_install_cleanly(
+    make_site, offline_channel: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    channel = tmp_path / "channel-copy"
+    shutil.copytree(offline_channel, channel, symlinks=True)
+    (broken,) = (channel / "linux-64").glob("databroker-*.conda")
+    broken.unlink()  # still listed in repodata.json: solvable, not installable
+    config, site = make_site(channel_mirrors={"conda-forge": str(channel)})
+    result = publish(config, tmp_path / "fresh-cache", "demo", check=False)
+    assert result.returncode == 1
+    assert "installing demo" in result.stderr and "databroker" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert committed_manifests(site.store) == []
+    assert list((site.store / "demo").glob(".staging-*")) == []
