@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers_agent import commit_fake, write_site
 
 from nsls2_artifacts.agent import kernels, layout
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.config import load_config
 from nsls2_artifacts.store import FilesystemStore
 
 CELL = "import os; print(os.environ['CONDA_PREFIX']); print(os.environ['PATH'].split(':')[0])"
@@ -165,3 +167,28 @@ def test_tiled_profiles_load(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["csx"] == {"uri": "http://127.0.0.1:9/api/v1/metadata/csx/raw"}
+
+
+def test_profile_uri_forms_and_stale_profiles_removed(tmp_path: Path) -> None:
+    from nsls2_artifacts.agent.profiles import profile_uri
+    from nsls2_artifacts.config import Beamline
+
+    assert profile_uri(Beamline("a", "https://t.example/api/")) == "https://t.example/api"
+    assert profile_uri(Beamline("a", "https://t.example/api", ("csx", "raw"))) == (
+        "https://t.example/api/v1/metadata/csx/raw"
+    )
+    assert profile_uri(Beamline("a", "https://t.example", ("csx",))) == (
+        "https://t.example/api/v1/metadata/csx"
+    )
+    assert profile_uri(Beamline("a", "https://t.example/api/v1/metadata/x", ("y",))) == (
+        "https://t.example/api/v1/metadata/x/y"
+    )
+    config, cfg = write_site(tmp_path / "site")
+    assert run(cfg).ok
+    profiles = cfg.deploy_root / "etc" / "tiled" / "profiles"
+    (profiles / "mine.yml").write_text("mine: {uri: http://x}\n")  # an operator's own file
+    data = yaml.safe_load(config.read_text())
+    data["beamlines"] = {"hxn": {"uri": "http://h/api"}}  # csx leaves the config
+    config.write_text(yaml.safe_dump(data))
+    assert run(load_config(config)).ok
+    assert sorted(p.name for p in profiles.iterdir()) == ["hxn.yml", "mine.yml"]
