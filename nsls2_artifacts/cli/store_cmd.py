@@ -227,7 +227,7 @@ def _table(*columns: str) -> Table:
     """A borderless table whose identifiers (env, build) are never cut or wrapped."""
     table = Table(box=None)
     for name in columns:
-        keep_whole = name in ("env", "build", "created", "decision")
+        keep_whole = name not in ("reason", "result", "LTS")
         table.add_column(name, no_wrap=keep_whole, min_width=27 if name == "build" else None)
     return table
 
