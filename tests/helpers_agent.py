@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 import zstandard
 
+from nsls2_artifacts.agent.reconcile import node_platform
 from nsls2_artifacts.config import SiteConfig, load_config
 from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.records import (
@@ -122,6 +123,7 @@ def commit_build(
     manifest_sha256: str | None = None,
     manifest_size: int | None = None,
     lts: str | None = None,
+    platform: str | None = None,
 ) -> BuildManifest:
     """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, manifest.json} (manifest last)."""
     created = created or T0
@@ -138,7 +140,7 @@ def commit_build(
         name=env,
         build_id=build_id,
         created=isoformat(created),
-        platform="linux-64",
+        platform=platform or node_platform(),
         display_name=display_name,
         smoke=smoke,
         artifact=ArtifactInfo(

@@ -94,3 +94,14 @@ def test_dry_run_prints_plan_and_changes_nothing(tmp_path: Path) -> None:
     assert f"flip     demo/latest: - -> {build.build_id}" in out.stdout
     assert "kernel   write nsls2-demo-latest" in out.stdout
     assert not (cfg.deploy_root / "envs").exists()
+
+
+def test_builds_for_another_platform_are_not_deployed(tmp_path: Path) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    native = commit_fake(cfg, tag="one", hours=1)
+    foreign = commit_fake(cfg, tag="two", hours=2, platform="linux-ppc64le")
+    out = run_cli(config, "agent", "--dry-run")
+    assert f"skip     demo/{foreign.build_id} (built for linux-ppc64le)" in out.stdout
+    assert run(cfg).ok
+    assert target(cfg) == native.build_id
+    assert not layout.build_dir(cfg.deploy_root, "demo", foreign.build_id).exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import platform
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,6 +70,7 @@ class Observed:
     quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
     display_names: dict[tuple[str, str], str]
     deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
+    platform: str = field(default_factory=lambda: node_platform())
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Plan:
     store_error: str = ""
     to_deploy: list[BuildManifest] = field(default_factory=list)
     quarantined: list[tuple[str, str, str]] = field(default_factory=list)
+    other_platform: list[tuple[str, str, str]] = field(default_factory=list)  # env, build, platform
     invalid: list[InvalidBuild] = field(default_factory=list)
     to_flip: list[Flip] = field(default_factory=list)
     kernels_write: list[KernelWrite] = field(default_factory=list)
@@ -90,6 +93,9 @@ class Plan:
             "store_error": self.store_error,
             "to_deploy": [f"{m.name}/{m.build_id}" for m in self.to_deploy],
             "quarantined": [{"env": e, "build_id": b, "reason": r} for e, b, r in self.quarantined],
+            "other_platform": [
+                {"env": e, "build_id": b, "platform": p} for e, b, p in self.other_platform
+            ],
             "invalid": [asdict(i) for i in self.invalid],
             "to_flip": [asdict(f) for f in self.to_flip],
             "kernels_write": [asdict(k) for k in self.kernels_write],
@@ -102,6 +108,7 @@ class Plan:
             lines.append(f"store unavailable ({self.store_error}): nothing will be removed")
         lines += [f"deploy   {m.name}/{m.build_id}" for m in self.to_deploy]
         lines += [f"skip     {e}/{b} (quarantined: {r})" for e, b, r in self.quarantined]
+        lines += [f"skip     {e}/{b} (built for {p})" for e, b, p in self.other_platform]
         lines += [f"ignore   {i.env}/{i.build_id} ({i.reason})" for i in self.invalid]
         for f in self.to_flip:
             hold = " (rollback hold released)" if f.release_hold else ""
@@ -124,6 +131,14 @@ class PassResult:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+def node_platform() -> str:
+    """This node's conda platform name (builds for other platforms are not deployed)."""
+    machine = platform.machine()
+    arch = {"x86_64": "64", "aarch64": "aarch64", "ppc64le": "ppc64le", "arm64": "arm64"}
+    system = {"Linux": "linux", "Darwin": "osx"}.get(platform.system(), platform.system().lower())
+    return f"{system}-{arch.get(machine, machine)}"
 
 
 # -- look -----------------------------------------------------------------------------------
@@ -218,7 +233,9 @@ def _plan_deploys(obs: Observed, plan: Plan) -> None:
         for m in builds:
             if m.build_id in ready_ids.get(env, set()) or m.build_id in obs.deleted.get(env, ()):
                 continue  # ready, or retired by retention: the store copy is not a reason
-            if (env, m.build_id) in obs.quarantined:
+            if m.platform not in (obs.platform, "noarch"):
+                plan.other_platform.append((env, m.build_id, m.platform))
+            elif (env, m.build_id) in obs.quarantined:
                 plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
             else:
                 plan.to_deploy.append(m)
