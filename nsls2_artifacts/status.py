@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import deploy, kernels, latest, layout
+from .agent.reconcile import node_platform
 from .config import SiteConfig
 from .errors import StoreError
 from .fsutil import read_json
@@ -70,6 +71,8 @@ def _env_status(
             state = "quarantined"
         elif (layout.build_dir(root, env, build_id)).exists():
             state = "incomplete"
+        elif manifest is not None and manifest.platform not in (node_platform(), "noarch"):
+            state = "other-platform"
         else:
             state = "pending"
         builds.append(
