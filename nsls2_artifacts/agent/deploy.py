@@ -304,66 +304,26 @@ def _deploy_locked(
     site: SiteConfig, store: FilesystemStore, manifest: BuildManifest, log: logging.Logger
 ) -> DeployOutcome:
     env, build_id = manifest.name, manifest.build_id
-    root = site.deploy_root
     artifact = store.root / env / build_id / manifest.artifact.file
-    final = layout.build_dir(root, env, build_id)
-    partial = layout.partial_dir(root, env, build_id)
+    final = layout.build_dir(site.deploy_root, env, build_id)
+    partial = layout.partial_dir(site.deploy_root, env, build_id)
     started = time.monotonic()
-    stage = "verify"
-    marks: dict[str, float] = {}
+    marks: dict[str, float] = {"start": started}
     try:
-        verify_artifact(artifact, manifest)
-        marks["verify"] = time.monotonic()
-        event(log, "verified", env=env, build=build_id, seconds=time.monotonic() - started)
-        # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
-        _discard(partial)
-        _discard(final)
-        partial.mkdir(parents=True)
-        stage = "extract"
-        event(log, "extract", env=env, build=build_id, node=site.agent.node)
-        members, nbytes = safe_extract(
-            artifact,
-            manifest.artifact.format,
-            partial,
-            build_id=build_id,
-            max_members=site.agent.max_members,
-            max_bytes=site.agent.max_bytes,
-        )
-        os.rename(partial, final)
-        fsync_dir(final.parent)
-        marks["extract"] = time.monotonic()
-        stage = "unpack"
-        layout.test_pause("unpack")
-        conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
-        marks["unpack"] = time.monotonic()
-        stage = "smoke"
-        layout.test_pause("smoke")
-        smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
-        marks["smoke"] = time.monotonic()
+        members, nbytes = _steps(site, manifest, artifact, partial, final, marks, log)
     except (RejectedArtifactError, _StageError) as exc:
-        reason = str(exc)
-        with contextlib.suppress(OSError):
-            _discard(partial)
-            _discard(final)
-        _quarantine(site, manifest, artifact, getattr(exc, "stage", stage), reason)
-        event(log, "quarantine", logging.ERROR, env=env, build=build_id, stage=stage, reason=reason)
-        return DeployOutcome(env, build_id, "quarantined", reason, time.monotonic() - started)
+        stage = getattr(exc, "stage", None) or _failed_stage(marks)
+        for path in (partial, final):
+            with contextlib.suppress(OSError):
+                _discard(path)
+        _quarantine(site, manifest, artifact, stage, str(exc))
+        event(
+            log, "quarantine", logging.ERROR, env=env, build=build_id, stage=stage, reason=str(exc)
+        )
+        return DeployOutcome(env, build_id, "quarantined", str(exc), time.monotonic() - started)
     seconds = time.monotonic() - started
-    atomic_write_json(final / layout.LOCAL_MANIFEST, manifest.to_dict())
-    ready = ReadyRecord(
-        env=env,
-        build_id=build_id,
-        created=manifest.created,
-        deployed=isoformat(utcnow()),
-        node=site.agent.node,
-        artifact_sha256=manifest.artifact.sha256,
-        smoke=manifest.smoke,
-        seconds=round(seconds, 3),
-    )
-    atomic_write_json(final / layout.READY, ready.to_dict())  # the done marker, last
-    steps, previous = {}, started
-    for step in ("verify", "extract", "unpack", "smoke"):
-        steps[f"{step}_s"], previous = marks[step] - previous, marks[step]
+    _mark_ready(site, manifest, final, seconds)
+    steps = {f"{b}_s": marks[b] - marks[a] for a, b in zip(STEPS[:-1], STEPS[1:], strict=True)}
     event(
         log,
         "deploy",
@@ -375,3 +335,67 @@ def _deploy_locked(
         **steps,
     )
     return DeployOutcome(env, build_id, "deployed", seconds=seconds)
+
+
+STEPS = ("start", "verify", "extract", "unpack", "smoke")
+
+
+def _failed_stage(marks: dict[str, float]) -> str:
+    """The first step without a completion mark is the one that failed."""
+    return next(step for step in STEPS if step not in marks)
+
+
+def _steps(
+    site: SiteConfig,
+    manifest: BuildManifest,
+    artifact: Path,
+    partial: Path,
+    final: Path,
+    marks: dict[str, float],
+    log: logging.Logger,
+) -> tuple[int, int]:
+    """Verify, extract to `partial`, rename to `final`, conda-unpack, smoke-test; each
+    completed step leaves its time in `marks`. Returns (members, bytes) extracted."""
+    env, build_id = manifest.name, manifest.build_id
+    verify_artifact(artifact, manifest)
+    marks["verify"] = time.monotonic()
+    event(log, "verified", env=env, build=build_id, seconds=marks["verify"] - marks["start"])
+    # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
+    _discard(partial)
+    _discard(final)
+    partial.mkdir(parents=True)
+    event(log, "extract", env=env, build=build_id, node=site.agent.node)
+    members, nbytes = safe_extract(
+        artifact,
+        manifest.artifact.format,
+        partial,
+        build_id=build_id,
+        max_members=site.agent.max_members,
+        max_bytes=site.agent.max_bytes,
+    )
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+    marks["extract"] = time.monotonic()
+    layout.test_pause("unpack")
+    conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
+    marks["unpack"] = time.monotonic()
+    layout.test_pause("smoke")
+    smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
+    marks["smoke"] = time.monotonic()
+    return members, nbytes
+
+
+def _mark_ready(site: SiteConfig, manifest: BuildManifest, final: Path, seconds: float) -> None:
+    """A local copy of the manifest, then `.nsls2/ready.json`: the done marker, last."""
+    atomic_write_json(final / layout.LOCAL_MANIFEST, manifest.to_dict())
+    ready = ReadyRecord(
+        env=manifest.name,
+        build_id=manifest.build_id,
+        created=manifest.created,
+        deployed=isoformat(utcnow()),
+        node=site.agent.node,
+        artifact_sha256=manifest.artifact.sha256,
+        smoke=manifest.smoke,
+        seconds=round(seconds, 3),
+    )
+    atomic_write_json(final / layout.READY, ready.to_dict())
