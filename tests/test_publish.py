@@ -61,6 +61,7 @@ def test_publish_demo_end_to_end(make_site, build_cache: Path, tmp_path: Path) -
     result = publish(config, build_cache, "demo")
     build_id = result.stdout.strip()
     assert is_build_id(build_id), result.stdout
+    assert result.stdout == f"{build_id}\n"  # stdout is the build id line, nothing else
     assert "published" in result.stderr
 
     build, data = only_build(site.store)
