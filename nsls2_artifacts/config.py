@@ -151,6 +151,9 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
     )
 
 
+_FIELD_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+
+
 class _Reader:
     """Field-by-field validation that names the file and the dotted key on error."""
 
@@ -188,7 +191,7 @@ class _Reader:
         for name, value in raw.items():
             if not hasattr(defaults, name):
                 raise self.fail(f"{key}.{name}", "unknown key")
-            expected = type(getattr(defaults, name))
+            expected = _FIELD_TYPES[kind.__dataclass_fields__[name].type]
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

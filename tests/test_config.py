@@ -109,3 +109,20 @@ def test_publish_with_bad_config_fails_before_writing(tmp_path: Path, via_env: b
     assert str(path) in result.stderr and "retention.grace_days" in result.stderr
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]  # no store, no cache
+
+
+def test_numeric_fields_accept_decimals_and_reject_wrong_types(tmp_path) -> None:
+    from nsls2_artifacts.config import load_config
+    from nsls2_artifacts.errors import ConfigError
+
+    path = tmp_path / "site.yaml"
+    path.write_text("agent: {poll_seconds: 2.5, node: n1}\nretention: {grace_days: 0.5}\n")
+    site = load_config(path)
+    assert site.agent.poll_seconds == 2.5
+    assert site.retention.grace_days == 0.5
+    path.write_text("retention: {keep_latest: 2.5}\n")
+    with pytest.raises(ConfigError, match="retention.keep_latest"):
+        load_config(path)
+    path.write_text("agent: {prune: 1}\n")
+    with pytest.raises(ConfigError, match="agent.prune"):
+        load_config(path)

@@ -74,6 +74,8 @@ HOSTILE = {
     ),
     "chardev": lambda: evil(member("dev/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
     "fifo": lambda: evil(member("lib/fifo", type=tarfile.FIFOTYPE)),
+    "duplicate-file": lambda: evil(member("lib/twice.txt", b"a"), member("lib/twice.txt", b"b")),
+    "file-then-dir": lambda: evil(member("lib/x", b"a"), member("lib/x/y.txt", b"b")),
     "too-many": lambda: evil(*[member(f"lib/f{i}.txt", b"x") for i in range(60)]),
 }
 

@@ -231,6 +231,12 @@ def safe_extract(
         _make_links(job.links, job.symlinks, root, build_id)
     except RejectedArtifactError:
         raise
+    except (FileExistsError, NotADirectoryError) as exc:
+        # `dest` starts empty and files are created O_EXCL: a clash means the archive
+        # names one path twice (or uses a file as a directory); that never gets better
+        raise RejectedArtifactError(
+            build_id, f"archive names a path twice or as both file and directory: {exc}"
+        ) from None
     except tarfile.FilterError as exc:
         raise RejectedArtifactError(build_id, f"unsafe archive member: {exc}") from None
     except (tarfile.TarError, EOFError, ValueError) as exc:
