@@ -1,6 +1,7 @@
-"""Safe extraction of a build archive: tarfile parses, every member gets tarfile's
-"data" filter verdict, limits on member count and bytes, links made last and never through
-another link; decompression and file writes overlap.
+"""Safe extraction of a build archive: a lean reader for the tar features our packers
+write builds the same `tarfile.TarInfo` members tarfile would (anything else is refused),
+every member gets tarfile's "data" filter verdict, limits on member count and bytes, links
+made last and never through another link; decompression overlaps parsing and writing.
 
 Called by `deploy.deploy_build` (after the artifact is verified) and the benchmark.
 """
@@ -9,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import os
 import posixpath
 import queue
-import shutil
+import struct
 import tarfile
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from ..errors import RejectedArtifactError
 from . import layout
@@ -27,22 +29,18 @@ from . import layout
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
 
 
-class _PrefetchReader(io.RawIOBase):
-    """Decompress in a background thread while the caller writes files, like the
-    `tar -I zstd` pipeline does with two processes (zstandard releases the GIL).
+class _Chunks:
+    """Decompressed bytes in large chunks from a background thread, like the `tar -I zstd`
+    pipeline's two processes (zstandard and zlib release the GIL). Few, big handoffs: a
+    member's data is usually a slice of the current chunk."""
 
-    Read-only and forward-only; `seek` forward is supported (tarfile skips padding that
-    way), which lets tarfile use its cheaper random-access mode instead of `r|`.
-    """
-
-    CHUNK = 1 << 20
+    CHUNK = 4 << 20
 
     def __init__(self, source: IO[bytes]) -> None:
-        super().__init__()
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=32)
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=4)
         self._buf = b""
+        self._view = memoryview(self._buf)  # of _buf, made again when _buf changes
         self._pos = 0  # offset into _buf
-        self._offset = 0  # bytes handed out (or skipped) so far
         self._eof = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(source,), daemon=True)
@@ -58,48 +56,66 @@ class _PrefetchReader(io.RawIOBase):
         except BaseException as exc:  # handed to the reader, raised there
             self._queue.put(exc)
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._offset
-
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        if not item:
+    def _next(self) -> bytes:
+        """The next chunk; the archive ending here is always an error (the tar
+        end-of-archive block comes first)."""
+        if not self._eof:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item:
+                return item
             self._eof = True
-            return False
-        self._buf = self._buf[self._pos :] + item
-        self._pos = 0
-        return True
+        raise tarfile.ReadError("unexpected end of data")
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            size = len(self._buf) - self._pos
-        while len(self._buf) - self._pos < size and self._fill():
-            pass
-        out = self._buf[self._pos : self._pos + size]
-        self._pos += len(out)
-        self._offset += len(out)
+    def take(self, size: int) -> bytes:
+        """Exactly `size` bytes."""
+        end = self._pos + size
+        if end <= len(self._buf):
+            out = self._buf[self._pos : end]
+            self._pos = end
+            return out
+        pieces = [self._buf[self._pos :]]
+        need = end - len(self._buf)
+        while True:
+            chunk = self._next()
+            if len(chunk) >= need:
+                pieces.append(chunk[:need])
+                self._buf, self._pos = chunk, need
+                return b"".join(pieces)
+            pieces.append(chunk)
+            need -= len(chunk)
+
+    def view(self, size: int) -> bytes | memoryview:
+        """Exactly `size` bytes, without a copy when they lie in one chunk (a file's data:
+        the view keeps its chunk alive only until the file is written)."""
+        end = self._pos + size
+        if end > len(self._buf):
+            return self.take(size)
+        if self._view.obj is not self._buf:
+            self._view = memoryview(self._buf)
+        out = self._view[self._pos : end]
+        self._pos = end
         return out
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset if whence == io.SEEK_SET else self._offset + offset
-        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._offset:
-            raise OSError(f"cannot seek backwards in a compressed stream (to {target})")
-        while target > self._offset:
-            if not self.read(min(target - self._offset, self.CHUNK)):
-                break
-        return self._offset
+    def skip(self, size: int) -> None:
+        end = self._pos + size
+        while end > len(self._buf):
+            end -= len(self._buf)
+            self._buf, self._pos = self._next(), 0
+        self._pos = end
+
+    def copy(self, size: int, fd: int) -> None:
+        """Write `size` bytes to `fd` without holding them all (large files)."""
+        while size:
+            if self._pos == len(self._buf):
+                self._buf, self._pos = self._next(), 0
+            n = min(size, len(self._buf) - self._pos)
+            view = memoryview(self._buf)[self._pos : self._pos + n]
+            while view:
+                view = view[os.write(fd, view) :]
+            self._pos += n
+            size -= n
 
     def close(self) -> None:
         self._stop.set()
@@ -107,12 +123,172 @@ class _PrefetchReader(io.RawIOBase):
             with contextlib.suppress(queue.Empty):
                 self._queue.get_nowait()
             self._thread.join(timeout=0.01)
-        super().close()
+
+
+_ZERO_BLOCK = bytes(512)
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+# what our archives (Python tarfile / conda-pack, pax format) hold, plus devices and fifos,
+# parsed so that `_check_member` rejects them with its usual reason
+_KNOWN = (
+    *_REGULAR,
+    tarfile.DIRTYPE,
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+)
+_PAX_INT = ("size", "uid", "gid")
+_PAX_STR = {"path": "name", "linkpath": "linkname", "uname": "uname", "gname": "gname"}
+
+
+def _nts(field: bytes) -> str:
+    """tarfile's `nts`: up to the first NUL, decoded like tarfile reads names."""
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def _nti(field: bytes) -> int:
+    """tarfile's `nti`: an octal number, or GNU base-256 (rare: handed to tarfile)."""
+    try:  # the usual "0000644\0", "012345\0 ": one int()
+        return int(field.rstrip(b"\0 "), 8)
+    except ValueError:
+        pass
+    if field[0] & 0x80:
+        return tarfile.nti(field)
+    end = field.find(b"\0")
+    digits = (field if end < 0 else field[:end]).strip()
+    return int(digits, 8) if digits else 0
+
+
+def _checksum_ok(block: bytes) -> bool:
+    """The header checksum, unsigned or (old tars) signed, as tarfile accepts it."""
+    stored = _nti(block[148:156])
+    unsigned = 256 + sum(block) - sum(block[148:156])
+    if stored == unsigned:
+        return True
+    return stored == 256 + sum(struct.unpack_from("148b8x356b", block))
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """`"%d %s=%s\\n"` records of a pax extended header."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        record = data[space + 1 : pos + length]
+        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n"):
+            raise tarfile.ReadError("invalid pax header record")
+        key, eq, value = record[:-1].partition(b"=")
+        if not eq:
+            raise tarfile.ReadError("invalid pax header record")
+        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+class _TarStream:
+    """A lean reader for the tar archives we publish: ustar headers, pax 'x' extended
+    headers (path, linkpath, size, mtime, ...), regular files, directories, symlinks,
+    hardlinks (and devices/fifos, parsed to be rejected). It yields the same
+    `tarfile.TarInfo` tarfile would, so every safety check judges tarfile's view; anything
+    else (GNU long names, pax globals, sparse files) is rejected as unsupported. Reading
+    headers ourselves from large chunks costs a fraction of tarfile's per-member work.
+
+    Iterate for the members; a regular member's data is read with `data` or `copy`
+    before the next step (whatever is left is skipped)."""
+
+    def __init__(self, chunks: _Chunks, build_id: str) -> None:
+        self.chunks = chunks
+        self.build_id = build_id
+        self._left = 0  # data bytes of the current member not read yet
+        self._pad = 0  # padding after them
+
+    def unsupported(self, what: str) -> RejectedArtifactError:
+        return RejectedArtifactError(self.build_id, f"unsupported tar feature: {what}")
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        while True:
+            self.chunks.skip(self._left + self._pad)
+            self._left = self._pad = 0
+            info = self._member()
+            if info is None:
+                return
+            if info.type in _REGULAR:
+                self._left, self._pad = info.size, -info.size % 512
+            yield info
+
+    def data(self) -> bytes | memoryview:
+        out, self._left = self.chunks.view(self._left), 0
+        return out
+
+    def copy(self, fd: int) -> None:
+        self.chunks.copy(self._left, fd)
+        self._left = 0
+
+    def _member(self) -> tarfile.TarInfo | None:
+        """The next member's header (with its pax header applied), or None at the end."""
+        pax: dict[str, str] | None = None
+        while True:
+            block = self.chunks.take(512)
+            if block == _ZERO_BLOCK:
+                if pax is not None:
+                    raise tarfile.ReadError("pax header without a member")
+                return None
+            if not _checksum_ok(block):
+                raise tarfile.ReadError("bad checksum in a tar header")
+            kind = block[156:157]
+            if kind != tarfile.XHDTYPE:
+                break
+            if pax is not None:
+                raise self.unsupported("two pax headers for one member")
+            size = _nti(block[124:136])
+            pax = _pax_records(self.chunks.take(size))
+            self.chunks.skip(-size % 512)
+        if kind not in _KNOWN:
+            raise self.unsupported(f"member type {kind!r} in {_nts(block[0:100])!r}")
+        info = tarfile.TarInfo(_nts(block[0:100]))
+        info.mode = _nti(block[100:108])
+        info.size = _nti(block[124:136])
+        info.mtime = _nti(block[136:148])
+        info.type = kind
+        info.linkname = _nts(block[157:257])
+        if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            info.devmajor, info.devminor = _nti(block[329:337]), _nti(block[337:345])
+        # as tarfile.TarInfo.frombuf: V7 directories, trailing slashes, ustar prefix
+        if kind == tarfile.AREGTYPE and info.name.endswith("/"):
+            info.type = tarfile.DIRTYPE
+        if info.type == tarfile.DIRTYPE:
+            info.name = info.name.rstrip("/")
+        if block[345] != 0:
+            info.name = _nts(block[345:500]) + "/" + info.name
+        if pax is not None:
+            self._apply_pax(info, pax)
+        if info.size < 0 or info.mode < 0:
+            raise tarfile.ReadError(f"negative size or mode in {info.name!r}")
+        if not info.name and info.type != tarfile.DIRTYPE:
+            raise tarfile.ReadError("a member without a name")
+        return info
+
+    def _apply_pax(self, info: tarfile.TarInfo, pax: dict[str, str]) -> None:
+        """As tarfile's `_apply_pax_info` for the standard keywords; GNU sparse and
+        other unknown GNU extensions are refused, the rest (atime, xattrs) ignored."""
+        for key, value in pax.items():
+            if key.startswith("GNU."):
+                raise self.unsupported(f"pax keyword {key!r} in {info.name!r}")
+            if key in _PAX_STR:
+                setattr(info, _PAX_STR[key], value.rstrip("/") if key == "path" else value)
+            elif key in _PAX_INT:
+                setattr(info, key, int(value))
+            elif key == "mtime":
+                info.mtime = float(value)
+        info.pax_headers = pax
 
 
 @contextlib.contextmanager
-def _open_stream(path: Path, fmt: str) -> Any:
-    """A tarfile reading the archive front to back (zstd via `zstandard`, or gzip)."""
+def _open_stream(path: Path, fmt: str, build_id: str) -> Iterator[_TarStream]:
+    """The archive's members, read front to back (zstd via `zstandard`, or gzip)."""
     with open(path, "rb") as raw:
         if fmt in ("tar.zst", "tar.zstd"):
             import zstandard
@@ -124,12 +300,11 @@ def _open_stream(path: Path, fmt: str) -> Any:
             source = raw
         else:
             raise RejectedArtifactError("", f"unknown artifact format {fmt!r}")
-        reader = _PrefetchReader(source)
+        chunks = _Chunks(source)
         try:
-            with tarfile.open(fileobj=reader, mode="r:") as tar:
-                yield tar
+            yield _TarStream(chunks, build_id)
         finally:
-            reader.close()
+            chunks.close()
 
 
 def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
@@ -166,6 +341,12 @@ BATCH_BYTES = 8 * 1024 * 1024  # ... or this much data
 # batches queued: bounds memory to about MAX_INFLIGHT * (BATCH_BYTES + SMALL_FILE)
 MAX_INFLIGHT = 16
 WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
+# ... but on a local disk a file takes ~40 us and handing it to a thread costs more (GIL
+# handoffs, futex waits: 2x the CPU on 2 cores). Files are written by the parsing thread;
+# the pool takes over for good once PROBE_FILES in a row averaged more than SLOW_WRITE
+# seconds (GPFS, NFS, or a local disk throttling writers).
+PROBE_FILES = 64
+SLOW_WRITE = 300e-6
 
 
 def data_mode(member: tarfile.TarInfo) -> int:
@@ -177,12 +358,17 @@ def data_mode(member: tarfile.TarInfo) -> int:
     return mode | 0o600
 
 
-def _parents(name: str) -> list[str]:
-    parts = name.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+def _below(name: str, symlinks: set[str]) -> bool:
+    """Whether a parent of `name` (`a`, `a/b` for `a/b/c`) is one of `symlinks`."""
+    cut = name.find("/")
+    while cut >= 0:
+        if name[:cut] in symlinks:
+            return True
+        cut = name.find("/", cut + 1)
+    return False
 
 
-def _write_file(path: str, data: bytes, mode: int, mtime: float) -> None:
+def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float) -> None:
     """Create a new file (O_EXCL|O_NOFOLLOW: never through a link, never over anything)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
@@ -191,9 +377,9 @@ def _write_file(path: str, data: bytes, mode: int, mtime: float) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fchmod(fd, mode)
+        os.utime(fd, (mtime, mtime))  # by fd: no second path lookup
     finally:
         os.close(fd)
-    os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
 def safe_extract(
@@ -201,7 +387,8 @@ def safe_extract(
 ) -> tuple[int, int]:
     """Extract `archive` into the existing, empty directory `dest`; returns (members, bytes).
 
-    tarfile parses the archive; every member gets tarfile's "data" filter verdict (no
+    `_TarStream` reads the archive into tarfile's `TarInfo` members (what tarfile would
+    see: tests/test_extract_parser.py); every member gets tarfile's "data" filter verdict (no
     absolute names, no `..`, no links leaving `dest`, no device files, no setuid or
     group/other-write bits). Links and every other special member go through
     `tarfile.data_filter` itself. Regular files and directories get the same verdict
@@ -212,13 +399,14 @@ def safe_extract(
     mode rule is left (`data_mode`; tests/test_extract.py proves both agree). Two more
     rules keep the filter's answers true once links exist: no member lies below a
     symlink of the archive, no link target passes through one. Regular files are
-    written by a small thread pool: file creation is latency-bound on shared storage.
+    written by this thread on fast storage, by a small thread pool when the first writes
+    show slow storage (file creation is latency-bound on GPFS).
     Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
     """
     root = os.path.realpath(dest)
     try:
         with (
-            _open_stream(archive, fmt) as tar,
+            _open_stream(archive, fmt, build_id) as tar,
             ThreadPoolExecutor(WRITERS) as pool,
         ):
             job = _Extraction(root, build_id, max_members, max_bytes, pool)
@@ -272,13 +460,16 @@ class _Extraction:
         self.symlinks: set[str] = set()
         self.links: list[tuple[tarfile.TarInfo, str]] = []
         self.pending: deque[Future[None]] = deque()
-        self.batch: list[tuple[tarfile.TarInfo, bytes]] = []
+        self.batch: list[tuple[tarfile.TarInfo, bytes | memoryview]] = []
         self.batch_bytes = 0
+        self.inline = True  # writing in this thread until the probe says storage is slow
+        self.probed = 0
+        self.probe_seconds = 0.0
 
     def reject(self, message: str) -> RejectedArtifactError:
         return RejectedArtifactError(self.build_id, message)
 
-    def take(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def take(self, tar: _TarStream, member: tarfile.TarInfo) -> None:
         self.members += 1
         self.total += max(member.size, 0)
         if self.members > self.max_members:
@@ -287,12 +478,10 @@ class _Extraction:
             raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
         _check_member(member, self.build_id)
         name = member.name.rstrip("/")
-        if any(p in self.symlinks for p in _parents(name)):
+        if self.symlinks and _below(name, self.symlinks):
             raise self.reject(f"member {name!r} lies below a symlink of the archive")
         if member.isreg() and member.size <= SMALL_FILE:
-            handle = tar.extractfile(member)
-            assert handle is not None  # a regular file always has data
-            self.submit(member, handle.read())
+            self.submit(member, tar.data())
         elif member.isdir():
             self.submit(member, b"")
         else:
@@ -300,7 +489,7 @@ class _Extraction:
         if self.members == PAUSE_AFTER_MEMBERS:
             layout.test_pause("extract")
 
-    def take_special(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+    def take_special(self, tar: _TarStream, member: tarfile.TarInfo, name: str) -> None:
         """Links (deferred to the end) and large files (streamed here), already judged."""
         target = os.path.join(self.root, name)
         self.ensure_dir(os.path.dirname(target))
@@ -309,15 +498,22 @@ class _Extraction:
                 self.symlinks.add(name)
             self.links.append((member, target))
         elif member.isreg():
-            handle = tar.extractfile(member)
-            assert handle is not None
-            _write_large(handle, target, member)
+            _write_large(tar, target, member)
         else:
             raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
 
-    def submit(self, member: tarfile.TarInfo, data: bytes) -> None:
-        """Queue a write; writers get them in batches (one future per file costs more
-        than writing a small file)."""
+    def submit(self, member: tarfile.TarInfo, data: bytes | memoryview) -> None:
+        """Write now (fast storage) or queue a write; writers get them in batches (one
+        future per file costs more than writing a small file)."""
+        if self.inline:
+            start = time.perf_counter()
+            self.place(member, data)
+            self.probed += 1
+            self.probe_seconds += time.perf_counter() - start
+            if self.probed == PROBE_FILES:
+                self.inline = self.probe_seconds <= SLOW_WRITE * PROBE_FILES
+                self.probed, self.probe_seconds = 0, 0.0
+            return
         self.batch.append((member, data))
         self.batch_bytes += len(data)
         if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
@@ -330,11 +526,11 @@ class _Extraction:
         while len(self.pending) > MAX_INFLIGHT:
             self.pending.popleft().result()
 
-    def place_all(self, batch: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    def place_all(self, batch: list[tuple[tarfile.TarInfo, bytes | memoryview]]) -> None:
         for member, data in batch:
             self.place(member, data)
 
-    def place(self, member: tarfile.TarInfo, data: bytes) -> None:
+    def place(self, member: tarfile.TarInfo, data: bytes | memoryview) -> None:
         """Write one directory or small file (in a writer thread), with the data filter's
         mode (`data_mode`)."""
         target = os.path.join(self.root, member.name.rstrip("/"))
@@ -359,12 +555,15 @@ class _Extraction:
             future.cancel()
 
 
-def _write_large(handle: IO[bytes], target: str, member: tarfile.TarInfo) -> None:
+def _write_large(tar: _TarStream, target: str, member: tarfile.TarInfo) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
-        shutil.copyfileobj(handle, out, 1 << 20)
-        os.fchmod(out.fileno(), member.mode)
-    os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+    fd = os.open(target, flags, 0o600)
+    try:
+        tar.copy(fd)
+        os.fchmod(fd, member.mode)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
 
 
 def _walk(path: str, symlinks: set[str]) -> tuple[str, bool]:

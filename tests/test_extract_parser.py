@@ -1,0 +1,217 @@
+"""The agent's lean tar reader (`extract._TarStream`) sees exactly what tarfile sees -
+names, types, sizes, modes, mtimes, link targets, data - on archives made by tarfile in
+every way our packers use, and on real ones from `pack.pack` and stock conda-pack;
+anything it does not read (GNU long names, pax globals), a broken header checksum, a
+device and a truncated archive are rejected; both ways of writing files give one tree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from test_pack import prefix  # noqa: F401  (its env fixture: shared, not rebuilt here)
+
+from nsls2_artifacts.agent import extract
+from nsls2_artifacts.errors import RejectedArtifactError
+
+Member = tuple[str, bytes, int, int, str, float, bytes]
+
+
+def ours(archive: Path, fmt: str) -> list[Member]:
+    with extract._open_stream(archive, fmt, "b") as tar:
+        return [
+            (
+                m.name,
+                m.type,
+                m.size,
+                m.mode,
+                m.linkname,
+                m.mtime,
+                bytes(tar.data()) if m.isreg() else b"",
+            )
+            for m in tar
+        ]
+
+
+def tarfiles(archive: Path, fmt: str) -> list[Member]:
+    with open(archive, "rb") as raw:
+        source = (
+            zstandard.ZstdDecompressor().stream_reader(raw)
+            if fmt == "tar.zst"
+            else gzip.GzipFile(fileobj=raw)
+            if fmt == "tar.gz"
+            else raw
+        )
+        with tarfile.open(fileobj=source, mode="r|") as tar:
+            return [
+                (
+                    m.name,
+                    m.type,
+                    m.size,
+                    m.mode,
+                    m.linkname,
+                    m.mtime,
+                    tar.extractfile(m).read() if m.isreg() else b"",
+                )  # type: ignore[union-attr]
+                for m in tar
+            ]
+
+
+def info(name: str, data: bytes = b"", **attrs: object) -> tuple[tarfile.TarInfo, bytes]:
+    member = tarfile.TarInfo(name)
+    member.size, member.mode, member.mtime = len(data), 0o644, 1_700_000_000
+    for key, value in attrs.items():
+        setattr(member, key, value)
+    return member, data
+
+
+def write(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], **open_args: object) -> Path:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", **open_args) as tar:  # type: ignore[call-overload]
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data) if member.isreg() else None)
+    data = raw.getvalue()
+    if path.name.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    elif path.name.endswith(".gz"):
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+LONG = "lib/python3.11/site-packages/" + "/".join(["deeply-nested-directory"] * 4)
+AWKWARD = [
+    info("bin", type=tarfile.DIRTYPE, mode=0o755),
+    info("bin/python3.11", b"\x7fELF" * 1000, mode=0o755),
+    info("bin/python", type=tarfile.SYMTYPE, linkname="python3.11", mode=0o777),
+    info("bin/hard", type=tarfile.LNKTYPE, linkname="bin/python3.11"),
+    info("empty.txt"),
+    info("block.bin", b"b" * 512),
+    info(LONG + "/module_with_a_long_name.py", b"x = 1\n"),  # > 100 chars: ustar prefix
+    info(LONG + "/" + "d" * 120 + "/leaf.txt", b"leaf\n"),  # > 255 chars: pax path
+    info("share/données/été.txt", b"non-ASCII\n"),  # pax path (not ASCII)
+    info("share/link", type=tarfile.SYMTYPE, linkname="x/" + "l" * 120),  # pax linkpath
+    info("share/float-mtime", b"t", mtime=1_700_000_000.5),  # pax mtime
+    info("share/private", b"p", mode=0o600),
+    info("lib/big.bin", bytes(range(256)) * (extract.SMALL_FILE // 256 + 3)),  # streamed
+    info("lib/last.txt", b"end\n"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "tar.zst"])
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_same_members_as_tarfile(tmp_path: Path, fmt: str, tar_format: int) -> None:
+    members = AWKWARD
+    if tar_format == tarfile.USTAR_FORMAT:  # no pax headers there
+        members = [m for m in AWKWARD if m[0].name.isascii() and len(m[0].name) < 200]
+        members = [m for m in members if len(m[0].linkname) < 100 and m[0].mtime % 1 == 0]
+    archive = write(tmp_path / f"a.{fmt}", members, format=tar_format)
+    mine = ours(archive, fmt)
+    assert mine == tarfiles(archive, fmt)
+    assert len(mine) == len(members)
+
+
+@pytest.mark.slow
+def test_real_archives(prefix: Path, tmp_path: Path) -> None:  # noqa: F811
+    """What `pack.pack` publishes and what stock conda-pack makes, from the demo env (with
+    long, non-ASCII names and symlinks added)."""
+    from conda_pack import pack as stock_pack
+
+    from nsls2_artifacts import pack
+
+    published = pack.pack(prefix, tmp_path / "env.tar.zst").path
+    stock = Path(stock_pack(prefix=str(prefix), output=str(tmp_path / "stock.tar.gz")))
+    for archive, fmt in ((published, "tar.zst"), (stock, "tar.gz")):
+        mine = ours(archive, fmt)
+        assert mine == tarfiles(archive, fmt), archive
+        assert len(mine) > 1000
+        assert {m[1] for m in mine} >= {tarfile.REGTYPE, tarfile.SYMTYPE}
+
+
+def rejected(archive: Path, fmt: str, tmp_path: Path) -> str:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(RejectedArtifactError) as caught:
+        extract.safe_extract(archive, fmt, dest, build_id="b", max_members=100, max_bytes=1 << 30)
+    return str(caught.value)
+
+
+def test_gnu_long_name_unsupported(tmp_path: Path) -> None:
+    archive = write(tmp_path / "a.tar", [info("x/" + "n" * 120, b"x")], format=tarfile.GNU_FORMAT)
+    assert "unsupported tar feature" in rejected(archive, "tar", tmp_path)
+
+
+def test_pax_global_header_unsupported(tmp_path: Path) -> None:
+    archive = write(
+        tmp_path / "a.tar", [info("a.txt", b"x")], format=tarfile.PAX_FORMAT, pax_headers={"c": "1"}
+    )
+    assert "unsupported tar feature" in rejected(archive, "tar", tmp_path)
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_devices_rejected_with_their_reason(tmp_path: Path, kind: bytes) -> None:
+    archive = write(tmp_path / "a.tar", [info("a.txt", b"x"), info("dev/x", type=kind)])
+    assert "device or fifo file" in rejected(archive, "tar", tmp_path)
+
+
+def test_bad_header_checksum_rejected(tmp_path: Path) -> None:
+    archive = write(tmp_path / "a.tar", [info("a.txt", b"x"), info("b.txt", b"y")])
+    data = bytearray(archive.read_bytes())
+    data[1024] ^= 1  # the second header's name ("b.txt" -> "c.txt")
+    archive.write_bytes(bytes(data))
+    assert "unreadable archive" in rejected(archive, "tar", tmp_path)
+
+
+@pytest.mark.parametrize("cut", [700, 1024 + 100, 2048 + 200])
+def test_truncated_plain_tar_rejected(tmp_path: Path, cut: int) -> None:
+    archive = write(tmp_path / "a.tar", [info("a.txt", b"x" * 600), info("b.txt", b"y")])
+    archive.write_bytes(archive.read_bytes()[:cut])  # in data, in a header, before the end
+    assert "unreadable archive" in rejected(archive, "tar", tmp_path)
+
+
+def tree(root: Path) -> dict[str, tuple[int, bytes | str]]:
+    out: dict[str, tuple[int, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        body: bytes | str = os.readlink(path) if path.is_symlink() else b""
+        if path.is_file() and not path.is_symlink():
+            body = path.read_bytes()
+        out[str(path.relative_to(root))] = (st.st_mode, body)
+    return out
+
+
+def test_thread_pool_and_inline_writes_give_one_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast storage: files are written by the parsing thread; slow storage (the probe
+    says so): by the pool. Both give the same files, modes and links."""
+    members = [*AWKWARD, *(info(f"many/f{i}.txt", b"%d" % i, mode=0o755) for i in range(150))]
+    archive = write(tmp_path / "a.tar.zst", members, format=tarfile.PAX_FORMAT)
+    batches: list[int] = []
+    real_place_all = extract._Extraction.place_all
+
+    def place_all(self: extract._Extraction, batch: list) -> None:
+        batches.append(len(batch))
+        real_place_all(self, batch)
+
+    monkeypatch.setattr(extract._Extraction, "place_all", place_all)
+    trees = []
+    for slow in (False, True):
+        monkeypatch.setattr(extract, "SLOW_WRITE", -1.0 if slow else 1e9)
+        batches.clear()
+        dest = tmp_path / f"dest-{slow}"
+        dest.mkdir()
+        count, _ = extract.safe_extract(
+            archive, "tar.zst", dest, build_id="b", max_members=1000, max_bytes=1 << 30
+        )
+        assert count == len(members)
+        assert bool(batches) == slow  # the pool gets batches only when storage is slow
+        trees.append(tree(dest))
+    assert trees[0] == trees[1]
+    assert trees[0]["many/f7.txt"] == (0o100755, b"7")
