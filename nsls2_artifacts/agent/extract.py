@@ -458,6 +458,7 @@ class _Extraction:
         self.members = self.total = 0
         self.made_dirs = {root}
         self.symlinks: set[str] = set()
+        self.clear_dirs: set[str] = set()  # parents known to lie below none of `symlinks`
         self.links: list[tuple[tarfile.TarInfo, str]] = []
         self.pending: deque[Future[None]] = deque()
         self.batch: list[tuple[tarfile.TarInfo, bytes | memoryview]] = []
@@ -478,7 +479,7 @@ class _Extraction:
             raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
         _check_member(member, self.build_id)
         name = member.name.rstrip("/")
-        if self.symlinks and _below(name, self.symlinks):
+        if self.symlinks and self.below_symlink(name):
             raise self.reject(f"member {name!r} lies below a symlink of the archive")
         if member.isreg() and member.size <= SMALL_FILE:
             self.submit(member, tar.data())
@@ -489,6 +490,16 @@ class _Extraction:
         if self.members == PAUSE_AFTER_MEMBERS:
             layout.test_pause("extract")
 
+    def below_symlink(self, name: str) -> bool:
+        """`_below`, remembered per parent directory (most members share theirs)."""
+        parent = name.rpartition("/")[0]
+        if parent in self.clear_dirs:
+            return False
+        if _below(name, self.symlinks):
+            return True
+        self.clear_dirs.add(parent)
+        return False
+
     def take_special(self, tar: _TarStream, member: tarfile.TarInfo, name: str) -> None:
         """Links (deferred to the end) and large files (streamed here), already judged."""
         target = os.path.join(self.root, name)
@@ -496,6 +507,7 @@ class _Extraction:
         if member.issym() or member.islnk():
             if member.issym():
                 self.symlinks.add(name)
+                self.clear_dirs.clear()  # may lie below the new one
             self.links.append((member, target))
         elif member.isreg():
             _write_large(tar, target, member)
