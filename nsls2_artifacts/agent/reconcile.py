@@ -70,6 +70,8 @@ class Observed:
     quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
     display_names: dict[tuple[str, str], str]
     deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
+    # env -> builds retention has tombstoned: they lose their kernels until revived
+    tombstoned: dict[str, set[str]] = field(default_factory=dict)
     platform: str = field(default_factory=lambda: node_platform())
 
 
@@ -174,6 +176,7 @@ def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Ob
     for env in sorted(set(obs.manifests) | set(layout.deployed_envs(root))):
         if retention is not None:
             obs.deleted[env] = set(retention.deleted_builds(root, env))
+            obs.tombstoned[env] = set(retention.tombstones(root, env))
         obs.ready[env] = layout.ready_builds(root, env)
         obs.current[env] = latest.current_latest(root, env)
         obs.holds[env] = latest.read_hold(root, env)
@@ -253,7 +256,8 @@ def _plan_latest(env: str, ready: list[ReadyRecord], obs: Observed, plan: Plan) 
 
 
 def _wanted_lts(env: str, ready_ids: set[str], obs: Observed) -> dict[str, KernelWrite]:
-    """One kernel per LTS label whose build is ready here. When the store said nothing
+    """One kernel per LTS label whose build is ready here and not tombstoned (an expired
+    LTS build on its way out; retention removed its kernel). When the store said nothing
     about `env` (unreachable, or listed no builds), keep the LTS kernels as they are."""
     wanted = {}
     if obs.store_ok and obs.manifests.get(env):
@@ -266,7 +270,7 @@ def _wanted_lts(env: str, ready_ids: set[str], obs: Observed) -> dict[str, Kerne
             and info.get("channel") == "lts"
         ]
     for label, build_id in labels:
-        if build_id in ready_ids:
+        if build_id in ready_ids and build_id not in obs.tombstoned.get(env, ()):
             name = kernels.kernel_name(env, label)
             display = obs.display_names.get((env, build_id), env)
             wanted[name] = KernelWrite(name, env, build_id, "lts", label, display)

@@ -1,0 +1,49 @@
+"""An expired LTS build on its way out keeps no kernel: reconcile does not write back
+the kernelspec that retention removed when it tombstoned the build."""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from helpers_agent import commit_fake, write_site
+
+from nsls2_artifacts.agent import kernels
+from nsls2_artifacts.agent.log import setup_logging
+from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.agent.retention import tombstones
+from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
+from nsls2_artifacts.store import FilesystemStore
+
+
+def _pass(site) -> None:
+    run_pass(site, FilesystemStore(site.store), setup_logging(logging.INFO, io.StringIO()))
+
+
+def _kernel_names(site) -> set[str]:
+    return set(kernels.installed(site.deploy_root))
+
+
+def test_tombstoned_lts_build_loses_its_kernel_for_good(tmp_path: Path) -> None:
+    # fake builds are a day old: past a half-day grace, while a fresh tombstone is not
+    _, site = write_site(
+        tmp_path / "site", retention={"lts_years": 1, "keep_latest": 1, "grace_days": 0.5}
+    )
+    old = commit_fake(site, "demo", tag="old")
+    new = commit_fake(site, "demo", tag="new", hours=1)
+    store = FilesystemStore(site.store)
+    promoted = isoformat(utcnow() - timedelta(days=800))  # older than lts_years
+    store.set_lts(LtsRecord("demo", "2024-1", old.build_id, promoted))
+
+    _pass(site)  # deploys both, flips latest to `new`, tombstones the expired LTS build
+    assert old.build_id in tombstones(site.deploy_root, "demo")
+    lts_kernel = kernels.kernel_name("demo", "2024-1")
+    assert lts_kernel not in _kernel_names(site)
+    assert kernels.kernel_name("demo") in _kernel_names(site)
+
+    _pass(site)  # the next pass must not bring the kernel back while the build waits
+    assert old.build_id in tombstones(site.deploy_root, "demo")
+    assert lts_kernel not in _kernel_names(site)
+    assert new.build_id not in tombstones(site.deploy_root, "demo")
