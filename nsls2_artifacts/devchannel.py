@@ -57,7 +57,6 @@ class Wheel:
     name: str  # conda name: canonical PyPI name
     version: str
     requires: list[Requirement] = field(default_factory=list)
-    pure: bool = True
 
 
 def default_cache_dir() -> Path:
@@ -165,15 +164,13 @@ def _read_wheel(path: Path) -> Wheel:
     with zipfile.ZipFile(path) as archive:
         meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         meta = email.parser.Parser().parsestr(archive.read(meta_name).decode())
-        wheel_info = next(n for n in archive.namelist() if n.endswith(".dist-info/WHEEL"))
-        pure = "Root-Is-Purelib: true" in archive.read(wheel_info).decode()
     requires = []
     for line in meta.get_all("Requires-Dist") or []:
         try:
             requires.append(Requirement(line))
         except InvalidRequirement:
             continue
-    return Wheel(path, canonicalize_name(meta["Name"]), meta["Version"], requires, pure)
+    return Wheel(path, canonicalize_name(meta["Name"]), meta["Version"], requires)
 
 
 def _active(req: Requirement, extra: str) -> bool:
@@ -321,7 +318,7 @@ def _build_python_package(out_dir: Path) -> Path:
         (root / "lib" / tag / "site-packages" / "README.txt").write_text("site-packages\n")
         _set_rpath(root / "bin" / tag)
         _replace_prefix_in_text_files(root, str(base))
-        index = _index_json("python", version, "0", [], pure=False)
+        index = _index_json("python", version, "0", [])
         return _write_conda(root, out_dir, index)
 
 
@@ -347,7 +344,7 @@ def _replace_prefix_in_text_files(root: Path, prefix: str) -> None:
             path.write_bytes(data.replace(needle, replacement))
 
 
-def _index_json(name: str, version: str, build: str, depends: list[str], *, pure: bool) -> dict:
+def _index_json(name: str, version: str, build: str, depends: list[str]) -> dict:
     return {
         "name": name,
         "version": version,
@@ -387,7 +384,7 @@ def _convert_one(job: tuple[str, str, str, list[str], str]) -> str:
         _move_wheel_data(unpacked, root)
         _write_entry_points(unpacked, root)
         build = "pypi_0"
-        index = _index_json(name, version, build, depends, pure=True)
+        index = _index_json(name, version, build, depends)
         return str(_write_conda(root, Path(out_dir), index))
 
 

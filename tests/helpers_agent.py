@@ -21,8 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import conftest
 import yaml
 import zstandard
+from conftest import CLI
 
 from nsls2_artifacts.agent.reconcile import node_platform
 from nsls2_artifacts.config import SiteConfig, load_config
@@ -36,7 +38,6 @@ from nsls2_artifacts.records import (
     make_build_id,
 )
 
-CLI = [sys.executable, "-m", "nsls2_artifacts.cli"]
 # recent, so retention's grace period (when it runs in the pass) keeps every test build
 T0 = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
 
@@ -189,15 +190,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def run_cli(
     config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("NSLS2_ARTIFACTS_CONFIG", None)
-    return subprocess.run(
-        [*CLI, args[0], "--config", str(config), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    """conftest's runner, without raising: agent tests assert on the exit status."""
+    return conftest.run_cli(config, *args, check=False, timeout=timeout, env=env or {})
 
 
 def start_agent(

@@ -23,20 +23,13 @@ from nsls2_artifacts.errors import RejectedArtifactError
 Member = tuple[str, bytes, int, int, str, float, bytes]
 
 
+def _member(m: tarfile.TarInfo, data: bytes) -> Member:
+    return (m.name, m.type, m.size, m.mode, m.linkname, m.mtime, data)
+
+
 def ours(archive: Path, fmt: str) -> list[Member]:
     with extract._open_stream(archive, fmt, "b") as tar:
-        return [
-            (
-                m.name,
-                m.type,
-                m.size,
-                m.mode,
-                m.linkname,
-                m.mtime,
-                bytes(tar.data()) if m.isreg() else b"",
-            )
-            for m in tar
-        ]
+        return [_member(m, bytes(tar.data()) if m.isreg() else b"") for m in tar]
 
 
 def tarfiles(archive: Path, fmt: str) -> list[Member]:
@@ -50,15 +43,7 @@ def tarfiles(archive: Path, fmt: str) -> list[Member]:
         )
         with tarfile.open(fileobj=source, mode="r|") as tar:
             return [
-                (
-                    m.name,
-                    m.type,
-                    m.size,
-                    m.mode,
-                    m.linkname,
-                    m.mtime,
-                    tar.extractfile(m).read() if m.isreg() else b"",
-                )  # type: ignore[union-attr]
+                _member(m, tar.extractfile(m).read() if m.isreg() else b"")  # type: ignore[union-attr]
                 for m in tar
             ]
 

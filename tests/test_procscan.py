@@ -9,7 +9,15 @@ import sys
 import threading
 
 import pytest
-from helpers_retention import child, make_build, set_latest, stop, wait_exec, write_site
+from helpers_retention import (
+    child,
+    make_build,
+    run_as_nobody,
+    set_latest,
+    stop,
+    wait_exec,
+    write_site,
+)
 
 from nsls2_artifacts import procscan
 
@@ -147,28 +155,11 @@ def test_processes_vanishing_mid_scan_are_skipped(build):
 
 
 def _scan_as_nobody(paths) -> tuple[bool, set[int]]:
-    nobody = pwd.getpwnam("nobody")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result = procscan.scan(paths)
-            line = f"{int(result.complete)} " + " ".join(str(u.pid) for u in result.unknown)
-            os.write(write_fd, line.encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as handle:
-        text = handle.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    complete, *pids = text.split()
+    def scan() -> str:
+        result = procscan.scan(paths)
+        return f"{int(result.complete)} " + " ".join(str(u.pid) for u in result.unknown)
+
+    complete, *pids = run_as_nobody(scan).split()
     return complete == "1", {int(p) for p in pids}
 
 

@@ -24,6 +24,7 @@ from helpers_retention import (
     child,
     make_build,
     promote,
+    run_as_nobody,
     set_latest,
     tombstone_file,
     wait_exec,
@@ -177,30 +178,12 @@ def test_store_listing_empty_deletes_nothing(deploy):
 
 def _run_as_nobody(site) -> dict[str, RetentionDecision]:
     """Run one retention pass in a forked child that dropped root for `nobody`."""
-    nobody = pwd.getpwnam("nobody")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        status = 1
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            decisions = run_pass(site, FilesystemStore(site.store), LOG)
-            payload = "\n".join(f"{d.build_id}\t{d.action}\t{d.reason}" for d in decisions)
-            os.write(write_fd, payload.encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    lines = b"".join(chunks).decode().splitlines()
+
+    def retention_pass() -> str:
+        decisions = run_pass(site, FilesystemStore(site.store), LOG)
+        return "\n".join(f"{d.build_id}\t{d.action}\t{d.reason}" for d in decisions)
+
+    lines = run_as_nobody(retention_pass).splitlines()
     return {
         b: RetentionDecision("demo", b, a, r) for b, a, r in (line.split("\t") for line in lines)
     }
