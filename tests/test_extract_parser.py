@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import random
 import tarfile
 from pathlib import Path
 
@@ -200,3 +201,51 @@ def test_thread_pool_and_inline_writes_give_one_tree(
         trees.append(tree(dest))
     assert trees[0] == trees[1]
     assert trees[0]["many/f7.txt"] == (0o100755, b"7")
+
+
+def test_header_byte_sum_is_exact() -> None:
+    """The checksum's fast byte sum equals `sum()` on every kind of block, the extremes
+    (where the mod-65521 answer has two candidates) included."""
+    rng = random.Random(7)
+    blocks = [bytes(512), b"\xff" * 512, b"\x01" * 512, b"\xfe" * 511 + b"\x01"]
+    blocks += [
+        bytes(rng.choice((0, 255, rng.randrange(256))) for _ in range(512)) for _ in range(300)
+    ]
+    blocks += [rng.randbytes(512) for _ in range(3000)]
+    for block in blocks:
+        assert extract._byte_sum(block) == sum(block)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Files get the data filter's mode: at creation when the umask leaves it alone,
+    by fchmod when the umask would take bits off."""
+    modes = [0o644, 0o755, 0o600, 0o777, 0o4755, 0o444, 0o700]
+    archive = write(tmp_path / "a.tar", [info(f"f{m:o}", b"x", mode=m) for m in modes])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    old = os.umask(umask)
+    try:
+        extract.safe_extract(archive, "tar", dest, build_id="b", max_members=100, max_bytes=1 << 20)
+    finally:
+        os.umask(old)
+    for mode in modes:
+        assert (dest / f"f{mode:o}").stat().st_mode & 0o7777 == extract.data_mode(mode), oct(mode)
+
+
+def test_multi_frame_zstd_archive(tmp_path: Path) -> None:
+    """An archive compressed as several zstd frames (pzstd, per-package frames) reads to
+    its end, not only to the end of the first frame."""
+    members = [info(f"lib/f{i}.txt", b"%d\n" % i * 300) for i in range(40)]
+    plain = write(tmp_path / "a.tar", members).read_bytes()
+    cut = len(plain) // 3
+    frames = [plain[:cut], plain[cut : 2 * cut], plain[2 * cut :]]
+    archive = tmp_path / "a.tar.zst"
+    archive.write_bytes(b"".join(zstandard.ZstdCompressor().compress(f) for f in frames))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    count, _ = extract.safe_extract(
+        archive, "tar.zst", dest, build_id="b", max_members=100, max_bytes=1 << 20
+    )
+    assert count == 40
+    assert (dest / "lib" / "f39.txt").read_bytes() == b"39\n" * 300

@@ -17,11 +17,12 @@ import struct
 import tarfile
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from ..errors import RejectedArtifactError
 from . import layout
@@ -86,16 +87,18 @@ class _Chunks:
             pieces.append(chunk)
             need -= len(chunk)
 
-    def view(self, size: int) -> bytes | memoryview:
+    def view(self, size: int, pad: int) -> bytes | memoryview:
         """Exactly `size` bytes, without a copy when they lie in one chunk (a file's data:
-        the view keeps its chunk alive only until the file is written)."""
+        the view keeps its chunk alive only until the file is written); then skips `pad`."""
         end = self._pos + size
-        if end > len(self._buf):
-            return self.take(size)
+        if end + pad > len(self._buf):
+            out = self.take(size)
+            self.skip(pad)
+            return out
         if self._view.obj is not self._buf:
             self._view = memoryview(self._buf)
         out = self._view[self._pos : end]
-        self._pos = end
+        self._pos = end + pad
         return out
 
     def skip(self, size: int) -> None:
@@ -138,8 +141,7 @@ _KNOWN = (
     tarfile.BLKTYPE,
     tarfile.FIFOTYPE,
 )
-_PAX_INT = ("size", "uid", "gid")
-_PAX_STR = {"path": "name", "linkpath": "linkname", "uname": "uname", "gname": "gname"}
+_PAX_OWNER = {"uid": int, "gid": int, "uname": str, "gname": str}
 
 
 def _nts(field: bytes) -> str:
@@ -161,10 +163,23 @@ def _nti(field: bytes) -> int:
     return int(digits, 8) if digits else 0
 
 
+_LOW_BITS = int.from_bytes(b"\1" * 512, "little")
+
+
+def _byte_sum(block: bytes) -> int:
+    """`sum(block)` of a 512-byte header in a third of the time (it runs for every
+    member): adler32 gives the sum mod 65521, the count of odd bytes its parity, and as
+    65521 is odd the two fix the sum below 2 * 65521 > 512 * 255 exactly."""
+    low = ((zlib.adler32(block) & 0xFFFF) - 1) % 65521
+    if (int.from_bytes(block, "little") & _LOW_BITS).bit_count() & 1 != low & 1:
+        low += 65521
+    return low
+
+
 def _checksum_ok(block: bytes) -> bool:
     """The header checksum, unsigned or (old tars) signed, as tarfile accepts it."""
     stored = _nti(block[148:156])
-    unsigned = 256 + sum(block) - sum(block[148:156])
+    unsigned = 256 + _byte_sum(block) - sum(block[148:156])
     if stored == unsigned:
         return True
     return stored == 256 + sum(struct.unpack_from("148b8x356b", block))
@@ -188,16 +203,46 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
+class Header(NamedTuple):
+    """One member's header as tarfile reads it (pax header applied): what the extraction
+    loop needs, without building a `tarfile.TarInfo` for every regular file."""
+
+    type: bytes
+    name: str
+    mode: int
+    size: int
+    mtime: float
+    linkname: str
+    block: bytes  # the ustar block (device numbers)
+    pax: dict[str, str] | None
+
+
+def _to_tarinfo(header: Header) -> tarfile.TarInfo:
+    """The `tarfile.TarInfo` tarfile builds for this header."""
+    info = tarfile.TarInfo(header.name)
+    info.type, info.mode, info.size = header.type, header.mode, header.size
+    info.mtime, info.linkname = header.mtime, header.linkname
+    if header.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = _nti(header.block[329:337]), _nti(header.block[337:345])
+    if header.pax is not None:
+        for key, value in header.pax.items():
+            if key in _PAX_OWNER:
+                setattr(info, key, _PAX_OWNER[key](value))
+        info.pax_headers = header.pax
+    return info
+
+
 class _TarStream:
     """A lean reader for the tar archives we publish: ustar headers, pax 'x' extended
     headers (path, linkpath, size, mtime, ...), regular files, directories, symlinks,
-    hardlinks (and devices/fifos, parsed to be rejected). It yields the same
-    `tarfile.TarInfo` tarfile would, so every safety check judges tarfile's view; anything
-    else (GNU long names, pax globals, sparse files) is rejected as unsupported. Reading
-    headers ourselves from large chunks costs a fraction of tarfile's per-member work.
+    hardlinks (and devices/fifos, parsed to be rejected). Its headers are what tarfile
+    reads (`__iter__` gives the same `tarfile.TarInfo`), so every safety check judges
+    tarfile's view; anything else (GNU long names, pax globals, sparse files) is rejected
+    as unsupported. Reading headers ourselves from large chunks costs a fraction of
+    tarfile's per-member work.
 
-    Iterate for the members; a regular member's data is read with `data` or `copy`
-    before the next step (whatever is left is skipped)."""
+    Iterate `headers()` (or the stream, for TarInfo); a regular member's data is read
+    with `data` or `copy` before the next step (whatever is left is skipped)."""
 
     def __init__(self, chunks: _Chunks, build_id: str) -> None:
         self.chunks = chunks
@@ -209,25 +254,30 @@ class _TarStream:
         return RejectedArtifactError(self.build_id, f"unsupported tar feature: {what}")
 
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        return map(_to_tarinfo, self.headers())
+
+    def headers(self) -> Iterator[Header]:
         while True:
-            self.chunks.skip(self._left + self._pad)
-            self._left = self._pad = 0
-            info = self._member()
-            if info is None:
+            if self._left or self._pad:
+                self.chunks.skip(self._left + self._pad)
+                self._left = self._pad = 0
+            header = self._header()
+            if header is None:
                 return
-            if info.type in _REGULAR:
-                self._left, self._pad = info.size, -info.size % 512
-            yield info
+            if header.type in _REGULAR:
+                self._left, self._pad = header.size, -header.size % 512
+            yield header
 
     def data(self) -> bytes | memoryview:
-        out, self._left = self.chunks.view(self._left), 0
+        out = self.chunks.view(self._left, self._pad)
+        self._left = self._pad = 0
         return out
 
     def copy(self, fd: int) -> None:
         self.chunks.copy(self._left, fd)
         self._left = 0
 
-    def _member(self) -> tarfile.TarInfo | None:
+    def _header(self) -> Header | None:
         """The next member's header (with its pax header applied), or None at the end."""
         pax: dict[str, str] | None = None
         while True:
@@ -236,54 +286,61 @@ class _TarStream:
                 if pax is not None:
                     raise tarfile.ReadError("pax header without a member")
                 return None
-            if not _checksum_ok(block):
+            try:  # the usual header: octal numbers tarfile's nti reads with one int() each
+                stored = int(block[148:156].rstrip(b"\0 "), 8)
+                mode = int(block[100:108].rstrip(b"\0 "), 8)
+                size = int(block[124:136].rstrip(b"\0 "), 8)
+                mtime: float = int(block[136:148].rstrip(b"\0 "), 8)
+            except ValueError:
+                stored, mode, size = -1, _nti(block[100:108]), _nti(block[124:136])
+                mtime = _nti(block[136:148])
+            if stored != 256 + _byte_sum(block) - sum(block[148:156]) and not _checksum_ok(block):
                 raise tarfile.ReadError("bad checksum in a tar header")
             kind = block[156:157]
             if kind != tarfile.XHDTYPE:
                 break
             if pax is not None:
                 raise self.unsupported("two pax headers for one member")
-            size = _nti(block[124:136])
             pax = _pax_records(self.chunks.take(size))
             self.chunks.skip(-size % 512)
+        end = block.find(0, 0, 100)
+        name = block[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
         if kind not in _KNOWN:
-            raise self.unsupported(f"member type {kind!r} in {_nts(block[0:100])!r}")
-        info = tarfile.TarInfo(_nts(block[0:100]))
-        info.mode = _nti(block[100:108])
-        info.size = _nti(block[124:136])
-        info.mtime = _nti(block[136:148])
-        info.type = kind
-        info.linkname = _nts(block[157:257])
-        if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-            info.devmajor, info.devminor = _nti(block[329:337]), _nti(block[337:345])
+            raise self.unsupported(f"member type {kind!r} in {name!r}")
+        linkname = "" if block[157] == 0 else _nts(block[157:257])
         # as tarfile.TarInfo.frombuf: V7 directories, trailing slashes, ustar prefix
-        if kind == tarfile.AREGTYPE and info.name.endswith("/"):
-            info.type = tarfile.DIRTYPE
-        if info.type == tarfile.DIRTYPE:
-            info.name = info.name.rstrip("/")
+        if kind == tarfile.AREGTYPE and name.endswith("/"):
+            kind = tarfile.DIRTYPE
+        if kind == tarfile.DIRTYPE:
+            name = name.rstrip("/")
         if block[345] != 0:
-            info.name = _nts(block[345:500]) + "/" + info.name
+            name = _nts(block[345:500]) + "/" + name
         if pax is not None:
-            self._apply_pax(info, pax)
-        if info.size < 0 or info.mode < 0:
-            raise tarfile.ReadError(f"negative size or mode in {info.name!r}")
-        if not info.name and info.type != tarfile.DIRTYPE:
+            name, size, mtime, linkname = self._apply_pax(pax, name, size, mtime, linkname)
+        if size < 0 or mode < 0:
+            raise tarfile.ReadError(f"negative size or mode in {name!r}")
+        if not name and kind != tarfile.DIRTYPE:
             raise tarfile.ReadError("a member without a name")
-        return info
+        return Header(kind, name, mode, size, mtime, linkname, block, pax)
 
-    def _apply_pax(self, info: tarfile.TarInfo, pax: dict[str, str]) -> None:
+    def _apply_pax(
+        self, pax: dict[str, str], name: str, size: int, mtime: float, linkname: str
+    ) -> tuple[str, int, float, str]:
         """As tarfile's `_apply_pax_info` for the standard keywords; GNU sparse and
-        other unknown GNU extensions are refused, the rest (atime, xattrs) ignored."""
+        other unknown GNU extensions are refused, the rest (atime, xattrs) ignored
+        (owner fields are set on the TarInfo, never used)."""
         for key, value in pax.items():
             if key.startswith("GNU."):
-                raise self.unsupported(f"pax keyword {key!r} in {info.name!r}")
-            if key in _PAX_STR:
-                setattr(info, _PAX_STR[key], value.rstrip("/") if key == "path" else value)
-            elif key in _PAX_INT:
-                setattr(info, key, int(value))
+                raise self.unsupported(f"pax keyword {key!r} in {name!r}")
+            if key == "path":
+                name = value.rstrip("/")
+            elif key == "linkpath":
+                linkname = value
+            elif key == "size":
+                size = int(value)
             elif key == "mtime":
-                info.mtime = float(value)
-        info.pax_headers = pax
+                mtime = float(value)
+        return name, size, mtime, linkname
 
 
 @contextlib.contextmanager
@@ -293,7 +350,9 @@ def _open_stream(path: Path, fmt: str, build_id: str) -> Iterator[_TarStream]:
         if fmt in ("tar.zst", "tar.zstd"):
             import zstandard
 
-            source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+            source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
+                raw, read_size=1 << 20, read_across_frames=True
+            )
         elif fmt in ("tar.gz", "tgz"):
             source = gzip.GzipFile(fileobj=raw, mode="rb")
         elif fmt == "tar":
@@ -307,14 +366,19 @@ def _open_stream(path: Path, fmt: str, build_id: str) -> Iterator[_TarStream]:
             chunks.close()
 
 
-def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
-    """Reject absolute names, any `..`, devices and links leaving the prefix, each with a
-    clear reason (plain string work: this runs for every member)."""
-    name = member.name
+def _check_name(name: str, build_id: str) -> None:
+    """Reject absolute names and any `..` (plain string work: runs for every member)."""
     if name.startswith("/"):
         raise RejectedArtifactError(build_id, f"member {name!r}: absolute path")
-    if ".." in name.split("/"):
+    if ".." in name and ".." in name.split("/"):
         raise RejectedArtifactError(build_id, f"member {name!r}: '..' in path")
+
+
+def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
+    """`_check_name`, and reject devices and links leaving the prefix, each with a clear
+    reason."""
+    name = member.name
+    _check_name(name, build_id)
     if member.isdev():
         raise RejectedArtifactError(build_id, f"member {name!r}: device or fifo file")
     if member.issym() or member.islnk():
@@ -335,7 +399,7 @@ def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
             )
 
 
-SMALL_FILE = 4 * 1024 * 1024  # members up to this size are written by the thread pool
+SMALL_FILE = 4 * 1024 * 1024  # larger members are streamed to disk by the parsing thread
 BATCH_FILES = 32  # small files handed to a writer at once
 BATCH_BYTES = 8 * 1024 * 1024  # ... or this much data
 # batches queued: bounds memory to about MAX_INFLIGHT * (BATCH_BYTES + SMALL_FILE)
@@ -347,15 +411,29 @@ WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
 # seconds (GPFS, NFS, or a local disk throttling writers).
 PROBE_FILES = 64
 SLOW_WRITE = 300e-6
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def data_mode(member: tarfile.TarInfo) -> int:
-    """tarfile's "data" filter mode for a regular file: no setuid/setgid/sticky, no
-    group/other write, owner rw, execute bits only if the owner's is set."""
-    mode = member.mode & 0o755
+def data_mode(mode: int) -> int:
+    """tarfile's "data" filter mode for a regular file of mode `mode`: no setuid/setgid/
+    sticky, no group/other write, owner rw, execute bits only if the owner's is set."""
+    mode &= 0o755
     if not mode & 0o100:
         mode &= ~0o111
     return mode | 0o600
+
+
+def _umask() -> int | None:
+    """This process's umask, read without changing it (`os.umask` would, for every
+    thread at once); None where the kernel does not say (then every file is chmodded)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _below(name: str, symlinks: set[str]) -> bool:
@@ -368,15 +446,19 @@ def _below(name: str, symlinks: set[str]) -> bool:
     return False
 
 
-def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float) -> None:
-    """Create a new file (O_EXCL|O_NOFOLLOW: never through a link, never over anything)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, chmod: bool) -> None:
+    """Create a new file (O_EXCL|O_NOFOLLOW: never through a link, never over anything),
+    with its mode at creation unless the umask would take bits off (`chmod`)."""
+    fd = os.open(path, _CREATE, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
+        if len(data):
+            written = os.write(fd, data)
+            if written < len(data):
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view) :]
+        if chmod:
+            os.fchmod(fd, mode)
         os.utime(fd, (mtime, mtime))  # by fd: no second path lookup
     finally:
         os.close(fd)
@@ -387,18 +469,17 @@ def safe_extract(
 ) -> tuple[int, int]:
     """Extract `archive` into the existing, empty directory `dest`; returns (members, bytes).
 
-    `_TarStream` reads the archive into tarfile's `TarInfo` members (what tarfile would
-    see: tests/test_extract_parser.py); every member gets tarfile's "data" filter verdict (no
-    absolute names, no `..`, no links leaving `dest`, no device files, no setuid or
-    group/other-write bits). Links and every other special member go through
-    `tarfile.data_filter` itself. Regular files and directories get the same verdict
-    without its per-member realpath() (135 us each, the bulk of our CPU time): our
-    checks reject absolute names and any `..`, and while files are written `dest`
-    holds no symlink (links are made last, and no member may lie below an archive
-    symlink), so such a name can never resolve outside `dest` and only the filter's
-    mode rule is left (`data_mode`; tests/test_extract.py proves both agree). Two more
-    rules keep the filter's answers true once links exist: no member lies below a
-    symlink of the archive, no link target passes through one. Regular files are
+    `_TarStream` reads the archive's headers as tarfile does (tests/test_extract_parser.py);
+    every member gets tarfile's "data" filter verdict (no absolute names, no `..`, no links
+    leaving `dest`, no device files, no setuid or group/other-write bits). Links and every
+    other special member go through `tarfile.data_filter` itself. Regular files and
+    directories get the same verdict without its per-member realpath() (135 us each, the
+    bulk of our CPU time): our checks reject absolute names and any `..`, and while files
+    are written `dest` holds no symlink (links are made last, and no member may lie below
+    an archive symlink), so such a name can never resolve outside `dest` and only the
+    filter's mode rule is left (`data_mode`; tests/test_extract.py proves both agree).
+    Two more rules keep the filter's answers true once links exist: no member lies below
+    a symlink of the archive, no link target passes through one. Regular files are
     written by this thread on fast storage, by a small thread pool when the first writes
     show slow storage (file creation is latency-bound on GPFS).
     Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
@@ -411,15 +492,14 @@ def safe_extract(
         ):
             job = _Extraction(root, build_id, max_members, max_bytes, pool)
             try:
-                for member in tar:
-                    job.take(tar, member)
+                job.run(tar)
                 job.drain()
             finally:
                 job.cancel()
         _make_links(job.links, job.symlinks, root, build_id)
     except RejectedArtifactError:
         raise
-    except (FileExistsError, NotADirectoryError) as exc:
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         # `dest` starts empty and files are created O_EXCL: a clash means the archive
         # names one path twice (or uses a file as a directory); that never gets better
         raise RejectedArtifactError(
@@ -444,8 +524,8 @@ def safe_extract(
 
 class _Extraction:
     """The state of one extraction: limits, directories made, links deferred, writes
-    in flight. `take` handles one member in archive order (main thread); `place` runs
-    in the writer threads."""
+    in flight. `run` reads the members in archive order (one thread); `place_all` runs
+    in the writer threads once storage proved slow."""
 
     def __init__(
         self, root: str, build_id: str, max_members: int, max_bytes: int, pool: ThreadPoolExecutor
@@ -455,13 +535,15 @@ class _Extraction:
         self.max_members = max_members
         self.max_bytes = max_bytes
         self.pool = pool
+        umask = _umask()
+        self.chmod = umask is None or bool(umask & 0o755)  # else the mode survives creation
         self.members = self.total = 0
         self.made_dirs = {root}
         self.symlinks: set[str] = set()
         self.clear_dirs: set[str] = set()  # parents known to lie below none of `symlinks`
         self.links: list[tuple[tarfile.TarInfo, str]] = []
         self.pending: deque[Future[None]] = deque()
-        self.batch: list[tuple[tarfile.TarInfo, bytes | memoryview]] = []
+        self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
         self.batch_bytes = 0
         self.inline = True  # writing in this thread until the probe says storage is slow
         self.probed = 0
@@ -470,25 +552,42 @@ class _Extraction:
     def reject(self, message: str) -> RejectedArtifactError:
         return RejectedArtifactError(self.build_id, message)
 
-    def take(self, tar: _TarStream, member: tarfile.TarInfo) -> None:
-        self.members += 1
-        self.total += max(member.size, 0)
-        if self.members > self.max_members:
-            raise self.reject(f"archive has more than agent.max_members={self.max_members} members")
-        if self.total > self.max_bytes:
-            raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
-        _check_member(member, self.build_id)
-        name = member.name.rstrip("/")
-        if self.symlinks and self.below_symlink(name):
-            raise self.reject(f"member {name!r} lies below a symlink of the archive")
-        if member.isreg() and member.size <= SMALL_FILE:
-            self.submit(member, tar.data())
-        elif member.isdir():
-            self.submit(member, b"")
-        else:
-            self.take_special(tar, tarfile.data_filter(member, self.root), name)
-        if self.members == PAUSE_AFTER_MEMBERS:
-            layout.test_pause("extract")
+    def run(self, tar: _TarStream) -> None:
+        """Every member in archive order. Regular files and directories - nearly all
+        members - take the short path here, with no TarInfo and few calls: Python's
+        per-member cost, not the disk, decides how close we come to plain tar."""
+        root, made_dirs, build_id = self.root, self.made_dirs, self.build_id
+        for header in tar.headers():
+            self.members += 1
+            self.total += header.size
+            if self.members > self.max_members:
+                raise self.reject(
+                    f"archive has more than agent.max_members={self.max_members} members"
+                )
+            if self.total > self.max_bytes:
+                raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
+            name = header.name
+            _check_name(name, build_id)
+            if name.endswith("/"):
+                name = name.rstrip("/")
+            if self.symlinks and self.below_symlink(name):
+                raise self.reject(f"member {name!r} lies below a symlink of the archive")
+            kind = header.type
+            if kind in _REGULAR:
+                path = f"{root}/{name}"
+                parent = path.rpartition("/")[0]
+                if parent not in made_dirs:
+                    self.ensure_dir(parent)
+                if header.size <= SMALL_FILE:
+                    self.write(path, tar.data(), data_mode(header.mode), header.mtime)
+                else:
+                    _write_large(tar, path, data_mode(header.mode), header.mtime)
+            elif kind == tarfile.DIRTYPE:
+                self.ensure_dir(f"{root}/{name}" if name else root)
+            else:
+                self.take_special(_to_tarinfo(header), name)
+            if self.members == PAUSE_AFTER_MEMBERS:
+                layout.test_pause("extract")
 
     def below_symlink(self, name: str) -> bool:
         """`_below`, remembered per parent directory (most members share theirs)."""
@@ -500,33 +599,33 @@ class _Extraction:
         self.clear_dirs.add(parent)
         return False
 
-    def take_special(self, tar: _TarStream, member: tarfile.TarInfo, name: str) -> None:
-        """Links (deferred to the end) and large files (streamed here), already judged."""
+    def take_special(self, member: tarfile.TarInfo, name: str) -> None:
+        """Links (judged by `tarfile.data_filter`, made at the end) and anything else
+        (refused with the reason `_check_member` or the filter gives)."""
+        _check_member(member, self.build_id)
+        member = tarfile.data_filter(member, self.root)
+        if not (member.issym() or member.islnk()):
+            raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
         target = os.path.join(self.root, name)
         self.ensure_dir(os.path.dirname(target))
-        if member.issym() or member.islnk():
-            if member.issym():
-                self.symlinks.add(name)
-                self.clear_dirs.clear()  # may lie below the new one
-            self.links.append((member, target))
-        elif member.isreg():
-            _write_large(tar, target, member)
-        else:
-            raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
+        if member.issym():
+            self.symlinks.add(name)
+            self.clear_dirs.clear()  # may lie below the new one
+        self.links.append((member, target))
 
-    def submit(self, member: tarfile.TarInfo, data: bytes | memoryview) -> None:
+    def write(self, path: str, data: bytes | memoryview, mode: int, mtime: float) -> None:
         """Write now (fast storage) or queue a write; writers get them in batches (one
         future per file costs more than writing a small file)."""
         if self.inline:
             start = time.perf_counter()
-            self.place(member, data)
-            self.probed += 1
+            _write_file(path, data, mode, mtime, self.chmod)
             self.probe_seconds += time.perf_counter() - start
+            self.probed += 1
             if self.probed == PROBE_FILES:
                 self.inline = self.probe_seconds <= SLOW_WRITE * PROBE_FILES
                 self.probed, self.probe_seconds = 0, 0.0
             return
-        self.batch.append((member, data))
+        self.batch.append((path, data, mode, mtime))
         self.batch_bytes += len(data)
         if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
             self.flush()
@@ -538,23 +637,14 @@ class _Extraction:
         while len(self.pending) > MAX_INFLIGHT:
             self.pending.popleft().result()
 
-    def place_all(self, batch: list[tuple[tarfile.TarInfo, bytes | memoryview]]) -> None:
-        for member, data in batch:
-            self.place(member, data)
-
-    def place(self, member: tarfile.TarInfo, data: bytes | memoryview) -> None:
-        """Write one directory or small file (in a writer thread), with the data filter's
-        mode (`data_mode`)."""
-        target = os.path.join(self.root, member.name.rstrip("/"))
-        if member.isdir():
-            self.ensure_dir(target)
-            return
-        self.ensure_dir(os.path.dirname(target))
-        _write_file(target, data, data_mode(member), member.mtime)
+    def place_all(self, batch: list[tuple[str, bytes | memoryview, int, float]]) -> None:
+        """Write a batch of small files (in a writer thread)."""
+        for path, data, mode, mtime in batch:
+            _write_file(path, data, mode, mtime, self.chmod)
 
     def ensure_dir(self, path: str) -> None:
         if path not in self.made_dirs:
-            os.makedirs(path, exist_ok=True)  # safe when two writers race for it
+            os.makedirs(path, exist_ok=True)
             self.made_dirs.add(path)
 
     def drain(self) -> None:
@@ -567,13 +657,12 @@ class _Extraction:
             future.cancel()
 
 
-def _write_large(tar: _TarStream, target: str, member: tarfile.TarInfo) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, 0o600)
+def _write_large(tar: _TarStream, target: str, mode: int, mtime: float) -> None:
+    fd = os.open(target, _CREATE, 0o600)
     try:
         tar.copy(fd)
-        os.fchmod(fd, member.mode)
-        os.utime(fd, (member.mtime, member.mtime))
+        os.fchmod(fd, mode)
+        os.utime(fd, (mtime, mtime))
     finally:
         os.close(fd)
 
