@@ -233,24 +233,24 @@ def test_bad_manifest_ignored_others_deploy(site, breakage: str) -> None:
 def test_fast_path_gives_the_data_filter_verdict(tmp_path: Path, kind: bytes) -> None:
     """Regular files and directories skip tarfile.data_filter's realpath(); for every name
     our checks let through, the filter accepts it too and sets the same mode."""
-    from nsls2_artifacts.agent.extract import _check_member, data_mode
+    from nsls2_artifacts.agent.extract import _check_name, data_mode
 
     names = ["a", "bin/python3.11", "lib/python3.11/site-packages/x/y.py", "./lib/z", "s/d/"]
     modes = [0, 0o111, 0o600, 0o644, 0o755, 0o777, 0o4755, 0o2775, 0o1777, 0o7777, 0o070, 0o704]
     for name in names:
         for mode in modes:
             info, _ = member(name, b"", mode=mode, type=kind)
-            _check_member(info, "b")
+            _check_name(info.name, "b")
             judged = tarfile.data_filter(info, str(tmp_path))
             assert judged.name == info.name
             if kind == tarfile.REGTYPE:
-                assert judged.mode == data_mode(info), (name, oct(mode))
+                assert judged.mode == data_mode(info.mode), (name, oct(mode))
             else:
                 assert judged.mode is None  # the filter ignores directory modes; so do we
     for bad in ("/abs/x", "a/../../x", "../x", "a/.."):
         info, _ = member(bad, b"x", type=kind)
         with pytest.raises(RejectedArtifactError):
-            _check_member(info, "b")
+            _check_name(info.name, "b")
 
 
 def test_modes_after_extraction(site) -> None:
@@ -267,3 +267,35 @@ def test_modes_after_extraction(site) -> None:
     assert (prefix / "bin" / "setuid-tool").stat().st_mode & 0o7777 == 0o755
     assert (prefix / "lib" / "private.txt").stat().st_mode & 0o7777 == 0o600
     assert (prefix / "bin" / "python").stat().st_mode & 0o111
+
+
+def status_of(config: Path, build_id: str) -> str:
+    """The state column of the build's row (quarantined ones are listed again, with reasons)."""
+    rows = [line for line in run_cli(config, "status").stdout.splitlines() if build_id in line]
+    return rows[0].split()[1]
+
+
+def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
+    """A smoke test that timed out (a transient failure) quarantines the build and is not
+    retried by itself; `retry` lifts it, the next pass deploys it, a second `retry` has
+    nothing to do."""
+    config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 0.001})
+    build = commit_fake(cfg)
+    for _ in range(2):
+        _, log = run(cfg)
+        assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
+    assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
+    assert status_of(config, build.build_id) == "quarantined"
+    config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 60})
+    lifted = run_cli(config, "retry", "demo", build.build_id)
+    assert lifted.returncode == 0, lifted.stderr
+    assert "quarantine lifted" in lifted.stdout and "timed out after 0.001 s" in lifted.stdout
+    [row] = [
+        line for line in run_cli(config, "status").stdout.splitlines() if build.build_id in line
+    ]
+    assert row.split()[1] == "pending", row
+    result, _ = run(cfg)
+    assert result.ok
+    assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
+    again = run_cli(config, "retry", "demo", build.build_id)
+    assert again.returncode == 1 and "not quarantined" in again.stdout

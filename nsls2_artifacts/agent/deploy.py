@@ -97,6 +97,18 @@ def list_quarantined(deploy_root: Path) -> list[Quarantine]:
     return found
 
 
+def release_quarantine(deploy_root: Path, env: str, build_id: str) -> Quarantine | None:
+    """Forget ENV/BUILD_ID's quarantine so the next pass deploys it again (after a
+    transient failure: a smoke timeout under load, conda-unpack killed); returns the
+    record removed, None if there was none. Under the build lock: never while an
+    agent is deploying that build."""
+    with build_lock(deploy_root, env, build_id, wait=True):
+        record = read_quarantine(deploy_root, env, build_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.quarantine_path(deploy_root, env, build_id))
+    return record
+
+
 def _artifact_seen(path: Path) -> tuple[int, int]:
     try:
         st = os.stat(path)

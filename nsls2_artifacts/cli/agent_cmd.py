@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("agent")(agent)
     app.command("status")(status)
     app.command("rollback")(rollback)
+    app.command("retry")(retry)
     app.command("demo-kernel", hidden=True)(demo_kernel)
 
 
@@ -102,6 +103,30 @@ def rollback(
         f"restart {kernel_name(env)} kernels to use it)",
         highlight=False,
         markup=False,
+    )
+
+
+def retry(
+    env: Annotated[str, typer.Argument(help="Environment name")],
+    build_id: Annotated[str, typer.Argument(help="The quarantined build to deploy again")],
+    config: ConfigOption = None,
+) -> None:
+    """Let the agents deploy a quarantined build again (after a transient failure)."""
+    from ..agent.deploy import release_quarantine
+
+    cfg = site(config)
+    with reported_errors():
+        record = release_quarantine(cfg.deploy_root, env, build_id)
+    if record is None:
+        out.print(f"{env}/{build_id} is not quarantined here; nothing to do", soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(
+        f"{env}/{build_id}: quarantine lifted (was: {record.stage} failed on {record.node} at "
+        f"{record.time}: {record.reason}); the next agent pass deploys it again "
+        f"(within agent.poll_seconds={cfg.agent.poll_seconds:g}, or now: `agent --once`)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
 
 
