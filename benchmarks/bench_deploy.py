@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument(
         "--scratch", type=Path, default=None, help="deploy pairs here (e.g. /dev/shm/x)"
     )
+    parser.add_argument(
+        "--settle", type=float, default=0, help="seconds to wait (after sync) before each side"
+    )
     parser.add_argument("--deploy-only", action="store_true", help="skip latency and kernels")
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="bench-deploy-"))
@@ -202,6 +205,9 @@ def main() -> None:
         first_plain = round_ % 2 == 0  # alternate who goes first (page cache, writeback)
         steps: dict[str, float] = {}
         for side in ("plain", "ours") if first_plain else ("ours", "plain"):
+            if opts.settle:  # let a throttled disk catch up, so both sides start even
+                subprocess.run(["sync"], check=True)
+                time.sleep(opts.settle)
             if side == "plain":
                 plain.append(timed(lambda: plain_deploy(archive, scratch / "plain")))
             else:

@@ -407,8 +407,8 @@ MAX_INFLIGHT = 16
 WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
 # ... but on a local disk a file takes ~40 us and handing it to a thread costs more (GIL
 # handoffs, futex waits: 2x the CPU on 2 cores). Files are written by the parsing thread;
-# the pool takes over for good once PROBE_FILES in a row averaged more than SLOW_WRITE
-# seconds (GPFS, NFS, or a local disk throttling writers).
+# the pool takes over for good once the median of PROBE_FILES writes in a row took more
+# than SLOW_WRITE seconds (GPFS, NFS, or a local disk throttling writers).
 PROBE_FILES = 64
 SLOW_WRITE = 300e-6
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -546,8 +546,7 @@ class _Extraction:
         self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
         self.batch_bytes = 0
         self.inline = True  # writing in this thread until the probe says storage is slow
-        self.probed = 0
-        self.probe_seconds = 0.0
+        self.probe: list[float] = []  # seconds per write, the last few
 
     def reject(self, message: str) -> RejectedArtifactError:
         return RejectedArtifactError(self.build_id, message)
@@ -619,11 +618,12 @@ class _Extraction:
         if self.inline:
             start = time.perf_counter()
             _write_file(path, data, mode, mtime, self.chmod)
-            self.probe_seconds += time.perf_counter() - start
-            self.probed += 1
-            if self.probed == PROBE_FILES:
-                self.inline = self.probe_seconds <= SLOW_WRITE * PROBE_FILES
-                self.probed, self.probe_seconds = 0, 0.0
+            self.probe.append(time.perf_counter() - start)
+            if len(self.probe) == PROBE_FILES:
+                # the median: one stall (a journal commit) must not hand a fast disk
+                # to the pool for good; slow storage makes most writes slow
+                self.inline = sorted(self.probe)[PROBE_FILES // 2] <= SLOW_WRITE
+                self.probe.clear()
             return
         self.batch.append((path, data, mode, mtime))
         self.batch_bytes += len(data)
