@@ -540,7 +540,8 @@ class _Extraction:
         self.members = self.total = 0
         self.made_dirs = {root}
         self.symlinks: set[str] = set()
-        self.clear_dirs: set[str] = set()  # parents known to lie below none of `symlinks`
+        # parent directories (absolute) made and known to lie below none of `symlinks`
+        self.clear_dirs: set[str] = set()
         self.links: list[tuple[tarfile.TarInfo, str]] = []
         self.pending: deque[Future[None]] = deque()
         self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
@@ -555,7 +556,7 @@ class _Extraction:
         """Every member in archive order. Regular files and directories - nearly all
         members - take the short path here, with no TarInfo and few calls: Python's
         per-member cost, not the disk, decides how close we come to plain tar."""
-        root, made_dirs, build_id = self.root, self.made_dirs, self.build_id
+        root, clear_dirs, build_id = self.root, self.clear_dirs, self.build_id
         for header in tar.headers():
             self.members += 1
             self.total += header.size
@@ -569,34 +570,30 @@ class _Extraction:
             _check_name(name, build_id)
             if name.endswith("/"):
                 name = name.rstrip("/")
-            if self.symlinks and self.below_symlink(name):
-                raise self.reject(f"member {name!r} lies below a symlink of the archive")
             kind = header.type
             if kind in _REGULAR:
                 path = f"{root}/{name}"
                 parent = path.rpartition("/")[0]
-                if parent not in made_dirs:
+                if parent not in clear_dirs:  # one lookup for most files: checked and made
+                    self.check_not_below_symlink(name)
                     self.ensure_dir(parent)
+                    clear_dirs.add(parent)
                 if header.size <= SMALL_FILE:
                     self.write(path, tar.data(), data_mode(header.mode), header.mtime)
                 else:
                     _write_large(tar, path, data_mode(header.mode), header.mtime)
             elif kind == tarfile.DIRTYPE:
+                self.check_not_below_symlink(name)
                 self.ensure_dir(f"{root}/{name}" if name else root)
             else:
+                self.check_not_below_symlink(name)
                 self.take_special(_to_tarinfo(header), name)
             if self.members == PAUSE_AFTER_MEMBERS:
                 layout.test_pause("extract")
 
-    def below_symlink(self, name: str) -> bool:
-        """`_below`, remembered per parent directory (most members share theirs)."""
-        parent = name.rpartition("/")[0]
-        if parent in self.clear_dirs:
-            return False
-        if _below(name, self.symlinks):
-            return True
-        self.clear_dirs.add(parent)
-        return False
+    def check_not_below_symlink(self, name: str) -> None:
+        if self.symlinks and _below(name, self.symlinks):
+            raise self.reject(f"member {name!r} lies below a symlink of the archive")
 
     def take_special(self, member: tarfile.TarInfo, name: str) -> None:
         """Links (judged by `tarfile.data_filter`, made at the end) and anything else
@@ -643,9 +640,16 @@ class _Extraction:
             _write_file(path, data, mode, mtime, self.chmod)
 
     def ensure_dir(self, path: str) -> None:
-        if path not in self.made_dirs:
+        if path in self.made_dirs:
+            return
+        if path.rpartition("/")[0] in self.made_dirs:
+            # one mkdir instead of makedirs' stat walk; an existing non-directory shows up
+            # as NotADirectoryError at the first file created in it
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
+        else:
             os.makedirs(path, exist_ok=True)
-            self.made_dirs.add(path)
+        self.made_dirs.add(path)
 
     def drain(self) -> None:
         self.flush()
