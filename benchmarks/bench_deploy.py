@@ -80,10 +80,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def plain_deploy(archive: Path, dest: Path) -> None:
+def plain_deploy(archive: Path, dest: Path, steps: dict[str, float]) -> None:
+    start = time.perf_counter()
     dest.mkdir(parents=True)
     subprocess.run(["tar", "-I", "zstd", "-xf", str(archive), "-C", str(dest)], check=True)
+    steps["tar"] = time.perf_counter() - start
     subprocess.run([str(dest / "bin" / "python"), str(dest / "bin" / "conda-unpack")], check=True)
+    steps["unpack"] = time.perf_counter() - start - steps["tar"]
 
 
 def agent_deploy(archive: Path, manifest: BuildManifest, dest: Path) -> dict[str, float]:
@@ -197,27 +200,37 @@ def main() -> None:
     print(f"cpu: {cpu_model()} x{os.cpu_count()}; python {platform.python_version()}")
     print(f"archive: {archive.name} {archive.stat().st_size / 1e6:.1f} MB, build {base.build_id}")
 
-    plain, ours = [], []
+    plain, ours, extract_ratios = [], [], []
     scratch = opts.scratch or work / "scratch"
     for round_ in range(opts.repeat):
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
         first_plain = round_ % 2 == 0  # alternate who goes first (page cache, writeback)
         steps: dict[str, float] = {}
+        plain_steps: dict[str, float] = {}
         for side in ("plain", "ours") if first_plain else ("ours", "plain"):
             if opts.settle:  # let a throttled disk catch up, so both sides start even
                 subprocess.run(["sync"], check=True)
                 time.sleep(opts.settle)
             if side == "plain":
-                plain.append(timed(lambda: plain_deploy(archive, scratch / "plain")))
+                plain.append(
+                    timed(lambda p=plain_steps: plain_deploy(archive, scratch / "plain", p))
+                )
             else:
                 t = timed(lambda s=steps: s.update(agent_deploy(archive, base, scratch / "ours")))
                 ours.append((t - steps["smoke"], steps))
         print(
-            f"  round {round_ + 1}: plain {plain[-1]:.2f}s  agent {ours[-1][0]:.2f}s "
+            f"  round {round_ + 1}: plain {plain[-1]:.2f}s ("
+            + " ".join(f"{k}={v:.2f}" for k, v in plain_steps.items())
+            + f")  agent {ours[-1][0]:.2f}s ("
             + " ".join(f"{k}={v:.2f}" for k, v in ours[-1][1].items())
+            + ")"
         )
+        extract_ratios.append(steps["extract"] / plain_steps["tar"])
     shutil.rmtree(scratch, ignore_errors=True)
+    print(
+        f"  extraction alone (agent extract / tar): median {statistics.median(extract_ratios):.2f}x"
+    )
     best_plain = min(plain)
     best_ours, best_steps = min(ours, key=lambda x: x[0])
     median_plain = statistics.median(plain)
