@@ -56,6 +56,8 @@ class HookSettings:
     concurrency: int = 1
     build_timeout_seconds: float = 3600
     state_dir: Path | None = None
+    max_failed_signins: int = 20  # wrong tokens per client address per window; 0: no limit
+    failed_signin_window_seconds: float = 300
 
     @property
     def host(self) -> str:
@@ -249,4 +251,6 @@ class _Reader:
             concurrency=int(data.get("concurrency", 1)),
             build_timeout_seconds=float(data.get("build_timeout_seconds", 3600)),
             state_dir=(self.base / state_dir).resolve() if state_dir else None,
+            max_failed_signins=int(data.get("max_failed_signins", 20)),
+            failed_signin_window_seconds=float(data.get("failed_signin_window_seconds", 300)),
         )

@@ -293,3 +293,27 @@ def test_hook_token_prints_a_token_and_its_hash() -> None:
     token = re.search(r"token:\s+(\S+)", result.stdout).group(1)
     digest = re.search(r"tokens_sha256: \[([0-9a-f]{64})\]", result.stdout).group(1)
     assert hashlib.sha256(token.encode()).hexdigest() == digest and len(token) >= 40
+
+
+def test_wrong_tokens_are_rate_limited_per_client(tmp_path: Path) -> None:
+    """After `max_failed_signins` wrong tokens within the window a client address gets 429
+    with Retry-After (even with the right token, API and sign-in form alike); another
+    address is not affected; after the window the right token works again."""
+    config = hook_site(tmp_path, hook={"max_failed_signins": 3, "failed_signin_window_seconds": 4})
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    other_address = httpx.HTTPTransport(local_address="127.0.0.2")
+    with HookServer(config) as hook, hook.client(token="wrong-" + TOKEN) as wrong:
+        assert [wrong.get("/api/envs").status_code for _ in range(3)] == [403] * 3
+        with hook.client() as right:
+            refused = right.get("/api/envs")
+            assert refused.status_code == 429 and "too many wrong tokens" in refused.json()["error"]
+            assert 1 <= int(refused.headers["Retry-After"]) <= 5
+            with httpx.Client(base_url=hook.url) as browser:
+                nonce = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+                assert nonce is not None
+                page = browser.post("/signin", data={"csrf": nonce[1], "token": TOKEN})
+                assert page.status_code == 429 and "Too many wrong tokens" in page.text
+            with hook.client(transport=other_address) as elsewhere:
+                assert elsewhere.get("/api/envs").status_code == 200
+            time.sleep(int(refused.headers["Retry-After"]))
+            assert right.get("/api/envs").status_code == 200

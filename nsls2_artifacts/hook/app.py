@@ -38,7 +38,15 @@ from ..errors import ArtifactsError
 from ..fsutil import LockBusy, file_lock
 from ..store import FilesystemStore
 from . import metrics
-from .auth import SESSION_COOKIE, SESSION_SECONDS, SIGNIN_COOKIE, Auth, Session, load_or_create_key
+from .auth import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    SIGNIN_COOKIE,
+    Auth,
+    FailureLimiter,
+    Session,
+    load_or_create_key,
+)
 from .diff import diff_builds, previous_build
 from .envs import ManifestCache, is_env, list_envs, summary
 from .nightly import Schedule, run_nightly, site_schedule
@@ -68,6 +76,7 @@ class Hook:
     manifests: ManifestCache
     templates: Environment
     schedule: Schedule | None
+    limiter: FailureLimiter  # wrong tokens per client address
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # background loops
 
 
@@ -327,14 +336,32 @@ def signin_form(request: Request, status: int = 200, error: str = "") -> HTMLRes
     return response
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _retry_after(hook: Hook, request: Request) -> int:
+    """Whole seconds this client must wait after too many wrong tokens; 0 if none."""
+    wait = hook.limiter.retry_after(_client(request))
+    return int(wait) + 1 if wait else 0
+
+
 async def signin(request: Request) -> Response:
     hook = _hook(request)
     form = await request.form()
     if not hook.auth.signin_nonce_ok(request.cookies.get(SIGNIN_COOKIE), form.get("csrf")):
         return _error_page(request, 403, "the sign-in form expired or was not ours; try again")
+    if wait := _retry_after(hook, request):
+        response = signin_form(
+            request, status=429, error=f"Too many wrong tokens; try again in {wait} s."
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     match = hook.auth.check_token(str(form.get("token", "")))
     if match is None:
+        hook.limiter.failed(_client(request))
         return signin_form(request, status=403, error="That token is not valid.")
+    hook.limiter.succeeded(_client(request))
     _session_record, cookie = hook.auth.new_session(match)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     _cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)
@@ -420,10 +447,16 @@ async def form_promote(request: Request) -> Response:
 
 
 def _api_auth(request: Request) -> tuple[str | None, Response | None]:
-    status, match = _hook(request).auth.bearer(request.headers.get("authorization"))
+    hook = _hook(request)
+    if wait := _retry_after(hook, request):
+        response = _json_error(429, f"too many wrong tokens; try again in {wait} s")
+        response.headers["Retry-After"] = str(wait)
+        return None, response
+    status, match = hook.auth.bearer(request.headers.get("authorization"))
     if status == 401:
         return None, _json_error(401, "missing bearer token (Authorization: Bearer TOKEN)")
     if status == 403:
+        hook.limiter.failed(_client(request))
         return None, _json_error(403, "token not accepted")
     return f"token:{match[:8]}", None
 
@@ -638,6 +671,9 @@ def create_app(site: SiteConfig) -> Starlette:
         manifests=ManifestCache(store),
         templates=_templates(),
         schedule=site_schedule(site),
+        limiter=FailureLimiter(
+            site.hook.max_failed_signins, site.hook.failed_signin_window_seconds
+        ),
     )
 
     @contextlib.asynccontextmanager

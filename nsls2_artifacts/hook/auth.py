@@ -16,8 +16,10 @@ import json
 import os
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SESSION_COOKIE = "nsls2_hook_session"
 SIGNIN_COOKIE = "nsls2_hook_signin"
@@ -71,6 +73,53 @@ class Session:
     def who(self) -> str:
         # Enough of the hash to tell tokens apart in the history, never the token itself.
         return f"token:{self.token_sha256[:8]}"
+
+
+class FailureLimiter:
+    """Wrong tokens per client address: after `limit` failures within `window` seconds the
+    address is refused (HTTP 429) until the oldest one is `window` old. Tokens are random
+    and long, so this is not what keeps them secret; it keeps a guessing script from
+    filling the logs and the CPU. `limit` 0 turns it off. Behind a reverse proxy every
+    client has the proxy's address: set the limit with that in mind."""
+
+    MAX_ADDRESSES = 10_000  # forget the quietest ones beyond this (memory stays bounded)
+
+    def __init__(self, limit: int, window: float, clock: Any = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self.failures.get(address, deque())
+        horizon = self.clock() - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        return times
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until `address` may try again; 0 when it may now."""
+        if self.limit <= 0:
+            return 0.0
+        times = self._recent(address)
+        if len(times) < self.limit:
+            return 0.0
+        return max(times[-self.limit] + self.window - self.clock(), 0.001)
+
+    def failed(self, address: str) -> None:
+        if self.limit <= 0:
+            return
+        if address not in self.failures and len(self.failures) >= self.MAX_ADDRESSES:
+            for stale in [a for a in self.failures if not self._recent(a)] or [
+                min(self.failures, key=lambda a: self.failures[a][-1])
+            ]:
+                del self.failures[stale]
+        times = self._recent(address)
+        times.append(self.clock())
+        self.failures[address] = times
+
+    def succeeded(self, address: str) -> None:
+        self.failures.pop(address, None)
 
 
 class Auth:
