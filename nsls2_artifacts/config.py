@@ -58,6 +58,7 @@ class HookSettings:
     state_dir: Path | None = None
     max_failed_signins: int = 20  # wrong tokens per client address per window; 0: no limit
     failed_signin_window_seconds: float = 300
+    keep_history_days: float = 365  # finished build requests and their logs; 0: forever
 
     @property
     def host(self) -> str:
@@ -253,4 +254,5 @@ class _Reader:
             state_dir=(self.base / state_dir).resolve() if state_dir else None,
             max_failed_signins=int(data.get("max_failed_signins", 20)),
             failed_signin_window_seconds=float(data.get("failed_signin_window_seconds", 300)),
+            keep_history_days=float(data.get("keep_history_days", 365)),
         )

@@ -317,3 +317,35 @@ def test_wrong_tokens_are_rate_limited_per_client(tmp_path: Path) -> None:
                 assert elsewhere.get("/api/envs").status_code == 200
             time.sleep(int(refused.headers["Retry-After"]))
             assert right.get("/api/envs").status_code == 200
+
+
+def test_old_history_and_logs_are_forgotten_at_startup(tmp_path: Path) -> None:
+    """Finished requests older than `keep_history_days` and their logs go when the hook
+    starts; recent ones stay, and so does each env's newest finished request however old
+    (the front page shows its result)."""
+    from nsls2_artifacts.hook.queue import BuildQueue
+
+    config = hook_site(tmp_path, hook={"keep_history_days": 30})
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    write_env(tmp_path / "manifests", "other", {"python": "3.11.*"})
+    state = tmp_path / "hook-state"
+    (state / "logs").mkdir(parents=True)
+    queue = BuildQueue(state / "hook.sqlite")
+    ages = {"demo": [400, 40, 2], "other": [400]}  # days since each request finished
+    made: dict[int, float] = {}
+    for env, days in ages.items():
+        for age in days:
+            record, _ = queue.request(env, source="test", requested_by="test")
+            assert [r.id for r in queue.claim(1)] == [record.id]
+            queue.finish(record.id, "failed", reason="old")
+            made[record.id] = age
+            (state / "logs" / f"{record.id}.log").write_text(f"log of {record.id}\n")
+    with queue._tx() as db:  # backdate them (the queue stamps finish times itself)
+        for build, age in made.items():
+            db.execute(
+                "UPDATE builds SET finished = ? WHERE id = ?", (time.time() - age * 86400, build)
+            )
+    with HookServer(config) as hook, hook.client() as client:
+        kept = {b: client.get(f"/api/builds/{b}").status_code == 200 for b in made}
+    assert kept == {1: False, 2: False, 3: True, 4: True}
+    assert sorted(p.name for p in (state / "logs").iterdir()) == ["3.log", "4.log"]

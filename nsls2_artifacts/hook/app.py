@@ -693,6 +693,9 @@ def create_app(site: SiteConfig) -> Starlette:
                     "marked builds %s failed: the previous hook stopped mid-build", recovered
                 )
             hook.tasks["runner"] = asyncio.create_task(hook.runner.run_forever())
+            hook.tasks["history"] = asyncio.create_task(
+                hook.runner.forget_history_daily(site.hook.keep_history_days)
+            )
             if hook.schedule is not None:
                 hook.tasks["nightly"] = asyncio.create_task(
                     run_nightly(site, hook.schedule, queue, hook.runner.wake)

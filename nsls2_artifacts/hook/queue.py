@@ -288,6 +288,20 @@ class BuildQueue:
             )
         return self.get(build_id)
 
+    def forget_finished_before(self, cutoff: float) -> list[int]:
+        """Delete finished requests that ended before `cutoff` (epoch seconds), except each
+        env's newest finished one (the front page shows its result); returns their ids."""
+        marks = ",".join("?" * len(FINISHED))
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT id FROM builds WHERE state IN ({marks}) AND finished < ? AND id NOT IN"
+                f" (SELECT MAX(id) FROM builds WHERE state IN ({marks}) GROUP BY env)",
+                (*FINISHED, cutoff, *FINISHED),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            db.executemany("DELETE FROM builds WHERE id = ?", [(i,) for i in ids])
+        return ids
+
     def cancel_queued(self, build_id: int, reason: str) -> bool:
         """Cancel a build that has not started; False if it already started or ended."""
         with self._tx() as db:

@@ -121,6 +121,28 @@ class Runner:
     def wake(self) -> None:
         self._wake.set()
 
+    # -- history ---------------------------------------------------------------------------
+
+    def forget_history(self, days: float) -> list[int]:
+        """Drop requests (and their logs) that finished more than `days` ago; 0 keeps all."""
+        if days <= 0:
+            return []
+        forgotten = self.queue.forget_finished_before(time.time() - days * 86400)
+        for build in forgotten:
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path(build).unlink()
+        if forgotten:
+            log.info("forgot %d build requests older than %g days", len(forgotten), days)
+        return forgotten
+
+    async def forget_history_daily(self, days: float) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.forget_history, days)
+            except Exception:  # a busy or broken DB: builds go on, try again tomorrow
+                log.exception("could not forget old build requests")
+            await asyncio.sleep(86400)
+
     # -- startup recovery ------------------------------------------------------------------
 
     def recover(self) -> list[int]:
