@@ -1,7 +1,9 @@
 """Safe extraction of a build archive: a lean reader for the tar features our packers
-write builds the same `tarfile.TarInfo` members tarfile would (anything else is refused),
-every member gets tarfile's "data" filter verdict, limits on member count and bytes, links
-made last and never through another link; decompression overlaps parsing and writing.
+write reads each header as tarfile would (anything else is refused), every member gets
+tarfile's "data" filter verdict, limits on member count and bytes, links made last and
+never through another link; decompression overlaps parsing and writing. Regular files,
+nearly every member, take a short path with few Python calls: per-member cost, not the
+disk, decides how close a deploy comes to plain `tar` (docs/benchmarks.md, Deploy).
 
 Called by `deploy.deploy_build` (after the artifact is verified) and the benchmark.
 """
