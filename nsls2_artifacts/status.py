@@ -123,7 +123,9 @@ def render_text(status: dict[str, Any]) -> str:
         for name, k in status["kernels"].items():
             lines.append(f"  {name:<28} {k['display_name']}  -> {k['env']}/{k['build_id']}")
     if status["quarantined"]:
-        lines.append("quarantined:")
+        lines.append(
+            "quarantined (after a transient failure: `nsls2-artifacts retry ENV BUILD_ID`):"
+        )
         for q in status["quarantined"]:
             lines.append(f"  {q['env']}/{q['build_id']} [{q['stage']}] {q['reason']}")
     if status["invalid"]:

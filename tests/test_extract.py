@@ -286,6 +286,7 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
     assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
     assert status_of(config, build.build_id) == "quarantined"
+    assert "nsls2-artifacts retry ENV BUILD_ID" in run_cli(config, "status").stdout
     config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 60})
     lifted = run_cli(config, "retry", "demo", build.build_id)
     assert lifted.returncode == 0, lifted.stderr
