@@ -72,6 +72,14 @@ HOSTILE = {
         member("lib/here", type=tarfile.SYMTYPE, linkname="."),
         member("lib/here/x.txt", b"x"),
     ),
+    "below-symlink-unnormalised": lambda: evil(
+        member("lib/here", type=tarfile.SYMTYPE, linkname="."),
+        member("lib//here/x.txt", b"x"),
+    ),
+    "link-below-symlink-unnormalised": lambda: evil(
+        member("lib/here", type=tarfile.SYMTYPE, linkname="."),
+        member("./lib/here/up", type=tarfile.SYMTYPE, linkname="../../escaped"),
+    ),
     "chardev": lambda: evil(member("dev/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
     "fifo": lambda: evil(member("lib/fifo", type=tarfile.FIFOTYPE)),
     "duplicate-file": lambda: evil(member("lib/twice.txt", b"a"), member("lib/twice.txt", b"b")),

@@ -249,3 +249,12 @@ def test_multi_frame_zstd_archive(tmp_path: Path) -> None:
     )
     assert count == 40
     assert (dest / "lib" / "f39.txt").read_bytes() == b"39\n" * 300
+
+
+@pytest.mark.parametrize("name", ["lib/x/f.txt", "lib//x/f.txt", "./lib/x/f.txt", "lib/./x/f.txt"])
+def test_below_a_symlink_however_the_name_is_spelled(tmp_path: Path, name: str) -> None:
+    """The "nothing below an archive symlink" rule sees through `//` and `./`, and says so
+    (before, such a member made `lib/x` a directory and the symlink then clashed)."""
+    members = [info("lib/x", type=tarfile.SYMTYPE, linkname="."), info(name, b"data")]
+    archive = write(tmp_path / "a.tar", members, format=tarfile.PAX_FORMAT)
+    assert "lies below a symlink of the archive" in rejected(archive, "tar", tmp_path)

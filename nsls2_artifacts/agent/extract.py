@@ -439,7 +439,9 @@ def _umask() -> int | None:
 
 
 def _below(name: str, symlinks: set[str]) -> bool:
-    """Whether a parent of `name` (`a`, `a/b` for `a/b/c`) is one of `symlinks`."""
+    """Whether a parent of `name` (`a`, `a/b` for `a/b/c`) is one of `symlinks` (names
+    normalised: `lib//x/f` and `./lib/x/f` lie below `lib/x` too)."""
+    name = posixpath.normpath(name)
     cut = name.find("/")
     while cut >= 0:
         if name[:cut] in symlinks:
@@ -607,7 +609,7 @@ class _Extraction:
         target = os.path.join(self.root, name)
         self.ensure_dir(os.path.dirname(target))
         if member.issym():
-            self.symlinks.add(name)
+            self.symlinks.add(posixpath.normpath(name))  # as `_below` and `_walk` see names
             self.clear_dirs.clear()  # may lie below the new one
         self.links.append((member, target))
 
