@@ -308,3 +308,18 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
     assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
     again = run_cli(config, "retry", "demo", build.build_id)
     assert again.returncode == 1 and "not quarantined" in again.stdout
+
+
+def test_long_extraction_logs_progress(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's log shows an extraction moving (every 10 s on a real one)."""
+    from nsls2_artifacts.agent import deploy, extract
+
+    monkeypatch.setattr(deploy, "EXTRACT_PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(extract, "PROGRESS_EVERY", 2)
+    _, cfg = site
+    build = commit_fake(cfg)
+    result, log = run(cfg)
+    assert result.ok
+    progress = events(log, "extract-progress")
+    assert [int(p["members"]) for p in progress] == [2, 4, 6]
+    assert all(p["build"] == build.build_id for p in progress)

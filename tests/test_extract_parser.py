@@ -258,3 +258,18 @@ def test_below_a_symlink_however_the_name_is_spelled(tmp_path: Path, name: str) 
     members = [info("lib/x", type=tarfile.SYMTYPE, linkname="."), info(name, b"data")]
     archive = write(tmp_path / "a.tar", members, format=tarfile.PAX_FORMAT)
     assert "lies below a symlink of the archive" in rejected(archive, "tar", tmp_path)
+
+
+def test_progress_is_reported_on_the_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`progress(members, bytes)` comes while extracting (the daemon logs it), growing."""
+    monkeypatch.setattr(extract, "PROGRESS_EVERY", 10)
+    members = [info(f"lib/f{i}.txt", b"x" * 100) for i in range(45)]
+    archive = write(tmp_path / "a.tar", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    seen: list[tuple[int, int]] = []
+    extract.safe_extract(
+        archive, "tar", dest, build_id="b", max_members=100, max_bytes=1 << 20,
+        progress=lambda m, b: seen.append((m, b)), progress_seconds=0,
+    )  # fmt: skip
+    assert seen == [(10, 1000), (20, 2000), (30, 3000), (40, 4000)]

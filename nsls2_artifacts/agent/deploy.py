@@ -34,6 +34,7 @@ from .extract import safe_extract
 from .locks import build_lock
 from .log import event
 
+EXTRACT_PROGRESS_SECONDS = 10.0  # a log line this often while a large env unpacks
 HASH_CHUNK = 1024 * 1024  # 4 MiB reads hash ~15% slower (cache misses)
 
 
@@ -385,6 +386,10 @@ def _steps(
         build_id=build_id,
         max_members=site.agent.max_members,
         max_bytes=site.agent.max_bytes,
+        progress=lambda members, nbytes: event(
+            log, "extract-progress", env=env, build=build_id, members=members, mb=nbytes // 10**6
+        ),
+        progress_seconds=EXTRACT_PROGRESS_SECONDS,
     )
     os.rename(partial, final)
     fsync_dir(final.parent)

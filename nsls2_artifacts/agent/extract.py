@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -30,6 +30,7 @@ from ..errors import RejectedArtifactError
 from . import layout
 
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
+PROGRESS_EVERY = 256  # members between clock reads for the progress callback
 
 
 class _Chunks:
@@ -469,9 +470,19 @@ def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, ch
 
 
 def safe_extract(
-    archive: Path, fmt: str, dest: Path, *, build_id: str, max_members: int, max_bytes: int
+    archive: Path,
+    fmt: str,
+    dest: Path,
+    *,
+    build_id: str,
+    max_members: int,
+    max_bytes: int,
+    progress: Callable[[int, int], None] | None = None,
+    progress_seconds: float = 10.0,
 ) -> tuple[int, int]:
     """Extract `archive` into the existing, empty directory `dest`; returns (members, bytes).
+    `progress(members, bytes)` is called about every `progress_seconds` on the way (a
+    large env on GPFS takes minutes: the daemon's log shows it moving).
 
     `_TarStream` reads the archive's headers as tarfile does (tests/test_extract_parser.py);
     every member gets tarfile's "data" filter verdict (no absolute names, no `..`, no links
@@ -495,6 +506,8 @@ def safe_extract(
             ThreadPoolExecutor(WRITERS) as pool,
         ):
             job = _Extraction(root, build_id, max_members, max_bytes, pool)
+            job.progress, job.progress_seconds = progress, progress_seconds
+            job.next_progress = time.monotonic() + progress_seconds
             try:
                 job.run(tar)
                 job.drain()
@@ -550,6 +563,9 @@ class _Extraction:
         self.pending: deque[Future[None]] = deque()
         self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
         self.batch_bytes = 0
+        self.progress: Callable[[int, int], None] | None = None
+        self.progress_seconds = 10.0
+        self.next_progress = 0.0
         self.inline = True  # writing in this thread until the probe says storage is slow
         self.probe: list[float] = []  # seconds per write, the last few
 
@@ -594,6 +610,14 @@ class _Extraction:
                 self.take_special(_to_tarinfo(header), name)
             if self.members == PAUSE_AFTER_MEMBERS:
                 layout.test_pause("extract")
+            if not self.members % PROGRESS_EVERY and self.progress is not None:
+                self.report_progress()
+
+    def report_progress(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_progress and self.progress is not None:
+            self.progress(self.members, self.total)
+            self.next_progress = now + self.progress_seconds
 
     def check_not_below_symlink(self, name: str) -> None:
         if self.symlinks and _below(name, self.symlinks):
