@@ -117,9 +117,7 @@ class _Chunks:
             if self._pos == len(self._buf):
                 self._buf, self._pos = self._next(), 0
             n = min(size, len(self._buf) - self._pos)
-            view = memoryview(self._buf)[self._pos : self._pos + n]
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, memoryview(self._buf)[self._pos : self._pos + n])
             self._pos += n
             size -= n
 
@@ -451,17 +449,21 @@ def _below(name: str, symlinks: set[str]) -> bool:
     return False
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """`os.write` until all of `data` is written (one call for nearly every file)."""
+    written = os.write(fd, data) if len(data) else 0
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
 def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, chmod: bool) -> None:
     """Create a new file (O_EXCL|O_NOFOLLOW: never through a link, never over anything),
     with its mode at creation unless the umask would take bits off (`chmod`)."""
     fd = os.open(path, _CREATE, mode)
     try:
-        if len(data):
-            written = os.write(fd, data)
-            if written < len(data):
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         if chmod:
             os.fchmod(fd, mode)
         os.utime(fd, (mtime, mtime))  # by fd: no second path lookup
@@ -505,9 +507,9 @@ def safe_extract(
             _open_stream(archive, fmt, build_id) as tar,
             ThreadPoolExecutor(WRITERS) as pool,
         ):
-            job = _Extraction(root, build_id, max_members, max_bytes, pool)
-            job.progress, job.progress_seconds = progress, progress_seconds
-            job.next_progress = time.monotonic() + progress_seconds
+            job = _Extraction(
+                root, build_id, max_members, max_bytes, pool, progress, progress_seconds
+            )
             try:
                 job.run(tar)
                 job.drain()
@@ -545,7 +547,14 @@ class _Extraction:
     in the writer threads once storage proved slow."""
 
     def __init__(
-        self, root: str, build_id: str, max_members: int, max_bytes: int, pool: ThreadPoolExecutor
+        self,
+        root: str,
+        build_id: str,
+        max_members: int,
+        max_bytes: int,
+        pool: ThreadPoolExecutor,
+        progress: Callable[[int, int], None] | None = None,
+        progress_seconds: float = 10.0,
     ) -> None:
         self.root = root
         self.build_id = build_id
@@ -563,9 +572,9 @@ class _Extraction:
         self.pending: deque[Future[None]] = deque()
         self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
         self.batch_bytes = 0
-        self.progress: Callable[[int, int], None] | None = None
-        self.progress_seconds = 10.0
-        self.next_progress = 0.0
+        self.progress = progress
+        self.progress_seconds = progress_seconds
+        self.next_progress = time.monotonic() + progress_seconds
         self.inline = True  # writing in this thread until the probe says storage is slow
         self.probe: list[float] = []  # seconds per write, the last few
 
@@ -610,13 +619,13 @@ class _Extraction:
                 self.take_special(_to_tarinfo(header), name)
             if self.members == PAUSE_AFTER_MEMBERS:
                 layout.test_pause("extract")
-            if not self.members % PROGRESS_EVERY and self.progress is not None:
-                self.report_progress()
+            if self.progress is not None and not self.members % PROGRESS_EVERY:
+                self.report_progress(self.progress)
 
-    def report_progress(self) -> None:
+    def report_progress(self, progress: Callable[[int, int], None]) -> None:
         now = time.monotonic()
-        if now >= self.next_progress and self.progress is not None:
-            self.progress(self.members, self.total)
+        if now >= self.next_progress:
+            progress(self.members, self.total)
             self.next_progress = now + self.progress_seconds
 
     def check_not_below_symlink(self, name: str) -> None:

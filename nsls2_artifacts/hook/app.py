@@ -357,11 +357,12 @@ async def signin(request: Request) -> Response:
         )
         response.headers["Retry-After"] = str(wait)
         return response
+    client = _client(request)
     match = hook.auth.check_token(str(form.get("token", "")))
     if match is None:
-        hook.limiter.failed(_client(request))
+        hook.limiter.failed(client)
         return signin_form(request, status=403, error="That token is not valid.")
-    hook.limiter.succeeded(_client(request))
+    hook.limiter.succeeded(client)
     _session_record, cookie = hook.auth.new_session(match)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     _cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)

@@ -110,13 +110,16 @@ class FailureLimiter:
         if self.limit <= 0:
             return
         if address not in self.failures and len(self.failures) >= self.MAX_ADDRESSES:
-            for stale in [a for a in self.failures if not self._recent(a)] or [
-                min(self.failures, key=lambda a: self.failures[a][-1])
-            ]:
-                del self.failures[stale]
+            self._forget_quietest()
         times = self._recent(address)
         times.append(self.clock())
         self.failures[address] = times
+
+    def _forget_quietest(self) -> None:
+        """Drop addresses with no failure left in the window, else the one quiet longest."""
+        stale = [a for a in self.failures if not self._recent(a)]
+        for address in stale or [min(self.failures, key=lambda a: self.failures[a][-1])]:
+            del self.failures[address]
 
     def succeeded(self, address: str) -> None:
         self.failures.pop(address, None)
