@@ -80,3 +80,13 @@ class RejectedArtifactError(DeployError):
 
 class PruneError(ArtifactsError):
     """Retention could not be applied."""
+
+
+class NotebookError(ArtifactsError):
+    """A notebook given to `notebook info|pin` cannot be read or re-pointed; names the file."""
+
+    def __init__(self, path: str | Path, field: str | None, message: str) -> None:
+        self.path = str(path)
+        self.field = field
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {message}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import agent_cmd, build_cmd, dev_cmd, hook_cmd, prune_cmd, store_cmd
+from . import agent_cmd, build_cmd, dev_cmd, hook_cmd, notebook_cmd, prune_cmd, store_cmd
 
 app = typer.Typer(
     name="nsls2-artifacts",
@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (build_cmd, store_cmd, agent_cmd, prune_cmd, hook_cmd, dev_cmd):
+for module in (build_cmd, store_cmd, agent_cmd, prune_cmd, hook_cmd, dev_cmd, notebook_cmd):
     module.register(app)
 
 

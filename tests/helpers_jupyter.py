@@ -1,0 +1,176 @@
+"""Helpers for the Jupyter tests: a real jupyter_server (subprocess on 127.0.0.1) with the
+nsls2 server extension, its REST API through httpx, and kernel code run over its websocket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_jupyter_env(home: Path, jupyter_path: Path | None) -> dict[str, str]:
+    """The test's environment with Jupyter's config/data/runtime dirs of its own."""
+    env = {**os.environ}
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        path = home / name.lower()
+        path.mkdir(parents=True, exist_ok=True)
+        env[name] = str(path)
+    env.pop("JUPYTER_PATH", None)
+    if jupyter_path is not None:
+        env["JUPYTER_PATH"] = str(jupyter_path)
+    return env
+
+
+class Server:
+    """A running jupyter_server: `api()` sends authenticated REST calls."""
+
+    def __init__(self, url: str, token: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = url
+        self.token = token
+        self.proc = proc
+        self.log = log
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"token {token}"}, timeout=60
+        )
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.http.request(method, path, **kw)
+
+    def ok(self, method: str, path: str, **kw: Any) -> Any:
+        response = self.api(method, path, **kw)
+        assert response.status_code < 300, (response.status_code, response.text, self.tail())
+        return response.json() if response.content else None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@contextmanager
+def jupyter_server(
+    home: Path, root_dir: Path, jupyter_path: Path | None, *extra: str
+) -> Iterator[Server]:
+    """Start `python -m jupyter_server` with the extension enabled explicitly (an editable
+    install does not install the `jupyter_server_config.d` file a wheel ships)."""
+    port, token = free_port(), uuid.uuid4().hex
+    log = home / "jupyter-server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root_dir}",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True",
+        "--KernelSpecManager.ensure_native_kernel=False",
+        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
+        *extra,
+    ]
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            argv,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=isolated_jupyter_env(home, jupyter_path),
+        )
+    server = Server(f"http://127.0.0.1:{port}", token, proc, log)
+    try:
+        wait_until(lambda: _answers(server), 60, f"jupyter_server on port {port}", server)
+        yield server
+    finally:
+        server.http.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _answers(server: Server) -> bool:
+    if server.proc.poll() is not None:
+        raise AssertionError(f"jupyter_server exited:\n{server.tail()}")
+    try:
+        return server.api("GET", "/api/status").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float, what: str, server: Server | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n{server.tail() if server else ''}")
+
+
+def notebook_json(kernel_name: str, display_name: str, source: str = "1 + 1") -> dict[str, Any]:
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": kernel_name, "display_name": display_name, "language": "python"}
+        },
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "c1",
+                "source": source,
+                "metadata": {},
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],
+    }
+
+
+def save_notebook(server: Server, path: str, content: dict[str, Any]) -> None:
+    server.ok("PUT", f"/api/contents/{path}", json={"type": "notebook", "content": content})
+
+
+def read_notebook(server: Server, path: str) -> dict[str, Any]:
+    return server.ok("GET", f"/api/contents/{path}", params={"content": 1})["content"]
+
+
+def start_session(server: Server, path: str, kernel_name: str) -> str:
+    """POST /api/sessions like JupyterLab opening a notebook; returns the kernel id."""
+    model = server.ok(
+        "POST",
+        "/api/sessions",
+        json={"path": path, "name": path, "type": "notebook", "kernel": {"name": kernel_name}},
+    )
+    return model["kernel"]["id"]
+
+
+def notebook_cli(config: Path, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nsls2-artifacts notebook COMMAND --config CONFIG ARGS...` as a subprocess."""
+    env = {**os.environ}
+    env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "nsls2_artifacts.cli", "notebook", command, "--config", str(config)]
+        + list(args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
