@@ -8,6 +8,7 @@ config file are relative to that file. Errors name the file and the key.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from importlib import resources
@@ -70,6 +71,42 @@ class HookSettings:
 
 
 @dataclass(frozen=True)
+class KernelSettings:
+    """`kernels:` in the site config: what every NSLS-II kernel runs with."""
+
+    memory_limit: int | None = None  # bytes of virtual memory per kernel process; None: none
+    listed_lts: int = 2  # LTS kernels per env marked `listed` (newest first)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+
+
+def parse_size(value: Any) -> int | None:
+    """`16GiB`, `512MiB`, `16G` (binary), `16GB` (decimal), a byte count, or null -> bytes.
+
+    Raises ValueError with a message fit to follow the file and key it came from.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 16GiB or null, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(value) if isinstance(value, str) else None
+        if not match:
+            raise ValueError(f"expected a size like 16GiB, 512MiB or null, got {value!r}")
+        number, unit, suffix = match.groups()
+        decimal = suffix.upper() == "B" and unit != ""  # GB = 10**9, GiB and G = 2**30
+        base = 1000 if decimal else 1024
+        size = int(float(number) * base ** _SIZE_POWERS[unit.upper()])
+    if size < 1024**2:
+        raise ValueError(f"a memory limit below 1MiB cannot start a kernel, got {value!r}")
+    return size
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     source: Path | None  # the config file, None for the embedded default
     manifests: Path
@@ -80,6 +117,7 @@ class SiteConfig:
     agent: AgentSettings = field(default_factory=AgentSettings)
     beamlines: dict[str, Beamline] = field(default_factory=dict)
     hook: HookSettings = field(default_factory=HookSettings)
+    kernels: KernelSettings = field(default_factory=KernelSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -108,6 +146,7 @@ _TOP_KEYS = {
     "agent",
     "beamlines",
     "hook",
+    "kernels",
 }
 
 
@@ -151,6 +190,7 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
         agent=reader.section(data, "agent", AgentSettings),
         beamlines=reader.beamlines(data.get("beamlines") or {}),
         hook=reader.hook(data.get("hook") or {}),
+        kernels=reader.kernels(data.get("kernels") or {}),
     )
 
 
@@ -216,6 +256,21 @@ class _Reader:
                 raise self.fail(f"beamlines.{name}.path", "expected a list of strings")
             out[str(name)] = Beamline(name=str(name), uri=entry["uri"], path=tuple(path))
         return out
+
+    def kernels(self, data: Any) -> KernelSettings:
+        if not isinstance(data, dict):
+            raise self.fail("kernels", "expected a mapping {memory_limit, listed_lts}")
+        for key in data:
+            if key not in KernelSettings.__dataclass_fields__:
+                raise self.fail(f"kernels.{key}", "unknown key (known: listed_lts, memory_limit)")
+        try:
+            memory_limit = parse_size(data.get("memory_limit"))
+        except ValueError as exc:
+            raise self.fail("kernels.memory_limit", str(exc)) from None
+        listed = data.get("listed_lts", KernelSettings.listed_lts)
+        if isinstance(listed, bool) or not isinstance(listed, int) or listed < 0:
+            raise self.fail("kernels.listed_lts", f"expected a whole number >= 0, got {listed!r}")
+        return KernelSettings(memory_limit=memory_limit, listed_lts=listed)
 
     def hook(self, data: Any) -> HookSettings:
         if not isinstance(data, dict):

@@ -7,6 +7,7 @@ Called by the hidden `nsls2-artifacts demo-kernel` command.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,8 +47,14 @@ def run_cell(kernel: str, jupyter_path: Path, code: str, timeout: float = 120) -
 def run_demo_kernel(site: SiteConfig, env: str, jupyter_path: Path | None = None) -> None:
     jupyter_path = jupyter_path or site.deploy_root / "share" / "jupyter"
     name = kernel_name(env)
-    if not (jupyter_path / "kernels" / name / "kernel.json").exists():
-        raise DeployError(name, f"no kernelspec {name} under {jupyter_path}: run `agent --once`")
+    spec_path = jupyter_path / "kernels" / name / "kernel.json"
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (OSError, ValueError):
+        raise DeployError(
+            name, f"no readable kernelspec {name} under {jupyter_path}: run `agent --once`"
+        ) from None
+    print(f"kernel {name}: {spec.get('display_name')}")
     print(f"starting kernel {name} (JUPYTER_PATH={jupyter_path}) ...")
     print(run_cell(name, jupyter_path, CELL).rstrip())
     print(

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .config import RetentionPolicy
+from .config import RetentionPolicy, parse_size
 from .errors import ManifestError
 
 PIXI_TOML = "pixi.toml"
@@ -36,7 +36,18 @@ _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # A bare version ("1.2.3") means exactly that version in pixi; conda would read it fuzzily.
 _BARE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z._+!]*$")
 
-_NSLS2_KEYS = {"display_name", "smoke", "retention", "nightly", "description"}
+_NSLS2_KEYS = {
+    "display_name",
+    "smoke",
+    "retention",
+    "nightly",
+    "description",
+    "logo",
+    "beamlines",
+    "kernels",
+}
+_BEAMLINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LOGO_MAX_BYTES = 256 * 1024  # it travels inside manifest.json
 _RETENTION_KEYS = {f.name for f in dataclasses.fields(RetentionPolicy)}
 
 
@@ -57,6 +68,12 @@ class EnvManifest:
     description: str = ""
     system_requirements: dict[str, str] = field(default_factory=dict)  # e.g. {"libc": "2.28"}
     source_sha256: str = ""
+    beamlines: tuple[str, ...] = ()
+    logo: Path | None = None  # an SVG or PNG file; None: a generated default
+    # `kernels.memory_limit` in nsls2.yaml (bytes, None: no ceiling) overrides the site's
+    # only when `memory_limit_set`
+    memory_limit: int | None = None
+    memory_limit_set: bool = False
 
     @property
     def pixi_toml(self) -> Path:
@@ -121,7 +138,23 @@ def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
         description=extras.description(),
         system_requirements=pixi.system_requirements(),
         source_sha256=source_digest(toml_bytes, yaml_bytes),
+        beamlines=extras.beamlines(),
+        logo=extras.logo(directory),
+        memory_limit=extras.memory_limit()[0],
+        memory_limit_set=extras.memory_limit()[1],
     )
+
+
+def logo_format(path: Path) -> str:
+    """`svg` or `png` from the file's content; ManifestError naming the file otherwise."""
+    data = _read_bytes(path)
+    if len(data) > LOGO_MAX_BYTES:
+        raise ManifestError(path, None, f"logo is {len(data)} bytes, at most {LOGO_MAX_BYTES}")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if b"<svg" in data[:4096]:
+        return "svg"
+    raise ManifestError(path, None, "logo must be an SVG or a PNG image")
 
 
 def source_digest(toml_bytes: bytes, yaml_bytes: bytes) -> str:
@@ -348,6 +381,44 @@ class _Nsls2Reader:
         if not isinstance(value, bool):
             raise self.fail("nightly", f"expected true or false, got {value!r}")
         return value
+
+    def beamlines(self) -> tuple[str, ...]:
+        value = self.doc.get("beamlines") or []
+        if not isinstance(value, list):
+            raise self.fail("beamlines", "expected a list of beamline names, e.g. [csx, hxn]")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not _BEAMLINE_RE.match(item):
+                raise self.fail(f"beamlines[{index}]", f"not a beamline name: {item!r}")
+        return tuple(value)
+
+    def logo(self, directory: Path) -> Path | None:
+        value = self.doc.get("logo")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail("logo", "expected a path to an SVG or PNG file")
+        path = (directory / value.strip()).resolve()
+        if not path.is_file():
+            raise self.fail("logo", f"no such file: {path}")
+        logo_format(path)
+        return path
+
+    def memory_limit(self) -> tuple[int | None, bool]:
+        """(bytes or None, whether nsls2.yaml sets it at all)."""
+        value = self.doc.get("kernels")
+        if value is None:
+            return None, False
+        if not isinstance(value, dict):
+            raise self.fail("kernels", "expected a mapping {memory_limit: 16GiB}")
+        for key in value:
+            if key != "memory_limit":
+                raise self.fail(f"kernels.{key}", "unknown key (known: memory_limit)")
+        if "memory_limit" not in value:
+            return None, False
+        try:
+            return parse_size(value["memory_limit"]), True
+        except ValueError as exc:
+            raise self.fail("kernels.memory_limit", str(exc)) from None
 
     def retention(self) -> dict[str, float]:
         value = self.doc.get("retention") or {}

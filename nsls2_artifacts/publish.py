@@ -10,6 +10,7 @@ writes `manifest.json` last. A publish killed at any point leaves only a staging
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import platform as host_platform_module
@@ -31,10 +32,11 @@ from . import pack as packer
 from . import solve as solver
 from .config import SiteConfig
 from .errors import ArtifactsError, StoreError
-from .manifest import EnvManifest, load_manifest
+from .manifest import EnvManifest, load_manifest, logo_format
 from .records import (
     ArtifactInfo,
     BuildManifest,
+    KernelExtras,
     LockInfo,
     LtsRecord,
     is_build_id,
@@ -289,11 +291,24 @@ def _pack_and_commit(
         packages=solution.packages,
         builder=builder_info(),
         source=source_info(manifest, locked=solution.locked),
+        kernel=kernel_extras(manifest),
     )
     _pause("commit")
     with _stage(report, timings, "upload"), _store_errors(staging):
         store.commit_build(staging, record)
     return record
+
+
+def kernel_extras(manifest: EnvManifest) -> KernelExtras:
+    """What nsls2.yaml says about the kernels, carried in manifest.json (logo included)."""
+    fmt = logo_format(manifest.logo) if manifest.logo else ""
+    return KernelExtras(
+        beamlines=manifest.beamlines,
+        memory_limit=manifest.memory_limit,
+        memory_limit_set=manifest.memory_limit_set,
+        logo_format=fmt,
+        logo_base64=base64.b64encode(manifest.logo.read_bytes()).decode() if fmt else "",
+    )
 
 
 def _pack(

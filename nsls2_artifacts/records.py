@@ -101,6 +101,51 @@ class LockInfo:
 
 
 @dataclass(frozen=True)
+class KernelExtras:
+    """`kernel` in manifest.json: what nsls2.yaml says about the env's kernels.
+
+    `memory_limit` overrides the site's `kernels.memory_limit` only when
+    `memory_limit_set` (nsls2.yaml named it; null there means "no ceiling").
+    `logo` is the image itself (base64), so the store stays the agent's only source.
+    """
+
+    beamlines: tuple[str, ...] = ()
+    memory_limit: int | None = None
+    memory_limit_set: bool = False
+    logo_format: str = ""  # "svg" or "png"; "" = generated default
+    logo_base64: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"beamlines": list(self.beamlines)}
+        if self.memory_limit_set:
+            data["memory_limit"] = self.memory_limit
+        if self.logo_format:
+            data["logo"] = {"format": self.logo_format, "base64": self.logo_base64}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KernelExtras:
+        record = "manifest.json kernel"
+        beamlines = _require(data, record, "beamlines", list)
+        if not all(isinstance(b, str) for b in beamlines):
+            raise RecordError(record, "beamlines", "expected a list of names")
+        limit = data.get("memory_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise RecordError(record, "memory_limit", f"expected bytes or null, got {limit!r}")
+        logo = data.get("logo") or {}
+        fmt = _require(logo, f"{record} logo", "format", str) if logo else ""
+        if fmt not in ("", "svg", "png"):
+            raise RecordError(f"{record} logo", "format", f"expected svg or png, got {fmt!r}")
+        return cls(
+            beamlines=tuple(beamlines),
+            memory_limit=limit,
+            memory_limit_set="memory_limit" in data,
+            logo_format=fmt,
+            logo_base64=_require(logo, f"{record} logo", "base64", str) if logo else "",
+        )
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     """`STORE/ENV/BUILD_ID/manifest.json`: written last; its presence commits the build."""
 
@@ -115,16 +160,22 @@ class BuildManifest:
     packages: tuple[PackageRef, ...]
     builder: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    kernel: KernelExtras = field(default_factory=KernelExtras)  # optional in older manifests
     schema: int = MANIFEST_SCHEMA
 
     @property
     def created_at(self) -> datetime:
         return parse_time(self.created)
 
+    def package_version(self, name: str) -> str | None:
+        """The version of package `name` in this build (e.g. `python`), if it has one."""
+        return next((p.version for p in self.packages if p.name == name), None)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["smoke"] = list(self.smoke)
         data["packages"] = [asdict(p) for p in self.packages]
+        data["kernel"] = self.kernel.to_dict()
         return data
 
     @classmethod
@@ -166,6 +217,9 @@ class BuildManifest:
             ),
             builder=_require(data, record, "builder", dict),
             source=_require(data, record, "source", dict),
+            kernel=KernelExtras.from_dict(_require(data, record, "kernel", dict))
+            if "kernel" in data
+            else KernelExtras(),
         )
 
 

@@ -32,6 +32,7 @@ from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.records import (
     ArtifactInfo,
     BuildManifest,
+    KernelExtras,
     LockInfo,
     PackageRef,
     isoformat,
@@ -125,6 +126,7 @@ def commit_build(
     manifest_size: int | None = None,
     lts: str | None = None,
     platform: str | None = None,
+    kernel: KernelExtras | None = None,
 ) -> BuildManifest:
     """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, manifest.json} (manifest last)."""
     created = created or T0
@@ -154,6 +156,7 @@ def commit_build(
         packages=(PackageRef("python", "3.11.7", "fake_0", "conda-forge"),),
         builder={"host": "test"},
         source={"manifest_sha256": "0" * 64},
+        kernel=kernel or KernelExtras(),
     )
     atomic_write_json(directory / "manifest.json", manifest.to_dict())
     if lts:
@@ -165,11 +168,25 @@ def commit_build(
 
 
 def commit_fake(
-    site: SiteConfig, env: str = "demo", tag: str = "a", hours: int = 0, **kw: Any
+    site: SiteConfig,
+    env: str = "demo",
+    tag: str = "a",
+    hours: int = 0,
+    extra: Iterable[tuple[tarfile.TarInfo, bytes]] = (),
+    **kw: Any,
 ) -> BuildManifest:
-    """Commit a good fake build created `hours` after T0."""
+    """Commit a good fake build created `hours` after T0 (plus `extra` archive members)."""
+    members = [*fake_env_members(tag), *extra]
     return commit_build(
-        site.store, env, tar_bytes(fake_env_members(tag)), created=T0 + timedelta(hours=hours), **kw
+        site.store, env, tar_bytes(members), created=T0 + timedelta(hours=hours), **kw
+    )
+
+
+def promote_fake(site: SiteConfig, env: str, label: str, build_id: str, hours: float) -> None:
+    """Write STORE/ENV/lts/LABEL.json naming `build_id`, promoted `hours` after T0."""
+    promoted = isoformat(T0 + timedelta(hours=hours))
+    atomic_write_json(
+        site.store / env / "lts" / f"{label}.json", {"build_id": build_id, "promoted": promoted}
     )
 
 

@@ -4,22 +4,25 @@ on their build, and `remove_kernelspecs_for` removes exactly the specs naming a 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers_agent import commit_fake, write_site
+from helpers_agent import T0, commit_fake, member, promote_fake, write_site
 
-from nsls2_artifacts.agent import kernels, layout
+from nsls2_artifacts.agent import kernels, layout, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.config import load_config
+from nsls2_artifacts.records import KernelExtras
 from nsls2_artifacts.store import FilesystemStore
 
 CELL = "import os; print(os.environ['CONDA_PREFIX']); print(os.environ['PATH'].split(':')[0])"
@@ -51,32 +54,136 @@ def jupyter_path(monkeypatch):
 
 def test_specs_metadata_and_listing(tmp_path: Path, jupyter_path) -> None:
     _, cfg = write_site(tmp_path / "site")
-    first = commit_fake(cfg, tag="one", hours=1, lts="2026-1", display_name="NSLS-II base")
-    second = commit_fake(cfg, tag="two", hours=2, display_name="NSLS-II base")
+    extras = KernelExtras(beamlines=("csx", "hxn"))
+    first = commit_fake(
+        cfg, tag="one", hours=1, lts="2026-1", display_name="NSLS-II base", kernel=extras
+    )
+    second = commit_fake(cfg, tag="two", hours=2, display_name="NSLS-II base", kernel=extras)
     assert run(cfg).ok
     jupyter_path(cfg.deploy_root)
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().get_all_specs()
     latest, lts = specs["nsls2-demo-latest"]["spec"], specs["nsls2-demo-2026-1"]["spec"]
-    assert latest["display_name"] == "NSLS-II base (latest)"
-    assert lts["display_name"] == "NSLS-II base 2026-1"
+    day = second.created[:10]
+    assert latest["display_name"] == f"NSLS-II base (latest, Python 3.11, {day})"
+    expires = (T0 + timedelta(hours=1) + timedelta(days=365.25 * 3)).date()
+    assert lts["display_name"] == f"NSLS-II base 2026-1 (Python 3.11, until {expires:%Y-%m})"
     assert latest["metadata"]["nsls2"] == {
         "env": "demo",
         "build_id": second.build_id,
         "channel": "latest",
         "label": "latest",
+        "labels": [],
+        "env_display_name": "NSLS-II base",
+        "created": second.created,
+        "python": "3.11.7",
+        "expires": None,
+        "promoted": None,
+        "listed": True,
+        "beamlines": ["csx", "hxn"],
+        "memory_limit": None,
     }
-    assert lts["metadata"]["nsls2"]["build_id"] == first.build_id
-    assert lts["metadata"]["nsls2"]["channel"] == "lts"
+    meta = lts["metadata"]["nsls2"]
+    assert (meta["build_id"], meta["channel"], meta["created"]) == (
+        first.build_id,
+        "lts",
+        first.created,
+    )
+    assert (meta["expires"], meta["listed"], meta["labels"]) == (str(expires), True, ["2026-1"])
     profiles = str(cfg.deploy_root / "etc" / "tiled" / "profiles")
     assert latest["env"]["TILED_SITE_PROFILES"] == profiles == lts["env"]["TILED_SITE_PROFILES"]
     prefix = layout.build_dir(cfg.deploy_root, "demo", first.build_id)
-    assert lts["argv"][0] == str(prefix / "bin" / "python")
+    assert lts["argv"][0] == "/bin/sh" and str(prefix / "bin" / "python") in lts["argv"][2]
     assert lts["env"]["CONDA_PREFIX"] == str(prefix)
     assert "latest" in latest["argv"][2] and latest["argv"][0] == "/bin/sh"
     # the link is relative, so the deploy root can be mounted anywhere
     assert os.readlink(layout.latest_link(cfg.deploy_root, "demo")) == second.build_id
+    # stock Jupyter finds the generated logos as kernel resources
+    for name in ("nsls2-demo-latest", "nsls2-demo-2026-1"):
+        resources = set(os.listdir(specs[name]["resource_dir"]))
+        assert {"logo-svg.svg", "logo-64x64.png"} <= resources
+
+
+def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> None:
+    """The newest `listed_lts` LTS builds are listed; two labels on one build make one
+    listed kernel naming both, the other label's spec stays unlisted; an env's PNG logo
+    becomes the spec's PNG (and is wrapped in its SVG)."""
+    _, cfg = write_site(tmp_path / "site", kernels={"listed_lts": 2, "memory_limit": "2GiB"})
+    png = logos.default_png("zz-custom")
+    extras = KernelExtras(
+        logo_format="png", logo_base64=base64.b64encode(png).decode(), memory_limit_set=True
+    )
+    old = commit_fake(cfg, tag="a", hours=1, lts="2025-1")
+    mid = commit_fake(cfg, tag="b", hours=2, lts="2025-2")
+    new = commit_fake(cfg, tag="c", hours=3, lts="2026-1", kernel=extras)
+    promote_fake(cfg, "demo", "2026-1b", new.build_id, hours=5)  # a second label, later
+    commit_fake(cfg, tag="d", hours=4)  # latest, no label
+    assert run(cfg).ok
+    found = {n: kernels.spec_target(d) for n, d in kernels.installed(cfg.deploy_root).items()}
+    listed = {n for n, meta in found.items() if meta["listed"]}
+    assert listed == {"nsls2-demo-latest", "nsls2-demo-2026-1b", "nsls2-demo-2025-2"}
+    assert set(found) == listed | {"nsls2-demo-2025-1", "nsls2-demo-2026-1"}
+    assert found["nsls2-demo-2026-1b"]["labels"] == ["2026-1", "2026-1b"]
+    assert found["nsls2-demo-2026-1"]["labels"] == ["2026-1"]
+    assert (
+        found["nsls2-demo-2026-1"]["build_id"]
+        == new.build_id
+        == found["nsls2-demo-2026-1b"]["build_id"]
+    )
+    # support of a build lasts as long as its newest label's
+    expires = (T0 + timedelta(hours=5) + timedelta(days=365.25 * 3)).date().isoformat()
+    assert (
+        found["nsls2-demo-2026-1"]["expires"] == expires == found["nsls2-demo-2026-1b"]["expires"]
+    )
+    specs = cfg.deploy_root / "share" / "jupyter" / "kernels"
+    merged = json.loads((specs / "nsls2-demo-2026-1b" / "kernel.json").read_text())
+    assert merged["display_name"].startswith("NSLS-II test 2026-1 / 2026-1b (Python 3.11, until ")
+    # the per-env override (memory_limit: null in nsls2.yaml) beats the site's 2GiB
+    assert found["nsls2-demo-2026-1b"]["memory_limit"] is None
+    assert "ulimit" not in merged["argv"][2]
+    assert found["nsls2-demo-2025-2"]["memory_limit"] == 2 * 1024**3
+    assert (specs / "nsls2-demo-2026-1b" / "logo-64x64.png").read_bytes() == png
+    svg = (specs / "nsls2-demo-2026-1b" / "logo-svg.svg").read_bytes()
+    assert base64.b64encode(png) in svg
+    default = (specs / "nsls2-demo-2025-2" / "logo-64x64.png").read_bytes()
+    assert default == logos.default_png("demo") != png
+    assert old.build_id == found["nsls2-demo-2025-1"]["build_id"]
+    assert mid.build_id == found["nsls2-demo-2025-2"]["build_id"]
+
+
+def test_protocol_version_read_from_the_builds_ipykernel(tmp_path: Path) -> None:
+    _, cfg = write_site(tmp_path / "site")
+    version = b"kernel_protocol_version_info = (5, 9)\n"
+    path = "lib/python3.11/site-packages/ipykernel/_version.py"
+    commit_fake(cfg, extra=[member(path, version)])
+    assert run(cfg).ok
+    spec = kernels.installed(cfg.deploy_root)["nsls2-demo-latest"]
+    assert spec["kernel_protocol_version"] == "5.9"
+    assert kernels.protocol_version(str(tmp_path / "none"), "6.29.5") == "5.3"
+
+
+def test_retired_record_when_an_lts_kernel_goes(tmp_path: Path) -> None:
+    _, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
+    commit_fake(cfg, tag="two", hours=2)
+    assert run(cfg).ok
+    display = kernels.installed(cfg.deploy_root)["nsls2-demo-2026-1"]["display_name"]
+    assert kernels.read_retired(cfg.deploy_root) == {}
+    (cfg.store / "demo" / "lts" / "2026-1.json").unlink()  # the label is withdrawn
+    assert run(cfg).ok
+    assert "nsls2-demo-2026-1" not in kernels.installed(cfg.deploy_root)
+    record = json.loads(kernels.retired_path(cfg.deploy_root).read_text())
+    assert record["kernels"]["nsls2-demo-2026-1"] == {
+        "env": "demo",
+        "label": "2026-1",
+        "build_id": first.build_id,
+        "display_name": display,
+        "retired": datetime.now(UTC).date().isoformat(),
+    }
+    promote_fake(cfg, "demo", "2026-1", first.build_id, hours=3)  # back again
+    assert run(cfg).ok
+    assert kernels.read_retired(cfg.deploy_root) == {}
 
 
 def test_latest_kernel_restart_follows_flip_lts_stays(tmp_path: Path, jupyter_path) -> None:

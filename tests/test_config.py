@@ -126,3 +126,28 @@ def test_numeric_fields_accept_decimals_and_reject_wrong_types(tmp_path) -> None
     path.write_text("agent: {prune: 1}\n")
     with pytest.raises(ConfigError, match="agent.prune"):
         load_config(path)
+
+
+def test_kernels_section_sizes_and_errors(tmp_path: Path) -> None:
+    from nsls2_artifacts.config import parse_size
+
+    cfg = load_config(write(tmp_path, "kernels: {memory_limit: 16GiB, listed_lts: 3}\n"))
+    assert (cfg.kernels.memory_limit, cfg.kernels.listed_lts) == (16 * 1024**3, 3)
+    assert (
+        load_config(write(tmp_path, "kernels: {memory_limit: null}\n")).kernels.memory_limit is None
+    )
+    assert parse_size("512MiB") == 512 * 1024**2 == parse_size("512M")
+    assert parse_size("2GB") == 2 * 10**9 and parse_size(4 * 1024**3) == 4 * 1024**3
+    for text, key, message in [
+        ("kernels: {memory_limit: lots}\n", "kernels.memory_limit", "16GiB"),
+        ("kernels: {memory_limit: 1KiB}\n", "kernels.memory_limit", "below 1MiB"),
+        ("kernels: {memory_limit: .nan}\n", "kernels.memory_limit", "16GiB"),
+        ("kernels: {listed_lts: -1}\n", "kernels.listed_lts", "whole number"),
+        ("kernels: {listed_lts: true}\n", "kernels.listed_lts", "whole number"),
+        ("kernels: {memory: 1}\n", "kernels.memory", "unknown key"),
+        ("kernels: [1]\n", "kernels", "mapping"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert info.value.field == key and message in str(info.value), text
+        assert str(tmp_path / "site.yaml") in str(info.value)

@@ -137,6 +137,11 @@ BAD_YAML = [
     ("retention: {keep_latest: 1.5}\n", "retention.keep_latest", "whole number"),
     ("retention: {keep: 1}\n", "retention.keep", "unknown key"),
     ("nightly: sometimes\n", "nightly", "true or false"),
+    ("beamlines: csx\n", "beamlines", "list of beamline names"),
+    ("beamlines: [csx, 'a b']\n", "beamlines[1]", "not a beamline name"),
+    ("logo: missing.svg\n", "logo", "no such file"),
+    ("kernels: {memory_limit: lots}\n", "kernels.memory_limit", "16GiB"),
+    ("kernels: {memory: 1GiB}\n", "kernels.memory", "unknown key"),
 ]
 
 
@@ -164,3 +169,40 @@ def test_unknown_env_lists_the_known_ones(tmp_path: Path) -> None:
 def test_nsls2_yaml_is_optional(tmp_path: Path) -> None:
     m = load_manifest(write_env(tmp_path, yaml=None), "t")
     assert m.display_name == "NSLS-II t"
+
+
+def test_kernel_fields_travel_in_the_build_manifest(tmp_path: Path) -> None:
+    from nsls2_artifacts.publish import kernel_extras
+    from nsls2_artifacts.records import BuildManifest
+
+    sample = {
+        "schema": 1,
+        "name": "t",
+        "build_id": "2026.01.01T000000Z-00000000",
+        "created": "2026-01-01T00:00:00Z",
+        "platform": "linux-64",
+        "display_name": "T",
+        "smoke": [],
+        "artifact": {"file": "env.tar.zst", "sha256": "0" * 64, "size": 1, "format": "tar.zst"},
+        "lock": {"file": "pixi.lock", "sha256": "0" * 64},
+        "packages": [],
+        "builder": {},
+        "source": {},
+    }
+    yaml = "beamlines: [csx, hxn]\nlogo: logo.svg\nkernels: {memory_limit: 8GiB}\n"
+    root = write_env(tmp_path, yaml=yaml)
+    (root / "t" / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    m = load_manifest(root, "t")
+    assert m.beamlines == ("csx", "hxn") and m.memory_limit == 8 * 1024**3
+    extras = kernel_extras(m)
+    assert extras.logo_format == "svg" and extras.memory_limit_set
+    data = {"kernel": extras.to_dict()}
+    assert data["kernel"]["memory_limit"] == 8 * 1024**3
+    back = BuildManifest.from_dict({**sample, **data})
+    assert back.kernel == extras
+    assert BuildManifest.from_dict(sample).kernel.logo_format == ""  # older builds
+    none = load_manifest(write_env(tmp_path / "b", yaml="kernels: {memory_limit: null}\n"), "t")
+    assert (none.memory_limit, none.memory_limit_set) == (None, True)
+    (root / "t" / "logo.svg").write_bytes(b"GIF89a not an image we take")
+    with pytest.raises(ManifestError, match="SVG or a PNG"):
+        load_manifest(root, "t")

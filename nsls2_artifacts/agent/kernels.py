@@ -15,16 +15,22 @@ import os
 import re
 import shlex
 import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
 
-from ..fsutil import atomic_write_json, fsync_dir
-from . import layout
+from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from ..records import utcnow
+from . import layout, logos
+from .logos import Logo
 
 MANAGED = "nsls2"  # metadata key marking the specs this module owns
 PREFIX = "nsls2-"
+LOGO_FILES = ("logo-svg.svg", "logo-64x64.png")  # the names stock Jupyter looks for
 
 
 def kernel_name(env: str, label: str | None = None) -> str:
@@ -33,56 +39,142 @@ def kernel_name(env: str, label: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw).lower()
 
 
+HYGIENE_UNSET = (
+    # what the server's environment could use to change what a kernel imports or loads
+    "PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE PYTHONSAFEPATH PYTHONPLATLIBDIR "
+    "PYTHONEXECUTABLE VIRTUAL_ENV LD_LIBRARY_PATH LD_PRELOAD "
+    "CONDA_DEFAULT_ENV CONDA_SHLVL CONDA_PROMPT_MODIFIER CONDA_EXE CONDA_PYTHON_EXE "
+    "CONDA_PREFIX_1 CONDA_PREFIX_2 CONDA_PREFIX_3 CONDA_PREFIX_4 _CE_CONDA _CE_M"
+)
+# ipykernel version -> the protocol it speaks, for a build whose _version.py is unreadable
+_PROTOCOL_BY_IPYKERNEL_MAJOR = {4: "5.0", 5: "5.1", 6: "5.3", 7: "5.3"}
+_PROTOCOL_RE = re.compile(r"^kernel_protocol_version_info\s*=\s*\((\d+),\s*(\d+)\)", re.M)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything one kernelspec is made from; `reconcile` plans these, `write_kernelspec`
+    writes them. `labels` are every LTS label shown in the display name (merged labels)."""
+
+    name: str
+    env: str
+    build_id: str
+    channel: str  # latest | lts
+    label: str  # "latest" or this spec's LTS label
+    base_name: str  # the env's display name from nsls2.yaml, e.g. "NSLS-II base"
+    created: str
+    python: str | None
+    listed: bool
+    labels: tuple[str, ...] = ()
+    expires: str | None = None  # LTS: ISO date its support ends
+    promoted: str | None = None
+    beamlines: tuple[str, ...] = ()
+    memory_limit: int | None = None
+    ipykernel: str | None = None  # its version in the build, for `kernel_protocol_version`
+    logo: Logo | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def display_name(self) -> str:
+        return display_name(self)
+
+    def summary(self) -> dict[str, Any]:
+        """For `--dry-run` output (no logo bytes)."""
+        data = asdict(self)
+        data.pop("logo")
+        data["display_name"] = self.display_name
+        return data
+
+
+def short_python(version: str | None) -> str | None:
+    """`3.11.7` -> `3.11`."""
+    return ".".join(version.split(".")[:2]) if version else None
+
+
+def display_name(plan: KernelPlan) -> str:
+    """What a user chooses by: "NSLS-II base 2026-1 (Python 3.11, until 2029-05)" or
+    "NSLS-II base (latest, Python 3.11, 2026-11-30)"."""
+    python = short_python(plan.python)
+    details = [f"Python {python}"] if python else []
+    if plan.channel == "latest":
+        return f"{plan.base_name} ({', '.join(['latest', *details, plan.created[:10]])})"
+    if plan.expires:
+        details.append(f"until {plan.expires[:7]}")
+    labels = " / ".join(plan.labels or (plan.label,))
+    return f"{plan.base_name} {labels}" + (f" ({', '.join(details)})" if details else "")
+
+
+def _memory_line(limit: int | None) -> str:
+    # dash's ulimit counts KiB; RLIMIT_AS makes a too-big allocation fail with MemoryError
+    # inside the kernel instead of the kernel being killed from outside. A lower limit the
+    # site already set stays (raising it fails, and that is fine).
+    return f"ulimit -v {max(1, limit // 1024)} 2>/dev/null; " if limit else ""
+
+
+def _hygiene(limit: int | None) -> str:
+    return f"unset {HYGIENE_UNSET}; export PYTHONNOUSERSITE=1; {_memory_line(limit)}"
+
+
 def _common_env(deploy_root: Path) -> dict[str, str]:
-    return {"TILED_SITE_PROFILES": str(layout.profiles_dir(deploy_root))}
+    return {"TILED_SITE_PROFILES": str(layout.profiles_dir(deploy_root)), "PYTHONNOUSERSITE": "1"}
 
 
-def latest_spec(deploy_root: Path, env: str, build_id: str, display_name: str) -> KernelSpec:
-    """The rolling kernel: `/bin/sh` resolves the `latest` link at every (re)start."""
-    link = shlex.quote(str(layout.latest_link(deploy_root, env)))
-    script = (
-        f"p=$(readlink -f {link}) && "
-        'PATH="$p/bin:$PATH" CONDA_PREFIX="$p" exec "$p/bin/python" -m ipykernel_launcher -f "$0"'
-    )
+@lru_cache(maxsize=512)
+def protocol_version(prefix: str, ipykernel_version: str | None) -> str:
+    """The Jupyter protocol the build's ipykernel speaks: read from its `_version.py`
+    (builds are immutable, so once per build), else known by ipykernel's major version."""
+    for found in sorted(Path(prefix).glob("lib/python3*/site-packages/ipykernel/_version.py")):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if match := _PROTOCOL_RE.search(found.read_text()):
+                return f"{match.group(1)}.{match.group(2)}"
+    major = (ipykernel_version or "").split(".")[0]
+    return _PROTOCOL_BY_IPYKERNEL_MAJOR.get(int(major) if major.isdigit() else 6, "5.3")
+
+
+def _metadata(plan: KernelPlan) -> dict[str, Any]:
+    return {
+        "debugger": True,
+        MANAGED: {
+            "env": plan.env,
+            "build_id": plan.build_id,
+            "channel": plan.channel,
+            "label": plan.label,
+            "labels": list(plan.labels),
+            "env_display_name": plan.base_name,
+            "created": plan.created,
+            "python": plan.python,
+            "expires": plan.expires,
+            "promoted": plan.promoted,
+            "listed": plan.listed,
+            "beamlines": list(plan.beamlines),
+            "memory_limit": plan.memory_limit,
+        },
+    }
+
+
+def build_spec(deploy_root: Path, plan: KernelPlan) -> KernelSpec:
+    """The kernelspec for `plan`: latest resolves its link at exec time, LTS names its build."""
+    prefix = layout.build_dir(deploy_root, plan.env, plan.build_id)
+    env = _common_env(deploy_root)
+    if plan.channel == "latest":
+        link = shlex.quote(str(layout.latest_link(deploy_root, plan.env)))
+        script = (
+            f"{_hygiene(plan.memory_limit)}p=$(readlink -f {link}) && "
+            'PATH="$p/bin:$PATH" CONDA_PREFIX="$p" '
+            'exec "$p/bin/python" -m ipykernel_launcher -f "$0"'
+        )
+    else:
+        python = shlex.quote(str(prefix / "bin" / "python"))
+        script = f'{_hygiene(plan.memory_limit)}exec {python} -m ipykernel_launcher -f "$0"'
+        # jupyter_client expands ${PATH} from the server's environment (string.Template)
+        env.update({"PATH": f"{prefix / 'bin'}:${{PATH}}", "CONDA_PREFIX": str(prefix)})
     return KernelSpec(
         argv=["/bin/sh", "-c", script, "{connection_file}"],
-        display_name=f"{display_name} (latest)",
+        display_name=plan.display_name,
         language="python",
         interrupt_mode="signal",  # `exec` makes the python the process jupyter signals
-        env=_common_env(deploy_root),
-        metadata={
-            "debugger": True,
-            MANAGED: {"env": env, "build_id": build_id, "channel": "latest", "label": "latest"},
-        },
-    )
-
-
-def lts_spec(
-    deploy_root: Path, env: str, label: str, build_id: str, display_name: str
-) -> KernelSpec:
-    """A long-term-support kernel: the concrete build's python, never re-pointed."""
-    prefix = layout.build_dir(deploy_root, env, build_id)
-    return KernelSpec(
-        argv=[
-            str(prefix / "bin" / "python"),
-            "-m",
-            "ipykernel_launcher",
-            "-f",
-            "{connection_file}",
-        ],
-        display_name=f"{display_name} {label}",
-        language="python",
-        interrupt_mode="signal",
-        # jupyter_client expands ${PATH} from the server's environment (string.Template)
-        env={
-            **_common_env(deploy_root),
-            "PATH": f"{prefix / 'bin'}:${{PATH}}",
-            "CONDA_PREFIX": str(prefix),
-        },
-        metadata={
-            "debugger": True,
-            MANAGED: {"env": env, "build_id": build_id, "channel": "lts", "label": label},
-        },
+        kernel_protocol_version=protocol_version(str(prefix), plan.ipykernel),
+        env=env,
+        metadata=_metadata(plan),
     )
 
 
@@ -108,25 +200,47 @@ def installed(deploy_root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def spec_target(data: dict[str, Any]) -> dict[str, str]:
-    """The `metadata.nsls2` block: env, build_id, channel, label."""
+def spec_target(data: dict[str, Any]) -> dict[str, Any]:
+    """The `metadata.nsls2` block: env, build_id, channel, label, created, python, ..."""
     return data["metadata"][MANAGED]
 
 
-def write_kernelspec(deploy_root: Path, name: str, spec: KernelSpec) -> bool:
-    """Write `kernels/NAME/kernel.json` atomically; returns False when it was already so."""
-    path = layout.kernels_dir(deploy_root) / name / "kernel.json"
-    wanted = spec_dict(spec)
+def is_current(deploy_root: Path, name: str, wanted: dict[str, Any], found: Any) -> bool:
+    """True when kernels/NAME already holds `wanted` and both logo files."""
+    directory = layout.kernels_dir(deploy_root) / name
+    return found == wanted and all((directory / f).exists() for f in LOGO_FILES)
+
+
+def write_kernelspec(deploy_root: Path, plan: KernelPlan) -> bool:
+    """Write the logos, then `kernels/NAME/kernel.json` last (atomically: Jupyter lists a
+    spec once kernel.json exists); returns False when everything was already so."""
+    directory = layout.kernels_dir(deploy_root) / plan.name
+    wanted = spec_dict(build_spec(deploy_root, plan))
+    found = None
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text()) == wanted:
-            return False
-    atomic_write_json(path, wanted)
+        found = json.loads((directory / "kernel.json").read_text())
+    if is_current(deploy_root, plan.name, wanted, found):
+        return False
+    logo = plan.logo or logos.logo_for(plan.env, None)
+    for file_name, data in zip(LOGO_FILES, (logo.svg, logo.png), strict=True):
+        path = directory / file_name
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == data:
+                continue
+        atomic_write_bytes(path, data)
+    atomic_write_json(directory / "kernel.json", wanted)
+    if plan.channel == "lts":
+        forget_retired(deploy_root, plan.name)  # a revived LTS kernel is not retired
     return True
 
 
-def remove_kernelspec(deploy_root: Path, name: str) -> bool:
-    """Remove kernel.json first (Jupyter stops listing it), then the directory."""
+def remove_kernelspec(deploy_root: Path, name: str, when: datetime | None = None) -> bool:
+    """Remove kernel.json first (Jupyter stops listing it), then the directory. An LTS
+    spec removed is recorded in retired.json, so a notebook naming it can be told why."""
     directory = layout.kernels_dir(deploy_root) / name
+    data = None
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((directory / "kernel.json").read_text())
     try:
         os.unlink(directory / "kernel.json")
     except FileNotFoundError:
@@ -134,8 +248,44 @@ def remove_kernelspec(deploy_root: Path, name: str) -> bool:
             return False
     else:
         fsync_dir(directory)
+        if isinstance(data, dict):
+            _record_retired(deploy_root, name, data, when or utcnow())
     shutil.rmtree(directory, ignore_errors=True)
     return True
+
+
+def retired_path(deploy_root: Path) -> Path:
+    return deploy_root / "share" / "jupyter" / "nsls2" / "retired.json"
+
+
+def read_retired(deploy_root: Path) -> dict[str, dict[str, Any]]:
+    """`retired.json`'s kernels (name -> {env, label, build_id, display_name, retired})."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        found = json.loads(retired_path(deploy_root).read_text()).get("kernels")
+        if isinstance(found, dict):
+            return found
+    return {}
+
+
+def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: datetime) -> None:
+    info = data.get("metadata", {}).get(MANAGED)
+    if not isinstance(info, dict) or info.get("channel") != "lts":
+        return
+    retired = read_retired(deploy_root)
+    retired[name] = {
+        "env": info.get("env"),
+        "label": info.get("label"),
+        "build_id": info.get("build_id"),
+        "display_name": data.get("display_name"),
+        "retired": when.date().isoformat(),
+    }
+    atomic_write_json(retired_path(deploy_root), {"kernels": retired})
+
+
+def forget_retired(deploy_root: Path, name: str) -> None:
+    retired = read_retired(deploy_root)
+    if retired.pop(name, None) is not None:
+        atomic_write_json(retired_path(deploy_root), {"kernels": retired})
 
 
 def remove_kernelspecs_for(deploy_root: str | Path, env: str, build_id: str) -> list[str]:

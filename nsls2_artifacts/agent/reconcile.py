@@ -9,12 +9,14 @@ store listing that fails or comes back empty never removes or un-flips anything:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import platform
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from ..records import (
     utcnow,
 )
 from ..store import FilesystemStore, InvalidBuild
-from . import deploy, kernels, latest, layout, profiles
+from . import deploy, kernels, latest, layout, logos, profiles
 from .locks import apply_lock
 from .log import event
 
@@ -42,16 +44,6 @@ class Flip:
     from_build: str | None
     to_build: str
     release_hold: bool = False
-
-
-@dataclass(frozen=True)
-class KernelWrite:
-    name: str
-    env: str
-    build_id: str
-    channel: str  # latest | lts
-    label: str
-    display_name: str
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Observed:
     holds: dict[str, latest.Hold | None]
     kernels: dict[str, dict[str, Any]]
     quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
-    display_names: dict[tuple[str, str], str]
+    builds: dict[tuple[str, str], BuildManifest]  # (env, build) -> its manifest (store or local)
     deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
     # env -> builds retention has tombstoned: they lose their kernels until revived
     tombstoned: dict[str, set[str]] = field(default_factory=dict)
@@ -86,7 +78,7 @@ class Plan:
     other_platform: list[tuple[str, str, str]] = field(default_factory=list)  # env, build, platform
     invalid: list[InvalidBuild] = field(default_factory=list)
     to_flip: list[Flip] = field(default_factory=list)
-    kernels_write: list[KernelWrite] = field(default_factory=list)
+    kernels_write: list[kernels.KernelPlan] = field(default_factory=list)
     kernels_remove: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +92,7 @@ class Plan:
             ],
             "invalid": [asdict(i) for i in self.invalid],
             "to_flip": [asdict(f) for f in self.to_flip],
-            "kernels_write": [asdict(k) for k in self.kernels_write],
+            "kernels_write": [k.summary() for k in self.kernels_write],
             "kernels_remove": [{"name": n, "why": w} for n, w in self.kernels_remove],
         }
 
@@ -146,11 +138,11 @@ def node_platform() -> str:
 # -- look -----------------------------------------------------------------------------------
 
 
-def _local_display_name(deploy_root: Path, env: str, build_id: str) -> str | None:
+def _local_manifest(deploy_root: Path, env: str, build_id: str) -> BuildManifest | None:
     try:
         return BuildManifest.from_dict(
             read_json(layout.build_dir(deploy_root, env, build_id) / layout.LOCAL_MANIFEST)
-        ).display_name
+        )
     except (OSError, ValueError, RecordError):
         return None
 
@@ -169,7 +161,7 @@ def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Ob
         event(log, "store-unavailable", logging.WARNING, reason=str(exc))
     for env, builds in obs.manifests.items():
         for m in builds:
-            obs.display_names[(env, m.build_id)] = m.display_name
+            obs.builds[(env, m.build_id)] = m
             if (q := deploy.quarantined_for(site, store, m)) is not None:
                 obs.quarantined[(env, m.build_id)] = q.reason
     retention = _retention_module()
@@ -181,9 +173,10 @@ def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Ob
         obs.current[env] = latest.current_latest(root, env)
         obs.holds[env] = latest.read_hold(root, env)
         for r in obs.ready[env]:
-            name = _local_display_name(root, env, r.build_id)
-            if name:
-                obs.display_names.setdefault((env, r.build_id), name)
+            if (env, r.build_id) not in obs.builds:
+                local = _local_manifest(root, env, r.build_id)
+                if local:
+                    obs.builds[(env, r.build_id)] = local
     return obs
 
 
@@ -207,18 +200,20 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
             ready.setdefault(m.name, []).append(_planned_ready(m))
         for rs in ready.values():
             rs.sort(key=lambda r: (parse_time(r.created), r.build_id))
-    wanted: dict[str, KernelWrite] = {}
+    wanted: dict[str, kernels.KernelPlan] = {}
     for env in sorted(ready):
         target = _plan_latest(env, ready[env], obs, plan)
         if target:
             name = kernels.kernel_name(env)
-            display = obs.display_names.get((env, target), env)
-            wanted[name] = KernelWrite(name, env, target, "latest", "latest", display)
-        wanted.update(_wanted_lts(env, {r.build_id for r in ready[env]}, obs))
-    plan.kernels_write = [
+            wanted[name] = _kernel_plan(site, obs, name, env, target, "latest")
+        wanted.update(_wanted_lts(site, env, {r.build_id for r in ready[env]}, obs))
+    root = site.deploy_root
+    plan.kernels_write = [  # only changes
         wanted[n]
         for n in sorted(wanted)
-        if obs.kernels.get(n) != kernels.spec_dict(_spec_for(site, wanted[n]))  # only changes
+        if not kernels.is_current(
+            root, n, kernels.spec_dict(kernels.build_spec(root, wanted[n])), obs.kernels.get(n)
+        )
     ]
     for name, data in sorted(obs.kernels.items()):
         if name not in wanted:
@@ -255,35 +250,117 @@ def _plan_latest(env: str, ready: list[ReadyRecord], obs: Observed, plan: Plan) 
     return target
 
 
-def _wanted_lts(env: str, ready_ids: set[str], obs: Observed) -> dict[str, KernelWrite]:
-    """One kernel per LTS label whose build is ready here and not tombstoned (an expired
-    LTS build on its way out; retention removed its kernel). When the store said nothing
-    about `env` (unreachable, or listed no builds), keep the LTS kernels as they are."""
-    wanted = {}
+def _kernel_plan(
+    site: SiteConfig,
+    obs: Observed,
+    name: str,
+    env: str,
+    build_id: str,
+    label: str,
+    **lts: Any,
+) -> kernels.KernelPlan:
+    """One kernel's plan from its build's manifest (store copy, else the deployed copy)."""
+    m = obs.builds.get((env, build_id))
+    extras = m.kernel if m else None
+    limit = site.kernels.memory_limit
+    if extras is not None and extras.memory_limit_set:
+        limit = extras.memory_limit  # nsls2.yaml's `kernels.memory_limit` wins
+    return kernels.KernelPlan(
+        name=name,
+        env=env,
+        build_id=build_id,
+        channel="latest" if label == "latest" else "lts",
+        label=label,
+        base_name=m.display_name if m else env,
+        created=m.created if m else _created_from_id(build_id),
+        python=m.package_version("python") if m else None,
+        listed=lts.pop("listed", True),
+        beamlines=extras.beamlines if extras else (),
+        memory_limit=limit,
+        ipykernel=m.package_version("ipykernel") if m else None,
+        logo=logos.logo_for(env, extras),
+        **lts,
+    )
+
+
+def _created_from_id(build_id: str) -> str:
+    stamp = build_id.split("-", 1)[0]
+    try:
+        return isoformat(datetime.strptime(stamp, "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC))
+    except ValueError:
+        return ""
+
+
+def _lts_labels(env: str, obs: Observed) -> list[tuple[str, str, str | None]]:
+    """(label, build_id, promoted) from the store; when the store said nothing about `env`
+    (unreachable, or listed no builds), from the LTS kernels as they are."""
     if obs.store_ok and obs.manifests.get(env):
-        labels = [(r.label, r.build_id) for r in obs.lts.get(env, [])]
-    else:
-        labels = [
-            (info.get("label", ""), info.get("build_id", ""))
-            for data in obs.kernels.values()
-            if (info := kernels.spec_target(data)).get("env") == env
-            and info.get("channel") == "lts"
-        ]
-    for label, build_id in labels:
+        return [(r.label, r.build_id, r.promoted) for r in obs.lts.get(env, [])]
+    return [
+        (info.get("label", ""), info.get("build_id", ""), info.get("promoted"))
+        for data in obs.kernels.values()
+        if (info := kernels.spec_target(data)).get("env") == env and info.get("channel") == "lts"
+    ]
+
+
+def _promoted_at(text: str | None) -> datetime:
+    with contextlib.suppress(TypeError, ValueError):
+        return parse_time(text or "")
+    return datetime.min.replace(tzinfo=UTC)
+
+
+def _lts_years(site: SiteConfig, env: str) -> float:
+    retention = _retention_module()
+    if retention is not None:
+        with contextlib.suppress(ValueError):
+            return float(retention.env_policy(site, env).lts_years)
+    return float(site.retention.lts_years)
+
+
+def _wanted_lts(
+    site: SiteConfig, env: str, ready_ids: set[str], obs: Observed
+) -> dict[str, kernels.KernelPlan]:
+    """One kernel per LTS label whose build is ready here and not tombstoned (an expired
+    LTS build on its way out; retention removed its kernel).
+
+    Labels on one build make one listed kernel naming them all (under its newest label);
+    the other labels' specs stay, unlisted, so notebooks naming them still start. Only the
+    builds of the newest `kernels.listed_lts` promotions are listed."""
+    by_build: dict[str, list[tuple[str, str | None]]] = {}
+    for label, build_id, promoted in _lts_labels(env, obs):
         if build_id in ready_ids and build_id not in obs.tombstoned.get(env, ()):
+            by_build.setdefault(build_id, []).append((label, promoted))
+    for labels in by_build.values():
+        labels.sort(key=lambda lp: (_promoted_at(lp[1]), lp[0]))  # newest last
+    newest_first = sorted(
+        by_build, key=lambda b: (_promoted_at(by_build[b][-1][1]), b), reverse=True
+    )
+    shown = set(newest_first[: site.kernels.listed_lts])
+    support = timedelta(days=365.25 * _lts_years(site, env))
+    wanted = {}
+    for build_id, labels in by_build.items():
+        known = [_promoted_at(p) for _, p in labels if p]
+        # the build is kept while any of its labels is: support ends with the newest one
+        expires = (max(known) + support).date().isoformat() if known else None
+        for label, promoted in labels:
+            main = label == labels[-1][0]
             name = kernels.kernel_name(env, label)
-            display = obs.display_names.get((env, build_id), env)
-            wanted[name] = KernelWrite(name, env, build_id, "lts", label, display)
+            wanted[name] = _kernel_plan(
+                site,
+                obs,
+                name,
+                env,
+                build_id,
+                label,
+                listed=main and build_id in shown,
+                labels=tuple(lb for lb, _ in labels) if main else (label,),
+                expires=expires,
+                promoted=promoted,
+            )
     return wanted
 
 
 # -- apply ----------------------------------------------------------------------------------
-
-
-def _spec_for(site: SiteConfig, k: KernelWrite) -> Any:
-    if k.channel == "latest":
-        return kernels.latest_spec(site.deploy_root, k.env, k.build_id, k.display_name)
-    return kernels.lts_spec(site.deploy_root, k.env, k.label, k.build_id, k.display_name)
 
 
 def apply_deploys(
@@ -331,7 +408,7 @@ def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
             latest.clear_hold(root, f.env)
         event(log, "flip", env=f.env, build=f.to_build, previous=f.from_build or "-")
     for k in plan.kernels_write:
-        if kernels.write_kernelspec(root, k.name, _spec_for(site, k)):
+        if kernels.write_kernelspec(root, k):
             event(log, "kernelspec", name=k.name, env=k.env, build=k.build_id, channel=k.channel)
     for name, why in plan.kernels_remove:
         if kernels.remove_kernelspec(root, name):
