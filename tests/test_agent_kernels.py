@@ -11,12 +11,22 @@ import logging
 import os
 import subprocess
 import sys
+import sysconfig
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers_agent import T0, commit_fake, member, promote_fake, write_site
+from helpers_agent import (
+    T0,
+    commit_build,
+    commit_fake,
+    fake_env_members,
+    member,
+    promote_fake,
+    tar_bytes,
+    write_site,
+)
 
 from nsls2_artifacts.agent import kernels, layout, logos
 from nsls2_artifacts.agent.log import setup_logging
@@ -299,3 +309,94 @@ def test_profile_uri_forms_and_stale_profiles_removed(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(data))
     assert run(load_config(config)).ok
     assert sorted(p.name for p in profiles.iterdir()) == ["hxn.yml", "mine.yml"]
+
+
+def started(manager):
+    client = manager.blocking_client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return client
+
+
+def run_cell(client, code: str) -> tuple[str, str, dict]:
+    """(stdout, stderr, reply content) of one cell; errors do not fail the helper."""
+    out: list[str] = []
+    err: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+
+    reply = client.execute_interactive(code, timeout=60, output_hook=hook)
+    return "".join(out), "".join(err), reply["content"]
+
+
+HYGIENE_CELL = """\
+import importlib.util, json, os, site, sys
+print(json.dumps({
+    "user_site": site.ENABLE_USER_SITE,
+    "leaked": importlib.util.find_spec("leaked_module") is not None,
+    "user_module": importlib.util.find_spec("user_module") is not None,
+    "env": {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV",
+            "CONDA_DEFAULT_ENV", "PYTHONNOUSERSITE", "LD_PRELOAD")},
+    "startup_ran": "STARTUP_RAN" in globals(),
+}))
+"""
+
+
+@pytest.mark.parametrize("kernel", ["nsls2-demo-latest", "nsls2-demo-2026-1"])
+def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, kernel) -> None:
+    """What the server's environment says about python does not reach the kernel; a
+    too-big allocation is a MemoryError in the notebook and the kernel carries on."""
+    from jupyter_client.manager import KernelManager
+
+    _, cfg = write_site(tmp_path / "site", kernels={"memory_limit": "2GiB"})
+    # the env's python is the base interpreter (a venv's python never reads the user site
+    # anyway), finding ipykernel through the build's own PYTHONPATH
+    purelib = sysconfig.get_paths()["purelib"]
+    wrapper = f'#!/bin/sh\nPYTHONPATH={purelib} exec {sys._base_executable} "$@"\n'
+    members = [m for m in fake_env_members() if m[0].name != "bin/python"]
+    members.append(member("bin/python", wrapper.encode(), mode=0o755))
+    commit_build(cfg.store, "demo", tar_bytes(members), lts="2026-1")
+    assert run(cfg).ok
+    jupyter_path(cfg.deploy_root)
+    leaks = tmp_path / "leaks"
+    leaks.mkdir()
+    (leaks / "leaked_module.py").write_text("")
+    user_site = (
+        tmp_path / "home" / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    )
+    (user_site / "site-packages").mkdir(parents=True)
+    (user_site / "site-packages" / "user_module.py").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (leaks / "startup.py").write_text("STARTUP_RAN = True\n")
+    monkeypatch.setenv("PYTHONPATH", str(leaks))
+    monkeypatch.setenv("PYTHONSTARTUP", str(leaks / "startup.py"))
+    monkeypatch.setenv("VIRTUAL_ENV", str(leaks))
+    monkeypatch.setenv("CONDA_DEFAULT_ENV", "server-env")
+    monkeypatch.setenv("PYTHONNOUSERSITE", "")  # the server's own choice does not matter
+    manager = KernelManager(kernel_name=kernel)
+    manager.start_kernel()
+    try:
+        client = started(manager)
+        out, _, reply = run_cell(client, HYGIENE_CELL)
+        assert reply["status"] == "ok", reply
+        seen = json.loads(out)
+        assert seen["user_site"] is False and seen["user_module"] is False
+        assert seen["leaked"] is False and seen["startup_ran"] is False
+        assert seen["env"] == {
+            "PYTHONPATH": purelib,  # the build's own, set by its bin/python
+            "PYTHONSTARTUP": None,
+            "VIRTUAL_ENV": None,
+            "CONDA_DEFAULT_ENV": None,
+            "PYTHONNOUSERSITE": "1",
+            "LD_PRELOAD": None,
+        }
+        out, _, reply = run_cell(client, "big = bytearray(3 * 1024**3)")
+        assert reply["status"] == "error" and reply["ename"] == "MemoryError", reply
+        out, _, reply = run_cell(client, "small = bytearray(50 * 1024**2); print(len(small))")
+        assert reply["status"] == "ok" and out.strip() == str(50 * 1024**2)
+        assert manager.is_alive()
+        client.stop_channels()
+    finally:
+        manager.shutdown_kernel(now=True)
