@@ -120,10 +120,6 @@ class SiteConfig:
     kernels: KernelSettings = field(default_factory=KernelSettings)
 
     @property
-    def state_dir(self) -> Path:
-        return self.deploy_root / "state"
-
-    @property
     def hook_state_dir(self) -> Path:
         return self.hook.state_dir or (self.store.parent / "hook")
 

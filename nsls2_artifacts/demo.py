@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from .agent import layout
 from .agent.kernels import kernel_name
 from .config import SiteConfig
 from .errors import DeployError
@@ -45,7 +46,7 @@ def run_cell(kernel: str, jupyter_path: Path, code: str, timeout: float = 120) -
 
 
 def run_demo_kernel(site: SiteConfig, env: str, jupyter_path: Path | None = None) -> None:
-    jupyter_path = jupyter_path or site.deploy_root / "share" / "jupyter"
+    jupyter_path = jupyter_path or layout.jupyter_dir(site.deploy_root)
     name = kernel_name(env)
     spec_path = jupyter_path / "kernels" / name / "kernel.json"
     try:

@@ -98,7 +98,7 @@ def _env_status(
 
 def _passes(root: Path) -> dict[str, Any]:
     found = {}
-    for path in sorted((root / "state" / "agent").glob("*.json")):
+    for path in sorted(layout.pass_records_dir(root).glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
             data = read_json(path)
             found[path.stem] = {k: data.get(k) for k in ("time", "seconds", "ok", "failures")}

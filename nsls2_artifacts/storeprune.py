@@ -13,6 +13,7 @@ import contextlib
 import os
 from datetime import datetime, timedelta
 
+from .agent import layout
 from .config import RetentionPolicy, SiteConfig
 from .errors import ArtifactsError
 from .manifest import load_manifest
@@ -99,5 +100,5 @@ def _plan_env(
 
 def _deployed_latest(site: SiteConfig, env: str) -> str | None:
     with contextlib.suppress(OSError):
-        return os.path.basename(os.readlink(site.deploy_root / "envs" / env / "latest"))
+        return os.path.basename(os.readlink(layout.latest_link(site.deploy_root, env)))
     return None

@@ -17,6 +17,7 @@ from helpers_retention import age, by_build, make_build, set_latest, tombstone_f
 from typer.testing import CliRunner
 
 from nsls2_artifacts.agent import heartbeat as hb
+from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.retention import run_pass
 from nsls2_artifacts.cli import app
 from nsls2_artifacts.records import NodeHeartbeat, isoformat, utcnow
@@ -46,7 +47,7 @@ def other_agent(site, node: str, in_use: dict | None = None, complete: bool = Tr
         unknown=list(unknown),
     )
     hb.write_heartbeat(site.deploy_root, beat)
-    return hb.heartbeat_path(site.deploy_root, node)
+    return layout.heartbeat_path(site.deploy_root, node)
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_stale_node_blocks_all_deletion_until_retired(two_envs):
     out = cli(config, "nodes", "retire", "sdcc-03")
     assert "retired node sdcc-03" in out
     assert not beat.exists()
-    assert (hb.retired_dir(site.deploy_root) / "sdcc-03.json").exists()
+    assert (layout.retired_nodes_dir(site.deploy_root) / "sdcc-03.json").exists()
     assert "sdcc-03" not in cli(config, "nodes", "list")
     decisions = run(site)
     for old in builds.values():
@@ -147,7 +148,7 @@ def test_unreadable_heartbeat_blocks_deletion(two_envs):
     run(site)
     for old in builds.values():
         age(tombstone_file(site, old), 3)
-    hb.nodes_dir(site.deploy_root).joinpath("sdcc-06.json").write_text("{not json")
+    layout.nodes_dir(site.deploy_root).joinpath("sdcc-06.json").write_text("{not json")
     decision = run(site)[builds["demo"].name]
     assert decision.action == "keep"
     assert decision.reason.startswith("kept: heartbeat of node sdcc-06 unreadable")
@@ -158,19 +159,20 @@ def test_unreadable_heartbeat_blocks_deletion(two_envs):
 def test_heartbeat_records_this_nodes_scan(two_envs):
     config, site, builds = two_envs
     run(site)
-    data = json.loads(hb.heartbeat_path(site.deploy_root, "test-node").read_text())
+    data = json.loads(layout.heartbeat_path(site.deploy_root, "test-node").read_text())
     beat = NodeHeartbeat.from_dict(data)
     assert beat.node == "test-node" and beat.complete is True
     assert beat.in_use == {} and beat.unknown == []
     # ages use the file's mtime (shared filesystem), not the time field inside
     report = hb.read_reports(site.deploy_root)[0]
-    assert report.mtime_ns == os.stat(hb.heartbeat_path(site.deploy_root, "test-node")).st_mtime_ns
+    path = layout.heartbeat_path(site.deploy_root, "test-node")
+    assert report.mtime_ns == os.stat(path).st_mtime_ns
 
 
 def test_prune_cli_on_a_host_without_agent_does_not_register_a_node(two_envs):
     config, site, builds = two_envs
     cli(config, "prune")
-    assert not hb.heartbeat_path(site.deploy_root, "test-node").exists()
+    assert not layout.heartbeat_path(site.deploy_root, "test-node").exists()
     assert all(tombstone_file(site, old).exists() for old in builds.values())
 
 
@@ -182,7 +184,7 @@ def test_agent_prune_off_still_beats_but_changes_nothing(two_envs):
     assert decisions[old.name].action == "keep"
     assert decisions[old.name].reason == "kept: agent.prune is off (would tombstone)"
     assert not tombstone_file(site, old).exists()
-    assert hb.heartbeat_path(site.deploy_root, "test-node").exists()
+    assert layout.heartbeat_path(site.deploy_root, "test-node").exists()
     # the operator's explicit `prune` applies the policy regardless
     cli(config, "prune")
     assert tombstone_file(site, old).exists()

@@ -91,7 +91,7 @@ def read_quarantine(deploy_root: Path, env: str, build_id: str) -> Quarantine | 
 
 def list_quarantined(deploy_root: Path) -> list[Quarantine]:
     found = []
-    for path in sorted((deploy_root / "state" / "quarantine").glob("*/*.json")):
+    for path in sorted(layout.quarantine_dir(deploy_root).glob("*/*.json")):
         record = read_quarantine(deploy_root, path.parent.name, path.stem)
         if record:
             found.append(record)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +20,7 @@ from ..errors import PruneError
 from ..fsutil import atomic_write_json, fsync_dir, read_json
 from ..procscan import ScanResult
 from ..records import NodeHeartbeat, RecordError, isoformat, utcnow
-
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+from . import layout
 
 
 def span(seconds: float) -> str:
@@ -37,25 +35,10 @@ def span(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def nodes_dir(deploy_root: str | Path) -> Path:
-    return Path(deploy_root) / "state" / "nodes"
-
-
-def retired_dir(deploy_root: str | Path) -> Path:
-    return nodes_dir(deploy_root) / "retired"
-
-
-def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
-    if not _NODE_RE.match(node):
-        raise PruneError(f"node name {node!r} cannot be a file name in {nodes_dir(deploy_root)}")
-    return nodes_dir(deploy_root) / f"{node}.json"
-
-
 def fs_now_ns(deploy_root: str | Path, node: str) -> int:
     """Now, as the shared filesystem's clock says: write a probe file, read back its mtime."""
-    state = Path(deploy_root) / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    probe = state / f".clock-{node}"
+    probe = layout.clock_probe_path(deploy_root, node)
+    probe.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, b"clock probe\n")  # a data write makes the file server stamp the mtime
@@ -84,7 +67,7 @@ def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHea
 
 def write_heartbeat(deploy_root: str | Path, heartbeat: NodeHeartbeat) -> int:
     """Write NODE.json atomically; returns its mtime (ns) as the shared filesystem recorded it."""
-    path = heartbeat_path(deploy_root, heartbeat.node)
+    path = layout.heartbeat_path(deploy_root, heartbeat.node)
     atomic_write_json(path, heartbeat.to_dict())
     return os.stat(path).st_mtime_ns
 
@@ -114,7 +97,7 @@ def read_reports(deploy_root: str | Path) -> list[NodeReport]:
     """Every non-retired node's heartbeat; an unreadable one is reported with its error."""
     reports = []
     with contextlib.suppress(FileNotFoundError):
-        for entry in sorted(os.scandir(nodes_dir(deploy_root)), key=lambda e: e.name):
+        for entry in sorted(os.scandir(layout.nodes_dir(deploy_root)), key=lambda e: e.name):
             if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
             node = entry.name[: -len(".json")]
@@ -136,8 +119,8 @@ def read_reports(deploy_root: str | Path) -> list[NodeReport]:
 
 def retire(deploy_root: str | Path, node: str) -> Path:
     """Move NODE.json to state/nodes/retired/ so it stops blocking deletion."""
-    source = heartbeat_path(deploy_root, node)
-    target = retired_dir(deploy_root) / source.name
+    source = layout.heartbeat_path(deploy_root, node)
+    target = layout.retired_nodes_dir(deploy_root) / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(source, target)

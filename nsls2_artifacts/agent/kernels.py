@@ -255,7 +255,7 @@ def remove_kernelspec(deploy_root: Path, name: str, when: datetime | None = None
 
 
 def retired_path(deploy_root: Path) -> Path:
-    return deploy_root / "share" / "jupyter" / "nsls2" / "retired.json"
+    return layout.retired_kernels_path(deploy_root)
 
 
 def read_retired(deploy_root: Path) -> dict[str, dict[str, Any]]:

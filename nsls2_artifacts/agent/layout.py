@@ -1,15 +1,17 @@
-"""Where things live under DEPLOY_ROOT (see DESIGN.md "Deploy layout"), plus the
-test-only pause points. Every agent module and `status` compute paths here, so the
-layout is written down once.
+"""Every path under DEPLOY_ROOT (see docs/design.md "Deploy layout"), the readers of the
+build directories, plus the test-only pause points. The agent, `status`, `store prune` and
+the Jupyter extension compute deploy-root paths only here, so the layout is written down once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
+from ..errors import PruneError
 from ..fsutil import read_json
 from ..records import ReadyRecord, RecordError, is_build_id, parse_time
 
@@ -20,46 +22,122 @@ TRASH_PREFIX = ".trash-"
 LATEST = "latest"
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "NSLS2_TEST_PAUSE_FILE"
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def envs_dir(deploy_root: Path) -> Path:
-    return deploy_root / "envs"
+def envs_dir(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "envs"
 
 
-def env_dir(deploy_root: Path, env: str) -> Path:
-    return deploy_root / "envs" / env
+def env_dir(deploy_root: str | Path, env: str) -> Path:
+    return envs_dir(deploy_root) / env
 
 
-def build_dir(deploy_root: Path, env: str, build_id: str) -> Path:
-    return deploy_root / "envs" / env / build_id
+def build_dir(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return env_dir(deploy_root, env) / build_id
 
 
-def partial_dir(deploy_root: Path, env: str, build_id: str) -> Path:
-    return deploy_root / "envs" / env / f"{PARTIAL_PREFIX}{build_id}"
+def partial_dir(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return env_dir(deploy_root, env) / f"{PARTIAL_PREFIX}{build_id}"
 
 
-def latest_link(deploy_root: Path, env: str) -> Path:
-    return deploy_root / "envs" / env / LATEST
+def latest_link(deploy_root: str | Path, env: str) -> Path:
+    return env_dir(deploy_root, env) / LATEST
 
 
-def quarantine_path(deploy_root: Path, env: str, build_id: str) -> Path:
-    return deploy_root / "state" / "quarantine" / env / f"{build_id}.json"
+# -- Jupyter and tiled (read by users' servers) ----------------------------------------------
 
 
-def hold_path(deploy_root: Path, env: str) -> Path:
-    return deploy_root / "state" / "holds" / f"{env}.json"
+def jupyter_dir(deploy_root: str | Path) -> Path:
+    """What JupyterHub adds to `JUPYTER_PATH`."""
+    return Path(deploy_root) / "share" / "jupyter"
 
 
-def pass_record_path(deploy_root: Path, node: str) -> Path:
-    return deploy_root / "state" / "agent" / f"{node}.json"
+def kernels_dir(deploy_root: str | Path) -> Path:
+    return jupyter_dir(deploy_root) / "kernels"
 
 
-def kernels_dir(deploy_root: Path) -> Path:
-    return deploy_root / "share" / "jupyter" / "kernels"
+def retired_kernels_path(deploy_root: str | Path) -> Path:
+    """LTS kernels removed for good, read by the server extension and the lab extension."""
+    return jupyter_dir(deploy_root) / "nsls2" / "retired.json"
 
 
-def profiles_dir(deploy_root: Path) -> Path:
-    return deploy_root / "etc" / "tiled" / "profiles"
+def profiles_dir(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "etc" / "tiled" / "profiles"
+
+
+# -- the agents' shared state ----------------------------------------------------------------
+
+
+def state_dir(deploy_root: str | Path) -> Path:
+    return Path(deploy_root) / "state"
+
+
+def quarantine_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "quarantine"
+
+
+def quarantine_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return quarantine_dir(deploy_root) / env / f"{build_id}.json"
+
+
+def hold_path(deploy_root: str | Path, env: str) -> Path:
+    return state_dir(deploy_root) / "holds" / f"{env}.json"
+
+
+def pass_records_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "agent"
+
+
+def pass_record_path(deploy_root: str | Path, node: str) -> Path:
+    return pass_records_dir(deploy_root) / f"{node}.json"
+
+
+def build_lock_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return state_dir(deploy_root) / "locks" / env / f"{build_id}.lock"
+
+
+def apply_lock_path(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "locks" / "apply.lock"
+
+
+def tombstones_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "tombstones"
+
+
+def tombstone_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return tombstones_dir(deploy_root) / env / f"{build_id}.json"
+
+
+def deleted_dir(deploy_root: str | Path, env: str) -> Path:
+    return state_dir(deploy_root) / "deleted" / env
+
+
+def deleted_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return deleted_dir(deploy_root, env) / f"{build_id}.json"
+
+
+def trash_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "trash"
+
+
+def nodes_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "nodes"
+
+
+def retired_nodes_dir(deploy_root: str | Path) -> Path:
+    return nodes_dir(deploy_root) / "retired"
+
+
+def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
+    if not _NODE_RE.match(node):
+        raise PruneError(f"node name {node!r} cannot be a file name in {nodes_dir(deploy_root)}")
+    return nodes_dir(deploy_root) / f"{node}.json"
+
+
+def clock_probe_path(deploy_root: str | Path, node: str) -> Path:
+    """The file whose mtime tells the shared filesystem's time (see `heartbeat.fs_now_ns`)."""
+    return state_dir(deploy_root) / f".clock-{node}"
 
 
 def read_ready(deploy_root: Path, env: str, build_id: str) -> ReadyRecord | None:

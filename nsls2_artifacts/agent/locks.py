@@ -12,14 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..fsutil import file_lock
-
-
-def build_lock_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
-    return Path(deploy_root) / "state" / "locks" / env / f"{build_id}.lock"
-
-
-def apply_lock_path(deploy_root: str | Path) -> Path:
-    return Path(deploy_root) / "state" / "locks" / "apply.lock"
+from .layout import apply_lock_path, build_lock_path
 
 
 @contextlib.contextmanager

@@ -61,19 +61,7 @@ DAY = 86400.0
 _RETENTION_KEYS = {"lts_years", "keep_latest", "grace_days"}
 
 
-# -- layout of retention's own state ------------------------------------------------------------
-
-
-def tombstone_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
-    return Path(deploy_root) / "state" / "tombstones" / env / f"{build_id}.json"
-
-
-def deleted_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
-    return Path(deploy_root) / "state" / "deleted" / env / f"{build_id}.json"
-
-
-def trash_dir(deploy_root: str | Path) -> Path:
-    return Path(deploy_root) / "state" / "trash"
+# -- retention's own state ----------------------------------------------------------------------
 
 
 def _ids_in(directory: Path) -> dict[str, int]:
@@ -90,12 +78,12 @@ def _ids_in(directory: Path) -> dict[str, int]:
 
 def tombstones(deploy_root: str | Path, env: str) -> dict[str, int]:
     """Tombstoned build ids of `env` -> tombstone time (file mtime, ns, shared-fs clock)."""
-    return _ids_in(tombstone_path(deploy_root, env, "x").parent)
+    return _ids_in(layout.tombstones_dir(deploy_root) / env)
 
 
 def deleted_builds(deploy_root: str | Path, env: str) -> set[str]:
     """Builds retention deleted: the agent must not deploy these again from the store."""
-    return set(_ids_in(deleted_path(deploy_root, env, "x").parent))
+    return set(_ids_in(layout.deleted_dir(deploy_root, env)))
 
 
 # -- kernelspecs ---------------------------------------------------------------------------------
@@ -296,7 +284,7 @@ def all_envs(deploy_root: Path) -> list[str]:
     """Envs with a directory under envs/ or left-over tombstones."""
     names = set(layout.deployed_envs(deploy_root))
     with contextlib.suppress(FileNotFoundError):
-        names.update(e.name for e in os.scandir(deploy_root / "state" / "tombstones") if e.is_dir())
+        names.update(e.name for e in os.scandir(layout.tombstones_dir(deploy_root)) if e.is_dir())
     return sorted(names)
 
 
@@ -460,7 +448,7 @@ def finish_trash(deploy_root: Path, log: logging.Logger) -> list[str]:
     """Remove whatever an earlier (perhaps killed) delete left in state/trash."""
     done = []
     with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(trash_dir(deploy_root)):
+        for entry in os.scandir(layout.trash_dir(deploy_root)):
             shutil.rmtree(entry.path, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(entry.path)
@@ -477,7 +465,7 @@ def _unlink(path: Path) -> None:
 
 def _tombstone(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) -> None:
     root = site.deploy_root
-    path = tombstone_path(root, decision.env, decision.build_id)
+    path = layout.tombstone_path(root, decision.env, decision.build_id)
     if not path.exists():  # never rewrite: the file's mtime is the tombstone's time
         atomic_write_json(
             path,
@@ -503,7 +491,7 @@ def _delete(
                 # a rollback or flip landed after we planned: it is a root again
                 return RetentionDecision(env, build_id, "keep", "kept: became latest or held")
             atomic_write_json(
-                deleted_path(root, env, build_id),
+                layout.deleted_path(root, env, build_id),
                 {
                     "env": env,
                     "build_id": build_id,
@@ -513,13 +501,13 @@ def _delete(
             )
             removed = remove_kernelspecs(root, env, build_id)
             source = layout.build_dir(root, env, build_id)
-            target = trash_dir(root) / f"{env}--{build_id}--{uuid.uuid4().hex[:8]}"
+            target = layout.trash_dir(root) / f"{env}--{build_id}--{uuid.uuid4().hex[:8]}"
             target.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(source, target)  # atomic: the build is whole or gone, never half
                 fsync_dir(source.parent)
             layout.test_pause("prune-trashed")  # test-only: a kill here leaves trash + tombstone
-            _unlink(tombstone_path(root, env, build_id))
+            _unlink(layout.tombstone_path(root, env, build_id))
             shutil.rmtree(target, ignore_errors=True)
     except LockBusy:
         return RetentionDecision(
@@ -531,11 +519,11 @@ def _delete(
 
 def _finish(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) -> None:
     root, env, build_id = site.deploy_root, decision.env, decision.build_id
-    marker = deleted_path(root, env, build_id)
+    marker = layout.deleted_path(root, env, build_id)
     if not marker.exists():
         atomic_write_json(marker, {"env": env, "build_id": build_id, "node": site.agent.node})
     removed = remove_kernelspecs(root, env, build_id)
-    _unlink(tombstone_path(root, env, build_id))
+    _unlink(layout.tombstone_path(root, env, build_id))
     _event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)
 
 
@@ -549,13 +537,13 @@ def apply_plan(
             if decision.action == "tombstone":
                 _tombstone(site, decision, log)
             elif decision.action == "untombstone":
-                _unlink(tombstone_path(site.deploy_root, decision.env, decision.build_id))
+                _unlink(layout.tombstone_path(site.deploy_root, decision.env, decision.build_id))
             elif decision.action == "delete":
                 decision = _delete(site, decision, log)
             elif decision.action == "finish":
                 _finish(site, decision, log)
             elif decision.action == "revive":
-                _unlink(deleted_path(site.deploy_root, decision.env, decision.build_id))
+                _unlink(layout.deleted_path(site.deploy_root, decision.env, decision.build_id))
         except OSError as exc:
             log.error(
                 "retention-failed env=%s build=%s error=%s", decision.env, decision.build_id, exc

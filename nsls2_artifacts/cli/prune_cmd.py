@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..agent import heartbeat as hb
+from ..agent import layout
 from ..agent.retention import run_pass
 from ..records import RetentionDecision
 from ..store import open_store
@@ -67,7 +68,7 @@ def prune(
     with reported_errors():
         # a host that runs no agent must not register as a node: its heartbeat would go
         # stale and block all deletion. Only refresh a heartbeat this node already writes.
-        beating = hb.heartbeat_path(cfg.deploy_root, cfg.agent.node).exists()
+        beating = layout.heartbeat_path(cfg.deploy_root, cfg.agent.node).exists()
         decisions = run_pass(
             cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating, enforce=True
         )
@@ -110,7 +111,7 @@ def nodes_list(config: ConfigOption = None) -> None:
             "-" if beat is None else beat.version,
         )
     if not reports:
-        console.print(f"no heartbeats under {hb.nodes_dir(cfg.deploy_root)}")
+        console.print(f"no heartbeats under {layout.nodes_dir(cfg.deploy_root)}")
         return
     _show(table)
 

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MANAGED = "nsls2"  # kernelspec metadata key the agent writes (agent/kernels.py)
 SPEC_PREFIX = "nsls2-"
-RETIRED_RECORD = Path("share") / "jupyter" / "nsls2" / "retired.json"
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def kernel_dirs_in(deploy_root: str | Path) -> dict[str, Path]:
 
 def read_retired(deploy_root: str | Path) -> dict[str, RetiredKernel]:
     """`DEPLOY_ROOT/share/jupyter/nsls2/retired.json`; absent or unreadable means none."""
-    path = Path(deploy_root) / RETIRED_RECORD
+    path = layout.retired_kernels_path(deploy_root)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
