@@ -32,6 +32,7 @@ from nsls2_artifacts.agent import deploy, extract, layout  # noqa: E402
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.fsutil import atomic_write_json, read_json  # noqa: E402
 from nsls2_artifacts.records import BuildManifest, isoformat, make_build_id, utcnow  # noqa: E402
+from nsls2_artifacts.store import FilesystemStore  # noqa: E402
 
 CLI = [sys.executable, "-m", "nsls2_artifacts.cli"]
 
@@ -92,7 +93,7 @@ def plain_deploy(archive: Path, dest: Path, steps: dict[str, float]) -> None:
 def agent_deploy(archive: Path, manifest: BuildManifest, dest: Path) -> dict[str, float]:
     """The agent's own steps (verify, safe extract into a partial dir, rename, unpack)."""
     marks = {"start": time.perf_counter()}
-    deploy.verify_artifact(archive, manifest)
+    deploy.verify_artifact(FilesystemStore(archive.parents[2]), manifest)
     marks["verify"] = time.perf_counter()
     partial = dest.parent / f".partial-{dest.name}"
     partial.mkdir(parents=True)

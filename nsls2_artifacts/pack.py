@@ -106,7 +106,7 @@ def pack(
             raise PackError(f"packing {prefix} failed: {exc}") from None
         archive.close()
         _finish(compressor)
-        raw.flush()  # no fsync here: FilesystemStore.commit_build fsyncs what it commits
+        raw.flush()  # no fsync here: Store.commit_build fsyncs what it commits
     return PackResult(
         path=Path(output),
         format=fmt,

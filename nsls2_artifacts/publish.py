@@ -3,9 +3,10 @@
 Called by `nsls2-artifacts publish` (and through it by the hook). The order keeps bad input
 away from the store: the manifest is validated and solved before anything is written. The
 build is then installed into a local scratch prefix, packed straight into a staging
-directory on the store's filesystem, and committed by `FilesystemStore.commit_build`, which
-writes `manifest.json` last. A publish killed at any point leaves only a staging directory
-(invisible to readers), which the next publish of the same env removes under the lock.
+directory the store hands out (`Store.staging_dir`), and committed by `Store.commit_build`,
+which writes `manifest.json` last. A publish killed at any point leaves only uncommitted
+leftovers (invisible to readers), which the next publish of the same env removes under
+the lock (`Store.clean_uncommitted`).
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ from .records import (
     KernelExtras,
     LockInfo,
     LtsRecord,
-    is_build_id,
     isoformat,
     make_build_id,
     utcnow,
 )
-from .store import MANIFEST, FilesystemStore, open_store
+from .store import Store, open_store
 
 LOCK_FILE = "pixi.lock"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -139,11 +139,9 @@ def publish(
     _pause("solve")
 
     store = open_store(site.store)
-    with _store_errors(store.root / env):
-        (store.root / env).mkdir(parents=True, exist_ok=True)
     with store.publish_lock(env):
-        for leftover in store.clean_staging(env) + _clean_uncommitted(store, env):
-            report.note(f"removed the leftover of an interrupted publish: {leftover.name}")
+        for leftover in store.clean_uncommitted(env):
+            report.note(f"removed the leftover of an interrupted publish: {leftover}")
         with _scratch(cache, site, env) as scratch:
             lock_path = scratch / LOCK_FILE
             lock_sha = solver.write_lock(solution, lock_path)
@@ -259,7 +257,7 @@ def _install(
 
 
 def _pack_and_commit(
-    store: FilesystemStore,
+    store: Store,
     manifest: EnvManifest,
     solution: solver.Solution,
     prefix: Path,
@@ -269,11 +267,10 @@ def _pack_and_commit(
     report: Reporter,
     timings: dict[str, float],
 ) -> BuildManifest:
-    """Pack straight into a staging dir on the store's filesystem, then commit it."""
+    """Pack straight into the store's staging dir, then commit it."""
     created = utcnow()
     build_id = make_build_id(created, lock_sha)
-    with _store_errors(store.root / manifest.name):
-        staging = store.staging_dir(manifest.name, build_id)
+    staging = store.staging_dir(manifest.name, build_id)
     packed = _pack(prefix, staging, fmt, report, timings)
     with _store_errors(staging):
         shutil.copyfile(lock_path, staging / LOCK_FILE)
@@ -294,8 +291,10 @@ def _pack_and_commit(
         kernel=kernel_extras(manifest),
     )
     _pause("commit")
-    with _stage(report, timings, "upload"), _store_errors(staging):
-        store.commit_build(staging, record)
+    with _stage(report, timings, "upload", record.artifact.size):
+        store.commit_build(
+            staging, record, progress=lambda done, total: report.advance("upload", done, total)
+        )
     return record
 
 
@@ -327,7 +326,7 @@ def _pack(
     return result
 
 
-def _unchanged(store: FilesystemStore, env: str, lock_sha: str) -> str | None:
+def _unchanged(store: Store, env: str, lock_sha: str) -> str | None:
     """The newest committed build's id if its lock hash equals `lock_sha`."""
     builds = store.builds(env)
     if builds and builds[-1].lock.sha256 == lock_sha:
@@ -337,7 +336,7 @@ def _unchanged(store: FilesystemStore, env: str, lock_sha: str) -> str | None:
 
 def _finish_unchanged(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     env: str,
     build_id: str,
     lts: str | None,
@@ -363,18 +362,6 @@ def _finish_unchanged(
 def _check_label(label: str) -> None:
     if not _LABEL_RE.match(label):
         raise ArtifactsError(f"LTS label {label!r}: use letters, digits, '.', '-' (e.g. 2026-1)")
-
-
-def _clean_uncommitted(store: FilesystemStore, env: str) -> list[Path]:
-    """Build directories without manifest.json (killed between rename and commit)."""
-    removed = []
-    root = store.root / env
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(root):
-            if is_build_id(entry.name) and not os.path.exists(os.path.join(entry.path, MANIFEST)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(Path(entry.path))
-    return removed
 
 
 @contextlib.contextmanager

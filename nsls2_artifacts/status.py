@@ -17,14 +17,14 @@ from .agent.reconcile import node_platform
 from .config import SiteConfig
 from .errors import StoreError
 from .fsutil import read_json
-from .store import FilesystemStore
+from .store import Store
 
 
-def collect_status(site: SiteConfig, store: FilesystemStore) -> dict[str, Any]:
+def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
     root = site.deploy_root
     out: dict[str, Any] = {
         "deploy_root": str(root),
-        "store": str(store.root),
+        "store": store.location,
         "store_error": None,
         "envs": {},
         "quarantined": [asdict(q) for q in deploy.list_quarantined(root)],

@@ -3,7 +3,7 @@
 Called by `nsls2-artifacts store prune [--dry-run]`. Every committed build gets a decision
 with a reason. Kept: every LTS-labelled build (LTS artifacts are never deleted), the newest
 `keep_latest` builds, builds younger than `grace_days`, and the build a deploy root's
-`latest` points at. Deleting is `FilesystemStore.delete_build` (manifest.json first). The
+`latest` points at. Deleting is `Store.delete_build` (manifest.json first). The
 deployed copies on the cluster are the agent's business (its own prune, with in-use checks).
 """
 
@@ -15,15 +15,13 @@ from datetime import datetime, timedelta
 
 from .agent import layout
 from .config import RetentionPolicy, SiteConfig
-from .errors import ArtifactsError
+from .errors import ArtifactsError, StoreError
 from .manifest import load_manifest
 from .records import RetentionDecision, utcnow
-from .store import FilesystemStore
+from .store import Store
 
 
-def plan(
-    site: SiteConfig, store: FilesystemStore, now: datetime | None = None
-) -> list[RetentionDecision]:
+def plan(site: SiteConfig, store: Store, now: datetime | None = None) -> list[RetentionDecision]:
     """One decision ("keep" or "delete") per committed or unreadable build, oldest first."""
     now = now or utcnow()
     decisions: list[RetentionDecision] = []
@@ -32,7 +30,7 @@ def plan(
     return decisions
 
 
-def apply(store: FilesystemStore, decisions: list[RetentionDecision]) -> list[RetentionDecision]:
+def apply(store: Store, decisions: list[RetentionDecision]) -> list[RetentionDecision]:
     """Delete what `plan` marked; returns the deletions that failed (as "error" decisions)."""
     failed = []
     for decision in decisions:
@@ -40,7 +38,7 @@ def apply(store: FilesystemStore, decisions: list[RetentionDecision]) -> list[Re
             continue
         try:
             store.delete_build(decision.env, decision.build_id)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             failed.append(RetentionDecision(decision.env, decision.build_id, "error", str(exc)))
     return failed
 
@@ -56,9 +54,7 @@ def _policy(site: SiteConfig, env: str) -> tuple[RetentionPolicy, str]:
     return site.retention, "site policy"
 
 
-def _plan_env(
-    site: SiteConfig, store: FilesystemStore, env: str, now: datetime
-) -> list[RetentionDecision]:
+def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[RetentionDecision]:
     policy, source = _policy(site, env)
     builds = store.builds(env)
     labels: dict[str, list[str]] = {}

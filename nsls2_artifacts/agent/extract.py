@@ -345,9 +345,10 @@ class _TarStream:
 
 
 @contextlib.contextmanager
-def _open_stream(path: Path, fmt: str, build_id: str) -> Iterator[_TarStream]:
+def _open_stream(archive: Path | IO[bytes], fmt: str, build_id: str) -> Iterator[_TarStream]:
     """The archive's members, read front to back (zstd via `zstandard`, or gzip)."""
-    with open(path, "rb") as raw:
+    local = isinstance(archive, (str, os.PathLike))
+    with open(archive, "rb") if local else contextlib.nullcontext(archive) as raw:  # noqa: SIM115
         if fmt in ("tar.zst", "tar.zstd"):
             import zstandard
 
@@ -472,7 +473,7 @@ def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, ch
 
 
 def safe_extract(
-    archive: Path,
+    archive: Path | IO[bytes],
     fmt: str,
     dest: Path,
     *,
@@ -482,7 +483,8 @@ def safe_extract(
     progress: Callable[[int, int], None] | None = None,
     progress_seconds: float = 10.0,
 ) -> tuple[int, int]:
-    """Extract `archive` into the existing, empty directory `dest`; returns (members, bytes).
+    """Extract `archive` (a path or a binary stream read front to back) into the existing,
+    empty directory `dest`; returns (members, bytes).
     `progress(members, bytes)` is called about every `progress_seconds` on the way (a
     large env on GPFS takes minutes: the daemon's log shows it moving).
 

@@ -32,7 +32,7 @@ from ..records import (
     parse_time,
     utcnow,
 )
-from ..store import FilesystemStore, InvalidBuild
+from ..store import InvalidBuild, Store
 from . import deploy, kernels, latest, layout, logos, profiles
 from .locks import apply_lock
 from .log import event
@@ -147,7 +147,7 @@ def _local_manifest(deploy_root: Path, env: str, build_id: str) -> BuildManifest
         return None
 
 
-def observe(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Observed:
+def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
     root = site.deploy_root
     obs = Observed(True, "", {}, [], {}, {}, {}, {}, kernels.installed(root), {}, {})
     try:
@@ -365,7 +365,7 @@ def _wanted_lts(
 
 def apply_deploys(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     plan: Plan,
     log: logging.Logger,
     stop: threading.Event | None = None,
@@ -430,7 +430,7 @@ def _retention_module() -> Any:
         return None
 
 
-def _run_retention(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> str | None:
+def _run_retention(site: SiteConfig, store: Store, log: logging.Logger) -> str | None:
     """Hand over to retention (heartbeats + prune) when that module is installed."""
     retention = _retention_module()
     if retention is None:
@@ -445,7 +445,7 @@ def _run_retention(site: SiteConfig, store: FilesystemStore, log: logging.Logger
 
 def run_pass(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     log: logging.Logger,
     *,
     dry_run: bool = False,
@@ -506,7 +506,7 @@ def run_pass(
     return result
 
 
-def refresh_state(site: SiteConfig, store: FilesystemStore, log: logging.Logger) -> Plan:
+def refresh_state(site: SiteConfig, store: Store, log: logging.Logger) -> Plan:
     """Flips, kernelspecs and profiles only (no deploys), under the apply lock: what
     `rollback` runs right after moving `latest`, so kernel metadata follows at once."""
     with apply_lock(site.deploy_root):

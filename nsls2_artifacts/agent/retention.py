@@ -47,7 +47,7 @@ from ..records import (
     parse_time,
     utcnow,
 )
-from ..store import FilesystemStore
+from ..store import Store
 from . import heartbeat as hb
 from . import layout
 from .locks import apply_lock, build_lock
@@ -218,25 +218,13 @@ def _latest(deploy_root: Path, env: str) -> str | None:
     return name if is_build_id(name) else None
 
 
-def _lts_problem(store: Any, env: str, records: list[LtsRecord]) -> str | None:
+def _lts_problem(store: Store, env: str) -> str | None:
     """An LTS record the store could not parse would make its build look deletable."""
-    root = getattr(store, "root", None)
-    if root is None:
-        return None
-    with contextlib.suppress(FileNotFoundError):
-        names = [
-            e.name
-            for e in os.scandir(Path(root) / env / "lts")
-            if e.name.endswith(".json") and not e.name.startswith(".")
-        ]
-        if len(names) != len(records):
-            readable = {f"{r.label}.json" for r in records}
-            bad = sorted(set(names) - readable)
-            return f"unreadable LTS record {Path(root) / env / 'lts' / bad[0]}" if bad else None
-    return None
+    bad = store.invalid_lts(env)
+    return bad[0].reason if bad else None
 
 
-def look_env(site: SiteConfig, store: FilesystemStore, env: str) -> EnvView:
+def look_env(site: SiteConfig, store: Store, env: str) -> EnvView:
     """Gather one env's builds, roots and tombstones; a failure becomes `problem`."""
     root = site.deploy_root
     problem = None
@@ -254,7 +242,7 @@ def look_env(site: SiteConfig, store: FilesystemStore, env: str) -> EnvView:
         if not manifests and ids:
             # DESIGN rule 2: an empty listing is never a reason to delete anything
             problem = problem or f"store lists no builds for {env} (unreachable or empty?)"
-        problem = problem or _lts_problem(store, env, lts)
+        problem = problem or _lts_problem(store, env)
     except StoreError as exc:
         problem = problem or f"store listing for {env} failed: {exc}"
     builds = [
@@ -560,7 +548,7 @@ def apply_plan(
 
 def run_pass(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     log: logging.Logger,
     apply: bool = True,
     *,
@@ -590,7 +578,7 @@ _CHANGES = ("tombstone", "untombstone", "delete", "finish", "revive")
 
 def _pass(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     log: logging.Logger,
     *,
     apply: bool,

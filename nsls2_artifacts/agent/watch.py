@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import SiteConfig
-from ..store import FilesystemStore
+from ..store import Store
 from .log import event
 from .reconcile import PassResult, run_pass
 
@@ -58,8 +58,12 @@ class _Hint:
         return True
 
 
-def _start_observer(store: FilesystemStore, hint: _Hint, log: logging.Logger) -> Any:
-    """A native (inotify) observer on the store root, or None where it cannot run."""
+def _start_observer(store: Store, hint: _Hint, log: logging.Logger) -> Any:
+    """A native (inotify) observer on the store's local directory, or None where it
+    cannot run (no local directory, no inotify)."""
+    path = store.watch_path()
+    if path is None:
+        return None
     try:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
@@ -72,13 +76,13 @@ def _start_observer(store: FilesystemStore, hint: _Hint, log: logging.Logger) ->
                     hint.poke()
 
         observer = Observer()
-        observer.schedule(Handler(), str(store.root), recursive=True)
+        observer.schedule(Handler(), str(path), recursive=True)
         observer.daemon = True
         observer.start()
     except Exception as exc:  # no inotify, store missing, watch limit: polling still works
         event(log, "watch-unavailable", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
         return None
-    event(log, "watching", path=str(store.root))
+    event(log, "watching", path=str(path))
     return observer
 
 
@@ -93,7 +97,7 @@ def install_stop_signals(stop: threading.Event, log: logging.Logger) -> None:
 
 def run_daemon(
     site: SiteConfig,
-    store: FilesystemStore,
+    store: Store,
     log: logging.Logger,
     stop: threading.Event,
     on_pass: Callable[[PassResult], None] | None = None,
@@ -116,7 +120,7 @@ def run_daemon(
                 if on_pass is not None:
                     on_pass(result)
             if events and observer is None and not stop.is_set():
-                observer = _start_observer(store, hint, log) if store.root.is_dir() else None
+                observer = _start_observer(store, hint, log)
             hinted = hint.wait(site.agent.poll_seconds, stop)
             if hinted:
                 event(log, "hint", detail="store changed")

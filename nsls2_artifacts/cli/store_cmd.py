@@ -15,7 +15,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..store import STAGING_PREFIX, FilesystemStore, open_store, sha256_file
+from ..errors import StoreError
+from ..records import BuildManifest
+from ..store import Store, open_store
 from .common import ConfigOption, console, out, reported_errors, site
 
 store_app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
@@ -33,7 +35,7 @@ def _group(ctx: typer.Context, config: ConfigOption = None) -> None:
     ctx.obj = config
 
 
-def _store(ctx: typer.Context, config: Path | None) -> tuple[Any, FilesystemStore]:
+def _store(ctx: typer.Context, config: Path | None) -> tuple[Any, Store]:
     cfg = site(config or ctx.obj)
     return cfg, open_store(cfg.store)
 
@@ -171,7 +173,7 @@ def prune(
     sys.exit(1 if failed else 0)
 
 
-def verify_store(store: FilesystemStore) -> list[dict[str, Any]]:
+def verify_store(store: Store) -> list[dict[str, Any]]:
     """Check size + sha256 of every committed build's artifact and lock, and every LTS label."""
     results = []
     for env in store.envs():
@@ -193,33 +195,24 @@ def verify_store(store: FilesystemStore) -> list[dict[str, Any]]:
                         "detail": f"points at {record.build_id}, which is not a committed build",
                     }
                 )
-        staging = [p.name for p in (store.root / env).glob(f"{STAGING_PREFIX}*")]
-        if staging:
+        for bad in store.invalid_lts(env):
+            results.append(
+                {"env": env, "build_id": bad.build_id, "ok": False, "detail": bad.reason}
+            )
+        if leftovers := store.uncommitted(env):
             console.print(
-                f"{env}: {len(staging)} uncommitted staging dir(s) from interrupted publishes "
+                f"{env}: {len(leftovers)} uncommitted leftover(s) of interrupted publishes "
                 "(removed by the next publish)",
                 highlight=False,
             )
     return results
 
 
-def _check_build(store: FilesystemStore, m: Any) -> dict[str, Any]:
-    root = store.root / m.name / m.build_id
-    for label, name, sha, size in (
-        ("artifact", m.artifact.file, m.artifact.sha256, m.artifact.size),
-        ("lock", m.lock.file, m.lock.sha256, None),
-    ):
-        try:
-            actual_sha, actual_size = sha256_file(root / name)
-        except OSError as exc:
-            return {"ok": False, "detail": f"{label} {name}: {exc.strerror}"}
-        if size is not None and actual_size != size:
-            return {
-                "ok": False,
-                "detail": f"{label} {name}: size {actual_size}, manifest says {size}",
-            }
-        if actual_sha != sha:
-            return {"ok": False, "detail": f"{label} {name}: sha256 mismatch"}
+def _check_build(store: Store, m: BuildManifest) -> dict[str, Any]:
+    try:
+        store.verify_build(m)
+    except StoreError as exc:
+        return {"ok": False, "detail": str(exc)}
     return {"ok": True, "detail": f"ok ({m.artifact.size / 1e6:.1f} MB)"}
 
 
@@ -232,7 +225,7 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _labels(store: FilesystemStore, env: str) -> dict[str, list[str]]:
+def _labels(store: Store, env: str) -> dict[str, list[str]]:
     labels: dict[str, list[str]] = {}
     for record in store.lts(env):
         labels.setdefault(record.build_id, []).append(record.label)

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from ..config import SiteConfig
 from ..errors import ArtifactsError
 from ..fsutil import LockBusy, file_lock
-from ..store import FilesystemStore
+from ..store import Store, open_store
 from . import metrics
 from .auth import (
     SESSION_COOKIE,
@@ -48,7 +48,7 @@ from .auth import (
     load_or_create_key,
 )
 from .diff import diff_builds, previous_build
-from .envs import ManifestCache, is_env, list_envs, summary
+from .envs import is_env, list_envs, summary
 from .nightly import Schedule, run_nightly, site_schedule
 from .queue import BuildQueue
 from .runner import Runner
@@ -72,8 +72,7 @@ class Hook:
     queue: BuildQueue
     runner: Runner
     auth: Auth
-    store: FilesystemStore
-    manifests: ManifestCache
+    store: Store
     templates: Environment
     schedule: Schedule | None
     limiter: FailureLimiter  # wrong tokens per client address
@@ -200,7 +199,7 @@ def index(request: Request) -> HTMLResponse:
     active = hook.queue.active()
     envs = [
         {
-            "summary": summary(hook.site, hook.manifests, name),
+            "summary": summary(hook.site, hook.store, name),
             "last": hook.queue.last_finished(name),
             "active": [r for r in active if r.env == name],
         }
@@ -226,14 +225,14 @@ def env_page(request: Request) -> HTMLResponse:
         request,
         "env.html",
         env=env,
-        summary=summary(hook.site, hook.manifests, env),
+        summary=summary(hook.site, hook.store, env),
         history=hook.queue.history(env=env, limit=50),
         promoted=request.query_params.get("promoted"),
     )
 
 
 def _store_build_context(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
-    info = summary(hook.site, hook.manifests, env)
+    info = summary(hook.site, hook.store, env)
     build = next((b for b in info.builds if b.build_id == build_id), None)
     if build is None:
         return None
@@ -519,7 +518,7 @@ async def api_cancel_build(request: Request) -> Response:
 
 
 def _env_info(hook: Hook, name: str) -> dict[str, Any]:
-    info = summary(hook.site, hook.manifests, name)
+    info = summary(hook.site, hook.store, name)
     last = hook.queue.last_finished(name)
     return {
         "env": name,
@@ -662,14 +661,13 @@ def create_app(site: SiteConfig) -> Starlette:
     state_dir.mkdir(parents=True, exist_ok=True)
     queue = BuildQueue(state_dir / "hook.sqlite")
     secret = os.environ.get(site.hook.webhook_secret_env) or None
-    store = FilesystemStore(site.store)
+    store = open_store(site.store)
     hook = Hook(
         site=site,
         queue=queue,
         runner=Runner(site, queue, state_dir / "logs"),
         auth=Auth(site.hook.tokens_sha256, load_or_create_key(state_dir / "session.key"), secret),
         store=store,
-        manifests=ManifestCache(store),
         templates=_templates(),
         schedule=site_schedule(site),
         limiter=FailureLimiter(

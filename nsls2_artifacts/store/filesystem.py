@@ -1,0 +1,300 @@
+"""The store as a directory tree (a shared or DTN-synced filesystem): the default backend.
+
+Layout:
+    STORE/ENV/BUILD_ID/env.tar.zst     conda-pack archive
+    STORE/ENV/BUILD_ID/pixi.lock       the lock the env was installed from
+    STORE/ENV/BUILD_ID/manifest.json   written LAST: its presence commits the build
+    STORE/ENV/lts/LABEL.json           {"build_id": ..., "promoted": ...}
+    STORE/ENV/.staging-BUILD_ID-PID/   a publish in progress (invisible to readers)
+
+Built by `open_store` for a `store:` path; nothing outside this module knows the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from ..errors import BuildLockedError, StoreError
+from ..fsutil import LockBusy, atomic_write_json, file_lock, fsync_dir, read_json
+from ..records import BuildManifest, LtsRecord, RecordError, is_build_id
+from .interface import (
+    MANIFEST,
+    MISSING,
+    ArtifactMismatchError,
+    ArtifactStamp,
+    InvalidBuild,
+    Progress,
+    check_stream,
+    read_chunks,
+)
+
+STAGING_PREFIX = ".staging-"
+CACHE_LIMIT = 4096
+
+
+def sha256_file(path: str | Path) -> tuple[str, int]:
+    """(sha256 hex, size) of a local file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        for chunk in read_chunks(handle):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class FilesystemStore:
+    """The store as a directory tree (see the module doc)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        # Parsed manifests keyed by the file's identity: a committed manifest never changes,
+        # but the agent and every hook page list every build, and parsing a few dozen
+        # manifests of a few hundred packages each is most of that cost. (inode, mtime, size)
+        # makes a deleted-and-republished build re-read.
+        self._cache: dict[tuple[str, str], tuple[tuple[int, int, int], BuildManifest]] = {}
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def watch_path(self) -> Path | None:
+        return self.root if self.root.is_dir() else None
+
+    def changes_token(self) -> str | None:
+        return None  # listing a directory is cheap; the agent lists every pass
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _scan(self, path: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as entries:
+                return sorted(entries, key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot list store directory {path}: {exc.strerror}") from exc
+
+    def envs(self) -> list[str]:
+        if not self.root.is_dir():
+            raise StoreError(f"store root {self.root} does not exist or is not a directory")
+        return [e.name for e in self._scan(self.root) if e.is_dir() and not e.name.startswith(".")]
+
+    def _committed(self, env: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(build id, stat of its manifest.json) of every committed build, by id."""
+        for entry in self._scan(self.root / env):
+            if not is_build_id(entry.name):
+                continue
+            try:
+                yield entry.name, os.stat(os.path.join(entry.path, MANIFEST))
+            except OSError:
+                continue  # not committed (yet)
+
+    def _load(self, env: str, build_id: str) -> BuildManifest:
+        path = self.root / env / build_id / MANIFEST
+        try:
+            manifest = BuildManifest.from_dict(read_json(path))
+        except FileNotFoundError:
+            raise StoreError(f"{env}/{build_id}: no such committed build in {self.root}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: invalid JSON: {exc}") from None
+        except RecordError as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{path}: {exc.strerror}") from None
+        if manifest.name != env or manifest.build_id != build_id:
+            raise StoreError(
+                f"{path}: names {manifest.name}/{manifest.build_id}, but lives at {env}/{build_id}"
+            )
+        return manifest
+
+    def _cached(self, env: str, build_id: str, st: os.stat_result) -> BuildManifest:
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get((env, build_id))
+        if cached is None or cached[0] != key:
+            cached = (key, self._load(env, build_id))
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[(env, build_id)] = cached
+        return cached[1]
+
+    def builds(self, env: str) -> list[BuildManifest]:
+        found = []
+        for build_id, st in self._committed(env):
+            with contextlib.suppress(StoreError):
+                found.append(self._cached(env, build_id, st))
+        return sorted(found, key=lambda m: (m.created_at, m.build_id))
+
+    def invalid_builds(self, env: str) -> list[InvalidBuild]:
+        bad = []
+        for build_id, st in self._committed(env):
+            try:
+                self._cached(env, build_id, st)
+            except StoreError as exc:
+                bad.append(InvalidBuild(env, build_id, str(exc)))
+        return bad
+
+    def manifest(self, env: str, build_id: str) -> BuildManifest:
+        return self._load(env, build_id)
+
+    def _lts_files(self, env: str) -> list[os.DirEntry[str]]:
+        return [
+            e
+            for e in self._scan(self.root / env / "lts")
+            if e.name.endswith(".json") and not e.name.startswith(".")
+        ]
+
+    def _read_lts(self, env: str, entry: os.DirEntry[str]) -> LtsRecord:
+        label = entry.name[: -len(".json")]
+        try:
+            return LtsRecord.from_dict(env, label, read_json(entry.path))
+        except (OSError, ValueError, RecordError) as exc:
+            raise StoreError(f"unreadable LTS record {entry.path}: {exc}") from None
+
+    def lts(self, env: str) -> list[LtsRecord]:
+        records = []
+        for entry in self._lts_files(env):
+            with contextlib.suppress(StoreError):
+                records.append(self._read_lts(env, entry))
+        return sorted(records, key=lambda r: r.label)
+
+    def invalid_lts(self, env: str) -> list[InvalidBuild]:
+        bad = []
+        for entry in self._lts_files(env):
+            try:
+                self._read_lts(env, entry)
+            except StoreError as exc:
+                bad.append(InvalidBuild(env, f"lts/{entry.name[: -len('.json')]}", str(exc)))
+        return bad
+
+    # -- artifacts -------------------------------------------------------------------------
+
+    def _file(self, manifest: BuildManifest, name: str) -> Path:
+        return self.root / manifest.name / manifest.build_id / name
+
+    @contextlib.contextmanager
+    def open_artifact(self, manifest: BuildManifest) -> Iterator[IO[bytes]]:
+        path = self._file(manifest, manifest.artifact.file)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's block
+        except FileNotFoundError:
+            raise ArtifactMismatchError(f"artifact {path}: missing") from None
+        with handle:
+            yield handle
+
+    def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp:
+        try:
+            st = os.stat(self._file(manifest, manifest.artifact.file))
+        except OSError:
+            return MISSING
+        return ArtifactStamp(st.st_size, st.st_mtime_ns)
+
+    def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
+        files = [
+            ("artifact", manifest.artifact.file, manifest.artifact.size, manifest.artifact.sha256)
+        ]
+        if lock:
+            files.append(("lock", manifest.lock.file, None, manifest.lock.sha256))
+        for label, name, size, sha256 in files:
+            path = self._file(manifest, name)
+            try:
+                actual = os.stat(path).st_size
+            except OSError as exc:
+                raise ArtifactMismatchError(f"{label} {path}: {exc.strerror}") from None
+            if size is not None and actual != size:
+                # before reading: a truncated copy is refused without hashing gigabytes
+                raise ArtifactMismatchError(f"{label} {name}: size {actual}, manifest says {size}")
+            with open(path, "rb") as handle:
+                check_stream(read_chunks(handle), f"{label} {name}", size, sha256)
+
+    # -- writing (build host only) ---------------------------------------------------------
+
+    def set_lts(self, record: LtsRecord) -> None:
+        self._load(record.env, record.build_id)  # only committed builds can be promoted
+        path = self.root / record.env / "lts" / f"{record.label}.json"
+        with _write_errors(path):
+            atomic_write_json(path, record.to_dict())
+
+    @contextlib.contextmanager
+    def publish_lock(self, env: str, *, wait: bool = False) -> Iterator[None]:
+        """One publish per env at a time; a second one refuses (or waits) instead of racing."""
+        lock = self.root / env / ".publish.lock"
+        with _write_errors(lock.parent):
+            lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(lock, wait=wait):
+                yield
+        except LockBusy:
+            raise BuildLockedError(f"another publish of {env!r} is running (lock {lock})") from None
+
+    def staging_dir(self, env: str, build_id: str) -> Path:
+        """A fresh directory on the store's filesystem (so commit is a rename, no copy)."""
+        path = self.root / env / f"{STAGING_PREFIX}{build_id}-{os.getpid()}"
+        with _write_errors(path):
+            path.mkdir(parents=True)
+        return path
+
+    def clean_uncommitted(self, env: str) -> list[str]:
+        """Staging dirs and build dirs without manifest.json (killed between rename and
+        commit) of killed publishes."""
+        removed = []
+        for entry in self._scan(self.root / env):
+            stale = entry.name.startswith(STAGING_PREFIX) or (
+                is_build_id(entry.name) and not os.path.exists(os.path.join(entry.path, MANIFEST))
+            )
+            if stale:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    def uncommitted(self, env: str) -> list[str]:
+        """Names of what `clean_uncommitted` would remove (for `store verify`)."""
+        return [
+            e.name
+            for e in self._scan(self.root / env)
+            if e.name.startswith(STAGING_PREFIX)
+            or (is_build_id(e.name) and not os.path.exists(os.path.join(e.path, MANIFEST)))
+        ]
+
+    def commit_build(
+        self, staging: Path, manifest: BuildManifest, progress: Progress | None = None
+    ) -> None:
+        """Move a staged build into place; manifest.json is written last and atomically."""
+        with _write_errors(staging):
+            for name in (manifest.artifact.file, manifest.lock.file):
+                with open(staging / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+            final = self.root / manifest.name / manifest.build_id
+            if final.exists():
+                raise StoreError(f"{manifest.name}/{manifest.build_id} already exists in the store")
+            os.rename(staging, final)
+            fsync_dir(final.parent)
+            atomic_write_json(final / MANIFEST, manifest.to_dict())
+        if progress:
+            progress(manifest.artifact.size, manifest.artifact.size)
+
+    def delete_build(self, env: str, build_id: str) -> None:
+        path = self.root / env / build_id
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path / MANIFEST)
+                fsync_dir(path)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path}: {exc.strerror}") from None
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """A failing store write (full, read-only, not a directory) as a StoreError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot write to the store at {path}: {exc.strerror or exc}") from None

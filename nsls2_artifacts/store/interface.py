@@ -1,0 +1,136 @@
+"""What every store backend offers, and the checks shared by all of them.
+
+Callers (publish, the agent, retention, store prune, the hook, `status`) are typed
+against `Store` and never see the backend's layout: listing, reading manifests and LTS
+records, opening and verifying artifacts, committing and deleting builds all go through
+these methods. Listings raise StoreError when the store is unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from ..errors import StoreError
+from ..records import BuildManifest, LtsRecord
+
+MANIFEST = "manifest.json"
+HASH_CHUNK = 1 << 20
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class ArtifactMismatchError(StoreError):
+    """A committed build's file is missing or differs from its manifest (size or sha256).
+
+    A property of the stored artifact, never of the reader: the agent quarantines it."""
+
+
+@dataclass(frozen=True)
+class InvalidBuild:
+    """A committed build (or LTS record, `build_id` = "lts/LABEL") that could not be
+    read; skipped, never fatal."""
+
+    env: str
+    build_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ArtifactStamp:
+    """What identifies the stored bytes of an artifact without reading them (size plus
+    mtime or object version): a quarantine applies only while it is unchanged."""
+
+    size: int
+    mtime_ns: int
+
+
+MISSING = ArtifactStamp(-1, -1)
+
+
+class Store(Protocol):
+    """The artifact store, whatever holds it (see the module doc)."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages and `status` (a path or an URL)."""
+        ...
+
+    # -- reading -----------------------------------------------------------------------------
+    def envs(self) -> list[str]: ...
+    def builds(self, env: str) -> list[BuildManifest]:
+        """Committed, readable builds of `env`, oldest first (by `created`)."""
+        ...
+
+    def invalid_builds(self, env: str) -> list[InvalidBuild]: ...
+    def manifest(self, env: str, build_id: str) -> BuildManifest: ...
+    def lts(self, env: str) -> list[LtsRecord]: ...
+    def invalid_lts(self, env: str) -> list[InvalidBuild]: ...
+    def changes_token(self) -> str | None:
+        """Changes whenever a build is committed or deleted or an LTS record written;
+        None when the backend cannot tell cheaply (callers then list)."""
+        ...
+
+    def watch_path(self) -> Path | None:
+        """A local directory whose change events hint at store changes, if any."""
+        ...
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def open_artifact(self, manifest: BuildManifest) -> AbstractContextManager[IO[bytes]]:
+        """The committed artifact's bytes as a stream, front to back."""
+        ...
+
+    def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...
+    def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
+        """Size and sha256 of the artifact (and the lock) against the manifest; raises
+        ArtifactMismatchError naming the file."""
+        ...
+
+    # -- writing (build host only) -----------------------------------------------------------
+    def publish_lock(self, env: str, *, wait: bool = False) -> AbstractContextManager[None]: ...
+    def uncommitted(self, env: str) -> list[str]:
+        """Leftovers of killed publishes (never visible to readers), by name."""
+        ...
+
+    def clean_uncommitted(self, env: str) -> list[str]:
+        """Remove leftovers of killed publishes (call under `publish_lock`); their names."""
+        ...
+
+    def staging_dir(self, env: str, build_id: str) -> Path:
+        """A fresh local directory to write a build's files into before `commit_build`."""
+        ...
+
+    def commit_build(
+        self, staging: Path, manifest: BuildManifest, progress: Progress | None = None
+    ) -> None:
+        """Store the staged files, then manifest.json last: its presence commits."""
+        ...
+
+    def set_lts(self, record: LtsRecord) -> None: ...
+    def delete_build(self, env: str, build_id: str) -> None:
+        """Un-commit first (manifest.json goes), then remove the files."""
+        ...
+
+
+def check_stream(chunks: Iterator[bytes], name: str, size: int | None, sha256: str) -> None:
+    """Hash `chunks` and compare with the manifest's size (if given) and sha256."""
+    digest = hashlib.sha256()
+    seen = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        seen += len(chunk)
+    if size is not None and seen != size:
+        raise ArtifactMismatchError(f"{name}: size {seen}, manifest says {size}")
+    if digest.hexdigest() != sha256:
+        raise ArtifactMismatchError(
+            f"{name}: sha256 mismatch ({digest.hexdigest()}, manifest says {sha256})"
+        )
+
+
+def read_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    while chunk := handle.read(HASH_CHUNK):
+        yield chunk
