@@ -1,0 +1,89 @@
+"""The `Store` contract, run against every backend: commit (manifest last), read back,
+stream and verify artifacts, clean uncommitted leftovers, LTS records, delete.
+
+Callers rely on exactly these behaviours and nothing else (they never see the layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_store import fake_build
+
+from nsls2_artifacts.errors import StoreError
+from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
+from nsls2_artifacts.store import ArtifactMismatchError, FilesystemStore, Store, open_store
+
+
+@pytest.fixture(params=["filesystem"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return open_store(tmp_path / "store")
+
+
+def _tamper(store: Store, env: str, build_id: str, data: bytes) -> None:
+    """Overwrite a committed artifact behind the store's back (a bad sync, a vandal)."""
+    assert isinstance(store, FilesystemStore)
+    (store.root / env / build_id / "env.tar.zst").write_bytes(data)
+
+
+def test_commit_then_read_back(store: Store) -> None:
+    old = fake_build(store, "demo", 3, b"old")
+    new = fake_build(store, "demo", 1, b"new")
+    assert store.envs() == ["demo"]
+    assert [m.build_id for m in store.builds("demo")] == [old, new]
+    manifest = store.manifest("demo", new)
+    assert manifest.build_id == new and manifest.artifact.size == 300
+    with store.open_artifact(manifest) as stream:
+        assert stream.read() == b"new" * 100
+    store.verify_build(manifest)
+    assert store.invalid_builds("demo") == []
+    with pytest.raises(StoreError, match="no such committed build"):
+        store.manifest("demo", "2026.01.01T000000Z-00000000")
+
+
+def test_tampered_artifact_is_refused_by_verify(store: Store) -> None:
+    build = fake_build(store, "demo", 1, b"abc")
+    manifest = store.manifest("demo", build)
+    before = store.artifact_stamp(manifest)
+    _tamper(store, "demo", build, b"xyz" * 100)  # same size, other bytes
+    with pytest.raises(ArtifactMismatchError, match="sha256 mismatch"):
+        store.verify_build(manifest)
+    _tamper(store, "demo", build, b"short")
+    with pytest.raises(ArtifactMismatchError, match="size 5, manifest says 300"):
+        store.verify_build(manifest)
+    assert store.artifact_stamp(manifest) != before  # a quarantine of the old bytes lapses
+
+
+def test_uncommitted_leftovers_are_invisible_and_cleaned(store: Store) -> None:
+    committed = fake_build(store, "demo", 1, b"ok")
+    staging = store.staging_dir("demo", "2026.01.01T000000Z-abcdef12")  # a killed publish
+    (staging / "env.tar.zst").write_bytes(b"half")
+    assert [m.build_id for m in store.builds("demo")] == [committed]
+    assert store.uncommitted("demo")
+    with store.publish_lock("demo"):
+        assert store.clean_uncommitted("demo")
+    assert store.uncommitted("demo") == []
+    assert [m.build_id for m in store.builds("demo")] == [committed]
+
+
+def test_lts_records_and_delete(store: Store) -> None:
+    build = fake_build(store, "demo", 1, b"lts")
+    store.set_lts(LtsRecord("demo", "2026-1", build, isoformat(utcnow())))
+    assert [(r.label, r.build_id) for r in store.lts("demo")] == [("2026-1", build)]
+    assert store.invalid_lts("demo") == []
+    with pytest.raises(StoreError):  # only committed builds can be promoted
+        store.set_lts(LtsRecord("demo", "x", "2026.01.01T000000Z-00000000", "2026-01-01"))
+    store.delete_build("demo", build)
+    assert store.builds("demo") == []
+
+
+def test_changes_token_moves_with_commits(store: Store) -> None:
+    before = store.changes_token()
+    fake_build(store, "demo", 1, b"one")
+    after = store.changes_token()
+    assert before is None or before != after
+
+
+_: Callable[[Path], Store] = FilesystemStore  # the default backend satisfies the protocol
