@@ -284,3 +284,38 @@ def test_build_of_process_reads_exe(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
+    """Two labels on one build: `info` recommends the listed kernel naming both, `pin LABEL`
+    the spec of that very label; without --config the CLI finds the kernels on JUPYTER_PATH."""
+    _, cfg = write_site(tmp_path / "site")
+    build = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
+    promote(cfg, build.build_id, "2026-2")
+    commit_fake(cfg, tag="two", hours=2)
+    run(cfg)
+    catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))
+    listed = [k.name for k in catalogue.lts_of("demo") if k.listed]
+    assert listed == ["nsls2-demo-2026-2"]  # the merged one (the newest label)
+    path = tmp_path / "nb.ipynb"
+    nb = notebook_json("nsls2-demo-latest", "x")
+    nb["metadata"]["nsls2"] = {"env": "demo", "build_id": build.build_id, "track": "latest"}
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+
+    env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
+    env["JUPYTER_PATH"] = str(cfg.deploy_root / "share" / "jupyter")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "nsls2_artifacts.cli", "notebook", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    info = json.loads(cli("info", str(path), "--json").stdout)
+    assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-2" and info["recovery"]["exact"]
+    assert info["latest_runs_it"] is False and info["deployed"] is True
+    assert cli("pin", str(path), "2026-1").returncode == 0
+    assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "nsls2-demo-2026-1"
+    # a notebook that ran as 2026-1 is recommended its own label's spec
+    nb["metadata"]["nsls2"]["track"] = "2026-1"
+    path.write_text(json.dumps(nb))
+    info = json.loads(cli("info", str(path), "--json").stdout)
+    assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-1"

@@ -134,9 +134,10 @@ def read_record(path: str | Path, notebook: dict[str, Any]) -> NotebookRecord:
 
 
 # --- deciding --------------------------------------------------------------------------
-def _preference(kernel: NsKernel, track: str) -> tuple[bool, bool, str]:
-    # the label the notebook used first, then listed kernels, then the newest label
-    return (kernel.label != track and track not in kernel.labels, not kernel.listed, kernel.label)
+def _preference(kernel: NsKernel, track: str) -> tuple[bool, bool, bool, str]:
+    # the spec of the label asked for, then one naming it among merged labels, then
+    # listed kernels, then the newest label
+    return (kernel.label != track, track not in kernel.labels, not kernel.listed, kernel.label)
 
 
 def recovery_kernel(record: NotebookRecord, catalogue: Catalogue) -> Recovery:
