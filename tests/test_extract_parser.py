@@ -1,8 +1,9 @@
-"""The agent's lean tar reader (`extract._TarStream`) sees exactly what tarfile sees -
-names, types, sizes, modes, mtimes, link targets, data - on archives made by tarfile in
-every way our packers use, and on real ones from `pack.pack` and stock conda-pack;
-anything it does not read (GNU long names, pax globals), a broken header checksum, a
-device and a truncated archive are rejected; both ways of writing files give one tree.
+"""The agent's tar reader (`tarstream.TarReader`, opened by `extract.open_reader`) sees
+exactly what tarfile sees - names, types, sizes, modes, mtimes, link targets, data - on
+archives made by tarfile in every way our packers use, and on real ones from `pack.pack`
+and stock conda-pack; anything it does not read (GNU long names, pax globals), a broken
+header checksum, a device and a truncated archive are rejected; both ways of writing
+files give one tree.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import random
 import tarfile
 from pathlib import Path
 
@@ -29,8 +29,11 @@ def _member(m: tarfile.TarInfo, data: bytes) -> Member:
 
 
 def ours(archive: Path, fmt: str) -> list[Member]:
-    with extract._open_stream(archive, fmt, "b") as tar:
-        return [_member(m, bytes(tar.data()) if m.isreg() else b"") for m in tar]
+    with extract.open_reader(archive, fmt, max_members=10**6, max_bytes=1 << 40) as tar:
+        return [
+            _member(extract.to_tarinfo(m), bytes(tar.data()) if m.isreg() else b"")
+            for m in tar.members()
+        ]
 
 
 def tarfiles(archive: Path, fmt: str) -> list[Member]:
@@ -203,19 +206,6 @@ def test_thread_pool_and_inline_writes_give_one_tree(
     assert trees[0]["many/f7.txt"] == (0o100755, b"7")
 
 
-def test_header_byte_sum_is_exact() -> None:
-    """The checksum's fast byte sum equals `sum()` on every kind of block, the extremes
-    (where the mod-65521 answer has two candidates) included."""
-    rng = random.Random(7)
-    blocks = [bytes(512), b"\xff" * 512, b"\x01" * 512, b"\xfe" * 511 + b"\x01"]
-    blocks += [
-        bytes(rng.choice((0, 255, rng.randrange(256))) for _ in range(512)) for _ in range(300)
-    ]
-    blocks += [rng.randbytes(512) for _ in range(3000)]
-    for block in blocks:
-        assert extract._byte_sum(block) == sum(block)
-
-
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
     """Files get the data filter's mode: at creation when the umask leaves it alone,
@@ -251,13 +241,23 @@ def test_multi_frame_zstd_archive(tmp_path: Path) -> None:
     assert (dest / "lib" / "f39.txt").read_bytes() == b"39\n" * 300
 
 
-@pytest.mark.parametrize("name", ["lib/x/f.txt", "lib//x/f.txt", "./lib/x/f.txt", "lib/./x/f.txt"])
-def test_below_a_symlink_however_the_name_is_spelled(tmp_path: Path, name: str) -> None:
-    """The "nothing below an archive symlink" rule sees through `//` and `./`, and says so
-    (before, such a member made `lib/x` a directory and the symlink then clashed)."""
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("lib/x/f.txt", "lies below a symlink of the archive"),
+        ("lib//x/f.txt", "not a canonical path"),
+        ("./lib/x/f.txt", "not a canonical path"),
+        ("lib/./x/f.txt", "not a canonical path"),
+    ],
+)
+def test_below_a_symlink_however_the_name_is_spelled(
+    tmp_path: Path, name: str, reason: str
+) -> None:
+    """A member below an archive symlink is refused; spelled with `//` or `./` it is
+    refused by the reader already (non-canonical), so no rule has to normalise."""
     members = [info("lib/x", type=tarfile.SYMTYPE, linkname="."), info(name, b"data")]
     archive = write(tmp_path / "a.tar", members, format=tarfile.PAX_FORMAT)
-    assert "lies below a symlink of the archive" in rejected(archive, "tar", tmp_path)
+    assert reason in rejected(archive, "tar", tmp_path)
 
 
 def test_progress_is_reported_on_the_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,12 @@
-"""Safe extraction of a build archive: a lean reader for the tar features our packers
-write reads each header as tarfile would (anything else is refused), every member gets
-tarfile's "data" filter verdict, limits on member count and bytes, links made last and
-never through another link; decompression overlaps parsing and writing. Regular files,
-nearly every member, take a short path with few Python calls: per-member cost, not the
-disk, decides how close a deploy comes to plain `tar` (docs/benchmarks.md, Deploy).
+"""Safe extraction of a build archive: the extraction policy and the writers.
+
+The bytes are read by `tarstream.TarReader` (pure: canonical names, limits, bounded
+memory); this module decides what may be written and writes it. Every member gets
+tarfile's "data" filter verdict; links are made last and never through another link;
+nothing may lie below an archive symlink; `.nsls2/` is the agent's own. Decompression
+runs in a thread, overlapping parsing and writing (like `tar -I zstd`'s two processes);
+files are written by this thread on fast storage, by a small pool when the first writes
+show slow storage (GPFS metadata latency: docs/benchmarks.md, bench_slow_metadata).
 
 Called by `deploy.deploy_build` (after the artifact is verified) and the benchmark.
 """
@@ -13,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import posixpath
 import queue
-import struct
 import tarfile
 import threading
 import time
@@ -24,382 +25,30 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
+
+import zstandard
 
 from ..errors import RejectedArtifactError
+from ..tarstream import (
+    BLK,
+    CHR,
+    DIRECTORY,
+    FIFO,
+    LINK,
+    REGULAR,
+    SYMLINK,
+    TarLimitError,
+    TarMember,
+    TarReader,
+    TarStreamError,
+    UnsupportedTarError,
+)
 from . import layout
 
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
 PROGRESS_EVERY = 256  # members between clock reads for the progress callback
-
-
-class _Chunks:
-    """Decompressed bytes in large chunks from a background thread, like the `tar -I zstd`
-    pipeline's two processes (zstandard and zlib release the GIL). Few, big handoffs: a
-    member's data is usually a slice of the current chunk."""
-
-    CHUNK = 4 << 20
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=4)
-        self._buf = b""
-        self._view = memoryview(self._buf)  # of _buf, made again when _buf changes
-        self._pos = 0  # offset into _buf
-        self._eof = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pump, args=(source,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, source: IO[bytes]) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = source.read(self.CHUNK)
-                self._queue.put(chunk)
-                if not chunk:
-                    return
-        except BaseException as exc:  # handed to the reader, raised there
-            self._queue.put(exc)
-
-    def _next(self) -> bytes:
-        """The next chunk; the archive ending here is always an error (the tar
-        end-of-archive block comes first)."""
-        if not self._eof:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item:
-                return item
-            self._eof = True
-        raise tarfile.ReadError("unexpected end of data")
-
-    def take(self, size: int) -> bytes:
-        """Exactly `size` bytes."""
-        end = self._pos + size
-        if end <= len(self._buf):
-            out = self._buf[self._pos : end]
-            self._pos = end
-            return out
-        pieces = [self._buf[self._pos :]]
-        need = end - len(self._buf)
-        while True:
-            chunk = self._next()
-            if len(chunk) >= need:
-                pieces.append(chunk[:need])
-                self._buf, self._pos = chunk, need
-                return b"".join(pieces)
-            pieces.append(chunk)
-            need -= len(chunk)
-
-    def view(self, size: int, pad: int) -> bytes | memoryview:
-        """Exactly `size` bytes, without a copy when they lie in one chunk (a file's data:
-        the view keeps its chunk alive only until the file is written); then skips `pad`."""
-        end = self._pos + size
-        if end + pad > len(self._buf):
-            out = self.take(size)
-            self.skip(pad)
-            return out
-        if self._view.obj is not self._buf:
-            self._view = memoryview(self._buf)
-        out = self._view[self._pos : end]
-        self._pos = end + pad
-        return out
-
-    def skip(self, size: int) -> None:
-        end = self._pos + size
-        while end > len(self._buf):
-            end -= len(self._buf)
-            self._buf, self._pos = self._next(), 0
-        self._pos = end
-
-    def copy(self, size: int, fd: int) -> None:
-        """Write `size` bytes to `fd` without holding them all (large files)."""
-        while size:
-            if self._pos == len(self._buf):
-                self._buf, self._pos = self._next(), 0
-            n = min(size, len(self._buf) - self._pos)
-            _write_all(fd, memoryview(self._buf)[self._pos : self._pos + n])
-            self._pos += n
-            size -= n
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a pump waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                self._queue.get_nowait()
-            self._thread.join(timeout=0.01)
-
-
-_ZERO_BLOCK = bytes(512)
-_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-# what our archives (Python tarfile / conda-pack, pax format) hold, plus devices and fifos,
-# parsed so that `_check_member` rejects them with its usual reason
-_KNOWN = (
-    *_REGULAR,
-    tarfile.DIRTYPE,
-    tarfile.SYMTYPE,
-    tarfile.LNKTYPE,
-    tarfile.CHRTYPE,
-    tarfile.BLKTYPE,
-    tarfile.FIFOTYPE,
-)
-_PAX_OWNER = {"uid": int, "gid": int, "uname": str, "gname": str}
-
-
-def _nts(field: bytes) -> str:
-    """tarfile's `nts`: up to the first NUL, decoded like tarfile reads names."""
-    end = field.find(b"\0")
-    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
-
-
-def _nti(field: bytes) -> int:
-    """tarfile's `nti`: an octal number, or GNU base-256 (rare: handed to tarfile)."""
-    try:  # the usual "0000644\0", "012345\0 ": one int()
-        return int(field.rstrip(b"\0 "), 8)
-    except ValueError:
-        pass
-    if field[0] & 0x80:
-        return tarfile.nti(field)
-    end = field.find(b"\0")
-    digits = (field if end < 0 else field[:end]).strip()
-    return int(digits, 8) if digits else 0
-
-
-_LOW_BITS = int.from_bytes(b"\1" * 512, "little")
-
-
-def _byte_sum(block: bytes) -> int:
-    """`sum(block)` of a 512-byte header in a third of the time (it runs for every
-    member): adler32 gives the sum mod 65521, the count of odd bytes its parity, and as
-    65521 is odd the two fix the sum below 2 * 65521 > 512 * 255 exactly."""
-    low = ((zlib.adler32(block) & 0xFFFF) - 1) % 65521
-    if (int.from_bytes(block, "little") & _LOW_BITS).bit_count() & 1 != low & 1:
-        low += 65521
-    return low
-
-
-def _checksum_ok(block: bytes) -> bool:
-    """The header checksum, unsigned or (old tars) signed, as tarfile accepts it."""
-    stored = _nti(block[148:156])
-    unsigned = 256 + _byte_sum(block) - sum(block[148:156])
-    if stored == unsigned:
-        return True
-    return stored == 256 + sum(struct.unpack_from("148b8x356b", block))
-
-
-def _pax_records(data: bytes) -> dict[str, str]:
-    """`"%d %s=%s\\n"` records of a pax extended header."""
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length]
-        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n"):
-            raise tarfile.ReadError("invalid pax header record")
-        key, eq, value = record[:-1].partition(b"=")
-        if not eq:
-            raise tarfile.ReadError("invalid pax header record")
-        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-class Header(NamedTuple):
-    """One member's header as tarfile reads it (pax header applied): what the extraction
-    loop needs, without building a `tarfile.TarInfo` for every regular file."""
-
-    type: bytes
-    name: str
-    mode: int
-    size: int
-    mtime: float
-    linkname: str
-    block: bytes  # the ustar block (device numbers)
-    pax: dict[str, str] | None
-
-
-def _to_tarinfo(header: Header) -> tarfile.TarInfo:
-    """The `tarfile.TarInfo` tarfile builds for this header."""
-    info = tarfile.TarInfo(header.name)
-    info.type, info.mode, info.size = header.type, header.mode, header.size
-    info.mtime, info.linkname = header.mtime, header.linkname
-    if header.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-        info.devmajor, info.devminor = _nti(header.block[329:337]), _nti(header.block[337:345])
-    if header.pax is not None:
-        for key, value in header.pax.items():
-            if key in _PAX_OWNER:
-                setattr(info, key, _PAX_OWNER[key](value))
-        info.pax_headers = header.pax
-    return info
-
-
-class _TarStream:
-    """A lean reader for the tar archives we publish: ustar headers, pax 'x' extended
-    headers (path, linkpath, size, mtime, ...), regular files, directories, symlinks,
-    hardlinks (and devices/fifos, parsed to be rejected). Its headers are what tarfile
-    reads (`__iter__` gives the same `tarfile.TarInfo`), so every safety check judges
-    tarfile's view; anything else (GNU long names, pax globals, sparse files) is rejected
-    as unsupported. Reading headers ourselves from large chunks costs a fraction of
-    tarfile's per-member work.
-
-    Iterate `headers()` (or the stream, for TarInfo); a regular member's data is read
-    with `data` or `copy` before the next step (whatever is left is skipped)."""
-
-    def __init__(self, chunks: _Chunks, build_id: str) -> None:
-        self.chunks = chunks
-        self.build_id = build_id
-        self._left = 0  # data bytes of the current member not read yet
-        self._pad = 0  # padding after them
-
-    def unsupported(self, what: str) -> RejectedArtifactError:
-        return RejectedArtifactError(self.build_id, f"unsupported tar feature: {what}")
-
-    def __iter__(self) -> Iterator[tarfile.TarInfo]:
-        return map(_to_tarinfo, self.headers())
-
-    def headers(self) -> Iterator[Header]:
-        while True:
-            if self._left or self._pad:
-                self.chunks.skip(self._left + self._pad)
-                self._left = self._pad = 0
-            header = self._header()
-            if header is None:
-                return
-            if header.type in _REGULAR:
-                self._left, self._pad = header.size, -header.size % 512
-            yield header
-
-    def data(self) -> bytes | memoryview:
-        out = self.chunks.view(self._left, self._pad)
-        self._left = self._pad = 0
-        return out
-
-    def copy(self, fd: int) -> None:
-        self.chunks.copy(self._left, fd)
-        self._left = 0
-
-    def _header(self) -> Header | None:
-        """The next member's header (with its pax header applied), or None at the end."""
-        pax: dict[str, str] | None = None
-        while True:
-            block = self.chunks.take(512)
-            if block == _ZERO_BLOCK:
-                if pax is not None:
-                    raise tarfile.ReadError("pax header without a member")
-                return None
-            try:  # the usual header: octal numbers tarfile's nti reads with one int() each
-                stored = int(block[148:156].rstrip(b"\0 "), 8)
-                mode = int(block[100:108].rstrip(b"\0 "), 8)
-                size = int(block[124:136].rstrip(b"\0 "), 8)
-                mtime: float = int(block[136:148].rstrip(b"\0 "), 8)
-            except ValueError:
-                stored, mode, size = -1, _nti(block[100:108]), _nti(block[124:136])
-                mtime = _nti(block[136:148])
-            if stored != 256 + _byte_sum(block) - sum(block[148:156]) and not _checksum_ok(block):
-                raise tarfile.ReadError("bad checksum in a tar header")
-            kind = block[156:157]
-            if kind != tarfile.XHDTYPE:
-                break
-            if pax is not None:
-                raise self.unsupported("two pax headers for one member")
-            pax = _pax_records(self.chunks.take(size))
-            self.chunks.skip(-size % 512)
-        end = block.find(0, 0, 100)
-        name = block[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
-        if kind not in _KNOWN:
-            raise self.unsupported(f"member type {kind!r} in {name!r}")
-        linkname = "" if block[157] == 0 else _nts(block[157:257])
-        # as tarfile.TarInfo.frombuf: V7 directories, trailing slashes, ustar prefix
-        if kind == tarfile.AREGTYPE and name.endswith("/"):
-            kind = tarfile.DIRTYPE
-        if kind == tarfile.DIRTYPE:
-            name = name.rstrip("/")
-        if block[345] != 0:
-            name = _nts(block[345:500]) + "/" + name
-        if pax is not None:
-            name, size, mtime, linkname = self._apply_pax(pax, name, size, mtime, linkname)
-        if size < 0 or mode < 0:
-            raise tarfile.ReadError(f"negative size or mode in {name!r}")
-        if not name and kind != tarfile.DIRTYPE:
-            raise tarfile.ReadError("a member without a name")
-        return Header(kind, name, mode, size, mtime, linkname, block, pax)
-
-    def _apply_pax(
-        self, pax: dict[str, str], name: str, size: int, mtime: float, linkname: str
-    ) -> tuple[str, int, float, str]:
-        """As tarfile's `_apply_pax_info` for the standard keywords; GNU sparse and
-        other unknown GNU extensions are refused, the rest (atime, xattrs) ignored
-        (owner fields are set on the TarInfo, never used)."""
-        for key, value in pax.items():
-            if key.startswith("GNU."):
-                raise self.unsupported(f"pax keyword {key!r} in {name!r}")
-            if key == "path":
-                name = value.rstrip("/")
-            elif key == "linkpath":
-                linkname = value
-            elif key == "size":
-                size = int(value)
-            elif key == "mtime":
-                mtime = float(value)
-        return name, size, mtime, linkname
-
-
-@contextlib.contextmanager
-def _open_stream(archive: Path | IO[bytes], fmt: str, build_id: str) -> Iterator[_TarStream]:
-    """The archive's members, read front to back (zstd via `zstandard`, or gzip)."""
-    local = isinstance(archive, (str, os.PathLike))
-    with open(archive, "rb") if local else contextlib.nullcontext(archive) as raw:  # noqa: SIM115
-        if fmt in ("tar.zst", "tar.zstd"):
-            import zstandard
-
-            source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
-                raw, read_size=1 << 20, read_across_frames=True
-            )
-        elif fmt in ("tar.gz", "tgz"):
-            source = gzip.GzipFile(fileobj=raw, mode="rb")
-        elif fmt == "tar":
-            source = raw
-        else:
-            raise RejectedArtifactError("", f"unknown artifact format {fmt!r}")
-        chunks = _Chunks(source)
-        try:
-            yield _TarStream(chunks, build_id)
-        finally:
-            chunks.close()
-
-
-def _check_name(name: str, build_id: str) -> None:
-    """Reject absolute names and any `..` (plain string work: runs for every member)."""
-    if name.startswith("/"):
-        raise RejectedArtifactError(build_id, f"member {name!r}: absolute path")
-    if ".." in name and ".." in name.split("/"):
-        raise RejectedArtifactError(build_id, f"member {name!r}: '..' in path")
-
-
-def _check_member(member: tarfile.TarInfo, build_id: str) -> None:
-    """`_check_name`, and reject devices and links leaving the prefix, each with a clear
-    reason."""
-    name = member.name
-    _check_name(name, build_id)
-    if member.isdev():
-        raise RejectedArtifactError(build_id, f"member {name!r}: device or fifo file")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = posixpath.dirname(name.rstrip("/")) if member.issym() else ""
-        depth = 0
-        for part in f"{base}/{link}".split("/") if not link.startswith("/") else ["/"]:
-            if part == "/":
-                depth = -1
-                break
-            depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
-            if depth < 0:
-                break
-        if depth < 0:
-            kind = "symlink" if member.issym() else "hardlink"
-            raise RejectedArtifactError(
-                build_id, f"member {name!r}: {kind} to {link!r} leaves the prefix"
-            )
-
+CHUNK = 4 << 20  # decompressed bytes handed from the decompressing thread at once
 
 SMALL_FILE = 4 * 1024 * 1024  # larger members are streamed to disk by the parsing thread
 BATCH_FILES = 32  # small files handed to a writer at once
@@ -414,6 +63,80 @@ WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
 PROBE_FILES = 64
 SLOW_WRITE = 300e-6
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# errors of the archive (sha256-verified, so the same everywhere) raised by decompressors
+_CORRUPT_STREAM = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError)
+
+
+class _Pump:
+    """Decompressed bytes in large chunks from a background thread (zstandard and zlib
+    release the GIL). The queue holds at most a few chunks: memory stays bounded."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
+        self._thread.start()
+
+    def _run(self, source: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = source.read(CHUNK)
+                self._queue.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._queue.put(exc)
+
+    def next_chunk(self) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a pump waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
+            self._thread.join(timeout=0.01)
+
+
+@contextlib.contextmanager
+def open_reader(path: Path, fmt: str, *, max_members: int, max_bytes: int) -> Iterator[TarReader]:
+    """The archive's members, read front to back (zstd via `zstandard`, or gzip)."""
+    with open(path, "rb") as raw:
+        if fmt in ("tar.zst", "tar.zstd"):
+            source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
+                raw, read_size=1 << 20, read_across_frames=True
+            )
+        elif fmt in ("tar.gz", "tgz"):
+            source = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif fmt == "tar":
+            source = raw
+        else:
+            raise TarStreamError(f"unknown artifact format {fmt!r}")
+        pump = _Pump(source)
+        try:
+            yield TarReader(pump.next_chunk, max_members=max_members, max_bytes=max_bytes)
+        finally:
+            pump.close()
+
+
+def to_tarinfo(member: TarMember) -> tarfile.TarInfo:
+    """The `tarfile.TarInfo` tarfile builds for this member (for `tarfile.data_filter`)."""
+    info = tarfile.TarInfo(member.name)
+    info.type, info.mode, info.size = member.type, member.mode, member.size
+    info.mtime, info.linkname = member.mtime, member.linkname
+    info.devmajor, info.devminor = member.devmajor, member.devminor
+    if member.pax is not None:
+        info.pax_headers = member.pax
+    return info
 
 
 def data_mode(mode: int) -> int:
@@ -423,6 +146,77 @@ def data_mode(mode: int) -> int:
     if not mode & 0o100:
         mode &= ~0o111
     return mode | 0o600
+
+
+def safe_extract(
+    archive: Path | IO[bytes],
+    fmt: str,
+    dest: Path,
+    *,
+    build_id: str,
+    max_members: int,
+    max_bytes: int,
+    progress: Callable[[int, int], None] | None = None,
+    progress_seconds: float = 10.0,
+) -> tuple[int, int]:
+    """Extract `archive` (a path or a binary stream read front to back) into the existing,
+    empty directory `dest`; returns (members, data bytes). `progress(members, bytes)` is called about every `progress_seconds` on the way
+    (a large env on GPFS takes minutes: the daemon's log shows it moving).
+
+    The safety argument, in one place:
+    - names: `TarReader` hands out canonical relative names only (no `/` start, no `.`,
+      `..` or empty part), so `dest/NAME` is lexically inside `dest`;
+    - nothing below a symlink: while files are written `dest` holds no symlink (links
+      are made last) and no member may lie below an archive symlink, so `dest/NAME`
+      also resolves inside `dest`; that is tarfile's "data" filter verdict for files and
+      directories without its per-member realpath(), leaving only its mode rule
+      (`data_mode`; tests/test_extract.py proves both agree);
+    - links and every other special member go through `tarfile.data_filter` itself,
+      and a link target may end at an archive symlink but never pass through one;
+    - files are created O_EXCL|O_NOFOLLOW: never through a link, never over anything;
+    - limits: members, every byte read, pax header size (`TarReader`), memory bounded
+      by the chunk queue and the writer batches, never by a size field.
+    Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
+    """
+    root = os.path.realpath(dest)
+    try:
+        with (
+            open_reader(archive, fmt, max_members=max_members, max_bytes=max_bytes) as tar,
+            ThreadPoolExecutor(WRITERS) as pool,
+        ):
+            job = _Extraction(root, build_id, pool, progress, progress_seconds)
+            try:
+                job.run(tar)
+                job.drain()
+            finally:
+                job.cancel()
+        _make_links(job.links, job.symlinks, root, build_id)
+    except TarStreamError as exc:
+        raise RejectedArtifactError(build_id, _reason(exc, max_members, max_bytes)) from None
+    except tarfile.FilterError as exc:
+        raise RejectedArtifactError(build_id, f"unsafe archive member: {exc}") from None
+    except _CORRUPT_STREAM as exc:
+        raise RejectedArtifactError(
+            build_id, f"unreadable archive: {type(exc).__name__}: {exc}"
+        ) from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        # `dest` starts empty and files are created O_EXCL: a clash means the archive
+        # names one path twice (or uses a file as a directory); that never gets better
+        raise RejectedArtifactError(
+            build_id, f"archive names a path twice or as both file and directory: {exc}"
+        ) from None
+    if job.members == 0:
+        raise RejectedArtifactError(build_id, "archive is empty")
+    return job.members, job.total
+
+
+def _reason(exc: TarStreamError, max_members: int, max_bytes: int) -> str:
+    """The quarantine reason for a reader error, naming the setting a limit comes from."""
+    if isinstance(exc, UnsupportedTarError):
+        return f"unsupported tar feature: {exc}"
+    if isinstance(exc, TarLimitError):
+        return f"{exc} (agent.max_members={max_members}, agent.max_bytes={max_bytes})"
+    return f"unreadable archive: {exc}"
 
 
 def _umask() -> int | None:
@@ -440,8 +234,7 @@ def _umask() -> int | None:
 
 def _below(name: str, symlinks: set[str]) -> bool:
     """Whether a parent of `name` (`a`, `a/b` for `a/b/c`) is one of `symlinks` (names
-    normalised: `lib//x/f` and `./lib/x/f` lie below `lib/x` too)."""
-    name = posixpath.normpath(name)
+    are canonical: a plain prefix test is exact)."""
     cut = name.find("/")
     while cut >= 0:
         if name[:cut] in symlinks:
@@ -452,11 +245,9 @@ def _below(name: str, symlinks: set[str]) -> bool:
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     """`os.write` until all of `data` is written (one call for nearly every file)."""
-    written = os.write(fd, data) if len(data) else 0
-    if written < len(data):
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, chmod: bool) -> None:
@@ -472,96 +263,31 @@ def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, ch
         os.close(fd)
 
 
-def safe_extract(
-    archive: Path | IO[bytes],
-    fmt: str,
-    dest: Path,
-    *,
-    build_id: str,
-    max_members: int,
-    max_bytes: int,
-    progress: Callable[[int, int], None] | None = None,
-    progress_seconds: float = 10.0,
-) -> tuple[int, int]:
-    """Extract `archive` (a path or a binary stream read front to back) into the existing,
-    empty directory `dest`; returns (members, bytes).
-    `progress(members, bytes)` is called about every `progress_seconds` on the way (a
-    large env on GPFS takes minutes: the daemon's log shows it moving).
-
-    `_TarStream` reads the archive's headers as tarfile does (tests/test_extract_parser.py);
-    every member gets tarfile's "data" filter verdict (no absolute names, no `..`, no links
-    leaving `dest`, no device files, no setuid or group/other-write bits). Links and every
-    other special member go through `tarfile.data_filter` itself. Regular files and
-    directories get the same verdict without its per-member realpath() (135 us each, the
-    bulk of our CPU time): our checks reject absolute names and any `..`, and while files
-    are written `dest` holds no symlink (links are made last, and no member may lie below
-    an archive symlink), so such a name can never resolve outside `dest` and only the
-    filter's mode rule is left (`data_mode`; tests/test_extract.py proves both agree).
-    Two more rules keep the filter's answers true once links exist: no member lies below
-    a symlink of the archive, no link target passes through one. Regular files are
-    written by this thread on fast storage, by a small thread pool when the first writes
-    show slow storage (file creation is latency-bound on GPFS).
-    Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
-    """
-    root = os.path.realpath(dest)
+def _write_large(tar: TarReader, path: str, mode: int, mtime: float) -> None:
+    fd = os.open(path, _CREATE, 0o600)
     try:
-        with (
-            _open_stream(archive, fmt, build_id) as tar,
-            ThreadPoolExecutor(WRITERS) as pool,
-        ):
-            job = _Extraction(
-                root, build_id, max_members, max_bytes, pool, progress, progress_seconds
-            )
-            try:
-                job.run(tar)
-                job.drain()
-            finally:
-                job.cancel()
-        _make_links(job.links, job.symlinks, root, build_id)
-    except RejectedArtifactError:
-        raise
-    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-        # `dest` starts empty and files are created O_EXCL: a clash means the archive
-        # names one path twice (or uses a file as a directory); that never gets better
-        raise RejectedArtifactError(
-            build_id, f"archive names a path twice or as both file and directory: {exc}"
-        ) from None
-    except tarfile.FilterError as exc:
-        raise RejectedArtifactError(build_id, f"unsafe archive member: {exc}") from None
-    except (tarfile.TarError, EOFError, ValueError) as exc:
-        # an OSError (disk full, GPFS hiccup) is not the artifact's fault: it propagates and
-        # the build is retried next pass instead of being quarantined
-        raise RejectedArtifactError(
-            build_id, f"unreadable archive: {type(exc).__name__}: {exc}"
-        ) from None
-    except Exception as exc:
-        if type(exc).__name__ == "ZstdError":  # zstandard's error type for corrupt frames
-            raise RejectedArtifactError(build_id, f"unreadable archive: {exc}") from None
-        raise
-    if job.members == 0:
-        raise RejectedArtifactError(build_id, "archive is empty")
-    return job.members, job.total
+        tar.copy(lambda piece: _write_all(fd, piece))
+        os.fchmod(fd, mode)
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
 
 
 class _Extraction:
-    """The state of one extraction: limits, directories made, links deferred, writes
-    in flight. `run` reads the members in archive order (one thread); `place_all` runs
-    in the writer threads once storage proved slow."""
+    """The state of one extraction: directories made, links deferred, writes in flight.
+    `run` reads the members in archive order (one thread); `place_all` runs in the
+    writer threads once storage proved slow."""
 
     def __init__(
         self,
         root: str,
         build_id: str,
-        max_members: int,
-        max_bytes: int,
         pool: ThreadPoolExecutor,
         progress: Callable[[int, int], None] | None = None,
         progress_seconds: float = 10.0,
     ) -> None:
         self.root = root
         self.build_id = build_id
-        self.max_members = max_members
-        self.max_bytes = max_bytes
         self.pool = pool
         umask = _umask()
         self.chmod = umask is None or bool(umask & 0o755)  # else the mode survives creation
@@ -583,42 +309,30 @@ class _Extraction:
     def reject(self, message: str) -> RejectedArtifactError:
         return RejectedArtifactError(self.build_id, message)
 
-    def run(self, tar: _TarStream) -> None:
-        """Every member in archive order. Regular files and directories - nearly all
-        members - take the short path here, with no TarInfo and few calls: Python's
-        per-member cost, not the disk, decides how close we come to plain tar."""
-        root, clear_dirs, build_id = self.root, self.clear_dirs, self.build_id
-        for header in tar.headers():
+    def run(self, tar: TarReader) -> None:
+        """Every member in archive order."""
+        root, clear_dirs = self.root, self.clear_dirs
+        for member in tar.members():
             self.members += 1
-            self.total += header.size
-            if self.members > self.max_members:
-                raise self.reject(
-                    f"archive has more than agent.max_members={self.max_members} members"
-                )
-            if self.total > self.max_bytes:
-                raise self.reject(f"archive holds more than agent.max_bytes={self.max_bytes} bytes")
-            name = header.name
-            _check_name(name, build_id)
-            if name.endswith("/"):
-                name = name.rstrip("/")
-            kind = header.type
-            if kind in _REGULAR:
+            self.total += member.size
+            name, kind = member.name, member.type
+            if kind in REGULAR:
                 path = f"{root}/{name}"
                 parent = path.rpartition("/")[0]
                 if parent not in clear_dirs:  # one lookup for most files: checked and made
                     self.check_not_below_symlink(name)
                     self.ensure_dir(parent)
                     clear_dirs.add(parent)
-                if header.size <= SMALL_FILE:
-                    self.write(path, tar.data(), data_mode(header.mode), header.mtime)
+                if member.size <= SMALL_FILE:
+                    self.write(path, tar.data(), data_mode(member.mode), member.mtime)
                 else:
-                    _write_large(tar, path, data_mode(header.mode), header.mtime)
-            elif kind == tarfile.DIRTYPE:
+                    _write_large(tar, path, data_mode(member.mode), member.mtime)
+            elif kind == DIRECTORY:
                 self.check_not_below_symlink(name)
-                self.ensure_dir(f"{root}/{name}" if name else root)
+                self.ensure_dir(f"{root}/{name}")
             else:
                 self.check_not_below_symlink(name)
-                self.take_special(_to_tarinfo(header), name)
+                self.take_special(member)
             if self.members == PAUSE_AFTER_MEMBERS:
                 layout.test_pause("extract")
             if self.progress is not None and not self.members % PROGRESS_EVERY:
@@ -634,19 +348,22 @@ class _Extraction:
         if self.symlinks and _below(name, self.symlinks):
             raise self.reject(f"member {name!r} lies below a symlink of the archive")
 
-    def take_special(self, member: tarfile.TarInfo, name: str) -> None:
+    def take_special(self, member: TarMember) -> None:
         """Links (judged by `tarfile.data_filter`, made at the end) and anything else
-        (refused with the reason `_check_member` or the filter gives)."""
-        _check_member(member, self.build_id)
-        member = tarfile.data_filter(member, self.root)
-        if not (member.issym() or member.islnk()):
+        (refused with a clear reason)."""
+        name = member.name
+        if member.type in (CHR, BLK, FIFO):
+            raise self.reject(f"member {name!r}: device or fifo file")
+        if member.type not in (LINK, SYMLINK):
             raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
-        target = os.path.join(self.root, name)
-        self.ensure_dir(os.path.dirname(target))
-        if member.issym():
-            self.symlinks.add(posixpath.normpath(name))  # as `_below` and `_walk` see names
+        _check_link_stays_inside(member, self.build_id)
+        info = tarfile.data_filter(to_tarinfo(member), self.root)
+        target = f"{self.root}/{name}"
+        self.ensure_dir(target.rpartition("/")[0])
+        if member.type == SYMLINK:
+            self.symlinks.add(name)
             self.clear_dirs.clear()  # may lie below the new one
-        self.links.append((member, target))
+        self.links.append((info, target))
 
     def write(self, path: str, data: bytes | memoryview, mode: int, mtime: float) -> None:
         """Write now (fast storage) or queue a write; writers get them in batches (one
@@ -700,14 +417,24 @@ class _Extraction:
             future.cancel()
 
 
-def _write_large(tar: _TarStream, target: str, mode: int, mtime: float) -> None:
-    fd = os.open(target, _CREATE, 0o600)
-    try:
-        tar.copy(fd)
-        os.fchmod(fd, mode)
-        os.utime(fd, (mtime, mtime))
-    finally:
-        os.close(fd)
+def _check_link_stays_inside(member: TarMember, build_id: str) -> None:
+    """A link whose target leaves the prefix, refused with a clear reason (the data
+    filter would refuse it too, with a less helpful one)."""
+    link = member.linkname
+    base = member.name.rpartition("/")[0] if member.type == SYMLINK else ""
+    depth = 0
+    for part in f"{base}/{link}".split("/") if not link.startswith("/") else ["/"]:
+        if part == "/":
+            depth = -1
+            break
+        depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
+        if depth < 0:
+            break
+    if depth < 0:
+        kind = "symlink" if member.type == SYMLINK else "hardlink"
+        raise RejectedArtifactError(
+            build_id, f"member {member.name!r}: {kind} to {link!r} leaves the prefix"
+        )
 
 
 def _walk(path: str, symlinks: set[str]) -> tuple[str, bool]:
@@ -733,7 +460,7 @@ def _make_links(
     """Create the archive's links after its files. A link target may end at another
     symlink but never pass through one: the data filter judged targets lexically."""
     for member, target in links:
-        base = os.path.dirname(member.name.rstrip("/")) if member.issym() else ""
+        base = os.path.dirname(member.name) if member.issym() else ""
         resolved, through = _walk(f"{base}/{member.linkname}", symlinks)
         if member.islnk() and resolved in symlinks:
             # a hardlink to a symlink is a second symlink, resolved from a new place

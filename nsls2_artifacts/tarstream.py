@@ -1,0 +1,351 @@
+"""A pure reader of ustar/pax tar streams: members and their data, in archive order.
+
+Job: turn an (already decompressed) byte stream into members whose names are canonical
+and whose sizes fit the caller's budget, reading and holding a bounded amount of memory
+whatever the header fields claim. It imports nothing from the rest of the project and
+touches no filesystem: the policy (what may be written where) is the extractor's,
+`agent/extract.py`. Callers: the extractor and the tests (tests/test_tarstream.py,
+the differential fuzz test against `tarfile` in tests/test_tarstream_fuzz.py).
+
+What it reads, as `tarfile` reads it: ustar headers (prefix field included, V7
+directories), pax 'x' extended headers with the standard keywords, regular files,
+directories, symlinks, hardlinks, and devices/fifos (returned, for the caller to refuse
+by name). What it refuses, with a `TarStreamError` saying why:
+- other tar features (GNU long names, pax global headers, sparse files, unknown types);
+- non-canonical names, so no later step has to normalise: absolute, empty, `.` or `..`
+  components, `//`, a trailing `/` on anything but a directory, NUL; the same for
+  hardlink targets (they name another member), and empty or NUL symlink targets;
+- a pax extended header over `max_pax` bytes (tarfile-compatible writers need a few kB);
+- more members than `max_members`, more bytes than `max_bytes`: every byte read counts
+  (headers, extended headers, data, padding), refused before it is read.
+Memory: one source chunk plus what the caller asks for with `data()`; `copy()` streams.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+BLOCK = 512
+MAX_PAX_BYTES = 1 << 20  # a pax header of a real archive holds a few long names: kB
+
+REGULAR = (b"0", b"\0", b"7")  # REGTYPE, AREGTYPE, CONTTYPE
+LINK, SYMLINK, CHR, BLK, DIRECTORY, FIFO = b"1", b"2", b"3", b"4", b"5", b"6"
+_PAX = b"x"
+_KNOWN = frozenset((*REGULAR, LINK, SYMLINK, CHR, BLK, DIRECTORY, FIFO))
+_ZERO_BLOCK = bytes(BLOCK)
+_OCTAL = frozenset(b"01234567")
+
+
+class TarStreamError(Exception):
+    """The stream is not an archive this reader accepts; the message says why. Always a
+    property of the archive bytes (the same on every read), never of the reader."""
+
+
+class UnsupportedTarError(TarStreamError):
+    """A tar feature this reader does not read (GNU long names, pax globals, ...)."""
+
+
+class TarNameError(TarStreamError):
+    """A member or hardlink-target name that is not canonical."""
+
+
+class TarLimitError(TarStreamError):
+    """More members or bytes than the caller's limits, or an oversized extended header."""
+
+
+class TarMember(NamedTuple):
+    """One member, pax header applied: the fields an extractor needs (a NamedTuple: one
+    is made per member, and this is the cheapest record Python has)."""
+
+    type: bytes  # one byte: see REGULAR, LINK, SYMLINK, ...
+    name: str  # canonical, relative, no trailing slash
+    mode: int
+    size: int  # data bytes (0 for everything but regular files)
+    mtime: float
+    linkname: str
+    devmajor: int
+    devminor: int
+    pax: dict[str, str] | None
+
+    def isreg(self) -> bool:
+        return self.type in REGULAR
+
+    def isdir(self) -> bool:
+        return self.type == DIRECTORY
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field, as tarfile's `nti` reads it: octal digits (spaces and
+    what follows a NUL ignored), or GNU base-256 (first byte 0x80 / 0xff)."""
+    if field and field[0] in (0o200, 0o377):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
+    end = field.find(b"\0")
+    digits = (field if end < 0 else field[:end]).strip(b" ")
+    if not digits:
+        return 0
+    if not _OCTAL.issuperset(digits):
+        raise TarStreamError(f"invalid number {bytes(field)!r} in a tar header")
+    return int(digits, 8)
+
+
+def _text(field: bytes) -> str:
+    """A text header field: up to the first NUL, decoded as tarfile decodes names."""
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def _checksum_ok(block: bytes) -> bool:
+    """The header checksum, unsigned or (old tars) signed, as tarfile accepts it."""
+    stored = _number(block[148:156])
+    if stored == 256 + sum(block) - sum(block[148:156]):
+        return True
+    return stored == 256 + sum(struct.unpack_from("148b8x356b", block))
+
+
+def canonical_name(name: str, what: str = "member") -> str:
+    """`name` if it is a canonical relative path, else TarNameError."""
+    if not name:
+        raise TarNameError(f"{what} without a name")
+    if name[0] == "/":
+        raise TarNameError(f"{what} {name!r}: absolute path")
+    if "\0" in name:
+        raise TarNameError(f"{what} {name!r}: NUL in the name")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise TarNameError(f"{what} {name!r}: not a canonical path ({part or 'empty'!r} part)")
+    return name
+
+
+def parse_pax(data: bytes) -> dict[str, str]:
+    """The `"%d %s=%s\\n"` records of a pax extended header (strictly: each record's length
+    must match, keys are UTF-8, nothing but NUL padding after the last record)."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space]
+        if space < 0 or not digits.isdigit():
+            raise TarStreamError("invalid pax header record (length)")
+        length = int(digits)
+        record = data[space + 1 : pos + length]
+        if pos + length > len(data) or not record.endswith(b"\n"):
+            raise TarStreamError("invalid pax header record (length or newline)")
+        key, eq, value = record[:-1].partition(b"=")
+        if not eq or not key:
+            raise TarStreamError("invalid pax header record (no keyword)")
+        try:
+            keyword = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TarStreamError("invalid pax header record (keyword not UTF-8)") from None
+        out[keyword] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    if data[pos:].strip(b"\0"):
+        raise TarStreamError("invalid pax header record (data after the padding)")
+    return out
+
+
+def _pax_int(pax: dict[str, str], key: str, default: int) -> int:
+    value = pax.get(key)
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit():
+        raise TarStreamError(f"invalid pax {key}={value!r}")
+    return int(value)
+
+
+def _pax_time(pax: dict[str, str], default: float) -> float:
+    value = pax.get("mtime")
+    if value is None:
+        return default
+    try:
+        mtime = float(value)
+    except ValueError:
+        raise TarStreamError(f"invalid pax mtime={value!r}") from None
+    if not math.isfinite(mtime) or not value.isascii():
+        raise TarStreamError(f"invalid pax mtime={value!r}")
+    return mtime
+
+
+class _Buffer:
+    """Bytes of the stream, pulled one source chunk at a time; counts every byte taken
+    against the budget before taking it."""
+
+    def __init__(self, next_chunk: Callable[[], bytes], max_bytes: int) -> None:
+        self._next_chunk = next_chunk
+        self._buf = b""
+        self._pos = 0
+        self.max_bytes = max_bytes
+        self.consumed = 0  # bytes of the stream taken or skipped so far
+
+    def _spend(self, size: int) -> None:
+        if self.consumed + size > self.max_bytes:
+            raise TarLimitError(f"archive holds more than {self.max_bytes} bytes")
+        self.consumed += size
+
+    def _refill(self) -> None:
+        chunk = self._next_chunk()
+        if not chunk:
+            raise TarStreamError("unexpected end of data")
+        self._buf, self._pos = chunk, 0
+
+    def take(self, size: int) -> bytes | memoryview:
+        """Exactly `size` bytes (a view of the current chunk when they lie in it)."""
+        self._spend(size)
+        end = self._pos + size
+        if end <= len(self._buf):
+            out = memoryview(self._buf)[self._pos : end]
+            self._pos = end
+            return out
+        pieces = [self._buf[self._pos :]]
+        need = end - len(self._buf)
+        while True:
+            self._refill()
+            if len(self._buf) >= need:
+                pieces.append(self._buf[:need])
+                self._pos = need
+                return b"".join(pieces)
+            pieces.append(self._buf)
+            need -= len(self._buf)
+
+    def skip(self, size: int) -> None:
+        self._spend(size)
+        end = self._pos + size
+        while end > len(self._buf):
+            end -= len(self._buf)
+            self._refill()
+        self._pos = end
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """`size` bytes as views of successive chunks (never all of them held at once)."""
+        self._spend(size)
+        while size:
+            if self._pos == len(self._buf):
+                self._refill()
+            n = min(size, len(self._buf) - self._pos)
+            yield memoryview(self._buf)[self._pos : self._pos + n]
+            self._pos += n
+            size -= n
+
+
+class TarReader:
+    """Members of a tar stream in archive order, under limits.
+
+    `next_chunk()` returns the next piece of the decompressed stream (`b""` at its end;
+    any exception it raises passes through unchanged). Iterate `members()`; a regular
+    member's data is read with `data()` (whole, for small files) or `copy(write)`
+    before the next member is asked for (whatever is left is skipped)."""
+
+    def __init__(
+        self,
+        next_chunk: Callable[[], bytes],
+        *,
+        max_members: int,
+        max_bytes: int,
+        max_pax: int = MAX_PAX_BYTES,
+    ) -> None:
+        self._buffer = _Buffer(next_chunk, max_bytes)
+        self.max_members = max_members
+        self.max_pax = max_pax
+        self.count = 0  # members read so far
+        self._left = 0  # data bytes of the current member not read yet
+        self._pad = 0  # padding after them
+
+    @property
+    def consumed(self) -> int:
+        """Bytes of the stream read so far (what `max_bytes` limits)."""
+        return self._buffer.consumed
+
+    def members(self) -> Iterator[TarMember]:
+        while True:
+            if self._left or self._pad:
+                self._buffer.skip(self._left + self._pad)
+                self._left = self._pad = 0
+            member = self._next_member()
+            if member is None:
+                return
+            self.count += 1
+            if self.count > self.max_members:
+                raise TarLimitError(f"archive has more than {self.max_members} members")
+            if member.type in REGULAR:
+                self._left, self._pad = member.size, -member.size % BLOCK
+                room = self._buffer.max_bytes - self._buffer.consumed
+                if self._left + self._pad > room:  # refused before any of it is written
+                    raise TarLimitError(
+                        f"archive holds more than {self._buffer.max_bytes} bytes "
+                        f"(member {member.name!r} claims {member.size})"
+                    )
+            yield member
+
+    def data(self) -> bytes | memoryview:
+        """All data of the current regular member (the caller bounds its size)."""
+        out = self._buffer.take(self._left)
+        self._left = 0
+        return out
+
+    def copy(self, write: Callable[[memoryview], object]) -> None:
+        """Hand the current member's data to `write` piece by piece (large files)."""
+        left, self._left = self._left, 0
+        for piece in self._buffer.pieces(left):
+            write(piece)
+
+    def _next_member(self) -> TarMember | None:
+        """The next member (with its pax header applied), or None at the end marker."""
+        pax: dict[str, str] | None = None
+        while True:
+            block = bytes(self._buffer.take(BLOCK))
+            if block == _ZERO_BLOCK:
+                if pax is not None:
+                    raise TarStreamError("pax header without a member")
+                return None
+            if not _checksum_ok(block):
+                raise TarStreamError("bad checksum in a tar header")
+            kind = block[156:157]
+            if kind != _PAX:
+                break
+            if pax is not None:
+                raise UnsupportedTarError("two pax headers for one member")
+            size = _number(block[124:136])
+            if not 0 <= size <= self.max_pax:
+                raise TarLimitError(f"pax extended header of {size} bytes (limit {self.max_pax})")
+            pax = parse_pax(bytes(self._buffer.take(size)))
+            self._buffer.skip(-size % BLOCK)
+        return self._member(block, kind, pax)
+
+    def _member(self, block: bytes, kind: bytes, pax: dict[str, str] | None) -> TarMember:
+        # every numeric field is parsed, as tarfile does: a broken one refuses the archive
+        mode, size, mtime = (_number(block[a:b]) for a, b in ((100, 108), (124, 136), (136, 148)))
+        _number(block[108:116]), _number(block[116:124])  # uid, gid
+        devmajor, devminor = _number(block[329:337]), _number(block[337:345])
+        name = _text(block[:100])
+        if kind not in _KNOWN:
+            raise UnsupportedTarError(f"member type {kind!r} in {name!r}")
+        linkname = _text(block[157:257])
+        if kind == b"\0" and name.endswith("/"):  # a V7 directory, as tarfile reads it
+            kind = DIRECTORY
+        if block[345] != 0:
+            name = _text(block[345:500]) + "/" + name
+        if pax is not None:
+            for key in pax:
+                if key.startswith("GNU."):
+                    raise UnsupportedTarError(f"pax keyword {key!r} in {name!r}")
+            name = pax.get("path", name)
+            linkname = pax.get("linkpath", linkname)
+            size = _pax_int(pax, "size", size)
+            mtime = _pax_time(pax, mtime)
+        if kind == DIRECTORY and name.endswith("/"):
+            name = name[:-1]  # tarfile writes directories as `name/`: one slash, no more
+        canonical_name(name)
+        if kind in (LINK, SYMLINK):
+            if not linkname or "\0" in linkname:
+                raise TarNameError(f"member {name!r}: empty or NUL link target")
+            if kind == LINK:
+                canonical_name(linkname, f"hardlink {name!r} to")
+        if size < 0 or mode < 0:
+            raise TarStreamError(f"negative size or mode in {name!r}")
+        if kind not in REGULAR:
+            size = 0  # tarfile reads no data for other members either
+        return TarMember(kind, name, mode, size, mtime, linkname, devmajor, devminor, pax)
