@@ -245,9 +245,11 @@ def _below(name: str, symlinks: set[str]) -> bool:
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     """`os.write` until all of `data` is written (one call for nearly every file)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data) if len(data) else 0
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _write_file(path: str, data: bytes | memoryview, mode: int, mtime: float, chmod: bool) -> None:
