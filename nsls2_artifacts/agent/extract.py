@@ -108,9 +108,13 @@ class _Pump:
 
 
 @contextlib.contextmanager
-def open_reader(path: Path, fmt: str, *, max_members: int, max_bytes: int) -> Iterator[TarReader]:
-    """The archive's members, read front to back (zstd via `zstandard`, or gzip)."""
-    with open(path, "rb") as raw:
+def open_reader(
+    archive: Path | IO[bytes], fmt: str, *, max_members: int, max_bytes: int
+) -> Iterator[TarReader]:
+    """The archive's members, read front to back (zstd via `zstandard`, or gzip), from a
+    path or a binary stream."""
+    local = isinstance(archive, (str, os.PathLike))
+    with open(archive, "rb") if local else contextlib.nullcontext(archive) as raw:  # noqa: SIM115
         if fmt in ("tar.zst", "tar.zstd"):
             source: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
                 raw, read_size=1 << 20, read_across_frames=True
@@ -160,8 +164,9 @@ def safe_extract(
     progress_seconds: float = 10.0,
 ) -> tuple[int, int]:
     """Extract `archive` (a path or a binary stream read front to back) into the existing,
-    empty directory `dest`; returns (members, data bytes). `progress(members, bytes)` is called about every `progress_seconds` on the way
-    (a large env on GPFS takes minutes: the daemon's log shows it moving).
+    empty directory `dest`; returns (members, data bytes). `progress(members, bytes)` is
+    called about every `progress_seconds` on the way (a large env on GPFS takes minutes:
+    the daemon's log shows it moving).
 
     The safety argument, in one place:
     - names: `TarReader` hands out canonical relative names only (no `/` start, no `.`,
