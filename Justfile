@@ -9,7 +9,7 @@ default:
 # create ./.venv with the project and its test/dev tools (idempotent)
 venv:
     @test -x {{python}} || python3 -m venv .venv
-    @{{python}} -c "import nsls2_artifacts, pytest, playwright" 2>/dev/null || {{python}} -m pip install -q -e '.[dev]'
+    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub" 2>/dev/null || {{python}} -m pip install -q -e '.[dev]'
 
 # build ./var/channel: an offline conda channel made from PyPI wheels (cached)
 channel: venv

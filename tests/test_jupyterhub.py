@@ -25,6 +25,7 @@ from nsls2_artifacts.agent import layout
 from nsls2_artifacts.devchannel import default_cache_dir
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("jupyterhub")  # the [hub] extra (in [test]); `just venv` installs it
 REPO = Path(__file__).resolve().parents[1]
 HUB_CONFIG = REPO / "deploy" / "jupyterhub_config.py"
 CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
