@@ -87,3 +87,17 @@ def test_changes_token_moves_with_commits(store: Store) -> None:
 
 
 _: Callable[[Path], Store] = FilesystemStore  # the default backend satisfies the protocol
+
+
+def test_node_reports_are_replaced_whole_and_listed_by_node(store: Store) -> None:
+    assert store.node_reports() == []
+    store.put_node_report("sdcc-02", {"node": "sdcc-02", "envs": {}})
+    store.put_node_report("sdcc-01", {"node": "sdcc-01", "envs": {"base": {"latest": "a"}}})
+    store.put_node_report("sdcc-01", {"node": "sdcc-01", "envs": {"base": {"latest": "b"}}})
+    reports = store.node_reports()
+    assert [r.node for r in reports] == ["sdcc-01", "sdcc-02"]
+    assert reports[0].data == {"node": "sdcc-01", "envs": {"base": {"latest": "b"}}}
+    assert all(r.error == "" and r.written.tzinfo is not None for r in reports)
+    assert store.envs() == []  # reports never look like an env
+    with pytest.raises(StoreError, match="node name"):
+        store.put_node_report("../etc", {})

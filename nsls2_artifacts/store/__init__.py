@@ -18,6 +18,7 @@ from .interface import (
     InvalidBuild,
     Progress,
     Store,
+    StoredNodeReport,
 )
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidBuild",
     "Progress",
     "Store",
+    "StoredNodeReport",
     "open_store",
     "sha256_file",
 ]

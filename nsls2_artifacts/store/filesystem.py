@@ -6,6 +6,7 @@ Layout:
     STORE/ENV/BUILD_ID/manifest.json   written LAST: its presence commits the build
     STORE/ENV/lts/LABEL.json           {"build_id": ..., "promoted": ...}
     STORE/ENV/.staging-BUILD_ID-PID/   a publish in progress (invisible to readers)
+    STORE/.nodes/NODE.json             each agent's rollout report (replaced every pass)
 
 Built by `open_store` for a `store:` path; nothing outside this module knows the layout.
 """
@@ -18,24 +19,36 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..errors import BuildLockedError, StoreError
-from ..fsutil import LockBusy, atomic_write_json, file_lock, fsync_dir, read_json
+from ..fsutil import (
+    LockBusy,
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+    fsync_dir,
+    read_json,
+)
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id
 from .interface import (
     MANIFEST,
     MISSING,
+    NODE_REPORT_LIMIT,
     ArtifactMismatchError,
     ArtifactStamp,
     InvalidBuild,
     Progress,
+    StoredNodeReport,
+    check_node_name,
     check_stream,
     read_chunks,
 )
 
 STAGING_PREFIX = ".staging-"
+NODES_DIR = ".nodes"  # a dot name: never listed as an env
 CACHE_LIMIT = 4096
 
 
@@ -289,6 +302,41 @@ class FilesystemStore:
         except OSError as exc:
             raise StoreError(f"cannot delete {path}: {exc.strerror}") from None
         shutil.rmtree(path, ignore_errors=True)
+
+    # -- rollout reports -------------------------------------------------------------------
+
+    def put_node_report(self, node: str, data: dict[str, Any]) -> None:
+        path = self.root / NODES_DIR / f"{check_node_name(node)}.json"
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        if len(text) > NODE_REPORT_LIMIT:
+            raise StoreError(f"rollout report of {node} is {len(text)} bytes (limit 1 MiB)")
+        with _write_errors(path):
+            atomic_write_text(path, text)
+
+    def node_reports(self) -> list[StoredNodeReport]:
+        reports = []
+        for entry in self._scan(self.root / NODES_DIR):
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            node = entry.name[: -len(".json")]
+            try:
+                written = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+                data = read_json(entry.path)
+            except FileNotFoundError:
+                continue  # replaced or removed between listing and reading
+            except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                reports.append(
+                    StoredNodeReport(node, None, datetime.now(UTC), f"{entry.path}: {reason}")
+                )
+                continue
+            if not isinstance(data, dict):
+                reports.append(
+                    StoredNodeReport(node, None, written, f"{entry.path}: not a JSON object")
+                )
+                continue
+            reports.append(StoredNodeReport(node, data, written))
+        return reports
 
 
 @contextlib.contextmanager

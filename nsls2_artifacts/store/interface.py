@@ -9,11 +9,13 @@ these methods. Listings raise StoreError when the store is unreachable.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from ..errors import StoreError
 from ..records import BuildManifest, LtsRecord
@@ -50,6 +52,29 @@ class ArtifactStamp:
 
 
 MISSING = ArtifactStamp(-1, -1)
+
+NODE_REPORT_LIMIT = 1 << 20  # a report is a few kB; anything near this is a bug, refused
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class StoredNodeReport:
+    """One node's last rollout report as the store holds it (see `Store.node_reports`).
+
+    `written` is when the store recorded it (file mtime, object time), never the node's
+    own clock; `data` is None and `error` says why when the report could not be read."""
+
+    node: str
+    data: dict[str, Any] | None
+    written: datetime
+    error: str = ""
+
+
+def check_node_name(node: str) -> str:
+    """A node name usable as a file or object name in every backend; StoreError if not."""
+    if not _NODE_RE.match(node):
+        raise StoreError(f"node name {node!r} cannot name a rollout report in the store")
+    return node
 
 
 class Store(Protocol):
@@ -113,6 +138,16 @@ class Store(Protocol):
     def set_lts(self, record: LtsRecord) -> None: ...
     def delete_build(self, env: str, build_id: str) -> None:
         """Un-commit first (manifest.json goes), then remove the files."""
+        ...
+
+    # -- rollout reports (every agent writes its own; the hook and `status` read) -----------
+    def put_node_report(self, node: str, data: dict[str, Any]) -> None:
+        """Replace NODE's rollout report (a small JSON object) atomically: readers see the
+        old report or the whole new one. StoreError for a bad node name or a failed write."""
+        ...
+
+    def node_reports(self) -> list[StoredNodeReport]:
+        """Every node's last report, by node name; an unreadable one comes with `error`."""
         ...
 
 
