@@ -319,3 +319,29 @@ def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
     path.write_text(json.dumps(nb))
     info = json.loads(cli("info", str(path), "--json").stdout)
     assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-1"
+
+
+def test_kernel_retired_by_the_agent(tmp_path: Path) -> None:
+    """The agent's own retired.json (label withdrawn from the store) reaches `notebook info`;
+    a notebook naming an NSLS-II kernel but never saved under it is told what to do."""
+    config, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
+    commit_fake(cfg, tag="two", hours=2, lts="2026-2")
+    run(cfg)
+    (cfg.store / "demo" / "lts" / "2026-1.json").unlink()
+    run(cfg)
+    catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))
+    assert set(catalogue.retired) == {"nsls2-demo-2026-1"}
+    assert catalogue.retired["nsls2-demo-2026-1"].build_id == first.build_id
+    path = tmp_path / "nb.ipynb"
+    nb = notebook_json("nsls2-demo-2026-1", "old name")
+    path.write_text(json.dumps(nb))
+    result = notebook_cli(config, "info", str(path))
+    assert result.returncode == 1
+    assert "metadata.nsls2: missing" in result.stderr and "nsls2-demo-2026-1" in result.stderr
+    nb["metadata"]["nsls2"] = {"env": "demo", "build_id": first.build_id, "track": "2026-1"}
+    path.write_text(json.dumps(nb))
+    info = json.loads(notebook_cli(config, "info", str(path), "--json").stdout)
+    assert list(info["retired"]) == ["nsls2-demo-2026-1"]
+    assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-2"
+    assert info["recovery"]["exact"] is False

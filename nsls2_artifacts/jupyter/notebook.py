@@ -110,26 +110,32 @@ def load_notebook(path: str | Path) -> tuple[bytes, dict[str, Any]]:
 def read_record(path: str | Path, notebook: dict[str, Any]) -> NotebookRecord:
     metadata = notebook.get("metadata", {})
     nsls2 = metadata.get(MANAGED)
+    spec = metadata.get("kernelspec")
+    kernel_name = spec.get("name") if isinstance(spec, dict) else None
+    kernel_name = kernel_name if isinstance(kernel_name, str) else None
     if nsls2 is None:
+        hint = (
+            f"; it names kernel {kernel_name!r}: open it with that kernel and save it once"
+            if kernel_name and kernel_name.startswith("nsls2-")
+            else ""
+        )
         raise NotebookError(
             path,
             f"metadata.{MANAGED}",
             "missing: this notebook was not saved while an NSLS-II kernel ran "
-            "(the server extension records it on save)",
+            f"(the server extension records it on save){hint}",
         )
     if not isinstance(nsls2, dict):
         raise NotebookError(path, f"metadata.{MANAGED}", "is not an object")
     for key in ("env", "build_id"):
         if not isinstance(nsls2.get(key), str) or not nsls2[key]:
             raise NotebookError(path, f"metadata.{MANAGED}.{key}", "missing or not a string")
-    spec = metadata.get("kernelspec")
-    kernel_name = spec.get("name") if isinstance(spec, dict) else None
     return NotebookRecord(
         path=Path(path),
         env=nsls2["env"],
         build_id=nsls2["build_id"],
         track=str(nsls2.get("track", "")),
-        kernel_name=kernel_name if isinstance(kernel_name, str) else None,
+        kernel_name=kernel_name,
     )
 
 
