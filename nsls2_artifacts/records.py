@@ -1,8 +1,10 @@
 """Plain records that cross module boundaries: no I/O here, only data and (de)serialisation.
 
 The build side writes `BuildManifest` into the store; the agent reads it back, writes
-`ReadyRecord` into the deploy root and `NodeHeartbeat` into the shared state; prune
-returns `RetentionDecision`s. Every stage imports this module; it imports none of them.
+`ReadyRecord` into the deploy root and its shared state (`NodeHeartbeat`, `Quarantine`,
+`Hold`, `Tombstone`, `DeletedMarker`, `PassRecord`) under `DEPLOY_ROOT/state`; prune
+returns `RetentionDecision`s. Every `from_dict` names the field that is wrong. Every stage
+imports this module; it imports none of them.
 """
 
 from __future__ import annotations
@@ -48,12 +50,19 @@ def build_id_lock_prefix(build_id: str) -> str:
 
 
 class RecordError(ValueError):
-    """A serialised record is missing a field or has one of the wrong type."""
+    """A serialised record is missing a field or has one of the wrong type (`field` names
+    it), or is not a JSON object at all (`field` None)."""
 
-    def __init__(self, record: str, field_name: str, message: str) -> None:
+    def __init__(self, record: str, field_name: str | None, message: str) -> None:
         self.record = record
         self.field = field_name
-        super().__init__(f"{record}: field {field_name!r}: {message}")
+        self.detail = message
+        where = f"field {field_name!r}: " if field_name is not None else ""
+        super().__init__(f"{record}: {where}{message}")
+
+    def at(self, path: str) -> RecordError:
+        """The same error, naming the file it came from."""
+        return RecordError(f"{path} ({self.record})", self.field, self.detail)
 
 
 def _require(data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -62,9 +71,23 @@ def _require(data: dict[str, Any], record: str, name: str, kind: type | tuple[ty
     if name not in data:
         raise RecordError(record, name, "missing")
     value = data[name]
-    if not isinstance(value, kind):
-        raise RecordError(record, name, f"expected {kind}, got {type(value).__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise RecordError(record, name, f"expected {_kind_name(kind)}, got {type(value).__name__}")
     return value
+
+
+def _optional(
+    data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...], default: Any
+) -> Any:
+    return _require(data, record, name, kind) if name in data else default
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in _kinds(kind))
 
 
 @dataclass(frozen=True)
@@ -288,6 +311,15 @@ class ProcessUse:
     via: str  # exe, cwd, root, fd, maps, environ, or "unreadable"
     path: str
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], record: str = "process use") -> ProcessUse:
+        return cls(
+            pid=_require(data, record, "pid", int),
+            user=_require(data, record, "user", str),
+            via=_require(data, record, "via", str),
+            path=_require(data, record, "path", str),
+        )
+
 
 @dataclass(frozen=True)
 class NodeHeartbeat:
@@ -307,13 +339,189 @@ class NodeHeartbeat:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeHeartbeat:
         record = "node heartbeat"
+        in_use = _require(data, record, "in_use", dict)
+        unknown = _optional(data, record, "unknown", list, [])
+        # every use is checked here: a use dropped as unreadable could let its build be deleted
+        for key, uses in in_use.items():
+            if not isinstance(uses, list):
+                raise RecordError(record, f"in_use.{key}", "expected a list")
+            for i, use in enumerate(uses):
+                ProcessUse.from_dict(use, f"{record} in_use.{key}[{i}]")
+        for i, use in enumerate(unknown):
+            ProcessUse.from_dict(use, f"{record} unknown[{i}]")
         return cls(
             node=_require(data, record, "node", str),
             time=_require(data, record, "time", str),
             version=_require(data, record, "version", str),
-            in_use=_require(data, record, "in_use", dict),
+            in_use=in_use,
             complete=_require(data, record, "complete", bool),
-            unknown=_require(data, record, "unknown", list) if "unknown" in data else [],
+            unknown=unknown,
+        )
+
+    def uses(self) -> dict[str, list[ProcessUse]]:
+        """`in_use` as records ("ENV/BUILD_ID" -> uses); `from_dict` checked every entry."""
+        return {key: [ProcessUse.from_dict(u) for u in uses] for key, uses in self.in_use.items()}
+
+    def unknown_uses(self) -> list[ProcessUse]:
+        return [ProcessUse.from_dict(u) for u in self.unknown]
+
+
+# -- the agents' shared state under DEPLOY_ROOT/state (paths: agent/layout.py) ------------------
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """`state/quarantine/ENV/BUILD_ID.json`: why a build was rejected, and which artifact.
+
+    The artifact is identified by the manifest's sha256 plus the size and mtime seen on
+    disk: the same artifact is never retried, a republished or re-synced one is.
+    """
+
+    env: str
+    build_id: str
+    stage: str  # verify | extract | unpack | smoke
+    reason: str
+    artifact_sha256: str
+    artifact_size: int
+    artifact_mtime_ns: int
+    time: str
+    node: str
+
+    def same_artifact(self, sha256: str, size: int, mtime_ns: int) -> bool:
+        """Whether the artifact now in the store is the one that was rejected."""
+        return (self.artifact_sha256, self.artifact_size, self.artifact_mtime_ns) == (
+            sha256,
+            size,
+            mtime_ns,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Quarantine:
+        record = "quarantine record"
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            stage=_require(data, record, "stage", str),
+            reason=_require(data, record, "reason", str),
+            artifact_sha256=_require(data, record, "artifact_sha256", str),
+            artifact_size=_require(data, record, "artifact_size", int),
+            artifact_mtime_ns=_require(data, record, "artifact_mtime_ns", int),
+            time=_require(data, record, "time", str),
+            node=_require(data, record, "node", str),
+        )
+
+
+@dataclass(frozen=True)
+class Hold:
+    """`state/holds/ENV.json`, a rollback pin: keep latest at `build_id` until something
+    newer than `newest_at_hold` (created `newest_at_hold_created`) is ready."""
+
+    env: str
+    build_id: str
+    newest_at_hold: str
+    newest_at_hold_created: str
+    time: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hold:
+        record = "rollback hold"
+        created = _require(data, record, "newest_at_hold_created", str)
+        try:
+            parse_time(created)
+        except ValueError as exc:
+            raise RecordError(record, "newest_at_hold_created", f"not a time: {exc}") from None
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            newest_at_hold=_require(data, record, "newest_at_hold", str),
+            newest_at_hold_created=created,
+            time=_require(data, record, "time", str),
+        )
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """`state/tombstones/ENV/BUILD_ID.json`: retention marked the build for deletion. Its
+    file mtime (the shared filesystem's clock) is the tombstone's time; `time` is
+    informational."""
+
+    env: str
+    build_id: str
+    node: str
+    time: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tombstone:
+        record = "tombstone"
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            node=_require(data, record, "node", str),
+            time=_require(data, record, "time", str),
+        )
+
+
+@dataclass(frozen=True)
+class DeletedMarker:
+    """`state/deleted/ENV/BUILD_ID.json`: retention deleted the build here on purpose, so
+    the agent does not deploy it again from the store. `time` is empty when an interrupted
+    delete was finished by a later pass."""
+
+    env: str
+    build_id: str
+    node: str
+    time: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeletedMarker:
+        record = "deleted marker"
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            node=_require(data, record, "node", str),
+            time=_optional(data, record, "time", str, ""),
+        )
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """`state/agent/NODE.json`: when this node last finished a pass and what failed (`status`
+    shows it)."""
+
+    node: str
+    time: str
+    seconds: float
+    ok: bool
+    failures: list[str]
+    outcomes: list[dict[str, Any]]  # agent.deploy.DeployOutcome as dicts
+    store_ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PassRecord:
+        record = "agent pass record"
+        return cls(
+            node=_require(data, record, "node", str),
+            time=_require(data, record, "time", str),
+            seconds=float(_require(data, record, "seconds", (int, float))),
+            ok=_require(data, record, "ok", bool),
+            failures=_require(data, record, "failures", list),
+            outcomes=_require(data, record, "outcomes", list),
+            store_ok=_require(data, record, "store_ok", bool),
         )
 
 

@@ -7,7 +7,6 @@ store when it is reachable (its absence is reported, not fatal).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from .agent import deploy, kernels, latest, layout
 from .agent.reconcile import node_platform
 from .config import SiteConfig
 from .errors import StoreError
-from .fsutil import read_json
+from .records import PassRecord, RecordError
 from .store import Store
 
 
@@ -61,7 +60,11 @@ def _env_status(
     quarantined: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[str, Any]:
     ready = {r.build_id: r for r in layout.ready_builds(root, env)}
-    hold = latest.read_hold(root, env)
+    hold, hold_error = None, None
+    try:
+        hold = latest.read_hold(root, env)
+    except RecordError as exc:
+        hold_error = str(exc)
     builds = []
     for build_id in sorted(set(committed) | set(layout.build_dirs(root, env)) | set(ready)):
         manifest = committed.get(build_id)
@@ -92,6 +95,7 @@ def _env_status(
     return {
         "latest": latest.current_latest(root, env),
         "hold": asdict(hold) if hold else None,
+        "hold_error": hold_error,
         "builds": builds,
     }
 
@@ -99,9 +103,18 @@ def _env_status(
 def _passes(root: Path) -> dict[str, Any]:
     found = {}
     for path in sorted(layout.pass_records_dir(root).glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            data = read_json(path)
-            found[path.stem] = {k: data.get(k) for k in ("time", "seconds", "ok", "failures")}
+        try:
+            record = layout.read_record(path, PassRecord.from_dict)
+        except RecordError as exc:  # shown as that node's failure, not hidden
+            found[path.stem] = {"time": None, "seconds": None, "ok": False, "failures": [str(exc)]}
+            continue
+        if record is not None:
+            found[path.stem] = {
+                "time": record.time,
+                "seconds": record.seconds,
+                "ok": record.ok,
+                "failures": record.failures,
+            }
     return found
 
 
@@ -113,6 +126,8 @@ def render_text(status: dict[str, Any]) -> str:
     for env, info in status["envs"].items():
         hold = f" (held by rollback to {info['hold']['build_id']})" if info["hold"] else ""
         lines.append(f"env {env}: latest -> {info['latest'] or '-'}{hold}")
+        if info.get("hold_error"):
+            lines.append(f"  ROLLBACK HOLD UNREADABLE (ignored): {info['hold_error']}")
         for b in info["builds"]:
             lts = f" lts={','.join(b['lts'])}" if b["lts"] else ""
             mark = " *" if b["build_id"] == info["latest"] else ""

@@ -9,11 +9,9 @@ deployed copies on the cluster are the agent's business (its own prune, with in-
 
 from __future__ import annotations
 
-import contextlib
-import os
 from datetime import datetime, timedelta
 
-from .agent import layout
+from .agent import latest
 from .config import RetentionPolicy, SiteConfig
 from .errors import ArtifactsError, StoreError
 from .manifest import load_manifest
@@ -61,7 +59,7 @@ def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[R
     for record in store.lts(env):
         labels.setdefault(record.build_id, []).append(record.label)
     newest = {m.build_id for m in builds[-policy.keep_latest :]} if policy.keep_latest else set()
-    latest_target = _deployed_latest(site, env)
+    latest_target = latest.current_latest(site.deploy_root, env)
     grace = timedelta(days=policy.grace_days)
     out = [
         RetentionDecision(
@@ -92,9 +90,3 @@ def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[R
                 )
             )
     return out
-
-
-def _deployed_latest(site: SiteConfig, env: str) -> str | None:
-    with contextlib.suppress(OSError):
-        return os.path.basename(os.readlink(layout.latest_link(site.deploy_root, env)))
-    return None

@@ -105,3 +105,18 @@ def test_builds_for_another_platform_are_not_deployed(tmp_path: Path) -> None:
     assert run(cfg).ok
     assert target(cfg) == native.build_id
     assert not layout.build_dir(cfg.deploy_root, "demo", foreign.build_id).exists()
+
+
+def test_unreadable_hold_pins_nothing_and_status_names_it(tmp_path: Path) -> None:
+    config, cfg = write_site(tmp_path / "site")
+    first = commit_fake(cfg, tag="one", hours=1)
+    second = commit_fake(cfg, tag="two", hours=2)
+    hold = layout.hold_path(cfg.deploy_root, "demo")
+    hold.parent.mkdir(parents=True)
+    hold.write_text(json.dumps({"env": "demo", "build_id": first.build_id}))
+    buf = io.StringIO()
+    assert run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, buf)).ok
+    assert target(cfg) == second.build_id  # as if there were no hold
+    assert "hold-unreadable" in buf.getvalue() and str(hold) in buf.getvalue()
+    out = run_cli(config, "status").stdout
+    assert "ROLLBACK HOLD UNREADABLE" in out and "newest_at_hold_created" in out

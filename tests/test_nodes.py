@@ -156,6 +156,24 @@ def test_unreadable_heartbeat_blocks_deletion(two_envs):
     assert "unreadable" in cli(config, "nodes", "list")
 
 
+def test_heartbeat_with_a_malformed_use_blocks_deletion(two_envs):
+    """A use entry that cannot be read must not be dropped (its build would look unused):
+    the whole heartbeat counts as unreadable, and the reason names the entry and field."""
+    config, site, builds = two_envs
+    run(site)
+    for old in builds.values():
+        age(tombstone_file(site, old), 3)
+    path = other_agent(site, "sdcc-07")
+    data = json.loads(path.read_text())
+    data["in_use"] = {f"demo/{builds['demo'].name}": [{"pid": "17", "user": "bob"}]}
+    path.write_text(json.dumps(data))
+    decision = run(site)[builds["demo"].name]
+    assert decision.action == "keep"
+    assert decision.reason.startswith("kept: heartbeat of node sdcc-07 unreadable")
+    assert f"in_use.demo/{builds['demo'].name}[0]" in decision.reason
+    assert "field 'pid'" in decision.reason
+
+
 def test_heartbeat_records_this_nodes_scan(two_envs):
     config, site, builds = two_envs
     run(site)

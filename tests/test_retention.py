@@ -140,7 +140,15 @@ def test_roots_latest_hold_lts_newest_grace(tmp_path):
     set_latest(site, latest)
     (site.deploy_root / "state" / "holds").mkdir(parents=True)
     (site.deploy_root / "state" / "holds" / "demo.json").write_text(
-        f'{{"build_id": "{held.name}"}}'
+        json.dumps(
+            {
+                "env": "demo",
+                "build_id": held.name,
+                "newest_at_hold": newest_ready.name,
+                "newest_at_hold_created": "2026-01-01T00:00:00Z",
+                "time": "2026-01-01T00:00:00Z",
+            }
+        )
     )
     write_kernelspec(site, lts_expired, "2024-1")
     decisions = run(site)
@@ -151,6 +159,24 @@ def test_roots_latest_hold_lts_newest_grace(tmp_path):
     assert decisions[young.name].reason.startswith("kept: younger than grace 3d")
     assert decisions[lts_expired.name].action == "tombstone"
     assert not (site.deploy_root / "share/jupyter/kernels/nsls2-demo-2024-1").exists()
+
+
+def test_unreadable_hold_keeps_every_build_of_its_env(tmp_path):
+    """A hold retention cannot read may pin any build: nothing in that env is tombstoned,
+    and the reason names the file and the field."""
+    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1)
+    old = make_build(site, 30, "a")
+    latest = make_build(site, 1, "b")
+    set_latest(site, latest)
+    hold = layout.hold_path(site.deploy_root, "demo")
+    hold.parent.mkdir(parents=True)
+    hold.write_text(json.dumps({"env": "demo", "build_id": old.name}))  # fields missing
+    decisions = run(site)
+    reason = decisions[old.name].reason
+    assert decisions[old.name].action == "keep"
+    assert reason.startswith("kept: unreadable rollback hold: ")
+    assert str(hold) in reason and "'newest_at_hold_created'" in reason
+    assert not tombstone_file(site, old).exists()
 
 
 def test_env_override_from_nsls2_yaml(deploy):

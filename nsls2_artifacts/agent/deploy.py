@@ -20,14 +20,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SiteConfig
 from ..errors import DeployError, RejectedArtifactError
-from ..fsutil import LockBusy, atomic_write_json, fsync_dir, read_json
-from ..records import BuildManifest, ReadyRecord, isoformat, utcnow
-from ..store import ArtifactMismatchError, ArtifactStamp, Store
+from ..fsutil import LockBusy, atomic_write_json, fsync_dir
+from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
+from ..store import ArtifactMismatchError, Store
 from . import layout
 from .extract import safe_extract
 from .locks import build_lock
@@ -47,32 +47,6 @@ class DeployOutcome:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Quarantine:
-    """`state/quarantine/ENV/BUILD_ID.json`: why a build was rejected, and which artifact.
-
-    The artifact is identified by the manifest's sha256 plus the size and mtime seen on
-    disk: the same artifact is never retried, a republished or re-synced one is.
-    """
-
-    env: str
-    build_id: str
-    stage: str  # verify | extract | unpack | smoke
-    reason: str
-    artifact_sha256: str
-    artifact_size: int
-    artifact_mtime_ns: int
-    time: str
-    node: str
-
-    def same_artifact(self, sha256: str, seen: ArtifactStamp) -> bool:
-        return (self.artifact_sha256, self.artifact_size, self.artifact_mtime_ns) == (
-            sha256,
-            seen.size,
-            seen.mtime_ns,
-        )
-
-
 class _StageError(DeployError):
     """A failure after verification (unpack, smoke): quarantine with `stage`."""
 
@@ -85,9 +59,13 @@ class _StageError(DeployError):
 
 
 def read_quarantine(deploy_root: Path, env: str, build_id: str) -> Quarantine | None:
+    """ENV/BUILD_ID's quarantine record; None if there is none or it is unreadable (an
+    unreadable record quarantines nothing: the build is tried again)."""
     try:
-        return Quarantine(**read_json(layout.quarantine_path(deploy_root, env, build_id)))
-    except (OSError, ValueError, TypeError):
+        return layout.read_record(
+            layout.quarantine_path(deploy_root, env, build_id), Quarantine.from_dict
+        )
+    except RecordError:
         return None
 
 
@@ -118,7 +96,9 @@ def quarantined_for(site: SiteConfig, store: Store, manifest: BuildManifest) -> 
     if record is None:
         return None
     seen = store.artifact_stamp(manifest)
-    return record if record.same_artifact(manifest.artifact.sha256, seen) else None
+    return (
+        record if record.same_artifact(manifest.artifact.sha256, seen.size, seen.mtime_ns) else None
+    )
 
 
 def _quarantine(
@@ -137,7 +117,8 @@ def _quarantine(
         node=site.agent.node,
     )
     atomic_write_json(
-        layout.quarantine_path(site.deploy_root, manifest.name, manifest.build_id), asdict(record)
+        layout.quarantine_path(site.deploy_root, manifest.name, manifest.build_id),
+        record.to_dict(),
     )
     return record
 

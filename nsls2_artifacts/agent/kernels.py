@@ -25,7 +25,7 @@ from jupyter_client.kernelspec import KernelSpec
 
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from ..records import utcnow
-from . import layout, logos
+from . import latest, layout, logos
 from .logos import Logo
 
 MANAGED = "nsls2"  # metadata key marking the specs this module owns
@@ -296,11 +296,7 @@ def remove_kernelspecs_for(deploy_root: str | Path, env: str, build_id: str) -> 
     """
     deploy_root = Path(deploy_root)
     removed = []
-    latest_target = (
-        os.path.basename(os.path.realpath(layout.latest_link(deploy_root, env)))
-        if layout.latest_link(deploy_root, env).is_symlink()
-        else None
-    )
+    latest_target = latest.current_latest(deploy_root, env)
     for name, data in sorted(installed(deploy_root).items()):
         target = spec_target(data)
         if target.get("env") != env:

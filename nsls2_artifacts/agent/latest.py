@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import DeployError
-from ..fsutil import atomic_symlink, atomic_write_json, fsync_dir, read_json
-from ..records import ReadyRecord, is_build_id, isoformat, parse_time, utcnow
+from ..fsutil import atomic_symlink, atomic_write_json, fsync_dir
+from ..records import Hold, ReadyRecord, is_build_id, isoformat, parse_time, utcnow
 from . import layout
 
 
-@dataclass(frozen=True)
-class Hold:
-    """A rollback pin: keep latest at `build_id` until something newer than
-    `newest_at_hold` (created `newest_at_hold_created`) is ready."""
-
-    env: str
-    build_id: str
-    newest_at_hold: str
-    newest_at_hold_created: str
-    time: str
-
-
 def current_latest(deploy_root: Path, env: str) -> str | None:
-    """The build id `latest` names (whether or not it exists), or None."""
+    """The build id `latest` names (whether or not it exists), or None. The one reader of
+    the link: reconcile, retention, `status` and `store prune` all ask here."""
     try:
         target = os.readlink(layout.latest_link(deploy_root, env))
     except OSError:
@@ -42,10 +30,12 @@ def current_latest(deploy_root: Path, env: str) -> str | None:
 
 
 def read_hold(deploy_root: Path, env: str) -> Hold | None:
-    try:
-        return Hold(**read_json(layout.hold_path(deploy_root, env)))
-    except (OSError, ValueError, TypeError):
-        return None
+    """ENV's rollback hold, None if there is none (the one reader of holds).
+
+    Raises `RecordError` naming the file and field when the hold cannot be read: each
+    caller decides what an unreadable hold means (retention keeps everything in the env).
+    """
+    return layout.read_record(layout.hold_path(deploy_root, env), Hold.from_dict)
 
 
 def clear_hold(deploy_root: Path, env: str) -> None:
@@ -99,6 +89,6 @@ def rollback(deploy_root: Path, env: str, build_id: str | None = None) -> tuple[
         raise DeployError(build_id, f"not a ready build of {env!r} here (ready: {', '.join(ids)})")
     newest = ready[-1]
     hold = Hold(env, build_id, newest.build_id, newest.created, isoformat(utcnow()))
-    atomic_write_json(layout.hold_path(deploy_root, env), asdict(hold))
+    atomic_write_json(layout.hold_path(deploy_root, env), hold.to_dict())
     flip(deploy_root, env, build_id)
     return current, build_id

@@ -9,7 +9,9 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import PruneError
 from ..fsutil import read_json
@@ -22,6 +24,7 @@ TRASH_PREFIX = ".trash-"
 LATEST = "latest"
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "NSLS2_TEST_PAUSE_FILE"
+T = TypeVar("T")
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -138,6 +141,26 @@ def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
 def clock_probe_path(deploy_root: str | Path, node: str) -> Path:
     """The file whose mtime tells the shared filesystem's time (see `heartbeat.fs_now_ns`)."""
     return state_dir(deploy_root) / f".clock-{node}"
+
+
+def read_record(path: Path, parse: Callable[[Any], T]) -> T | None:
+    """The record in `path` parsed by `parse` (a `from_dict`), None if there is no file.
+
+    Raises `RecordError` naming the file (and the field, when one is wrong) if the file
+    cannot be read, is not JSON, or does not hold the record.
+    """
+    try:
+        data = read_json(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise RecordError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise RecordError(str(path), None, f"not JSON: {exc}") from None
+    try:
+        return parse(data)
+    except RecordError as exc:
+        raise exc.at(str(path)) from None
 
 
 def read_ready(deploy_root: Path, env: str, build_id: str) -> ReadyRecord | None:

@@ -25,7 +25,9 @@ from ..errors import StoreError
 from ..fsutil import atomic_write_json, read_json
 from ..records import (
     BuildManifest,
+    Hold,
     LtsRecord,
+    PassRecord,
     ReadyRecord,
     RecordError,
     isoformat,
@@ -57,7 +59,7 @@ class Observed:
     lts: dict[str, list[LtsRecord]]
     ready: dict[str, list[ReadyRecord]]
     current: dict[str, str | None]
-    holds: dict[str, latest.Hold | None]
+    holds: dict[str, Hold | None]
     kernels: dict[str, dict[str, Any]]
     quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
     builds: dict[tuple[str, str], BuildManifest]  # (env, build) -> its manifest (store or local)
@@ -171,13 +173,22 @@ def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
             obs.tombstoned[env] = set(retention.tombstones(root, env))
         obs.ready[env] = layout.ready_builds(root, env)
         obs.current[env] = latest.current_latest(root, env)
-        obs.holds[env] = latest.read_hold(root, env)
+        obs.holds[env] = _hold_or_none(root, env, log)
         for r in obs.ready[env]:
             if (env, r.build_id) not in obs.builds:
                 local = _local_manifest(root, env, r.build_id)
                 if local:
                     obs.builds[(env, r.build_id)] = local
     return obs
+
+
+def _hold_or_none(deploy_root: Path, env: str, log: logging.Logger) -> Hold | None:
+    """An unreadable hold pins nothing (latest moves on as without one); say so."""
+    try:
+        return latest.read_hold(deploy_root, env)
+    except RecordError as exc:
+        event(log, "hold-unreadable", logging.WARNING, env=env, reason=str(exc))
+        return None
 
 
 # -- plan -----------------------------------------------------------------------------------
@@ -517,15 +528,13 @@ def refresh_state(site: SiteConfig, store: Store, log: logging.Logger) -> Plan:
 
 def _record_pass(site: SiteConfig, result: PassResult) -> None:
     """`state/agent/NODE.json`: when this node last finished a pass and what failed."""
-    atomic_write_json(
-        layout.pass_record_path(site.deploy_root, site.agent.node),
-        {
-            "node": site.agent.node,
-            "time": isoformat(utcnow()),
-            "seconds": round(result.seconds, 3),
-            "ok": result.ok,
-            "failures": result.failures,
-            "outcomes": [asdict(o) for o in result.outcomes],
-            "store_ok": result.plan.store_ok,
-        },
+    record = PassRecord(
+        node=site.agent.node,
+        time=isoformat(utcnow()),
+        seconds=round(result.seconds, 3),
+        ok=result.ok,
+        failures=result.failures,
+        outcomes=[asdict(o) for o in result.outcomes],
+        store_ok=result.plan.store_ok,
     )
+    atomic_write_json(layout.pass_record_path(site.deploy_root, site.agent.node), record.to_dict())

@@ -35,13 +35,16 @@ import yaml
 
 from ..config import RetentionPolicy, SiteConfig
 from ..errors import StoreError
-from ..fsutil import LockBusy, atomic_write_json, fsync_dir, read_json
+from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..procscan import scan
 from ..records import (
+    DeletedMarker,
     LtsRecord,
     NodeHeartbeat,
     ProcessUse,
+    RecordError,
     RetentionDecision,
+    Tombstone,
     is_build_id,
     isoformat,
     parse_time,
@@ -49,7 +52,7 @@ from ..records import (
 )
 from ..store import Store
 from . import heartbeat as hb
-from . import layout
+from . import latest, layout
 from .locks import apply_lock, build_lock
 
 try:  # the agent's kernelspec module is the only kernelspec writer; use it when present
@@ -203,21 +206,6 @@ def _created(deploy_root: Path, env: str, build_id: str, store_created: dict[str
     return datetime.strptime(build_id.split("-", 1)[0], "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-def _read_hold(deploy_root: Path, env: str) -> str | None:
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        build_id = read_json(layout.hold_path(deploy_root, env)).get("build_id")
-        return build_id if isinstance(build_id, str) else None
-    return None
-
-
-def _latest(deploy_root: Path, env: str) -> str | None:
-    try:
-        name = os.path.basename(os.readlink(layout.latest_link(deploy_root, env)).rstrip("/"))
-    except OSError:
-        return None
-    return name if is_build_id(name) else None
-
-
 def _lts_problem(store: Store, env: str) -> str | None:
     """An LTS record the store could not parse would make its build look deletable."""
     bad = store.invalid_lts(env)
@@ -232,6 +220,12 @@ def look_env(site: SiteConfig, store: Store, env: str) -> EnvView:
         policy = env_policy(site, env)
     except ValueError as exc:
         policy, problem = site.retention, f"bad retention override: {exc}"
+    held = None
+    try:
+        hold = latest.read_hold(root, env)
+        held = hold.build_id if hold else None
+    except RecordError as exc:  # it may pin any build: delete nothing here until it is fixed
+        problem = problem or f"unreadable rollback hold: {exc}"
     store_created: dict[str, str] = {}
     lts: list[LtsRecord] = []
     ids = layout.build_dirs(root, env)
@@ -259,8 +253,8 @@ def look_env(site: SiteConfig, store: Store, env: str) -> EnvView:
         env=env,
         policy=policy,
         builds=builds,
-        latest=_latest(root, env),
-        hold=_read_hold(root, env),
+        latest=latest.current_latest(root, env),
+        hold=held,
         lts=lts,
         tombstones=tombstones(root, env),
         deleted=deleted_builds(root, env),
@@ -297,23 +291,14 @@ def gather_cluster(
         if beat is None:
             continue
         # a stale node's last uses still count: being conservative costs only disk space
-        for key, uses in beat.in_use.items():
-            for use in uses:
-                with contextlib.suppress(TypeError):
-                    cluster.in_use.setdefault(key, []).append((report.node, ProcessUse(**use)))
+        for key, uses in beat.uses().items():
+            cluster.in_use.setdefault(key, []).extend((report.node, use) for use in uses)
         if not report.stale(now_ns, ttl_seconds):
-            unknown = [_use_or_none(u) for u in beat.unknown]
+            unknown: list[ProcessUse | None] = list(beat.unknown_uses())
             if not beat.complete and not unknown:
                 unknown = [None]
             cluster.unknown.extend((report.node, u) for u in unknown)
     return cluster
-
-
-def _use_or_none(data: Any) -> ProcessUse | None:
-    try:
-        return ProcessUse(**data)
-    except TypeError:
-        return None
 
 
 # -- planning -----------------------------------------------------------------------------------
@@ -425,6 +410,17 @@ def _revived(build_id: str, view: EnvView, cluster: Cluster) -> str | None:
     return None
 
 
+def _pinned(deploy_root: Path, env: str, build_id: str) -> bool:
+    """Whether latest or the rollback hold names the build now (an unreadable hold may)."""
+    if latest.current_latest(deploy_root, env) == build_id:
+        return True
+    try:
+        hold = latest.read_hold(deploy_root, env)
+    except RecordError:
+        return True
+    return hold is not None and hold.build_id == build_id
+
+
 # -- applying -----------------------------------------------------------------------------------
 
 
@@ -455,15 +451,9 @@ def _tombstone(site: SiteConfig, decision: RetentionDecision, log: logging.Logge
     root = site.deploy_root
     path = layout.tombstone_path(root, decision.env, decision.build_id)
     if not path.exists():  # never rewrite: the file's mtime is the tombstone's time
-        atomic_write_json(
-            path,
-            {
-                "env": decision.env,
-                "build_id": decision.build_id,
-                "node": site.agent.node,
-                "time": isoformat(utcnow()),  # informational; the mtime is what counts
-            },
-        )
+        # `time` is informational; the mtime is what counts
+        tombstone = Tombstone(decision.env, decision.build_id, site.agent.node, isoformat(utcnow()))
+        atomic_write_json(path, tombstone.to_dict())
     removed = remove_kernelspecs(root, decision.env, decision.build_id)
     _event(log, "tombstoned", env=decision.env, build=decision.build_id, kernelspecs=removed)
 
@@ -475,18 +465,11 @@ def _delete(
     root, env, build_id = site.deploy_root, decision.env, decision.build_id
     try:
         with build_lock(root, env, build_id, wait=False):
-            if build_id in (_latest(root, env), _read_hold(root, env)):
+            if _pinned(root, env, build_id):
                 # a rollback or flip landed after we planned: it is a root again
                 return RetentionDecision(env, build_id, "keep", "kept: became latest or held")
-            atomic_write_json(
-                layout.deleted_path(root, env, build_id),
-                {
-                    "env": env,
-                    "build_id": build_id,
-                    "node": site.agent.node,
-                    "time": isoformat(utcnow()),
-                },
-            )
+            marker = DeletedMarker(env, build_id, site.agent.node, isoformat(utcnow()))
+            atomic_write_json(layout.deleted_path(root, env, build_id), marker.to_dict())
             removed = remove_kernelspecs(root, env, build_id)
             source = layout.build_dir(root, env, build_id)
             target = layout.trash_dir(root) / f"{env}--{build_id}--{uuid.uuid4().hex[:8]}"
@@ -509,7 +492,7 @@ def _finish(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) 
     root, env, build_id = site.deploy_root, decision.env, decision.build_id
     marker = layout.deleted_path(root, env, build_id)
     if not marker.exists():
-        atomic_write_json(marker, {"env": env, "build_id": build_id, "node": site.agent.node})
+        atomic_write_json(marker, DeletedMarker(env, build_id, site.agent.node).to_dict())
     removed = remove_kernelspecs(root, env, build_id)
     _unlink(layout.tombstone_path(root, env, build_id))
     _event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..agent import layout
+from ..agent import latest
 from ..errors import NotebookError
 from ..fsutil import atomic_write_bytes
 from .deployed import MANAGED, Catalogue, NsKernel, RetiredKernel, build_time
@@ -183,11 +183,13 @@ def notebook_info(path: str | Path, catalogue: Catalogue) -> NotebookInfo:
     """What a notebook ran on and how to get that back (reads only)."""
     _, notebook = load_notebook(path)
     record = read_record(path, notebook)
-    latest = catalogue.latest_of(record.env)
+    latest_kernel = catalogue.latest_of(record.env)
     return NotebookInfo(
         record=record,
         deployed=catalogue.is_deployed(record.env, record.build_id),
-        latest_runs_it=bool(latest and _latest_build(catalogue, record.env) == record.build_id),
+        latest_runs_it=bool(
+            latest_kernel and _latest_build(catalogue, record.env) == record.build_id
+        ),
         retired=tuple(
             r
             for r in catalogue.retired.values()
@@ -199,9 +201,8 @@ def notebook_info(path: str | Path, catalogue: Catalogue) -> NotebookInfo:
 
 def _latest_build(catalogue: Catalogue, env: str) -> str | None:
     for root in catalogue.deploy_roots:
-        link = layout.latest_link(root, env)
-        if link.is_symlink():
-            return os.path.basename(os.path.realpath(link))
+        if (build_id := latest.current_latest(root, env)) is not None:
+            return build_id
     return None
 
 
