@@ -297,10 +297,14 @@ def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
     catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))
     listed = [k.name for k in catalogue.lts_of("demo") if k.listed]
     assert listed == ["nsls2-demo-2026-2"]  # the merged one (the newest label)
+    target = tmp_path / "real" / "nb.ipynb"  # pinned through a symlink, private mode
+    target.parent.mkdir()
     path = tmp_path / "nb.ipynb"
+    path.symlink_to(target)
     nb = notebook_json("nsls2-demo-latest", "x")
     nb["metadata"]["nsls2"] = {"env": "demo", "build_id": build.build_id, "track": "latest"}
-    path.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    target.write_text(json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    target.chmod(0o600)
 
     env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
     env["JUPYTER_PATH"] = str(cfg.deploy_root / "share" / "jupyter")
@@ -314,9 +318,11 @@ def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
     assert info["latest_runs_it"] is False and info["deployed"] is True
     assert cli("pin", str(path), "2026-1").returncode == 0
     assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "nsls2-demo-2026-1"
+    assert path.is_symlink() and target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["nb.ipynb"]  # no temp file left
     # a notebook that ran as 2026-1 is recommended its own label's spec
     nb["metadata"]["nsls2"]["track"] = "2026-1"
-    path.write_text(json.dumps(nb))
+    target.write_text(json.dumps(nb))
     info = json.loads(cli("info", str(path), "--json").stdout)
     assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-1"
 
