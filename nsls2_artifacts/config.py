@@ -7,6 +7,7 @@ config file are relative to that file. Errors name the file and the key.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -78,6 +79,60 @@ class KernelSettings:
     listed_lts: int = 2  # LTS kernels per env marked `listed` (newest first)
 
 
+@dataclass(frozen=True)
+class NumberRule:
+    """The allowed values of one numeric config field: a finite int or float in a range."""
+
+    kind: type  # int (a whole number) or float (any finite number)
+    low: float
+    high: float
+    low_open: bool = False  # `low` itself is refused (a zero timeout or poll interval)
+
+    def check(self, value: Any) -> int | float:
+        """The value, as `kind`; ValueError with a message fit to follow file and key."""
+        what = "int (a whole number)" if self.kind is int else "float (a number)"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected {what}, got {value!r}")
+        if self.kind is int and not isinstance(value, int):
+            raise ValueError(f"expected {what}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        too_low = value <= self.low if self.low_open else value < self.low
+        if too_low or value > self.high:
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        return float(value) if self.kind is float else value
+
+    def describe(self) -> str:
+        noun = "whole number" if self.kind is int else "number"
+        if self.low == 0 and not self.low_open:
+            return f"a non-negative {noun} up to {self.high:g}"
+        bound = "more than" if self.low_open else "at least"
+        return f"a {noun} {bound} {self.low:g} and up to {self.high:g}"
+
+
+_DAY = 86400.0
+# Every numeric field of the site config and of nsls2.yaml (`retention.*`, shared), by key.
+# The upper bounds are far above any sensible value; they exist so that a typo or a
+# crafted value (1e308, .inf) cannot turn into "never stale" or "never expires".
+NUMBER_RULES: dict[str, NumberRule] = {
+    "retention.lts_years": NumberRule(float, 0, 100),
+    "retention.keep_latest": NumberRule(int, 0, 10_000),
+    "retention.grace_days": NumberRule(float, 0, 3650),
+    "agent.poll_seconds": NumberRule(float, 0, _DAY, low_open=True),
+    "agent.node_ttl_seconds": NumberRule(float, 0, 365 * _DAY, low_open=True),
+    "agent.smoke_timeout_seconds": NumberRule(float, 0, _DAY, low_open=True),
+    "agent.max_members": NumberRule(int, 1, 10**9),
+    "agent.max_bytes": NumberRule(int, 1, 2**60),
+    "hook.concurrency": NumberRule(int, 1, 64),
+    "hook.build_timeout_seconds": NumberRule(float, 0, 7 * _DAY, low_open=True),
+    "hook.max_failed_signins": NumberRule(int, 0, 10**6),
+    "hook.failed_signin_window_seconds": NumberRule(float, 0, _DAY, low_open=True),
+    "hook.keep_history_days": NumberRule(float, 0, 36500),
+    "kernels.listed_lts": NumberRule(int, 0, 1000),
+}
+MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
 _SIZE_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 
@@ -100,7 +155,12 @@ def parse_size(value: Any) -> int | None:
         number, unit, suffix = match.groups()
         decimal = suffix.upper() == "B" and unit != ""  # GB = 10**9, GiB and G = 2**30
         base = 1000 if decimal else 1024
-        size = int(float(number) * base ** _SIZE_POWERS[unit.upper()])
+        scaled = float(number) * base ** _SIZE_POWERS[unit.upper()]
+        if not math.isfinite(scaled) or scaled > MAX_MEMORY_LIMIT:
+            raise ValueError(f"a memory limit above 1EiB is not a limit, got {value!r}")
+        size = int(scaled)
+    if size > MAX_MEMORY_LIMIT:
+        raise ValueError(f"a memory limit above 1EiB is not a limit, got {value!r}")
     if size < 1024**2:
         raise ValueError(f"a memory limit below 1MiB cannot start a kernel, got {value!r}")
     return size
@@ -203,6 +263,13 @@ class _Reader:
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(self.source, key, message)
 
+    def number(self, key: str, value: Any) -> Any:
+        """A numeric field checked against `NUMBER_RULES[key]` (finite, in range)."""
+        try:
+            return NUMBER_RULES[key].check(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
     def path(self, data: dict[str, Any], key: str, default: str) -> Path:
         value = data.get(key, default)
         if not isinstance(value, str) or not value:
@@ -230,13 +297,12 @@ class _Reader:
         for name, value in raw.items():
             if not hasattr(defaults, name):
                 raise self.fail(f"{key}.{name}", "unknown key")
+            if f"{key}.{name}" in NUMBER_RULES:
+                values[name] = self.number(f"{key}.{name}", value)
+                continue
             expected = _FIELD_TYPES[kind.__dataclass_fields__[name].type]
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            if not isinstance(value, expected):
                 raise self.fail(f"{key}.{name}", f"expected {expected.__name__}, got {value!r}")
-            if expected in (int, float) and value < 0:
-                raise self.fail(f"{key}.{name}", f"must not be negative, got {value!r}")
             values[name] = value
         return kind(**values)
 
@@ -264,8 +330,7 @@ class _Reader:
         except ValueError as exc:
             raise self.fail("kernels.memory_limit", str(exc)) from None
         listed = data.get("listed_lts", KernelSettings.listed_lts)
-        if isinstance(listed, bool) or not isinstance(listed, int) or listed < 0:
-            raise self.fail("kernels.listed_lts", f"expected a whole number >= 0, got {listed!r}")
+        listed = self.number("kernels.listed_lts", listed)
         return KernelSettings(memory_limit=memory_limit, listed_lts=listed)
 
     def hook(self, data: Any) -> HookSettings:
@@ -276,11 +341,8 @@ class _Reader:
             if key not in known:
                 raise self.fail(f"hook.{key}", "unknown key")
         listen = data.get("listen", "127.0.0.1:8707")
-        if (
-            not isinstance(listen, str)
-            or ":" not in listen
-            or not listen.rsplit(":", 1)[1].isdigit()
-        ):
+        port = listen.rsplit(":", 1)[1] if isinstance(listen, str) and ":" in listen else ""
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
         tokens = data.get("tokens_sha256") or []
         if not isinstance(tokens, list) or not all(
@@ -300,10 +362,18 @@ class _Reader:
             webhook_secret_env=str(data.get("webhook_secret_env", "NSLS2_HOOK_SECRET")),
             nightly=nightly,
             webhook_repos={str(k): [str(e) for e in v] for k, v in repos.items()},
-            concurrency=int(data.get("concurrency", 1)),
-            build_timeout_seconds=float(data.get("build_timeout_seconds", 3600)),
+            concurrency=self.number("hook.concurrency", data.get("concurrency", 1)),
+            build_timeout_seconds=self.number(
+                "hook.build_timeout_seconds", data.get("build_timeout_seconds", 3600)
+            ),
             state_dir=(self.base / state_dir).resolve() if state_dir else None,
-            max_failed_signins=int(data.get("max_failed_signins", 20)),
-            failed_signin_window_seconds=float(data.get("failed_signin_window_seconds", 300)),
-            keep_history_days=float(data.get("keep_history_days", 365)),
+            max_failed_signins=self.number(
+                "hook.max_failed_signins", data.get("max_failed_signins", 20)
+            ),
+            failed_signin_window_seconds=self.number(
+                "hook.failed_signin_window_seconds", data.get("failed_signin_window_seconds", 300)
+            ),
+            keep_history_days=self.number(
+                "hook.keep_history_days", data.get("keep_history_days", 365)
+            ),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .config import RetentionPolicy, parse_size
+from .config import NUMBER_RULES, RetentionPolicy, parse_size
 from .errors import ManifestError
 
 PIXI_TOML = "pixi.toml"
@@ -325,6 +326,8 @@ class _PixiReader:
         for name, value in self._table("system-requirements").items():
             if isinstance(value, dict):  # libc = {family = "glibc", version = "2.28"}
                 value = value.get("version")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(f"system-requirements.{name}", f"expected a version, got {value}")
             if isinstance(value, int | float):
                 value = str(value)
             if not isinstance(value, str) or not value:
@@ -429,9 +432,8 @@ class _Nsls2Reader:
             if key not in _RETENTION_KEYS:
                 known = ", ".join(sorted(_RETENTION_KEYS))
                 raise self.fail(f"retention.{key}", f"unknown key (known: {known})")
-            if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
-                raise self.fail(f"retention.{key}", f"expected a non-negative number, got {item!r}")
-            if key == "keep_latest" and not isinstance(item, int):
-                raise self.fail(f"retention.{key}", f"expected a whole number, got {item!r}")
-            out[key] = item
+            try:
+                out[key] = NUMBER_RULES[f"retention.{key}"].check(item)
+            except ValueError as exc:
+                raise self.fail(f"retention.{key}", str(exc)) from None
         return out

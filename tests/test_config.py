@@ -151,3 +151,73 @@ def test_kernels_section_sizes_and_errors(tmp_path: Path) -> None:
             load_config(write(tmp_path, text))
         assert info.value.field == key and message in str(info.value), text
         assert str(tmp_path / "site.yaml") in str(info.value)
+
+
+def _numeric_fields() -> list[str]:
+    """Every int/float field of the site config's sections, as `section.field`."""
+    import dataclasses
+
+    from nsls2_artifacts import config
+
+    sections = {
+        "retention": config.RetentionPolicy,
+        "agent": config.AgentSettings,
+        "hook": config.HookSettings,
+        "kernels": config.KernelSettings,
+    }
+    return [
+        f"{section}.{f.name}"
+        for section, kind in sections.items()
+        for f in dataclasses.fields(kind)
+        if f.type in ("int", "float")
+    ]
+
+
+def test_every_numeric_field_has_a_range_rule() -> None:
+    """A numeric field added later without a rule would accept NaN again: keep the table whole."""
+    from nsls2_artifacts.config import NUMBER_RULES
+
+    assert sorted(_numeric_fields()) == sorted(NUMBER_RULES)
+
+
+def _hostile_numbers(key: str) -> list[str]:
+    from nsls2_artifacts.config import NUMBER_RULES
+
+    rule = NUMBER_RULES[key]
+    values = [".nan", ".inf", "-.inf", "-1", "1.0e+308", str(int(rule.high) * 10 + 1)]
+    if rule.low_open:
+        values.append("0")
+    return values
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [(k, v) for k in _numeric_fields() for v in _hostile_numbers(k)]
+)
+def test_nan_infinity_and_out_of_range_numbers_name_file_and_field(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """`node_ttl_seconds: .nan` would make no node ever stale, `grace_days: .nan` skip the
+    grace period: every numeric field refuses NaN, infinities and values out of range."""
+    section, name = key.split(".")
+    path = write(tmp_path, f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.path == str(path) and info.value.field == key
+
+
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999999999999999999999999999999999" * 8 + "GiB", "2048PiB", 2**61]
+)
+def test_memory_limit_beyond_any_machine_is_refused(tmp_path: Path, value) -> None:
+    path = write(tmp_path, f"kernels: {{memory_limit: {value}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == "kernels.memory_limit"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:٣٣"])
+def test_listen_port_out_of_range_is_refused(tmp_path: Path, listen: str) -> None:
+    path = write(tmp_path, f"hook: {{listen: '{listen}'}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == "hook.listen"
