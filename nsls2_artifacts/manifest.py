@@ -146,6 +146,32 @@ def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
     )
 
 
+def _nsls2_reader(manifests_dir: str | Path, env: str) -> _Nsls2Reader | None:
+    """ENV's nsls2.yaml alone (pixi.toml need not exist any more), None without one."""
+    path = Path(manifests_dir).absolute() / env / NSLS2_YAML
+    if not _ENV_NAME_RE.match(env) or not path.exists():
+        return None
+    return _Nsls2Reader(path, _read_bytes(path), env)
+
+
+def env_retention(
+    manifests_dir: str | Path, env: str, site: RetentionPolicy
+) -> tuple[RetentionPolicy, bool]:
+    """(policy, whether nsls2.yaml overrides it): the site policy with the `retention:`
+    overrides of ENV's nsls2.yaml. Agent retention and `store prune` both ask here, so they
+    apply one policy. Raises ManifestError naming file and field if nsls2.yaml is malformed.
+    """
+    reader = _nsls2_reader(manifests_dir, env)
+    overrides = reader.retention() if reader else {}
+    return dataclasses.replace(site, **overrides), bool(overrides)
+
+
+def env_nightly(manifests_dir: str | Path, env: str) -> bool:
+    """`nightly:` of ENV's nsls2.yaml (default true); ManifestError if it is malformed."""
+    reader = _nsls2_reader(manifests_dir, env)
+    return reader.nightly() if reader else True
+
+
 def logo_format(path: Path) -> str:
     """`svg` or `png` from the file's content; ManifestError naming the file otherwise."""
     data = _read_bytes(path)

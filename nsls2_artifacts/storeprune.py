@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from .agent import latest
 from .config import RetentionPolicy, SiteConfig
-from .errors import ArtifactsError, StoreError
-from .manifest import load_manifest
+from .errors import ManifestError, StoreError
+from .manifest import env_retention
 from .records import RetentionDecision, utcnow
 from .store import Store
 
@@ -42,18 +42,20 @@ def apply(store: Store, decisions: list[RetentionDecision]) -> list[RetentionDec
 
 
 def _policy(site: SiteConfig, env: str) -> tuple[RetentionPolicy, str]:
-    """The site policy with the env's nsls2.yaml overrides (if its manifest still exists)."""
-    try:
-        manifest = load_manifest(site.manifests, env)
-    except ArtifactsError:
-        return site.retention, "site policy"
-    if manifest.retention:
-        return manifest.retention_policy(site.retention), "nsls2.yaml policy"
-    return site.retention, "site policy"
+    """The site policy with the env's nsls2.yaml overrides (the agent's prune uses the same).
+    Raises ManifestError naming file and field when the overrides are malformed."""
+    policy, overridden = env_retention(site.manifests, env, site.retention)
+    return policy, "nsls2.yaml policy" if overridden else "site policy"
 
 
 def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[RetentionDecision]:
-    policy, source = _policy(site, env)
+    try:
+        policy, source = _policy(site, env)
+    except ManifestError as exc:  # as the agent does: keep everything rather than guess
+        return [
+            RetentionDecision(env, b.build_id, "keep", f"bad retention override: {exc}")
+            for b in [*store.invalid_builds(env), *store.builds(env)]
+        ]
     builds = store.builds(env)
     labels: dict[str, list[str]] = {}
     for record in store.lts(env):

@@ -33,6 +33,7 @@ from helpers_retention import (
 )
 from typer.testing import CliRunner
 
+from nsls2_artifacts import storeprune
 from nsls2_artifacts.agent import heartbeat as hb
 from nsls2_artifacts.agent import layout, retention
 from nsls2_artifacts.agent.retention import run_pass
@@ -189,6 +190,24 @@ def test_env_override_from_nsls2_yaml(deploy):
     decision = run(site)[old.name]
     assert decision.action == "keep"
     assert "bad retention override" in decision.reason and "keep_latst" in decision.reason
+
+
+def test_fractional_keep_latest_is_refused_by_agent_and_store_prune(deploy):
+    """`keep_latest: 2.5` is no policy: agent prune and store prune both refuse it (naming
+    file and field) and keep every build of the env, instead of each guessing one."""
+    config, site, old, new = deploy
+    manifest = site.manifests / "demo"
+    manifest.mkdir(parents=True)
+    (manifest / "nsls2.yaml").write_text("retention:\n  keep_latest: 2.5\n")
+    decision = run(site)[old.name]
+    assert decision.action == "keep"
+    assert "bad retention override" in decision.reason
+    assert "nsls2.yaml: retention.keep_latest: expected a whole number" in decision.reason
+    store_decisions = storeprune.plan(site, FilesystemStore(site.store))
+    assert {d.build_id for d in store_decisions} == {old.name, new.name}
+    for d in store_decisions:
+        assert d.action == "keep"
+        assert "retention.keep_latest: expected a whole number, got 2.5" in d.reason
 
 
 def test_store_listing_empty_deletes_nothing(deploy):

@@ -31,11 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import RetentionPolicy, SiteConfig
-from ..errors import StoreError
+from ..errors import ManifestError, StoreError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
+from ..manifest import env_retention
 from ..procscan import scan
 from ..records import (
     DeletedMarker,
@@ -61,7 +60,6 @@ except ImportError:  # pragma: no cover - only before the sync agent's module ex
     _agent_remove_kernelspecs = None
 
 DAY = 86400.0
-_RETENTION_KEYS = {"lts_years", "keep_latest", "grace_days"}
 
 
 # -- retention's own state ----------------------------------------------------------------------
@@ -171,29 +169,10 @@ class Cluster:
 def env_policy(site: SiteConfig, env: str) -> RetentionPolicy:
     """The site policy with `retention:` overrides from manifests/ENV/nsls2.yaml, if any.
 
-    Raises ValueError naming the file and key when the override is malformed: the caller
+    Raises ManifestError naming the file and key when the override is malformed: the caller
     then keeps everything in that env rather than guessing a policy.
     """
-    path = site.manifests / env / "nsls2.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        return site.retention
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from None
-    raw = doc.get("retention") if isinstance(doc, dict) else None
-    if raw is None:
-        return site.retention
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: retention: expected a mapping")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _RETENTION_KEYS:
-            raise ValueError(f"{path}: retention.{key}: unknown key")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"{path}: retention.{key}: expected a non-negative number")
-        values[key] = int(value) if key == "keep_latest" else float(value)
-    return RetentionPolicy(**{**site.retention.__dict__, **values})
+    return env_retention(site.manifests, env, site.retention)[0]
 
 
 def _created(deploy_root: Path, env: str, build_id: str, store_created: dict[str, str]) -> datetime:
@@ -218,7 +197,7 @@ def look_env(site: SiteConfig, store: Store, env: str) -> EnvView:
     problem = None
     try:
         policy = env_policy(site, env)
-    except ValueError as exc:
+    except ManifestError as exc:
         policy, problem = site.retention, f"bad retention override: {exc}"
     held = None
     try:

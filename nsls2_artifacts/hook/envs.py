@@ -11,10 +11,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..config import SiteConfig
-from ..errors import StoreError
+from ..errors import ManifestError, StoreError
+from ..manifest import env_nightly
 from ..records import BuildManifest, LtsRecord
 from ..store import Store
 
@@ -37,16 +36,11 @@ def is_env(site: SiteConfig, name: str) -> bool:
 
 def nightly_opt_in(site: SiteConfig, env: str) -> bool:
     """`nightly:` in manifests/ENV/nsls2.yaml (default true); an unreadable file opts out."""
-    path = Path(site.manifests) / env / "nsls2.yaml"
-    if not path.exists():
-        return True
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return env_nightly(site.manifests, env)
+    except ManifestError:
         # A broken nsls2.yaml would fail the publish anyway; don't build it every night.
         return False
-    value = data.get("nightly", True) if isinstance(data, dict) else True
-    return value is not False
 
 
 @dataclass(frozen=True)
