@@ -225,3 +225,26 @@ def test_skewed_clock_in_heartbeat_does_not_make_a_node_stale_or_fresh(two_envs)
     beat_path.write_text(json.dumps({**data, "time": "2099-01-01T00:00:00.000000Z"}))
     age(beat_path, 1)
     assert status() == "stale"
+
+
+def test_heartbeat_dated_in_the_future_is_not_fresh_forever(two_envs):
+    """A heartbeat file whose mtime lies ahead of the shared clock (touched by hand, or a
+    file server whose clock jumped back) would read as age 0 until that date: it counts as
+    stale, blocks deletion with its reason, and heals when the node writes again."""
+    config, site, builds = two_envs
+    beat = other_agent(site, "sdcc-09")
+    run(site)  # tombstone both old builds
+    for old in builds.values():
+        age(tombstone_file(site, old), 3)
+    age(beat, -365)  # a year ahead; the node itself never reports again
+    decisions = run(site)
+    for old in builds.values():
+        assert decisions[old.name].action == "keep"
+        assert decisions[old.name].reason.startswith("kept: node sdcc-09 heartbeat dated 36")
+        assert "in the future" in decisions[old.name].reason
+        assert old.is_dir()
+    row = [line for line in cli(config, "nodes", "list").splitlines() if "sdcc-09" in line]
+    assert "stale" in row[0] and "future" in row[0]
+    other_agent(site, "sdcc-09")  # the node writes again: its mtime is the shared clock's
+    decisions = run(site)
+    assert all(decisions[old.name].action == "delete" for old in builds.values())

@@ -72,6 +72,11 @@ def write_heartbeat(deploy_root: str | Path, heartbeat: NodeHeartbeat) -> int:
     return os.stat(path).st_mtime_ns
 
 
+# Heartbeat mtimes may run ahead of the probe by this much (two writes to one file server
+# race; NFS rounds); beyond it the heartbeat counts as stale until its node writes again.
+FUTURE_TOLERANCE_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class NodeReport:
     """One node's last heartbeat as found on disk (or why it could not be read)."""
@@ -84,8 +89,23 @@ class NodeReport:
     def age_seconds(self, now_ns: int) -> float:
         return max(0, now_ns - self.mtime_ns) / 1e9
 
+    def ahead_seconds(self, now_ns: int) -> float:
+        """How far the heartbeat's mtime lies in the future of the shared clock (0: not)."""
+        return max(0, self.mtime_ns - now_ns) / 1e9
+
+    def from_the_future(self, now_ns: int) -> bool:
+        # a touched file or a clock that jumped back: its age would read 0 for as long as
+        # the skew lasts, so it proves nothing about the node being alive
+        return self.ahead_seconds(now_ns) > FUTURE_TOLERANCE_SECONDS
+
     def stale(self, now_ns: int, ttl_seconds: float) -> bool:
-        return self.age_seconds(now_ns) > ttl_seconds
+        return self.from_the_future(now_ns) or self.age_seconds(now_ns) > ttl_seconds
+
+    def stale_reason(self, now_ns: int) -> str:
+        """Why `stale` holds, for retention's "kept: node N ..." and `nodes list`."""
+        if self.from_the_future(now_ns):
+            return f"heartbeat dated {span(self.ahead_seconds(now_ns))} in the future"
+        return f"stale since {self.since}"
 
     @property
     def since(self) -> str:

@@ -349,7 +349,7 @@ def decide(build: Build, view: EnvView, cluster: Cluster, newest: list[str]) -> 
         return verdict("wait", f"waiting: tombstone age {hb.span(age)} < grace {hb.span(grace)}")
     if cluster.stale:
         report = cluster.stale[0]
-        return verdict("keep", f"kept: node {report.node} stale since {report.since}")
+        return verdict("keep", f"kept: node {report.node} {report.stale_reason(cluster.now_ns)}")
     if cluster.broken:
         report = cluster.broken[0]
         return verdict("keep", f"kept: heartbeat of node {report.node} unreadable ({report.error})")

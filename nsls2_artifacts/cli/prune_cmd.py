@@ -95,7 +95,9 @@ def nodes_list(config: ConfigOption = None) -> None:
         table.add_column(column, overflow="fold")
     for report in reports:
         beat = report.heartbeat
-        if report.stale(now_ns, ttl):
+        if report.from_the_future(now_ns):
+            status = f"[red]stale: {report.stale_reason(now_ns)}[/]"
+        elif report.stale(now_ns, ttl):
             status = "[red]stale[/]"
         elif beat is None:
             status = "[red]unreadable[/]"
