@@ -31,6 +31,10 @@ demo: venv channel
     {{cli}} status
     {{cli}} demo-kernel --env demo
 
+# a local JupyterHub (127.0.0.1:8000, any name/password) serving the demo kernels; after `just demo`
+hub-demo: venv
+    NSLS2_DEPLOY_ROOT="$PWD/var/deploy" NSLS2_DEFAULT_KERNEL=nsls2-demo-latest PATH="$PWD/.venv/bin:$PATH" {{python}} -m jupyterhub -f deploy/jupyterhub_demo_config.py
+
 # the test suite
 test *args: venv
     {{python}} -m pytest -ra {{args}}

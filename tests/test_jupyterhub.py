@@ -1,5 +1,6 @@
-"""deploy/jupyterhub_config.py in a real JupyterHub (PyPI) with configurable-http-proxy (npm)
-on 127.0.0.1: a user logs in through the login form, their server starts with the deploy
+"""deploy/jupyterhub_config.py (through deploy/jupyterhub_demo_config.py, which adds a dummy
+login and a local spawner) in a real JupyterHub (PyPI) with configurable-http-proxy (npm) on
+127.0.0.1: a user logs in through the login form, their server starts with the deploy
 root on JUPYTER_PATH, the default kernel is the NSLS-II demo latest kernel (a real build
 published from the offline channel and deployed by the agent), a cell imports databroker over
 the kernel websocket, and a saved notebook records the concrete build."""
@@ -27,31 +28,11 @@ from nsls2_artifacts.devchannel import default_cache_dir
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")  # the [hub] extra (in [test]); `just venv` installs it
 REPO = Path(__file__).resolve().parents[1]
-HUB_CONFIG = REPO / "deploy" / "jupyterhub_config.py"
+# the example operators copy, loaded by the one-machine demo config (dummy login, local spawner)
+HUB_DEMO_CONFIG = REPO / "deploy" / "jupyterhub_demo_config.py"
 CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
 USER = "alice"
 CELL = "import sys, databroker; print(sys.prefix); print(databroker.__name__)"
-
-# The site-specific part an operator would write; here: any password, every user runs as
-# this (root) account, servers under tmp.
-TEST_OVERLAY = """\
-import sys
-c = get_config()
-load_subconfig({hub_config!r})
-c.JupyterHub.authenticator_class = "dummy"
-c.Authenticator.allow_all = True
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = {homes!r} + "/{{username}}"
-c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
-c.Spawner.args.append("--allow-root")  # CI runs as root
-c.Spawner.start_timeout = 180
-c.Spawner.http_timeout = 180
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.pid_file = {state!r} + "/proxy.pid"
-c.JupyterHub.db_url = "sqlite:///" + {state!r} + "/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = {state!r} + "/cookie_secret"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -75,33 +56,25 @@ def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactor
 
 def start_hub(tmp_path: Path, deploy_root: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     assert shutil.which("configurable-http-proxy"), "npm install -g configurable-http-proxy"
-    state, homes = tmp_path / "hub", tmp_path / "homes"
-    state.mkdir()
-    homes.mkdir()
+    state = tmp_path / "hub"
     port = free_port()
-    overlay = state / "jupyterhub_config.py"
-    overlay.write_text(
-        TEST_OVERLAY.format(
-            hub_config=str(HUB_CONFIG),
-            homes=str(homes),
-            hub_port=free_port(),
-            proxy_api_port=free_port(),
-            state=str(state),
-        )
-    )
     env = {
         **os.environ,
         "NSLS2_DEPLOY_ROOT": str(deploy_root),
         "NSLS2_DEFAULT_KERNEL": "nsls2-demo-latest",
         "NSLS2_HUB_PORT": str(port),
+        "NSLS2_HUB_STATE": str(state),
+        "NSLS2_HUB_API_PORT": str(free_port()),
+        "NSLS2_PROXY_API_PORT": str(free_port()),
         # the venv's scripts (jupyterhub-singleuser's deps) first, as an installed hub has
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
     env.pop("JUPYTER_PATH", None)  # only the hub config may put the deploy root there
+    state.mkdir()
     log = state / "hub.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(overlay)],
+            [sys.executable, "-m", "jupyterhub", "-f", str(HUB_DEMO_CONFIG)],
             cwd=state,
             stdout=sink,
             stderr=subprocess.STDOUT,
