@@ -90,6 +90,21 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in _kinds(kind))
 
 
+def _plain_file_name(data: dict[str, Any], record: str, name: str) -> str:
+    """A file name of the build directory (`artifact.file`, `lock.file`): a plain name,
+    so joining it to the build directory can only name a file there (no `/`, `.`, `..`,
+    NUL, nothing longer than a name can be, not the manifest itself)."""
+    value = _require(data, record, name, str)
+    if (
+        value in ("", ".", "..", "manifest.json")
+        or "/" in value
+        or "\0" in value
+        or len(value.encode("utf-8", "surrogateescape")) > 255
+    ):
+        raise RecordError(record, name, f"{value!r} is not a plain file name of the build")
+    return value
+
+
 @dataclass(frozen=True)
 class PackageRef:
     """One installed package, as the lock and the manifest name it."""
@@ -226,13 +241,13 @@ class BuildManifest:
             display_name=_require(data, record, "display_name", str),
             smoke=tuple(_require(data, record, "smoke", list)),
             artifact=ArtifactInfo(
-                file=_require(artifact, "manifest.json artifact", "file", str),
+                file=_plain_file_name(artifact, "manifest.json artifact", "file"),
                 sha256=_require(artifact, "manifest.json artifact", "sha256", str),
                 size=size,
                 format=_require(artifact, "manifest.json artifact", "format", str),
             ),
             lock=LockInfo(
-                file=_require(lock, "manifest.json lock", "file", str),
+                file=_plain_file_name(lock, "manifest.json lock", "file"),
                 sha256=_require(lock, "manifest.json lock", "sha256", str),
             ),
             packages=tuple(

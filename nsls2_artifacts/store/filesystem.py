@@ -14,10 +14,12 @@ Built by `open_store` for a `store:` path; nothing outside this module knows the
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +63,35 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def open_build_file(directory: Path, name: str, label: str) -> IO[bytes]:
+    """Open `directory/name` for reading, only if it is a regular file there: `name` is a
+    plain file name (the manifest parser already refuses others), opened with O_NOFOLLOW
+    (a symlink to /dev/zero or out of the store is refused, not followed) and O_NONBLOCK
+    (a FIFO cannot hang the open), then checked by fstat to be a regular file. What the
+    file is counts as the artifact's property (ArtifactMismatchError: quarantined); any
+    other OSError (EIO, ESTALE) is this node's and propagates."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ArtifactMismatchError(f"{label} {name!r}: not a plain file name of the build")
+    path = directory / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ArtifactMismatchError(f"{label} {path}: missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
+            raise ArtifactMismatchError(f"{label} {path}: a symlink, not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactMismatchError(f"{label} {path}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class FilesystemStore:
@@ -192,19 +223,17 @@ class FilesystemStore:
     def _file(self, manifest: BuildManifest, name: str) -> Path:
         return self.root / manifest.name / manifest.build_id / name
 
+    def _open(self, manifest: BuildManifest, name: str, label: str) -> IO[bytes]:
+        return open_build_file(self.root / manifest.name / manifest.build_id, name, label)
+
     @contextlib.contextmanager
     def open_artifact(self, manifest: BuildManifest) -> Iterator[IO[bytes]]:
-        path = self._file(manifest, manifest.artifact.file)
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's block
-        except FileNotFoundError:
-            raise ArtifactMismatchError(f"artifact {path}: missing") from None
-        with handle:
+        with self._open(manifest, manifest.artifact.file, "artifact") as handle:
             yield handle
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp:
-        try:
-            st = os.stat(self._file(manifest, manifest.artifact.file))
+        try:  # lstat: the stamp of the entry itself, never of what a symlink names
+            st = os.lstat(self._file(manifest, manifest.artifact.file))
         except OSError:
             return MISSING
         return ArtifactStamp(st.st_size, st.st_mtime_ns)
@@ -216,15 +245,13 @@ class FilesystemStore:
         if lock:
             files.append(("lock", manifest.lock.file, None, manifest.lock.sha256))
         for label, name, size, sha256 in files:
-            path = self._file(manifest, name)
-            try:
-                actual = os.stat(path).st_size
-            except OSError as exc:
-                raise ArtifactMismatchError(f"{label} {path}: {exc.strerror}") from None
-            if size is not None and actual != size:
-                # before reading: a truncated copy is refused without hashing gigabytes
-                raise ArtifactMismatchError(f"{label} {name}: size {actual}, manifest says {size}")
-            with open(path, "rb") as handle:
+            with self._open(manifest, name, label) as handle:
+                actual = os.fstat(handle.fileno()).st_size
+                if size is not None and actual != size:
+                    # before reading: a truncated copy is refused without hashing gigabytes
+                    raise ArtifactMismatchError(
+                        f"{label} {name}: size {actual}, manifest says {size}"
+                    )
                 check_stream(read_chunks(handle), f"{label} {name}", size, sha256)
 
     # -- writing (build host only) ---------------------------------------------------------
