@@ -302,6 +302,16 @@ class ReadyRecord:
         data["smoke"] = list(self.smoke)
         return data
 
+    def vouches_for(self, manifest: BuildManifest) -> bool:
+        """Whether this record was written for `manifest`'s artifact: anything else (a
+        record the archive shipped, one left from another artifact of that build id) is
+        not trusted as "ready"."""
+        return (self.env, self.build_id, self.artifact_sha256) == (
+            manifest.name,
+            manifest.build_id,
+            manifest.artifact.sha256,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReadyRecord:
         record = "ready.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import deploy, kernels, latest, layout
-from .agent.reconcile import node_platform
+from .agent.reconcile import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
 from .records import PassRecord, RecordError
@@ -59,7 +59,10 @@ def _env_status(
     labels: dict[tuple[str, str], list[str]],
     quarantined: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[str, Any]:
-    ready = {r.build_id: r for r in layout.ready_builds(root, env)}
+    ready = {
+        r.build_id: r
+        for r in trusted_ready(layout.ready_builds(root, env), list(committed.values()))
+    }
     hold, hold_error = None, None
     try:
         hold = latest.read_hold(root, env)

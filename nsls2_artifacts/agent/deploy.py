@@ -262,7 +262,8 @@ def deploy_build(
     root = site.deploy_root
     try:
         with build_lock(root, env, build_id, wait=wait):
-            if layout.read_ready(root, env, build_id):
+            ready = layout.read_ready(root, env, build_id)
+            if ready is not None and ready.vouches_for(manifest):
                 return DeployOutcome(env, build_id, "ready")
             if (record := quarantined_for(site, store, manifest)) is not None:
                 return DeployOutcome(env, build_id, "skipped", record.reason)

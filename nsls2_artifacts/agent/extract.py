@@ -48,6 +48,9 @@ from . import layout
 
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
 PROGRESS_EVERY = 256  # members between clock reads for the progress callback
+# the agent's own records (ready.json, the manifest copy): never from the archive, or it
+# could declare itself ready before conda-unpack and the smoke test ran
+AGENT_DIR = ".nsls2"
 CHUNK = 4 << 20  # decompressed bytes handed from the decompressing thread at once
 
 SMALL_FILE = 4 * 1024 * 1024  # larger members are streamed to disk by the parsing thread
@@ -323,6 +326,8 @@ class _Extraction:
             self.members += 1
             self.total += member.size
             name, kind = member.name, member.type
+            if name[:6] == AGENT_DIR and (len(name) == 6 or name[6] == "/"):
+                raise self.reject(f"member {name!r}: {AGENT_DIR}/ belongs to the agent")
             if kind in REGULAR:
                 path = f"{root}/{name}"
                 parent = path.rpartition("/")[0]

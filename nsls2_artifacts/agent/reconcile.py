@@ -171,7 +171,7 @@ def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
         if retention is not None:
             obs.deleted[env] = set(retention.deleted_builds(root, env))
             obs.tombstoned[env] = set(retention.tombstones(root, env))
-        obs.ready[env] = layout.ready_builds(root, env)
+        obs.ready[env] = trusted_ready(layout.ready_builds(root, env), obs.manifests.get(env, []))
         obs.current[env] = latest.current_latest(root, env)
         obs.holds[env] = _hold_or_none(root, env, log)
         for r in obs.ready[env]:
@@ -189,6 +189,13 @@ def _hold_or_none(deploy_root: Path, env: str, log: logging.Logger) -> Hold | No
     except RecordError as exc:
         event(log, "hold-unreadable", logging.WARNING, env=env, reason=str(exc))
         return None
+
+
+def trusted_ready(ready: list[ReadyRecord], committed: list[BuildManifest]) -> list[ReadyRecord]:
+    """Ready records that the store's manifest vouches for (same artifact sha256); a build
+    the store no longer lists keeps its record (it was deployed from a verified artifact)."""
+    by_id = {m.build_id: m for m in committed}
+    return [r for r in ready if r.build_id not in by_id or r.vouches_for(by_id[r.build_id])]
 
 
 # -- plan -----------------------------------------------------------------------------------
