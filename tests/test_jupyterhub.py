@@ -230,6 +230,13 @@ def test_hub_user_gets_nsls2_default_kernel_with_databroker(deployed_demo, tmp_p
         ).is_success
         saved = api.get("/api/contents/hub.ipynb").json()["content"]["metadata"]
         assert saved["nsls2"] == {"env": "demo", "build_id": build_id, "track": "latest"}
+        # and its API answers under the user's base URL (/user/NAME/), as the lab extension asks
+        running = api.get("/nsls2/api/kernels").json()["running"]
+        assert running[kernel["id"]] == {
+            "kernel_name": "nsls2-demo-latest",
+            "env": "demo",
+            "build_id": build_id,
+        }
         api.close()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- hub log ---\n{tail()}") from None
