@@ -127,6 +127,7 @@ def commit_build(
     lts: str | None = None,
     platform: str | None = None,
     kernel: KernelExtras | None = None,
+    packages: tuple[PackageRef, ...] = (PackageRef("python", "3.11.7", "fake_0", "conda-forge"),),
 ) -> BuildManifest:
     """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, manifest.json} (manifest last)."""
     created = created or T0
@@ -153,7 +154,7 @@ def commit_build(
             format=fmt,
         ),
         lock=LockInfo(file="pixi.lock", sha256=lock_sha),
-        packages=(PackageRef("python", "3.11.7", "fake_0", "conda-forge"),),
+        packages=packages,
         builder={"host": "test"},
         source={"manifest_sha256": "0" * 64},
         kernel=kernel or KernelExtras(),

@@ -44,8 +44,8 @@ def execute(manager, code: str) -> str:
         client.wait_for_ready(timeout=120)
         chunks: list[str] = []
 
-        def hook(msg):
-            if msg["msg_type"] == "stream":
+        def hook(msg):  # stdout only: stderr may carry the restart notice after a flip
+            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
                 chunks.append(msg["content"]["text"])
             elif msg["msg_type"] == "error":
                 chunks.append("\n".join(msg["content"]["traceback"]))

@@ -32,7 +32,7 @@ from nsls2_artifacts.agent import kernels, layout, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.config import load_config
-from nsls2_artifacts.records import KernelExtras
+from nsls2_artifacts.records import KernelExtras, PackageRef
 from nsls2_artifacts.store import FilesystemStore
 
 CELL = "import os; print(os.environ['CONDA_PREFIX']); print(os.environ['PATH'].split(':')[0])"
@@ -46,7 +46,7 @@ def execute(client, code: str) -> str:
     out: list[str] = []
 
     def hook(msg):
-        if msg["msg_type"] == "stream":
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
             out.append(msg["content"]["text"])
 
     reply = client.execute_interactive(code, timeout=60, output_hook=hook)
@@ -400,3 +400,54 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
         client.stop_channels()
     finally:
         manager.shutdown_kernel(now=True)
+
+
+def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_path) -> None:
+    from jupyter_client.manager import KernelManager
+
+    _, cfg = write_site(tmp_path / "site")
+    python = PackageRef("python", "3.11.7", "0", "conda-forge")
+    old_pkgs = (python, PackageRef("numpy", "1.26.4", "0", "c"), PackageRef("gone", "1", "0", "c"))
+    new_pkgs = (
+        python,
+        PackageRef("numpy", "2.1.0", "0", "c"),
+        PackageRef("lmfit", "1.3.2", "0", "c"),
+    )
+    commit_fake(cfg, tag="one", hours=1, lts="2026-1", packages=old_pkgs)
+    assert run(cfg).ok
+    jupyter_path(cfg.deploy_root)
+    latest_manager = KernelManager(kernel_name="nsls2-demo-latest")
+    lts_manager = KernelManager(kernel_name="nsls2-demo-2026-1")
+    latest_manager.start_kernel()
+    lts_manager.start_kernel()
+    try:
+        latest, lts = started(latest_manager), started(lts_manager)
+        out, err, _ = run_cell(latest, "print('before')")
+        assert (out, err) == ("before\n", "")  # nothing to say yet
+        namespace, _, _ = run_cell(latest, "print(sorted(k for k in dir() if 'nsls2' in k))")
+        assert namespace == "[]\n"  # the startup file leaves the user's namespace alone
+        second = commit_fake(cfg, tag="two", hours=2, packages=new_pkgs)
+        assert run(cfg).ok
+        out, err, reply = run_cell(latest, "print(1 + 1)")
+        assert reply["status"] == "ok" and out == "2\n"  # the cell's own output is unchanged
+        assert err.count("[NSLS-II]") == 1 and second.build_id in err
+        assert second.created[:10] in err and "Restart the kernel" in err
+        assert "numpy 1.26.4\u21922.1.0" in err and "+lmfit 1.3.2" in err and "\u2212gone" in err
+        assert run_cell(latest, "print(3)")[:2] == ("3\n", "")  # once per new build
+        for code in ("print(1)", "print(2)"):
+            assert run_cell(lts, code)[1] == ""  # LTS kernels never get it
+        third = commit_fake(cfg, tag="three", hours=3, packages=new_pkgs)
+        assert run(cfg).ok
+        _, err, _ = run_cell(latest, "pass")
+        assert third.build_id in err and "no package changes" not in err
+        assert run_cell(latest, "pass")[1] == ""
+        # a restart binds the newest build: nothing to announce
+        latest.stop_channels()
+        latest_manager.restart_kernel(now=True)
+        latest = started(latest_manager)
+        assert run_cell(latest, "print(4)")[:2] == ("4\n", "")
+        latest.stop_channels()
+        lts.stop_channels()
+    finally:
+        latest_manager.shutdown_kernel(now=True)
+        lts_manager.shutdown_kernel(now=True)

@@ -157,10 +157,11 @@ def build_spec(deploy_root: Path, plan: KernelPlan) -> KernelSpec:
     env = _common_env(deploy_root)
     if plan.channel == "latest":
         link = shlex.quote(str(layout.latest_link(deploy_root, plan.env)))
+        startup = shlex.quote(f"--IPKernelApp.exec_files={startup_path(deploy_root)}")
         script = (
             f"{_hygiene(plan.memory_limit)}p=$(readlink -f {link}) && "
             'PATH="$p/bin:$PATH" CONDA_PREFIX="$p" '
-            'exec "$p/bin/python" -m ipykernel_launcher -f "$0"'
+            f'exec "$p/bin/python" -m ipykernel_launcher -f "$0" {startup}'
         )
     else:
         python = shlex.quote(str(prefix / "bin" / "python"))
@@ -251,6 +252,23 @@ def remove_kernelspec(deploy_root: Path, name: str, when: datetime | None = None
         if isinstance(data, dict):
             _record_retired(deploy_root, name, data, when or utcnow())
     shutil.rmtree(directory, ignore_errors=True)
+    return True
+
+
+def startup_path(deploy_root: Path) -> Path:
+    """The file every latest kernel runs at start (the restart notice)."""
+    return deploy_root / "share" / "jupyter" / "nsls2" / "kernel_startup.py"
+
+
+def write_startup(deploy_root: Path) -> bool:
+    """Copy `kernel_startup.py` into the deploy root (before the specs that name it);
+    returns False when it is already there as this version wrote it."""
+    wanted = (Path(__file__).parent / "kernel_startup.py").read_bytes()
+    path = startup_path(deploy_root)
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == wanted:
+            return False
+    atomic_write_bytes(path, wanted)
     return True
 
 

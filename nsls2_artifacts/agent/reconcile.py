@@ -425,6 +425,8 @@ def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
         if f.release_hold:
             latest.clear_hold(root, f.env)
         event(log, "flip", env=f.env, build=f.to_build, previous=f.from_build or "-")
+    if kernels.write_startup(root):
+        event(log, "kernel-startup", path=str(kernels.startup_path(root)))
     for k in plan.kernels_write:
         if kernels.write_kernelspec(root, k):
             event(log, "kernelspec", name=k.name, env=k.env, build=k.build_id, channel=k.channel)
