@@ -451,3 +451,13 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
     finally:
         latest_manager.shutdown_kernel(now=True)
         lts_manager.shutdown_kernel(now=True)
+
+
+def test_expires_follows_the_envs_lts_years(tmp_path: Path) -> None:
+    _, cfg = write_site(tmp_path / "site")
+    (cfg.manifests / "demo").mkdir(parents=True)
+    (cfg.manifests / "demo" / "nsls2.yaml").write_text("retention: {lts_years: 1}\n")
+    commit_fake(cfg, hours=1, lts="2026-1")
+    assert run(cfg).ok
+    meta = kernels.spec_target(kernels.installed(cfg.deploy_root)["nsls2-demo-2026-1"])
+    assert meta["expires"] == (T0 + timedelta(hours=1, days=365.25)).date().isoformat()

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SiteConfig
-from ..errors import StoreError
+from ..errors import ManifestError, StoreError
 from ..fsutil import atomic_write_json, read_json
+from ..manifest import env_retention
 from ..records import (
     BuildManifest,
     Hold,
@@ -328,10 +329,9 @@ def _promoted_at(text: str | None) -> datetime:
 
 
 def _lts_years(site: SiteConfig, env: str) -> float:
-    retention = _retention_module()
-    if retention is not None:
-        with contextlib.suppress(ValueError):
-            return float(retention.env_policy(site, env).lts_years)
+    """The env's LTS support span, as retention applies it (nsls2.yaml may override)."""
+    with contextlib.suppress(ManifestError):
+        return float(env_retention(site.manifests, env, site.retention)[0].lts_years)
     return float(site.retention.lts_years)
 
 
