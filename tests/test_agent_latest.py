@@ -120,3 +120,14 @@ def test_unreadable_hold_pins_nothing_and_status_names_it(tmp_path: Path) -> Non
     assert "hold-unreadable" in buf.getvalue() and str(hold) in buf.getvalue()
     out = run_cli(config, "status").stdout
     assert "ROLLBACK HOLD UNREADABLE" in out and "newest_at_hold_created" in out
+
+
+def test_malformed_retention_override_does_not_stop_the_pass(tmp_path: Path) -> None:
+    """A bad `retention:` in nsls2.yaml keeps that env's builds (retention says why) but
+    the pass still deploys, flips and writes kernels."""
+    _, cfg = write_site(tmp_path / "site")
+    build = commit_fake(cfg, tag="one", hours=1)
+    (cfg.manifests / "demo").mkdir(parents=True, exist_ok=True)
+    (cfg.manifests / "demo" / "nsls2.yaml").write_text("retention: {keep_latest: 2.5}\n")
+    assert run(cfg).ok
+    assert target(cfg) == build.build_id

@@ -393,14 +393,3 @@ def test_deleted_build_that_becomes_lts_again_may_be_redeployed(deploy):
     assert decision.action == "revive"
     assert decision.reason.startswith("kept: lts 2026-2 (promoted ")
     assert old.name not in retention.deleted_builds(site.deploy_root, "demo")
-
-
-def test_fallback_kernelspec_removal_matches_the_build_dir_only(deploy):
-    """The fallback (used only without agent/kernels.py) removes specs naming the build dir."""
-    config, site, old, new = deploy
-    write_kernelspec(site, old, "old")
-    write_kernelspec(site, new, "new")
-    kernels = site.deploy_root / "share/jupyter/kernels"
-    removed = retention._fallback_remove_kernelspecs(site.deploy_root, "demo", old.name)
-    assert removed == ["nsls2-demo-old"]
-    assert sorted(p.name for p in kernels.iterdir()) == ["nsls2-demo-new"]

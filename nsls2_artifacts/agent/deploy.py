@@ -14,12 +14,10 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from ..errors import DeployError, RejectedArtifactError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
 from ..store import ArtifactMismatchError, Store
-from . import layout
+from . import layout, trash
 from .extract import safe_extract
 from .locks import build_lock
 from .log import event
@@ -201,20 +199,6 @@ def smoke_test(prefix: Path, imports: tuple[str, ...], timeout: float, build_id:
 # -- the whole step ------------------------------------------------------------------------------
 
 
-def _discard(path: Path) -> None:
-    """Move a stale directory out of the way atomically, then delete it."""
-    if not path.exists() and not path.is_symlink():
-        return
-    trash = path.parent / f"{layout.TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def clean_trash(deploy_root: Path, env: str) -> None:
-    for entry in layout.env_dir(deploy_root, env).glob(f"{layout.TRASH_PREFIX}*"):
-        shutil.rmtree(entry, ignore_errors=True)
-
-
 def sweep_leftovers(
     deploy_root: Path, env: str, committed: set[str] | None, log: logging.Logger
 ) -> list[str]:
@@ -241,7 +225,7 @@ def sweep_leftovers(
                 for path in paths:
                     if path.name == build_id and layout.read_ready(deploy_root, env, build_id):
                         continue  # became ready meanwhile
-                    _discard(path)
+                    trash.discard(deploy_root, env, path)
                     removed.append(path.name)
                     event(log, "leftover-removed", env=env, path=path.name)
         except LockBusy:
@@ -287,7 +271,7 @@ def _deploy_locked(
         stage = getattr(exc, "stage", None) or _failed_stage(marks)
         for path in (partial, final):
             with contextlib.suppress(OSError):
-                _discard(path)
+                trash.discard(site.deploy_root, env, path)
         _quarantine(site, store, manifest, stage, str(exc))
         event(
             log, "quarantine", logging.ERROR, env=env, build=build_id, stage=stage, reason=str(exc)
@@ -333,8 +317,8 @@ def _steps(
     marks["verify"] = time.monotonic()
     event(log, "verified", env=env, build=build_id, seconds=marks["verify"] - marks["start"])
     # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
-    _discard(partial)
-    _discard(final)
+    trash.discard(site.deploy_root, env, partial)
+    trash.discard(site.deploy_root, env, final)
     partial.mkdir(parents=True)
     event(log, "extract", env=env, build=build_id, node=site.agent.node)
     try:

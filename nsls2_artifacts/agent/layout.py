@@ -20,7 +20,7 @@ from ..records import ReadyRecord, RecordError, is_build_id, parse_time
 READY = ".nsls2/ready.json"
 LOCAL_MANIFEST = ".nsls2/manifest.json"
 PARTIAL_PREFIX = ".partial-"
-TRASH_PREFIX = ".trash-"
+LEGACY_TRASH_GLOB = ".trash-*"  # envs/ENV/.trash-*: the trash before state/trash
 LATEST = "latest"
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "NSLS2_TEST_PAUSE_FILE"

@@ -10,7 +10,6 @@ store listing that fails or comes back empty never removes or un-flips anything:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import platform
 import threading
@@ -36,7 +35,7 @@ from ..records import (
     utcnow,
 )
 from ..store import InvalidBuild, Store
-from . import deploy, kernels, latest, layout, logos, profiles
+from . import deploy, kernels, latest, layout, logos, profiles, retention, trash
 from .locks import apply_lock
 from .log import event
 
@@ -167,11 +166,9 @@ def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
             obs.builds[(env, m.build_id)] = m
             if (q := deploy.quarantined_for(site, store, m)) is not None:
                 obs.quarantined[(env, m.build_id)] = q.reason
-    retention = _retention_module()
     for env in sorted(set(obs.manifests) | set(layout.deployed_envs(root))):
-        if retention is not None:
-            obs.deleted[env] = set(retention.deleted_builds(root, env))
-            obs.tombstoned[env] = set(retention.tombstones(root, env))
+        obs.deleted[env] = set(retention.deleted_builds(root, env))
+        obs.tombstoned[env] = set(retention.tombstones(root, env))
         obs.ready[env] = trusted_ready(layout.ready_builds(root, env), obs.manifests.get(env, []))
         obs.current[env] = latest.current_latest(root, env)
         obs.holds[env] = _hold_or_none(root, env, log)
@@ -440,21 +437,8 @@ def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
         event(log, "profile-removed", beamline=name)
 
 
-def _retention_module() -> Any:
-    """`agent.retention` (heartbeats, prune, the list of pruned builds), if installed."""
-    try:
-        return importlib.import_module("nsls2_artifacts.agent.retention")
-    except ModuleNotFoundError as exc:
-        if exc.name != "nsls2_artifacts.agent.retention":
-            raise
-        return None
-
-
 def _run_retention(site: SiteConfig, store: Store, log: logging.Logger) -> str | None:
-    """Hand over to retention (heartbeats + prune) when that module is installed."""
-    retention = _retention_module()
-    if retention is None:
-        return None
+    """Retention (heartbeat + prune); its failure is the pass's failure, not a crash."""
     try:
         retention.run_pass(site, store, log, apply=True)
     except Exception as exc:
@@ -494,8 +478,7 @@ def run_pass(
         result.failures.append(f"{bad.env}/{bad.build_id}: {bad.reason}")
     if not plan.store_ok:
         result.failures.append(f"store: {plan.store_error}")
-    for env in layout.deployed_envs(site.deploy_root):
-        deploy.clean_trash(site.deploy_root, env)
+    trash.empty(site.deploy_root, log)
     result.outcomes = apply_deploys(site, store, plan, log, stop)
     result.failures += [
         f"{o.env}/{o.build_id}: {o.reason}"

@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,13 +49,8 @@ from ..records import (
 )
 from ..store import Store
 from . import heartbeat as hb
-from . import latest, layout
+from . import kernels, latest, layout, trash
 from .locks import apply_lock, build_lock
-
-try:  # the agent's kernelspec module is the only kernelspec writer; use it when present
-    from .kernels import remove_kernelspecs_for as _agent_remove_kernelspecs
-except ImportError:  # pragma: no cover - only before the sync agent's module exists
-    _agent_remove_kernelspecs = None
 
 DAY = 86400.0
 
@@ -85,34 +78,6 @@ def tombstones(deploy_root: str | Path, env: str) -> dict[str, int]:
 def deleted_builds(deploy_root: str | Path, env: str) -> set[str]:
     """Builds retention deleted: the agent must not deploy these again from the store."""
     return set(_ids_in(layout.deleted_dir(deploy_root, env)))
-
-
-# -- kernelspecs ---------------------------------------------------------------------------------
-
-
-def remove_kernelspecs(deploy_root: Path, env: str, build_id: str) -> list[str]:
-    """Remove every kernelspec that starts ENV/BUILD_ID (the agent's function when present)."""
-    if _agent_remove_kernelspecs is not None:
-        return list(_agent_remove_kernelspecs(deploy_root, env, build_id))
-    return _fallback_remove_kernelspecs(deploy_root, env, build_id)
-
-
-def _fallback_remove_kernelspecs(deploy_root: Path, env: str, build_id: str) -> list[str]:
-    """Remove kernelspec dirs whose argv, env or metadata names the build directory."""
-    needle = str(layout.build_dir(deploy_root, env, build_id))
-    removed = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in sorted(os.scandir(layout.kernels_dir(deploy_root)), key=lambda e: e.name):
-            spec = Path(entry.path) / "kernel.json"
-            try:
-                text = spec.read_text()
-            except OSError:
-                continue
-            if needle in text:
-                spec.unlink()  # Jupyter stops listing it before the directory goes
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
-    return removed
 
 
 # -- looking ------------------------------------------------------------------------------------
@@ -407,19 +372,6 @@ def _event(log: logging.Logger, name: str, **fields: Any) -> None:
     log.info("%s %s", name, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
-def finish_trash(deploy_root: Path, log: logging.Logger) -> list[str]:
-    """Remove whatever an earlier (perhaps killed) delete left in state/trash."""
-    done = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(layout.trash_dir(deploy_root)):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(entry.path)
-            done.append(entry.name)
-            _event(log, "trash-removed", entry=entry.name)
-    return done
-
-
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -433,7 +385,7 @@ def _tombstone(site: SiteConfig, decision: RetentionDecision, log: logging.Logge
         # `time` is informational; the mtime is what counts
         tombstone = Tombstone(decision.env, decision.build_id, site.agent.node, isoformat(utcnow()))
         atomic_write_json(path, tombstone.to_dict())
-    removed = remove_kernelspecs(root, decision.env, decision.build_id)
+    removed = kernels.remove_kernelspecs_for(root, decision.env, decision.build_id)
     _event(log, "tombstoned", env=decision.env, build=decision.build_id, kernelspecs=removed)
 
 
@@ -449,16 +401,13 @@ def _delete(
                 return RetentionDecision(env, build_id, "keep", "kept: became latest or held")
             marker = DeletedMarker(env, build_id, site.agent.node, isoformat(utcnow()))
             atomic_write_json(layout.deleted_path(root, env, build_id), marker.to_dict())
-            removed = remove_kernelspecs(root, env, build_id)
-            source = layout.build_dir(root, env, build_id)
-            target = layout.trash_dir(root) / f"{env}--{build_id}--{uuid.uuid4().hex[:8]}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(source, target)  # atomic: the build is whole or gone, never half
-                fsync_dir(source.parent)
+            removed = kernels.remove_kernelspecs_for(root, env, build_id)
+            # atomic: the build is whole or gone, never half
+            target = trash.move_to_trash(root, env, layout.build_dir(root, env, build_id))
             layout.test_pause("prune-trashed")  # test-only: a kill here leaves trash + tombstone
             _unlink(layout.tombstone_path(root, env, build_id))
-            shutil.rmtree(target, ignore_errors=True)
+            if target is not None:
+                trash.remove(target)
     except LockBusy:
         return RetentionDecision(
             env, build_id, "wait", "waiting: another agent holds the build lock"
@@ -472,7 +421,7 @@ def _finish(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) 
     marker = layout.deleted_path(root, env, build_id)
     if not marker.exists():
         atomic_write_json(marker, DeletedMarker(env, build_id, site.agent.node).to_dict())
-    removed = remove_kernelspecs(root, env, build_id)
+    removed = kernels.remove_kernelspecs_for(root, env, build_id)
     _unlink(layout.tombstone_path(root, env, build_id))
     _event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)
 
@@ -550,7 +499,7 @@ def _pass(
     root = site.deploy_root
     node = site.agent.node
     if apply and enforce:
-        finish_trash(root, log)
+        trash.empty(root, log)
     envs = all_envs(root)
     views = [look_env(site, store, env) for env in envs]
     builds = [b for view in views for b in view.builds]
