@@ -107,6 +107,14 @@ def test_two_hundred_concurrent_posts_make_one_queued_build(server: HookServer) 
     assert "nsls2_hook_joined_requests_total 199" in metrics
 
 
+def _signed(body: bytes, delivery: str, event: str = "release") -> dict[str, str]:
+    return {
+        "X-Hub-Signature-256": sign(body),
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+    }
+
+
 def test_webhook_signature(server: HookServer) -> None:
     payload = json.dumps(
         {"ref": "refs/tags/v1.2.3", "repository": {"full_name": "nsls-ii/Demo-Pkg"}}
@@ -124,30 +132,52 @@ def test_webhook_signature(server: HookServer) -> None:
             "/api/webhook", content=body + b" ", headers={"X-Hub-Signature-256": sign(body)}
         )
         assert swapped.status_code == 403
+        # signed, but without a delivery id a replay could not be told apart
+        headers = {"X-Hub-Signature-256": sign(body)}
+        anonymous = raw.post("/api/webhook", content=body, headers=headers)
+        assert anonymous.status_code == 400 and "X-GitHub-Delivery" in anonymous.json()["error"]
         assert builds(server) == []
-        ping = raw.post(
-            "/api/webhook",
-            content=body,
-            headers={"X-Hub-Signature-256": sign(body), "X-GitHub-Event": "ping"},
-        )
+        ping = raw.post("/api/webhook", content=body, headers=_signed(body, "d-0", "ping"))
         assert ping.status_code == 200 and builds(server) == []
         unknown = json.dumps({"repository": {"full_name": "someone/else"}}).encode()
-        response = raw.post(
-            "/api/webhook", content=unknown, headers={"X-Hub-Signature-256": sign(unknown)}
-        )
+        response = raw.post("/api/webhook", content=unknown, headers=_signed(unknown, "d-1"))
         assert response.status_code == 404 and "webhook_repos" in response.json()["error"]
         bad = b"{not json"
-        response = raw.post("/api/webhook", content=bad, headers={"X-Hub-Signature-256": sign(bad)})
+        response = raw.post("/api/webhook", content=bad, headers=_signed(bad, "d-2"))
         assert response.status_code == 422
-        ok = raw.post(
-            "/api/webhook",
-            content=body,
-            headers={"X-Hub-Signature-256": sign(body), "X-GitHub-Event": "release"},
-        )
+        ok = raw.post("/api/webhook", content=body, headers=_signed(body, "d-3"))
     assert ok.status_code == 202
     (record,) = builds(server)
     assert ok.json()["ids"] == [record["id"]]
     assert record["env"] == "demo" and record["requested_by"] == "webhook:nsls-ii/Demo-Pkg"
+
+
+def test_replayed_webhook_delivery_is_refused(server: HookServer) -> None:
+    """A captured delivery sent again (same `X-GitHub-Delivery`, or the same signed body
+    under a fresh id: the signature does not cover headers) queues nothing, also after
+    the queued build ended and after a restart of the hook."""
+    body = json.dumps({"repository": {"full_name": "NSLS-II/demo-pkg"}, "n": 1}).encode()
+    with httpx.Client(base_url=server.url) as raw:
+        assert raw.post("/api/webhook", content=body, headers=_signed(body, "a")).status_code == 202
+        (record,) = builds(server)
+        with server.client() as client:  # the build ends: a replay would queue a new one
+            client.post(f"/api/builds/{record['id']}/cancel").raise_for_status()
+        again = raw.post("/api/webhook", content=body, headers=_signed(body, "a"))
+        assert again.status_code == 409 and "already received" in again.json()["error"]
+        fresh_id = raw.post("/api/webhook", content=body, headers=_signed(body, "b"))
+        assert fresh_id.status_code == 409
+        other = json.dumps({"repository": {"full_name": "NSLS-II/demo-pkg"}, "n": 2}).encode()
+        reused_id = raw.post("/api/webhook", content=other, headers=_signed(other, "a"))
+        assert reused_id.status_code == 409
+    assert len(builds(server)) == 1
+    server.kill()
+    server.start()
+    with httpx.Client(base_url=server.url) as raw:
+        replayed = raw.post("/api/webhook", content=body, headers=_signed(body, "a"))
+        assert replayed.status_code == 409
+        new = raw.post("/api/webhook", content=other, headers=_signed(other, "c"))
+        assert new.status_code == 202
+    assert len(builds(server)) == 2
 
 
 def test_webhook_without_configured_secret_is_refused(tmp_path: Path) -> None:
@@ -205,8 +235,19 @@ def test_forms_need_session_and_csrf(server: HookServer) -> None:
         assert response.status_code == 303
         assert builds(server)[0]["state"] == "cancelled"
         # A session cookie from another hook's key is worthless
+        session_cookie = browser.cookies["nsls2_hook_session"]
         browser.cookies.set("nsls2_hook_session", "e30.AAAA")
         assert browser.post("/envs/demo/build", data={"csrf": csrf}).status_code == 403
+    assert len(builds(server)) == 1
+    # Sign out ends the session on the server: a copy of its cookie is refused afterwards
+    with httpx.Client(base_url=server.url, follow_redirects=False) as thief:
+        thief.cookies.set("nsls2_hook_session", session_cookie)
+        assert "Sign out" in thief.get("/").text
+        with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
+            browser.cookies.set("nsls2_hook_session", session_cookie)
+            assert browser.post("/signout", data={"csrf": csrf}).status_code == 303
+        assert "Sign out" not in thief.get("/").text
+        assert thief.post("/envs/demo/build", data={"csrf": csrf}).status_code == 403
     assert len(builds(server)) == 1
 
 
@@ -255,6 +296,8 @@ def test_documented_ci_workflow_step_triggers_a_build(server: HookServer) -> Non
         "HOOK_SECRET": WEBHOOK_SECRET,
         "GITHUB_REPOSITORY": "NSLS-II/demo-pkg",
         "GITHUB_REF": "refs/tags/v1.2.3",
+        "GITHUB_RUN_ID": "7001",
+        "GITHUB_RUN_ATTEMPT": "1",
     }
     result = subprocess.run(
         ["bash", "-eo", "pipefail", "-c", step["run"]], env=env, capture_output=True, text=True
@@ -349,3 +392,44 @@ def test_old_history_and_logs_are_forgotten_at_startup(tmp_path: Path) -> None:
         kept = {b: client.get(f"/api/builds/{b}").status_code == 200 for b in made}
     assert kept == {1: False, 2: False, 3: True, 4: True}
     assert sorted(p.name for p in (state / "logs").iterdir()) == ["3.log", "4.log"]
+
+
+SITECUSTOMIZE = """
+import json, os, sys
+with open(os.path.join(os.environ["ENV_DUMP_DIR"], f"{os.getpid()}.json"), "w") as out:
+    json.dump({"argv": sys.argv, "env": dict(os.environ)}, out)
+"""
+
+
+def test_builds_started_by_the_hook_do_not_inherit_its_credentials(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Every python the hook starts records its environment (a sitecustomize on PYTHONPATH):
+    the publish subprocess has the store's settings but not the webhook secret, nor any
+    `NSLS2_HOOK_*` credential, nor a copy of the secret under another name."""
+    config = hook_site(tmp_path / "site")
+    write_env(tmp_path / "site" / "manifests", "demo", {"python": "3.11.*"})
+    inject, dumps = tmp_path / "inject", tmp_path / "dumps"
+    inject.mkdir()
+    dumps.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", str(inject))
+    monkeypatch.setenv("ENV_DUMP_DIR", str(dumps))
+    monkeypatch.setenv("NSLS2_HOOK_ADMIN_TOKEN", "a-hook-credential")
+    monkeypatch.setenv("CI_WEBHOOK_SECRET", WEBHOOK_SECRET)  # the secret under another name
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "store-credential")
+    with HookServer(config) as hook, hook.client() as client:
+        build = client.post("/api/builds", json={"env": "demo"}).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/builds/{build}").json()["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, hook.logs()
+            time.sleep(0.2)
+    seen = [json.loads(p.read_text()) for p in dumps.glob("*.json")]
+    server = [d["env"] for d in seen if "serve" in d["argv"]]
+    publish = [d["env"] for d in seen if "publish" in d["argv"]]
+    assert server and publish, [d["argv"] for d in seen]
+    assert server[0]["NSLS2_TEST_HOOK_SECRET"] == WEBHOOK_SECRET  # the hook itself has it
+    for env in publish:
+        assert WEBHOOK_SECRET not in env.values()
+        assert not [name for name in env if name.startswith("NSLS2_HOOK_")]
+        assert env["AWS_ACCESS_KEY_ID"] == "store-credential"

@@ -113,8 +113,9 @@ def test_diff_added_removed_changed() -> None:
 # -- auth --------------------------------------------------------------------------------------
 
 
-def test_tokens_sessions_and_webhook_signatures() -> None:
-    auth = Auth((token_hash("right"),), b"k" * 32, "secret")
+def test_tokens_sessions_and_webhook_signatures(tmp_path: Path) -> None:
+    memory = BuildQueue(tmp_path / "hook.sqlite")
+    auth = Auth((token_hash("right"),), b"k" * 32, "secret", memory)
     assert auth.bearer(None) == (401, None)
     assert auth.bearer("Bearer wrong") == (403, None)
     assert auth.bearer("Bearer right") == (200, token_hash("right"))
@@ -124,13 +125,57 @@ def test_tokens_sessions_and_webhook_signatures() -> None:
     assert not Auth.csrf_ok(session, "x" + session.csrf) and not Auth.csrf_ok(session, None)
     body, mac = cookie.split(".")
     assert auth.session(body[:-2] + "AA." + mac) is None  # tampered payload
-    other_key = Auth((token_hash("right"),), b"x" * 32, "secret")
+    other_key = Auth((token_hash("right"),), b"x" * 32, "secret", memory)
     assert other_key.session(cookie) is None
-    revoked = Auth((token_hash("other"),), b"k" * 32, "secret")
+    revoked = Auth((token_hash("other"),), b"k" * 32, "secret", memory)
     assert revoked.session(cookie) is None  # token removed from the config
-    assert Auth((), b"k" * 32, "secret").webhook_ok(b"{}", sign(b"{}", "secret"))
-    assert not Auth((), b"k" * 32, "secret").webhook_ok(b"{} ", sign(b"{}", "secret"))
-    assert not Auth((), b"k" * 32, None).webhook_ok(b"{}", sign(b"{}", "secret"))
+    assert Auth((), b"k" * 32, "secret", memory).webhook_ok(b"{}", sign(b"{}", "secret"))
+    assert not Auth((), b"k" * 32, "secret", memory).webhook_ok(b"{} ", sign(b"{}", "secret"))
+    assert not Auth((), b"k" * 32, None, memory).webhook_ok(b"{}", sign(b"{}", "secret"))
+
+
+def test_signed_out_session_is_dead_even_with_its_cookie(tmp_path: Path) -> None:
+    """Sign-out ends the session on the server: the cookie, kept by someone, is refused
+    (also by a hook restarted on the same state); other sessions of the token live on."""
+    auth = Auth((token_hash("right"),), b"k" * 32, "secret", BuildQueue(tmp_path / "q.sqlite"))
+    session, cookie = auth.new_session(token_hash("right"))
+    _other, other_cookie = auth.new_session(token_hash("right"))
+    auth.end_session(session)
+    assert auth.session(cookie) is None
+    restarted = Auth((token_hash("right"),), b"k" * 32, "s", BuildQueue(tmp_path / "q.sqlite"))
+    assert restarted.session(cookie) is None and restarted.session(other_cookie) is not None
+    # a cookie signed before sessions had ids cannot be ended: it is not a session any more
+    legacy = auth.sign({"sub": token_hash("right"), "csrf": "c", "exp": time.time() + 60})
+    assert auth.session(legacy) is None
+
+
+def test_webhook_delivery_is_accepted_once_per_id_and_per_body(tmp_path: Path) -> None:
+    queue = BuildQueue(tmp_path / "q.sqlite")
+    auth = Auth((), b"k" * 32, "secret", queue)
+    assert auth.first_delivery("id-1", b'{"a": 1}')
+    assert not auth.first_delivery("id-1", b'{"a": 2}')  # same id
+    assert not auth.first_delivery("id-2", b'{"a": 1}')  # same signed body, new id
+    assert auth.first_delivery("id-3", b'{"a": 3}')  # a refused replay recorded nothing
+    assert queue.remember_once("x", ["k"], time.time() - 1)  # already expired ...
+    assert queue.remember_once("x", ["k"], time.time() + 60)  # ... so it may come again
+    assert not queue.remember_once("x", ["k"], time.time() + 60)
+
+
+def test_build_environment_has_no_hook_credentials(tmp_path: Path) -> None:
+    from nsls2_artifacts.hook.runner import child_env
+
+    site = load_config(hook_site(tmp_path))
+    environ = {
+        "PATH": "/usr/bin",
+        site.hook.webhook_secret_env: "s3cret-webhook-key",
+        "GITHUB_WEBHOOK_SECRET": "s3cret-webhook-key",  # the same secret under another name
+        "NSLS2_HOOK_TOKEN": "staff-token",
+        "AWS_SECRET_ACCESS_KEY": "store-credential",  # publish needs the store's
+    }
+    env = child_env(site, environ)
+    assert env["PATH"] == "/usr/bin" and env["AWS_SECRET_ACCESS_KEY"] == "store-credential"
+    assert "s3cret-webhook-key" not in env.values() and "NSLS2_HOOK_TOKEN" not in env
+    assert env["PYTHONUNBUFFERED"] == "1"
 
 
 def test_failure_reason_quotes_the_error_message() -> None:

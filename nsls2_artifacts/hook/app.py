@@ -385,9 +385,11 @@ async def _form_session(request: Request) -> tuple[Session | None, Any, Response
 
 
 async def signout(request: Request) -> Response:
-    _session_record, _form, error = await _form_session(request)
+    session, _form, error = await _form_session(request)
     if error:
         return error
+    assert session is not None
+    await run_in_threadpool(_hook(request).auth.end_session, session)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -572,6 +574,9 @@ async def webhook(request: Request) -> Response:
         return _json_error(401, "missing X-Hub-Signature-256 header")
     if not hook.auth.webhook_ok(body, signature):
         return _json_error(403, "X-Hub-Signature-256 does not match the body")
+    delivery = request.headers.get("x-github-delivery", "").strip()
+    if not delivery or len(delivery) > 200:
+        return _json_error(400, "missing X-GitHub-Delivery header (a unique id per delivery)")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -589,6 +594,8 @@ async def webhook(request: Request) -> Response:
     envs = [e for e in wanted if is_env(hook.site, e)]
     if not envs:
         return _json_error(404, f"none of {wanted} (for {repo}) has a manifest")
+    if not await run_in_threadpool(hook.auth.first_delivery, delivery, body):
+        return _json_error(409, f"delivery {delivery} (or the same body) was already received")
     builds = []
     for env in envs:
         record, joined = await run_in_threadpool(
@@ -666,7 +673,12 @@ def create_app(site: SiteConfig) -> Starlette:
         site=site,
         queue=queue,
         runner=Runner(site, queue, state_dir / "logs"),
-        auth=Auth(site.hook.tokens_sha256, load_or_create_key(state_dir / "session.key"), secret),
+        auth=Auth(
+            site.hook.tokens_sha256,
+            load_or_create_key(state_dir / "session.key"),
+            secret,
+            memory=queue,
+        ),
         store=store,
         templates=_templates(),
         schedule=site_schedule(site),

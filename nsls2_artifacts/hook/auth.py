@@ -2,8 +2,10 @@
 
 The app builds one `Auth` from the site config and calls it on every request that
 changes something. Only sha256 hashes of tokens are configured (`hook.tokens_sha256`);
-every comparison is constant-time. Sessions are HMAC-signed cookies (no server state)
-with the key kept in `hook_state_dir/session.key`, so they survive a restart.
+every comparison is constant-time. Sessions are HMAC-signed cookies with the key kept in
+`hook_state_dir/session.key`, so they survive a restart; each carries a random session id,
+and signing out records that id as ended (in the queue database, until the cookie would
+expire), so a copied cookie stops working on the server, not only in the browser.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SESSION_COOKIE = "nsls2_hook_session"
 SIGNIN_COOKIE = "nsls2_hook_signin"
 SESSION_SECONDS = 12 * 3600
 SIGNIN_SECONDS = 1800
+# How long an accepted webhook delivery (its id and its body) is remembered; a copy
+# arriving within this window is refused. GitHub gives up redelivering long before.
+DELIVERY_WINDOW_SECONDS = 30 * 86400
+
+
+ENDED_SESSION = "session-ended"  # `Remembered` kind for signed-out session ids
+
+
+class Remembered(Protocol):
+    """The hook's memory of things seen once (implemented by `BuildQueue`)."""
+
+    def remember_once(self, kind: str, keys: list[str], until: float) -> bool: ...
+    def remembered(self, kind: str, key: str) -> bool: ...
 
 
 def token_hash(token: str) -> str:
@@ -68,6 +83,7 @@ class Session:
     token_sha256: str
     csrf: str
     expires: float
+    sid: str = ""  # random id; sign-out ends it on the server
 
     @property
     def who(self) -> str:
@@ -128,10 +144,17 @@ class FailureLimiter:
 class Auth:
     """Token, session, CSRF and webhook checks for one site config."""
 
-    def __init__(self, tokens_sha256: tuple[str, ...], key: bytes, webhook_secret: str | None):
+    def __init__(
+        self,
+        tokens_sha256: tuple[str, ...],
+        key: bytes,
+        webhook_secret: str | None,
+        memory: Remembered,
+    ):
         self.tokens_sha256 = tuple(t.lower() for t in tokens_sha256)
         self.key = key
         self.webhook_secret = webhook_secret
+        self.memory = memory
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -177,22 +200,35 @@ class Auth:
     # -- sessions and CSRF -----------------------------------------------------------------
 
     def new_session(self, token_sha256: str) -> tuple[Session, str]:
-        session = Session(token_sha256, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
-        cookie = self.sign({"sub": token_sha256, "csrf": session.csrf, "exp": session.expires})
+        session = Session(
+            token_sha256,
+            secrets.token_urlsafe(32),
+            time.time() + SESSION_SECONDS,
+            sid=secrets.token_urlsafe(18),
+        )
+        cookie = self.sign(
+            {"sub": token_sha256, "csrf": session.csrf, "exp": session.expires, "sid": session.sid}
+        )
         return session, cookie
+
+    def end_session(self, session: Session) -> None:
+        """Sign-out: the session id is refused from now until the cookie would have expired."""
+        self.memory.remember_once(ENDED_SESSION, [session.sid], session.expires + 60)
 
     def session(self, cookie: str | None) -> Session | None:
         """The session in `cookie`, if it is signed, unexpired and its token still configured."""
         payload = self.unsign(cookie)
         if payload is None:
             return None
-        sub, csrf = payload.get("sub"), payload.get("csrf")
+        sub, csrf, sid = payload.get("sub"), payload.get("csrf"), payload.get("sid")
         if not isinstance(sub, str) or not isinstance(csrf, str):
             return None
+        if not isinstance(sid, str) or not sid or self.memory.remembered(ENDED_SESSION, sid):
+            return None  # signed out (or a cookie from before sessions had ids)
         # A token removed from the config ends its sessions at once.
         if not any(hmac.compare_digest(sub, t) for t in self.tokens_sha256):
             return None
-        return Session(sub, csrf, float(payload["exp"]))
+        return Session(sub, csrf, float(payload["exp"]), sid=sid)
 
     @staticmethod
     def csrf_ok(session: Session | None, submitted: str | None) -> bool:
@@ -212,6 +248,16 @@ class Auth:
         return hmac.compare_digest(payload["nonce"].encode(), submitted.encode())
 
     # -- webhook ---------------------------------------------------------------------------
+
+    def first_delivery(self, delivery: str, body: bytes) -> bool:
+        """Whether this webhook delivery is new: neither its `X-GitHub-Delivery` id nor its
+        signed body was accepted within `DELIVERY_WINDOW_SECONDS`. The signature covers
+        only the body, so a replay with a fresh id is caught by the body's digest."""
+        digest = hashlib.sha256(body).hexdigest()
+        until = time.time() + DELIVERY_WINDOW_SECONDS
+        return self.memory.remember_once(
+            "webhook-delivery", [f"id:{delivery}", f"body:{digest}"], until
+        )
 
     def webhook_ok(self, body: bytes, header: str | None) -> bool:
         """GitHub's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`."""

@@ -60,6 +60,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_queued_per_env ON builds(env) WHERE state 
 CREATE UNIQUE INDEX IF NOT EXISTS one_running_per_env ON builds(env) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS builds_by_env ON builds(env, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
 
 
@@ -325,6 +331,37 @@ class BuildQueue:
             )
 
     # -- pause and metrics -----------------------------------------------------------------
+
+    # -- things seen once: webhook deliveries, signed-out sessions ---------------------------
+
+    def remember_once(self, kind: str, keys: list[str], until: float) -> bool:
+        """Record every key of `keys` under `kind` until `until` (epoch seconds); False, and
+        nothing recorded, when one of them is remembered already. One transaction, so two
+        concurrent replays cannot both pass. Expired entries are forgotten here."""
+        with self._tx() as db:
+            db.execute("DELETE FROM seen WHERE until < ?", (time.time(),))
+            for key in keys:
+                found = db.execute(
+                    "SELECT 1 FROM seen WHERE kind = ? AND key = ?", (kind, key)
+                ).fetchone()
+                if found:
+                    return False
+            db.executemany(
+                "INSERT INTO seen (kind, key, until) VALUES (?, ?, ?)",
+                [(kind, key, until) for key in keys],
+            )
+        return True
+
+    def remembered(self, kind: str, key: str) -> bool:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM seen WHERE kind = ? AND key = ? AND until >= ?",
+                (kind, key, time.time()),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> str | None:

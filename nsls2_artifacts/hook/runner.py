@@ -43,8 +43,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
+HOOK_CREDENTIAL_PREFIX = "NSLS2_HOOK_"  # the hook's own secrets by convention (docs/hook.md)
+
+
+def child_env(site: SiteConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a build the hook starts: the hook's own, minus its credentials.
+
+    A publish runs the manifest's solver, installers and package scripts; none of them
+    needs the webhook secret, so the variable `hook.webhook_secret_env` names, every
+    `NSLS2_HOOK_*` variable, and any other variable holding the same secret are dropped.
+    Store credentials (e.g. AWS_*) stay: publish needs them to write the store.
+    """
+    source = dict(os.environ if environ is None else environ)
+    secret = source.get(site.hook.webhook_secret_env) or None
+    env = {
+        name: value
+        for name, value in source.items()
+        if name != site.hook.webhook_secret_env
+        and not name.startswith(HOOK_CREDENTIAL_PREFIX)
+        and not (secret is not None and len(secret) >= 8 and value == secret)
+    }
     # Stream progress line by line into the log, without colour codes.
     env.update(PYTHONUNBUFFERED="1", NO_COLOR="1", TERM="dumb", COLUMNS="120")
     return env
@@ -207,7 +225,7 @@ class Runner:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=logfile,
-                    env=_child_env(),
+                    env=child_env(self.site),
                     start_new_session=True,  # its own process group: cancel kills its children
                     preexec_fn=_die_with_parent,
                 )
@@ -308,7 +326,7 @@ class Runner:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=_child_env(),
+            env=child_env(self.site),
         )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), PROMOTE_TIMEOUT_SECONDS)
