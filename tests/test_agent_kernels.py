@@ -24,6 +24,7 @@ from helpers_agent import (
     fake_env_members,
     member,
     promote_fake,
+    run_cli,
     tar_bytes,
     write_site,
 )
@@ -405,7 +406,7 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
 def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_path) -> None:
     from jupyter_client.manager import KernelManager
 
-    _, cfg = write_site(tmp_path / "site")
+    config, cfg = write_site(tmp_path / "site")
     python = PackageRef("python", "3.11.7", "0", "conda-forge")
     old_pkgs = (python, PackageRef("numpy", "1.26.4", "0", "c"), PackageRef("gone", "1", "0", "c"))
     new_pkgs = (
@@ -433,6 +434,7 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
         assert err.count("[NSLS-II]") == 1 and second.build_id in err
         assert second.created[:10] in err and "Restart the kernel" in err
         assert "numpy 1.26.4\u21922.1.0" in err and "+lmfit 1.3.2" in err and "\u2212gone" in err
+        assert "A newer build of NSLS-II test exists" in err
         assert run_cell(latest, "print(3)")[:2] == ("3\n", "")  # once per new build
         for code in ("print(1)", "print(2)"):
             assert run_cell(lts, code)[1] == ""  # LTS kernels never get it
@@ -446,6 +448,10 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
         latest_manager.restart_kernel(now=True)
         latest = started(latest_manager)
         assert run_cell(latest, "print(4)")[:2] == ("4\n", "")
+        # a rollback to an earlier build is announced as one
+        assert run_cli(config, "rollback", "demo", second.build_id).returncode == 0
+        _, err, _ = run_cell(latest, "pass")
+        assert "latest was rolled back to an earlier build" in err and second.build_id in err
         latest.stop_channels()
         lts.stop_channels()
     finally:

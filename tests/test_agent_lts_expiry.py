@@ -42,6 +42,14 @@ def test_tombstoned_lts_build_loses_its_kernel_for_good(tmp_path: Path) -> None:
     lts_kernel = kernels.kernel_name("demo", "2024-1")
     assert lts_kernel not in _kernel_names(site)
     assert kernels.kernel_name("demo") in _kernel_names(site)
+    # retired for good: recorded for the server and lab extensions
+    retired = kernels.read_retired(site.deploy_root)[lts_kernel]
+    assert (retired["env"], retired["label"], retired["build_id"]) == (
+        "demo",
+        "2024-1",
+        old.build_id,
+    )
+    assert retired["display_name"].startswith("NSLS-II test 2024-1 (")
 
     _pass(site)  # the next pass must not bring the kernel back while the build waits
     assert old.build_id in tombstones(site.deploy_root, "demo")

@@ -53,8 +53,14 @@ def _nsls2_restart_notice() -> None:
             what = f"{build} ({str(manifest.get('created', ''))[:10]}): {changes(old, new)}"
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             name, what = "this environment", build
+        # build ids sort by time: an older target means latest was rolled back
+        headline = (
+            f"A newer build of {name} exists"
+            if build > own
+            else f"{name} latest was rolled back to an earlier build"
+        )
         return (
-            f"[NSLS-II] A newer build of {name} exists: {what}. "
+            f"[NSLS-II] {headline}: {what}. "
             "Restart the kernel to use it (this kernel stays on its build)."
         )
 
