@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import deploy, kernels, latest, layout
-from .agent.reconcile import node_platform, trusted_ready
+from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
 from .records import PassRecord, RecordError

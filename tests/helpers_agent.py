@@ -26,7 +26,7 @@ import yaml
 import zstandard
 from conftest import CLI
 
-from nsls2_artifacts.agent.reconcile import node_platform
+from nsls2_artifacts.agent.observe import node_platform
 from nsls2_artifacts.config import SiteConfig, load_config
 from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.records import (

@@ -131,3 +131,18 @@ def test_malformed_retention_override_does_not_stop_the_pass(tmp_path: Path) -> 
     (cfg.manifests / "demo" / "nsls2.yaml").write_text("retention: {keep_latest: 2.5}\n")
     assert run(cfg).ok
     assert target(cfg) == build.build_id
+
+
+def test_retention_plans_from_the_pass_snapshot_after_its_flips(tmp_path: Path) -> None:
+    """The build a pass just made latest is a root for that same pass's retention (which
+    plans from the pass's snapshot as the flips left it), even with no other reason to keep."""
+    _, cfg = write_site(tmp_path / "site", retention={"keep_latest": 0, "grace_days": 0})
+    first = commit_fake(cfg, tag="one", hours=1)
+    assert run(cfg).ok
+    second = commit_fake(cfg, tag="two", hours=2)
+    assert run(cfg).ok
+    assert target(cfg) == second.build_id
+    tombstoned = layout.tombstones(cfg.deploy_root, "demo")
+    assert second.build_id not in tombstoned and first.build_id in tombstoned
+    spec = cfg.deploy_root / "share/jupyter/kernels/nsls2-demo-latest/kernel.json"
+    assert json.loads(spec.read_text())["metadata"]["nsls2"]["build_id"] == second.build_id

@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 
 from nsls2_artifacts import storeprune
 from nsls2_artifacts.agent import heartbeat as hb
-from nsls2_artifacts.agent import layout, retention
+from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.retention import run_pass
 from nsls2_artifacts.cli import app
 from nsls2_artifacts.records import RetentionDecision
@@ -93,7 +93,7 @@ def test_process_use_keeps_build_through_prune(deploy, kind):
     assert not old.exists()
     assert new.is_dir()
     assert not tombstone_file(site, old).exists()
-    assert old.name in retention.deleted_builds(site.deploy_root, "demo")
+    assert old.name in layout.deleted_builds(site.deploy_root, "demo")
 
 
 def test_use_through_latest_alias_counts(deploy):
@@ -306,7 +306,7 @@ def test_killed_mid_delete_next_pass_finishes(deploy):
     assert list((site.deploy_root / "state" / "trash").iterdir()) == []
     assert not tombstone_file(site, old).exists()
     assert not (site.deploy_root / "share/jupyter/kernels/nsls2-demo-old").exists()
-    assert old.name in retention.deleted_builds(site.deploy_root, "demo")
+    assert old.name in layout.deleted_builds(site.deploy_root, "demo")
     # and the pass after that has nothing left to say about it
     assert old.name not in run(site)
 
@@ -387,9 +387,9 @@ def test_deleted_build_that_becomes_lts_again_may_be_redeployed(deploy):
     run(site)
     age(tombstone_file(site, old), 2)
     assert run(site)[old.name].action == "delete"
-    assert old.name in retention.deleted_builds(site.deploy_root, "demo")
+    assert old.name in layout.deleted_builds(site.deploy_root, "demo")
     promote(site, old, "2026-2", days_ago=0)  # staff promote the deleted build to LTS
     decision = run(site)[old.name]
     assert decision.action == "revive"
     assert decision.reason.startswith("kept: lts 2026-2 (promoted ")
-    assert old.name not in retention.deleted_builds(site.deploy_root, "demo")
+    assert old.name not in layout.deleted_builds(site.deploy_root, "demo")

@@ -14,7 +14,7 @@ from helpers_agent import commit_fake, run_cli
 from helpers_agent import write_site as agent_site
 from helpers_retention import age, tombstone_file
 
-from nsls2_artifacts.agent import retention
+from nsls2_artifacts.agent import layout
 
 
 def agent_once(config) -> None:
@@ -54,7 +54,7 @@ def test_agent_pass_keeps_used_build_then_deletes_it(deployed):
     agent_once(config)
     assert not old_dir.exists()
     assert new_dir.is_dir()
-    assert old_dir.name in retention.deleted_builds(site.deploy_root, "demo")
+    assert old_dir.name in layout.deleted_builds(site.deploy_root, "demo")
     for spec in (site.deploy_root / "share/jupyter/kernels").glob("*/kernel.json"):
         assert old_dir.name not in spec.read_text()
 

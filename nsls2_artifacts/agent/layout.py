@@ -191,6 +191,35 @@ def build_dirs(deploy_root: Path, env: str) -> list[str]:
     return []
 
 
+def _ids_in(directory: Path) -> dict[str, int]:
+    """build id -> mtime (ns) of `directory/BUILD_ID.json` files."""
+    found = {}
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(directory):
+            build_id = entry.name.removesuffix(".json")
+            if entry.name.endswith(".json") and is_build_id(build_id):
+                with contextlib.suppress(FileNotFoundError):
+                    found[build_id] = entry.stat(follow_symlinks=False).st_mtime_ns
+    return found
+
+
+def tombstones(deploy_root: str | Path, env: str) -> dict[str, int]:
+    """Tombstoned build ids of `env` -> tombstone time (file mtime, ns, shared-fs clock)."""
+    return _ids_in(tombstones_dir(deploy_root) / env)
+
+
+def tombstoned_envs(deploy_root: str | Path) -> list[str]:
+    """Envs with a tombstone directory (a delete may be left to finish there)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(e.name for e in os.scandir(tombstones_dir(deploy_root)) if e.is_dir())
+    return []
+
+
+def deleted_builds(deploy_root: str | Path, env: str) -> set[str]:
+    """Builds retention deleted: the agent must not deploy these again from the store."""
+    return set(_ids_in(deleted_dir(deploy_root, env)))
+
+
 def ready_builds(deploy_root: Path, env: str) -> list[ReadyRecord]:
     """Ready builds of `env` deployed here, oldest first by `created`."""
     found = [r for b in build_dirs(deploy_root, env) if (r := read_ready(deploy_root, env, b))]

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from ..config import SiteConfig
-from ..errors import ManifestError, StoreError
-from ..fsutil import atomic_write_json, read_json
+from ..errors import ManifestError
+from ..fsutil import atomic_write_json
 from ..manifest import env_retention
 from ..records import (
     BuildManifest,
-    Hold,
-    LtsRecord,
     PassRecord,
     ReadyRecord,
-    RecordError,
     isoformat,
     parse_time,
     utcnow,
@@ -38,6 +33,7 @@ from ..store import InvalidBuild, Store
 from . import deploy, kernels, latest, layout, logos, profiles, retention, trash
 from .locks import apply_lock
 from .log import event
+from .observe import Observed, observe
 
 
 @dataclass(frozen=True)
@@ -46,27 +42,6 @@ class Flip:
     from_build: str | None
     to_build: str
     release_hold: bool = False
-
-
-@dataclass
-class Observed:
-    """Everything a plan is computed from; gathered without changing anything."""
-
-    store_ok: bool
-    store_error: str
-    manifests: dict[str, list[BuildManifest]]  # env -> committed builds, oldest first
-    invalid: list[InvalidBuild]
-    lts: dict[str, list[LtsRecord]]
-    ready: dict[str, list[ReadyRecord]]
-    current: dict[str, str | None]
-    holds: dict[str, Hold | None]
-    kernels: dict[str, dict[str, Any]]
-    quarantined: dict[tuple[str, str], str]  # (env, build) -> reason, for this exact artifact
-    builds: dict[tuple[str, str], BuildManifest]  # (env, build) -> its manifest (store or local)
-    deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
-    # env -> builds retention has tombstoned: they lose their kernels until revived
-    tombstoned: dict[str, set[str]] = field(default_factory=dict)
-    platform: str = field(default_factory=lambda: node_platform())
 
 
 @dataclass
@@ -127,73 +102,6 @@ class PassResult:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-def node_platform() -> str:
-    """This node's conda platform name (builds for other platforms are not deployed)."""
-    machine = platform.machine()
-    arch = {"x86_64": "64", "aarch64": "aarch64", "ppc64le": "ppc64le", "arm64": "arm64"}
-    system = {"Linux": "linux", "Darwin": "osx"}.get(platform.system(), platform.system().lower())
-    return f"{system}-{arch.get(machine, machine)}"
-
-
-# -- look -----------------------------------------------------------------------------------
-
-
-def _local_manifest(deploy_root: Path, env: str, build_id: str) -> BuildManifest | None:
-    try:
-        return BuildManifest.from_dict(
-            read_json(layout.build_dir(deploy_root, env, build_id) / layout.LOCAL_MANIFEST)
-        )
-    except (OSError, ValueError, RecordError):
-        return None
-
-
-def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
-    root = site.deploy_root
-    obs = Observed(True, "", {}, [], {}, {}, {}, {}, kernels.installed(root), {}, {})
-    try:
-        for env in store.envs():
-            obs.manifests[env] = store.builds(env)
-            obs.invalid += store.invalid_builds(env)
-            obs.lts[env] = store.lts(env)
-    except StoreError as exc:
-        obs.store_ok, obs.store_error = False, str(exc)
-        obs.manifests, obs.lts = {}, {}
-        event(log, "store-unavailable", logging.WARNING, reason=str(exc))
-    for env, builds in obs.manifests.items():
-        for m in builds:
-            obs.builds[(env, m.build_id)] = m
-            if (q := deploy.quarantined_for(site, store, m)) is not None:
-                obs.quarantined[(env, m.build_id)] = q.reason
-    for env in sorted(set(obs.manifests) | set(layout.deployed_envs(root))):
-        obs.deleted[env] = set(retention.deleted_builds(root, env))
-        obs.tombstoned[env] = set(retention.tombstones(root, env))
-        obs.ready[env] = trusted_ready(layout.ready_builds(root, env), obs.manifests.get(env, []))
-        obs.current[env] = latest.current_latest(root, env)
-        obs.holds[env] = _hold_or_none(root, env, log)
-        for r in obs.ready[env]:
-            if (env, r.build_id) not in obs.builds:
-                local = _local_manifest(root, env, r.build_id)
-                if local:
-                    obs.builds[(env, r.build_id)] = local
-    return obs
-
-
-def _hold_or_none(deploy_root: Path, env: str, log: logging.Logger) -> Hold | None:
-    """An unreadable hold pins nothing (latest moves on as without one); say so."""
-    try:
-        return latest.read_hold(deploy_root, env)
-    except RecordError as exc:
-        event(log, "hold-unreadable", logging.WARNING, env=env, reason=str(exc))
-        return None
-
-
-def trusted_ready(ready: list[ReadyRecord], committed: list[BuildManifest]) -> list[ReadyRecord]:
-    """Ready records that the store's manifest vouches for (same artifact sha256); a build
-    the store no longer lists keeps its record (it was deployed from a verified artifact)."""
-    by_id = {m.build_id: m for m in committed}
-    return [r for r in ready if r.build_id not in by_id or r.vouches_for(by_id[r.build_id])]
 
 
 # -- plan -----------------------------------------------------------------------------------
@@ -437,10 +345,21 @@ def apply_state(site: SiteConfig, plan: Plan, log: logging.Logger) -> None:
         event(log, "profile-removed", beamline=name)
 
 
-def _run_retention(site: SiteConfig, store: Store, log: logging.Logger) -> str | None:
-    """Retention (heartbeat + prune); its failure is the pass's failure, not a crash."""
+def after_state(obs: Observed, plan: Plan) -> Observed:
+    """The snapshot as `apply_state(plan)` left it: latest moved, released holds gone."""
+    current, holds = dict(obs.current), dict(obs.holds)
+    for f in plan.to_flip:
+        current[f.env] = f.to_build
+        if f.release_hold:
+            holds[f.env] = None
+    return replace(obs, current=current, holds=holds)
+
+
+def _run_retention(site: SiteConfig, snapshot: Observed, log: logging.Logger) -> str | None:
+    """Retention (heartbeat + prune) on the pass's snapshot, under the pass's apply lock;
+    its failure is the pass's failure, not a crash."""
     try:
-        retention.run_pass(site, store, log, apply=True)
+        retention.run_on(site, snapshot, log)
     except Exception as exc:
         event(log, "retention-error", logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
         return f"retention: {exc}"
@@ -490,13 +409,15 @@ def run_pass(
         deploy.sweep_leftovers(site.deploy_root, env, builds or None, log)
     layout.test_pause("flip")
     with apply_lock(site.deploy_root):
-        # re-look under the lock: the deploys (ours or another agent's) changed what is ready
-        state_plan = make_plan(site, observe(site, store, log))
+        # re-look under the lock: the deploys (ours or another agent's) changed what is ready;
+        # retention then plans from this same snapshot, as the flips just left it
+        snapshot = observe(site, store, log)
+        state_plan = make_plan(site, snapshot)
         apply_state(site, state_plan, log)
+        if (failure := _run_retention(site, after_state(snapshot, state_plan), log)) is not None:
+            result.failures.append(failure)
     result.plan.to_flip, result.plan.kernels_write = state_plan.to_flip, state_plan.kernels_write
     result.plan.kernels_remove = state_plan.kernels_remove
-    if (failure := _run_retention(site, store, log)) is not None:
-        result.failures.append(failure)
     result.seconds = time.monotonic() - started
     _record_pass(site, result)
     event(

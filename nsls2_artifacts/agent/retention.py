@@ -1,8 +1,9 @@
 """Retention: mark-and-sweep deletion of deployed builds that nothing uses any more.
 
-The sync agent calls `run_pass` once per reconcile pass; `nsls2-artifacts prune` calls it
-from the command line (`--dry-run` plans without applying). One pass: scan this node's
-/proc for every deployed build, write this node's heartbeat, then look → plan → apply:
+The sync agent's pass calls `run_on` with the pass's own snapshot (`observe.Observed`, as
+its flips left it) under its apply lock; `nsls2-artifacts prune` calls `run_pass`, which
+takes the lock and the snapshot itself (`--dry-run` plans without applying). One pass: scan
+this node's /proc for every deployed build, write this node's heartbeat, then plan → apply:
 
   roots       `latest` target, rollback hold, LTS builds younger than `lts_years`, the
               newest `keep_latest` ready builds, builds younger than `grace_days`, and
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RetentionPolicy, SiteConfig
-from ..errors import ManifestError, StoreError
+from ..errors import ManifestError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..manifest import env_retention
 from ..procscan import scan
@@ -39,10 +40,10 @@ from ..records import (
     LtsRecord,
     NodeHeartbeat,
     ProcessUse,
+    ReadyRecord,
     RecordError,
     RetentionDecision,
     Tombstone,
-    is_build_id,
     isoformat,
     parse_time,
     utcnow,
@@ -51,33 +52,9 @@ from ..store import Store
 from . import heartbeat as hb
 from . import kernels, latest, layout, trash
 from .locks import apply_lock, build_lock
+from .observe import Observed, observe
 
 DAY = 86400.0
-
-
-# -- retention's own state ----------------------------------------------------------------------
-
-
-def _ids_in(directory: Path) -> dict[str, int]:
-    """build id -> mtime (ns) of `directory/BUILD_ID.json` files."""
-    found = {}
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in os.scandir(directory):
-            build_id = entry.name.removesuffix(".json")
-            if entry.name.endswith(".json") and is_build_id(build_id):
-                with contextlib.suppress(FileNotFoundError):
-                    found[build_id] = entry.stat(follow_symlinks=False).st_mtime_ns
-    return found
-
-
-def tombstones(deploy_root: str | Path, env: str) -> dict[str, int]:
-    """Tombstoned build ids of `env` -> tombstone time (file mtime, ns, shared-fs clock)."""
-    return _ids_in(layout.tombstones_dir(deploy_root) / env)
-
-
-def deleted_builds(deploy_root: str | Path, env: str) -> set[str]:
-    """Builds retention deleted: the agent must not deploy these again from the store."""
-    return set(_ids_in(layout.deleted_dir(deploy_root, env)))
 
 
 # -- looking ------------------------------------------------------------------------------------
@@ -140,78 +117,58 @@ def env_policy(site: SiteConfig, env: str) -> RetentionPolicy:
     return env_retention(site.manifests, env, site.retention)[0]
 
 
-def _created(deploy_root: Path, env: str, build_id: str, store_created: dict[str, str]) -> datetime:
+def _created(build_id: str, ready: ReadyRecord | None, store_created: str | None) -> datetime:
     """Build time: ready.json, else the store manifest, else the build id's own timestamp."""
-    ready = layout.read_ready(deploy_root, env, build_id)
-    for text in (ready.created if ready else None, store_created.get(build_id)):
+    for text in (ready.created if ready else None, store_created):
         if text:
             with contextlib.suppress(ValueError):
                 return parse_time(text)
     return datetime.strptime(build_id.split("-", 1)[0], "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-def _lts_problem(store: Store, env: str) -> str | None:
-    """An LTS record the store could not parse would make its build look deletable."""
-    bad = store.invalid_lts(env)
-    return bad[0].reason if bad else None
-
-
-def look_env(site: SiteConfig, store: Store, env: str) -> EnvView:
-    """Gather one env's builds, roots and tombstones; a failure becomes `problem`."""
-    root = site.deploy_root
+def env_view(site: SiteConfig, obs: Observed, env: str) -> EnvView:
+    """One env's builds, roots and tombstones from the pass's snapshot; anything that
+    makes deleting unsafe becomes `problem`."""
     problem = None
     try:
         policy = env_policy(site, env)
     except ManifestError as exc:
         policy, problem = site.retention, f"bad retention override: {exc}"
-    held = None
-    try:
-        hold = latest.read_hold(root, env)
-        held = hold.build_id if hold else None
-    except RecordError as exc:  # it may pin any build: delete nothing here until it is fixed
-        problem = problem or f"unreadable rollback hold: {exc}"
-    store_created: dict[str, str] = {}
-    lts: list[LtsRecord] = []
-    ids = layout.build_dirs(root, env)
-    try:
-        manifests = store.builds(env)
-        lts = store.lts(env)
-        store_created = {m.build_id: m.created for m in manifests}
-        if not manifests and ids:
-            # DESIGN rule 2: an empty listing is never a reason to delete anything
-            problem = problem or f"store lists no builds for {env} (unreachable or empty?)"
-        problem = problem or _lts_problem(store, env)
-    except StoreError as exc:
-        problem = problem or f"store listing for {env} failed: {exc}"
+    if env in obs.hold_errors:  # it may pin any build: delete nothing here until it is fixed
+        problem = problem or f"unreadable rollback hold: {obs.hold_errors[env]}"
+    hold = obs.holds.get(env)
+    dirs = obs.dirs.get(env, {})
+    manifests = obs.manifests.get(env, [])
+    if not obs.store_ok:
+        problem = problem or f"store lists no builds for {env} (unreachable: {obs.store_error})"
+    elif not manifests and dirs:
+        # docs/design.md rule 2: an empty listing is never a reason to delete anything
+        problem = problem or f"store lists no builds for {env} (unreachable or empty?)"
+    elif bad_lts := obs.invalid_lts.get(env):
+        # an LTS record the store could not parse would make its build look deletable
+        problem = problem or bad_lts[0].reason
+    store_created = {m.build_id: m.created for m in manifests}
     builds = [
         Build(
             env,
             build_id,
-            layout.build_dir(root, env, build_id),
-            _created(root, env, build_id, store_created),
-            layout.read_ready(root, env, build_id) is not None,
+            layout.build_dir(site.deploy_root, env, build_id),
+            _created(build_id, ready, store_created.get(build_id)),
+            ready is not None,
         )
-        for build_id in ids
+        for build_id, ready in sorted(dirs.items())
     ]
     return EnvView(
         env=env,
         policy=policy,
         builds=builds,
-        latest=latest.current_latest(root, env),
-        hold=held,
-        lts=lts,
-        tombstones=tombstones(root, env),
-        deleted=deleted_builds(root, env),
+        latest=obs.current.get(env),
+        hold=hold.build_id if hold else None,
+        lts=obs.lts.get(env, []),
+        tombstones=obs.tombstoned.get(env, {}),
+        deleted=obs.deleted.get(env, set()),
         problem=problem,
     )
-
-
-def all_envs(deploy_root: Path) -> list[str]:
-    """Envs with a directory under envs/ or left-over tombstones."""
-    names = set(layout.deployed_envs(deploy_root))
-    with contextlib.suppress(FileNotFoundError):
-        names.update(e.name for e in os.scandir(layout.tombstones_dir(deploy_root)) if e.is_dir())
-    return sorted(names)
 
 
 def gather_cluster(
@@ -466,42 +423,48 @@ def run_pass(
     heartbeat: bool = True,
     enforce: bool | None = None,
 ) -> list[RetentionDecision]:
-    """Scan, write this node's heartbeat (if `apply` and `heartbeat`), plan, apply (if `apply`).
+    """Look, then `run_on` that snapshot: what `nsls2-artifacts prune` runs on its own.
 
-    With `apply=False` nothing on disk changes; ages are then measured with this host's
-    clock instead of a probe file on the shared filesystem. `enforce` (default: the site's
-    `agent.prune`) False still scans and writes the heartbeat, which other nodes need, but
-    tombstones and deletes nothing. Takes `locks.apply_lock`, so it must be called without
-    holding that lock (POSIX locks are per process).
+    Takes `locks.apply_lock` (when `apply`), so it must be called without holding that lock
+    (POSIX locks are per process); the agent's pass calls `run_on` inside its own lock.
     """
     if not apply:
-        return _pass(site, store, log, apply=False, heartbeat=False)
-    if enforce is None:
-        enforce = site.agent.prune
+        return run_on(site, observe(site, store, log), log, apply=False, heartbeat=False)
     # serialise with flips, rollbacks and kernelspec writes of every agent on this root, so
     # a build is never deleted just after it became latest; callers must not hold it already
     with apply_lock(site.deploy_root):
-        return _pass(site, store, log, apply=True, heartbeat=heartbeat, enforce=enforce)
+        observed = observe(site, store, log)
+        return run_on(site, observed, log, heartbeat=heartbeat, enforce=enforce)
 
 
 _CHANGES = ("tombstone", "untombstone", "delete", "finish", "revive")
 
 
-def _pass(
+def run_on(
     site: SiteConfig,
-    store: Store,
+    observed: Observed,
     log: logging.Logger,
     *,
-    apply: bool,
-    heartbeat: bool,
-    enforce: bool = True,
+    apply: bool = True,
+    heartbeat: bool = True,
+    enforce: bool | None = None,
 ) -> list[RetentionDecision]:
+    """Scan, write this node's heartbeat (if `apply` and `heartbeat`), plan from `observed`
+    (the pass's snapshot, as the pass left it), apply (if `apply`); the caller holds the
+    apply lock when `apply`.
+
+    With `apply=False` nothing on disk changes; ages are then measured with this host's
+    clock instead of a probe file on the shared filesystem. `enforce` (default: the site's
+    `agent.prune`) False still scans and writes the heartbeat, which other nodes need, but
+    tombstones and deletes nothing.
+    """
     root = site.deploy_root
     node = site.agent.node
+    if enforce is None:
+        enforce = site.agent.prune
     if apply and enforce:
         trash.empty(root, log)
-    envs = all_envs(root)
-    views = [look_env(site, store, env) for env in envs]
+    views = [env_view(site, observed, env) for env in observed.local_envs]
     builds = [b for view in views for b in view.builds]
     result = scan([b.path for b in builds])
     own = hb.scan_heartbeat(node, result, {str(b.path): b.key for b in builds})
