@@ -78,6 +78,24 @@ class RejectedArtifactError(DeployError):
     """The artifact failed verification or safe extraction and must never be retried."""
 
 
+class StageFailedError(DeployError):
+    """conda-unpack or the smoke test of the artifact itself failed (`stage` says which):
+    the same on every node, so the artifact is quarantined."""
+
+    def __init__(self, build_id: str, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(build_id, message)
+
+
+class NodeFaultError(DeployError):
+    """A step failed for a reason of this node, not of the artifact (killed from
+    outside, timed out under load): retried later with backoff."""
+
+    def __init__(self, build_id: str, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(build_id, message)
+
+
 class PruneError(ArtifactsError):
     """Retention could not be applied."""
 

@@ -440,6 +440,44 @@ class Quarantine:
 
 
 @dataclass(frozen=True)
+class RetryRecord:
+    """`state/retry/ENV/BUILD_ID.json`: a deploy that failed for a reason of the node
+    (disk full, I/O error, killed, timed out), when it is tried again and how often it
+    was; removed once the build is ready."""
+
+    env: str
+    build_id: str
+    stage: str
+    reason: str
+    attempts: int
+    time: str
+    next_try: str
+    node: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetryRecord:
+        record = "retry record"
+        next_try = _require(data, record, "next_try", str)
+        try:
+            parse_time(next_try)
+        except ValueError as exc:
+            raise RecordError(record, "next_try", f"not an ISO 8601 time: {exc}") from None
+        return cls(
+            env=_require(data, record, "env", str),
+            build_id=_require(data, record, "build_id", str),
+            stage=_require(data, record, "stage", str),
+            reason=_require(data, record, "reason", str),
+            attempts=_require(data, record, "attempts", int),
+            time=_require(data, record, "time", str),
+            next_try=next_try,
+            node=_require(data, record, "node", str),
+        )
+
+
+@dataclass(frozen=True)
 class Hold:
     """`state/holds/ENV.json`, a rollback pin: keep latest at `build_id` until something
     newer than `newest_at_hold` (created `newest_at_hold_created`) is ready."""

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .agent import deploy, kernels, latest, layout
+from .agent import deploy, failures, kernels, latest, layout
 from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
@@ -27,6 +27,7 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
         "store_error": None,
         "envs": {},
         "quarantined": [asdict(q) for q in deploy.list_quarantined(root)],
+        "retrying": [asdict(r) for r in failures.list_retrying(root)],
         "invalid": [],
         "kernels": {},
         "nodes": _passes(root),
@@ -42,8 +43,11 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
     except StoreError as exc:
         out["store_error"] = str(exc)
     quarantined = {(q["env"], q["build_id"]): q for q in out["quarantined"]}
+    retrying = {(r["env"], r["build_id"]): r for r in out["retrying"]}
     for env in sorted(set(committed) | set(layout.deployed_envs(root))):
-        out["envs"][env] = _env_status(root, env, committed.get(env, {}), labels, quarantined)
+        out["envs"][env] = _env_status(
+            root, env, committed.get(env, {}), labels, quarantined, retrying
+        )
     for name, data in sorted(kernels.installed(root).items()):
         out["kernels"][name] = {
             "display_name": data.get("display_name"),
@@ -58,6 +62,7 @@ def _env_status(
     committed: dict[str, Any],
     labels: dict[tuple[str, str], list[str]],
     quarantined: dict[tuple[str, str], dict[str, Any]],
+    retrying: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[str, Any]:
     ready = {
         r.build_id: r
@@ -75,6 +80,8 @@ def _env_status(
             state = "ready"
         elif (env, build_id) in quarantined:
             state = "quarantined"
+        elif (env, build_id) in retrying:
+            state = "retrying"  # a fault of a node, not of the artifact: tried again
         elif (layout.build_dir(root, env, build_id)).exists():
             state = "incomplete"
         elif manifest is not None and manifest.platform not in (node_platform(), "noarch"):
@@ -92,7 +99,9 @@ def _env_status(
                 else None,
                 "in_store": manifest is not None,
                 "lts": sorted(labels.get((env, build_id), [])),
-                "reason": quarantined.get((env, build_id), {}).get("reason"),
+                "reason": (
+                    quarantined.get((env, build_id)) or retrying.get((env, build_id), {})
+                ).get("reason"),
             }
         )
     return {
@@ -101,6 +110,15 @@ def _env_status(
         "hold_error": hold_error,
         "builds": builds,
     }
+
+
+def _problem(
+    quarantined: dict[tuple[str, str], dict[str, Any]],
+    retrying: dict[tuple[str, str], dict[str, Any]],
+    key: tuple[str, str],
+) -> str | None:
+    """Why a build is not ready: its quarantine reason, else its last node fault."""
+    return (quarantined.get(key) or retrying.get(key) or {}).get("reason")
 
 
 def _passes(root: Path) -> dict[str, Any]:
@@ -146,6 +164,13 @@ def render_text(status: dict[str, Any]) -> str:
         )
         for q in status["quarantined"]:
             lines.append(f"  {q['env']}/{q['build_id']} [{q['stage']}] {q['reason']}")
+    if status["retrying"]:
+        lines.append("retrying after a fault of the node, not of the artifact (with backoff):")
+        for r in status["retrying"]:
+            lines.append(
+                f"  {r['env']}/{r['build_id']} [{r['stage']}] attempt {r['attempts']} on "
+                f"{r['node']}, next try {r['next_try']}: {r['reason']}"
+            )
     if status["invalid"]:
         lines.append("invalid manifests (ignored):")
         for i in status["invalid"]:

@@ -283,21 +283,26 @@ def status_of(config: Path, build_id: str) -> str:
 
 
 def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
-    """A smoke test that timed out (a transient failure) quarantines the build and is not
-    retried by itself; `retry` lifts it, the next pass deploys it, a second `retry` has
-    nothing to do."""
-    config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 0.001})
-    build = commit_fake(cfg)
+    """A conda-unpack that failed for a reason outside the build (here: a file of the
+    site it checks) quarantines the build and is not retried by itself; `retry` lifts it,
+    the next pass deploys it, a second `retry` has nothing to do."""
+    config, cfg = write_site(tmp_path / "site")
+    blocker = tmp_path / "site-not-ready"
+    blocker.write_text("x")
+    script = f"import os, sys\nsys.exit(3 if os.path.exists({str(blocker)!r}) else 0)\n"
+    members = [m for m in fake_env_members() if m[0].name != "bin/conda-unpack"]
+    members.append(member("bin/conda-unpack", script.encode(), mode=0o755))
+    build = commit_build(cfg.store, "demo", tar_bytes(members))
     for _ in range(2):
         _, log = run(cfg)
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
     assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
     assert status_of(config, build.build_id) == "quarantined"
     assert "nsls2-artifacts retry ENV BUILD_ID" in run_cli(config, "status").stdout
-    config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 60})
+    blocker.unlink()
     lifted = run_cli(config, "retry", "demo", build.build_id)
     assert lifted.returncode == 0, lifted.stderr
-    assert "quarantine lifted" in lifted.stdout and "timed out after 0.001 s" in lifted.stdout
+    assert "quarantine lifted" in lifted.stdout and "unpack failed (exit 3)" in lifted.stdout
     [row] = [
         line for line in run_cli(config, "status").stdout.splitlines() if build.build_id in line
     ]

@@ -7,6 +7,7 @@ quarantined."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from helpers_agent import (
 from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.records import parse_time
 from nsls2_artifacts.store import open_store
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -215,3 +217,116 @@ def test_ready_record_must_match_the_manifest(site) -> None:
     ready = layout.read_ready(cfg.deploy_root, "demo", build.build_id)
     assert ready is not None and ready.artifact_sha256 == build.artifact.sha256
     assert (prefix / ".unpacked").exists()
+
+
+# -- item 3: one classification: the artifact's shapes quarantine, node faults retry ------
+
+
+SHAPES = {
+    "name-over-255-bytes": [member("lib/" + "n" * 300 + ".py", b"x")],
+    "symlink-target-5000-bytes": [member("lib/long", type=tarfile.SYMTYPE, linkname="a/" * 2500)],
+    "hardlink-to-directory": [
+        member("lib/d", type=tarfile.DIRTYPE, mode=0o755),
+        member("lib/h", type=tarfile.LNKTYPE, linkname="lib/d"),
+    ],
+    "file-then-dir-below-it": [member("lib/x", b"a"), member("lib/x/y", type=tarfile.DIRTYPE)],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_archive_shapes_quarantine_once(site, shape: str) -> None:
+    """Each raised a plain OSError before: never quarantined, so every pass on every node
+    verified and extracted it again. Now quarantined by artifact identity, at extract."""
+    config, cfg = site
+    bad = commit_build(cfg.store, "demo", tar_bytes([*fake_env_members(), *SHAPES[shape]]))
+    result, log = run(cfg)
+    [q] = events(log, "quarantine")
+    assert q["build"] == bad.build_id and q["stage"] == "extract", q
+    assert not layout.partial_dir(cfg.deploy_root, "demo", bad.build_id).exists()
+    _, log2 = run(cfg)
+    assert events(log2, "extract") == [] and events(log2, "quarantine") == []
+
+
+def test_smoke_timeout_is_retried_with_backoff_not_quarantined(tmp_path: Path) -> None:
+    """A timeout under load is a fault of the node: the build is not quarantined, `status`
+    says it is retrying and why, the next pass waits out the backoff, and once it has run
+    out the build deploys and the retry record goes."""
+    config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 0.001})
+    build = commit_fake(cfg)
+    result, log = run(cfg)
+    assert events(log, "quarantine") == []
+    [retry] = events(log, "retry-later")
+    assert retry["stage"] in ("unpack", "smoke") and "timed out" in retry["reason"]
+    assert retry["attempt"] == "1"
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    [row] = status["envs"]["demo"]["builds"]
+    assert row["state"] == "retrying" and "timed out" in row["reason"]
+    assert status["quarantined"] == [] and status["retrying"][0]["attempts"] == 1
+    assert "retrying after a fault of the node" in run_cli(config, "status").stdout
+    _, log = run(cfg)  # within the backoff: not tried again
+    assert events(log, "extract") == []
+    # the backoff has run out (rewound instead of waited for), the node is quiet again
+    path = layout.retry_path(cfg.deploy_root, "demo", build.build_id)
+    record = json.loads(path.read_text())
+    record["next_try"] = "2000-01-01T00:00:00.000000Z"
+    path.write_text(json.dumps(record))
+    _, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 60})
+    result, log = run(cfg)
+    assert result.ok and [e["build"] for e in events(log, "deploy")] == [build.build_id]
+    assert not path.exists()
+
+
+def test_backoff_doubles(tmp_path: Path) -> None:
+    from nsls2_artifacts.agent import failures
+
+    root = tmp_path / "deploy"
+    failure = failures.Failure(failures.NODE, "extract", "OSError: No space left on device")
+    delays = []
+    for _ in range(8):
+        record = failures.record_node_fault(root, "demo", "b", failure, "n1")
+        delays.append(parse_time(record.next_try) - parse_time(record.time))
+    assert [d.total_seconds() for d in delays] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert failures.waiting(record)
+
+
+def test_disk_full_is_a_node_fault(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while writing (a fault this test cannot cause on a shared disk: injected)
+    is retried with backoff, never quarantined."""
+    from nsls2_artifacts.agent import extract
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(extract, "_write_file", full)
+    config, cfg = site
+    build = commit_fake(cfg)
+    result, log = run(cfg)
+    assert events(log, "quarantine") == []
+    [retry] = events(log, "retry-later")
+    assert retry["stage"] == "extract" and "No space left" in retry["reason"]
+    assert not result.ok
+    assert not layout.partial_dir(cfg.deploy_root, "demo", build.build_id).exists()
+
+
+def test_a_bug_of_ours_is_never_a_quarantine(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ValueError from our own code is a bug, not the artifact's: before, extraction
+    turned it into a quarantine of a good build. Now it is raised (the pass reports an
+    error) and the build is neither quarantined nor put on backoff."""
+    from nsls2_artifacts.agent import extract
+
+    def broken(mode: int) -> int:
+        raise ValueError("a bug in data_mode")
+
+    monkeypatch.setattr(extract, "data_mode", broken)
+    config, cfg = site
+    build = commit_fake(cfg)
+    result, log = run(cfg)
+    assert events(log, "quarantine") == [] and events(log, "retry-later") == []
+    [error] = events(log, "deploy-error")
+    assert "a bug in data_mode" in error["reason"]
+    assert not result.ok
+    assert not layout.quarantine_path(cfg.deploy_root, "demo", build.build_id).exists()
+    assert not layout.retry_path(cfg.deploy_root, "demo", build.build_id).exists()
+    monkeypatch.undo()
+    result, _ = run(cfg)
+    assert result.ok and layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None

@@ -4,14 +4,16 @@ Called by `reconcile.run_pass` for every committed build that is not ready here.
 step is safe to redo: the archive is extracted into `envs/ENV/.partial-BUILD_ID`,
 renamed to `envs/ENV/BUILD_ID`, `bin/conda-unpack` runs at that final path, the smoke
 imports run with the env's own python, and `.nsls2/ready.json` is written last. A
-failure quarantines the artifact (reason + what was seen of the artifact) so the same
-bad artifact is never retried in a loop.
+failure is classified once (`failures.classify`): a property of the artifact quarantines
+it (reason + what was seen of the artifact), so the same bad artifact is never retried
+in a loop; a fault of this node is retried later, with backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -22,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SiteConfig
-from ..errors import DeployError, RejectedArtifactError
+from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
 from ..store import ArtifactMismatchError, Store
-from . import layout, trash
+from . import failures, layout, trash
 from .extract import safe_extract
 from .locks import build_lock
 from .log import event
@@ -40,17 +42,9 @@ class DeployOutcome:
 
     env: str
     build_id: str
-    result: str  # deployed | ready | quarantined | skipped | busy
+    result: str  # deployed | ready | quarantined | retry | waiting | skipped | busy
     reason: str = ""
     seconds: float = 0.0
-
-
-class _StageError(DeployError):
-    """A failure after verification (unpack, smoke): quarantine with `stage`."""
-
-    def __init__(self, build_id: str, stage: str, message: str) -> None:
-        self.stage = stage
-        super().__init__(build_id, message)
 
 
 # -- quarantine records -------------------------------------------------------------------
@@ -77,14 +71,15 @@ def list_quarantined(deploy_root: Path) -> list[Quarantine]:
 
 
 def release_quarantine(deploy_root: Path, env: str, build_id: str) -> Quarantine | None:
-    """Forget ENV/BUILD_ID's quarantine so the next pass deploys it again (after a
-    transient failure: a smoke timeout under load, conda-unpack killed); returns the
-    record removed, None if there was none. Under the build lock: never while an
-    agent is deploying that build."""
+    """Forget ENV/BUILD_ID's quarantine (and any retry backoff) so the next pass deploys
+    it again (after a failure that was not the build's after all: a fixed site, a system
+    library installed); returns the record removed, None if there was none. Under the
+    build lock: never while an agent is deploying that build."""
     with build_lock(deploy_root, env, build_id, wait=True):
         record = read_quarantine(deploy_root, env, build_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.quarantine_path(deploy_root, env, build_id))
+        failures.clear_retry(deploy_root, env, build_id)  # and no backoff left to wait out
     return record
 
 
@@ -145,30 +140,44 @@ def env_for_prefix(prefix: Path) -> dict[str, str]:
     return env
 
 
+# the env's own program cannot be started: its file is missing, not executable or not a
+# program (the archive's doing)
+_NOT_RUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ELOOP, errno.ENOTDIR})
+
+
 def _run(cmd: list[str], prefix: Path, timeout: float, build_id: str, stage: str) -> None:
     """Run `cmd` in its own process group; kill the whole group on timeout."""
     with tempfile.TemporaryDirectory(prefix="nsls2-agent-") as cwd:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,  # an empty cwd, so nothing there shadows the env's modules
-            env=env_for_prefix(prefix),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,  # an empty cwd, so nothing there shadows the env's modules
+                env=env_for_prefix(prefix),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            if exc.errno not in _NOT_RUNNABLE:
+                raise  # EAGAIN, ENOMEM: this node's
+            message = f"{stage}: cannot run {cmd[0]}: {exc.strerror}"
+            raise StageFailedError(build_id, stage, message) from None
         try:
             output, _ = proc.communicate(timeout=timeout or None)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise _StageError(build_id, stage, f"{stage} timed out after {timeout:g} s") from None
+            # a slow node (load, GPFS) as often as a hanging build: retried with backoff
+            raise NodeFaultError(
+                build_id, stage, f"{stage} timed out after {timeout:g} s"
+            ) from None
     if proc.returncode in (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT):
-        # killed from outside (shutdown, OOM killer): not the build's fault, retry next pass
-        raise DeployError(build_id, f"{stage} was killed by signal {-proc.returncode}")
+        # killed from outside (shutdown, OOM killer): not the build's fault
+        raise NodeFaultError(build_id, stage, f"{stage} was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         tail = output.decode(errors="replace").strip().splitlines()[-5:]
-        raise _StageError(
+        raise StageFailedError(
             build_id, stage, f"{stage} failed (exit {proc.returncode}): {' | '.join(tail)}"
         )
 
@@ -177,7 +186,7 @@ def conda_unpack(prefix: Path, timeout: float, build_id: str) -> None:
     """Run the env's own `bin/conda-unpack` by absolute path, at the final location."""
     script = prefix / "bin" / "conda-unpack"
     if not script.is_file():
-        raise _StageError(
+        raise StageFailedError(
             build_id, "unpack", "bin/conda-unpack is missing: not a conda-pack archive"
         )
     python = prefix / "bin" / "python"
@@ -191,7 +200,7 @@ def smoke_test(prefix: Path, imports: tuple[str, ...], timeout: float, build_id:
     """Import every smoke module with the env's own python (isolated mode: no user site)."""
     python = prefix / "bin" / "python"
     if not python.exists():
-        raise _StageError(build_id, "smoke", "bin/python is missing")
+        raise StageFailedError(build_id, "smoke", "bin/python is missing")
     code = "\n".join(f"import {name}" for name in imports) or "pass"
     _run([str(python), "-I", "-c", code], prefix, timeout, build_id, "smoke")
 
@@ -251,6 +260,9 @@ def deploy_build(
                 return DeployOutcome(env, build_id, "ready")
             if (record := quarantined_for(site, store, manifest)) is not None:
                 return DeployOutcome(env, build_id, "skipped", record.reason)
+            retry = failures.read_retry(root, env, build_id)
+            if retry is not None and failures.waiting(retry):
+                return DeployOutcome(env, build_id, "waiting", retry.reason)
             return _deploy_locked(site, store, manifest, log)
     except LockBusy:
         event(log, "busy", env=env, build=build_id, detail="another agent is deploying it")
@@ -267,18 +279,18 @@ def _deploy_locked(
     marks: dict[str, float] = {"start": started}
     try:
         members, nbytes = _steps(site, store, manifest, partial, final, marks, log)
-    except (RejectedArtifactError, _StageError) as exc:
-        stage = getattr(exc, "stage", None) or _failed_stage(marks)
+        seconds = time.monotonic() - started
+        _mark_ready(site, manifest, final, seconds)
+    except Exception as exc:
+        stage = _failed_stage(marks)
+        failure = failures.classify(exc, stage)
+        if failure is None:
+            raise  # a bug of ours, never the artifact's: no quarantine
         for path in (partial, final):
             with contextlib.suppress(OSError):
                 trash.discard(site.deploy_root, env, path)
-        _quarantine(site, store, manifest, stage, str(exc))
-        event(
-            log, "quarantine", logging.ERROR, env=env, build=build_id, stage=stage, reason=str(exc)
-        )
-        return DeployOutcome(env, build_id, "quarantined", str(exc), time.monotonic() - started)
-    seconds = time.monotonic() - started
-    _mark_ready(site, manifest, final, seconds)
+        return _failed(site, store, manifest, failure, log, time.monotonic() - started)
+    failures.clear_retry(site.deploy_root, env, build_id)
     steps = {f"{b}_s": marks[b] - marks[a] for a, b in zip(STEPS[:-1], STEPS[1:], strict=True)}
     event(
         log,
@@ -298,7 +310,44 @@ STEPS = ("start", "verify", "extract", "unpack", "smoke")
 
 def _failed_stage(marks: dict[str, float]) -> str:
     """The first step without a completion mark is the one that failed."""
-    return next(step for step in STEPS if step not in marks)
+    return next((step for step in STEPS if step not in marks), "ready")
+
+
+def _failed(
+    site: SiteConfig,
+    store: Store,
+    manifest: BuildManifest,
+    failure: failures.Failure,
+    log: logging.Logger,
+    seconds: float,
+) -> DeployOutcome:
+    """Quarantine the artifact, or remember a node fault for a later retry."""
+    env, build_id = manifest.name, manifest.build_id
+    if failure.kind == failures.ARTIFACT:
+        _quarantine(site, store, manifest, failure.stage, failure.reason)
+        event(
+            log,
+            "quarantine",
+            logging.ERROR,
+            env=env,
+            build=build_id,
+            stage=failure.stage,
+            reason=failure.reason,
+        )
+        return DeployOutcome(env, build_id, "quarantined", failure.reason, seconds)
+    retry = failures.record_node_fault(site.deploy_root, env, build_id, failure, site.agent.node)
+    event(
+        log,
+        "retry-later",
+        logging.WARNING,
+        env=env,
+        build=build_id,
+        stage=failure.stage,
+        reason=failure.reason,
+        attempt=retry.attempts,
+        next_try=retry.next_try,
+    )
+    return DeployOutcome(env, build_id, "retry", failure.reason, seconds)
 
 
 def _steps(

@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import os
 import queue
+import stat
 import tarfile
 import threading
 import time
@@ -487,7 +488,13 @@ def _make_links(
             if member.issym():
                 os.symlink(member.linkname, target)
             else:
-                os.link(os.path.join(root, member.linkname), target, follow_symlinks=False)
+                source = os.path.join(root, member.linkname)
+                if not stat.S_ISREG(os.lstat(source).st_mode):
+                    raise RejectedArtifactError(
+                        build_id,
+                        f"member {member.name!r}: hardlink to a non-file {member.linkname!r}",
+                    )
+                os.link(source, target, follow_symlinks=False)
         except FileExistsError:
             raise RejectedArtifactError(
                 build_id, f"member {member.name!r}: a second entry for the same path"

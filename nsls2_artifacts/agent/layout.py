@@ -84,6 +84,14 @@ def quarantine_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
     return quarantine_dir(deploy_root) / env / f"{build_id}.json"
 
 
+def retry_dir(deploy_root: str | Path) -> Path:
+    return state_dir(deploy_root) / "retry"
+
+
+def retry_path(deploy_root: str | Path, env: str, build_id: str) -> Path:
+    return retry_dir(deploy_root) / env / f"{build_id}.json"
+
+
 def hold_path(deploy_root: str | Path, env: str) -> Path:
     return state_dir(deploy_root) / "holds" / f"{env}.json"
 

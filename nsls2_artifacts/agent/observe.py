@@ -16,9 +16,17 @@ from typing import Any
 from ..config import SiteConfig
 from ..errors import StoreError
 from ..fsutil import read_json
-from ..records import BuildManifest, Hold, LtsRecord, ReadyRecord, RecordError, parse_time
+from ..records import (
+    BuildManifest,
+    Hold,
+    LtsRecord,
+    ReadyRecord,
+    RecordError,
+    RetryRecord,
+    parse_time,
+)
 from ..store import InvalidBuild, Store
-from . import deploy, kernels, latest, layout
+from . import deploy, failures, kernels, latest, layout
 from .log import event
 
 
@@ -48,6 +56,8 @@ class Observed:
     deleted: dict[str, set[str]] = field(default_factory=dict)  # env -> pruned here on purpose
     # env -> builds retention has tombstoned (-> tombstone mtime, ns): they lose their kernels
     tombstoned: dict[str, dict[str, int]] = field(default_factory=dict)
+    # (env, build) -> the node fault whose backoff has not run out (failures.py)
+    waiting: dict[tuple[str, str], RetryRecord] = field(default_factory=dict)
     # env -> every build directory under envs/ENV -> its ready record (None: not ready)
     dirs: dict[str, dict[str, ReadyRecord | None]] = field(default_factory=dict)
     hold_errors: dict[str, str] = field(default_factory=dict)  # env -> why its hold is unreadable
@@ -83,6 +93,9 @@ def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
             obs.builds[(env, m.build_id)] = m
             if (q := deploy.quarantined_for(site, store, m)) is not None:
                 obs.quarantined[(env, m.build_id)] = q.reason
+            retry = failures.read_retry(site.deploy_root, env, m.build_id)
+            if retry is not None and failures.waiting(retry):
+                obs.waiting[(env, m.build_id)] = retry
     obs.local_envs = sorted(set(layout.deployed_envs(root)) | set(layout.tombstoned_envs(root)))
     for env in sorted(set(obs.manifests) | set(obs.local_envs)):
         obs.deleted[env] = layout.deleted_builds(root, env)

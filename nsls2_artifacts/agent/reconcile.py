@@ -25,6 +25,7 @@ from ..records import (
     BuildManifest,
     PassRecord,
     ReadyRecord,
+    RetryRecord,
     isoformat,
     parse_time,
     utcnow,
@@ -52,6 +53,7 @@ class Plan:
     store_error: str = ""
     to_deploy: list[BuildManifest] = field(default_factory=list)
     quarantined: list[tuple[str, str, str]] = field(default_factory=list)
+    waiting: list[RetryRecord] = field(default_factory=list)  # node fault, backoff running
     other_platform: list[tuple[str, str, str]] = field(default_factory=list)  # env, build, platform
     invalid: list[InvalidBuild] = field(default_factory=list)
     to_flip: list[Flip] = field(default_factory=list)
@@ -64,6 +66,7 @@ class Plan:
             "store_error": self.store_error,
             "to_deploy": [f"{m.name}/{m.build_id}" for m in self.to_deploy],
             "quarantined": [{"env": e, "build_id": b, "reason": r} for e, b, r in self.quarantined],
+            "waiting": [w.to_dict() for w in self.waiting],
             "other_platform": [
                 {"env": e, "build_id": b, "platform": p} for e, b, p in self.other_platform
             ],
@@ -79,6 +82,10 @@ class Plan:
             lines.append(f"store unavailable ({self.store_error}): nothing will be removed")
         lines += [f"deploy   {m.name}/{m.build_id}" for m in self.to_deploy]
         lines += [f"skip     {e}/{b} (quarantined: {r})" for e, b, r in self.quarantined]
+        lines += [
+            f"wait     {w.env}/{w.build_id} (node fault, retry at {w.next_try}: {w.reason})"
+            for w in self.waiting
+        ]
         lines += [f"skip     {e}/{b} (built for {p})" for e, b, p in self.other_platform]
         lines += [f"ignore   {i.env}/{i.build_id} ({i.reason})" for i in self.invalid]
         for f in self.to_flip:
@@ -159,6 +166,8 @@ def _plan_deploys(obs: Observed, plan: Plan) -> None:
                 plan.other_platform.append((env, m.build_id, m.platform))
             elif (env, m.build_id) in obs.quarantined:
                 plan.quarantined.append((env, m.build_id, obs.quarantined[(env, m.build_id)]))
+            elif (env, m.build_id) in obs.waiting:
+                plan.waiting.append(obs.waiting[(env, m.build_id)])
             else:
                 plan.to_deploy.append(m)
     # newest first: the build users are waiting for is usually the newest one
@@ -402,7 +411,7 @@ def run_pass(
     result.failures += [
         f"{o.env}/{o.build_id}: {o.reason}"
         for o in result.outcomes
-        if o.result in ("quarantined", "error")
+        if o.result in ("quarantined", "retry", "error")
     ]
     for env in layout.deployed_envs(site.deploy_root):
         builds = plan_committed.get(env)
