@@ -39,6 +39,9 @@ class AgentSettings:
     smoke_timeout_seconds: float = 300
     max_members: int = 500_000
     max_bytes: int = 64 * 1024**3
+    # modules this node's users need beyond each build's smoke list (a GPU node's cupy):
+    # every build `latest` points at is imported here once, and a failure is reported
+    node_imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,11 @@ class _Reader:
         for name, value in raw.items():
             if not hasattr(defaults, name):
                 raise self.fail(f"{key}.{name}", "unknown key")
+            if kind.__dataclass_fields__[name].type == "tuple[str, ...]":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise self.fail(f"{key}.{name}", f"expected a list of names, got {value!r}")
+                values[name] = tuple(value)
+                continue
             if f"{key}.{name}" in NUMBER_RULES:
                 values[name] = self.number(f"{key}.{name}", value)
                 continue

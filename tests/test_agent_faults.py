@@ -87,8 +87,8 @@ def test_sigkill_at_each_stage_converges(tmp_path: Path, stage: str) -> None:
 
 def test_two_agents_unpack_each_build_once(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
-    builds = [
-        commit_fake(cfg, env, tag=f"{env}{h}", hours=h)
+    builds = [  # LTS-labelled but the newest, so none is skipped as superseded
+        commit_fake(cfg, env, tag=f"{env}{h}", hours=h, lts=None if h == 3 else f"2026-{h}")
         for env in ("demo", "base")
         for h in (1, 2, 3)
     ]

@@ -47,6 +47,7 @@ def test_choose_latest_rules() -> None:
 def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1)
+    assert run(cfg).ok  # deployed before the next publish (else superseded, never ready)
     second = commit_fake(cfg, tag="two", hours=2)
     assert run(cfg).ok
     assert target(cfg) == second.build_id

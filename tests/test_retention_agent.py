@@ -28,6 +28,7 @@ def deployed(tmp_path):
         tmp_path / "site", retention={"keep_latest": 1, "grace_days": 1, "lts_years": 3}
     )
     old = commit_fake(site, tag="a", hours=-30 * 24)
+    agent_once(config)  # deployed before the next publish (else superseded, never deployed)
     new = commit_fake(site, tag="b", hours=0)
     agent_once(config)
     old_dir = site.deploy_root / "envs" / "demo" / old.build_id

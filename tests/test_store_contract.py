@@ -91,6 +91,7 @@ _: Callable[[Path], Store] = FilesystemStore  # the default backend satisfies th
 
 def test_node_reports_are_replaced_whole_and_listed_by_node(store: Store) -> None:
     assert store.node_reports() == []
+    fake_build(store, "demo", 1, b"x")
     store.put_node_report("sdcc-02", {"node": "sdcc-02", "envs": {}})
     store.put_node_report("sdcc-01", {"node": "sdcc-01", "envs": {"base": {"latest": "a"}}})
     store.put_node_report("sdcc-01", {"node": "sdcc-01", "envs": {"base": {"latest": "b"}}})
@@ -98,6 +99,13 @@ def test_node_reports_are_replaced_whole_and_listed_by_node(store: Store) -> Non
     assert [r.node for r in reports] == ["sdcc-01", "sdcc-02"]
     assert reports[0].data == {"node": "sdcc-01", "envs": {"base": {"latest": "b"}}}
     assert all(r.error == "" and r.written.tzinfo is not None for r in reports)
-    assert store.envs() == []  # reports never look like an env
+    assert store.envs() == ["demo"]  # reports never look like an env
     with pytest.raises(StoreError, match="node name"):
         store.put_node_report("../etc", {})
+
+
+def test_node_report_never_creates_a_missing_store(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "gone")
+    with pytest.raises(StoreError, match="does not exist"):
+        store.put_node_report("sdcc-01", {})
+    assert not (tmp_path / "gone").exists()

@@ -146,6 +146,13 @@ def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
     return nodes_dir(deploy_root) / f"{node}.json"
 
 
+def node_check_path(deploy_root: str | Path, node: str, env: str, build_id: str) -> Path:
+    """Whether ENV/BUILD_ID imports on NODE (agent/nodecheck.py), one record per node."""
+    if not _NODE_RE.match(node):
+        raise PruneError(f"node name {node!r} cannot be a file name in {state_dir(deploy_root)}")
+    return state_dir(deploy_root) / "nodecheck" / node / env / f"{build_id}.json"
+
+
 def clock_probe_path(deploy_root: str | Path, node: str) -> Path:
     """The file whose mtime tells the shared filesystem's time (see `heartbeat.fs_now_ns`)."""
     return state_dir(deploy_root) / f".clock-{node}"

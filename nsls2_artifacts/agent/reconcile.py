@@ -31,7 +31,7 @@ from ..records import (
     utcnow,
 )
 from ..store import InvalidBuild, Store
-from . import deploy, kernels, latest, layout, logos, profiles, retention, trash
+from . import deploy, kernels, latest, layout, logos, nodecheck, profiles, report, retention, trash
 from .locks import apply_lock
 from .log import event
 from .observe import Observed, observe
@@ -55,6 +55,8 @@ class Plan:
     quarantined: list[tuple[str, str, str]] = field(default_factory=list)
     waiting: list[RetryRecord] = field(default_factory=list)  # node fault, backoff running
     other_platform: list[tuple[str, str, str]] = field(default_factory=list)  # env, build, platform
+    # env, build, the newer build deployed instead: not worth a deploy (never LTS builds)
+    superseded: list[tuple[str, str, str]] = field(default_factory=list)
     invalid: list[InvalidBuild] = field(default_factory=list)
     to_flip: list[Flip] = field(default_factory=list)
     kernels_write: list[kernels.KernelPlan] = field(default_factory=list)
@@ -70,6 +72,7 @@ class Plan:
             "other_platform": [
                 {"env": e, "build_id": b, "platform": p} for e, b, p in self.other_platform
             ],
+            "superseded": [{"env": e, "build_id": b, "newer": n} for e, b, n in self.superseded],
             "invalid": [asdict(i) for i in self.invalid],
             "to_flip": [asdict(f) for f in self.to_flip],
             "kernels_write": [k.summary() for k in self.kernels_write],
@@ -87,6 +90,7 @@ class Plan:
             for w in self.waiting
         ]
         lines += [f"skip     {e}/{b} (built for {p})" for e, b, p in self.other_platform]
+        lines += [f"skip     {e}/{b} (superseded by {n})" for e, b, n in self.superseded]
         lines += [f"ignore   {i.env}/{i.build_id} ({i.reason})" for i in self.invalid]
         for f in self.to_flip:
             hold = " (rollback hold released)" if f.release_hold else ""
@@ -156,9 +160,11 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
 
 
 def _plan_deploys(obs: Observed, plan: Plan) -> None:
-    """Committed builds not ready here, minus quarantined and retention-deleted ones."""
+    """Committed builds not ready here, minus quarantined, retention-deleted and
+    superseded ones."""
     ready_ids = {env: {r.build_id for r in rs} for env, rs in obs.ready.items()}
     for env, builds in obs.manifests.items():
+        before = len(plan.to_deploy)
         for m in builds:
             if m.build_id in ready_ids.get(env, set()) or m.build_id in obs.deleted.get(env, ()):
                 continue  # ready, or retired by retention: the store copy is not a reason
@@ -170,8 +176,33 @@ def _plan_deploys(obs: Observed, plan: Plan) -> None:
                 plan.waiting.append(obs.waiting[(env, m.build_id)])
             else:
                 plan.to_deploy.append(m)
+        candidates = plan.to_deploy[before:]
+        del plan.to_deploy[before:]
+        plan.to_deploy += _skip_superseded(env, candidates, obs, plan)
     # newest first: the build users are waiting for is usually the newest one
     plan.to_deploy.sort(key=lambda m: (m.created_at, m.build_id), reverse=True)
+
+
+def _skip_superseded(
+    env: str, candidates: list[BuildManifest], obs: Observed, plan: Plan
+) -> list[BuildManifest]:
+    """Only the newest of the builds `latest` could point at is worth deploying (plus
+    LTS-labelled ones, which get kernels of their own): after an outage, deploying every
+    intermediate build would delay the fix and fill the disk until retention."""
+    if not candidates:
+        return []
+    lts_ids = {r.build_id for r in obs.lts.get(env, [])}
+    newest = max(
+        [(m.created_at, m.build_id) for m in candidates]
+        + [(parse_time(r.created), r.build_id) for r in obs.ready.get(env, [])]
+    )[1]
+    wanted = []
+    for m in candidates:
+        if m.build_id == newest or m.build_id in lts_ids:
+            wanted.append(m)
+        else:
+            plan.superseded.append((env, m.build_id, newest))
+    return wanted
 
 
 def _plan_latest(env: str, ready: list[ReadyRecord], obs: Observed, plan: Plan) -> str | None:
@@ -429,6 +460,7 @@ def run_pass(
     result.plan.kernels_remove = state_plan.kernels_remove
     result.seconds = time.monotonic() - started
     _record_pass(site, result)
+    _report_rollout(site, store, result, observed.builds, log)
     event(
         log,
         "pass",
@@ -446,6 +478,32 @@ def refresh_state(site: SiteConfig, store: Store, log: logging.Logger) -> Plan:
         plan = make_plan(site, observe(site, store, log))
         apply_state(site, plan, log)
     return plan
+
+
+def _report_rollout(
+    site: SiteConfig,
+    store: Store,
+    result: PassResult,
+    builds: dict[tuple[str, str], BuildManifest],
+    log: logging.Logger,
+) -> None:
+    """Check that `latest` imports on this node, then put this node's rollout report in
+    the store; a failure is logged and retried next pass, never fatal."""
+    try:
+        node_failures = nodecheck.check_latest(site, builds, log)
+        errors = {(o.env, o.build_id): o.reason for o in result.outcomes if o.result == "error"}
+        node_report = report.collect_report(
+            site,
+            seconds=result.seconds,
+            store_ok=result.plan.store_ok,
+            superseded=result.plan.superseded,
+            errors=errors,
+            node_failures=node_failures,
+        )
+        report.publish_report(store, node_report)
+    except Exception as exc:  # the store may be down: the deploy root is still right
+        event(log, "report-error", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        result.failures.append(f"rollout report: {exc}")
 
 
 def _record_pass(site: SiteConfig, result: PassResult) -> None:

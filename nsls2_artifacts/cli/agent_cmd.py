@@ -51,6 +51,7 @@ def agent(
                 json.dumps(plan.to_dict(), indent=2) if json_out else plan.describe(),
                 highlight=False,
                 markup=False,
+                soft_wrap=True,  # one line per step, whatever the terminal width
             )
             return
         if once:

@@ -123,10 +123,22 @@ def nodes_retire(
     config: ConfigOption = None,
 ) -> None:
     """Retire a node that is gone for good, so its stale heartbeat stops blocking deletion."""
+    from ..errors import PruneError
+    from ..rollout import retire_node
+
     cfg = site(config)
     with reported_errors():
-        target = hb.retire(cfg.deploy_root, node)
-    out.print(f"retired node {escape(node)}: heartbeat moved to {escape(str(target))}")
+        in_store = retire_node(open_store(cfg.store), node)
+        try:
+            target = hb.retire(cfg.deploy_root, node)
+        except PruneError:
+            if not in_store:
+                raise
+            target = None
+    if target is not None:
+        out.print(f"retired node {escape(node)}: heartbeat moved to {escape(str(target))}")
+    if in_store:
+        out.print(f"retired node {escape(node)}: its rollout report no longer counts")
     out.print("if its agent still runs, its next heartbeat registers it again")
 
 

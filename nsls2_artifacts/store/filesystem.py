@@ -334,6 +334,8 @@ class FilesystemStore:
 
     def put_node_report(self, node: str, data: dict[str, Any]) -> None:
         path = self.root / NODES_DIR / f"{check_node_name(node)}.json"
+        if not self.root.is_dir():  # never re-create a store that went away (an outage)
+            raise StoreError(f"store root {self.root} does not exist or is not a directory")
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         if len(text) > NODE_REPORT_LIMIT:
             raise StoreError(f"rollout report of {node} is {len(text)} bytes (limit 1 MiB)")

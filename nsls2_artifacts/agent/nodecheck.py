@@ -1,0 +1,82 @@
+"""Does the build `latest` points at import on this node? Checked once per node and build.
+
+Several nodes share one deploy root, so a build is deployed (and smoke-tested) once, on
+whichever node took its lock; the other nodes may differ (CPU, drivers, mounts, the
+modules their users need, `agent.node_imports`). After each pass `reconcile.run_pass`
+asks `check_latest` to import the smoke modules plus the node's own with the env's python
+here; the result is kept under state/nodecheck/NODE/ and goes into the node's rollout
+report. It never moves `latest` (shared by every node): it tells staff which node fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import SiteConfig
+from ..errors import DeployError
+from ..fsutil import atomic_write_json, read_json
+from ..records import BuildManifest, isoformat, utcnow
+from . import latest, layout
+from .deploy import smoke_test
+from .log import event
+
+
+def _imports(site: SiteConfig, manifest: BuildManifest | None, ready_smoke: tuple[str, ...]):
+    smoke = manifest.smoke if manifest else ready_smoke
+    return tuple(dict.fromkeys([*smoke, *site.agent.node_imports]))
+
+
+def _previous(path: Path, imports: tuple[str, ...]) -> str | None | bool:
+    """The recorded result for these imports: a reason, None (passed), False (none yet)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("imports") != list(imports):
+        return False  # node_imports changed: check again
+    return data.get("reason") or None
+
+
+def check_latest(
+    site: SiteConfig, builds: dict[tuple[str, str], BuildManifest], log: logging.Logger
+) -> dict[tuple[str, str], str]:
+    """(env, build) -> why it fails to import here, for every env's latest target."""
+    root, node = site.deploy_root, site.agent.node
+    failures = {}
+    for env in layout.deployed_envs(root):
+        build_id = latest.current_latest(root, env)
+        ready = layout.read_ready(root, env, build_id) if build_id else None
+        if build_id is None or ready is None:
+            continue
+        imports = _imports(site, builds.get((env, build_id)), ready.smoke)
+        if ready.node == node and not site.agent.node_imports:
+            continue  # smoke-tested on this very node when it was deployed
+        path = layout.node_check_path(root, node, env, build_id)
+        result = _previous(path, imports)
+        if result is False:
+            result = _run_check(site, env, build_id, imports)
+            atomic_write_json(
+                path,
+                {"imports": list(imports), "reason": result or "", "time": isoformat(utcnow())},
+            )
+            if result:
+                event(
+                    log, "node-check-failed", logging.ERROR, env=env, build=build_id, reason=result
+                )
+            else:
+                event(log, "node-check", env=env, build=build_id, imports=len(imports))
+        if result:
+            failures[(env, build_id)] = result
+    return failures
+
+
+def _run_check(site: SiteConfig, env: str, build_id: str, imports: tuple[str, ...]) -> str | None:
+    prefix = layout.build_dir(site.deploy_root, env, build_id)
+    try:
+        smoke_test(prefix, imports, site.agent.smoke_timeout_seconds, build_id)
+    except DeployError as exc:
+        # the output's last line names the import that failed (the traceback is in the log)
+        last = str(exc).removeprefix(f"{build_id}: ").rsplit(" | ", 1)[-1]
+        return f"smoke import failed on this node: {last.removeprefix('smoke failed ')}"
+    return None

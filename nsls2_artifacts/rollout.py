@@ -1,0 +1,353 @@
+"""Rollout: which nodes serve which build, from the reports every agent puts in the store.
+
+Each agent pass writes one `NodeRollout` through `Store.put_node_report` (agent/report.py);
+the hook reads them all back (`read_nodes`) and asks `build_rollout` how far one build
+got and whether staff can tell users to restart, or `served_latest` what the live nodes
+serve. The store is the only channel the build host and the nodes share, so this works
+on every store backend. Nothing here touches the deploy root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import StoreError
+from .records import BuildManifest, PackageRef, RecordError, isoformat, utcnow
+from .store import Store
+
+REPORT_SCHEMA = 1
+
+
+# -- what one node reports -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvRollout:
+    """One env on one node: where `latest` points, what is ready, what failed or was skipped."""
+
+    latest: str | None = None
+    ready: tuple[str, ...] = ()
+    failed: dict[str, str] = field(default_factory=dict)  # build -> reason
+    superseded: dict[str, str] = field(default_factory=dict)  # build -> the newer build deployed
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnvRollout:
+        if not isinstance(data, dict):
+            raise RecordError("rollout report env", "-", "expected an object")
+        latest = data.get("latest")
+        ready = data.get("ready", [])
+        failed = data.get("failed", {})
+        superseded = data.get("superseded", {})
+        if latest is not None and not isinstance(latest, str):
+            raise RecordError("rollout report env", "latest", "expected a build id or null")
+        if not isinstance(ready, list) or not all(isinstance(b, str) for b in ready):
+            raise RecordError("rollout report env", "ready", "expected a list of build ids")
+        for name, value in (("failed", failed), ("superseded", superseded)):
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise RecordError("rollout report env", name, "expected build id -> text")
+        return cls(latest, tuple(ready), dict(failed), dict(superseded))
+
+
+@dataclass(frozen=True)
+class NodeRollout:
+    """`Store.put_node_report(node, ...)`: one agent's view after its last pass."""
+
+    node: str
+    time: str  # the node's clock, informational; liveness uses the store's time
+    version: str
+    pass_seconds: float
+    envs: dict[str, EnvRollout]
+    store_ok: bool = True
+    retired: str | None = None  # set by `nodes retire`; the node's next report clears it
+    schema: int = REPORT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["envs"] = {name: asdict(env) for name, env in sorted(self.envs.items())}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeRollout:
+        record = "rollout report"
+
+        def need(name: str, kind: type | tuple[type, ...]) -> Any:
+            if name not in data:
+                raise RecordError(record, name, "missing")
+            if not isinstance(data[name], kind) or isinstance(data[name], bool) != (kind is bool):
+                raise RecordError(record, name, f"expected {kind}")
+            return data[name]
+
+        envs = need("envs", dict)
+        retired = data.get("retired")
+        return cls(
+            node=need("node", str),
+            time=need("time", str),
+            version=need("version", str),
+            pass_seconds=float(need("pass_seconds", (int, float))),
+            envs={str(k): EnvRollout.from_dict(v) for k, v in envs.items()},
+            store_ok=bool(data.get("store_ok", True)),
+            retired=retired if isinstance(retired, str) else None,
+            schema=int(data.get("schema", REPORT_SCHEMA)),
+        )
+
+
+# -- what the hook sees of every node ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSeen:
+    """A node's last report and whether it counts: live, stale, retired or unreadable."""
+
+    node: str
+    liveness: str  # live | stale | retired | unreadable
+    written: datetime
+    report: NodeRollout | None
+    error: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.liveness == "live"
+
+    def env(self, env: str) -> EnvRollout | None:
+        return self.report.envs.get(env) if self.report else None
+
+
+def read_nodes(
+    store: Store, ttl_seconds: float, now: datetime | None = None
+) -> tuple[list[NodeSeen], str]:
+    """Every node's report with its liveness, and a store error ("" when the store answered).
+
+    A node is stale when its report is older than `ttl_seconds` (agent.node_ttl_seconds)
+    by the store's clock; retired when `nodes retire` marked it and it has not reported
+    since."""
+    now = now or utcnow()
+    try:
+        stored = store.node_reports()
+    except StoreError as exc:
+        return [], str(exc)
+    seen = []
+    for item in stored:
+        report, error = None, item.error
+        if item.data is not None:
+            try:
+                report = NodeRollout.from_dict(item.data)
+            except (RecordError, TypeError, ValueError) as exc:
+                error = f"report of {item.node}: {exc}"
+        if report is None:
+            seen.append(NodeSeen(item.node, "unreadable", item.written, None, error))
+        elif report.retired:
+            seen.append(NodeSeen(item.node, "retired", item.written, report))
+        elif (now - item.written).total_seconds() > ttl_seconds:
+            seen.append(NodeSeen(item.node, "stale", item.written, report))
+        else:
+            seen.append(NodeSeen(item.node, "live", item.written, report))
+    return seen, ""
+
+
+def retire_node(store: Store, node: str) -> bool:
+    """Mark NODE's report retired (what `nodes retire` does in the store), so it stops
+    counting for "users can restart now"; False when NODE never reported. Its agent's
+    next report (if it still runs) clears the mark, as its next heartbeat does."""
+    for item in store.node_reports():
+        if item.node == node:
+            data = dict(item.data or {"node": node, "envs": {}})
+            store.put_node_report(node, {**data, "retired": isoformat(utcnow())})
+            return True
+    return False
+
+
+# -- one build's rollout -------------------------------------------------------------------
+
+
+def kernel_label(display_name: str) -> str:
+    """What users see in the launcher for an env's rolling kernel: "NSLS-II base (latest)".
+
+    From nsls2.yaml's display_name (carried in the build manifest), so the hook names the
+    kernel the way staff wrote it, whatever date or label the kernelspec adds."""
+    return f"{display_name} (latest)"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """Where one node is with one build."""
+
+    node: str
+    liveness: str  # live | stale | retired | unreadable
+    status: str  # serving | ready | waiting | failed | superseded | unknown
+    detail: str
+    reported: str  # when the store received the node's last report (ISO)
+
+
+@dataclass(frozen=True)
+class BuildRollout:
+    """How far ENV/BUILD_ID got across the nodes, and whether users can restart now."""
+
+    env: str
+    build_id: str
+    kernel: str
+    nodes: list[NodeStatus]
+    live: int
+    serving: int
+    complete: bool
+    superseded_by: str | None
+    summary: str
+    headline: str
+    store_error: str = ""
+
+    @property
+    def failed(self) -> list[NodeStatus]:
+        return [n for n in self.nodes if n.liveness == "live" and n.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failed"] = [asdict(n) for n in self.failed]
+        return data
+
+
+def _node_status(seen: NodeSeen, env: str, build_id: str) -> NodeStatus:
+    reported = isoformat(seen.written)
+    state = seen.env(env)
+    if seen.report is None:
+        return NodeStatus(seen.node, seen.liveness, "unknown", seen.error, reported)
+    if state is None:
+        return NodeStatus(seen.node, seen.liveness, "waiting", f"no {env} here yet", reported)
+    if build_id in state.failed:
+        return NodeStatus(seen.node, seen.liveness, "failed", state.failed[build_id], reported)
+    if state.latest == build_id:
+        return NodeStatus(seen.node, seen.liveness, "serving", "latest points here", reported)
+    if build_id in state.superseded:
+        newer = state.superseded[build_id]
+        return NodeStatus(
+            seen.node, seen.liveness, "superseded", f"skipped: {newer} is newer", reported
+        )
+    if build_id in state.ready:
+        return NodeStatus(
+            seen.node, seen.liveness, "ready", f"ready; latest is {state.latest}", reported
+        )
+    return NodeStatus(seen.node, seen.liveness, "waiting", "not deployed yet", reported)
+
+
+def _short(reason: str, limit: int = 160) -> str:
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def build_rollout(
+    nodes: list[NodeSeen], env: str, build_id: str, display_name: str, store_error: str = ""
+) -> BuildRollout:
+    """ENV/BUILD_ID across `nodes`: complete when every live node serves it as latest.
+
+    Stale, retired and unreadable nodes are listed but never block completion."""
+    statuses = [_node_status(seen, env, build_id) for seen in nodes]
+    live = [s for s in statuses if s.liveness == "live"]
+    serving = [s for s in live if s.status == "serving"]
+    complete = bool(live) and len(serving) == len(live)
+    served = {
+        state.latest
+        for seen in nodes
+        if seen.live and (state := seen.env(env)) is not None and state.latest
+    }
+    # build ids sort by time: every live node on a newer build means this one is past
+    superseded_by = (
+        max(served) if served and not complete and all(b > build_id for b in served) else None
+    )
+    kernel = kernel_label(display_name)
+    summary = _summary(statuses, live, serving, superseded_by, store_error)
+    if complete:
+        headline = f"Users can restart {kernel} now"
+    elif superseded_by:
+        headline = f"Superseded: live nodes serve {superseded_by}"
+    else:
+        headline = f"Rolling out: not yet — {kernel} still starts the previous build on some nodes"
+    return BuildRollout(
+        env=env,
+        build_id=build_id,
+        kernel=kernel,
+        nodes=statuses,
+        live=len(live),
+        serving=len(serving),
+        complete=complete,
+        superseded_by=superseded_by,
+        summary=summary,
+        headline=headline,
+        store_error=store_error,
+    )
+
+
+def _summary(
+    statuses: list[NodeStatus],
+    live: list[NodeStatus],
+    serving: list[NodeStatus],
+    superseded_by: str | None,
+    store_error: str,
+) -> str:
+    if store_error:
+        return f"node reports unavailable: {store_error}"
+    if not live:
+        return "no live node has reported (are the agents running?)"
+    text = f"deployed on {len(serving)} of {len(live)} live node{'s' * (len(live) != 1)}"
+    notes = [f"{s.node} failed: {_short(s.detail)}" for s in live if s.status == "failed"]
+    notes += [f"{s.node} skipped it ({s.detail})" for s in live if s.status == "superseded"]
+    waiting = [s.node for s in live if s.status in ("waiting", "ready", "unknown")]
+    if waiting and not superseded_by:
+        notes.append(f"waiting for {', '.join(waiting)}")
+    if notes:
+        text += f" ({'; '.join(notes)})"
+    others = [f"{s.node} {s.liveness}" for s in statuses if s.liveness != "live"]
+    if others:
+        text += f"; not counted: {', '.join(others)}"
+    return text
+
+
+def served_latest(nodes: list[NodeSeen], env: str) -> tuple[str | None, str]:
+    """(the build every live node serves as ENV's latest, or None; a short explanation)."""
+    served: dict[str, list[str]] = {}
+    for seen in nodes:
+        state = seen.env(env)
+        if seen.live and state is not None:
+            served.setdefault(state.latest or "-", []).append(seen.node)
+    if not served:
+        return None, "no live node reports this env"
+    if len(served) == 1:
+        build = next(iter(served))
+        count = len(served[build])
+        return (None if build == "-" else build), f"on {count} live node{'s' * (count != 1)}"
+    parts = [f"{build} on {', '.join(names)}" for build, names in sorted(served.items())]
+    return None, "mixed: " + "; ".join(parts)
+
+
+# -- what to tell users --------------------------------------------------------------------
+
+
+def _package_text(package: PackageRef) -> str:
+    return f"{package.name} {package.version}"
+
+
+def user_message(
+    kernel: str,
+    build: BuildManifest,
+    added: list[PackageRef],
+    removed: list[PackageRef],
+    changed: list[tuple[str, str, str]],
+    limit: int = 8,
+) -> str:
+    """One ready-to-send paragraph: what changed (from the package diff), then "restart"."""
+    items = [f"{name} {old} → {new}" for name, old, new in changed]
+    items += [f"{_package_text(p)} (new)" for p in added]
+    items += [f"{p.name} (removed)" for p in removed]
+    if not items:
+        what = "It is a rebuild with the same packages."
+    else:
+        shown = ", ".join(items[:limit])
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        what = f"What changed: {shown}{more}."
+    published = build.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"The {kernel} kernel now runs a new build ({build.build_id}, published {published}). "
+        f"{what} To use it, restart your kernel (Kernel → Restart Kernel) in any notebook "
+        f"running {kernel}; kernels started from now on get it automatically."
+    )

@@ -1,0 +1,110 @@
+"""Rollout reports from real agent passes: two nodes on one deploy root and one store.
+
+Each pass puts the node's report in the store (through the Store interface); `rollout`
+reads them back the way the hook does. One node needs a module the build lacks
+(`agent.node_imports`), so the build fails its import check there: the rollout is
+partial with that node's reason until the node is retired. Superseded builds are
+skipped, reported as such, and never counted as failures.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+
+import yaml
+from conftest import CLI
+from helpers_agent import commit_fake, promote_fake, run_cli, write_site
+
+from nsls2_artifacts.agent import layout
+from nsls2_artifacts.agent.log import setup_logging
+from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.config import load_config
+from nsls2_artifacts.rollout import build_rollout, read_nodes, served_latest
+from nsls2_artifacts.store import FilesystemStore
+
+
+def run(cfg):
+    return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
+
+
+def two_nodes(tmp_path):
+    """node-a and node-b: one store and deploy root; node-b's users need `cupy_for_tests`."""
+    config_a, site_a = write_site(tmp_path / "site", agent={"node": "node-a"})
+    data = yaml.safe_load(config_a.read_text())
+    data["agent"].update(node="node-b", node_imports=["cupy_for_tests"])
+    config_b = tmp_path / "site" / "site-b.yaml"
+    config_b.write_text(yaml.safe_dump(data))
+    return config_a, site_a, config_b, load_config(config_b)
+
+
+def test_partial_rollout_names_the_failing_node_until_it_is_retired(tmp_path) -> None:
+    config_a, site_a, config_b, site_b = two_nodes(tmp_path)
+    assert site_b.agent.node_imports == ("cupy_for_tests",)
+    build = commit_fake(site_a, tag="one", hours=1, display_name="NSLS-II demo")
+    assert run(site_a).ok
+    assert run(site_b).ok  # node-b's import failure is reported, not a failed pass
+    store = FilesystemStore(site_a.store)
+    nodes, error = read_nodes(store, ttl_seconds=600)
+    assert error == "" and [n.node for n in nodes] == ["node-a", "node-b"]
+    b_env = nodes[1].env("demo")
+    assert b_env.latest == build.build_id  # one shared deploy root: one latest
+    assert "cupy_for_tests" in b_env.failed[build.build_id]
+
+    view = build_rollout(nodes, "demo", build.build_id, build.display_name)
+    assert (view.live, view.serving, view.complete) == (2, 1, False)
+    assert view.summary.startswith("deployed on 1 of 2 live nodes (node-b failed: smoke import")
+    assert "No module named 'cupy_for_tests'" in view.summary
+    assert served_latest(nodes, "demo") == (build.build_id, "on 2 live nodes")
+
+    out = subprocess.run(
+        [*CLI, "nodes", "retire", "node-b", "--config", str(config_a)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "rollout report no longer counts" in out.stdout
+    nodes, _ = read_nodes(store, ttl_seconds=600)
+    view = build_rollout(nodes, "demo", build.build_id, build.display_name)
+    assert view.complete and view.headline == "Users can restart NSLS-II demo (latest) now"
+    assert "not counted: node-b retired" in view.summary
+
+    # node-b's agent comes back: its next report clears the retirement
+    run(site_b)
+    nodes, _ = read_nodes(store, ttl_seconds=600)
+    assert [n.liveness for n in nodes] == ["live", "live"]
+    # ... and a stale node no longer blocks either
+    nodes, _ = read_nodes(store, ttl_seconds=-1)
+    assert {n.liveness for n in nodes} == {"stale"}
+    assert not build_rollout(nodes, "demo", build.build_id, "x").complete
+
+
+def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
+    config, site = write_site(tmp_path / "site", agent={"node": "node-a"})
+    first = commit_fake(site, tag="one", hours=1)
+    assert run(site).ok
+    # an outage: three newer builds arrive before the next pass, the oldest labelled LTS
+    lts = commit_fake(site, tag="two", hours=2)
+    promote_fake(site, "demo", "2026-1", lts.build_id, hours=2.5)
+    skipped = commit_fake(site, tag="three", hours=3)
+    newest = commit_fake(site, tag="four", hours=4)
+    dry = run_cli(config, "agent", "--dry-run")
+    assert f"skip     demo/{skipped.build_id} (superseded by {newest.build_id})" in dry.stdout, dry.stdout
+    result = run(site)
+    assert result.ok
+    assert sorted(o.build_id for o in result.outcomes) == sorted([lts.build_id, newest.build_id])
+    assert not layout.build_dir(site.deploy_root, "demo", skipped.build_id).exists()
+    assert layout.read_ready(site.deploy_root, "demo", first.build_id) is not None
+
+    nodes, _ = read_nodes(FilesystemStore(site.store), ttl_seconds=600)
+    env = nodes[0].env("demo")
+    assert env.superseded == {skipped.build_id: newest.build_id} and env.failed == {}
+    view = build_rollout(nodes, "demo", skipped.build_id, "NSLS-II demo")
+    assert view.nodes[0].status == "superseded" and not view.failed
+    assert view.superseded_by == newest.build_id
+    assert view.headline.startswith("Superseded")
+    assert build_rollout(nodes, "demo", newest.build_id, "NSLS-II demo").complete
+    assert run(site).ok  # stays skipped on the next pass
+    assert not layout.build_dir(site.deploy_root, "demo", skipped.build_id).exists()
