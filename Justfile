@@ -35,6 +35,11 @@ demo: venv channel
 hub-demo: venv
     NSLS2_DEPLOY_ROOT="$PWD/var/deploy" NSLS2_DEFAULT_KERNEL=nsls2-demo-latest PATH="$PWD/.venv/bin:$PATH" {{python}} -m jupyterhub -f deploy/jupyterhub_demo_config.py
 
+# the staff page in one step: a local site file with a fresh token, then serve it
+# (prints the URL and the token; `just agent` in another terminal shows the rollout)
+hook-demo *args: venv channel
+    {{cli}} hook demo {{args}}
+
 # the test suite
 test *args: venv
     {{python}} -m pytest -ra {{args}}

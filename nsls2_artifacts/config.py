@@ -55,6 +55,7 @@ class Beamline:
 class HookSettings:
     listen: str = "127.0.0.1:8707"
     tokens_sha256: tuple[str, ...] = ()
+    token_names: dict[str, str] = field(default_factory=dict)  # sha256 -> staff member's name
     webhook_secret_env: str = "NSLS2_HOOK_SECRET"
     nightly: str | None = "02:00"
     webhook_repos: dict[str, list[str]] = field(default_factory=dict)
@@ -341,10 +342,30 @@ class _Reader:
         listed = self.number("kernels.listed_lts", listed)
         return KernelSettings(memory_limit=memory_limit, listed_lts=listed)
 
+    def tokens(self, entries: Any) -> tuple[tuple[str, ...], dict[str, str]]:
+        """`hook.tokens_sha256`: plain sha256 hex digests, or {name, sha256} mappings
+        (`hook token --name NAME`) so the history says who asked for a build."""
+        if not isinstance(entries, list):
+            raise self.fail("hook.tokens_sha256", "expected a list of sha256 hex digests")
+        hashes, names = [], {}
+        for i, entry in enumerate(entries):
+            name = None
+            if isinstance(entry, dict):
+                name, entry = entry.get("name"), entry.get("sha256")
+                if not isinstance(name, str) or not name.strip():
+                    raise self.fail(f"hook.tokens_sha256[{i}].name", "expected a name")
+            if not isinstance(entry, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry):
+                where = f"hook.tokens_sha256[{i}]" + (".sha256" if name else "")
+                raise self.fail(where, f"expected a sha256 hex digest, got {entry!r}")
+            hashes.append(entry.lower())
+            if name:
+                names[entry.lower()] = name.strip()
+        return tuple(hashes), names
+
     def hook(self, data: Any) -> HookSettings:
         if not isinstance(data, dict):
             raise self.fail("hook", "expected a mapping")
-        known = set(HookSettings.__dataclass_fields__)
+        known = set(HookSettings.__dataclass_fields__) - {"token_names"}
         for key in data:
             if key not in known:
                 raise self.fail(f"hook.{key}", "unknown key")
@@ -352,11 +373,7 @@ class _Reader:
         port = listen.rsplit(":", 1)[1] if isinstance(listen, str) and ":" in listen else ""
         if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
-        tokens = data.get("tokens_sha256") or []
-        if not isinstance(tokens, list) or not all(
-            isinstance(t, str) and len(t) == 64 for t in tokens
-        ):
-            raise self.fail("hook.tokens_sha256", "expected a list of sha256 hex digests")
+        tokens, names = self.tokens(data.get("tokens_sha256") or [])
         repos = data.get("webhook_repos") or {}
         if not isinstance(repos, dict) or not all(isinstance(v, list) for v in repos.values()):
             raise self.fail("hook.webhook_repos", "expected a mapping of owner/repo -> [env, ...]")
@@ -366,7 +383,8 @@ class _Reader:
         state_dir = data.get("state_dir")
         return HookSettings(
             listen=listen,
-            tokens_sha256=tuple(t.lower() for t in tokens),
+            tokens_sha256=tokens,
+            token_names=names,
             webhook_secret_env=str(data.get("webhook_secret_env", "NSLS2_HOOK_SECRET")),
             nightly=nightly,
             webhook_repos={str(k): [str(e) for e in v] for k, v in repos.items()},

@@ -100,6 +100,7 @@ def test_hostile_member_rejected_and_contained(site, tmp_path: Path, kind: str) 
         "site/deploy/share",
         "site/deploy/etc",
         "site/deploy/envs/other",
+        "site/store/.nodes",  # the agent's rollout report
     )
     dirs = {"site/deploy", "site/deploy/envs", "site/deploy/envs/demo", *allowed}
 

@@ -149,7 +149,7 @@ def test_webhook_signature(server: HookServer) -> None:
     assert ok.status_code == 202
     (record,) = builds(server)
     assert ok.json()["ids"] == [record["id"]]
-    assert record["env"] == "demo" and record["requested_by"] == "webhook:nsls-ii/Demo-Pkg"
+    assert record["env"] == "demo" and record["requested_by"] == "webhook:nsls-ii/Demo-Pkg v1.2.3"
 
 
 def test_replayed_webhook_delivery_is_refused(server: HookServer) -> None:

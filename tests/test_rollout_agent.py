@@ -91,7 +91,9 @@ def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
     skipped = commit_fake(site, tag="three", hours=3)
     newest = commit_fake(site, tag="four", hours=4)
     dry = run_cli(config, "agent", "--dry-run")
-    assert f"skip     demo/{skipped.build_id} (superseded by {newest.build_id})" in dry.stdout, dry.stdout
+    assert f"skip     demo/{skipped.build_id} (superseded by {newest.build_id})" in dry.stdout, (
+        dry.stdout
+    )
     result = run(site)
     assert result.ok
     assert sorted(o.build_id for o in result.outcomes) == sorted([lts.build_id, newest.build_id])

@@ -1,11 +1,14 @@
-"""`nsls2-artifacts hook serve|token`: run the staff build hook, or make a staff token.
+"""`nsls2-artifacts hook serve|token|demo`: run the staff build hook, make a staff token,
+or set up and serve a local demo hook in one step (`just hook-demo`).
 
 Thin: loads the site config and hands it to `hook.app.create_app` on uvicorn.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -23,11 +26,25 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the staff web page and API on hook.listen (127.0.0.1:8707 by default)."""
+    settings = site(config)
+    if not settings.hook.tokens_sha256 and not os.environ.get(settings.hook.webhook_secret_env):
+        where = settings.source or "the embedded default config"
+        console.print(
+            f"[bold red]error:[/] nobody could use this hook: {where} has no "
+            f"hook.tokens_sha256 and ${settings.hook.webhook_secret_env} is unset. Make a "
+            "token with `nsls2-artifacts hook token --name YOU` and add its config line, "
+            "or try `just hook-demo`.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    _serve(settings, listen, log_level)
+
+
+def _serve(settings: Any, listen: str | None, log_level: str) -> None:
     import uvicorn
 
     from ..hook.app import create_app
 
-    settings = site(config)
     with reported_errors():
         app = create_app(settings)
     address = listen or settings.hook.listen
@@ -41,14 +58,51 @@ def serve(
 
 
 @hook_app.command("token")
-def token() -> None:
-    """Print a new staff token and the sha256 line to add to hook.tokens_sha256."""
+def token(
+    name: Annotated[
+        str | None, typer.Option(help="Who gets it: shown in the build history instead of a hash")
+    ] = None,
+) -> None:
+    """Print a new staff token and the line to add to hook.tokens_sha256."""
     from ..hook.auth import new_token, token_hash
 
     value = new_token()
     # plain print: rich would read "[...]" as markup and eat the hash
     print(f"token:  {value}")
-    print(f"config: hook: {{tokens_sha256: [{token_hash(value)}]}}")
+    entry = (
+        f"{{name: {_yaml_name(name)}, sha256: {token_hash(value)}}}" if name else token_hash(value)
+    )
+    print(f"config: hook: {{tokens_sha256: [{entry}]}}")
+
+
+def _yaml_name(name: str) -> str:
+    import yaml
+
+    return yaml.safe_dump(name.strip(), default_flow_style=True).strip().removesuffix("...").strip()
+
+
+@hook_app.command("demo")
+def demo(
+    directory: Annotated[
+        Path, typer.Option(help="Where the demo site file and hook state go")
+    ] = Path("./var/hook-demo"),
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on")] = "127.0.0.1:8707",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Write a local site file with a fresh staff token (the embedded default's paths:
+    ./manifests, ./var/store, ./var/deploy, the offline channel), print the URL and the
+    token, and serve the staff page over the demo env."""
+    from ..config import load_config
+    from ..hook.demo import write_demo_site
+
+    with reported_errors():
+        path, value = write_demo_site(directory, listen)
+        settings = load_config(path)
+    print(f"site:   {path}")
+    print(f"url:    http://{listen}/")
+    print(f"token:  {value}   (sign in with it; it is new each time)")
+    print("agents: run `just agent` in another terminal to see builds roll out", flush=True)
+    _serve(settings, listen, log_level)
 
 
 def register(app: typer.Typer) -> None:

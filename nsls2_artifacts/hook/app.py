@@ -36,6 +36,7 @@ from starlette.routing import Route
 from ..config import SiteConfig
 from ..errors import ArtifactsError
 from ..fsutil import LockBusy, file_lock
+from ..rollout import build_rollout, read_nodes, served_latest, user_message
 from ..store import Store, open_store
 from . import metrics
 from .auth import (
@@ -197,9 +198,11 @@ async def _json_body(request: Request) -> tuple[Any, Response | None]:
 def index(request: Request) -> HTMLResponse:
     hook = _hook(request)
     active = hook.queue.active()
+    nodes, nodes_error = _nodes(hook)
     envs = [
         {
             "summary": summary(hook.site, hook.store, name),
+            "serving": served_latest(nodes, name),
             "last": hook.queue.last_finished(name),
             "active": [r for r in active if r.env == name],
         }
@@ -211,6 +214,8 @@ def index(request: Request) -> HTMLResponse:
         envs=envs,
         active=active,
         history=hook.queue.history(limit=50),
+        nodes=nodes,
+        nodes_error=nodes_error,
         schedule=hook.schedule,
         nightly_next=hook.queue.get_meta("nightly_next"),
     )
@@ -244,6 +249,44 @@ def _store_build_context(hook: Hook, env: str, build_id: str) -> dict[str, Any] 
     }
 
 
+def _nodes(hook: Hook) -> tuple[list[Any], str]:
+    return read_nodes(hook.store, hook.site.agent.node_ttl_seconds)
+
+
+def _rollout(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
+    """ENV/BUILD_ID across the nodes (from their reports in the store), plus the message
+    staff send users once every live node serves it; None if the build is not in the store."""
+    context = _store_build_context(hook, env, build_id)
+    if context is None:
+        return None
+    build, diff = context["build"], context["diff"]
+    nodes, error = _nodes(hook)
+    view = build_rollout(nodes, env, build_id, build.display_name, error)
+    changed = [(c.name, c.old, c.new) for c in diff.changed]
+    message = user_message(view.kernel, build, diff.added, diff.removed, changed)
+    return {**view.to_dict(), "message": message if view.complete else None}
+
+
+def _rollout_html(hook: Hook, rollout: dict[str, Any]) -> str:
+    macro = hook.templates.get_template("macros.html").module.rollout_section  # type: ignore[attr-defined]
+    return str(macro(rollout))
+
+
+def build_rollout_json(request: Request) -> JSONResponse:
+    """The rollout of a request's build, for the build page's live section (polled)."""
+    hook = _hook(request)
+    record = hook.queue.get(request.path_params["id"])
+    if record is None:
+        return _json_error(404, f"no build request #{request.path_params['id']}")
+    rollout = None
+    if record.build_id and is_env(hook.site, record.env):
+        rollout = _rollout(hook, record.env, record.build_id)
+    html = _rollout_html(hook, rollout) if rollout else ""
+    return JSONResponse(
+        {"state": record.state, "done": record.done, "rollout": rollout, "html": html}
+    )
+
+
 def store_build_page(request: Request) -> HTMLResponse:
     hook = _hook(request)
     env, build_id = request.path_params["env"], request.path_params["build_id"]
@@ -256,6 +299,7 @@ def store_build_page(request: Request) -> HTMLResponse:
         request,
         "store_build.html",
         env=env,
+        rollout=_rollout(hook, env, build_id),
         request_record=hook.queue.for_build_id(env, build_id),
         promoted=request.query_params.get("promoted"),
         **context,
@@ -268,13 +312,15 @@ def build_page(request: Request) -> HTMLResponse:
     if record is None:
         return _error_page(request, 404, f"no build request #{request.path_params['id']}")
     text, offset, truncated = _tail_log(hook.runner.log_path(record.id))
-    store_context = None
+    store_context = rollout = None
     if record.build_id and is_env(hook.site, record.env):
         store_context = _store_build_context(hook, record.env, record.build_id)
+        rollout = _rollout(hook, record.env, record.build_id)
     return _page(
         request,
         "build.html",
         record=record,
+        rollout=rollout,
         log_text=text,
         log_offset=offset,
         log_truncated=truncated,
@@ -460,7 +506,7 @@ def _api_auth(request: Request) -> tuple[str | None, Response | None]:
     if status == 403:
         hook.limiter.failed(_client(request))
         return None, _json_error(403, "token not accepted")
-    return f"token:{match[:8]}", None
+    return hook.auth.who(match), None
 
 
 async def api_request_build(request: Request) -> Response:
@@ -491,10 +537,14 @@ async def api_get_build(request: Request) -> Response:
     _who, error = _api_auth(request)
     if error:
         return error
-    record = await run_in_threadpool(_hook(request).queue.get, request.path_params["id"])
+    hook = _hook(request)
+    record = await run_in_threadpool(hook.queue.get, request.path_params["id"])
     if record is None:
         return _json_error(404, f"no build request #{request.path_params['id']}")
-    return JSONResponse(record.to_dict())
+    rollout = None
+    if record.build_id and is_env(hook.site, record.env):
+        rollout = await run_in_threadpool(_rollout, hook, record.env, record.build_id)
+    return JSONResponse({**record.to_dict(), "rollout": rollout})
 
 
 async def api_list_builds(request: Request) -> Response:
@@ -519,12 +569,15 @@ async def api_cancel_build(request: Request) -> Response:
     return JSONResponse({"id": build, "cancelled": cancelled, **hook.queue.get(build).to_dict()})
 
 
-def _env_info(hook: Hook, name: str) -> dict[str, Any]:
+def _env_info(hook: Hook, name: str, nodes: list[Any]) -> dict[str, Any]:
     info = summary(hook.site, hook.store, name)
     last = hook.queue.last_finished(name)
+    serving, serving_detail = served_latest(nodes, name)
     return {
         "env": name,
         "latest": info.latest.build_id if info.latest else None,
+        "serving": serving,  # what live nodes' `latest` points at (users get this one)
+        "serving_detail": serving_detail,
         "builds": [b.build_id for b in info.builds],
         "lts": {r.label: r.build_id for r in info.lts},
         "last_build": last.to_dict() if last else None,
@@ -537,7 +590,12 @@ async def api_envs(request: Request) -> Response:
     if error:
         return error
     hook = _hook(request)
-    envs = await run_in_threadpool(lambda: [_env_info(hook, n) for n in list_envs(hook.site)])
+
+    def infos() -> list[dict[str, Any]]:
+        nodes, _error = _nodes(hook)
+        return [_env_info(hook, n, nodes) for n in list_envs(hook.site)]
+
+    envs = await run_in_threadpool(infos)
     return JSONResponse(envs)
 
 
@@ -557,6 +615,17 @@ async def api_queue(request: Request) -> Response:
         hook.runner.wake()
     active = await run_in_threadpool(hook.queue.active)
     return JSONResponse({"paused": hook.queue.paused, "active": [r.to_dict() for r in active]})
+
+
+def _webhook_tag(payload: dict[str, Any]) -> str:
+    """The tag (or branch) a CI payload is about: a release's tag_name, a push's ref."""
+    release = payload.get("release")
+    if isinstance(release, dict) and isinstance(release.get("tag_name"), str):
+        return release["tag_name"][:100]
+    ref = payload.get("ref")
+    if isinstance(ref, str) and ref:
+        return ref.removeprefix("refs/tags/").removeprefix("refs/heads/")[:100]
+    return ""
 
 
 async def webhook(request: Request) -> Response:
@@ -597,9 +666,10 @@ async def webhook(request: Request) -> Response:
     if not await run_in_threadpool(hook.auth.first_delivery, delivery, body):
         return _json_error(409, f"delivery {delivery} (or the same body) was already received")
     builds = []
+    who = f"webhook:{repo}" + (f" {tag}" if (tag := _webhook_tag(payload)) else "")
     for env in envs:
         record, joined = await run_in_threadpool(
-            hook.queue.request, env, source="webhook", requested_by=f"webhook:{repo}"
+            hook.queue.request, env, source="webhook", requested_by=who
         )
         builds.append({"env": env, "id": record.id, "joined": joined})
     hook.runner.wake()
@@ -649,6 +719,7 @@ def _routes() -> list[Route]:
         Route("/envs/{env}/builds/{build_id}", store_build_page),
         Route("/builds/{id:int}", build_page),
         Route("/builds/{id:int}/log", build_log),
+        Route("/builds/{id:int}/rollout", build_rollout_json),
         Route("/builds/{id:int}/cancel", form_cancel, methods=["POST"]),
         Route("/api/builds", api_request_build, methods=["POST"]),
         Route("/api/builds", api_list_builds, methods=["GET"]),
@@ -678,6 +749,7 @@ def create_app(site: SiteConfig) -> Starlette:
             load_or_create_key(state_dir / "session.key"),
             secret,
             memory=queue,
+            names=site.hook.token_names,
         ),
         store=store,
         templates=_templates(),

@@ -84,11 +84,16 @@ class Session:
     csrf: str
     expires: float
     sid: str = ""  # random id; sign-out ends it on the server
+    name: str = ""  # from the config (`hook token --name`), if the token has one
 
     @property
     def who(self) -> str:
-        # Enough of the hash to tell tokens apart in the history, never the token itself.
-        return f"token:{self.token_sha256[:8]}"
+        return self.name or anonymous_who(self.token_sha256)
+
+
+def anonymous_who(token_sha256: str) -> str:
+    """Enough of the hash to tell unnamed tokens apart in the history, never the token."""
+    return f"token:{token_sha256[:8]}"
 
 
 class FailureLimiter:
@@ -150,11 +155,17 @@ class Auth:
         key: bytes,
         webhook_secret: str | None,
         memory: Remembered,
+        names: dict[str, str] | None = None,
     ):
         self.tokens_sha256 = tuple(t.lower() for t in tokens_sha256)
         self.key = key
         self.webhook_secret = webhook_secret
         self.memory = memory
+        self.names = {k.lower(): v for k, v in (names or {}).items()}
+
+    def who(self, token_sha256: str) -> str:
+        """The name the config gives this token, else a short hash of it."""
+        return self.names.get(token_sha256) or anonymous_who(token_sha256)
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -205,6 +216,7 @@ class Auth:
             secrets.token_urlsafe(32),
             time.time() + SESSION_SECONDS,
             sid=secrets.token_urlsafe(18),
+            name=self.names.get(token_sha256, ""),
         )
         cookie = self.sign(
             {"sub": token_sha256, "csrf": session.csrf, "exp": session.expires, "sid": session.sid}
@@ -228,7 +240,7 @@ class Auth:
         # A token removed from the config ends its sessions at once.
         if not any(hmac.compare_digest(sub, t) for t in self.tokens_sha256):
             return None
-        return Session(sub, csrf, float(payload["exp"]), sid=sid)
+        return Session(sub, csrf, float(payload["exp"]), sid=sid, name=self.names.get(sub, ""))
 
     @staticmethod
     def csrf_ok(session: Session | None, submitted: str | None) -> bool:
