@@ -157,7 +157,9 @@ def render_text(status: dict[str, Any]) -> str:
     if status["kernels"]:
         lines.append("kernels:")
         for name, k in status["kernels"].items():
-            lines.append(f"  {name:<28} {k['display_name']}  -> {k['env']}/{k['build_id']}")
+            unlisted = "  (unlisted)" if k.get("listed") is False else ""
+            target = f"{k['env']}/{k['build_id']}"
+            lines.append(f"  {name:<28} {k['display_name']}  -> {target}{unlisted}")
     if status["quarantined"]:
         lines.append(
             "quarantined (after a transient failure: `nsls2-artifacts retry ENV BUILD_ID`):"

@@ -105,6 +105,12 @@ def test_latest_kernel_follows_publish_lts_stays(e2e, monkeypatch) -> None:
         latest.restart_kernel(now=True)
         assert execute(latest, PREFIX_CELL + "; import six") == str(second_dir)
 
+        # nsls2.yaml's logo travelled in manifest.json to both kernels' launcher cards
+        logo = (root / "manifests" / "demo" / "logo.svg").read_bytes()
+        for name in ("nsls2-demo-latest", "nsls2-demo-2026-1"):
+            spec_dir = cfg.deploy_root / "share" / "jupyter" / "kernels" / name
+            assert (spec_dir / "logo-svg.svg").read_bytes() == logo
+
         lts.start_kernel()
         assert execute(lts, PREFIX_CELL) == str(first_dir)
         lts.restart_kernel(now=True)

@@ -120,7 +120,7 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     """The newest `listed_lts` LTS builds are listed; two labels on one build make one
     listed kernel naming both, the other label's spec stays unlisted; an env's PNG logo
     becomes the spec's PNG (and is wrapped in its SVG)."""
-    _, cfg = write_site(tmp_path / "site", kernels={"listed_lts": 2, "memory_limit": "2GiB"})
+    config, cfg = write_site(tmp_path / "site", kernels={"listed_lts": 2, "memory_limit": "2GiB"})
     png = logos.default_png("zz-custom")
     extras = KernelExtras(
         logo_format="png", logo_base64=base64.b64encode(png).decode(), memory_limit_set=True
@@ -160,6 +160,9 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     default = (specs / "nsls2-demo-2025-2" / "logo-64x64.png").read_bytes()
     assert default == logos.default_png("demo") != png
     assert old.build_id == found["nsls2-demo-2025-1"]["build_id"]
+    status = run_cli(config, "status").stdout
+    assert f"demo/{old.build_id}  (unlisted)" in status
+    assert f"demo/{mid.build_id}  (unlisted)" not in status
     assert mid.build_id == found["nsls2-demo-2025-2"]["build_id"]
 
 
