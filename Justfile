@@ -40,9 +40,13 @@ hub-demo: venv
 hook-demo *args: venv channel
     {{cli}} hook demo {{args}}
 
-# the test suite
+# the test suite (everything, the slow end-to-end tests included)
 test *args: venv
     {{python}} -m pytest -ra {{args}}
+
+# the quick tests only (no real builds, browsers or hubs), for iterating
+test-fast *args: venv
+    {{python}} -m pytest -ra -m "not slow" {{args}}
 
 # benchmarks (prints ratios; see docs/benchmarks.md)
 bench: venv

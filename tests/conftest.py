@@ -7,22 +7,19 @@ made from PyPI wheels by `nsls2_artifacts.devchannel`, and works in a site of it
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support.cli import CLI, run_cli  # noqa: F401 - the test modules import them from here
+from support.sites import write_site_config
 
-from nsls2_artifacts.config import SiteConfig, load_config
+from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.devchannel import build_channel, default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "nsls2_artifacts.cli"]
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +38,7 @@ def make_site(tmp_path: Path, offline_channel: Path) -> Callable[..., tuple[Path
         manifests = root / "manifests"
         if not manifests.exists():
             shutil.copytree(REPO / "manifests", manifests)
-        data: dict[str, Any] = {
+        base: dict[str, Any] = {
             "manifests": "./manifests",
             "store": "./store",
             "deploy_root": "./deploy",
@@ -50,32 +47,6 @@ def make_site(tmp_path: Path, offline_channel: Path) -> Callable[..., tuple[Path
             "agent": {"poll_seconds": 2, "node": "test-node", "node_ttl_seconds": 600},
             "beamlines": {},
         }
-        data.update(overrides)
-        path = root / "site.yaml"
-        path.write_text(yaml.safe_dump(data))
-        (root / "store").mkdir(exist_ok=True)
-        return path, load_config(path)
+        return write_site_config(root, {**base, **overrides})
 
     return factory
-
-
-def run_cli(
-    config: Path, *args: str, check: bool = True, timeout: float = 600, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    """Run `nsls2-artifacts --config CONFIG ARGS...` as a real subprocess."""
-    env = {**os.environ, **kwargs.pop("env", {})}
-    env.pop("NSLS2_ARTIFACTS_CONFIG", None)
-    result = subprocess.run(
-        [*CLI, *args[:1], "--config", str(config), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        **kwargs,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"nsls2-artifacts {' '.join(args)} failed ({result.returncode}):\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-        )
-    return result

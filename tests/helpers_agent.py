@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import conftest
-import yaml
 import zstandard
-from conftest import CLI
+from support.cli import CLI
+from support.sites import merged, write_site_config
 
 from nsls2_artifacts.agent.observe import node_platform
-from nsls2_artifacts.config import SiteConfig, load_config
+from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.records import (
     ArtifactInfo,
@@ -52,22 +52,13 @@ with open(os.path.join(prefix, ".unpacked"), "a") as handle:
 
 def write_site(root: Path, **overrides: Any) -> tuple[Path, SiteConfig]:
     """A site config under `root` with its own store and deploy root (no channel needed)."""
-    root.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {
+    base: dict[str, Any] = {
         "store": "./store",
         "deploy_root": "./deploy",
         "agent": {"poll_seconds": 1, "node": "test-node", "smoke_timeout_seconds": 60},
         "beamlines": {"csx": {"uri": "http://127.0.0.1:9/api", "path": ["csx", "raw"]}},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data))
-    (root / "store").mkdir(exist_ok=True)
-    return path, load_config(path)
+    return write_site_config(root, merged(base, overrides))
 
 
 def member(

@@ -12,17 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
-from conftest import CLI, run_cli
-
-from nsls2_artifacts.devchannel import default_cache_dir
-
-# One rattler package cache for every test publish, kept between runs (extract once).
-BUILD_CACHE = default_cache_dir() / "rattler-tests"
-
-
-def cache_env(cache: Path) -> dict[str, str]:
-    """Environment for a publish subprocess that shares the session's rattler cache."""
-    return {"NSLS2_ARTIFACTS_CACHE": str(cache)}
+from support.cli import CLI, run_cli
+from support.publish import BUILD_CACHE, cache_env  # noqa: F401 - tests import them here
 
 
 def publish(config: Path, cache: Path, *args: str, check: bool = True, **env: str) -> Any:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,45 +20,19 @@ from typing import Any
 
 import httpx
 import yaml
+from support.manifests import write_env  # noqa: F401 - the hook tests import it here
+from support.ports import free_port
+from support.sites import write_site_yaml
 
 TOKEN = "staff-token-for-tests-0123456789"
 WEBHOOK_SECRET = "webhook-secret-for-tests"
 SECRET_ENV = "NSLS2_TEST_HOOK_SECRET"
-
-DEMO_TOML = """[workspace]
-name = "{name}"
-channels = ["conda-forge"]
-platforms = ["linux-64"]
-
-[dependencies]
-{deps}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def write_env(manifests: Path, name: str, deps: dict[str, str], **nsls2: Any) -> Path:
-    """A manifest directory: pixi.toml with `deps` and an nsls2.yaml."""
-    path = manifests / name
-    path.mkdir(parents=True, exist_ok=True)
-    lines = "\n".join(f'{pkg} = "{spec}"' for pkg, spec in deps.items())
-    (path / "pixi.toml").write_text(DEMO_TOML.format(name=name, deps=lines))
-    meta = {"display_name": f"Test {name}", "smoke": [], **nsls2}
-    (path / "nsls2.yaml").write_text(yaml.safe_dump(meta))
-    return path
 
 
 def hook_site(
     root: Path, *, channel: Path | None = None, hook: dict[str, Any] | None = None
 ) -> Path:
     """A site config under `root` with a hook on a free port; returns the config path."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifests").mkdir(exist_ok=True)
-    (root / "store").mkdir(exist_ok=True)
     settings = {
         "listen": f"127.0.0.1:{free_port()}",
         "tokens_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()],
@@ -79,9 +52,7 @@ def hook_site(
         "channel_mirrors": {"conda-forge": str(channel or root / "no-channel")},
         "hook": settings,
     }
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_site_yaml(root, data, dirs=("store", "manifests"))
 
 
 def sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:

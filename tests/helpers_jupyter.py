@@ -4,7 +4,6 @@ nsls2 server extension, its REST API through httpx, and kernel code run over its
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support.ports import free_port
 
 
 def isolated_jupyter_env(home: Path, jupyter_path: Path | None) -> dict[str, str]:

@@ -22,9 +22,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
+from support.sites import write_site_config
 
-from nsls2_artifacts.config import SiteConfig, load_config
+from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.fsutil import atomic_symlink, atomic_write_json
 from nsls2_artifacts.records import (
     ArtifactInfo,
@@ -55,7 +55,6 @@ def write_site(
     root: Path, *, node: str = "test-node", ttl: float = 600, **retention: Any
 ) -> tuple[Path, SiteConfig]:
     """A site config under `root` with its own store, deploy root and manifests dir."""
-    root.mkdir(parents=True, exist_ok=True)
     policy = {"lts_years": 3, "keep_latest": 1, "grace_days": 7, **retention}
     data = {
         "manifests": "./manifests",
@@ -66,11 +65,7 @@ def write_site(
         "agent": {"poll_seconds": 2, "node": node, "node_ttl_seconds": ttl},
         "beamlines": {},
     }
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data))
-    for sub in ("store", "deploy", "manifests"):
-        (root / sub).mkdir(exist_ok=True)
-    return path, load_config(path)
+    return write_site_config(root, data, dirs=("store", "deploy", "manifests"))
 
 
 def build_id_days_ago(days: float, tag: str) -> tuple[str, datetime]:

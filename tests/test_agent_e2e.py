@@ -15,26 +15,14 @@ from pathlib import Path
 
 import pytest
 from helpers_agent import events, run_cli, start_agent, wait_for, write_site
+from support.ports import free_port
+from support.publish import publish_build
 
 from nsls2_artifacts.agent import layout
-from nsls2_artifacts.devchannel import default_cache_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
 PREFIX_CELL = "import sys, databroker; print(sys.prefix)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def publish(config: Path, *args: str) -> str:
-    out = run_cli(config, "publish", *args, env=CACHE, timeout=900)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
 
 
 def execute(manager, code: str) -> str:
@@ -69,7 +57,7 @@ def e2e(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory):
         beamlines={"csx": {"uri": f"http://127.0.0.1:{port}/api", "path": ["csx"]}},
         agent={"smoke_timeout_seconds": 300},
     )
-    first = publish(config, "demo")
+    first = publish_build(config, "demo")
     assert run_cli(config, "promote", "demo", first, "--lts", "2026-1").returncode == 0
     out = run_cli(config, "agent", "--once", timeout=900)
     assert out.returncode == 0, out.stderr
@@ -93,7 +81,7 @@ def test_latest_kernel_follows_publish_lts_stays(e2e, monkeypatch) -> None:
         # a changed manifest (one more package from the channel) -> a different lock
         pixi = root / "manifests" / "demo" / "pixi.toml"
         pixi.write_text(pixi.read_text() + 'six = "*"\n')
-        second = publish(config, "demo")
+        second = publish_build(config, "demo")
         assert second != first
         link = layout.latest_link(cfg.deploy_root, "demo")
         wait_for(lambda: os.readlink(link) == second, timeout=600, what="the daemon's flip")

@@ -5,6 +5,7 @@ builds run), so these tests need no conda channel; test_hook_builds.py runs real
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -28,6 +30,11 @@ from helpers_hook import (
     sign,
     write_env,
 )
+from support.clock import FakeClock
+
+from nsls2_artifacts.config import load_config
+from nsls2_artifacts.hook.nightly import run_nightly, site_schedule
+from nsls2_artifacts.hook.queue import BuildQueue
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -252,17 +259,45 @@ def test_forms_need_session_and_csrf(server: HookServer) -> None:
 
 
 def test_nightly_schedule_queues_opted_in_envs(tmp_path: Path) -> None:
-    config = hook_site(tmp_path, hook={"nightly": "* * * * *"})
+    """The schedule fires on an injected clock (no waiting for a real cron minute): at
+    02:00 it queues a nightly build of every env that opts in, then waits for the next."""
+    config = hook_site(tmp_path, hook={"nightly": "02:00"})
     write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
     write_env(tmp_path / "manifests", "quiet", {"python": "3.11.*"}, nightly=False)
+    site = load_config(config)
+    queue = BuildQueue(tmp_path / "hook.sqlite")
+    clock = FakeClock(datetime(2026, 12, 1, 1, 58, 10).astimezone())
+
+    async def first_night() -> None:
+        fired = asyncio.Event()
+        task = asyncio.create_task(
+            run_nightly(site, site_schedule(site), queue, fired.set, clock.now, clock.sleep)
+        )
+        await asyncio.wait_for(fired.wait(), timeout=60)
+        task.cancel()
+
+    asyncio.run(first_night())
+    records = queue.history()
+    assert [(r.env, r.source) for r in records] == [("demo", "nightly")]
+    two_am = datetime(2026, 12, 1, 2, 0).astimezone()
+    assert queue.get_meta("nightly_last") == two_am.isoformat(timespec="seconds")
+    assert queue.get_meta("nightly_next") == (two_am + timedelta(days=1)).isoformat(
+        timespec="minutes"
+    )
+
+
+def test_nightly_schedule_runs_in_the_server(tmp_path: Path) -> None:
+    """The served hook starts the schedule and shows it with its next time."""
+    config = hook_site(tmp_path, hook={"nightly": "02:00"})
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
     with HookServer(config) as hook, hook.client() as client:
         client.post("/api/queue", json={"paused": True})
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not builds(hook):
-            time.sleep(1)
-        records = builds(hook)
-        assert [(r["env"], r["source"]) for r in records] == [("demo", "nightly")]
-        assert "* * * * *" in client.get("/").text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "next at" not in client.get("/").text:
+            time.sleep(0.2)
+        page = client.get("/").text
+        assert "Nightly builds: <code>02:00</code>" in page
+        assert re.search(r"next at \d{4}-\d{2}-\d{2}T02:00", page)
 
 
 def test_pages_health_and_metrics(server: HookServer) -> None:

@@ -20,17 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers_agent import run_cli, write_site
-from helpers_jupyter import free_port, notebook_json, wait_until
+from helpers_jupyter import notebook_json, wait_until
+from support.ports import free_port
+from support.publish import publish_build
 
 from nsls2_artifacts.agent import layout
-from nsls2_artifacts.devchannel import default_cache_dir
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")  # the [hub] extra (in [test]); `just venv` installs it
 REPO = Path(__file__).resolve().parents[1]
 # the example operators copy, loaded by the one-machine demo config (dummy login, local spawner)
 HUB_DEMO_CONFIG = REPO / "deploy" / "jupyterhub_demo_config.py"
-CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
 USER = "alice"
 CELL = "import sys, databroker; print(sys.prefix); print(databroker.__name__)"
 
@@ -46,9 +46,7 @@ def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactor
         channel_mirrors={"conda-forge": str(offline_channel)},
         agent={"smoke_timeout_seconds": 300},
     )
-    out = run_cli(config, "publish", "demo", env=CACHE, timeout=900)
-    assert out.returncode == 0, out.stderr
-    build_id = out.stdout.strip().splitlines()[-1]
+    build_id = publish_build(config, "demo")
     out = run_cli(config, "agent", "--once", timeout=900)
     assert out.returncode == 0, out.stderr
     return cfg, build_id

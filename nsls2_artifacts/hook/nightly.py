@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -150,14 +150,16 @@ async def run_nightly(
     queue: BuildQueue,
     wake: Callable[[], None],
     now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Fire `enqueue_nightly` at every match of `schedule`, forever (cancel to stop)."""
+    """Fire `enqueue_nightly` at every match of `schedule`, forever (cancel to stop).
+    `now` and `sleep` are the clock (tests inject one that needs no real waiting)."""
     while True:
         due = schedule.next_after(now())
         queue.set_meta("nightly_next", due.isoformat(timespec="minutes"))
         # Sleep in short steps so a changed wall clock (suspend, NTP step) is noticed.
         while (remaining := (due - now()).total_seconds()) > 0:
-            await asyncio.sleep(min(remaining, 30))
+            await sleep(min(remaining, 30))
         try:
             ids = await asyncio.to_thread(enqueue_nightly, site, queue)
             queue.set_meta("nightly_last", now().isoformat(timespec="seconds"))

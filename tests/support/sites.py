@@ -1,0 +1,41 @@
+"""Site configs written under a test's directory and loaded back through `load_config`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nsls2_artifacts.config import SiteConfig, load_config
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides`; a mapping overriding a mapping is merged one level deep."""
+    data = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def write_site_yaml(root: Path, data: dict[str, Any], dirs: Iterable[str] = ("store",)) -> Path:
+    """Write `root/site.yaml` from `data` and create `dirs` under `root` (not validated:
+    some tests write a bad config on purpose)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for name in dirs:
+        (root / name).mkdir(exist_ok=True)
+    return path
+
+
+def write_site_config(
+    root: Path, data: dict[str, Any], dirs: Iterable[str] = ("store",)
+) -> tuple[Path, SiteConfig]:
+    """`write_site_yaml`, then load it back through the real config loader."""
+    path = write_site_yaml(root, data, dirs)
+    return path, load_config(path)
