@@ -21,6 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .config import NUMBER_RULES, RetentionPolicy, parse_size
 from .errors import ManifestError
+from .names import env_name_problem
 
 PIXI_TOML = "pixi.toml"
 NSLS2_YAML = "nsls2.yaml"
@@ -30,7 +31,6 @@ KNOWN_PLATFORMS = frozenset(
     {"linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64", "noarch"}
 )
 
-_ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CONDA_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]*$")
 _PYPI_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -103,17 +103,17 @@ def list_manifests(manifests_dir: str | Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if (p / PIXI_TOML).is_file() and _ENV_NAME_RE.match(p.name)
+        p.name
+        for p in root.iterdir()
+        if (p / PIXI_TOML).is_file() and env_name_problem(p.name) is None
     )
 
 
 def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
     """Read and validate `manifests_dir/env`; raise ManifestError naming file and field."""
     directory = Path(manifests_dir).absolute() / env
-    if not _ENV_NAME_RE.match(env):
-        raise ManifestError(
-            directory, None, "environment names are lowercase letters, digits, '-' and '_'"
-        )
+    if problem := env_name_problem(env):
+        raise ManifestError(directory, None, problem)
     toml_path = directory / PIXI_TOML
     if not toml_path.is_file():
         known = ", ".join(list_manifests(manifests_dir)) or "none"
@@ -149,7 +149,7 @@ def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
 def _nsls2_reader(manifests_dir: str | Path, env: str) -> _Nsls2Reader | None:
     """ENV's nsls2.yaml alone (pixi.toml need not exist any more), None without one."""
     path = Path(manifests_dir).absolute() / env / NSLS2_YAML
-    if not _ENV_NAME_RE.match(env) or not path.exists():
+    if env_name_problem(env) or not path.exists():
         return None
     return _Nsls2Reader(path, _read_bytes(path), env)
 

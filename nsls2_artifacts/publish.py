@@ -15,7 +15,6 @@ import base64
 import contextlib
 import os
 import platform as host_platform_module
-import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +33,7 @@ from . import solve as solver
 from .config import SiteConfig
 from .errors import ArtifactsError, StoreError
 from .manifest import EnvManifest, load_manifest, logo_format
+from .names import env_name_problem, label_problem
 from .records import (
     ArtifactInfo,
     BuildManifest,
@@ -47,7 +47,6 @@ from .records import (
 from .store import Store, open_store
 
 LOCK_FILE = "pixi.lock"
-_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"  # tests: stop at a named point so they can kill -9 there
 
 
@@ -174,6 +173,8 @@ def publish(
 def promote(site: SiteConfig, env: str, build_id: str, label: str) -> LtsRecord:
     """Mark the committed build `env/build_id` as LTS release `label` (no rebuild)."""
     _check_label(label)
+    if problem := env_name_problem(env):  # a store env from before the rule: no LTS kernel
+        raise ArtifactsError(problem)
     store = open_store(site.store)
     store.manifest(env, build_id)  # raises StoreError naming the build if it is not committed
     record = LtsRecord(env=env, label=label, build_id=build_id, promoted=isoformat(utcnow()))
@@ -360,8 +361,8 @@ def _finish_unchanged(
 
 
 def _check_label(label: str) -> None:
-    if not _LABEL_RE.match(label):
-        raise ArtifactsError(f"LTS label {label!r}: use letters, digits, '.', '-' (e.g. 2026-1)")
+    if problem := label_problem(label):
+        raise ArtifactsError(problem)
 
 
 @contextlib.contextmanager

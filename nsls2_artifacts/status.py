@@ -15,6 +15,7 @@ from .agent import deploy, failures, kernels, latest, layout
 from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
+from .names import Pair, assign_kernel_names
 from .records import PassRecord, RecordError
 from .store import Store
 
@@ -48,12 +49,25 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
         out["envs"][env] = _env_status(
             root, env, committed.get(env, {}), labels, quarantined, retrying
         )
-    for name, data in sorted(kernels.installed(root).items()):
+    installed = kernels.installed(root)
+    for name, data in sorted(installed.items()):
         out["kernels"][name] = {
             "display_name": data.get("display_name"),
             **kernels.spec_target(data),
         }
+    out["kernel_clashes"] = _kernel_clashes(out["envs"], labels, installed)
     return out
+
+
+def _kernel_clashes(
+    envs: dict[str, Any], labels: dict[tuple[str, str], list[str]], installed: dict[str, Any]
+) -> list[str]:
+    """The kernels the agent refuses to write (a name breaking the rules, or one that would
+    overwrite another kernel's), the same way the agent decides it."""
+    wanted: list[Pair] = [(env, None) for env in sorted(envs)]
+    wanted += [(env, label) for (env, _), names in sorted(labels.items()) for label in names]
+    on_disk = {name: kernels.spec_pair(data) for name, data in installed.items()}
+    return [c.describe() for c in assign_kernel_names(wanted, on_disk).clashes]
 
 
 def _env_status(
@@ -160,6 +174,9 @@ def render_text(status: dict[str, Any]) -> str:
             unlisted = "  (unlisted)" if k.get("listed") is False else ""
             target = f"{k['env']}/{k['build_id']}"
             lines.append(f"  {name:<28} {k['display_name']}  -> {target}{unlisted}")
+    if status.get("kernel_clashes"):
+        lines.append("KERNELS NOT WRITTEN (rename, or promote under another label):")
+        lines += [f"  {text}" for text in status["kernel_clashes"]]
     if status["quarantined"]:
         lines.append(
             "quarantined (after a transient failure: `nsls2-artifacts retry ENV BUILD_ID`):"

@@ -468,3 +468,18 @@ def test_builds_started_by_the_hook_do_not_inherit_its_credentials(
         assert WEBHOOK_SECRET not in env.values()
         assert not [name for name in env if name.startswith("NSLS2_HOOK_")]
         assert env["AWS_ACCESS_KEY_ID"] == "store-credential"
+
+
+def test_promote_form_refuses_labels_that_would_clash(server: HookServer) -> None:
+    """`latest` is the rolling kernel's name and Jupyter lowercases kernel names: the hook
+    refuses such labels before it looks at the store or runs anything."""
+    with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
+        nonce = _csrf(browser.get("/signin").text)
+        browser.post("/signin", data={"csrf": nonce, "token": TOKEN, "next": "/"})
+        csrf = _csrf(browser.get("/").text)
+        for label, why in (("latest", "reserved"), ("Beta", "lowercase")):
+            form = {"csrf": csrf, "build_id": "2026.01.01T000000Z-deadbeef", "label": label}
+            response = browser.post("/envs/demo/promote", data=form)
+            assert response.status_code == 422 and why in response.text, response.text
+        form["label"] = "2026-1"  # a good label reaches the store check (no such build)
+        assert browser.post("/envs/demo/promote", data=form).status_code == 404

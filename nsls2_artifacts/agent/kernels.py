@@ -23,6 +23,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
 
+from .. import names
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from ..records import utcnow
 from . import latest, layout, logos
@@ -34,9 +35,9 @@ LOGO_FILES = ("logo-svg.svg", "logo-64x64.png")  # the names stock Jupyter looks
 
 
 def kernel_name(env: str, label: str | None = None) -> str:
-    """`nsls2-ENV-latest` or `nsls2-ENV-LABEL`, limited to the characters Jupyter allows."""
-    raw = f"{PREFIX}{env}-{label or 'latest'}"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", raw).lower()
+    """`nsls2-ENV-latest` or `nsls2-ENV-LABEL`: one name per (env, label), never shared
+    (the rules are in names.py; a name that breaks them raises KernelNameError)."""
+    return names.kernel_name(env, label)
 
 
 HYGIENE_UNSET = (
@@ -204,6 +205,13 @@ def installed(deploy_root: Path) -> dict[str, dict[str, Any]]:
 def spec_target(data: dict[str, Any]) -> dict[str, Any]:
     """The `metadata.nsls2` block: env, build_id, channel, label, created, python, ..."""
     return data["metadata"][MANAGED]
+
+
+def spec_pair(data: dict[str, Any]) -> names.Pair:
+    """(env, label), label None for the rolling kernel: whose kernel this spec is."""
+    info = spec_target(data)
+    label = None if info.get("channel") == "latest" else info.get("label")
+    return str(info.get("env")), label
 
 
 def is_current(deploy_root: Path, name: str, wanted: dict[str, Any], found: Any) -> bool:

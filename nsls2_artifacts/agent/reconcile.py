@@ -21,6 +21,7 @@ from ..config import SiteConfig
 from ..errors import ManifestError
 from ..fsutil import atomic_write_json
 from ..manifest import env_retention
+from ..names import KernelNameClash, KernelNaming, Pair, assign_kernel_names
 from ..records import (
     BuildManifest,
     PassRecord,
@@ -61,6 +62,8 @@ class Plan:
     to_flip: list[Flip] = field(default_factory=list)
     kernels_write: list[kernels.KernelPlan] = field(default_factory=list)
     kernels_remove: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    # kernels that get no spec: their name breaks the rules or belongs to another kernel
+    kernel_clashes: list[KernelNameClash] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class Plan:
             "to_flip": [asdict(f) for f in self.to_flip],
             "kernels_write": [k.summary() for k in self.kernels_write],
             "kernels_remove": [{"name": n, "why": w} for n, w in self.kernels_remove],
+            "kernel_clashes": [asdict(c) for c in self.kernel_clashes],
         }
 
     def describe(self) -> str:
@@ -100,6 +104,7 @@ class Plan:
             for k in self.kernels_write
         ]
         lines += [f"kernel   remove {n} ({w})" for n, w in self.kernels_remove]
+        lines += [f"refuse   {c.describe()}" for c in self.kernel_clashes]
         return "\n".join(lines) or "nothing to do"
 
 
@@ -135,13 +140,14 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
             ready.setdefault(m.name, []).append(_planned_ready(m))
         for rs in ready.values():
             rs.sort(key=lambda r: (parse_time(r.created), r.build_id))
+    naming = _kernel_naming(ready, obs)
+    plan.kernel_clashes = naming.clashes
     wanted: dict[str, kernels.KernelPlan] = {}
     for env in sorted(ready):
         target = _plan_latest(env, ready[env], obs, plan)
-        if target:
-            name = kernels.kernel_name(env)
+        if target and (name := naming.names.get((env, None))):
             wanted[name] = _kernel_plan(site, obs, name, env, target, "latest")
-        wanted.update(_wanted_lts(site, env, {r.build_id for r in ready[env]}, obs))
+        wanted.update(_wanted_lts(site, env, {r.build_id for r in ready[env]}, obs, naming))
     root = site.deploy_root
     plan.kernels_write = [  # only changes
         wanted[n]
@@ -151,12 +157,21 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
         )
     ]
     for name, data in sorted(obs.kernels.items()):
-        if name not in wanted:
+        if name not in wanted and name not in naming.keep:
             info = kernels.spec_target(data)
             plan.kernels_remove.append(
                 (name, f"{info.get('env')}/{info.get('build_id')} not wanted")
             )
     return plan
+
+
+def _kernel_naming(ready: dict[str, list[ReadyRecord]], obs: Observed) -> KernelNaming:
+    """A name for every kernel that may be wanted (rolling kernels first, then LTS labels);
+    a pair whose name breaks the rules or is taken is refused, never overwritten."""
+    wanted: list[Pair] = [(env, None) for env in sorted(ready) if ready[env]]
+    wanted += [(env, label) for env in sorted(ready) for label, _, _ in _lts_labels(env, obs)]
+    installed = {name: kernels.spec_pair(data) for name, data in obs.kernels.items()}
+    return assign_kernel_names(wanted, installed)
 
 
 def _plan_deploys(obs: Observed, plan: Plan) -> None:
@@ -281,7 +296,7 @@ def _lts_years(site: SiteConfig, env: str) -> float:
 
 
 def _wanted_lts(
-    site: SiteConfig, env: str, ready_ids: set[str], obs: Observed
+    site: SiteConfig, env: str, ready_ids: set[str], obs: Observed, naming: KernelNaming
 ) -> dict[str, kernels.KernelPlan]:
     """One kernel per LTS label whose build is ready here and not tombstoned (an expired
     LTS build on its way out; retention removed its kernel).
@@ -291,6 +306,8 @@ def _wanted_lts(
     builds of the newest `kernels.listed_lts` promotions are listed."""
     by_build: dict[str, list[tuple[str, str | None]]] = {}
     for label, build_id, promoted in _lts_labels(env, obs):
+        if (env, label) not in naming.names:
+            continue  # refused (see plan.kernel_clashes)
         if build_id in ready_ids and build_id not in obs.tombstoned.get(env, ()):
             by_build.setdefault(build_id, []).append((label, promoted))
     for labels in by_build.values():
@@ -307,7 +324,7 @@ def _wanted_lts(
         expires = (max(known) + support).date().isoformat() if known else None
         for label, promoted in labels:
             main = label == labels[-1][0]
-            name = kernels.kernel_name(env, label)
+            name = naming.names[(env, label)]
             wanted[name] = _kernel_plan(
                 site,
                 obs,
@@ -458,6 +475,10 @@ def run_pass(
             result.failures.append(failure)
     result.plan.to_flip, result.plan.kernels_write = state_plan.to_flip, state_plan.kernels_write
     result.plan.kernels_remove = state_plan.kernels_remove
+    result.plan.kernel_clashes = state_plan.kernel_clashes
+    for clash in state_plan.kernel_clashes:
+        event(log, "kernel-name-refused", logging.WARNING, env=clash.env, reason=clash.reason)
+        result.failures.append(clash.describe())
     result.seconds = time.monotonic() - started
     _record_pass(site, result)
     _report_rollout(site, store, result, observed.builds, log)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from starlette.routing import Route
 from ..config import SiteConfig
 from ..errors import ArtifactsError
 from ..fsutil import LockBusy, file_lock
+from ..names import label_problem
 from ..rollout import build_rollout, read_nodes, served_latest, user_message
 from ..store import Store, open_store
 from . import metrics
@@ -58,7 +58,6 @@ log = logging.getLogger("nsls2_artifacts.hook")
 
 MAX_BODY = 1024 * 1024  # a GitHub release payload is ~20 kB; refuse anything silly
 LOG_CHUNK = 256 * 1024
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class HookStateBusyError(ArtifactsError):
@@ -477,8 +476,8 @@ async def form_promote(request: Request) -> Response:
     build_id, label = str(form.get("build_id", "")), str(form.get("label", "")).strip()
     if not is_env(hook.site, env):
         return _error_page(request, 404, f"no environment {env!r} in {hook.site.manifests}")
-    if not _LABEL.match(label):
-        return _error_page(request, 422, f"LTS label {label!r}: use letters, digits, . _ - (≤64)")
+    if problem := label_problem(label):
+        return _error_page(request, 422, problem)
     if await run_in_threadpool(_store_build_context, hook, env, build_id) is None:
         return _error_page(request, 404, f"no committed build {env}/{build_id} in the store")
     ok, output = await hook.runner.promote(env, build_id, label)

@@ -7,31 +7,27 @@ nightly schedule, and `summaries` for the front page. An environment is a direct
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import SiteConfig
 from ..errors import ManifestError, StoreError
 from ..manifest import env_nightly
+from ..names import env_name_problem
 from ..records import BuildManifest, LtsRecord
 from ..store import Store
-
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def list_envs(site: SiteConfig) -> list[str]:
     root = Path(site.manifests)
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if _ENV_NAME.match(p.name) and is_env(site, p.name)
-    )
+    return sorted(p.name for p in root.iterdir() if is_env(site, p.name))
 
 
 def is_env(site: SiteConfig, name: str) -> bool:
     """True for a well-formed env name with a manifest (never follows `..` or slashes)."""
-    return bool(_ENV_NAME.match(name)) and (Path(site.manifests) / name / "pixi.toml").is_file()
+    return env_name_problem(name) is None and (Path(site.manifests) / name / "pixi.toml").is_file()
 
 
 def nightly_opt_in(site: SiteConfig, env: str) -> bool:
