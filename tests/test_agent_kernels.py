@@ -342,7 +342,7 @@ print(json.dumps({
     "leaked": importlib.util.find_spec("leaked_module") is not None,
     "user_module": importlib.util.find_spec("user_module") is not None,
     "env": {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV",
-            "CONDA_DEFAULT_ENV", "PYTHONNOUSERSITE", "LD_PRELOAD")},
+            "CONDA_DEFAULT_ENV", "PYTHONNOUSERSITE", "LD_PRELOAD", "MALLOC_ARENA_MAX")},
     "startup_ran": "STARTUP_RAN" in globals(),
 }))
 """
@@ -395,6 +395,7 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
             "CONDA_DEFAULT_ENV": None,
             "PYTHONNOUSERSITE": "1",
             "LD_PRELOAD": None,
+            "MALLOC_ARENA_MAX": "4",  # with a ceiling, arena reservations are capped
         }
         out, _, reply = run_cell(client, "big = bytearray(3 * 1024**3)")
         assert reply["status"] == "error" and reply["ename"] == "MemoryError", reply

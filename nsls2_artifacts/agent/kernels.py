@@ -47,6 +47,7 @@ HYGIENE_UNSET = (
     "CONDA_DEFAULT_ENV CONDA_SHLVL CONDA_PROMPT_MODIFIER CONDA_EXE CONDA_PYTHON_EXE "
     "CONDA_PREFIX_1 CONDA_PREFIX_2 CONDA_PREFIX_3 CONDA_PREFIX_4 _CE_CONDA _CE_M"
 )
+MALLOC_ARENAS = 4  # with a memory ceiling (see _memory_line)
 # ipykernel version -> the protocol it speaks, for a build whose _version.py is unreadable
 _PROTOCOL_BY_IPYKERNEL_MAJOR = {4: "5.0", 5: "5.1", 6: "5.3", 7: "5.3"}
 _PROTOCOL_RE = re.compile(r"^kernel_protocol_version_info\s*=\s*\((\d+),\s*(\d+)\)", re.M)
@@ -108,7 +109,15 @@ def _memory_line(limit: int | None) -> str:
     # dash's ulimit counts KiB; RLIMIT_AS makes a too-big allocation fail with MemoryError
     # inside the kernel instead of the kernel being killed from outside. A lower limit the
     # site already set stays (raising it fails, and that is fine).
-    return f"ulimit -v {max(1, limit // 1024)} 2>/dev/null; " if limit else ""
+    # glibc reserves 64 MiB of address space per malloc arena (up to 8 per core): on a
+    # many-core node a threaded kernel would reach the ceiling on reservations alone, so
+    # arenas are capped unless the site chose a number itself.
+    if not limit:
+        return ""
+    return (
+        f"ulimit -v {max(1, limit // 1024)} 2>/dev/null; "
+        f"export MALLOC_ARENA_MAX=${{MALLOC_ARENA_MAX:-{MALLOC_ARENAS}}}; "
+    )
 
 
 def _hygiene(limit: int | None) -> str:
