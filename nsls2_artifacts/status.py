@@ -30,12 +30,14 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
         "quarantined": [asdict(q) for q in deploy.list_quarantined(root)],
         "retrying": [asdict(r) for r in failures.list_retrying(root)],
         "invalid": [],
+        "not_builds": [],  # store entries that are neither builds nor known records
         "kernels": {},
         "nodes": _passes(root),
     }
     committed: dict[str, dict[str, Any]] = {}
     labels: dict[tuple[str, str], list[str]] = {}
     try:
+        out["not_builds"] = [asdict(s) for s in store.strays()]
         for env in store.envs():
             committed[env] = {m.build_id: m for m in store.builds(env)}
             out["invalid"] += [asdict(i) for i in store.invalid_builds(env)]
@@ -194,6 +196,11 @@ def render_text(status: dict[str, Any]) -> str:
         lines.append("invalid manifests (ignored):")
         for i in status["invalid"]:
             lines.append(f"  {i['env']}/{i['build_id']}: {i['reason']}")
+    if status.get("not_builds"):
+        lines.append("store entries that are not builds (ignored; remove or move them):")
+        for i in status["not_builds"]:
+            where = f"{i['env']}/{i['build_id']}" if i["env"] else i["build_id"]
+            lines.append(f"  {where}: {i['reason']}")
     for node, p in status["nodes"].items():
         state = "ok" if p.get("ok") else f"{len(p.get('failures') or [])} failure(s)"
         lines.append(f"node {node}: last pass {p.get('time')} ({state})")

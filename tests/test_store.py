@@ -158,3 +158,45 @@ def test_prune_keeps_lts_newest_young_and_deployed_latest(make_site) -> None:
     # the LTS build survives any number of prunes, whatever its age
     run_cli(config, "store", "prune")
     assert (site.store / "other" / other[100] / "env.tar.zst").exists()
+
+
+def test_verify_and_status_name_entries_that_are_not_builds(make_site) -> None:
+    """Whatever lands in the store that is not a build (a hand-made directory, a stray file,
+    a note among the LTS records, a file named like a build) is named by `store verify`
+    (exit 1) and by `status`, never skipped silently; a manifest that does not parse too."""
+    config, site = make_site()
+    store = FilesystemStore(site.store)
+    good = fake_build(store, "demo", 2, b"good")
+    broken = fake_build(store, "demo", 1, b"broken")
+    root = site.store
+    (root / "README.txt").write_text("copied here by hand\n")
+    (root / "demo" / "backup-of-2025").mkdir()
+    (root / "demo" / "2026.01.01T000000Z-0000abcd").write_text("a file, not a build\n")
+    (root / "demo" / "lts").mkdir(exist_ok=True)
+    (root / "demo" / "lts" / "notes.txt").write_text("promote 2026-1 next week\n")
+    (root / "demo" / broken / "manifest.json").write_text('{"schema": 1, "name": "demo"')
+    expected = {
+        ("-", "README.txt"): "file at the top of the store",
+        ("demo", "backup-of-2025"): "not a build id",
+        ("demo", "2026.01.01T000000Z-0000abcd"): "not a directory",
+        ("demo", "lts/notes.txt"): "not an LTS record",
+        ("demo", broken): "invalid JSON",
+    }
+
+    result = run_cli(config, "store", "verify", "--json", check=False)
+    assert result.returncode == 1
+    rows = {(r["env"], r["build_id"]): r for r in json.loads(result.stdout)["builds"]}
+    assert rows.pop(("demo", good))["ok"] is True
+    assert set(rows) == set(expected)
+    for key, text in expected.items():
+        assert text in rows[key]["detail"] and rows[key]["ok"] is False, rows[key]
+
+    status = run_cli(config, "status", "--json")
+    data = json.loads(status.stdout)
+    named = {(s["env"] or "-", s["build_id"]) for s in data["not_builds"]}
+    assert named == set(expected) - {("demo", broken)}
+    assert [i["build_id"] for i in data["invalid"]] == [broken]
+    text = run_cli(config, "status").stdout
+    assert "store entries that are not builds" in text
+    for _env, name in expected:
+        assert name in text, name

@@ -175,7 +175,15 @@ def prune(
 
 def verify_store(store: Store) -> list[dict[str, Any]]:
     """Check size + sha256 of every committed build's artifact and lock, and every LTS label."""
-    results = []
+    results = [
+        {
+            "env": s.env or "-",
+            "build_id": s.build_id,
+            "ok": False,
+            "detail": f"not a build: {s.reason}",
+        }
+        for s in store.strays()
+    ]
     for env in store.envs():
         committed = set()
         for m in store.builds(env):
@@ -202,7 +210,7 @@ def verify_store(store: Store) -> list[dict[str, Any]]:
         if leftovers := store.uncommitted(env):
             console.print(
                 f"{env}: {len(leftovers)} uncommitted leftover(s) of interrupted publishes "
-                "(removed by the next publish)",
+                f"(removed by the next publish): {', '.join(leftovers)}",
                 highlight=False,
             )
     return results

@@ -218,6 +218,36 @@ class FilesystemStore:
                 bad.append(InvalidBuild(env, f"lts/{entry.name[: -len('.json')]}", str(exc)))
         return bad
 
+    def strays(self) -> list[InvalidBuild]:
+        # dot names are ours (.nodes, .staging-*, .publish.lock) or hidden on purpose
+        found = [
+            InvalidBuild("", e.name, "a file at the top of the store, where only envs belong")
+            for e in self._scan(self.root)
+            if not e.name.startswith(".") and not e.is_dir()
+        ]
+        for env in self.envs():
+            for entry in self._scan(self.root / env):
+                found += self._stray_in_env(env, entry)
+            found += [
+                InvalidBuild(env, f"lts/{e.name}", "not an LTS record (lts/LABEL.json)")
+                for e in self._scan(self.root / env / "lts")
+                if not e.name.startswith(".") and (not e.name.endswith(".json") or e.is_dir())
+            ]
+        return found
+
+    @staticmethod
+    def _stray_in_env(env: str, entry: os.DirEntry[str]) -> list[InvalidBuild]:
+        if entry.name.startswith("."):
+            return []
+        if entry.name == "lts":
+            return [] if entry.is_dir() else [InvalidBuild(env, "lts", "not a directory")]
+        if not is_build_id(entry.name):
+            what = "directory" if entry.is_dir() else "file"
+            return [InvalidBuild(env, entry.name, f"a {what} whose name is not a build id")]
+        if not entry.is_dir(follow_symlinks=False):
+            return [InvalidBuild(env, entry.name, "named like a build, but not a directory")]
+        return []
+
     # -- artifacts -------------------------------------------------------------------------
 
     def _file(self, manifest: BuildManifest, name: str) -> Path:
