@@ -334,12 +334,15 @@ def user_message(
     removed: list[PackageRef],
     changed: list[tuple[str, str, str]],
     limit: int = 8,
+    first: bool = False,
 ) -> str:
     """One ready-to-send paragraph: what changed (from the package diff), then "restart"."""
     items = [f"{name} {old} → {new}" for name, old, new in changed]
     items += [f"{_package_text(p)} (new)" for p in added]
     items += [f"{p.name} (removed)" for p in removed]
-    if not items:
+    if first:
+        what = f"It is the first build of this environment ({len(added)} packages)."
+    elif not items:
         what = "It is a rebuild with the same packages."
     else:
         shown = ", ".join(items[:limit])

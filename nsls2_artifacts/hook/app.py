@@ -262,7 +262,9 @@ def _rollout(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
     nodes, error = _nodes(hook)
     view = build_rollout(nodes, env, build_id, build.display_name, error)
     changed = [(c.name, c.old, c.new) for c in diff.changed]
-    message = user_message(view.kernel, build, diff.added, diff.removed, changed)
+    message = user_message(
+        view.kernel, build, diff.added, diff.removed, changed, first=diff.old_build is None
+    )
     return {**view.to_dict(), "message": message if view.complete else None}
 
 
