@@ -101,7 +101,7 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
                 assert [n["node"] for n in partial["failed"]] == ["node-b"]
                 assert partial["complete"] is False and partial["message"] is None
                 summary = page.locator("#rollout-summary")
-                expect(summary).to_contain_text("deployed on 1 of 2 live nodes", timeout=30_000)
+                expect(summary).to_contain_text("deployed on 1 of 2 live nodes", timeout=90_000)
                 expect(summary).to_contain_text("No module named 'cupy_for_tests'")
                 expect(page.locator('tr[data-node="node-b"]')).to_have_attribute(
                     "data-status", "failed"
@@ -111,7 +111,7 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
 
                 # node-b is gone for good: stop its agent, retire it
                 agents[1].terminate()
-                assert agents[1].wait(timeout=60) == 0
+                assert agents[1].wait(timeout=120) == 0
                 retired = subprocess.run(
                     [*CLI, "nodes", "retire", "node-b", "--config", str(node_a)],
                     capture_output=True, text=True, timeout=60,
@@ -123,7 +123,7 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
                 assert "restart your kernel" in done["message"]
                 assert "NSLS-II base (latest)" in done["message"]
                 expect(page.locator("#rollout-headline")).to_have_text(
-                    "Users can restart NSLS-II base (latest) now", timeout=30_000
+                    "Users can restart NSLS-II base (latest) now", timeout=90_000
                 )
                 expect(page.locator("#user-message")).to_contain_text("restart your kernel")
                 assert page.evaluate("window.loadedOnce") is True  # updated in place
