@@ -1,6 +1,8 @@
 """The tail of `just demo`: start the deployed `nsls2-ENV-latest` kernel the way Jupyter
-does (by kernelspec name, found through JUPYTER_PATH), run one cell that imports
-databroker and prints sys.prefix, and say how to point JupyterLab at the kernels.
+does (by kernelspec name, found through JUPYTER_PATH), print its display name (with the
+build's date and python), run one cell that imports databroker and prints sys.prefix, the
+memory ceiling and whether user site-packages are on, and say how to point JupyterLab at
+the kernels.
 
 Called by the hidden `nsls2-artifacts demo-kernel` command.
 """
@@ -16,7 +18,14 @@ from .agent.kernels import kernel_name
 from .config import SiteConfig
 from .errors import DeployError
 
-CELL = "import sys, databroker\nprint('databroker', databroker.__version__)\nprint(sys.prefix)"
+CELL = """\
+import resource, site, sys, databroker
+print('databroker', databroker.__version__)
+print(sys.prefix)
+limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+ceiling = 'none' if limit == resource.RLIM_INFINITY else f'{limit / 2**30:g} GiB'
+print(f'memory ceiling: {ceiling}; user site-packages: {site.ENABLE_USER_SITE}')
+"""
 
 
 def run_cell(kernel: str, jupyter_path: Path, code: str, timeout: float = 120) -> str:

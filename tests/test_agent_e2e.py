@@ -178,3 +178,19 @@ def test_kernel_reads_tiled_through_beamline_profile(e2e, tmp_path: Path, monkey
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_demo_kernel_prints_dated_display_name(e2e) -> None:
+    """What `just demo` ends with: the latest kernel's display name with the build's date
+    and python, then a real cell in it (databroker, the build's prefix, hygiene)."""
+    import re
+
+    _root, config, cfg, _port, _first = e2e
+    out = run_cli(config, "demo-kernel", "--env", "demo", timeout=300).stdout
+    name = re.search(r"kernel nsls2-demo-latest: (.*)", out)
+    assert name, out
+    assert re.fullmatch(r"NSLS-II demo \(latest, Python 3\.\d+, \d{4}-\d{2}-\d{2}\)", name[1])
+    build = os.readlink(layout.latest_link(cfg.deploy_root, "demo"))
+    assert name[1].endswith(f"{build[:4]}-{build[5:7]}-{build[8:10]})")  # the build's date
+    assert str(layout.build_dir(cfg.deploy_root, "demo", build)) in out
+    assert "user site-packages: False" in out and "databroker" in out
