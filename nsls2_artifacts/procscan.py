@@ -5,9 +5,12 @@ builds this node still uses; operators run it alone: `python -m nsls2_artifacts.
 
 Per process the checks run cheapest first and stop once every target has matched:
 `exe`, `cwd`, `root` (readlink), `fd/*` (readlink only: a `stat` there would follow into
-sockets, FIFOs or hung network mounts), the mapped files in `maps`, then `environ`
-(`CONDA_PREFIX`, `PATH`). A path counts when it lies under the concrete build directory
-or under the `envs/ENV/latest` alias that currently points at it. A process that exits
+sockets, FIFOs or hung network mounts), the mapped files in `maps`, then `environ`: every
+entry of the variables in `ENV_PATH_VARS` (`PATH`, `PYTHONPATH`, `PYTHONHOME`,
+`LD_LIBRARY_PATH`, `CONDA_PREFIX`, ...), since a system python run with `PYTHONPATH` into a
+build imports pure-Python modules from it while holding no file open there. A path
+counts when it lies under the concrete build directory or under the `envs/ENV/latest`
+alias that currently points at it. A process that exits
 mid-scan is skipped; one we may not read (EACCES, hidepid) makes the scan incomplete,
 which callers must treat as "maybe in use" for every target.
 """
@@ -29,7 +32,23 @@ from .records import ProcessUse
 
 PROC = "/proc"
 READ_CHUNK = 256 * 1024
-ENV_VARS = (b"CONDA_PREFIX=", b"PATH=")
+# Variables naming directories or files a process loads code from, each a path or a
+# ':'-separated list of paths: one lying inside a build is a use (a process may import or
+# dlopen from it at any time). Relative entries are relative to the cwd, checked anyway.
+ENV_PATH_VARS = frozenset(
+    {
+        b"CONDA_PREFIX",
+        b"PATH",
+        b"PYTHONPATH",
+        b"PYTHONHOME",  # PREFIX or PREFIX:EXEC_PREFIX
+        b"PYTHONUSERBASE",
+        b"PYTHONSTARTUP",
+        b"PYTHONEXECUTABLE",
+        b"VIRTUAL_ENV",
+        b"LD_LIBRARY_PATH",
+        b"LD_PRELOAD",  # also mapped once loaded; listed for a process that has not yet
+    }
+)
 # PID 1 is the node's init: it never runs a user's kernel, and sandboxes (this project's
 # development VMs among them) give it capabilities that make it unreadable even to root.
 # Counting it as "unknown" would block every deletion forever, so it is not scanned.
@@ -237,14 +256,16 @@ class _ProcessScan:
         if not self.matcher.might_contain(data):
             return
         for entry in data.split(b"\0"):
-            if entry.startswith(b"CONDA_PREFIX="):
-                value = os.fsdecode(entry[len(b"CONDA_PREFIX=") :])
-                if value:
-                    self.note("environ", os.path.normpath(value))
-            elif entry.startswith(b"PATH="):
-                for part in os.fsdecode(entry[len(b"PATH=") :]).split(":"):
-                    if part:
-                        self.note("environ", os.path.normpath(part))
+            name, _, value = entry.partition(b"=")
+            if name not in ENV_PATH_VARS:
+                continue
+            if name == b"LD_PRELOAD":  # ld.so splits it at spaces too
+                value = value.replace(b" ", b":")
+            for part in value.split(b":"):
+                if part.startswith(b"/"):
+                    self.note("environ", os.path.normpath(os.fsdecode(part)))
+                    if self.done():
+                        return
 
 
 class _Users:

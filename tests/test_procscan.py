@@ -7,6 +7,7 @@ import pwd
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from helpers_retention import (
@@ -197,3 +198,63 @@ def test_hidepid_mount_without_root_counts_as_unknown(monkeypatch, tmp_path):
 def test_scan_with_no_targets_is_trivially_complete():
     result = procscan.scan([])
     assert result.complete and result.uses == {}
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs the system python")
+def test_system_python_importing_from_a_build_via_pythonpath_is_a_use(build, tmp_path):
+    """A system python (exe, cwd, libraries all outside the build) with PYTHONPATH into the
+    build's site-packages imports a pure-Python module: after the import it holds no open
+    file and no mapping there, and only its environment shows the use."""
+    site_packages = build / "lib" / "python3" / "site-packages"
+    site_packages.mkdir(parents=True)
+    (site_packages / "puremod.py").write_text("VALUE = 42\n")
+    script = "import sys, puremod; print(puremod.VALUE, flush=True); sys.stdin.read()"
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", script],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"/nonexistent:{site_packages}"},
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "42\n"  # imported from the build, file closed again
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        fds = [
+            os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")
+        ]
+        assert str(build) not in maps and not any(str(build) in fd for fd in fds)
+        found = uses_of(procscan.scan([build]), build, proc.pid)
+        assert [(u.via, u.path) for u in found] == [("environ", str(site_packages))]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PYTHONPATH", "/opt/x:{build}/lib/python3.11/site-packages"),
+        ("PYTHONHOME", "{build}"),
+        ("PYTHONHOME", "/usr:{build}"),  # PREFIX:EXEC_PREFIX
+        ("LD_LIBRARY_PATH", "/usr/lib::{build}/lib"),
+        ("CONDA_PREFIX", "{build}"),
+        ("PATH", "/usr/bin:{build}/bin/"),
+        ("VIRTUAL_ENV", "{build}"),
+        ("PYTHONSTARTUP", "{build}/share/data.txt"),
+        ("LD_PRELOAD", "/nonexistent.so {build}/lib/nothing-here.so"),
+    ],
+)
+def test_each_path_variable_inside_a_build_is_a_use(build, variable, value):
+    env = {"PATH": "/usr/bin:/bin", variable: value.format(build=build)}
+    proc = subprocess.Popen(["/bin/sleep", "600"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_exec(proc.pid, "/bin/sleep")
+        found = uses_of(procscan.scan([build]), build, proc.pid)
+        assert len(found) == 1 and found[0].via == "environ", found
+        assert found[0].path == str(build) or found[0].path.startswith(f"{build}/")
+    finally:
+        stop(proc)
