@@ -7,7 +7,8 @@ stock conda-pack spends most of its time in `tarfile.add` per file (owner lookup
 copies), so we hand it an archive that writes tar headers directly, reads each file in one
 call, batches writes into large buffers, and compresses with multithreaded zstd, hashing
 the compressed bytes as they are written. The result is an ordinary tarball. This is the
-only module that imports conda_pack.
+only module that imports conda_pack; since it subclasses conda-pack internals (`Packer`,
+`ArchiveBase`), pyproject.toml pins the conda-pack versions it is tested with.
 """
 
 from __future__ import annotations

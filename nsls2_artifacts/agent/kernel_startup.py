@@ -18,7 +18,7 @@ def _nsls2_restart_notice() -> None:
     import os
     import sys
 
-    # the launcher exec'd python with CONDA_PREFIX = the concrete build (DESIGN rule 6)
+    # the launcher exec'd python with CONDA_PREFIX = the concrete build (docs/design.md rule 6)
     prefix = os.path.realpath(os.environ.get("CONDA_PREFIX") or sys.prefix)
     own = os.path.basename(prefix)
     env_dir = os.path.dirname(prefix)

@@ -2,7 +2,7 @@
 
 `reconcile` decides which specs should exist and calls `write_kernelspec` /
 `remove_kernelspec`; prune calls `remove_kernelspecs_for` before deleting a build.
-The latest kernel's argv resolves `envs/ENV/latest` when it is executed (DESIGN.md
+The latest kernel's argv resolves `envs/ENV/latest` when it is executed (docs/design.md
 rule 6), so a restart after a flip starts the new build and a running kernel's
 `sys.prefix` is the concrete build directory; LTS kernels name their build directly.
 """

@@ -1,8 +1,9 @@
 """Structured agent logging: one line per event, `key=value` pairs, to stderr.
 
-The agent, the CLI and tests call `event(log, "deploy", env=..., build=...)`; the
-formatter renders the fields after a timestamp and level so lines stay grep-able
-(`grep 'event=extract'`) and parse back with `parse_line`.
+The agent, the CLI and tests call `event(log, "deploy", env=..., build=...)`; every agent
+log line goes through it. The formatter renders the fields after a timestamp and level so
+lines stay grep-able (`grep 'event=extract'`) and parse back with `parse_line`; an
+unexpected error's traceback rides along as one quoted `traceback=` field.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class KeyValueFormatter(logging.Formatter):
             parts.extend(f"{key}={_render(value)}" for key, value in fields.items())
         line = " ".join(parts)
         if record.exc_info:
-            line += " traceback=" + _render(self.formatException(record.exc_info))
+            # one line per event, still: the traceback's newlines become literal "\n"
+            trace = self.formatException(record.exc_info).replace("\n", "\\n")
+            line += " traceback=" + _render(trace)
         return line
 
 
@@ -54,9 +57,22 @@ def setup_logging(level: int = logging.INFO, stream: Any = None) -> logging.Logg
     return log
 
 
-def event(log: logging.Logger, event_name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one event; `fields` become `key=value` pairs in order."""
-    log.log(level, event_name, extra={"fields": {"event": event_name, **fields}})
+def event(
+    log: logging.Logger,
+    event_name: str,
+    level: int = logging.INFO,
+    *,
+    exc: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Log one event; `fields` become `key=value` pairs in order. Pass `exc` for an error
+    nobody expected (a bug, an unknown fault): its traceback goes in the line too."""
+    log.log(
+        level,
+        event_name,
+        exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+        extra={"fields": {"event": event_name, **fields}},
+    )
 
 
 def parse_line(line: str) -> dict[str, str]:

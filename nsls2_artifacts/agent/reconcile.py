@@ -367,6 +367,7 @@ def apply_deploys(
                     log,
                     "deploy-error",
                     logging.ERROR,
+                    exc=exc,
                     env=m.name,
                     build=m.build_id,
                     reason=f"{type(exc).__name__}: {exc}",
@@ -418,7 +419,7 @@ def _run_retention(site: SiteConfig, snapshot: Observed, log: logging.Logger) ->
     try:
         retention.run_on(site, snapshot, log)
     except Exception as exc:
-        event(log, "retention-error", logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+        event(log, "retention-error", logging.ERROR, exc=exc, reason=f"{type(exc).__name__}: {exc}")
         return f"retention: {exc}"
     return None
 

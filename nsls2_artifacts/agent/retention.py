@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from ..config import RetentionPolicy, SiteConfig
 from ..errors import ManifestError
@@ -52,6 +51,7 @@ from ..store import Store
 from . import heartbeat as hb
 from . import kernels, latest, layout, trash
 from .locks import apply_lock, build_lock
+from .log import event
 from .observe import Observed, observe
 
 DAY = 86400.0
@@ -325,10 +325,6 @@ def _pinned(deploy_root: Path, env: str, build_id: str) -> bool:
 # -- applying -----------------------------------------------------------------------------------
 
 
-def _event(log: logging.Logger, name: str, **fields: Any) -> None:
-    log.info("%s %s", name, " ".join(f"{k}={v}" for k, v in fields.items()))
-
-
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -343,7 +339,7 @@ def _tombstone(site: SiteConfig, decision: RetentionDecision, log: logging.Logge
         tombstone = Tombstone(decision.env, decision.build_id, site.agent.node, isoformat(utcnow()))
         atomic_write_json(path, tombstone.to_dict())
     removed = kernels.remove_kernelspecs_for(root, decision.env, decision.build_id)
-    _event(log, "tombstoned", env=decision.env, build=decision.build_id, kernelspecs=removed)
+    event(log, "tombstoned", env=decision.env, build=decision.build_id, kernelspecs=removed)
 
 
 def _delete(
@@ -369,7 +365,7 @@ def _delete(
         return RetentionDecision(
             env, build_id, "wait", "waiting: another agent holds the build lock"
         )
-    _event(log, "deleted", env=env, build=build_id, kernelspecs=removed)
+    event(log, "deleted", env=env, build=build_id, kernelspecs=removed)
     return decision
 
 
@@ -380,7 +376,7 @@ def _finish(site: SiteConfig, decision: RetentionDecision, log: logging.Logger) 
         atomic_write_json(marker, DeletedMarker(env, build_id, site.agent.node).to_dict())
     removed = kernels.remove_kernelspecs_for(root, env, build_id)
     _unlink(layout.tombstone_path(root, env, build_id))
-    _event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)
+    event(log, "delete-finished", env=env, build=build_id, kernelspecs=removed)
 
 
 def apply_plan(
@@ -401,8 +397,13 @@ def apply_plan(
             elif decision.action == "revive":
                 _unlink(layout.deleted_path(site.deploy_root, decision.env, decision.build_id))
         except OSError as exc:
-            log.error(
-                "retention-failed env=%s build=%s error=%s", decision.env, decision.build_id, exc
+            event(
+                log,
+                "retention-failed",
+                logging.ERROR,
+                env=decision.env,
+                build=decision.build_id,
+                reason=str(exc),
             )
             decision = RetentionDecision(
                 decision.env, decision.build_id, "error", f"error: {decision.action} failed: {exc}"
@@ -473,7 +474,7 @@ def run_on(
     now_ns = hb.fs_now_ns(root, node) if apply else time.time_ns()
     cluster = gather_cluster(root, node, now_ns, site.agent.node_ttl_seconds, own)
     plan = [d for view in views for d in plan_env(view, cluster)]
-    _event(
+    event(
         log,
         "retention-scan",
         processes=result.scanned,

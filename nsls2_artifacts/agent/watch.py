@@ -115,7 +115,8 @@ def run_daemon(
             try:
                 result = run_pass(site, store, log, stop=stop)
             except Exception as exc:  # never let one bad pass kill the daemon
-                event(log, "pass-error", logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+                reason = f"{type(exc).__name__}: {exc}"
+                event(log, "pass-error", logging.ERROR, exc=exc, reason=reason)
             else:
                 if on_pass is not None:
                     on_pass(result)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..agent import heartbeat as hb
 from ..agent import layout
+from ..agent.log import setup_logging
 from ..agent.retention import run_pass
 from ..records import RetentionDecision
 from ..store import open_store
@@ -64,7 +65,7 @@ def prune(
 ) -> None:
     """Apply retention to the deploy root and explain every keep/delete decision."""
     cfg = site(config)
-    log = logging.getLogger("nsls2_artifacts.prune")
+    log = setup_logging(logging.WARNING)  # warnings and errors, with their fields
     with reported_errors():
         # a host that runs no agent must not register as a node: its heartbeat would go
         # stale and block all deletion. Only refresh a heartbeat this node already writes.
@@ -73,7 +74,7 @@ def prune(
             cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating, enforce=True
         )
     if not decisions:
-        console.print(f"no deployed builds under {cfg.deploy_root / 'envs'}")
+        console.print(f"no deployed builds under {layout.envs_dir(cfg.deploy_root)}")
     else:
         _show(decisions_table(decisions, dry_run=dry_run))
     if any(d.action == "error" for d in decisions):
