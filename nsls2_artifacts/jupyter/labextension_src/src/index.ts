@@ -1,0 +1,424 @@
+/**
+ * The NSLS-II JupyterLab plugins: a short "NSLS-II" launcher section (and beamline
+ * cards) in place of one card per kernelspec, a dialog for notebooks naming a retired
+ * kernel, and a status bar item saying which build the running kernel is on.
+ *
+ * Loaded by JupyterLab from share/jupyter/labextensions/nsls2-artifacts-lab; the
+ * decisions live in logic.ts, this file only wires them to JupyterLab.
+ */
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  Dialog,
+  ISessionContext,
+  ISessionContextDialogs,
+  SessionContextDialogs,
+  showDialog
+} from '@jupyterlab/apputils';
+import { PathExt, URLExt } from '@jupyterlab/coreutils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { ILauncher } from '@jupyterlab/launcher';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { KernelSpec, ServerConnection } from '@jupyterlab/services';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { ITranslator, nullTranslator } from '@jupyterlab/translation';
+import { DisposableDelegate, DisposableSet, IDisposable } from '@lumino/disposable';
+import { Widget } from '@lumino/widgets';
+
+import {
+  beamlineCards,
+  beamlineFileName,
+  beamlineNotebook,
+  chooseForMissing,
+  consoleCards,
+  indicator,
+  INotebookBuild,
+  ISpec,
+  launcherCards,
+  nsls2Of,
+  parseServerInfo,
+  IServerInfo,
+  tooltip
+} from './logic';
+
+const PLUGIN = 'nsls2-artifacts-lab';
+const CATEGORY = 'NSLS-II';
+const BEAMLINE_CATEGORY = 'NSLS-II beamlines';
+
+namespace CommandIDs {
+  export const newNotebook = 'nsls2:new-notebook';
+  export const newConsole = 'nsls2:new-console';
+  export const beamlineNotebook = 'nsls2:new-beamline-notebook';
+}
+
+/** The kernelspecs JupyterLab knows, in the shape logic.ts takes. */
+function currentSpecs(app: JupyterFrontEnd): ISpec[] {
+  const all = app.serviceManager.kernelspecs.specs;
+  if (!all) {
+    return [];
+  }
+  return Object.values(all.kernelspecs)
+    .filter((s): s is KernelSpec.ISpecModel => !!s)
+    .map(s => ({
+      name: s.name,
+      displayName: s.display_name,
+      language: s.language,
+      logo: s.resources['logo-svg'] || s.resources['logo-64x64'] || undefined,
+      nsls2: nsls2Of(s.metadata)
+    }));
+}
+
+/** GET /nsls2/api/kernels (the server extension): retired kernels, running builds. */
+async function fetchServerInfo(): Promise<IServerInfo> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'nsls2/api/kernels');
+  try {
+    const response = await ServerConnection.makeRequest(url, {}, settings);
+    if (!response.ok) {
+      return parseServerInfo(null);
+    }
+    return parseServerInfo(await response.json());
+  } catch (reason) {
+    console.warn(`${PLUGIN}: ${url} unavailable`, reason);
+    return parseServerInfo(null);
+  }
+}
+
+/** CSS class showing a kernel's logo as a card icon (a rule per logo URL). */
+function logoClass(kernelName: string, logo: string | undefined): string {
+  if (!logo) {
+    return 'jp-nsls2-logo jp-nsls2-nologo';
+  }
+  const cls = `jp-nsls2-logo-${kernelName.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+  let sheet = document.getElementById(cls);
+  if (!sheet) {
+    sheet = document.createElement('style');
+    sheet.id = cls;
+    document.head.appendChild(sheet);
+  }
+  sheet.textContent = `.${cls} { background-image: url(${JSON.stringify(logo)}); }`;
+  return `jp-nsls2-logo ${cls}`;
+}
+
+function specNamed(app: JupyterFrontEnd, name: unknown): ISpec | undefined {
+  return currentSpecs(app).find(s => s.name === name);
+}
+
+function addCommands(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null): void {
+  const { commands } = app;
+  commands.addCommand(CommandIDs.newNotebook, {
+    label: args => specNamed(app, args.kernelName)?.displayName ?? String(args.kernelName),
+    caption: args => {
+      const spec = specNamed(app, args.kernelName);
+      return spec ? tooltip(spec) : '';
+    },
+    iconClass: args => {
+      const spec = specNamed(app, args.kernelName);
+      return logoClass(String(args.kernelName), spec?.logo);
+    },
+    execute: args =>
+      commands.execute('notebook:create-new', {
+        kernelName: args.kernelName,
+        cwd: args.cwd ?? browser?.model.path ?? ''
+      })
+  });
+  commands.addCommand(CommandIDs.newConsole, {
+    label: args => specNamed(app, args.kernelName)?.displayName ?? String(args.kernelName),
+    caption: args => `A console on ${specNamed(app, args.kernelName)?.displayName ?? ''}`,
+    execute: args =>
+      commands.execute('console:create', {
+        kernelPreference: { name: args.kernelName },
+        cwd: args.cwd ?? browser?.model.path ?? ''
+      })
+  });
+  commands.addCommand(CommandIDs.beamlineNotebook, {
+    label: args => String(args.beamline).toUpperCase(),
+    caption: args => {
+      const spec = specNamed(app, args.kernelName);
+      return (
+        `A new notebook for beamline ${args.beamline} on ${spec?.displayName ?? args.kernelName},` +
+        ` connected to its data catalog (tiled profile "${args.beamline}")`
+      );
+    },
+    iconClass: args => logoClass(String(args.kernelName), specNamed(app, args.kernelName)?.logo),
+    execute: async args => {
+      const spec = specNamed(app, args.kernelName);
+      if (!spec) {
+        throw new Error(`kernel ${args.kernelName} is not deployed`);
+      }
+      const beamline = String(args.beamline);
+      const cwd = String(args.cwd ?? browser?.model.path ?? '');
+      const contents = app.serviceManager.contents;
+      const listing = await contents.get(cwd, { content: true });
+      const names = (listing.content as { name: string }[]).map(item => item.name);
+      const path = PathExt.join(cwd, beamlineFileName(beamline, names));
+      await contents.save(path, {
+        type: 'notebook',
+        format: 'json',
+        content: beamlineNotebook(beamline, spec)
+      });
+      return commands.execute('docmanager:open', {
+        path,
+        factory: 'Notebook',
+        kernel: { name: spec.name }
+      });
+    }
+  });
+}
+
+/** Drop the stock per-kernelspec cards of NSLS-II kernels (Notebook and Console). */
+function filterStockCards(launcher: ILauncher): void {
+  const isNsls2 = (options: ILauncher.IItemOptions) =>
+    !!nsls2Of((options.metadata as { kernel?: unknown } | undefined)?.kernel);
+  const add = launcher.add.bind(launcher);
+  launcher.add = (options: ILauncher.IItemOptions): IDisposable =>
+    isNsls2(options) ? new DisposableDelegate(() => undefined) : add(options);
+  // cards added before this plugin activated
+  const model = launcher as unknown as {
+    itemsList?: ILauncher.IItemOptions[];
+    stateChanged?: { emit: (v: void) => void };
+  };
+  if (Array.isArray(model.itemsList)) {
+    const kept = model.itemsList.filter(item => !isNsls2(item));
+    model.itemsList.splice(0, model.itemsList.length, ...kept);
+    model.stateChanged?.emit(undefined);
+  }
+}
+
+const launcherPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:launcher`,
+  description: 'An NSLS-II launcher section with latest and listed LTS kernels, beamline cards.',
+  autoStart: true,
+  requires: [ILauncher],
+  optional: [IDefaultFileBrowser, ITranslator],
+  activate: (
+    app: JupyterFrontEnd,
+    launcher: ILauncher,
+    browser: IDefaultFileBrowser | null,
+    translator: ITranslator | null
+  ) => {
+    const trans = (translator ?? nullTranslator).load('jupyterlab');
+    addCommands(app, browser);
+    filterStockCards(launcher);
+    let cards: DisposableSet | null = null;
+    const refresh = () => {
+      cards?.dispose();
+      cards = new DisposableSet();
+      const specs = currentSpecs(app);
+      for (const card of launcherCards(specs)) {
+        cards.add(
+          launcher.add({
+            command: CommandIDs.newNotebook,
+            args: { kernelName: card.kernelName },
+            category: CATEGORY,
+            categoryRank: -20,
+            rank: card.rank
+          })
+        );
+      }
+      for (const card of consoleCards(specs)) {
+        cards.add(
+          launcher.add({
+            command: CommandIDs.newConsole,
+            args: { kernelName: card.kernelName },
+            category: trans.__('Console'),
+            rank: card.rank,
+            kernelIconUrl: card.logo
+          })
+        );
+      }
+      beamlineCards(specs).forEach(({ beamline, spec }, index) => {
+        cards!.add(
+          launcher.add({
+            command: CommandIDs.beamlineNotebook,
+            args: { beamline, kernelName: spec.name },
+            category: BEAMLINE_CATEGORY,
+            categoryRank: -10,
+            rank: index
+          })
+        );
+      });
+    };
+    const specs = app.serviceManager.kernelspecs;
+    void specs.ready.then(() => {
+      refresh();
+      specs.specsChanged.connect(refresh);
+    });
+  }
+};
+
+/** Notebook metadata.nsls2 of the document behind a session, read from the server. */
+async function notebookBuild(
+  app: JupyterFrontEnd,
+  sessionContext: ISessionContext
+): Promise<INotebookBuild | null> {
+  if (sessionContext.type !== 'notebook' || !sessionContext.path) {
+    return null;
+  }
+  try {
+    const model = await app.serviceManager.contents.get(sessionContext.path, { content: true });
+    const meta = (model.content as { metadata?: Record<string, unknown> })?.metadata?.nsls2;
+    return meta && typeof meta === 'object' ? (meta as INotebookBuild) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The stock session dialogs, except when a notebook names an NSLS-II kernel that is no
+ * longer deployed: then say what it used and offer only its env's kernels.
+ */
+class Nsls2SessionDialogs extends SessionContextDialogs {
+  constructor(
+    private _app: JupyterFrontEnd,
+    options: ISessionContext.IDialogsOptions
+  ) {
+    super(options);
+  }
+
+  async selectKernel(sessionContext: ISessionContext): Promise<void> {
+    const name = sessionContext.kernelPreference.name;
+    const specs = currentSpecs(this._app);
+    if (name && !sessionContext.session?.kernel && !specs.some(s => s.name === name)) {
+      const [notebook, server] = await Promise.all([
+        notebookBuild(this._app, sessionContext),
+        fetchServerInfo()
+      ]);
+      const choice = chooseForMissing(name, notebook, specs, server.retired);
+      if (choice.kind === 'retired') {
+        const picked = await retiredDialog(choice.message, choice.choices, choice.preselected);
+        if (picked === 'other') {
+          return super.selectKernel(sessionContext);
+        }
+        if (picked) {
+          await sessionContext.changeKernel({ name: picked });
+        }
+        return;
+      }
+    }
+    return super.selectKernel(sessionContext);
+  }
+}
+
+/** The retired-kernel dialog: returns a kernel name, 'other' (stock dialog) or null. */
+async function retiredDialog(
+  message: string,
+  choices: ISpec[],
+  preselected: string | null
+): Promise<string | null> {
+  const body = new Widget();
+  body.addClass('jp-nsls2-retired');
+  const text = document.createElement('p');
+  text.className = 'jp-nsls2-retired-message';
+  text.textContent = `This notebook used ${message}.`;
+  body.node.appendChild(text);
+  const select = document.createElement('select');
+  select.className = 'jp-nsls2-retired-choice';
+  if (choices.length) {
+    const hint = document.createElement('p');
+    hint.textContent = 'Start it on a kernel of the same environment:';
+    body.node.appendChild(hint);
+    for (const spec of choices) {
+      const option = document.createElement('option');
+      option.value = spec.name;
+      option.textContent = spec.displayName;
+      option.title = tooltip(spec);
+      option.selected = spec.name === preselected;
+      select.appendChild(option);
+    }
+    body.node.appendChild(select);
+  } else {
+    const none = document.createElement('p');
+    none.textContent = 'No kernel of its environment is deployed any more.';
+    body.node.appendChild(none);
+  }
+  const buttons = [
+    Dialog.cancelButton({ label: 'No Kernel' }),
+    Dialog.createButton({ label: 'Other kernel…', actions: ['other'] })
+  ];
+  if (choices.length) {
+    buttons.push(Dialog.okButton({ label: 'Start' }));
+  }
+  const result = await showDialog({ title: 'Kernel retired', body, buttons });
+  if (result.button.actions.includes('other')) {
+    return 'other';
+  }
+  return result.button.accept && choices.length ? select.value : null;
+}
+
+const dialogsPlugin: JupyterFrontEndPlugin<ISessionContextDialogs> = {
+  id: `${PLUGIN}:session-dialogs`,
+  description: 'Session dialogs that handle notebooks naming a retired NSLS-II kernel.',
+  provides: ISessionContextDialogs,
+  optional: [ITranslator, ISettingRegistry],
+  autoStart: true,
+  activate: (
+    app: JupyterFrontEnd,
+    translator: ITranslator | null,
+    settingRegistry: ISettingRegistry | null
+  ) =>
+    new Nsls2SessionDialogs(app, {
+      translator: translator ?? nullTranslator,
+      settingRegistry: settingRegistry ?? null
+    })
+};
+
+/** Status bar: the running kernel's concrete build, marked when a newer one is deployed. */
+const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:build-indicator`,
+  description: "Shows the running NSLS-II kernel's build date in the status bar.",
+  autoStart: true,
+  requires: [IStatusBar, INotebookTracker],
+  activate: (app: JupyterFrontEnd, statusBar: IStatusBar, tracker: INotebookTracker) => {
+    const widget = new Widget();
+    widget.addClass('jp-nsls2-build');
+    const running = new Map<string, string>();
+    const render = () => {
+      const kernel = tracker.currentWidget?.sessionContext.session?.kernel;
+      const shown = kernel
+        ? indicator(kernel.name, running.get(kernel.id) ?? null, currentSpecs(app))
+        : null;
+      widget.node.textContent = shown?.text ?? '';
+      widget.node.title = shown?.title ?? '';
+      widget.node.classList.toggle('jp-nsls2-build-newer', !!shown?.newer);
+      widget.setHidden(!shown);
+    };
+    const lookUp = async () => {
+      const kernel = tracker.currentWidget?.sessionContext.session?.kernel;
+      if (kernel && !running.has(kernel.id)) {
+        const info = await fetchServerInfo();
+        for (const [id, build] of info.running) {
+          running.set(id, build);
+        }
+      }
+      render();
+    };
+    const onStatus = (context: ISessionContext, status: string) => {
+      // a restarted latest kernel may be on a newer build: ask again once it is up
+      const kernel = context.session?.kernel;
+      if (kernel && ['starting', 'restarting', 'autorestarting'].includes(status)) {
+        running.delete(kernel.id);
+      }
+      void lookUp();
+    };
+    const onKernel = () => void lookUp();
+    let watched: ISessionContext | null = null;
+    tracker.currentChanged.connect(() => {
+      watched?.kernelChanged.disconnect(onKernel);
+      watched?.statusChanged.disconnect(onStatus);
+      watched = tracker.currentWidget?.sessionContext ?? null;
+      watched?.kernelChanged.connect(onKernel);
+      watched?.statusChanged.connect(onStatus);
+      void lookUp();
+    });
+    app.serviceManager.kernelspecs.specsChanged.connect(render);
+    statusBar.registerStatusItem(`${PLUGIN}:build-indicator`, {
+      item: widget,
+      align: 'left',
+      rank: 5,
+      isActive: () => !!tracker.currentWidget
+    });
+  }
+};
+
+export default [launcherPlugin, dialogsPlugin, buildIndicatorPlugin];
