@@ -40,6 +40,11 @@ hub-demo: venv
 hook-demo *args: venv channel
     {{cli}} hook demo {{args}}
 
+# rebuild the prebuilt JupyterLab extension from nsls2_artifacts/jupyter/labextension_src
+# (commit the result: users and CI install it without node)
+labextension: venv
+    cd nsls2_artifacts/jupyter/labextension_src && npm ci --no-audit --no-fund && PATH="$PWD/../../../.venv/bin:$PATH" npm run build
+
 # the test suite (everything, the slow end-to-end tests included)
 test *args: venv
     {{python}} -m pytest -ra {{args}}

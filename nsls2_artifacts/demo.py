@@ -73,3 +73,9 @@ def run_demo_kernel(site: SiteConfig, env: str, jupyter_path: Path | None = None
         f"(JupyterHub: add {jupyter_path} to JUPYTER_PATH of the spawned servers.)\n"
         f"After a new publish and `agent --once`, restart the {name} kernel to get the new build."
     )
+    lab_ext = Path(__file__).resolve().parent / "jupyter"  # holds labextensions/nsls2-artifacts-lab
+    print(
+        "With the NSLS-II lab extension and server extension (launcher section, beamline cards):\n"
+        f"  JUPYTER_PATH={jupyter_path}:{lab_ext} .venv/bin/jupyter lab "
+        "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True"
+    )

@@ -22,6 +22,7 @@ import { KernelSpec, ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
+import { consoleIcon } from '@jupyterlab/ui-components';
 import { DisposableDelegate, DisposableSet, IDisposable } from '@lumino/disposable';
 import { Widget } from '@lumino/widgets';
 
@@ -125,6 +126,7 @@ function addCommands(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null):
   commands.addCommand(CommandIDs.newConsole, {
     label: args => specNamed(app, args.kernelName)?.displayName ?? String(args.kernelName),
     caption: args => `A console on ${specNamed(app, args.kernelName)?.displayName ?? ''}`,
+    icon: consoleIcon,
     execute: args =>
       commands.execute('console:create', {
         kernelPreference: { name: args.kernelName },
@@ -372,20 +374,34 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
   activate: (app: JupyterFrontEnd, statusBar: IStatusBar, tracker: INotebookTracker) => {
     const widget = new Widget();
     widget.addClass('jp-nsls2-build');
+    // kernel id -> the concrete build it runs: from the server (it reads the process),
+    // else the build its spec named when this page first saw the kernel
     const running = new Map<string, string>();
+    const firstSeen = new Map<string, string>();
     const render = () => {
       const kernel = tracker.currentWidget?.sessionContext.session?.kernel;
+      const specs = currentSpecs(app);
+      if (kernel && !firstSeen.has(kernel.id)) {
+        const build = specs.find(s => s.name === kernel.name)?.nsls2?.build_id;
+        if (build) {
+          firstSeen.set(kernel.id, build);
+        }
+      }
       const shown = kernel
-        ? indicator(kernel.name, running.get(kernel.id) ?? null, currentSpecs(app))
+        ? indicator(
+            kernel.name,
+            running.get(kernel.id) ?? firstSeen.get(kernel.id) ?? null,
+            specs
+          )
         : null;
       widget.node.textContent = shown?.text ?? '';
       widget.node.title = shown?.title ?? '';
       widget.node.classList.toggle('jp-nsls2-build-newer', !!shown?.newer);
       widget.setHidden(!shown);
     };
-    const lookUp = async () => {
+    const lookUp = async (force = false) => {
       const kernel = tracker.currentWidget?.sessionContext.session?.kernel;
-      if (kernel && !running.has(kernel.id)) {
+      if (kernel && (force || !running.has(kernel.id))) {
         const info = await fetchServerInfo();
         for (const [id, build] of info.running) {
           running.set(id, build);
@@ -398,6 +414,7 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
       const kernel = context.session?.kernel;
       if (kernel && ['starting', 'restarting', 'autorestarting'].includes(status)) {
         running.delete(kernel.id);
+        firstSeen.delete(kernel.id);
       }
       void lookUp();
     };
@@ -411,7 +428,7 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
       watched?.statusChanged.connect(onStatus);
       void lookUp();
     });
-    app.serviceManager.kernelspecs.specsChanged.connect(render);
+    app.serviceManager.kernelspecs.specsChanged.connect(() => void lookUp(true));
     statusBar.registerStatusItem(`${PLUGIN}:build-indicator`, {
       item: widget,
       align: 'left',

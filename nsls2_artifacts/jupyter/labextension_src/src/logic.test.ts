@@ -112,8 +112,8 @@ test('retired kernel: same env only, nearest kept LTS pre-selected, message from
       env: 'base',
       label: '2023-1',
       build_id: '2023.02.01T0200Z-99999999',
-      display_name: 'NSLS-II base 2023-1',
-      retired: '2026-05-01T00:00:00Z'
+      display_name: 'NSLS-II base 2023-1 (Python 3.11, until 2026-05)',
+      retired: '2026-05-01'
     }
   ];
   const choice = chooseForMissing('nsls2-base-2023-1', null, specs, retired);
@@ -138,6 +138,21 @@ test('retired kernel without record: the notebook metadata names the env', () =>
   if (choice.kind !== 'retired') return;
   assert.equal(choice.preselected, 'nsls2-hxn-2026-1');
   assert.ok(choice.choices.every(s => s.nsls2!.env === 'hxn'));
+});
+
+test('nearest LTS by the second: builds of the same minute', () => {
+  const close = [
+    spec('demo', '2026-1', '2026.12.01T075247Z-cccccccc'),
+    spec('demo', '2025-2', '2026.12.01T075239Z-bbbbbbbb'),
+    spec('demo', '2025-1', '2026.12.01T075231Z-aaaaaaaa', { listed: false })
+  ];
+  const choice = chooseForMissing(
+    'nsls2-demo-2023-1',
+    null,
+    close,
+    [{ name: 'nsls2-demo-2023-1', env: 'demo', label: '2023-1', build_id: '2026.12.01T075231Z-aaaaaaaa', display_name: 'x', retired: '2026-12-01' }]
+  );
+  assert.equal(choice.kind === 'retired' && choice.preselected, 'nsls2-demo-2025-1');
 });
 
 test('retired env with no LTS left: its latest; a foreign name: the stock dialog', () => {

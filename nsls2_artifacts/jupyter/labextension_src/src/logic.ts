@@ -17,6 +17,7 @@ export interface INsls2Meta {
   expires?: string | null;
   listed?: boolean;
   beamlines?: string[];
+  env_display_name?: string; // "NSLS-II base", the name without label and details
 }
 
 /** What the extension needs of one kernelspec (from GET /api/kernelspecs). */
@@ -81,7 +82,9 @@ export function nsls2Of(metadata: unknown): INsls2Meta | null {
     listed: meta.listed !== false,
     beamlines: Array.isArray(meta.beamlines)
       ? meta.beamlines.filter((b): b is string => typeof b === 'string')
-      : []
+      : [],
+    env_display_name:
+      typeof meta.env_display_name === 'string' ? meta.env_display_name : undefined
   };
 }
 
@@ -229,7 +232,7 @@ export function chooseForMissing(
   const choices = group ? [...group.lts, ...(group.latest ? [group.latest] : [])] : [];
   const buildId = record?.build_id ?? notebook?.build_id ?? '';
   const what = record
-    ? `${record.display_name}, retired ${buildDate(record.retired).replace(/ 00:00 UTC$/, '')}`
+    ? `${retiredName(record, group)}, retired ${buildDate(record.retired).replace(/ 00:00 UTC$/, '')}`
     : `${name}${buildId ? ` (build ${buildDate(buildId)})` : ''}, no longer deployed`;
   return {
     kind: 'retired',
@@ -237,6 +240,16 @@ export function chooseForMissing(
     choices,
     preselected: group ? nearestKept(group, buildId) : null
   };
+}
+
+/** "NSLS-II base 2023-1": the env's name and the label, without the spec's details. */
+function retiredName(record: IRetired, group: { latest?: ISpec; lts: ISpec[] } | undefined) {
+  const base = [group?.latest, ...(group?.lts ?? [])].find(s => s?.nsls2?.env_display_name)
+    ?.nsls2?.env_display_name;
+  if (base && record.label) {
+    return `${base} ${record.label}`;
+  }
+  return record.display_name.replace(/\s*\([^)]*\)\s*$/, '');
 }
 
 /** The env an `nsls2-ENV-LABEL` name belongs to: the longest deployed env it starts with. */
@@ -270,8 +283,8 @@ function nearestKept(group: { latest?: ISpec; lts: ISpec[] }, buildId: string): 
 }
 
 function timeValue(buildId: string): number {
-  const m = /^(\d{4})\.(\d{2})\.(\d{2})T(\d{2})(\d{2})/.exec(buildId);
-  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]) : 0;
+  const m = /^(\d{4})\.(\d{2})\.(\d{2})T(\d{2})(\d{2})(\d{2})?/.exec(buildId);
+  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] ?? 0)) : 0;
 }
 
 /** Beamline -> the latest kernel of the env serving it (first env by name if several). */

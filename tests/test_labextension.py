@@ -1,0 +1,81 @@
+"""The prebuilt JupyterLab extension: the committed build is the build of the committed
+sources (same recipe as labextension_src/stamp.mjs), it is installed where JupyterLab
+looks by the package's data-files, and its own unit tests (node's test runner on
+src/logic.ts) pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "nsls2_artifacts" / "jupyter" / "labextension_src"
+BUILT = REPO / "nsls2_artifacts" / "jupyter" / "labextensions" / "nsls2-artifacts-lab"
+SOURCES = ("package.json", "tsconfig.json", "src", "style")
+
+
+def sources_sha256() -> str:
+    """sha256 over (relative path, content) of every source file, sorted by path."""
+    files: list[str] = []
+    for name in SOURCES:
+        path = SRC / name
+        if path.is_dir():
+            files += [p.relative_to(SRC).as_posix() for p in path.rglob("*") if p.is_file()]
+        else:
+            files.append(name)
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + (SRC / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def test_committed_build_matches_sources() -> None:
+    stamp = json.loads((BUILT / "build-sources.json").read_text())
+    source_package = json.loads((SRC / "package.json").read_text())
+    built_package = json.loads((BUILT / "package.json").read_text())
+    assert stamp["version"] == source_package["version"] == built_package["version"]
+    assert stamp["sources_sha256"] == sources_sha256(), (
+        "the committed lab extension is older than its sources: run `just labextension`"
+    )
+    entry = BUILT / built_package["jupyterlab"]["_build"]["load"]
+    assert entry.is_file(), entry
+
+
+def test_wheel_data_files_cover_the_build() -> None:
+    """pyproject's data-files put every built file under share/jupyter/labextensions."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    data_files = config["tool"]["setuptools"]["data-files"]
+    installed = set()
+    for target, patterns in data_files.items():
+        if not target.startswith("share/jupyter/labextensions/nsls2-artifacts-lab"):
+            continue
+        for pattern in patterns:
+            installed |= {f"{target}/{p.name}" for p in REPO.glob(pattern) if p.is_file()}
+    built = {
+        "share/jupyter/labextensions/nsls2-artifacts-lab/" + p.relative_to(BUILT).as_posix()
+        for p in BUILT.rglob("*")
+        if p.is_file()
+    }
+    assert installed == built
+
+
+def test_extension_unit_tests() -> None:
+    """`npm test`: tsc + node's test runner on the extension's pure logic (.ci/run installs
+    Debian's nodejs and npm; `npm ci` fetches typescript from the npm registry once)."""
+    assert shutil.which("npm"), "npm is needed for the lab extension's unit tests"
+    if not (SRC / "node_modules" / "typescript").is_dir():
+        install = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=SRC,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert install.returncode == 0, install.stderr[-4000:]
+    result = subprocess.run(["npm", "test"], cwd=SRC, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout and "# pass 0" not in result.stdout
