@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from helpers_jupyter import Server, _answers, free_port, isolated_jupyter_env, wait_until
+from helpers_jupyter import Server, _answers, isolated_jupyter_env, wait_until
+from support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # holds labextensions/nsls2-artifacts-lab: an editable install does not install the

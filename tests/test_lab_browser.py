@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from helpers_agent import run_cli, write_site
-from helpers_jupyter import free_port, wait_until
+from helpers_jupyter import wait_until
 from helpers_lab import (
     chromium,
     idle_kernel,
@@ -26,13 +26,13 @@ from helpers_lab import (
     session_for,
     tiled_server,
 )
+from support.ports import free_port
+from support.publish import publish_build
 
 from nsls2_artifacts.agent import layout
-from nsls2_artifacts.devchannel import default_cache_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-CACHE = {"NSLS2_ARTIFACTS_CACHE": str(default_cache_dir() / "rattler-tests")}
 
 TREE = """
 from tiled.adapters.mapping import MapAdapter
@@ -47,9 +47,7 @@ tree = MapAdapter(
 
 
 def publish(config: Path, env: str) -> str:
-    out = run_cli(config, "publish", env, env=CACHE, timeout=900)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+    return publish_build(config, env)
 
 
 def promote(config: Path, env: str, build_id: str, label: str) -> None:
@@ -289,6 +287,18 @@ def test_beamline_cards_make_notebooks_that_read_their_catalogs(site, lab, brows
                 page.evaluate("() => window.jupyterapp.commands.execute('launcher:create')")
         # both notebooks run side by side, each on its own env
         assert session_for(lab, "csx.ipynb") and session_for(lab, "hxn.ipynb")
+        # saved with the server extension: it records the build and keeps the beamline
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        saved_hxn = wait_until(
+            lambda: (
+                json.loads((site.notebooks / "hxn.ipynb").read_text())["metadata"]["nsls2"]
+                if (site.notebooks / "hxn.ipynb").read_text().count('"build_id"')
+                else None
+            ),
+            60,
+            "hxn.ipynb saved",
+        )
+        assert saved_hxn["beamline"] == "hxn" and saved_hxn["build_id"] == site.builds["hxn"]
         saved = json.loads((site.notebooks / "csx.ipynb").read_text())
         assert saved["metadata"]["nsls2"]["beamline"] == "csx"
         assert 'from_profile("csx")' in "".join(saved["cells"][0]["source"])

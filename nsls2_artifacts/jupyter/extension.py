@@ -65,7 +65,10 @@ class BuildRecorder:
             return
         metadata = model["content"].setdefault("metadata", {})
         if isinstance(metadata, dict):
-            metadata[MANAGED] = record
+            previous = metadata.get(MANAGED)
+            # the lab extension's beamline notebooks say which beamline they are for
+            beamline = previous.get("beamline") if isinstance(previous, dict) else None
+            metadata[MANAGED] = {**record, "beamline": beamline} if beamline else record
 
     def record_for(self, path: str) -> dict[str, str] | None:
         """`{"env", "build_id", "track"}` for the first NSLS-II kernel in a session on

@@ -182,7 +182,7 @@ test('beamlines: one card each, served by the first env naming it; notebook cont
   );
   const nb = beamlineNotebook('csx', specs[1]) as any;
   assert.equal(nb.metadata.kernelspec.name, 'nsls2-base-latest');
-  assert.equal(nb.metadata.nsls2.beamline, 'csx');
+  assert.deepEqual(nb.metadata.nsls2, { beamline: 'csx', env: 'base', track: 'latest' });
   assert.equal(nb.cells[0].source.split('\n')[1], 'c = from_profile("csx")');
   assert.equal(beamlineFileName('csx', ['csx.ipynb', 'csx-1.ipynb', 'x.ipynb']), 'csx-2.ipynb');
   assert.equal(beamlineFileName('hxn', ['csx.ipynb']), 'hxn.ipynb');

@@ -327,12 +327,8 @@ export function beamlineNotebook(beamline: string, spec: ISpec): Record<string, 
     metadata: {
       kernelspec: { name: spec.name, display_name: spec.displayName, language: spec.language },
       language_info: { name: spec.language },
-      nsls2: {
-        beamline,
-        env: spec.nsls2?.env,
-        build_id: spec.nsls2?.build_id,
-        track: spec.nsls2?.label ?? 'latest'
-      }
+      // build_id is recorded by the server extension when the notebook is saved
+      nsls2: { beamline, env: spec.nsls2?.env, track: spec.nsls2?.label ?? 'latest' }
     },
     cells: [
       {
