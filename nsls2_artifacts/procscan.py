@@ -18,6 +18,8 @@ which callers must treat as "maybe in use" for every target.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -300,6 +302,37 @@ def _hidden_processes(proc: str) -> bool:
     except OSError:
         return False
     return False
+
+
+# What an unprivileged agent needs to read other users' processes: CAP_SYS_PTRACE for
+# their links, maps and environ, CAP_DAC_READ_SEARCH to list their fd directories.
+SCAN_CAPABILITIES = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19}
+SCAN_PRIVILEGE_HINT = (
+    "run the agent as root or with AmbientCapabilities=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH "
+    "(deploy/nsls2-agent.service)"
+)
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def missing_capabilities(proc: str = PROC) -> list[str]:
+    """The capabilities of SCAN_CAPABILITIES this process lacks (effective set; [] as root)."""
+    try:
+        with open(os.path.join(proc, "self", "status"), encoding="ascii") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        effective = int(fields["CapEff"].strip(), 16)
+    except (OSError, KeyError, ValueError):
+        return sorted(SCAN_CAPABILITIES)
+    return sorted(name for name, bit in SCAN_CAPABILITIES.items() if not effective >> bit & 1)
+
+
+def keep_capabilities_to_self() -> None:
+    """Empty the ambient capability set: the agent keeps the scan's capabilities, but the
+    programs it starts (an archive's conda-unpack, its python for the smoke test: code
+    from the store) do not inherit them across exec. Called once when the agent starts."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
 def scan(

@@ -11,11 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .agent import deploy, failures, kernels, latest, layout
+from .agent import deploy, failures, heartbeat, kernels, latest, layout
 from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
 from .names import Pair, assign_kernel_names
+from .procscan import SCAN_PRIVILEGE_HINT
 from .records import PassRecord, RecordError
 from .store import Store
 
@@ -33,6 +34,7 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
         "not_builds": [],  # store entries that are neither builds nor known records
         "kernels": {},
         "nodes": _passes(root),
+        "scans": _scans(root),
     }
     committed: dict[str, dict[str, Any]] = {}
     labels: dict[tuple[str, str], list[str]] = {}
@@ -155,11 +157,48 @@ def _passes(root: Path) -> dict[str, Any]:
     return found
 
 
+def _scans(root: Path) -> dict[str, Any]:
+    """Each node's last /proc scan as its heartbeat reports it: complete, or which
+    processes it could not read (then nothing on the deploy root can be deleted)."""
+    found = {}
+    for report in heartbeat.read_reports(root):
+        beat = report.heartbeat
+        if beat is None:
+            continue
+        unknown = beat.unknown_uses()
+        found[report.node] = {
+            "complete": beat.complete,
+            "unreadable": len(unknown),
+            "example": asdict(unknown[0]) if unknown else None,
+        }
+    return found
+
+
+def _scan_lines(scans: dict[str, Any]) -> list[str]:
+    lines = []
+    for node, scan in sorted(scans.items()):
+        if scan["complete"]:
+            continue
+        example = scan["example"]
+        seen = (
+            f"; e.g. pid {example['pid']} ({example['user']}): {example['via']} {example['path']}"
+            if example
+            else ""
+        )
+        lines.append(
+            f"SCAN INCOMPLETE on node {node}: the agent cannot read {scan['unreadable']} "
+            f"process(es) of other users{seen}. They may use any build, so NOTHING on this "
+            f"deploy root is deleted and the disk only grows: {SCAN_PRIVILEGE_HINT}."
+        )
+    return lines
+
+
 def render_text(status: dict[str, Any]) -> str:
     """A terse human summary (the --json form carries everything)."""
     lines = [f"deploy root {status['deploy_root']}", f"store       {status['store']}"]
     if status["store_error"]:
         lines.append(f"  STORE UNAVAILABLE: {status['store_error']}")
+    lines += _scan_lines(status.get("scans", {}))
     for env, info in status["envs"].items():
         hold = f" (held by rollback to {info['hold']['build_id']})" if info["hold"] else ""
         lines.append(f"env {env}: latest -> {info['latest'] or '-'}{hold}")

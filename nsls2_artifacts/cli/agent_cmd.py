@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +44,7 @@ def agent(
     cfg = site(config)
     log = setup_logging()
     store = open_store(cfg.store)
+    _check_scan_privileges(log)
     with reported_errors():
         if dry_run:
             plan = run_pass(cfg, store, log, dry_run=True).plan
@@ -60,6 +61,26 @@ def agent(
         stop = threading.Event()
         install_stop_signals(stop, log)
         run_daemon(cfg, store, log, stop, events=events)
+
+
+def _check_scan_privileges(log: Any) -> None:
+    """Keep the scan's capabilities from the agent's children; say at once when the scan
+    will not be able to read other users' processes (then nothing is ever deleted)."""
+    import logging
+
+    from ..agent.log import event
+    from ..procscan import SCAN_PRIVILEGE_HINT, keep_capabilities_to_self, missing_capabilities
+
+    keep_capabilities_to_self()
+    if missing := missing_capabilities():
+        event(
+            log,
+            "scan-unprivileged",
+            logging.WARNING,
+            missing=",".join(missing),
+            hint=f"other users' processes will read as unknown and block deletion; "
+            f"{SCAN_PRIVILEGE_HINT}",
+        )
 
 
 def status(
