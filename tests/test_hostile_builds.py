@@ -13,10 +13,14 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
+from conftest import CLI
 from helpers_agent import (
     commit_build,
     commit_fake,
@@ -330,3 +334,99 @@ def test_a_bug_of_ours_is_never_a_quarantine(site, monkeypatch: pytest.MonkeyPat
     monkeypatch.undo()
     result, _ = run(cfg)
     assert result.ok and layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
+
+
+# -- item 1: pax bombs, and peak memory bounded whatever the size fields claim -------------
+
+
+def _ustar(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode, info.mtime = kind, size, 0o644, 1_700_000_000
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def pax_bomb(claim: int) -> bytes:
+    """A fake env whose first member carries a pax header of `claim` bytes (a valid
+    record that tarfile would read whole), zstd-compressed to a few kB: it is streamed
+    through the compressor, never held here."""
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    out = [compressor.compress(_ustar("././@PaxHeader", tarfile.XHDTYPE, claim))]
+    head = f"{claim} comment=".encode()
+    out.append(compressor.compress(head))
+    filler, step = claim - len(head) - 1, b"x" * (1 << 20)
+    while filler > 0:
+        out.append(compressor.compress(step[:filler]))
+        filler -= len(step)
+    out.append(compressor.compress(b"\n" + bytes(-claim % 512)))
+    out.append(compressor.compress(_ustar("lib/bomb.txt", tarfile.REGTYPE, 0)))
+    out.append(compressor.compress(tar_bytes(fake_env_members(), fmt="tar")))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def big_file_build(size: int) -> bytes:
+    """A fake env plus one `size`-byte file of zeros (a normal archive, compressed small)."""
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    out = [compressor.compress(_ustar("lib/big.bin", tarfile.REGTYPE, size))]
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        out.append(compressor.compress(zeros))
+    out.append(compressor.compress(tar_bytes(fake_env_members(), fmt="tar")))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+# run by a small fresh python, so the agent's peak is not the test process's inherited one
+# (Linux carries the RSS high-water mark of the forked image across exec)
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, _, usage = os.wait4(proc.pid, 0)
+print(usage.ru_maxrss * 1024)
+"""
+
+
+def agent_peak_rss(config: Path) -> int:
+    """Peak RSS (bytes) of one `agent --once` (and the programs it waited for)."""
+    env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
+    measured = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *CLI, "agent", "--config", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    return int(measured.stdout)
+
+
+def test_pax_bomb_refused_and_peak_memory_bounded(tmp_path: Path) -> None:
+    """A pax header claiming 400 MB in a small artifact made `agent --once` reach 878 MB
+    and then deployed as ready despite `agent.max_bytes`. Now it is quarantined at its
+    header, and the agent's peak memory for bombs of 40 MB and 400 MB, and for a normal
+    archive holding a 96 MB file, stays within a constant of a plain deploy's."""
+    MiB = 1 << 20
+    peaks: dict[str, int] = {}
+    builds = {
+        "plain": tar_bytes(fake_env_members()),
+        "bomb-40M": pax_bomb(40 * 10**6),
+        "bomb-400M": pax_bomb(400 * 10**6),
+        "file-96M": big_file_build(96 * MiB),
+    }
+    for name, archive in builds.items():
+        config, cfg = write_site(tmp_path / name, agent={"max_bytes": 256 * MiB})
+        build = commit_build(cfg.store, "demo", archive)
+        peaks[name] = agent_peak_rss(config)
+        ready = layout.read_ready(cfg.deploy_root, "demo", build.build_id)
+        if name.startswith("bomb"):
+            assert len(archive) < 1 * MiB
+            assert ready is None
+            status = json.loads(run_cli(config, "status", "--json").stdout)
+            [q] = status["quarantined"]
+            assert q["stage"] == "extract" and "pax extended header" in q["reason"]
+        else:
+            assert ready is not None, name
+    slack = 48 * MiB  # the decompression queue and one chunk in flight: constants
+    assert peaks["bomb-40M"] < peaks["plain"] + slack, peaks
+    assert peaks["bomb-400M"] < peaks["plain"] + slack, peaks
+    assert peaks["file-96M"] < peaks["plain"] + slack, peaks
