@@ -99,6 +99,19 @@ def _number(field: bytes) -> int:
     return int(digits, 8)
 
 
+def _numbers(block: bytes) -> tuple[int, int, int, int, int]:
+    """(mode, size, mtime, devmajor, devminor) of a header block. Every numeric field is
+    parsed, of every header (pax ones too), as tarfile does: a broken one refuses the
+    archive."""
+    mode, size, mtime = _number(block[100:108]), _number(block[124:136]), _number(block[136:148])
+    if block[108:124] != _ZERO_IDS:
+        _number(block[108:116]), _number(block[116:124])  # uid, gid: read, not used
+    devmajor = devminor = 0
+    if block[329:345] not in _NO_DEVICE:
+        devmajor, devminor = _number(block[329:337]), _number(block[337:345])
+    return mode, size, mtime, devmajor, devminor
+
+
 def _text(field: bytes) -> str:
     """A text header field: up to the first NUL, decoded as tarfile decodes names."""
     end = field.find(b"\0")
@@ -339,27 +352,28 @@ class TarReader:
                 return None
             if not _checksum_ok(block):
                 raise TarStreamError("bad checksum in a tar header")
+            numbers = _numbers(block)
             kind = block[156:157]
             if kind != _PAX:
                 break
             if pax is not None:
                 raise UnsupportedTarError("two pax headers for one member")
-            size = _number(block[124:136])
+            size = numbers[1]
             if not 0 <= size <= self.max_pax:
                 raise TarLimitError(f"pax extended header of {size} bytes (limit {self.max_pax})")
             pax = parse_pax(self._buffer.take(size))
             self._buffer.skip(-size % BLOCK)
-        return self._member(block, kind, pax)
+        return self._member(block, kind, numbers, pax)
 
-    def _member(self, block: bytes, kind: bytes, pax: dict[str, str] | None) -> TarMember:
-        # every numeric field is parsed, as tarfile does: a broken one refuses the archive
-        mode, size = _number(block[100:108]), _number(block[124:136])
-        mtime: float = _number(block[136:148])
-        if block[108:124] != _ZERO_IDS:
-            _number(block[108:116]), _number(block[116:124])  # uid, gid: read, not used
-        devmajor = devminor = 0
-        if block[329:345] not in _NO_DEVICE:
-            devmajor, devminor = _number(block[329:337]), _number(block[337:345])
+    def _member(
+        self,
+        block: bytes,
+        kind: bytes,
+        numbers: tuple[int, int, int, int, int],
+        pax: dict[str, str] | None,
+    ) -> TarMember:
+        mode, size, mtime_int, devmajor, devminor = numbers
+        mtime: float = mtime_int
         name = _text(block[:100])
         if kind not in _KNOWN:
             raise UnsupportedTarError(f"member type {kind!r} in {name!r}")

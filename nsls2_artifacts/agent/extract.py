@@ -305,6 +305,7 @@ class _Extraction:
         self.members = self.total = 0
         self.made_dirs = {root}
         self.symlinks: set[str] = set()
+        self.files: set[str] = set()  # regular files so far: what a hardlink may name
         # parent directories (absolute) made and known to lie below none of `symlinks`
         self.clear_dirs: set[str] = set()
         self.links: list[tuple[tarfile.TarInfo, str]] = []
@@ -322,7 +323,7 @@ class _Extraction:
 
     def run(self, tar: TarReader) -> None:
         """Every member in archive order."""
-        root, clear_dirs = self.root, self.clear_dirs
+        root, clear_dirs, files = self.root, self.clear_dirs, self.files
         for member in tar.members():
             self.members += 1
             self.total += member.size
@@ -330,6 +331,7 @@ class _Extraction:
             if name[:6] == AGENT_DIR and (len(name) == 6 or name[6] == "/"):
                 raise self.reject(f"member {name!r}: {AGENT_DIR}/ belongs to the agent")
             if kind in REGULAR:
+                files.add(name)
                 path = f"{root}/{name}"
                 parent = path.rpartition("/")[0]
                 if parent not in clear_dirs:  # one lookup for most files: checked and made
@@ -373,6 +375,12 @@ class _Extraction:
         info = tarfile.data_filter(to_tarinfo(member), self.root)
         target = f"{self.root}/{name}"
         self.ensure_dir(target.rpartition("/")[0])
+        if member.type == LINK and member.linkname not in self.files:
+            # as tarfile: a hardlink names an earlier regular file of the archive (never a
+            # directory, a link or a file that comes later)
+            raise self.reject(
+                f"member {name!r}: hardlink to {member.linkname!r}, not an earlier file"
+            )
         if member.type == SYMLINK:
             self.symlinks.add(name)
             self.clear_dirs.clear()  # may lie below the new one
@@ -412,10 +420,11 @@ class _Extraction:
         if path in self.made_dirs:
             return
         if path.rpartition("/")[0] in self.made_dirs:
-            # one mkdir instead of makedirs' stat walk; an existing non-directory shows up
-            # as NotADirectoryError at the first file created in it
-            with contextlib.suppress(FileExistsError):
+            try:  # one mkdir instead of makedirs' stat walk
                 os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise  # a file of the archive where it also names a directory
         else:
             os.makedirs(path, exist_ok=True)
         self.made_dirs.add(path)
