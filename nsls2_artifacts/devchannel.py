@@ -5,7 +5,13 @@ tests solve against a channel made here: a `python` package repackaged from the 
 interpreter's own installation, and one conda package per PyPI wheel (unpacked under
 site-packages, console scripts with a placeholder shebang, `depends` from
 `Requires-Dist`). rattler indexes it. Called by `nsls2-artifacts dev-channel` and by
-`tests/conftest.py`; the result is cached by a stamp of its inputs.
+`tests/conftest.py`; the result is cached by a stamp of its inputs, wheel list included.
+
+Several builders may run at once (`just demo` while the tests run, two clones on one
+machine): one lock per channel directory and one per wheel cache serialise them (the
+second waits, then reuses), each resolves in a folder of its own, and every file they
+share is replaced atomically. Neither a cached wheel list nor an existing channel is
+trusted unless it holds every requested package.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import ArtifactsError
+from .fsutil import atomic_write_text, file_lock
 
 # What the demo env and the tests need; versions are whatever PyPI serves today.
 DEFAULT_REQUIREMENTS = ("ipykernel", "databroker", "numpy")
@@ -75,37 +82,67 @@ def build_channel(
     """Build (or reuse) a conda channel at `dest` holding `requirements` and their deps."""
     dest = Path(dest).absolute()
     requirements, extra_wheels = list(requirements), list(extra_wheels)
-    inputs = {
-        "requirements": requirements,
-        "extra_wheels": extra_wheels,
-        "python": sys.version,
-        "base_prefix": sys.base_prefix,
-        "builder": 3,
-    }
-    if _stamp_matches(dest, inputs):
-        progress(f"offline channel up to date at {dest}")
-        return dest
+    needed = needed_packages(requirements, extra_wheels)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    wheel_dir = cache / "wheels"
-    progress("downloading wheels from PyPI (cached)")
-    wheels = _download(wheel_dir, requirements, extra_wheels)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        (staging / SUBDIR).mkdir()
-        (staging / "noarch").mkdir()
-        progress("packaging python from the running interpreter")
-        _build_python_package(staging / SUBDIR)
-        progress(f"repackaging {len(wheels)} wheels as conda packages")
-        _convert_wheels(wheels, staging / SUBDIR)
-        progress("indexing the channel with rattler")
-        _index(staging)
-        (staging / STAMP).write_text(json.dumps(inputs, indent=2))
-        _swap_into_place(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with file_lock(dest.parent / f".{dest.name}.lock"):  # a second builder waits, then reuses
+        progress("downloading wheels from PyPI (cached)")
+        wheels = _download(cache / "wheels", requirements, extra_wheels, needed)
+        inputs = {
+            "requirements": requirements,
+            "extra_wheels": extra_wheels,
+            "python": sys.version,
+            "base_prefix": sys.base_prefix,
+            "builder": 4,
+            "wheels": sorted(w.path.name for w in wheels),
+        }
+        if _stamp_matches(dest, inputs) and not missing_packages(dest, needed):
+            progress(f"offline channel up to date at {dest}")
+            return dest
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            (staging / SUBDIR).mkdir()
+            (staging / "noarch").mkdir()
+            progress("packaging python from the running interpreter")
+            _build_python_package(staging / SUBDIR)
+            progress(f"repackaging {len(wheels)} wheels as conda packages")
+            _convert_wheels(wheels, staging / SUBDIR)
+            progress("indexing the channel with rattler")
+            _index(staging)
+            if missing := missing_packages(staging, needed):
+                raise ChannelBuildError(
+                    f"the channel built at {dest} lacks {', '.join(missing)}, which the demo "
+                    f"and the tests need (wheels: {', '.join(inputs['wheels'])})"
+                )
+            (staging / STAMP).write_text(json.dumps(inputs, indent=2))
+            _swap_into_place(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     progress(f"offline channel ready at {dest}")
     return dest
+
+
+def needed_packages(requirements: Iterable[str], extra_wheels: Iterable[str] = ()) -> list[str]:
+    """Package names a channel for `requirements` must hold: each requirement, each extra
+    wheel, and python."""
+    names = {"python"}
+    for text in [*requirements, *extra_wheels]:
+        try:
+            names.add(canonicalize_name(Requirement(text).name))
+        except InvalidRequirement as exc:
+            raise ChannelBuildError(f"not a requirement: {text!r} ({exc})") from None
+    return sorted(names)
+
+
+def missing_packages(channel: Path, needed: Iterable[str]) -> list[str]:
+    """The names of `needed` that `channel`'s linux-64 repodata does not list."""
+    try:
+        repodata = json.loads((channel / SUBDIR / "repodata.json").read_text())
+    except (OSError, ValueError):
+        return sorted(needed)
+    records = {**repodata.get("packages", {}), **repodata.get("packages.conda", {})}
+    present = {r.get("name") for r in records.values() if isinstance(r, dict)}
+    return sorted(set(needed) - present)
 
 
 def _stamp_matches(dest: Path, inputs: dict) -> bool:
@@ -116,6 +153,7 @@ def _stamp_matches(dest: Path, inputs: dict) -> bool:
 
 
 def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Replace `dest` with `staging` (under the channel's lock: no other builder swaps)."""
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
@@ -137,27 +175,50 @@ def _pip_download(wheel_dir: Path, args: list[str]) -> None:
         raise ChannelBuildError(f"pip download {' '.join(args)} failed:\n{result.stderr[-2000:]}")
 
 
-def _download(wheel_dir: Path, requirements: list[str], extra_wheels: list[str]) -> list[Wheel]:
-    """Fetch a consistent wheel set (pip resolves it for this interpreter), then the extras."""
+def _download(
+    wheel_dir: Path, requirements: list[str], extra_wheels: list[str], needed: list[str]
+) -> list[Wheel]:
+    """Fetch a consistent wheel set (pip resolves it for this interpreter), then the extras.
+
+    The list of the set is cached, but only trusted while it names a wheel for every
+    needed package: a list saved by a builder that raced another one held only `six`.
+    """
     wheel_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(json.dumps([requirements, extra_wheels, sys.version]).encode()).hexdigest()
     listing = wheel_dir / f"set-{key[:16]}.json"
-    if listing.exists():
-        names = json.loads(listing.read_text())
-        if all((wheel_dir / n).exists() for n in names):
-            return [_read_wheel(wheel_dir / n) for n in names]
-    resolved = wheel_dir / f"resolve-{key[:16]}"
-    shutil.rmtree(resolved, ignore_errors=True)
-    resolved.mkdir()
-    _pip_download(resolved, requirements)
-    for spec in extra_wheels:
-        _pip_download(resolved, ["--no-deps", spec])
-    names = sorted(p.name for p in resolved.glob("*.whl"))
-    for name in names:
-        os.replace(resolved / name, wheel_dir / name)
-    shutil.rmtree(resolved, ignore_errors=True)
-    listing.write_text(json.dumps(names))
+    with file_lock(wheel_dir / ".download.lock"):
+        cached = _cached_wheels(wheel_dir, listing)
+        if cached is not None and not _missing_wheels(cached, needed):
+            return cached
+        resolved = Path(tempfile.mkdtemp(prefix=f"resolve-{key[:16]}-", dir=wheel_dir))
+        try:
+            _pip_download(resolved, requirements)
+            for spec in extra_wheels:
+                _pip_download(resolved, ["--no-deps", spec])
+            names = sorted(p.name for p in resolved.glob("*.whl"))
+            if missing := _missing_wheels([_read_wheel(resolved / n) for n in names], needed):
+                raise ChannelBuildError(
+                    f"pip download gave no wheel for {', '.join(missing)} "
+                    f"(requirements: {', '.join(requirements + extra_wheels)})"
+                )
+            for name in names:
+                os.replace(resolved / name, wheel_dir / name)
+        finally:
+            shutil.rmtree(resolved, ignore_errors=True)
+        atomic_write_text(listing, json.dumps(names))
     return [_read_wheel(wheel_dir / n) for n in names]
+
+
+def _cached_wheels(wheel_dir: Path, listing: Path) -> list[Wheel] | None:
+    try:
+        names = json.loads(listing.read_text())
+        return [_read_wheel(wheel_dir / n) for n in names]
+    except (OSError, ValueError, TypeError, KeyError, StopIteration, zipfile.BadZipFile):
+        return None  # absent, torn or naming a wheel that is gone: resolve again
+
+
+def _missing_wheels(wheels: list[Wheel], needed: list[str]) -> list[str]:
+    return sorted(set(needed) - {"python"} - {w.name for w in wheels})
 
 
 def _read_wheel(path: Path) -> Wheel:

@@ -51,3 +51,66 @@ def test_rattler_installs_a_working_env(offline_channel: Path, tmp_path: Path) -
         .read_text()
         .startswith(f"#!{tmp_path / 'env'}/bin/python")
     )
+
+
+SMALL = (["packaging"], ["six==1.16.0"])  # a channel quick to build: python + 2 wheels
+
+BUILDER = """
+import json, sys, time
+from pathlib import Path
+from nsls2_artifacts.devchannel import build_channel
+dest, cache, go = sys.argv[1:4]
+while not Path(go).exists():  # start together with the other builder
+    time.sleep(0.01)
+build_channel(dest, json.loads(sys.argv[4]), json.loads(sys.argv[5]), cache_dir=cache)
+"""
+
+
+def _names(channel: Path) -> set[str]:
+    repodata = json.loads((channel / "linux-64" / "repodata.json").read_text())
+    records = {**repodata.get("packages", {}), **repodata.get("packages.conda", {})}
+    return {r["name"] for r in records.values()}
+
+
+def test_two_builders_at_once_both_get_a_complete_channel(tmp_path: Path) -> None:
+    """Two `dev-channel` runs on one cache used to delete each other's resolve folder and
+    save a wheel list holding only `six`, trusted forever after: now one waits and reuses."""
+    import sys
+
+    dest, cache, go = tmp_path / "channel", tmp_path / "cache", tmp_path / "go"
+    args = [str(dest), str(cache), str(go), json.dumps(SMALL[0]), json.dumps(SMALL[1])]
+    builders = [
+        subprocess.Popen([sys.executable, "-c", BUILDER, *args], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    go.touch()
+    for builder in builders:
+        _, err = builder.communicate(timeout=600)
+        assert builder.returncode == 0, err.decode()
+    assert {"python", "packaging", "six"} <= _names(dest)
+    stamp = json.loads((dest / ".nsls2-devchannel.json").read_text())
+    assert [w.split("-")[0] for w in stamp["wheels"]] == ["packaging", "six"]
+    (listing,) = (cache / "wheels").glob("set-*.json")
+    assert len(json.loads(listing.read_text())) == 2
+    assert not list((cache / "wheels").glob("resolve-*"))  # per-builder folders cleaned
+
+
+def test_a_wheel_list_or_channel_missing_a_package_is_not_trusted(tmp_path: Path) -> None:
+    from nsls2_artifacts.devchannel import build_channel
+
+    cache = tmp_path / "cache"
+    first = build_channel(tmp_path / "first", *SMALL, cache_dir=cache)
+    (listing,) = (cache / "wheels").glob("set-*.json")
+    names = json.loads(listing.read_text())
+    listing.write_text(json.dumps([n for n in names if n.startswith("six-")]))  # the race's
+    second = build_channel(tmp_path / "second", *SMALL, cache_dir=cache)
+    assert {"packaging", "six"} <= _names(second)
+    # a channel whose stamp matches but which lost a package is rebuilt, not reused
+    repodata_path = first / "linux-64" / "repodata.json"
+    repodata = json.loads(repodata_path.read_text())
+    for key in ("packages", "packages.conda"):
+        repodata[key] = {k: v for k, v in repodata.get(key, {}).items() if v["name"] != "packaging"}
+    repodata_path.write_text(json.dumps(repodata))
+    assert "packaging" not in _names(first)
+    build_channel(first, *SMALL, cache_dir=cache)
+    assert "packaging" in _names(first)
