@@ -104,6 +104,8 @@ def test_artifact_must_be_a_regular_file(site, tmp_path: Path, shape: str) -> No
     build is quarantined with the reason and `store verify` fails naming it."""
     config, cfg = site
     good = commit_fake(cfg, tag="good", hours=1)
+    # deployed first: a pass deploys only the newest new build (older ones are superseded)
+    assert run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT).returncode == 0
     bad = commit_fake(cfg, tag="bad", hours=2)
     artifact = cfg.store / "demo" / bad.build_id / bad.artifact.file
     outside = tmp_path / "outside.tar.zst"
