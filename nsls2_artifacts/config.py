@@ -137,6 +137,18 @@ NUMBER_RULES: dict[str, NumberRule] = {
 MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
 
 
+@dataclass(frozen=True)
+class StoreOptions:
+    """`store_options:` for an object store (`store: s3://BUCKET/PREFIX`). Credentials are
+    never here: they come from the standard places (AWS_* environment variables, the
+    shared credentials file, an instance role)."""
+
+    endpoint_url: str | None = None  # e.g. https://s3.sdcc.bnl.gov (Ceph RadosGW); None: AWS
+    region: str | None = None
+    addressing_style: str = "auto"  # auto | path | virtual
+    relist_seconds: float = 600  # agents list everything at least this often (index or not)
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
 _SIZE_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 
@@ -174,7 +186,7 @@ def parse_size(value: Any) -> int | None:
 class SiteConfig:
     source: Path | None  # the config file, None for the embedded default
     manifests: Path
-    store: Path
+    store: Path | str  # a directory, or an object-store URL (s3://BUCKET/PREFIX)
     deploy_root: Path
     channel_mirrors: dict[str, str] = field(default_factory=dict)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
@@ -182,10 +194,19 @@ class SiteConfig:
     beamlines: dict[str, Beamline] = field(default_factory=dict)
     hook: HookSettings = field(default_factory=HookSettings)
     kernels: KernelSettings = field(default_factory=KernelSettings)
+    store_options: StoreOptions = field(default_factory=StoreOptions)
+
+    @property
+    def local_dir(self) -> Path:
+        """Where this host keeps its own files (hook state, solver cache) by default: next
+        to a directory store, else `var/` next to the config file."""
+        if isinstance(self.store, Path):
+            return self.store.parent
+        return (self.source.parent if self.source else Path.cwd()) / "var"
 
     @property
     def hook_state_dir(self) -> Path:
-        return self.hook.state_dir or (self.store.parent / "hook")
+        return self.hook.state_dir or (self.local_dir / "hook")
 
     def mirror_for(self, channel: str) -> str:
         """The URL to fetch `channel` from, after `channel_mirrors` (by name or by URL)."""
@@ -200,6 +221,7 @@ class SiteConfig:
 _TOP_KEYS = {
     "manifests",
     "store",
+    "store_options",
     "deploy_root",
     "channel_mirrors",
     "retention",
@@ -243,7 +265,8 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
     return SiteConfig(
         source=source,
         manifests=reader.path(data, "manifests", "./manifests"),
-        store=reader.path(data, "store", "./var/store"),
+        store=reader.store(data),
+        store_options=reader.store_options(data),
         deploy_root=reader.path(data, "deploy_root", "./var/deploy"),
         channel_mirrors=reader.mirrors(data.get("channel_mirrors") or {}),
         retention=reader.section(data, "retention", RetentionPolicy),
@@ -279,6 +302,51 @@ class _Reader:
         if not isinstance(value, str) or not value:
             raise self.fail(key, "expected a path")
         return (self.base / Path(value).expanduser()).resolve()
+
+    def store(self, data: dict[str, Any]) -> Path | str:
+        value = data.get("store", "./var/store")
+        if isinstance(value, str) and "://" in value:
+            scheme, _, rest = value.partition("://")
+            if scheme != "s3":
+                raise self.fail(
+                    "store", f"expected a directory or s3://BUCKET/PREFIX, got {value!r}"
+                )
+            if not rest.split("/", 1)[0]:
+                raise self.fail("store", f"no bucket in {value!r} (expected s3://BUCKET/PREFIX)")
+            return value.rstrip("/")
+        return self.path(data, "store", "./var/store")
+
+    def store_options(self, data: dict[str, Any]) -> StoreOptions:
+        raw = data.get("store_options") or {}
+        if not isinstance(raw, dict):
+            raise self.fail("store_options", "expected a mapping")
+        for key in raw:
+            if key not in StoreOptions.__dataclass_fields__:
+                known = ", ".join(StoreOptions.__dataclass_fields__)
+                if key in (
+                    "aws_access_key_id",
+                    "aws_secret_access_key",
+                    "access_key",
+                    "secret_key",
+                ):
+                    raise self.fail(
+                        f"store_options.{key}",
+                        "credentials do not belong in the site config: use AWS_ACCESS_KEY_ID/"
+                        "AWS_SECRET_ACCESS_KEY, a shared credentials file or an instance role",
+                    )
+                raise self.fail(f"store_options.{key}", f"unknown key (known: {known})")
+        for key in ("endpoint_url", "region"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise self.fail(f"store_options.{key}", f"expected a string, got {raw[key]!r}")
+        style = raw.get("addressing_style", "auto")
+        if style not in ("auto", "path", "virtual"):
+            raise self.fail(
+                "store_options.addressing_style", f"expected auto, path or virtual, got {style!r}"
+            )
+        relist = raw.get("relist_seconds", StoreOptions.relist_seconds)
+        if isinstance(relist, bool) or not isinstance(relist, int | float) or relist <= 0:
+            raise self.fail("store_options.relist_seconds", f"expected seconds > 0, got {relist!r}")
+        return StoreOptions(raw.get("endpoint_url"), raw.get("region"), style, float(relist))
 
     def mirrors(self, data: Any) -> dict[str, str]:
         if not isinstance(data, dict):

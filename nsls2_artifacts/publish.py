@@ -137,7 +137,7 @@ def publish(
         report.note(f"solved afresh; {manifest.lock_path} is used only with --locked")
     _pause("solve")
 
-    store = open_store(site.store)
+    store = open_store(site)
     with store.publish_lock(env):
         for leftover in store.clean_uncommitted(env):
             report.note(f"removed the leftover of an interrupted publish: {leftover}")
@@ -175,7 +175,7 @@ def promote(site: SiteConfig, env: str, build_id: str, label: str) -> LtsRecord:
     _check_label(label)
     if problem := env_name_problem(env):  # a store env from before the rule: no LTS kernel
         raise ArtifactsError(problem)
-    store = open_store(site.store)
+    store = open_store(site)
     store.manifest(env, build_id)  # raises StoreError naming the build if it is not committed
     record = LtsRecord(env=env, label=label, build_id=build_id, promoted=isoformat(utcnow()))
     store.set_lts(record)

@@ -87,7 +87,7 @@ def host_platform() -> str:
 def default_cache_dir(site: SiteConfig) -> Path:
     """Shared rattler cache (repodata + extracted packages) for every publish on this host."""
     override = os.environ.get("NSLS2_ARTIFACTS_CACHE")
-    return Path(override) if override else site.store.parent / "cache" / "rattler"
+    return Path(override) if override else site.local_dir / "cache" / "rattler"
 
 
 def solve(

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SiteConfig
-from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
+from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, StoreError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
-from ..store import ArtifactMismatchError, Store
+from ..store import ArtifactMismatchError, ArtifactReader, Store
 from . import failures, layout, trash
 from .extract import safe_extract
 from .locks import build_lock
@@ -362,35 +362,25 @@ def _steps(
     """Verify, extract to `partial`, rename to `final`, conda-unpack, smoke-test; each
     completed step leaves its time in `marks`. Returns (members, bytes) extracted."""
     env, build_id = manifest.name, manifest.build_id
-    verify_artifact(store, manifest)
-    marks["verify"] = time.monotonic()
-    event(log, "verified", env=env, build=build_id, seconds=marks["verify"] - marks["start"])
     # leftovers of a killed pass: redo from scratch (a dir without ready.json is incomplete)
     trash.discard(site.deploy_root, env, partial)
     trash.discard(site.deploy_root, env, final)
     partial.mkdir(parents=True)
-    event(log, "extract", env=env, build=build_id, node=site.agent.node)
     try:
         with store.open_artifact(manifest) as artifact:
-            members, nbytes = safe_extract(
-                artifact,
-                manifest.artifact.format,
-                partial,
-                build_id=build_id,
-                max_members=site.agent.max_members,
-                max_bytes=site.agent.max_bytes,
-                progress=lambda members, nbytes: event(
-                    log,
-                    "extract-progress",
-                    env=env,
-                    build=build_id,
-                    members=members,
-                    mb=nbytes // 10**6,
-                ),
-                progress_seconds=EXTRACT_PROGRESS_SECONDS,
-            )
-    except ArtifactMismatchError as exc:  # gone between verify and open
-        raise RejectedArtifactError(build_id, str(exc)) from None
+            marks["verify"] = time.monotonic()  # verified up front, or hashed while streaming
+            event(log, "extract", env=env, build=build_id, node=site.agent.node)
+            try:
+                members, nbytes = _extract(site, manifest, artifact, partial, log)
+            except RejectedArtifactError:
+                artifact.finish()  # bytes other than the manifest's are the better reason
+                raise
+            artifact.finish()  # nothing extracted is trusted before every byte matched
+    except ArtifactMismatchError as exc:
+        raise StageFailedError(build_id, "verify", str(exc)) from None
+    except StoreError as exc:  # the store unreachable mid-stream: this node's, retried
+        raise NodeFaultError(build_id, "extract", str(exc)) from None
+    event(log, "verified", env=env, build=build_id, sha256=manifest.artifact.sha256)
     os.rename(partial, final)
     fsync_dir(final.parent)
     marks["extract"] = time.monotonic()
@@ -401,6 +391,28 @@ def _steps(
     smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
     marks["smoke"] = time.monotonic()
     return members, nbytes
+
+
+def _extract(
+    site: SiteConfig,
+    manifest: BuildManifest,
+    artifact: ArtifactReader,
+    partial: Path,
+    log: logging.Logger,
+) -> tuple[int, int]:
+    env, build_id = manifest.name, manifest.build_id
+    return safe_extract(
+        artifact,  # type: ignore[arg-type]  # read() is all the extractor uses
+        manifest.artifact.format,
+        partial,
+        build_id=build_id,
+        max_members=site.agent.max_members,
+        max_bytes=site.agent.max_bytes,
+        progress=lambda members, nbytes: event(
+            log, "extract-progress", env=env, build=build_id, members=members, mb=nbytes // 10**6
+        ),
+        progress_seconds=EXTRACT_PROGRESS_SECONDS,
+    )
 
 
 def _syncfs(path: Path) -> None:

@@ -43,7 +43,7 @@ def agent(
 
     cfg = site(config)
     log = setup_logging()
-    store = open_store(cfg.store)
+    store = open_store(cfg)
     _check_scan_privileges(log)
     with reported_errors():
         if dry_run:
@@ -93,7 +93,7 @@ def status(
 
     cfg = site(config)
     with reported_errors():
-        data = collect_status(cfg, open_store(cfg.store))
+        data = collect_status(cfg, open_store(cfg))
     if json_out:
         print(json.dumps(data, indent=2, default=str))
     else:
@@ -119,7 +119,7 @@ def rollback(
     with reported_errors():
         with apply_lock(cfg.deploy_root):  # not while an agent flips
             previous, target = latest.rollback(cfg.deploy_root, env, build_id)
-        refresh_state(cfg, open_store(cfg.store), setup_logging())
+        refresh_state(cfg, open_store(cfg), setup_logging())
     out.print(
         f"{env}/latest: {previous or '-'} -> {target} (held until a newer build is published; "
         f"restart {kernel_name(env)} kernels to use it)",

@@ -71,7 +71,7 @@ def prune(
         # stale and block all deletion. Only refresh a heartbeat this node already writes.
         beating = layout.heartbeat_path(cfg.deploy_root, cfg.agent.node).exists()
         decisions = run_pass(
-            cfg, open_store(cfg.store), log, apply=not dry_run, heartbeat=beating, enforce=True
+            cfg, open_store(cfg), log, apply=not dry_run, heartbeat=beating, enforce=True
         )
     if not decisions:
         console.print(f"no deployed builds under {layout.envs_dir(cfg.deploy_root)}")

@@ -37,7 +37,7 @@ def _group(ctx: typer.Context, config: ConfigOption = None) -> None:
 
 def _store(ctx: typer.Context, config: Path | None) -> tuple[Any, Store]:
     cfg = site(config or ctx.obj)
-    return cfg, open_store(cfg.store)
+    return cfg, open_store(cfg)
 
 
 @store_app.command("list")

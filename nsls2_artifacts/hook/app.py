@@ -740,7 +740,7 @@ def create_app(site: SiteConfig) -> Starlette:
     state_dir.mkdir(parents=True, exist_ok=True)
     queue = BuildQueue(state_dir / "hook.sqlite")
     secret = os.environ.get(site.hook.webhook_secret_env) or None
-    store = open_store(site.store)
+    store = open_store(site)
     hook = Hook(
         site=site,
         queue=queue,

@@ -2,13 +2,15 @@
 
 The build side commits builds (`staging_dir` + `commit_build`, manifest.json last) and
 LTS records; the agent, retention, `store` commands and the hook only read. Every caller
-gets its store from `open_store(site.store)` and never sees the backend's layout.
-Modules: `interface` (the protocol and shared checks), `filesystem` (the default).
+gets its store from `open_store(site)` and never sees the backend's layout.
+Modules: `interface` (the protocol and shared checks), `filesystem` (the default),
+`s3` (`store: s3://BUCKET/PREFIX`, boto3 imported only when used).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .filesystem import FilesystemStore, sha256_file
 from .interface import (
@@ -21,9 +23,23 @@ from .interface import (
     StoredNodeReport,
 )
 
+if TYPE_CHECKING:
+    from ..config import SiteConfig
 
-def open_store(location: str | Path) -> Store:
-    """The store backend for a site config's `store:` value."""
+
+def open_store(site: SiteConfig | str | Path) -> Store:
+    """The store backend for a site config (its `store:` and `store_options:`), or for a
+    bare location (a directory, or s3://BUCKET/PREFIX with default options)."""
+    from ..config import SiteConfig
+
+    if isinstance(site, SiteConfig):
+        location, options, local = site.store, site.store_options, site.local_dir
+    else:
+        location, options, local = site, None, None
+    if isinstance(location, str) and location.startswith("s3://"):
+        from .s3 import S3Store
+
+        return S3Store(location, options, local_dir=local)
     return FilesystemStore(location)
 
 

@@ -40,10 +40,12 @@ from .interface import (
     MISSING,
     NODE_REPORT_LIMIT,
     ArtifactMismatchError,
+    ArtifactReader,
     ArtifactStamp,
     InvalidBuild,
     Progress,
     StoredNodeReport,
+    VerifiedReader,
     check_node_name,
     check_stream,
     read_chunks,
@@ -257,9 +259,14 @@ class FilesystemStore:
         return open_build_file(self.root / manifest.name / manifest.build_id, name, label)
 
     @contextlib.contextmanager
-    def open_artifact(self, manifest: BuildManifest) -> Iterator[IO[bytes]]:
-        with self._open(manifest, manifest.artifact.file, "artifact") as handle:
-            yield handle
+    def open_artifact(self, manifest: BuildManifest) -> Iterator[ArtifactReader]:
+        """Verified first (size, then sha256: a second local read is cheap, and keeps
+        unverified bytes away from the tar reader), then read from the same open file."""
+        artifact = manifest.artifact
+        with self._open(manifest, artifact.file, "artifact") as handle:
+            _check_handle(handle, f"artifact {artifact.file}", artifact.size, artifact.sha256)
+            handle.seek(0)
+            yield VerifiedReader(handle)
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp:
         try:  # lstat: the stamp of the entry itself, never of what a symlink names
@@ -276,13 +283,7 @@ class FilesystemStore:
             files.append(("lock", manifest.lock.file, None, manifest.lock.sha256))
         for label, name, size, sha256 in files:
             with self._open(manifest, name, label) as handle:
-                actual = os.fstat(handle.fileno()).st_size
-                if size is not None and actual != size:
-                    # before reading: a truncated copy is refused without hashing gigabytes
-                    raise ArtifactMismatchError(
-                        f"{label} {name}: size {actual}, manifest says {size}"
-                    )
-                check_stream(read_chunks(handle), f"{label} {name}", size, sha256)
+                _check_handle(handle, f"{label} {name}", size, sha256)
 
     # -- writing (build host only) ---------------------------------------------------------
 
@@ -396,6 +397,15 @@ class FilesystemStore:
                 continue
             reports.append(StoredNodeReport(node, data, written))
         return reports
+
+
+def _check_handle(handle: IO[bytes], what: str, size: int | None, sha256: str) -> None:
+    """Size (before reading: a truncated copy is refused without hashing gigabytes), then
+    sha256 of an open build file."""
+    actual = os.fstat(handle.fileno()).st_size
+    if size is not None and actual != size:
+        raise ArtifactMismatchError(f"{what}: size {actual}, manifest says {size}")
+    check_stream(read_chunks(handle), what, size, sha256)
 
 
 @contextlib.contextmanager

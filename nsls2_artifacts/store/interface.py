@@ -77,6 +77,60 @@ def check_node_name(node: str) -> str:
     return node
 
 
+class ArtifactReader(Protocol):
+    """A committed artifact's bytes, front to back. `finish()` reads what is left and
+    raises ArtifactMismatchError unless every byte matched the manifest: nothing read
+    from it may be trusted (renamed into place, marked ready) before `finish()` returned."""
+
+    def read(self, size: int = -1) -> bytes: ...
+    def finish(self) -> None: ...
+
+
+class CheckedReader:
+    """An ArtifactReader that hashes the bytes as they stream by (for stores where reading
+    twice costs a second transfer). The size is checked before the first byte."""
+
+    def __init__(self, raw: IO[bytes], name: str, size: int, sha256: str, length: int) -> None:
+        if length != size:
+            raise ArtifactMismatchError(f"{name}: size {length}, manifest says {size}")
+        self._raw, self._name, self._size, self._sha256 = raw, name, size, sha256
+        self._digest = hashlib.sha256()
+        self._seen = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._digest.update(data)
+        self._seen += len(data)
+        return data
+
+    def finish(self) -> None:
+        while self.read(HASH_CHUNK):
+            pass
+        if self._seen != self._size:
+            raise ArtifactMismatchError(
+                f"{self._name}: size {self._seen}, manifest says {self._size}"
+            )
+        if self._digest.hexdigest() != self._sha256:
+            raise ArtifactMismatchError(
+                f"{self._name}: sha256 mismatch "
+                f"({self._digest.hexdigest()}, manifest says {self._sha256})"
+            )
+
+
+class VerifiedReader:
+    """An ArtifactReader over bytes that were verified before the first read (local files:
+    hashing first costs no transfer and keeps unverified bytes away from the tar reader)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+    def finish(self) -> None:
+        return None
+
+
 class Store(Protocol):
     """The artifact store, whatever holds it (see the module doc)."""
 
@@ -111,8 +165,8 @@ class Store(Protocol):
         ...
 
     # -- artifacts ---------------------------------------------------------------------------
-    def open_artifact(self, manifest: BuildManifest) -> AbstractContextManager[IO[bytes]]:
-        """The committed artifact's bytes as a stream, front to back."""
+    def open_artifact(self, manifest: BuildManifest) -> AbstractContextManager[ArtifactReader]:
+        """The committed artifact's bytes as a stream; see `ArtifactReader.finish`."""
         ...
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...
