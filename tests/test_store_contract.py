@@ -6,26 +6,50 @@ Callers rely on exactly these behaviours and nothing else (they never see the la
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_store import fake_build
 
+from nsls2_artifacts.config import StoreOptions
 from nsls2_artifacts.errors import StoreError
 from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
 from nsls2_artifacts.store import ArtifactMismatchError, FilesystemStore, Store, open_store
+from nsls2_artifacts.store.s3 import S3Store
 
 
-@pytest.fixture(params=["filesystem"])
+@pytest.fixture(params=["filesystem", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return open_store(tmp_path / "store")
+    if request.param == "filesystem":
+        return open_store(tmp_path / "store")
+    server = request.getfixturevalue("s3_server")
+    # relist every second: an object overwritten behind our back (no index bump) shows
+    # in the stamp after relist_seconds (600 in production)
+    options = StoreOptions(**server.site_options(), relist_seconds=1)
+    return S3Store(server.new_store_url(), options, local_dir=tmp_path)
 
 
 def _tamper(store: Store, env: str, build_id: str, data: bytes) -> None:
     """Overwrite a committed artifact behind the store's back (a bad sync, a vandal)."""
-    assert isinstance(store, FilesystemStore)
-    (store.root / env / build_id / "env.tar.zst").write_bytes(data)
+    if isinstance(store, FilesystemStore):
+        (store.root / env / build_id / "env.tar.zst").write_bytes(data)
+        return
+    assert isinstance(store, S3Store)
+    key = f"{store.prefix}{env}/{build_id}/env.tar.zst"
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=data)
+    time.sleep(1.1)  # a new LastModified second: the stamp is (size, modified)
+
+
+def _killed_publish(store: Store, env: str, build_id: str) -> None:
+    """What a publish killed before its manifest leaves behind in each backend."""
+    staging = store.staging_dir(env, build_id)
+    (staging / "env.tar.zst").write_bytes(b"half")
+    if isinstance(store, S3Store):  # an uploaded lock and an unfinished multipart upload
+        key = f"{store.prefix}{env}/{build_id}/"
+        store.client.put_object(Bucket=store.bucket, Key=key + "pixi.lock", Body=b"lock")
+        store.client.create_multipart_upload(Bucket=store.bucket, Key=key + "env.tar.zst")
 
 
 def test_commit_then_read_back(store: Store) -> None:
@@ -58,13 +82,14 @@ def test_tampered_artifact_is_refused_by_verify(store: Store) -> None:
 
 def test_uncommitted_leftovers_are_invisible_and_cleaned(store: Store) -> None:
     committed = fake_build(store, "demo", 1, b"ok")
-    staging = store.staging_dir("demo", "2026.01.01T000000Z-abcdef12")  # a killed publish
-    (staging / "env.tar.zst").write_bytes(b"half")
+    _killed_publish(store, "demo", "2026.01.01T000000Z-abcdef12")
     assert [m.build_id for m in store.builds("demo")] == [committed]
     assert store.uncommitted("demo")
     with store.publish_lock("demo"):
         assert store.clean_uncommitted("demo")
     assert store.uncommitted("demo") == []
+    if isinstance(store, S3Store):
+        assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
     assert [m.build_id for m in store.builds("demo")] == [committed]
 
 
@@ -84,6 +109,8 @@ def test_changes_token_moves_with_commits(store: Store) -> None:
     fake_build(store, "demo", 1, b"one")
     after = store.changes_token()
     assert before is None or before != after
+    if isinstance(store, S3Store):  # agents poll this instead of listing
+        assert after is not None and store.changes_token() == after
 
 
 _: Callable[[Path], Store] = FilesystemStore  # the default backend satisfies the protocol

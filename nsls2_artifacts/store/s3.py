@@ -6,6 +6,7 @@ Keys (under PREFIX):
     ENV/BUILD_ID/manifest.json                         uploaded LAST: it commits the build
     ENV/lts/LABEL.json                                 an LTS record
     ENV/.publish.lock                                  one publish per env at a time
+    .nodes/NODE.json                                   each agent's rollout report
     index.json                                         {"generation": N, ...}: bumped by
                                                        every commit, label and delete
 
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,21 @@ from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isofor
 from .interface import (
     MANIFEST,
     MISSING,
+    NODE_REPORT_LIMIT,
     ArtifactMismatchError,
     ArtifactReader,
     ArtifactStamp,
     CheckedReader,
     InvalidBuild,
     Progress,
+    StoredNodeReport,
+    check_node_name,
     check_stream,
 )
 
 INDEX = "index.json"
 LOCK = ".publish.lock"
+NODES = ".nodes"  # rollout reports, one object per node
 PART_SIZE = 16 << 20  # multipart above this; parts this big (S3 allows 10,000 parts)
 UPLOAD_THREADS = 8
 CHECK_SECONDS = 5.0  # calls within this reuse one index check (one agent pass)
@@ -641,6 +646,41 @@ class S3Store:
             keys = [k for k in self._listing.objects if k.startswith(base)]
         self._delete_keys(keys)
         self._bump_index()
+
+    # -- rollout reports ------------------------------------------------------------------------
+
+    def put_node_report(self, node: str, data: dict[str, Any]) -> None:
+        """One PUT (atomic in S3: readers see the old object or the new one)."""
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        if len(text) > NODE_REPORT_LIMIT:
+            raise StoreError(f"rollout report of {node} is {len(text)} bytes (limit 1 MiB)")
+        key = f"{self.prefix}{NODES}/{check_node_name(node)}.json"
+        self._call("put_object", Key=key, Body=text.encode(), ContentType="application/json")
+
+    def node_reports(self) -> list[StoredNodeReport]:
+        reports = []
+        page = self._call("list_objects_v2", Prefix=f"{self.prefix}{NODES}/")
+        for item in page.get("Contents", []):
+            name = item["Key"].rsplit("/", 1)[1]
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            node, where = name[: -len(".json")], f"{self.url}/{NODES}/{name}"
+            response, _ = self._raw("get_object", Key=item["Key"])
+            if response is None:
+                continue  # removed between listing and reading
+            with contextlib.closing(response["Body"]) as body:
+                raw = body.read()
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                reports.append(StoredNodeReport(node, None, datetime.now(UTC), f"{where}: {exc}"))
+                continue
+            written = response["LastModified"]
+            if not isinstance(data, dict):
+                reports.append(StoredNodeReport(node, None, written, f"{where}: not a JSON object"))
+                continue
+            reports.append(StoredNodeReport(node, data, written))
+        return reports
 
 
 class _Body:
