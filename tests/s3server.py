@@ -87,6 +87,8 @@ class S3Server:
             "-s3",
             f"-s3.port={s3}",
             f"-s3.port.grpc={sg}",
+            "-s3.port.iceberg=0",  # off: fixed default ports (8181, 9101) would clash
+            "-s3.port.lance=0",
             f"-s3.config={self.config}",
             # small volumes, many allowed: each bucket is a collection with volumes of its own
             "-master.volumeSizeLimitMB=64",

@@ -58,6 +58,9 @@ class _Hint:
         return True
 
 
+RETRY_FIRST_SECONDS = 2.0  # first retry after the store was unreachable; doubles per pass
+
+
 def _start_observer(store: Store, hint: _Hint, log: logging.Logger) -> Any:
     """A native (inotify) observer on the store's local directory, or None where it
     cannot run (no local directory, no inotify)."""
@@ -110,8 +113,10 @@ def run_daemon(
     hint = _Hint()
     observer = _start_observer(store, hint, log) if events else None
     event(log, "agent-start", node=site.agent.node, poll_seconds=site.agent.poll_seconds)
+    unreachable = 0  # passes in a row that could not read the store
     try:
         while not stop.is_set():
+            wait = site.agent.poll_seconds
             try:
                 result = run_pass(site, store, log, stop=stop)
             except Exception as exc:  # never let one bad pass kill the daemon
@@ -120,9 +125,13 @@ def run_daemon(
             else:
                 if on_pass is not None:
                     on_pass(result)
+                unreachable = 0 if result.plan.store_ok else unreachable + 1
+                if unreachable:  # retry sooner, backing off to the poll interval
+                    wait = min(wait, RETRY_FIRST_SECONDS * 2 ** (unreachable - 1))
+                    event(log, "store-retry", logging.WARNING, seconds=wait, attempt=unreachable)
             if events and observer is None and not stop.is_set():
                 observer = _start_observer(store, hint, log)
-            hinted = hint.wait(site.agent.poll_seconds, stop)
+            hinted = hint.wait(wait, stop)
             if hinted:
                 event(log, "hint", detail="store changed")
     finally:

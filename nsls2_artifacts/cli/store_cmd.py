@@ -1,6 +1,6 @@
 """`store list|show|verify|prune`: inspect and maintain the artifact store.
 
-Thin wrappers over store.py (reading), storeprune.py (retention) and solve.lock_packages.
+Thin wrappers over the store package (reading; `store.prune` for retention).
 `--config` is accepted before or after the subcommand (`store --config X list`).
 """
 
@@ -153,12 +153,20 @@ def prune(
     json_out: JsonOption = False,
 ) -> None:
     """Delete old artifacts from the store (never LTS ones); print every decision and why."""
-    from .. import storeprune
+    from ..store import prune as storeprune
 
     cfg, store = _store(ctx, config)
     with reported_errors():
         decisions = storeprune.plan(cfg, store)
         failed = [] if dry_run else storeprune.apply(store, decisions)
+        leftovers = storeprune.leftovers(store) if dry_run else storeprune.clean_leftovers(store)
+    verb = "would remove" if dry_run else "removed"
+    for env, name in leftovers:
+        console.print(
+            f"{env}: {verb} {name} (left by an interrupted publish)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if json_out:
         rows = [d.__dict__ for d in decisions + failed]
         print(json.dumps({"dry_run": dry_run, "decisions": rows}, indent=2))

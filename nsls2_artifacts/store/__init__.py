@@ -16,6 +16,7 @@ from .filesystem import FilesystemStore, sha256_file
 from .interface import (
     MANIFEST,
     ArtifactMismatchError,
+    ArtifactReader,
     ArtifactStamp,
     InvalidBuild,
     Progress,
@@ -46,6 +47,7 @@ def open_store(site: SiteConfig | str | Path) -> Store:
 __all__ = [
     "MANIFEST",
     "ArtifactMismatchError",
+    "ArtifactReader",
     "ArtifactStamp",
     "FilesystemStore",
     "InvalidBuild",

@@ -3,20 +3,22 @@
 Called by `nsls2-artifacts store prune [--dry-run]`. Every committed build gets a decision
 with a reason. Kept: every LTS-labelled build (LTS artifacts are never deleted), the newest
 `keep_latest` builds, builds younger than `grace_days`, and the build a deploy root's
-`latest` points at. Deleting is `Store.delete_build` (manifest.json first). The
-deployed copies on the cluster are the agent's business (its own prune, with in-use checks).
+`latest` points at. Deleting is `Store.delete_build` (manifest.json first). Leftovers of
+interrupted publishes (uncommitted files, unfinished uploads) are removed too, under the
+env's publish lock. The deployed copies on the cluster are the agent's business (its own
+prune, with in-use checks).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .agent import latest
-from .config import RetentionPolicy, SiteConfig
-from .errors import ManifestError, StoreError
-from .manifest import env_retention
-from .records import RetentionDecision, utcnow
-from .store import Store
+from ..agent import latest
+from ..config import RetentionPolicy, SiteConfig
+from ..errors import BuildLockedError, ManifestError, StoreError
+from ..manifest import env_retention
+from ..records import RetentionDecision, utcnow
+from .interface import Store
 
 
 def plan(site: SiteConfig, store: Store, now: datetime | None = None) -> list[RetentionDecision]:
@@ -39,6 +41,23 @@ def apply(store: Store, decisions: list[RetentionDecision]) -> list[RetentionDec
         except (OSError, StoreError) as exc:
             failed.append(RetentionDecision(decision.env, decision.build_id, "error", str(exc)))
     return failed
+
+
+def leftovers(store: Store) -> list[tuple[str, str]]:
+    """(env, name) of every leftover of an interrupted publish."""
+    return [(env, name) for env in store.envs() for name in store.uncommitted(env)]
+
+
+def clean_leftovers(store: Store) -> list[tuple[str, str]]:
+    """Remove leftovers of interrupted publishes, skipping envs being published right now."""
+    removed = []
+    for env in store.envs():
+        try:
+            with store.publish_lock(env):
+                removed += [(env, name) for name in store.clean_uncommitted(env)]
+        except BuildLockedError:
+            continue  # a publish is running: its files are not leftovers
+    return removed
 
 
 def _policy(site: SiteConfig, env: str) -> tuple[RetentionPolicy, str]:

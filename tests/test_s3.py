@@ -1,0 +1,229 @@
+"""The S3 store with a real server (SeaweedFS on 127.0.0.1): agents deploying from it,
+idle passes costing one request, the faults (server down, killed upload, overwritten
+object, bad settings) and the hook's pages.
+
+Builds here are the agent tests' small fake envs, committed through `Store.commit_build`
+(the path publish takes); `test_publish_agent_kernel_on_s3` runs the real publish.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_agent import commit_build, fake_env_members, run_cli, snapshot, tar_bytes, write_site
+from s3server import S3Server
+
+from nsls2_artifacts.agent import layout
+from nsls2_artifacts.agent.log import setup_logging
+from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.config import SiteConfig
+from nsls2_artifacts.records import BuildManifest
+from nsls2_artifacts.store import Store, open_store
+from nsls2_artifacts.store.s3 import S3Store
+
+
+def s3_site(root: Path, server: S3Server, url: str | None = None, **kw: Any) -> tuple[Path, Any]:
+    """A fake-env site (helpers_agent) whose store is a fresh prefix on `server`."""
+    return write_site(
+        root, store=url or server.new_store_url(), store_options=server.site_options(), **kw
+    )
+
+
+def commit_to(store: Store, scratch: Path, tag: str, hours: int = 0) -> BuildManifest:
+    """A good fake build committed through the store's own publish path."""
+    from datetime import timedelta
+
+    from helpers_agent import T0
+
+    made = commit_build(
+        scratch, "demo", tar_bytes(fake_env_members(tag)), created=T0 + timedelta(hours=hours)
+    )
+    staging = store.staging_dir(made.name, made.build_id)
+    for name in (made.artifact.file, made.lock.file):
+        shutil.copy(scratch / made.name / made.build_id / name, staging / name)
+    store.commit_build(staging, made)
+    return made
+
+
+def one_pass(site: SiteConfig, store: Store) -> Any:
+    return run_pass(site, store, setup_logging(logging.INFO, io.StringIO()))
+
+
+def test_agent_deploys_from_s3_and_an_idle_pass_costs_one_request(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    _config, site = s3_site(tmp_path / "site", s3_server)
+    store = open_store(site)
+    assert isinstance(store, S3Store)
+    first = commit_to(store, tmp_path / "scratch", "a")
+    result = one_pass(site, store)
+    assert [o.result for o in result.outcomes] == ["deployed"], result.outcomes
+    assert layout.read_ready(site.deploy_root, "demo", first.build_id) is not None
+
+    idle = open_store(site)  # another node: lists once, then only asks the index
+    one_pass(site, idle)
+    before = idle.requests
+    idle._checked = 0.0  # the next pass comes after the check interval, as in the daemon
+    again = one_pass(site, idle)
+    assert again.ok and again.outcomes == []
+    assert idle.requests - before == 1  # one conditional GET of index.json, answered 304
+
+    second = commit_to(store, tmp_path / "scratch", "b", hours=1)
+    idle._checked = 0.0
+    noticed = one_pass(site, idle)
+    assert [(o.build_id, o.result) for o in noticed.outcomes] == [(second.build_id, "deployed")]
+
+
+def test_overwritten_artifact_is_refused_and_quarantined_with_reason(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    config, site = s3_site(tmp_path / "site", s3_server)
+    store = open_store(site)
+    assert isinstance(store, S3Store)
+    build = commit_to(store, tmp_path / "scratch", "a")
+    other = tar_bytes(fake_env_members("evil"))  # a different, valid archive, same key
+    key = f"{store.prefix}demo/{build.build_id}/{build.artifact.file}"
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=other)
+
+    out = run_cli(config, "agent", "--once")
+    assert out.returncode != 0
+    assert layout.read_ready(site.deploy_root, "demo", build.build_id) is None
+    assert not (site.deploy_root / "envs" / "demo" / build.build_id).exists()
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    (quarantined,) = status["quarantined"]
+    assert quarantined["build_id"] == build.build_id and quarantined["stage"] == "verify"
+    assert "size" in quarantined["reason"] or "sha256 mismatch" in quarantined["reason"]
+    verify = run_cli(config, "store", "verify", "--json")
+    assert verify.returncode == 1 and not json.loads(verify.stdout)["ok"]
+
+
+def test_bad_settings_give_one_clear_error_naming_the_setting(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    bucket_url = s3_server.new_store_url()
+    config, _ = s3_site(tmp_path / "ok", s3_server, url=bucket_url)
+    wrong = run_cli(config, "store", "list", env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert wrong.returncode == 1 and "credentials" in wrong.stderr
+    assert "AWS_ACCESS_KEY_ID" in wrong.stderr and "Traceback" not in wrong.stderr
+
+    missing, _ = s3_site(tmp_path / "missing", s3_server, url="s3://no-such-bucket-here/x")
+    out = run_cli(missing, "store", "list")
+    assert out.returncode == 1 and "bucket 'no-such-bucket-here' does not exist" in out.stderr
+
+    closed = S3Server(tmp_path / "closed").port  # a free port nobody listens on
+    nowhere, _ = write_site(
+        tmp_path / "nowhere",
+        store=bucket_url,
+        store_options={"endpoint_url": f"http://127.0.0.1:{closed}", "addressing_style": "path"},
+    )
+    out = run_cli(nowhere, "store", "list")
+    assert out.returncode == 1 and "store_options.endpoint_url" in out.stderr
+
+    (tmp_path / "creds.yaml").write_text(
+        f"store: {bucket_url}\nstore_options: {{aws_secret_access_key: x}}\n"
+    )
+    out = run_cli(tmp_path / "creds.yaml", "store", "list")
+    assert out.returncode == 1 and "credentials do not belong in the site config" in out.stderr
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, s3_server: S3Server) -> Any:
+    """A server of the test's own, to kill and restart (the session's stays up)."""
+    server = S3Server(tmp_path / "own-s3")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_server_down_during_agent_passes_changes_nothing_then_recovers(
+    tmp_path: Path, own_server: S3Server
+) -> None:
+    config, site = s3_site(tmp_path / "site", own_server)
+    store = open_store(site)
+    first = commit_to(store, tmp_path / "scratch", "a")
+    assert run_cli(config, "agent", "--once").returncode == 0
+    before = snapshot(site.deploy_root / "envs")
+
+    own_server.kill()
+    out = run_cli(config, "agent", "--once")
+    assert out.returncode != 0 and "store-unavailable" in out.stderr
+    assert snapshot(site.deploy_root / "envs") == before  # nothing deleted or un-flipped
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    assert status["quarantined"] == [] and status["store_error"]
+    assert "endpoint_url" in status["store_error"]
+    (node,) = status["nodes"].values()
+    assert not node["ok"] and any("store" in f for f in node["failures"])
+    latest = os.readlink(site.deploy_root / "envs" / "demo" / "latest")
+    assert latest.endswith(first.build_id)
+
+    own_server.start()  # back: the next pass is clean
+    assert run_cli(config, "agent", "--once").returncode == 0
+
+
+def test_server_killed_during_multipart_upload_leaves_no_manifest_and_is_cleaned(
+    tmp_path: Path, own_server: S3Server
+) -> None:
+    config, site = s3_site(tmp_path / "site", own_server)
+    store = open_store(site)
+    assert isinstance(store, S3Store)
+    good = commit_to(store, tmp_path / "scratch", "a")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(40 << 20))  # three parts
+
+    def kill_after_first_part(done: int, total: int) -> None:
+        if own_server.proc is not None:
+            own_server.kill()
+
+    made = commit_to(open_store(site), tmp_path / "scratch2", "b", hours=1)  # a real build...
+    staging = store.staging_dir("demo", "2026.12.01T000000Z-deadbeef")
+    shutil.copy(big, staging / "env.tar.zst")
+    (staging / "pixi.lock").write_text("lock")
+    doomed = BuildManifest.from_dict(
+        {
+            **made.to_dict(),
+            "build_id": "2026.12.01T000000Z-deadbeef",
+            "artifact": {**made.to_dict()["artifact"], "size": big.stat().st_size},
+        }
+    )
+    with pytest.raises(Exception, match="store"):
+        store.commit_build(staging, doomed, progress=kill_after_first_part)
+    own_server.start()
+
+    after = open_store(site)
+    assert {m.build_id for m in after.builds("demo")} == {good.build_id, made.build_id}
+    leftovers = after.uncommitted("demo")
+    assert leftovers, "the killed upload should have left parts behind"
+    dry = run_cli(config, "store", "prune", "--dry-run")
+    assert "would remove" in dry.stderr
+    assert run_cli(config, "store", "prune").returncode == 0
+    assert open_store(site).uncommitted("demo") == []
+    assert after.client.list_multipart_uploads(Bucket=after.bucket).get("Uploads", []) == []
+
+
+def test_hook_pages_and_diffs_read_the_s3_store(tmp_path: Path, s3_server: S3Server) -> None:
+    from starlette.testclient import TestClient
+
+    from nsls2_artifacts.hook.app import create_app
+
+    (tmp_path / "site" / "manifests" / "demo").mkdir(parents=True)
+    (tmp_path / "site" / "manifests" / "demo" / "pixi.toml").write_text("[workspace]\n")
+    _config, site = s3_site(tmp_path / "site", s3_server, manifests="./manifests")
+    store = open_store(site)
+    old = commit_to(store, tmp_path / "scratch", "a")
+    new = commit_to(store, tmp_path / "scratch", "b", hours=1)
+    with TestClient(create_app(site)) as client:
+        front = client.get("/")
+        assert front.status_code == 200 and new.build_id in front.text
+        page = client.get(f"/envs/demo/builds/{new.build_id}")
+        assert page.status_code == 200 and old.build_id in page.text  # diffed against `old`
+        gone = client.get("/envs/demo/builds/2020.01.01T000000Z-00000000")
+        assert gone.status_code == 404
