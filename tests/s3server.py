@@ -167,3 +167,40 @@ class S3Server:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+def _demo(command: str, workdir: Path) -> None:
+    """`start DIR`: a server for `just demo-s3` left running (pid in DIR/weed.pid), and
+    DIR/site.yaml pointing at it; `stop DIR`: stop it."""
+    pidfile = workdir / "weed.pid"
+    if command == "stop":
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+        pidfile.unlink(missing_ok=True)
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(CREDENTIALS)
+    server = S3Server(workdir)
+    server.start()
+    assert server.proc is not None
+    pidfile.write_text(str(server.proc.pid))
+    with contextlib.suppress(Exception):
+        server.client().create_bucket(Bucket="nsls2-demo")
+    repo = Path(__file__).resolve().parents[1]
+    options = server.site_options()
+    (workdir / "site.yaml").write_text(
+        f"manifests: {repo / 'manifests'}\n"
+        "store: s3://nsls2-demo/store\n"
+        f"store_options: {{endpoint_url: '{options['endpoint_url']}', region: us-east-1, "
+        "addressing_style: path}\n"
+        "deploy_root: ./deploy\n"
+        f"channel_mirrors: {{conda-forge: {repo / 'var' / 'channel'}}}\n"
+        "beamlines:\n  demo: {uri: 'http://127.0.0.1:8000/api', path: []}\n"
+    )
+    print(f"SeaweedFS S3 on {server.endpoint} (data in {workdir}); config {workdir / 'site.yaml'}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _demo(sys.argv[1], Path(sys.argv[2]).resolve())

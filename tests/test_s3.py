@@ -227,3 +227,35 @@ def test_hook_pages_and_diffs_read_the_s3_store(tmp_path: Path, s3_server: S3Ser
         assert page.status_code == 200 and old.build_id in page.text  # diffed against `old`
         gone = client.get("/envs/demo/builds/2020.01.01T000000Z-00000000")
         assert gone.status_code == 404
+
+
+@pytest.mark.slow
+def test_publish_agent_kernel_on_s3(make_s3_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real pipeline with the store on S3: publish (multipart upload, manifest last),
+    promote, list/verify, agent deploy (streamed), then a kernel started by name imports
+    databroker from the deployed build."""
+    from jupyter_client.manager import KernelManager
+    from test_agent_e2e import CACHE, PREFIX_CELL, execute
+
+    config, site = make_s3_site()
+    out = run_cli(config, "publish", "demo", env=CACHE, timeout=900)
+    assert out.returncode == 0, out.stderr
+    build_id = out.stdout.strip().splitlines()[-1]
+    assert run_cli(config, "promote", "demo", build_id, "--lts", "2026-1").returncode == 0
+    listed = json.loads(run_cli(config, "store", "list", "--json").stdout)
+    assert [(r["build_id"], r["lts"]) for r in listed] == [(build_id, ["2026-1"])]
+    assert run_cli(config, "store", "verify").returncode == 0
+    again = run_cli(config, "publish", "demo", env=CACHE, timeout=900)  # same lock: nothing new
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == build_id
+
+    deployed = run_cli(config, "agent", "--once", timeout=900)
+    assert deployed.returncode == 0, deployed.stderr
+    monkeypatch.setenv("JUPYTER_PATH", str(site.deploy_root / "share" / "jupyter"))
+    for name in ("nsls2-demo-latest", "nsls2-demo-2026-1"):
+        kernel = KernelManager(kernel_name=name)
+        kernel.start_kernel()
+        try:
+            prefix = execute(kernel, PREFIX_CELL)
+        finally:
+            kernel.shutdown_kernel(now=True)
+        assert prefix == str(layout.build_dir(site.deploy_root, "demo", build_id))
