@@ -133,6 +133,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "hook.failed_signin_window_seconds": NumberRule(float, 0, _DAY, low_open=True),
     "hook.keep_history_days": NumberRule(float, 0, 36500),
     "kernels.listed_lts": NumberRule(int, 0, 1000),
+    "store_options.relist_seconds": NumberRule(float, 0, _DAY, low_open=True),
 }
 MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
 
@@ -343,9 +344,12 @@ class _Reader:
             raise self.fail(
                 "store_options.addressing_style", f"expected auto, path or virtual, got {style!r}"
             )
-        relist = raw.get("relist_seconds", StoreOptions.relist_seconds)
-        if isinstance(relist, bool) or not isinstance(relist, int | float) or relist <= 0:
-            raise self.fail("store_options.relist_seconds", f"expected seconds > 0, got {relist!r}")
+        try:
+            relist = NUMBER_RULES["store_options.relist_seconds"].check(
+                raw.get("relist_seconds", StoreOptions.relist_seconds)
+            )
+        except ValueError as exc:
+            raise self.fail("store_options.relist_seconds", str(exc)) from None
         return StoreOptions(raw.get("endpoint_url"), raw.get("region"), style, float(relist))
 
     def mirrors(self, data: Any) -> dict[str, str]:

@@ -42,6 +42,22 @@ def test_relative_paths_and_mirrors_resolve_against_the_config_file(tmp_path: Pa
     assert cfg.mirror_for("pytorch") == "pytorch"
 
 
+def test_s3_store_url_and_options(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "store: s3://bucket/some/prefix/\nstore_options:\n"
+            "  endpoint_url: 'http://127.0.0.1:9000'\n  region: us-east-1\n"
+            "  addressing_style: path\n",
+        )
+    )
+    assert cfg.store == "s3://bucket/some/prefix"
+    assert cfg.store_options.endpoint_url == "http://127.0.0.1:9000"
+    assert cfg.store_options.addressing_style == "path"
+    assert cfg.local_dir == tmp_path / "var"  # hook state and caches stay local
+    assert cfg.hook_state_dir == tmp_path / "var" / "hook"
+
+
 def test_environment_variable_is_the_fallback(tmp_path: Path, monkeypatch) -> None:
     path = write(tmp_path, "store: ./from-env\n")
     monkeypatch.setenv(CONFIG_ENV, str(path))
@@ -71,6 +87,11 @@ BAD = [
     ("retention: {keep_latest: -1}\n", "retention.keep_latest", "negative"),
     ("retention: {keep: 1}\n", "retention.keep", "unknown key"),
     ("hook: {listen: nowhere}\n", "hook.listen", "HOST:PORT"),
+    ("store: ftp://host/x\n", "store", "s3://BUCKET/PREFIX"),
+    ("store: s3:///prefix\n", "store", "no bucket"),
+    ("store_options: {addressing_style: sideways}\n", "store_options.addressing_style", "path"),
+    ("store_options: {aws_secret_access_key: x}\n", "store_options.aws_secret_access_key", "AWS_"),
+    ("store_options: {endpoint: x}\n", "store_options.endpoint", "unknown key"),
 ]
 
 
@@ -164,6 +185,7 @@ def _numeric_fields() -> list[str]:
         "agent": config.AgentSettings,
         "hook": config.HookSettings,
         "kernels": config.KernelSettings,
+        "store_options": config.StoreOptions,
     }
     return [
         f"{section}.{f.name}"
