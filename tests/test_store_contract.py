@@ -62,7 +62,7 @@ def test_commit_then_read_back(store: Store) -> None:
     with store.open_artifact(manifest) as stream:
         assert stream.read() == b"new" * 100
     store.verify_build(manifest)
-    assert store.invalid_builds("demo") == []
+    assert store.invalid_builds("demo") == [] and store.strays() == []
     with pytest.raises(StoreError, match="no such committed build"):
         store.manifest("demo", "2026.01.01T000000Z-00000000")
 

@@ -35,12 +35,13 @@ def open_store(site: SiteConfig | str | Path) -> Store:
 
     if isinstance(site, SiteConfig):
         location, options, local = site.store, site.store_options, site.local_dir
+        refresh = site.agent.node_ttl_seconds / 3  # an unchanged report, rewritten this often
     else:
-        location, options, local = site, None, None
+        location, options, local, refresh = site, None, None, 200.0
     if isinstance(location, str) and location.startswith("s3://"):
         from .s3 import S3Store
 
-        return S3Store(location, options, local_dir=local)
+        return S3Store(location, options, local_dir=local, report_refresh_seconds=refresh)
     return FilesystemStore(location)
 
 

@@ -65,6 +65,7 @@ UPLOAD_THREADS = 8
 CHECK_SECONDS = 5.0  # calls within this reuse one index check (one agent pass)
 STALE_LOCK_SECONDS = 6 * 3600  # a publish lock older than any publish: its holder died
 READ_CHUNK = 1 << 20
+_REPORT_CLOCK = ("time", "pass_seconds")  # fields of a node report that change every pass
 
 
 class StoreUnavailableError(StoreError):
@@ -107,6 +108,7 @@ class S3Store:
         *,
         local_dir: Path | None = None,
         client: Any = None,
+        report_refresh_seconds: float = 200.0,
     ) -> None:
         self.url = url.rstrip("/")
         self.bucket, self.prefix = parse_url(self.url)
@@ -120,6 +122,8 @@ class S3Store:
         self._manifests: dict[str, tuple[str, BuildManifest | StoreError]] = {}
         self._lts: dict[str, tuple[str, LtsRecord | StoreError]] = {}
         self.requests = 0  # S3 requests made (for the benchmarks and tests)
+        self.report_refresh_seconds = report_refresh_seconds
+        self._reports: dict[str, tuple[str, float]] = {}
 
     @property
     def location(self) -> str:
@@ -409,6 +413,28 @@ class S3Store:
                 bad.append(InvalidBuild(env, f"lts/{label}", str(exc)))
         return bad
 
+    def strays(self) -> list[InvalidBuild]:
+        """Keys the layout does not know (dot names and index.json are ours)."""
+        found = []
+        for key in sorted(self._fresh().objects):
+            if key == INDEX or key.startswith("."):
+                continue
+            parts = key.split("/")
+            if len(parts) == 1:
+                found.append(InvalidBuild("", key, "an object at the top of the store prefix"))
+                continue
+            env, name = parts[0], parts[1]
+            if name.startswith("."):
+                continue
+            if name == "lts":
+                if len(parts) != 3 or not parts[2].endswith(".json"):
+                    found.append(InvalidBuild(env, "/".join(parts[1:]), "not an LTS record"))
+            elif not is_build_id(name):
+                found.append(InvalidBuild(env, name, "a key whose name is not a build id"))
+            elif len(parts) == 2:
+                found.append(InvalidBuild(env, name, "named like a build, but an object"))
+        return list(dict.fromkeys(found))  # one row per name, not per key below it
+
     # -- artifacts ----------------------------------------------------------------------------
 
     def _key(self, manifest: BuildManifest, name: str) -> str:
@@ -650,12 +676,20 @@ class S3Store:
     # -- rollout reports ------------------------------------------------------------------------
 
     def put_node_report(self, node: str, data: dict[str, Any]) -> None:
-        """One PUT (atomic in S3: readers see the old object or the new one)."""
+        """One PUT (atomic in S3: readers see the old object or the new one). A report that
+        says what the last one said (its time aside) is written again only after
+        `report_refresh_seconds`, well inside the nodes' TTL: an idle pass stays at one
+        request (the index check)."""
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         if len(text) > NODE_REPORT_LIMIT:
             raise StoreError(f"rollout report of {node} is {len(text)} bytes (limit 1 MiB)")
+        same = json.dumps({k: v for k, v in data.items() if k not in _REPORT_CLOCK}, sort_keys=True)
+        last = self._reports.get(node)
+        if last and last[0] == same and time.monotonic() - last[1] < self.report_refresh_seconds:
+            return
         key = f"{self.prefix}{NODES}/{check_node_name(node)}.json"
         self._call("put_object", Key=key, Body=text.encode(), ContentType="application/json")
+        self._reports[node] = (same, time.monotonic())
 
     def node_reports(self) -> list[StoredNodeReport]:
         reports = []
