@@ -129,7 +129,7 @@ def nodes_retire(
 
     cfg = site(config)
     with reported_errors():
-        in_store = retire_node(open_store(cfg.store), node)
+        in_store = retire_node(open_store(cfg), node)
         try:
             target = hb.retire(cfg.deploy_root, node)
         except PruneError:
