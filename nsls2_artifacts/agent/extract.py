@@ -51,7 +51,7 @@ PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many 
 PROGRESS_EVERY = 256  # members between clock reads for the progress callback
 # the agent's own records (ready.json, the manifest copy): never from the archive, or it
 # could declare itself ready before conda-unpack and the smoke test ran
-AGENT_DIR = ".nsls2"
+AGENT_DIR = layout.AGENT_DIR
 CHUNK = 4 << 20  # decompressed bytes handed from the decompressing thread at once
 
 SMALL_FILE = 4 * 1024 * 1024  # larger members are streamed to disk by the parsing thread

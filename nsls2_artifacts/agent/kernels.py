@@ -274,7 +274,7 @@ def remove_kernelspec(deploy_root: Path, name: str, when: datetime | None = None
 
 def startup_path(deploy_root: Path) -> Path:
     """The file every latest kernel runs at start (the restart notice)."""
-    return deploy_root / "share" / "jupyter" / "nsls2" / "kernel_startup.py"
+    return layout.kernel_startup_path(deploy_root)
 
 
 def write_startup(deploy_root: Path) -> bool:

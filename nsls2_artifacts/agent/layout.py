@@ -17,8 +17,9 @@ from ..errors import PruneError
 from ..fsutil import read_json
 from ..records import ReadyRecord, RecordError, is_build_id, parse_time
 
-READY = ".nsls2/ready.json"
-LOCAL_MANIFEST = ".nsls2/manifest.json"
+AGENT_DIR = ".nsls2"  # inside each build: the agent's records, never from the archive
+READY = f"{AGENT_DIR}/ready.json"
+LOCAL_MANIFEST = f"{AGENT_DIR}/manifest.json"
 PARTIAL_PREFIX = ".partial-"
 LEGACY_TRASH_GLOB = ".trash-*"  # envs/ENV/.trash-*: the trash before state/trash
 LATEST = "latest"
@@ -63,6 +64,11 @@ def kernels_dir(deploy_root: str | Path) -> Path:
 def retired_kernels_path(deploy_root: str | Path) -> Path:
     """LTS kernels removed for good, read by the server extension and the lab extension."""
     return jupyter_dir(deploy_root) / "nsls2" / "retired.json"
+
+
+def kernel_startup_path(deploy_root: str | Path) -> Path:
+    """The file every latest kernel runs at start (the restart notice)."""
+    return jupyter_dir(deploy_root) / "nsls2" / "kernel_startup.py"
 
 
 def profiles_dir(deploy_root: str | Path) -> Path:
