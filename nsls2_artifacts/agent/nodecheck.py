@@ -68,7 +68,17 @@ def check_latest(
                 event(log, "node-check", env=env, build=build_id, imports=len(imports))
         if result:
             failures[(env, build_id)] = result
+        _forget_gone(root, node, env)
     return failures
+
+
+def _forget_gone(root: Path, node: str, env: str) -> None:
+    """Drop the records of builds no longer deployed here (retention deleted them)."""
+    present = set(layout.build_dirs(root, env))
+    directory = layout.node_check_path(root, node, env, "x").parent
+    for record in directory.glob("*.json"):
+        if record.stem not in present:
+            record.unlink(missing_ok=True)
 
 
 def _run_check(site: SiteConfig, env: str, build_id: str, imports: tuple[str, ...]) -> str | None:
