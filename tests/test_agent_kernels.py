@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers_agent import (
     T0,
     commit_build,
@@ -28,11 +27,11 @@ from helpers_agent import (
     tar_bytes,
     write_site,
 )
+from support.sites import rewrite_config
 
 from nsls2_artifacts.agent import kernels, layout, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
-from nsls2_artifacts.config import load_config
 from nsls2_artifacts.records import KernelExtras, PackageRef
 from nsls2_artifacts.store import FilesystemStore
 
@@ -308,10 +307,8 @@ def test_profile_uri_forms_and_stale_profiles_removed(tmp_path: Path) -> None:
     assert run(cfg).ok
     profiles = cfg.deploy_root / "etc" / "tiled" / "profiles"
     (profiles / "mine.yml").write_text("mine: {uri: http://x}\n")  # an operator's own file
-    data = yaml.safe_load(config.read_text())
-    data["beamlines"] = {"hxn": {"uri": "http://h/api"}}  # csx leaves the config
-    config.write_text(yaml.safe_dump(data))
-    assert run(load_config(config)).ok
+    # csx leaves the config
+    assert run(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api"}})).ok
     assert sorted(p.name for p in profiles.iterdir()) == ["hxn.yml", "mine.yml"]
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import CLI
 from helpers_agent import start_agent
 from helpers_hook import HookServer, hook_site, wait_for_build, write_env
+from support.sites import node_config
 from test_hook_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -30,11 +30,7 @@ DEPS = {"python": "3.11.*", "ipykernel": "*", "six": "1.16.0"}
 
 def agent_config(config: Path, node: str, **agent: Any) -> Path:
     """Another node's site file: the same store and deploy root, its own node name."""
-    data = yaml.safe_load(config.read_text())
-    data["agent"] = {"node": node, "poll_seconds": 1, "smoke_timeout_seconds": 300, **agent}
-    path = config.parent / f"site-{node}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return node_config(config, node, poll_seconds=1, smoke_timeout_seconds=300, **agent)
 
 
 def rollout_of(client: Any, build: int) -> dict[str, Any] | None:

@@ -13,9 +13,9 @@ import io
 import logging
 import subprocess
 
-import yaml
 from conftest import CLI
 from helpers_agent import commit_fake, promote_fake, run_cli, write_site
+from support.sites import node_config
 
 from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.log import setup_logging
@@ -32,10 +32,7 @@ def run(cfg):
 def two_nodes(tmp_path):
     """node-a and node-b: one store and deploy root; node-b's users need `cupy_for_tests`."""
     config_a, site_a = write_site(tmp_path / "site", agent={"node": "node-a"})
-    data = yaml.safe_load(config_a.read_text())
-    data["agent"].update(node="node-b", node_imports=["cupy_for_tests"])
-    config_b = tmp_path / "site" / "site-b.yaml"
-    config_b.write_text(yaml.safe_dump(data))
+    config_b = node_config(config_a, "node-b", node_imports=["cupy_for_tests"])
     return config_a, site_a, config_b, load_config(config_b)
 
 

@@ -33,6 +33,24 @@ def write_site_yaml(root: Path, data: dict[str, Any], dirs: Iterable[str] = ("st
     return path
 
 
+def node_config(config: Path, node: str, **agent: Any) -> Path:
+    """Another node's site file next to `config`: the same store and deploy root, its own
+    `agent.node` (plus `agent` settings)."""
+    data = yaml.safe_load(config.read_text())
+    data["agent"] = {**(data.get("agent") or {}), "node": node, **agent}
+    path = config.parent / f"site-{node}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def rewrite_config(config: Path, **overrides: Any) -> SiteConfig:
+    """Change top-level fields of an existing site file; returns it loaded again."""
+    data = yaml.safe_load(config.read_text())
+    data.update(overrides)
+    config.write_text(yaml.safe_dump(data))
+    return load_config(config)
+
+
 def write_site_config(
     root: Path, data: dict[str, Any], dirs: Iterable[str] = ("store",)
 ) -> tuple[Path, SiteConfig]:
