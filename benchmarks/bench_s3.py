@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=2.0)
     parser.add_argument("--upload-mb", type=int, default=256)
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
+    parser.add_argument("--only", choices=["deploy", "upload", "agents"], default=None)
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="bench-s3-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -223,9 +224,12 @@ def main() -> None:
     server = S3Server(work / "s3")
     server.start()
     try:
-        bench_deploy(config, work, server, base, opts.repeat)
-        bench_upload(work, server, opts.upload_mb, opts.repeat)
-        bench_agents(work, server, base, opts.agents, opts.poll)
+        if opts.only in (None, "deploy"):
+            bench_deploy(config, work, server, base, opts.repeat)
+        if opts.only in (None, "upload"):
+            bench_upload(work, server, opts.upload_mb, opts.repeat)
+        if opts.only in (None, "agents"):
+            bench_agents(work, server, base, opts.agents, opts.poll)
     finally:
         server.kill()
 

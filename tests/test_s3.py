@@ -235,18 +235,16 @@ def test_publish_agent_kernel_on_s3(make_s3_site: Any, monkeypatch: pytest.Monke
     promote, list/verify, agent deploy (streamed), then a kernel started by name imports
     databroker from the deployed build."""
     from jupyter_client.manager import KernelManager
-    from test_agent_e2e import CACHE, PREFIX_CELL, execute
+    from support.publish import publish_build
+    from test_agent_e2e import PREFIX_CELL, execute
 
     config, site = make_s3_site()
-    out = run_cli(config, "publish", "demo", env=CACHE, timeout=900)
-    assert out.returncode == 0, out.stderr
-    build_id = out.stdout.strip().splitlines()[-1]
+    build_id = publish_build(config, "demo")
     assert run_cli(config, "promote", "demo", build_id, "--lts", "2026-1").returncode == 0
     listed = json.loads(run_cli(config, "store", "list", "--json").stdout)
     assert [(r["build_id"], r["lts"]) for r in listed] == [(build_id, ["2026-1"])]
     assert run_cli(config, "store", "verify").returncode == 0
-    again = run_cli(config, "publish", "demo", env=CACHE, timeout=900)  # same lock: nothing new
-    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == build_id
+    assert publish_build(config, "demo") == build_id  # the same lock: nothing new
 
     deployed = run_cli(config, "agent", "--once", timeout=900)
     assert deployed.returncode == 0, deployed.stderr

@@ -60,8 +60,8 @@ from .interface import (
 INDEX = "index.json"
 LOCK = ".publish.lock"
 NODES = ".nodes"  # rollout reports, one object per node
-PART_SIZE = 16 << 20  # multipart above this; parts this big (S3 allows 10,000 parts)
-UPLOAD_THREADS = 8
+PART_SIZE = 8 << 20  # multipart above this; parts this big (boto3's default; 10,000 max)
+UPLOAD_THREADS = 10  # boto3's default concurrency
 CHECK_SECONDS = 5.0  # calls within this reuse one index check (one agent pass)
 STALE_LOCK_SECONDS = 6 * 3600  # a publish lock older than any publish: its holder died
 READ_CHUNK = 1 << 20
@@ -644,12 +644,14 @@ class S3Store:
     def _upload_parts(
         self, path: Path, key: str, upload_id: str, size: int, report: _Progress
     ) -> list[dict[str, Any]]:
-        count = (size + PART_SIZE - 1) // PART_SIZE
+        # 10,000 parts at most: a very large artifact gets larger parts
+        part_size = max(PART_SIZE, -(-size // 10_000))
+        count = (size + part_size - 1) // part_size
 
         def part(number: int) -> dict[str, Any]:
             with open(path, "rb") as handle:
-                handle.seek((number - 1) * PART_SIZE)
-                data = handle.read(PART_SIZE)
+                handle.seek((number - 1) * part_size)
+                data = handle.read(part_size)
             response = self._call(
                 "upload_part",
                 Key=self.prefix + key,
