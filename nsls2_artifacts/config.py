@@ -134,6 +134,8 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "hook.keep_history_days": NumberRule(float, 0, 36500),
     "kernels.listed_lts": NumberRule(int, 0, 1000),
     "store_options.relist_seconds": NumberRule(float, 0, _DAY, low_open=True),
+    "store_options.timeout_seconds": NumberRule(float, 0, 3600, low_open=True),
+    "store_options.attempts": NumberRule(int, 1, 20),
 }
 MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
 
@@ -148,6 +150,8 @@ class StoreOptions:
     region: str | None = None
     addressing_style: str = "auto"  # auto | path | virtual
     relist_seconds: float = 600  # agents list everything at least this often (index or not)
+    timeout_seconds: float = 30  # per request: connect, and each read while streaming
+    attempts: int = 4  # per request, with exponential backoff between them
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
@@ -344,13 +348,15 @@ class _Reader:
             raise self.fail(
                 "store_options.addressing_style", f"expected auto, path or virtual, got {style!r}"
             )
-        try:
-            relist = NUMBER_RULES["store_options.relist_seconds"].check(
-                raw.get("relist_seconds", StoreOptions.relist_seconds)
-            )
-        except ValueError as exc:
-            raise self.fail("store_options.relist_seconds", str(exc)) from None
-        return StoreOptions(raw.get("endpoint_url"), raw.get("region"), style, float(relist))
+        numbers: dict[str, Any] = {}
+        for key in ("relist_seconds", "timeout_seconds", "attempts"):
+            try:
+                numbers[key] = NUMBER_RULES[f"store_options.{key}"].check(
+                    raw.get(key, getattr(StoreOptions, key))
+                )
+            except ValueError as exc:
+                raise self.fail(f"store_options.{key}", str(exc)) from None
+        return StoreOptions(raw.get("endpoint_url"), raw.get("region"), style, **numbers)
 
     def mirrors(self, data: Any) -> dict[str, str]:
         if not isinstance(data, dict):

@@ -31,9 +31,8 @@ from nsls2_artifacts.store.s3 import S3Store
 
 def s3_site(root: Path, server: S3Server, url: str | None = None, **kw: Any) -> tuple[Path, Any]:
     """A fake-env site (helpers_agent) whose store is a fresh prefix on `server`."""
-    return write_site(
-        root, store=url or server.new_store_url(), store_options=server.site_options(), **kw
-    )
+    kw["store_options"] = {**server.site_options(), **kw.get("store_options", {})}
+    return write_site(root, store=url or server.new_store_url(), **kw)
 
 
 def commit_to(store: Store, scratch: Path, tag: str, hours: int = 0) -> BuildManifest:
@@ -257,3 +256,48 @@ def test_publish_agent_kernel_on_s3(make_s3_site: Any, monkeypatch: pytest.Monke
         finally:
             kernel.shutdown_kernel(now=True)
         assert prefix == str(layout.build_dir(site.deploy_root, "demo", build_id))
+
+
+@pytest.mark.slow
+def test_hung_server_during_daemon_passes_is_retried_with_backoff(
+    tmp_path: Path, own_server: S3Server
+) -> None:
+    """A server that accepts connections and answers nothing (SIGSTOP): the daemon's passes
+    time out (store_options.timeout_seconds), change nothing, retry after 2 s, then 4 s,
+    and recover by themselves when the server answers again."""
+    from helpers_agent import events, kill9, start_agent, wait_for
+
+    config, site = s3_site(
+        tmp_path / "site",
+        own_server,
+        store_options={"timeout_seconds": 1, "attempts": 1},
+        agent={"poll_seconds": 8},
+    )
+    commit_to(open_store(site), tmp_path / "scratch", "a")
+    assert run_cli(config, "agent", "--once").returncode == 0
+    before = snapshot(site.deploy_root / "envs")
+    log = tmp_path / "daemon.log"
+    daemon = start_agent(config, "--no-events", log=log)
+    try:
+        wait_for(lambda: events(log.read_text(), "pass"), timeout=60, what="the first pass")
+        own_server.freeze()
+        wait_for(
+            lambda: len(events(log.read_text(), "store-retry")) >= 2,
+            timeout=120,
+            what="two retries",
+        )
+        retries = [float(e["seconds"]) for e in events(log.read_text(), "store-retry")]
+        assert retries[:2] == [2.0, 4.0]
+        assert snapshot(site.deploy_root / "envs") == before
+        assert json.loads(run_cli(config, "status", "--json").stdout)["quarantined"] == []
+        own_server.thaw()
+        seen = len(events(log.read_text(), "pass"))
+        wait_for(
+            lambda: any(e.get("failed") == "0" for e in events(log.read_text(), "pass")[seen:]),
+            timeout=120,
+            what="a clean pass after the server came back",
+        )
+    finally:
+        own_server.thaw()
+        kill9(daemon)
+    assert snapshot(site.deploy_root / "envs") == before

@@ -142,9 +142,9 @@ class S3Store:
 
             config = Config(
                 s3={"addressing_style": self.options.addressing_style},
-                retries={"max_attempts": 4, "mode": "standard"},  # exponential backoff
-                connect_timeout=5,
-                read_timeout=60,
+                retries={"max_attempts": self.options.attempts, "mode": "standard"},  # backoff
+                connect_timeout=self.options.timeout_seconds,
+                read_timeout=self.options.timeout_seconds,
                 max_pool_connections=UPLOAD_THREADS + 2,
             )
             self._client = boto3.session.Session().client(
