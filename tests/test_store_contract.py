@@ -6,6 +6,8 @@ Callers rely on exactly these behaviours and nothing else (they never see the la
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +138,47 @@ def test_node_report_never_creates_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         store.put_node_report("sdcc-01", {})
     assert not (tmp_path / "gone").exists()
+
+
+_LOCKER = """
+import sys
+from nsls2_artifacts.config import StoreOptions
+from nsls2_artifacts.errors import BuildLockedError
+from nsls2_artifacts.store import FilesystemStore
+from nsls2_artifacts.store.s3 import S3Store
+location, endpoint = sys.argv[1], sys.argv[2]
+store = (
+    S3Store(location, StoreOptions(endpoint_url=endpoint, addressing_style="path"))
+    if location.startswith("s3://")
+    else FilesystemStore(location)
+)
+try:
+    with store.publish_lock("demo"):
+        pass
+except BuildLockedError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def _lock_from_another_process(store: Store) -> subprocess.CompletedProcess[str]:
+    endpoint = store.options.endpoint_url if isinstance(store, S3Store) else ""
+    return subprocess.run(
+        [sys.executable, "-c", _LOCKER, store.location, endpoint or ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_one_publish_per_env_and_labels_repoint(store: Store) -> None:
+    with store.publish_lock("demo"):
+        refused = _lock_from_another_process(store)
+        assert refused.returncode == 3, refused.stderr
+        assert "another publish of 'demo'" in refused.stdout
+    assert _lock_from_another_process(store).returncode == 0  # released on exit
+    first = fake_build(store, "demo", 2, b"first")
+    second = fake_build(store, "demo", 1, b"second")
+    store.set_lts(LtsRecord("demo", "2026-1", first, isoformat(utcnow())))
+    store.set_lts(LtsRecord("demo", "2026-1", second, isoformat(utcnow())))  # moved on purpose
+    assert [(r.label, r.build_id) for r in store.lts("demo")] == [("2026-1", second)]
