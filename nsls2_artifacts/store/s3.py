@@ -249,19 +249,21 @@ class S3Store:
             assert self._listing is not None
             return self._listing
 
-    def _list(self) -> _Listing:
-        listing = _Listing(at=time.monotonic())
+    def _list_keys(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix`, page after page (1,000 keys a request)."""
         token: dict[str, str] = {}
         while True:
-            page = self._call("list_objects_v2", Prefix=self.prefix, **token)
-            for item in page.get("Contents", []):
-                key = item["Key"][len(self.prefix) :]
-                listing.objects[key] = _Object(
-                    key, item["ETag"], item["Size"], item["LastModified"]
-                )
+            page = self._call("list_objects_v2", Prefix=prefix, **token)
+            yield from page.get("Contents", [])
             if not page.get("IsTruncated"):
-                break
+                return
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _list(self) -> _Listing:
+        listing = _Listing(at=time.monotonic())
+        for item in self._list_keys(self.prefix):
+            key = item["Key"][len(self.prefix) :]
+            listing.objects[key] = _Object(key, item["ETag"], item["Size"], item["LastModified"])
         listing.envs = sorted(
             {k.split("/", 1)[0] for k in listing.objects if "/" in k and not k.startswith(".")}
         )
@@ -695,8 +697,7 @@ class S3Store:
 
     def node_reports(self) -> list[StoredNodeReport]:
         reports = []
-        page = self._call("list_objects_v2", Prefix=f"{self.prefix}{NODES}/")
-        for item in page.get("Contents", []):
+        for item in self._list_keys(f"{self.prefix}{NODES}/"):
             name = item["Key"].rsplit("/", 1)[1]
             if not name.endswith(".json") or name.startswith("."):
                 continue
