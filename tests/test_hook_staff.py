@@ -119,3 +119,13 @@ def test_hook_demo_writes_a_site_prints_url_and_token_and_serves(tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_env_without_builds_says_so_once_on_the_front_page(tmp_path: Path) -> None:
+    config = hook_site(tmp_path)
+    write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
+    with HookServer(config) as hook, httpx.Client(base_url=hook.url) as browser:
+        page = browser.get("/").text
+    cell = re.search(r'<td class="latest"[^>]*>(.*?)</td>', page, re.S).group(1)
+    text = " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+    assert text == "no build published yet"
