@@ -97,6 +97,18 @@ def test_list_and_show(backend_site) -> None:
     assert missing.returncode == 1 and "2020.01.01T000000Z-00000000" in missing.stderr
 
 
+def test_list_in_a_pipe_shows_lts_labels_whole(make_site) -> None:
+    config, site = make_site()
+    store = open_store(site)
+    payloads = (b"x" * 400_000 + b"1", b"x" * 400_000 + b"2")  # 40 MB stand-ins: a wide row
+    builds = [fake_build(store, "demo", 3, payloads[0]), fake_build(store, "demo", 2, payloads[1])]
+    label(store, "demo", "2026-1", builds[0])
+    label(store, "demo", "2026-2", builds[0])
+    text = run_cli(config, "store", "list", env={"COLUMNS": "80"}).stdout
+    row = next(line for line in text.splitlines() if builds[0] in line)
+    assert "2026-1, 2026-2" in row
+
+
 def test_verify_is_green_then_finds_every_kind_of_damage(make_site) -> None:
     config, site = make_site()
     store = FilesystemStore(site.store)

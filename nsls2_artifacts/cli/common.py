@@ -26,6 +26,15 @@ console = Console(stderr=True)
 out = Console()
 
 
+def print_table(table: object, **kwargs: object) -> None:
+    """Print to stdout at the terminal's width; in a pipe (scripts, logs), wide enough that
+    build ids and LTS labels are never cut to fit rich's default of 80 columns."""
+    if out.is_terminal:
+        out.print(table, **kwargs)
+    else:
+        Console(file=out.file, width=240).print(table, **kwargs)
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turn an ArtifactsError into a red one-line message and exit status 1."""

@@ -18,7 +18,7 @@ from rich.table import Table
 from ..errors import StoreError
 from ..records import BuildManifest
 from ..store import Store, open_store
-from .common import ConfigOption, console, out, reported_errors, site
+from .common import ConfigOption, console, out, print_table, reported_errors, site
 
 store_app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
 
@@ -78,7 +78,7 @@ def list_builds(
             str(row["packages"]),
             ", ".join(row["lts"]),
         )
-    out.print(table if rows else "no committed builds", highlight=False)
+    print_table(table if rows else "no committed builds", highlight=False)
 
 
 @store_app.command("show")
@@ -117,7 +117,7 @@ def show(
     for p in m.packages:
         table.add_row(p.name, p.version, p.build, p.channel)
     out.print(f"\n{len(m.packages)} packages:")
-    out.print(table, highlight=False)
+    print_table(table, highlight=False)
 
 
 @store_app.command("verify")
@@ -138,7 +138,7 @@ def verify(
         for r in results:
             style = "green" if r["ok"] else "bold red"
             table.add_row(r["env"], r["build_id"], f"[{style}]{escape(r['detail'])}[/]")
-        out.print(table if results else "store is empty", highlight=False)
+        print_table(table if results else "store is empty", highlight=False)
         console.print(
             f"{len(results) - len(bad)} ok, {len(bad)} bad", highlight=False, soft_wrap=True
         )
@@ -177,7 +177,7 @@ def prune(
             action = d.action if d.action != "delete" else verb
             style = {"keep": "green", "delete": "red", "error": "bold red"}[d.action]
             table.add_row(d.env, d.build_id, f"[{style}]{action}[/]", escape(d.reason))
-        out.print(table if decisions else "store is empty", highlight=False)
+        print_table(table if decisions else "store is empty", highlight=False)
     sys.exit(1 if failed else 0)
 
 
