@@ -207,8 +207,11 @@ class S3Store:
         except bx.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("PreconditionFailed", "NoSuchKey", "NotFound") or status in (304, 404, 412):
-                return None, {304: "304", 404: "404", 412: "412"}.get(status, code)
+            refusal = {304: "304", 404: "404", 412: "412"}.get(status, "")
+            if code in ("PreconditionFailed", "NoSuchKey", "NotFound"):
+                refusal = refusal or code
+            if refusal and code != "NoSuchBucket":  # a missing bucket is never "no object"
+                return None, refusal
             raise self._error(exc, kwargs.get("Key", "")) from None
         except Exception as exc:
             raise self._error(exc, kwargs.get("Key", "")) from None
