@@ -86,18 +86,24 @@ def site_with(config: Path, store: str, deploy_root: Path, options: dict[str, st
 def timed_deploy(site: SiteConfig, store: Store, manifest: BuildManifest) -> float:
     shutil.rmtree(site.deploy_root, ignore_errors=True)
     subprocess.run(["sync"], check=True)
-    log = setup_logging(logging.WARNING, io.StringIO())
+    stream = io.StringIO()
+    log = setup_logging(logging.INFO, stream)
     start = time.perf_counter()
     outcome = deploy.deploy_build(site, store, manifest, log)
     seconds = time.perf_counter() - start
     assert outcome.result == "deployed", outcome
+    steps = [line for line in stream.getvalue().splitlines() if "event=deploy " in line]
+    print(f"  {store.location}: {seconds:.2f} s  {steps[0].split('seconds=', 1)[1]}")
     return seconds
 
 
-def bench_deploy(config: Path, work: Path, server: S3Server, base: BuildManifest, repeat: int):
-    fs_site = site_with(config, str(work / "store"), work / "deploy-fs", {})
+def bench_deploy(
+    config: Path, work: Path, server: S3Server, base: BuildManifest, repeat: int, scratch: Path
+):
+    scratch.mkdir(parents=True, exist_ok=True)
+    fs_site = site_with(config, str(work / "store"), scratch / "deploy-fs", {})
     s3_url = server.new_store_url()
-    s3_site = site_with(config, s3_url, work / "deploy-s3", server.site_options())
+    s3_site = site_with(config, s3_url, scratch / "deploy-s3", server.site_options())
     s3 = S3Store(s3_url, s3_site.store_options, local_dir=work)
     staging = s3.staging_dir(base.name, base.build_id)
     for name in (base.artifact.file, base.lock.file):
@@ -213,6 +219,9 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=2.0)
     parser.add_argument("--upload-mb", type=int, default=256)
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="deploy roots here (e.g. /dev/shm/x)"
+    )
     parser.add_argument("--only", choices=["deploy", "upload", "agents"], default=None)
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="bench-s3-"))
@@ -225,7 +234,7 @@ def main() -> None:
     server.start()
     try:
         if opts.only in (None, "deploy"):
-            bench_deploy(config, work, server, base, opts.repeat)
+            bench_deploy(config, work, server, base, opts.repeat, opts.scratch or work)
         if opts.only in (None, "upload"):
             bench_upload(work, server, opts.upload_mb, opts.repeat)
         if opts.only in (None, "agents"):
