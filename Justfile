@@ -80,5 +80,5 @@ lint: venv
     .venv/bin/ruff format --check .
 
 # differential fuzzing of the tar reader vs tarfile's data filter (many more cases than the suite)
-fuzz cases="20000" seed="1": venv
+fuzz cases="5000" seed="1": venv
     NSLS2_FUZZ_CASES={{cases}} NSLS2_FUZZ_SEED={{seed}} {{python}} -m pytest -q tests/test_tarstream_fuzz.py
