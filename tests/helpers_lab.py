@@ -33,8 +33,11 @@ CHROMIUM_ARGS = [
 
 
 @contextmanager
-def jupyter_lab(home: Path, root_dir: Path, deploy_share: Path) -> Iterator[Server]:
-    """`python -m jupyterlab` with the deployed kernels and this checkout's lab extension."""
+def jupyter_lab(
+    home: Path, root_dir: Path, deploy_share: Path, with_extension: bool = True
+) -> Iterator[Server]:
+    """`python -m jupyterlab` with the deployed kernels and this checkout's lab extension
+    (`with_extension=False`: stock JupyterLab, as on a hub where nothing can be installed)."""
     port, token = free_port(), uuid.uuid4().hex
     log = home / "jupyter-lab.log"
     home.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,8 @@ def jupyter_lab(home: Path, root_dir: Path, deploy_share: Path) -> Iterator[Serv
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
     ]
-    jupyter_path = os.pathsep.join([str(deploy_share), str(LAB_EXTENSION_ROOT)])
+    roots = [deploy_share, LAB_EXTENSION_ROOT] if with_extension else [deploy_share]
+    jupyter_path = os.pathsep.join(str(root) for root in roots)
     env = isolated_jupyter_env(home, Path(jupyter_path))
     # no "get notified about Jupyter news?" toast over the screenshots
     labconfig = Path(env["JUPYTER_CONFIG_DIR"]) / "labconfig"

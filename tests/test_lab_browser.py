@@ -81,7 +81,7 @@ def site(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Sim
     shutil.copytree(REPO / "manifests" / "demo", manifests / "demo")
     shutil.copytree(REPO / "manifests" / "demo", manifests / "hxn")
     set_nsls2(manifests / "demo", beamlines=["csx"])
-    set_nsls2(manifests / "hxn", display_name="NSLS-II HXN", beamlines=["hxn"])
+    set_nsls2(manifests / "hxn", display_name="NSLS-II HXN", beamlines=["hxn"], logo=None)
     tiled_port = free_port()
     config, cfg = write_site(
         root,
@@ -317,6 +317,25 @@ def test_build_indicator_shows_the_running_build(site, lab, browser) -> None:
     assert "newer" not in item.inner_text()
     screenshot(page, "build-indicator")
     page.close()
+
+
+def test_stock_jupyterlab_without_the_extension_lists_and_starts_every_kernel(
+    site, browser
+) -> None:
+    with jupyter_lab(site.root / "stock-home", site.notebooks, site.share, False) as stock:
+        page = open_lab(browser, stock)
+        page.locator(".jp-Launcher-sectionTitle", has_text="Notebook").first.wait_for()
+        titles = page.locator(".jp-Launcher:visible .jp-Launcher-sectionTitle").all_inner_texts()
+        assert "NSLS-II" not in titles
+        every = sorted(spec["display_name"] for spec in site.specs.values())
+        assert sorted(section_cards(page, "Notebook")) == sorted(["Python 3 (ipykernel)", *every])
+        page.close()
+        path = write_notebook(site, "stock-2025-1.ipynb", "nsls2-demo-2025-1")
+        page = open_lab(browser, stock, path)
+        assert idle_kernel(stock, path)["kernel"]["name"] == "nsls2-demo-2025-1"
+        prefix = layout.build_dir(site.cfg.deploy_root, "demo", site.builds["oldest"])
+        assert run_all_and_read(page) == str(prefix)
+        page.close()
 
 
 def test_build_indicator_marks_a_kernel_behind_a_newer_latest(site, lab, browser) -> None:

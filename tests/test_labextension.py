@@ -79,3 +79,15 @@ def test_extension_unit_tests() -> None:
     result = subprocess.run(["npm", "test"], cwd=SRC, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout and "# pass 0" not in result.stdout
+
+
+def test_beamline_profiles_read_for_the_lab_extension(tmp_path: Path) -> None:
+    from nsls2_artifacts.jupyter.beamlines import profile_names
+
+    profiles = tmp_path / "deploy" / "etc" / "tiled" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "csx.yml").write_text("csx: {uri: http://127.0.0.1:9/api}\n")
+    (profiles / "site.yml").write_text("hxn: {uri: http://h}\niss: {uri: http://i}\n")
+    (profiles / "broken.yml").write_text("csx: [unclosed\n")
+    (profiles / "notes.txt").write_text("srx: {uri: http://s}\n")
+    assert profile_names([tmp_path / "deploy", tmp_path / "absent"]) == ["csx", "hxn", "iss"]

@@ -20,6 +20,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from . import beamlines
 from .deployed import (
     MANAGED,
     Catalogue,
@@ -41,6 +42,8 @@ def _load_jupyter_server_extension(serverapp: ServerApp) -> None:
     serverapp.contents_manager.register_pre_save_hook(recorder.pre_save)
     route = url_path_join(serverapp.web_app.settings["base_url"], API_PATH)
     serverapp.web_app.add_handlers(".*$", [(route, KernelsHandler, {"recorder": recorder})])
+    beamlines_route = url_path_join(serverapp.web_app.settings["base_url"], beamlines.API_PATH)
+    serverapp.web_app.add_handlers(".*$", [(beamlines_route, beamlines.BeamlinesHandler)])
     serverapp.log.info("nsls2-artifacts: recording builds in saved notebooks; API at /%s", API_PATH)
 
 

@@ -37,6 +37,7 @@ import {
   ISpec,
   launcherCards,
   nsls2Of,
+  parseBeamlines,
   parseServerInfo,
   IServerInfo,
   tooltip
@@ -82,6 +83,19 @@ async function fetchServerInfo(): Promise<IServerInfo> {
   } catch (reason) {
     console.warn(`${PLUGIN}: ${url} unavailable`, reason);
     return parseServerInfo(null);
+  }
+}
+
+/** GET /nsls2/api/beamlines: the beamline profiles of the site; null if unavailable. */
+async function fetchBeamlines(): Promise<string[] | null> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'nsls2/api/beamlines');
+  try {
+    const response = await ServerConnection.makeRequest(url, {}, settings);
+    return response.ok ? parseBeamlines(await response.json()) : null;
+  } catch (reason) {
+    console.warn(`${PLUGIN}: ${url} unavailable`, reason);
+    return null;
   }
 }
 
@@ -203,7 +217,8 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
     addCommands(app, browser);
     filterStockCards(launcher);
     let cards: DisposableSet | null = null;
-    const refresh = () => {
+    const refresh = async () => {
+      const profiles = await fetchBeamlines();
       cards?.dispose();
       cards = new DisposableSet();
       const specs = currentSpecs(app);
@@ -229,7 +244,7 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
           })
         );
       }
-      beamlineCards(specs).forEach(({ beamline, spec }, index) => {
+      beamlineCards(specs, profiles).forEach(({ beamline, spec }, index) => {
         cards!.add(
           launcher.add({
             command: CommandIDs.beamlineNotebook,
@@ -243,8 +258,8 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
     };
     const specs = app.serviceManager.kernelspecs;
     void specs.ready.then(() => {
-      refresh();
-      specs.specsChanged.connect(refresh);
+      void refresh();
+      specs.specsChanged.connect(() => void refresh());
     });
   }
 };

@@ -17,6 +17,7 @@ import {
   ISpec,
   launcherCards,
   nsls2Of,
+  parseBeamlines,
   parseServerInfo,
   tooltip
 } from './logic.js';
@@ -186,6 +187,12 @@ test('beamlines: one card each, served by the first env naming it; notebook cont
   assert.equal(nb.cells[0].source.split('\n')[1], 'c = from_profile("csx")');
   assert.equal(beamlineFileName('csx', ['csx.ipynb', 'csx-1.ipynb', 'x.ipynb']), 'csx-2.ipynb');
   assert.equal(beamlineFileName('hxn', ['csx.ipynb']), 'hxn.ipynb');
+  // only beamlines with a profile in the site config get a card
+  assert.deepEqual(
+    beamlineCards(specs, parseBeamlines({ beamlines: ['hxn', 'iss', 'srx'] })).map(c => c.beamline),
+    ['hxn', 'iss']
+  );
+  assert.equal(parseBeamlines('nope'), null);
 });
 
 test('indicator: concrete build date, marked when latest moved on', () => {

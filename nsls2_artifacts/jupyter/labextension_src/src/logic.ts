@@ -287,13 +287,20 @@ function timeValue(buildId: string): number {
   return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] ?? 0)) : 0;
 }
 
-/** Beamline -> the latest kernel of the env serving it (first env by name if several). */
-export function beamlineCards(specs: ISpec[]): { beamline: string; spec: ISpec }[] {
+/**
+ * Beamline -> the latest kernel of the env serving it (first env by name if several).
+ * `profiles`: the site's beamline profiles (GET /nsls2/api/beamlines); a beamline without
+ * one could not connect, so it gets no card. null: unknown, every served beamline counts.
+ */
+export function beamlineCards(
+  specs: ISpec[],
+  profiles: string[] | null = null
+): { beamline: string; spec: ISpec }[] {
   const found = new Map<string, ISpec>();
   for (const [, group] of byEnv(specs)) {
     const spec = group.latest;
     for (const beamline of spec?.nsls2?.beamlines ?? []) {
-      if (spec && !found.has(beamline)) {
+      if (spec && !found.has(beamline) && (!profiles || profiles.includes(beamline))) {
         found.set(beamline, spec);
       }
     }
@@ -435,4 +442,10 @@ export function parseServerInfo(data: unknown): IServerInfo {
     }
   }
   return info;
+}
+
+/** `GET /nsls2/api/beamlines` -> the profile names, or null when it did not answer. */
+export function parseBeamlines(data: unknown): string[] | null {
+  const list = (data as { beamlines?: unknown } | null)?.beamlines;
+  return Array.isArray(list) ? list.filter((b): b is string => typeof b === 'string') : null;
 }
