@@ -18,6 +18,7 @@ from .errors import StoreError
 from .names import Pair, assign_kernel_names
 from .procscan import SCAN_PRIVILEGE_HINT
 from .records import PassRecord, RecordError
+from .rollout import NodeRollout
 from .store import Store
 
 
@@ -38,7 +39,9 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
     }
     committed: dict[str, dict[str, Any]] = {}
     labels: dict[tuple[str, str], list[str]] = {}
+    superseded: dict[tuple[str, str], str] = {}
     try:
+        superseded = _superseded(store, site.agent.node)
         out["not_builds"] = [asdict(s) for s in store.strays()]
         for env in store.envs():
             committed[env] = {m.build_id: m for m in store.builds(env)}
@@ -51,7 +54,7 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
     retrying = {(r["env"], r["build_id"]): r for r in out["retrying"]}
     for env in sorted(set(committed) | set(layout.deployed_envs(root))):
         out["envs"][env] = _env_status(
-            root, env, committed.get(env, {}), labels, quarantined, retrying
+            root, env, committed.get(env, {}), labels, quarantined, retrying, superseded
         )
     installed = kernels.installed(root)
     for name, data in sorted(installed.items()):
@@ -81,6 +84,7 @@ def _env_status(
     labels: dict[tuple[str, str], list[str]],
     quarantined: dict[tuple[str, str], dict[str, Any]],
     retrying: dict[tuple[str, str], dict[str, Any]],
+    superseded: dict[tuple[str, str], str],
 ) -> dict[str, Any]:
     ready = {
         r.build_id: r
@@ -104,6 +108,8 @@ def _env_status(
             state = "incomplete"
         elif manifest is not None and manifest.platform not in (node_platform(), "noarch"):
             state = "other-platform"
+        elif (env, build_id) in superseded:
+            state = "superseded"  # skipped on purpose: a newer build was deployed instead
         else:
             state = "pending"
         builds.append(
@@ -119,7 +125,12 @@ def _env_status(
                 "lts": sorted(labels.get((env, build_id), [])),
                 "reason": (
                     quarantined.get((env, build_id)) or retrying.get((env, build_id), {})
-                ).get("reason"),
+                ).get("reason")
+                or (
+                    f"superseded by {superseded[(env, build_id)]}"
+                    if (env, build_id) in superseded
+                    else None
+                ),
             }
         )
     return {
@@ -128,6 +139,24 @@ def _env_status(
         "hold_error": hold_error,
         "builds": builds,
     }
+
+
+def _superseded(store: Store, node: str) -> dict[tuple[str, str], str]:
+    """(env, build) -> the newer build this node's agent deployed instead (from its last
+    rollout report in the store)."""
+    for item in store.node_reports():
+        if item.node != node or item.data is None:
+            continue
+        try:
+            report = NodeRollout.from_dict(item.data)
+        except (RecordError, TypeError, ValueError):
+            return {}
+        return {
+            (env, build): newer
+            for env, state in report.envs.items()
+            for build, newer in state.superseded.items()
+        }
+    return {}
 
 
 def _problem(

@@ -107,3 +107,6 @@ def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
     assert build_rollout(nodes, "demo", newest.build_id, "NSLS-II demo").complete
     assert run(site).ok  # stays skipped on the next pass
     assert not layout.build_dir(site.deploy_root, "demo", skipped.build_id).exists()
+    status = run_cli(config, "status").stdout
+    assert f"{skipped.build_id}  superseded" in status
+    assert f"superseded by {newest.build_id}" in status
