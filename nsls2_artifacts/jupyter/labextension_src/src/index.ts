@@ -36,6 +36,7 @@ import {
   INotebookBuild,
   ISpec,
   launcherCards,
+  mustAsk,
   nsls2Of,
   parseBeamlines,
   parseServerInfo,
@@ -380,6 +381,34 @@ const dialogsPlugin: JupyterFrontEndPlugin<ISessionContextDialogs> = {
     })
 };
 
+/**
+ * Before a notebook picks its kernel: if it names an NSLS-II kernel that is not deployed,
+ * drop the language from its kernel preference, so JupyterLab asks (the retired-kernel
+ * dialog) instead of silently starting the only kernel of that language.
+ */
+const retiredGuardPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:retired-guard`,
+  description: 'Notebooks naming a retired NSLS-II kernel always get the dialog.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker) => {
+    tracker.widgetAdded.connect((_, panel) => {
+      const context = panel.sessionContext;
+      const initialize = context.initialize.bind(context);
+      context.initialize = async () => {
+        await app.serviceManager.kernelspecs.ready;
+        const preference = context.kernelPreference;
+        const notebook = (panel.model?.getMetadata('nsls2') as INotebookBuild | undefined) ?? null;
+        const names = currentSpecs(app).map(s => s.name);
+        if (mustAsk(preference.name, names, notebook)) {
+          context.kernelPreference = { ...preference, language: undefined };
+        }
+        return initialize();
+      };
+    });
+  }
+};
+
 /** Status bar: the running kernel's concrete build, marked when a newer one is deployed. */
 const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:build-indicator`,
@@ -453,4 +482,4 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [launcherPlugin, dialogsPlugin, buildIndicatorPlugin];
+export default [launcherPlugin, dialogsPlugin, retiredGuardPlugin, buildIndicatorPlugin];

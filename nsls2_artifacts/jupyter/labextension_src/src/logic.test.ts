@@ -17,6 +17,7 @@ import {
   ISpec,
   launcherCards,
   nsls2Of,
+  mustAsk,
   parseBeamlines,
   parseServerInfo,
   tooltip
@@ -232,4 +233,13 @@ test('server info: retired map or file, running builds, junk ignored', () => {
   ]);
   assert.deepEqual(parseServerInfo(null).retired, []);
   assert.equal(buildDate('2026.11.25T0200Z-abcdef12'), '2026-11-25 02:00 UTC');
+});
+
+test('a missing NSLS-II kernel is never replaced silently by the only kernel of its language', () => {
+  const names = ['nsls2-hxn-latest'];
+  assert.equal(mustAsk('nsls2-demo-2023-1', names, null), true);
+  assert.equal(mustAsk('renamed', names, { env: 'demo' }), true);
+  assert.equal(mustAsk('nsls2-hxn-latest', names, null), false);
+  assert.equal(mustAsk('julia-1.9', names, null), false);
+  assert.equal(mustAsk(undefined, names, null), false);
 });

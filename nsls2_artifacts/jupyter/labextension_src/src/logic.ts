@@ -449,3 +449,17 @@ export function parseBeamlines(data: unknown): string[] | null {
   const list = (data as { beamlines?: unknown } | null)?.beamlines;
   return Array.isArray(list) ? list.filter((b): b is string => typeof b === 'string') : null;
 }
+
+/**
+ * Whether a notebook's kernel preference must lose its language before JupyterLab picks a
+ * kernel: it names an NSLS-II kernel that is not deployed. Otherwise JupyterLab silently
+ * starts the one kernel of the same language when there is exactly one, which may be
+ * another env's; without a language it asks, and the retired-kernel dialog answers.
+ */
+export function mustAsk(
+  name: string | undefined,
+  specNames: string[],
+  notebook: INotebookBuild | null
+): boolean {
+  return !!name && !specNames.includes(name) && (looksManaged(name) || !!notebook?.env);
+}
