@@ -598,3 +598,28 @@ class RetentionDecision:
     # delete completed), "revive" (a deleted build became a root again), "error"
     action: str
     reason: str
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """`state/nodecheck/NODE/ENV/BUILD_ID.json`: whether the build imported `imports` on
+    NODE (`reason` empty: it did)."""
+
+    imports: tuple[str, ...]
+    reason: str
+    time: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"imports": list(self.imports), "reason": self.reason, "time": self.time}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeCheck:
+        record = "node check"
+        imports = _require(data, record, "imports", list)
+        if not all(isinstance(name, str) for name in imports):
+            raise RecordError(record, "imports", "expected a list of module names")
+        return cls(
+            imports=tuple(imports),
+            reason=_require(data, record, "reason", str),
+            time=_require(data, record, "time", str),
+        )

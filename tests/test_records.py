@@ -12,6 +12,7 @@ from nsls2_artifacts.agent import layout
 from nsls2_artifacts.records import (
     DeletedMarker,
     Hold,
+    NodeCheck,
     NodeHeartbeat,
     PassRecord,
     ProcessUse,
@@ -28,6 +29,7 @@ GOOD = {
     Tombstone: Tombstone("demo", BUILD, "n1", "t"),
     DeletedMarker: DeletedMarker("demo", BUILD, "n1", "t"),
     PassRecord: PassRecord("n1", "t", 1.5, True, [], [{"env": "demo"}], True),
+    NodeCheck: NodeCheck(("ipykernel", "cupy"), "", "t"),
     NodeHeartbeat: NodeHeartbeat(
         "n1",
         "t",
@@ -57,6 +59,8 @@ def test_round_trip(cls):
         (PassRecord, "ok", "yes", "expected bool, got str"),
         (PassRecord, "failures", "x", "expected list, got str"),
         (NodeHeartbeat, "complete", 1, "expected bool, got int"),
+        (NodeCheck, "imports", [1], "expected a list of module names"),
+        (NodeCheck, "reason", None, "expected str, got NoneType"),
     ],
 )
 def test_wrong_field_is_named(cls, field, value, expect):

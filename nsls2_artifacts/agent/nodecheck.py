@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..config import SiteConfig
 from ..errors import DeployError
-from ..fsutil import atomic_write_json, read_json
-from ..records import BuildManifest, isoformat, utcnow
+from ..fsutil import atomic_write_json
+from ..records import BuildManifest, NodeCheck, RecordError, isoformat, utcnow
 from . import latest, layout
 from .deploy import smoke_test
 from .log import event
@@ -30,12 +30,12 @@ def _imports(site: SiteConfig, manifest: BuildManifest | None, ready_smoke: tupl
 def _previous(path: Path, imports: tuple[str, ...]) -> str | None | bool:
     """The recorded result for these imports: a reason, None (passed), False (none yet)."""
     try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(data, dict) or data.get("imports") != list(imports):
-        return False  # node_imports changed: check again
-    return data.get("reason") or None
+        check = layout.read_record(path, NodeCheck.from_dict)
+    except RecordError:
+        return False  # unreadable: check again
+    if check is None or check.imports != imports:
+        return False  # none yet, or node_imports changed: check again
+    return check.reason or None
 
 
 def check_latest(
@@ -56,10 +56,8 @@ def check_latest(
         result = _previous(path, imports)
         if result is False:
             result = _run_check(site, env, build_id, imports)
-            atomic_write_json(
-                path,
-                {"imports": list(imports), "reason": result or "", "time": isoformat(utcnow())},
-            )
+            check = NodeCheck(imports, result or "", isoformat(utcnow()))
+            atomic_write_json(path, check.to_dict())
             if result:
                 event(
                     log, "node-check-failed", logging.ERROR, env=env, build=build_id, reason=result
