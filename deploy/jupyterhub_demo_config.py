@@ -29,6 +29,15 @@ if os.geteuid() == 0:
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 
+# The lab extension: a wheel installs it under sys.prefix/share/jupyter/labextensions, an
+# editable install (this checkout's .venv) does not, so spawned servers also look in the
+# checkout; otherwise the demo hub would show stock launcher lists without the NSLS-II section.
+checkout_lab = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nsls2_artifacts")
+checkout_lab = os.path.join(os.path.normpath(checkout_lab), "jupyter")
+wheel_lab = os.path.join(sys.prefix, "share", "jupyter", "labextensions", "nsls2-artifacts-lab")
+if not os.path.isdir(wheel_lab) and os.path.isdir(os.path.join(checkout_lab, "labextensions")):
+    c.Spawner.environment["JUPYTER_PATH"] += os.pathsep + checkout_lab
+
 c.JupyterHub.hub_port = int(os.environ.get("NSLS2_HUB_API_PORT", "8081"))
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{}".format(
     int(os.environ.get("NSLS2_PROXY_API_PORT", "8001"))

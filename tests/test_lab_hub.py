@@ -2,19 +2,19 @@
 npm configurable-http-proxy, 127.0.0.1): a user signs in through the login form in Debian's
 chromium and their JupyterLab shows the NSLS-II launcher section for the deployed demo env.
 
-The extension is installed for that user the way a wheel's data-files would be seen by
-their server (an editable install has none): in the user's Jupyter data directory.
+Nothing is installed for the user: the demo config adds this checkout's prebuilt extension
+to the spawned servers' JUPYTER_PATH (an editable install has no wheel data-files), so this
+is what `just hub-demo` shows.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import test_jupyterhub
 from helpers_jupyter import wait_until
-from helpers_lab import LAB_EXTENSION_ROOT, chromium, screenshot
+from helpers_lab import chromium, screenshot
 from test_jupyterhub import USER, start_hub, stop
 
 pytestmark = pytest.mark.slow
@@ -22,20 +22,11 @@ pytest.importorskip("jupyterhub")
 deployed_demo = test_jupyterhub.deployed_demo  # its module-scoped fixture: one real build
 
 
-def install_for_user(state: Path, user: str) -> None:
-    """~/.local/share/jupyter/labextensions/nsls2-artifacts-lab of the spawned server."""
-    target = state / "homes" / user / ".local" / "share" / "jupyter" / "labextensions"
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        LAB_EXTENSION_ROOT / "labextensions" / "nsls2-artifacts-lab",
-        target / "nsls2-artifacts-lab",
-    )
-
-
 def test_hub_user_sees_the_nsls2_launcher_section(deployed_demo, tmp_path: Path) -> None:
     cfg, _build_id = deployed_demo
+    # nothing installed for the user: the demo config finds this checkout's prebuilt
+    # extension (the editable install has no share/jupyter/labextensions), as `just hub-demo`
     hub, url, log = start_hub(tmp_path, cfg.deploy_root)
-    install_for_user(tmp_path / "hub", USER)
     try:
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
