@@ -67,15 +67,18 @@ def run_demo_kernel(site: SiteConfig, env: str, jupyter_path: Path | None = None
     print(f"kernel {name}: {spec.get('display_name')}")
     print(f"starting kernel {name} (JUPYTER_PATH={jupyter_path}) ...")
     print(run_cell(name, jupyter_path, CELL).rstrip())
-    print(
-        "\nTo see these kernels in JupyterLab:\n"
-        f"  JUPYTER_PATH={jupyter_path} jupyter lab\n"
-        f"(JupyterHub: add {jupyter_path} to JUPYTER_PATH of the spawned servers.)\n"
-        f"After a new publish and `agent --once`, restart the {name} kernel to get the new build."
-    )
     lab_ext = Path(__file__).resolve().parent / "jupyter"  # holds labextensions/nsls2-artifacts-lab
+    root_flag = " --allow-root" if os.geteuid() == 0 else ""
     print(
-        "With the NSLS-II lab extension and server extension (launcher section, beamline cards):\n"
-        f"  JUPYTER_PATH={jupyter_path}:{lab_ext} .venv/bin/jupyter lab "
-        "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True"
+        "\nOpen JupyterLab on these kernels with the NSLS-II lab extension (launcher section,\n"
+        "build in the status bar) and server extension (notebooks record their build):\n"
+        f"  JUPYTER_PATH={jupyter_path}:{lab_ext} .venv/bin/jupyter lab{root_flag} "
+        "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True\n"
+        f"Stock JupyterLab: JUPYTER_PATH={jupyter_path} .venv/bin/jupyter lab{root_flag}\n"
+        "JupyterHub: `just hub-demo` (127.0.0.1:8000, any name), or add "
+        f"{jupyter_path} to JUPYTER_PATH of the spawned servers.\n"
+        f'To see the restart notice: add e.g. `numpy = "*"` to manifests/{env}/pixi.toml '
+        "(an unchanged manifest publishes nothing),\n"
+        f"`just publish {env}`, `just agent --once`: a running {name} kernel says a newer "
+        "build exists on its next cell; a restart gets it."
     )

@@ -194,3 +194,8 @@ def test_demo_kernel_prints_dated_display_name(e2e) -> None:
     assert name[1].endswith(f"{build[:4]}-{build[5:7]}-{build[8:10]})")  # the build's date
     assert str(layout.build_dir(cfg.deploy_root, "demo", build)) in out
     assert "user site-packages: False" in out and "databroker" in out
+    # how to open JupyterLab with the extension: a JUPYTER_PATH that holds the prebuilt one
+    lab = re.search(r"JUPYTER_PATH=(\S+) \.venv/bin/jupyter lab.* --ServerApp\.jpserver_ext", out)
+    assert lab, out
+    found = [Path(p) / "labextensions" / "nsls2-artifacts-lab" for p in lab[1].split(":")]
+    assert any((path / "package.json").is_file() for path in found), lab[1]
