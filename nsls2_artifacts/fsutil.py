@@ -104,3 +104,17 @@ def dir_size(path: str | Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_size
     return total
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has `pid` (one we may not signal still counts):
+    decides if a lock's holder died, so a stale lock can be taken over."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -32,6 +32,7 @@ from . import pack as packer
 from . import solve as solver
 from .config import SiteConfig
 from .errors import ArtifactsError, StoreError
+from .fsutil import pid_alive
 from .manifest import EnvManifest, load_manifest, logo_format
 from .names import env_name_problem, label_problem
 from .records import (
@@ -376,7 +377,7 @@ def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.glob(f"{env}-{tag}-*"):
         pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
     path = root / f"{env}-{tag}-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
@@ -413,16 +414,6 @@ def _pause(point: str) -> None:
         sys.stderr.write(f"paused at {point}\n")
         sys.stderr.flush()
         time.sleep(3600)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _user() -> str:

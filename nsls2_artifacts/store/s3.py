@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config import StoreOptions
 from ..errors import BuildLockedError, StoreError
+from ..fsutil import pid_alive
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isoformat, utcnow
 from .interface import (
     MANIFEST,
@@ -549,7 +550,9 @@ class S3Store:
                 return True
         if time.time() - float(holder.get("time", 0)) > STALE_LOCK_SECONDS:
             return True
-        return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0)))
+        return holder.get("host") == socket.gethostname() and not pid_alive(
+            int(holder.get("pid", 0))
+        )
 
     def uncommitted(self, env: str) -> list[str]:
         with self._lock:
@@ -587,7 +590,7 @@ class S3Store:
             removed.append(build_id)
         for path in self._local.glob(f"{env}-*"):
             pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
         return removed
 
@@ -759,18 +762,6 @@ class _Progress:
 
 def _who() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["S3Store", "StoreUnavailableError", "parse_url"]
