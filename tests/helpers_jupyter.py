@@ -54,19 +54,14 @@ class Server:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-@contextmanager
-def jupyter_server(
-    home: Path, root_dir: Path, jupyter_path: Path | None, *extra: str
-) -> Iterator[Server]:
-    """Start `python -m jupyter_server` with the extension enabled explicitly (an editable
-    install does not install the `jupyter_server_config.d` file a wheel ships)."""
-    port, token = free_port(), uuid.uuid4().hex
-    log = home / "jupyter-server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    argv = [
+def jupyter_argv(module: str, port: int, token: str, root_dir: Path, *extra: str) -> list[str]:
+    """`python -m MODULE` on 127.0.0.1:PORT with token auth and the server extension enabled
+    explicitly (an editable install does not install the `jupyter_server_config.d` file a
+    wheel ships)."""
+    return [
         sys.executable,
         "-m",
-        "jupyter_server",
+        module,
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
@@ -74,20 +69,29 @@ def jupyter_server(
         f"--ServerApp.root_dir={root_dir}",
         f"--IdentityProvider.token={token}",
         "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True",
-        "--KernelSpecManager.ensure_native_kernel=False",
         *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
         *extra,
     ]
+
+
+@contextmanager
+def running_jupyter(
+    module: str, home: Path, root_dir: Path, env: dict[str, str], *extra: str, timeout: float
+) -> Iterator[Server]:
+    """Run `python -m MODULE` (log in HOME/MODULE.log) until it answers; stop it after."""
+    port, token = free_port(), uuid.uuid4().hex
+    log = home / f"{module}.log"
+    home.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            argv,
+            jupyter_argv(module, port, token, root_dir, *extra),
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env=isolated_jupyter_env(home, jupyter_path),
+            env=env,
         )
     server = Server(f"http://127.0.0.1:{port}", token, proc, log)
     try:
-        wait_until(lambda: _answers(server), 60, f"jupyter_server on port {port}", server)
+        wait_until(lambda: _answers(server), timeout, f"{module} on port {port}", server)
         yield server
     finally:
         server.http.close()
@@ -97,6 +101,24 @@ def jupyter_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@contextmanager
+def jupyter_server(
+    home: Path, root_dir: Path, jupyter_path: Path | None, *extra: str
+) -> Iterator[Server]:
+    """A real jupyter_server with the NSLS-II server extension, kernels from JUPYTER_PATH."""
+    env = isolated_jupyter_env(home, jupyter_path)
+    with running_jupyter(
+        "jupyter_server",
+        home,
+        root_dir,
+        env,
+        "--KernelSpecManager.ensure_native_kernel=False",
+        *extra,
+        timeout=60,
+    ) as server:
+        yield server
 
 
 def _answers(server: Server) -> bool:

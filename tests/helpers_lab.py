@@ -9,27 +9,20 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from helpers_jupyter import Server, _answers, isolated_jupyter_env, wait_until
-from support.ports import free_port
+from helpers_jupyter import Server, isolated_jupyter_env, running_jupyter, wait_until
+from support.browser import ARTIFACTS as ARTIFACTS_ROOT
+from support.browser import chromium  # noqa: F401  (the lab tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 # holds labextensions/nsls2-artifacts-lab: an editable install does not install the
 # data-files a wheel puts in share/jupyter/labextensions, so JupyterLab looks here
 LAB_EXTENSION_ROOT = REPO / "nsls2_artifacts" / "jupyter"
-ARTIFACTS = REPO / "test-artifacts" / "lab"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+ARTIFACTS = ARTIFACTS_ROOT / "lab"
 
 
 @contextmanager
@@ -38,24 +31,6 @@ def jupyter_lab(
 ) -> Iterator[Server]:
     """`python -m jupyterlab` with the deployed kernels and this checkout's lab extension
     (`with_extension=False`: stock JupyterLab, as on a hub where nothing can be installed)."""
-    port, token = free_port(), uuid.uuid4().hex
-    log = home / "jupyter-lab.log"
-    home.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.root_dir={root_dir}",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True",
-        "--LabApp.expose_app_in_browser=True",  # lets a test run lab commands
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
-    ]
     roots = [deploy_share, LAB_EXTENSION_ROOT] if with_extension else [deploy_share]
     jupyter_path = os.pathsep.join(str(root) for root in roots)
     env = isolated_jupyter_env(home, Path(jupyter_path))
@@ -65,35 +40,16 @@ def jupyter_lab(
     (labconfig / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", token, proc, log)
-    try:
-        wait_until(lambda: _answers(server), 120, f"jupyter lab on port {port}", server)
+    with running_jupyter(
+        "jupyterlab",
+        home,
+        root_dir,
+        env,
+        "--LabApp.expose_app_in_browser=True",  # lets a test run lab commands
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        timeout=120,
+    ) as server:
         yield server
-    finally:
-        server.http.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Debian chromium (never `playwright install`)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def open_lab(browser: Any, server: Server, path: str = "") -> Any:

@@ -20,8 +20,8 @@ import pytest
 from conftest import CLI
 from helpers_agent import start_agent
 from helpers_hook import HookServer, hook_site, wait_for_build, write_env
+from support.browser import ARTIFACTS, CHROMIUM, chromium
 from support.sites import node_config
-from test_hook_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -50,7 +50,7 @@ def wait_rollout(client: Any, build: int, predicate: Any, what: str, timeout: fl
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     config = hook_site(tmp_path, channel=offline_channel)
     write_env(tmp_path / "manifests", "base", DEPS, display_name="NSLS-II base", smoke=["six"])
@@ -72,10 +72,7 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
         home = client.get("/").text
         assert 'data-serving=""' in home and "not on every live node yet" in home
 
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-            )
+        with chromium() as browser:
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.goto(f"{hook.url}/builds/{build}")
@@ -125,7 +122,6 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
                 assert page.evaluate("window.loadedOnce") is True  # updated in place
                 page.screenshot(path=str(ARTIFACTS / "hook-rollout-done.png"), full_page=True)
             finally:
-                browser.close()
                 for agent in agents:
                     if agent.poll() is None:
                         agent.terminate()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers_agent import commit_fake, write_site
 from helpers_jupyter import jupyter_server
-from test_hook_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from support.browser import ARTIFACTS, CHROMIUM, chromium
 
 from nsls2_artifacts.agent import logos
 from nsls2_artifacts.agent.log import setup_logging
@@ -30,8 +30,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_stock_launcher_shows_logos_and_dated_names(tmp_path: Path) -> None:
     pytest.importorskip("jupyterlab")
-    from playwright.sync_api import sync_playwright
-
     _, cfg = write_site(tmp_path / "site")
     own = KernelExtras(
         logo_format="png", logo_base64=base64.b64encode(logos.default_png("zz")).decode()
@@ -48,28 +46,22 @@ def test_stock_launcher_shows_logos_and_dated_names(tmp_path: Path) -> None:
         specs = server.ok("GET", "/api/kernelspecs")["kernelspecs"]
         for name in ("nsls2-base-latest", "nsls2-base-2026-1", "nsls2-other-latest"):
             assert set(specs[name]["resources"]) >= {"logo-svg", "logo-64x64"}, specs[name]
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"{server.url}/lab?token={server.token}")
-                title = f"NSLS-II base (latest, Python 3.11, {latest.created[:10]})"
-                card = page.locator(".jp-LauncherCard", has_text=title).first
-                card.wait_for(timeout=120_000)
-                page.screenshot(path=str(ARTIFACTS / "kernels-launcher.png"))
-                for name in ("nsls2-base-latest", "nsls2-base-2026-1", "nsls2-other-latest"):
-                    image = page.locator(f'.jp-LauncherCard img[src*="/kernelspecs/{name}/"]')
-                    image.first.wait_for(timeout=30_000)
-                    src = image.first.get_attribute("src")
-                    assert src and "logo-svg.svg" in src, src
-                    # the browser really loaded and decoded it
-                    assert image.first.evaluate("img => img.complete && img.naturalWidth > 0")
-                lts_card = page.locator(".jp-LauncherCard", has_text="NSLS-II base 2026-1 (")
-                assert lts_card.count() >= 1
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.url}/lab?token={server.token}")
+            title = f"NSLS-II base (latest, Python 3.11, {latest.created[:10]})"
+            card = page.locator(".jp-LauncherCard", has_text=title).first
+            card.wait_for(timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "kernels-launcher.png"))
+            for name in ("nsls2-base-latest", "nsls2-base-2026-1", "nsls2-other-latest"):
+                image = page.locator(f'.jp-LauncherCard img[src*="/kernelspecs/{name}/"]')
+                image.first.wait_for(timeout=30_000)
+                src = image.first.get_attribute("src")
+                assert src and "logo-svg.svg" in src, src
+                # the browser really loaded and decoded it
+                assert image.first.evaluate("img => img.complete && img.naturalWidth > 0")
+            lts_card = page.locator(".jp-LauncherCard", has_text="NSLS-II base 2026-1 (")
+            assert lts_card.count() >= 1
         served = server.api("GET", "/kernelspecs/nsls2-other-latest/logo-svg.svg")
         written = jupyter_path / "kernels" / "nsls2-other-latest" / "logo-svg.svg"
         assert served.status_code == 200 and served.content == written.read_bytes()
