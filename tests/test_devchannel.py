@@ -58,11 +58,13 @@ SMALL = (["packaging"], ["six==1.16.0"])  # a channel quick to build: python + 2
 BUILDER = """
 import json, sys, time
 from pathlib import Path
+from nsls2_artifacts.cli import exit_process
 from nsls2_artifacts.devchannel import build_channel
 dest, cache, go = sys.argv[1:4]
 while not Path(go).exists():  # start together with the other builder
     time.sleep(0.01)
 build_channel(dest, json.loads(sys.argv[4]), json.loads(sys.argv[5]), cache_dir=cache)
+exit_process(0)  # as the CLI ends: no finalization racing py-rattler's threads
 """
 
 

@@ -6,6 +6,11 @@ the work itself lives in the stage modules (publish, store, agent, prune, hook).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+
 import typer
 
 from . import agent_cmd, build_cmd, dev_cmd, hook_cmd, notebook_cmd, prune_cmd, store_cmd
@@ -22,4 +27,24 @@ for module in (build_cmd, store_cmd, agent_cmd, prune_cmd, hook_cmd, dev_cmd, no
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        exit_process(done.code)
+    exit_process(0)
+
+
+def exit_process(code: int | str | None) -> None:
+    """Leave without interpreter finalization. py-rattler's runtime threads can still call
+    into Python while the interpreter finalizes and abort it (SIGABRT, "PyGILState_Release
+    ... finalizing") after the work is done and printed, turning a good publish or
+    dev-channel into exit -6. Everything a command writes is committed before it returns,
+    so only the streams and log handlers need flushing."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to add
+            stream.flush()
+    os._exit(code or 0)
