@@ -133,6 +133,17 @@ class ArtifactInfo:
 
 
 @dataclass(frozen=True)
+class IndexInfo:
+    """`index` in manifest.json: the build's content index file (contentindex.py), with
+    what it must hash to. Absent in builds from before the index: the agent deploys those
+    in full and the next publish packs in full."""
+
+    file: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class LockInfo:
     file: str
     sha256: str
@@ -199,6 +210,7 @@ class BuildManifest:
     builder: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     kernel: KernelExtras = field(default_factory=KernelExtras)  # optional in older manifests
+    index: IndexInfo | None = None  # optional: builds from before the content index
     schema: int = MANIFEST_SCHEMA
 
     @property
@@ -214,7 +226,17 @@ class BuildManifest:
         data["smoke"] = list(self.smoke)
         data["packages"] = [asdict(p) for p in self.packages]
         data["kernel"] = self.kernel.to_dict()
+        if self.index is None:
+            del data["index"]
         return data
+
+    def files(self) -> list[str]:
+        """The build's files in the store besides manifest.json (what a backend stores,
+        verifies and deletes): the artifact, the lock and, when there is one, the index."""
+        names = [self.artifact.file, self.lock.file]
+        if self.index is not None:
+            names.append(self.index.file)
+        return names
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildManifest:
@@ -258,7 +280,20 @@ class BuildManifest:
             kernel=KernelExtras.from_dict(_require(data, record, "kernel", dict))
             if "kernel" in data
             else KernelExtras(),
+            index=_index_info(data["index"]) if data.get("index") is not None else None,
         )
+
+
+def _index_info(index: Any) -> IndexInfo:
+    record = "manifest.json index"
+    size = _require(index, record, "size", int)
+    if size < 0:
+        raise RecordError(record, "size", f"{size} is not a size")
+    return IndexInfo(
+        file=_plain_file_name(index, record, "file"),
+        sha256=_require(index, record, "sha256", str),
+        size=size,
+    )
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def show(
             f"{m.artifact.file}  {m.artifact.size / 1e6:.1f} MB  sha256 {m.artifact.sha256}",
         ),
         ("lock", f"{m.lock.file}  sha256 {m.lock.sha256}"),
+        ("index", f"{m.index.file}  sha256 {m.index.sha256}" if m.index else "- (full deploys)"),
         ("LTS", ", ".join(labels) or "-"),
         ("smoke", ", ".join(m.smoke)),
         ("builder", json.dumps(m.builder, sort_keys=True)),

@@ -3,6 +3,7 @@
 Layout:
     STORE/ENV/BUILD_ID/env.tar.zst     conda-pack archive
     STORE/ENV/BUILD_ID/pixi.lock       the lock the env was installed from
+    STORE/ENV/BUILD_ID/index.json.zst  the content index (contentindex.py; newer builds)
     STORE/ENV/BUILD_ID/manifest.json   written LAST: its presence commits the build
     STORE/ENV/lts/LABEL.json           {"build_id": ..., "promoted": ...}
     STORE/ENV/.staging-BUILD_ID-PID/   a publish in progress (invisible to readers)
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from ..contentindex import MAX_COMPRESSED, ContentIndex
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import (
     LockBusy,
@@ -48,6 +50,7 @@ from .interface import (
     VerifiedReader,
     check_node_name,
     check_stream,
+    parse_index,
     read_chunks,
 )
 
@@ -281,9 +284,27 @@ class FilesystemStore:
         ]
         if lock:
             files.append(("lock", manifest.lock.file, None, manifest.lock.sha256))
+        if manifest.index is not None:
+            index = manifest.index
+            files.append(("index", index.file, index.size, index.sha256))
         for label, name, size, sha256 in files:
             with self._open(manifest, name, label) as handle:
                 _check_handle(handle, f"{label} {name}", size, sha256)
+
+    def read_index(self, manifest: BuildManifest) -> ContentIndex | None:
+        if manifest.index is None:
+            return None
+        with self._open(manifest, manifest.index.file, "index") as handle:
+            blob = handle.read(MAX_COMPRESSED + 1)
+        return parse_index(blob, manifest)
+
+    @contextlib.contextmanager
+    def open_artifact_range(
+        self, manifest: BuildManifest, offset: int, length: int
+    ) -> Iterator[IO[bytes]]:
+        with self._open(manifest, manifest.artifact.file, "artifact") as handle:
+            handle.seek(offset)
+            yield _Window(handle, length)  # type: ignore[misc]
 
     # -- writing (build host only) ---------------------------------------------------------
 
@@ -339,7 +360,7 @@ class FilesystemStore:
     ) -> None:
         """Move a staged build into place; manifest.json is written last and atomically."""
         with _write_errors(staging):
-            for name in (manifest.artifact.file, manifest.lock.file):
+            for name in manifest.files():
                 with open(staging / name, "rb") as handle:
                     os.fsync(handle.fileno())
             final = self.root / manifest.name / manifest.build_id
@@ -397,6 +418,19 @@ class FilesystemStore:
                 continue
             reports.append(StoredNodeReport(node, data, written))
         return reports
+
+
+class _Window:
+    """At most `length` bytes of an open file, from where it is positioned."""
+
+    def __init__(self, handle: IO[bytes], length: int) -> None:
+        self._handle, self._left = handle, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._handle.read(size)
+        self._left -= len(data)
+        return data
 
 
 def _check_handle(handle: IO[bytes], what: str, size: int | None, sha256: str) -> None:

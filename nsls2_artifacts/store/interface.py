@@ -17,8 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ..contentindex import ContentIndex, read_index
 from ..errors import StoreError
-from ..records import BuildManifest, LtsRecord
+from ..records import BuildManifest, LtsRecord, RecordError
 
 MANIFEST = "manifest.json"
 HASH_CHUNK = 1 << 20
@@ -171,8 +172,22 @@ class Store(Protocol):
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...
     def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
-        """Size and sha256 of the artifact (and the lock) against the manifest; raises
-        ArtifactMismatchError naming the file."""
+        """Size and sha256 of the artifact (and the lock and the content index, if any)
+        against the manifest; raises ArtifactMismatchError naming the file."""
+        ...
+
+    def read_index(self, manifest: BuildManifest) -> ContentIndex | None:
+        """The build's content index (`index.json.zst`), checked against the manifest's
+        size and sha256 and parsed with its limits; None for a build without one (made
+        before the index existed). ArtifactMismatchError when it is missing, differs or
+        does not parse (a property of the stored build)."""
+        ...
+
+    def open_artifact_range(
+        self, manifest: BuildManifest, offset: int, length: int
+    ) -> AbstractContextManager[IO[bytes]]:
+        """`length` bytes of the committed artifact from `offset`, UNVERIFIED: for the
+        incremental pack, which checks every frame it reuses against its key."""
         ...
 
     # -- writing (build host only) -----------------------------------------------------------
@@ -224,6 +239,15 @@ def check_stream(chunks: Iterator[bytes], name: str, size: int | None, sha256: s
         raise ArtifactMismatchError(
             f"{name}: sha256 mismatch ({digest.hexdigest()}, manifest says {sha256})"
         )
+
+
+def parse_index(blob: bytes, manifest: BuildManifest) -> ContentIndex:
+    """A stored index's bytes checked against `manifest.index` and parsed (both backends)."""
+    assert manifest.index is not None
+    try:
+        return read_index(blob, manifest.index)
+    except RecordError as exc:
+        raise ArtifactMismatchError(f"{manifest.name}/{manifest.build_id}: {exc}") from None
 
 
 def read_chunks(handle: IO[bytes]) -> Iterator[bytes]:

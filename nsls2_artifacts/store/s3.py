@@ -3,6 +3,7 @@ s3://BUCKET/PREFIX`. Built by `open_store`; nothing outside this package knows i
 
 Keys (under PREFIX):
     ENV/BUILD_ID/env.tar.zst, ENV/BUILD_ID/pixi.lock   uploaded first
+    ENV/BUILD_ID/index.json.zst                        the build's content index (if any)
     ENV/BUILD_ID/manifest.json                         uploaded LAST: it commits the build
     ENV/lts/LABEL.json                                 an LTS record
     ENV/.publish.lock                                  one publish per env at a time
@@ -25,6 +26,7 @@ file, instance role). Errors name the setting to fix.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -37,9 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..config import StoreOptions
+from ..contentindex import MAX_COMPRESSED, ContentIndex
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import pid_alive
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isoformat, utcnow
@@ -56,6 +59,7 @@ from .interface import (
     StoredNodeReport,
     check_node_name,
     check_stream,
+    parse_index,
 )
 
 INDEX = "index.json"
@@ -475,19 +479,59 @@ class S3Store:
     def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
         with self.open_artifact(manifest) as reader:
             reader.finish()
-        if lock:
-            key = self._key(manifest, manifest.lock.file)
+        files = [("lock", manifest.lock.file, None, manifest.lock.sha256)] if lock else []
+        if manifest.index is not None:
+            index = manifest.index
+            files.append(("index", index.file, index.size, index.sha256))
+        for label, name, size, sha256 in files:
+            key = self._key(manifest, name)
             response, code = self._raw("get_object", Key=key)
             if response is None:
-                raise ArtifactMismatchError(f"lock {self.url}/{key}: missing ({code})")
+                raise ArtifactMismatchError(f"{label} {self.url}/{key}: missing ({code})")
             body = _Body(response["Body"], self, key)
             with contextlib.closing(body):
                 check_stream(
-                    iter(lambda: body.read(READ_CHUNK), b""),
-                    f"lock {manifest.lock.file}",
-                    None,
-                    manifest.lock.sha256,
+                    iter(lambda body=body: body.read(READ_CHUNK), b""),
+                    f"{label} {name}",
+                    size,
+                    sha256,
                 )
+
+    def read_index(self, manifest: BuildManifest) -> ContentIndex | None:
+        if manifest.index is None:
+            return None
+        key = self._key(manifest, manifest.index.file)
+        response, code = self._raw("get_object", Key=key)
+        if response is None:
+            raise ArtifactMismatchError(f"index {self.url}/{key}: missing ({code})")
+        body = _Body(response["Body"], self, key)
+        with contextlib.closing(body):
+            if int(response["ContentLength"]) > MAX_COMPRESSED:
+                raise ArtifactMismatchError(
+                    f"index {self.url}/{key}: {response['ContentLength']} bytes "
+                    f"(limit {MAX_COMPRESSED})"
+                )
+            blob = body.read()
+        return parse_index(blob, manifest)
+
+    @contextlib.contextmanager
+    def open_artifact_range(
+        self, manifest: BuildManifest, offset: int, length: int
+    ) -> Iterator[IO[bytes]]:
+        """One ranged GET (the incremental pack coalesces neighbouring frames)."""
+        key = self._key(manifest, manifest.artifact.file)
+        if length <= 0:
+            yield io.BytesIO(b"")
+            return
+        end = offset + length - 1
+        response, code = self._raw("get_object", Key=key, Range=f"bytes={offset}-{end}")
+        if response is None:
+            raise ArtifactMismatchError(f"artifact {self.url}/{key}: missing ({code})")
+        body = _Body(response["Body"], self, key)
+        try:
+            yield body  # type: ignore[misc]
+        finally:
+            body.close()
 
     # -- writing (build host only) ------------------------------------------------------------
 
@@ -609,7 +653,7 @@ class S3Store:
     def commit_build(
         self, staging: Path, manifest: BuildManifest, progress: Progress | None = None
     ) -> None:
-        """Upload the artifact (multipart, parallel), the lock, then manifest.json last,
+        """Upload the artifact (multipart, parallel), the lock, the index, then manifest.json last,
         each with If-None-Match: *; then bump the index."""
         base = f"{manifest.name}/{manifest.build_id}"
         if f"{base}/{MANIFEST}" in self._fresh().objects:
@@ -618,6 +662,8 @@ class S3Store:
         self._put_once(
             f"{base}/{manifest.lock.file}", (staging / manifest.lock.file).read_bytes(), "lock"
         )
+        if manifest.index is not None:  # before the manifest, like every file of the build
+            self.upload(staging / manifest.index.file, f"{base}/{manifest.index.file}")
         body = (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         self._put_once(f"{base}/{MANIFEST}", body, "manifest")
         shutil.rmtree(staging, ignore_errors=True)
