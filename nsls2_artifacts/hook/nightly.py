@@ -144,6 +144,18 @@ def enqueue_nightly(site: SiteConfig, queue: BuildQueue) -> list[int]:
     return ids
 
 
+def _fire(
+    site: SiteConfig, schedule: Schedule, queue: BuildQueue, now: Callable[[], datetime]
+) -> list[int]:
+    """Queue tonight's builds and record when that was and when the next night is (one
+    thread hop, so the page never shows tonight as "next" once the builds are queued)."""
+    ids = enqueue_nightly(site, queue)
+    fired = now()
+    queue.set_meta("nightly_last", fired.isoformat(timespec="seconds"))
+    queue.set_meta("nightly_next", schedule.next_after(fired).isoformat(timespec="minutes"))
+    return ids
+
+
 async def run_nightly(
     site: SiteConfig,
     schedule: Schedule,
@@ -156,15 +168,14 @@ async def run_nightly(
     `now` and `sleep` are the clock (tests inject one that needs no real waiting)."""
     while True:
         due = schedule.next_after(now())
-        queue.set_meta("nightly_next", due.isoformat(timespec="minutes"))
+        await asyncio.to_thread(queue.set_meta, "nightly_next", due.isoformat(timespec="minutes"))
         # Sleep in short steps so a changed wall clock (suspend, NTP step) is noticed.
         while (remaining := (due - now()).total_seconds()) > 0:
             await sleep(min(remaining, 30))
         try:
-            ids = await asyncio.to_thread(enqueue_nightly, site, queue)
-            queue.set_meta("nightly_last", now().isoformat(timespec="seconds"))
+            ids = await asyncio.to_thread(_fire, site, schedule, queue, now)
         except Exception:  # noqa: BLE001 - one bad night must not end the schedule
             log.exception("nightly schedule %r could not queue builds", schedule.text)
             continue
-        log.info("nightly schedule %r queued builds %s", schedule.text, ids)
+        log.info("nightly schedule %r queued build requests %s", schedule.text, ids)
         wake()

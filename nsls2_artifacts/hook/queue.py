@@ -77,7 +77,10 @@ def _iso(stamp: float | None) -> str:
 
 @dataclass(frozen=True)
 class BuildRequest:
-    """One row of the queue/history: a build the hook ran, runs, or will run."""
+    """One row of the queue/history: a build the hook ran, runs, or will run.
+
+    `id` is the *request* id (the queue's own integer, /builds/ID); `build_id` is the
+    store build id the publish made (`2026.11.25T0200Z-1a2b3c4d`), once it made one."""
 
     id: int
     env: str
@@ -124,7 +127,8 @@ class BuildRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "request_id": self.id,
+            "id": self.id,  # the same request id under its older name (scripts use it)
             "env": self.env,
             "state": self.state,
             "label": self.label,
@@ -194,18 +198,18 @@ class BuildQueue:
             ).fetchone()
             if row is not None:
                 db.execute("UPDATE builds SET requests = requests + 1 WHERE id = ?", (row["id"],))
-                build_id, joined = row["id"], True
+                request_id, joined = row["id"], True
             else:
                 cursor = db.execute(
                     "INSERT INTO builds (env, state, source, requested_by, created)"
                     " VALUES (?, 'queued', ?, ?, ?)",
                     (env, source, requested_by, time.time()),
                 )
-                build_id, joined = cursor.lastrowid, False
-        return self.get(build_id), joined
+                request_id, joined = cursor.lastrowid, False
+        return self.get(request_id), joined
 
-    def get(self, build_id: int) -> BuildRequest | None:
-        rows = self._rows("SELECT * FROM builds WHERE id = ?", (build_id,))
+    def get(self, request_id: int) -> BuildRequest | None:
+        rows = self._rows("SELECT * FROM builds WHERE id = ?", (request_id,))
         return rows[0] if rows else None
 
     def active(self) -> list[BuildRequest]:
@@ -262,20 +266,20 @@ class BuildQueue:
                 )
             ]
             now = time.time()
-            for build_id in ids:
+            for request_id in ids:
                 db.execute(
                     "UPDATE builds SET state = 'running', started = ? WHERE id = ?",
-                    (now, build_id),
+                    (now, request_id),
                 )
-        return [record for build_id in ids if (record := self.get(build_id))]
+        return [record for request_id in ids if (record := self.get(request_id))]
 
-    def set_pid(self, build_id: int, pid: int) -> None:
+    def set_pid(self, request_id: int, pid: int) -> None:
         with self._tx() as db:
-            db.execute("UPDATE builds SET pid = ? WHERE id = ?", (pid, build_id))
+            db.execute("UPDATE builds SET pid = ? WHERE id = ?", (pid, request_id))
 
     def finish(
         self,
-        build_id: int,
+        request_id: int,
         state: str,
         *,
         reason: str = "",
@@ -290,9 +294,9 @@ class BuildQueue:
             db.execute(
                 "UPDATE builds SET state = ?, finished = ?, reason = ?, build_id = ?, size = ?,"
                 " seconds = ? WHERE id = ? AND state = 'running'",
-                (state, time.time(), reason, published, size, seconds, build_id),
+                (state, time.time(), reason, published, size, seconds, request_id),
             )
-        return self.get(build_id)
+        return self.get(request_id)
 
     def forget_finished_before(self, cutoff: float) -> list[int]:
         """Delete finished requests that ended before `cutoff` (epoch seconds), except each
@@ -308,26 +312,26 @@ class BuildQueue:
             db.executemany("DELETE FROM builds WHERE id = ?", [(i,) for i in ids])
         return ids
 
-    def cancel_queued(self, build_id: int, reason: str) -> bool:
+    def cancel_queued(self, request_id: int, reason: str) -> bool:
         """Cancel a build that has not started; False if it already started or ended."""
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE builds SET state = 'cancelled', finished = ?, reason = ?"
                 " WHERE id = ? AND state = 'queued'",
-                (time.time(), reason, build_id),
+                (time.time(), reason, request_id),
             )
             return cursor.rowcount == 1
 
     def running(self) -> list[BuildRequest]:
         return self._rows("SELECT * FROM builds WHERE state = 'running' ORDER BY id")
 
-    def fail_running(self, build_id: int, reason: str) -> None:
+    def fail_running(self, request_id: int, reason: str) -> None:
         """Startup recovery: a build the previous hook process left running."""
         with self._tx() as db:
             db.execute(
                 "UPDATE builds SET state = 'failed', finished = ?, reason = ?"
                 " WHERE id = ? AND state = 'running'",
-                (time.time(), reason, build_id),
+                (time.time(), reason, request_id),
             )
 
     # -- pause and metrics -----------------------------------------------------------------

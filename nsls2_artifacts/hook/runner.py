@@ -133,8 +133,8 @@ class Runner:
         self._cancelled: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def log_path(self, build: int) -> Path:
-        return self.log_dir / f"{build}.log"
+    def log_path(self, request_id: int) -> Path:
+        return self.log_dir / f"{request_id}.log"
 
     def wake(self) -> None:
         self._wake.set()
@@ -146,9 +146,9 @@ class Runner:
         if days <= 0:
             return []
         forgotten = self.queue.forget_finished_before(time.time() - days * 86400)
-        for build in forgotten:
+        for request_id in forgotten:
             with contextlib.suppress(FileNotFoundError):
-                self.log_path(build).unlink()
+                self.log_path(request_id).unlink()
         if forgotten:
             log.info("forgot %d build requests older than %g days", len(forgotten), days)
         return forgotten
@@ -217,9 +217,7 @@ class Runner:
         proc: asyncio.subprocess.Process | None = None
         try:
             with open(path, "ab", buffering=0) as logfile:
-                logfile.write(
-                    f"[hook] build #{record.id} of {record.env}: {' '.join(argv[3:])}\n".encode()
-                )
+                logfile.write(f"[hook] request #{record.id}: {' '.join(argv[3:])}\n".encode())
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -236,7 +234,7 @@ class Runner:
         except OSError as exc:
             state, fields = FAILED, {"reason": f"could not start publish: {exc}"}
         except Exception as exc:  # noqa: BLE001 - record it; never leave a build 'running'
-            log.exception("build #%s: the hook failed while running it", record.id)
+            log.exception("request #%s: the hook failed while running its build", record.id)
             if proc is not None and proc.returncode is None:
                 await self._stop(proc)
             state, fields = FAILED, {"reason": f"hook error while running the build: {exc!r}"}
@@ -306,15 +304,15 @@ class Runner:
 
     # -- actions ---------------------------------------------------------------------------
 
-    async def cancel(self, build: int, who: str) -> bool:
-        """Cancel a queued or running build; False if it has already ended."""
+    async def cancel(self, request_id: int, who: str) -> bool:
+        """Cancel a queued or running build request; False if it has already ended."""
         reason = f"cancelled by {who}"
-        if await asyncio.to_thread(self.queue.cancel_queued, build, reason):
+        if await asyncio.to_thread(self.queue.cancel_queued, request_id, reason):
             return True
-        proc = self._procs.get(build)
+        proc = self._procs.get(request_id)
         if proc is None:
             return False
-        self._cancelled[build] = reason
+        self._cancelled[request_id] = reason
         await self._stop(proc)
         return True
 
