@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .names import node_name_problem
 
 CONFIG_ENV = "NSLS2_ARTIFACTS_CONFIG"
 
@@ -275,7 +276,7 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
         deploy_root=reader.path(data, "deploy_root", "./var/deploy"),
         channel_mirrors=reader.mirrors(data.get("channel_mirrors") or {}),
         retention=reader.section(data, "retention", RetentionPolicy),
-        agent=reader.section(data, "agent", AgentSettings),
+        agent=reader.agent(data),
         beamlines=reader.beamlines(data.get("beamlines") or {}),
         hook=reader.hook(data.get("hook") or {}),
         kernels=reader.kernels(data.get("kernels") or {}),
@@ -392,6 +393,13 @@ class _Reader:
                 raise self.fail(f"{key}.{name}", f"expected {expected.__name__}, got {value!r}")
             values[name] = value
         return kind(**values)
+
+    def agent(self, data: dict[str, Any]) -> AgentSettings:
+        settings = self.section(data, "agent", AgentSettings)
+        # checked here, once, so a bad name stops the agent at start and not mid-pass
+        if problem := node_name_problem(settings.node):
+            raise self.fail("agent.node", problem)
+        return settings
 
     def beamlines(self, data: Any) -> dict[str, Beamline]:
         if not isinstance(data, dict):

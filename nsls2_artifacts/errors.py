@@ -13,6 +13,32 @@ class ArtifactsError(Exception):
     """Base class for every error this project raises on purpose."""
 
 
+class RecordError(ArtifactsError, ValueError):
+    """A serialised record is missing a field or has one of the wrong type (`field` names
+    it), or is not a JSON object at all (`field` None). A ValueError too, for the callers
+    that treat any unparseable value alike."""
+
+    def __init__(self, record: str, field_name: str | None, message: str) -> None:
+        self.record = record
+        self.field = field_name
+        self.detail = message
+        where = f"field {field_name!r}: " if field_name is not None else ""
+        super().__init__(f"{record}: {where}{message}")
+
+    def at(self, path: str) -> RecordError:
+        """The same error, naming the file it came from."""
+        return RecordError(f"{path} ({self.record})", self.field, self.detail)
+
+
+class KernelNameError(ArtifactsError, ValueError):
+    """An environment name, LTS label or node name that cannot name a kernel or a file
+    (the message says why)."""
+
+
+class LockBusy(ArtifactsError):
+    """The lock is held by another process and we asked not to wait."""
+
+
 class ConfigError(ArtifactsError):
     """The site config is missing, unreadable or has a bad field."""
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import LockBusy
+
 
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -67,10 +69,6 @@ def atomic_symlink(target: str, link: str | Path) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     fsync_dir(link.parent)
-
-
-class LockBusy(Exception):
-    """The lock is held by another process and we asked not to wait."""
 
 
 @contextlib.contextmanager

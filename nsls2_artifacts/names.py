@@ -2,7 +2,9 @@
 
 `manifest.py` checks environment names, `publish.promote` / `publish --lts` and the hook's
 promote form check labels, and the agent (`agent/reconcile.py`) and `status` call
-`assign_kernel_names` before any kernelspec is written. No I/O here.
+`assign_kernel_names` before any kernelspec is written. Node names (`agent.node`) follow
+one rule too, `node_name_problem`, checked by the config and by every path made from one.
+No I/O here.
 
 The rules make `kernel_name` injective, so one kernel can never be mistaken for another:
 a kernel is `nsls2-ENV-latest` (the rolling kernel) or `nsls2-ENV-LABEL` (an LTS release),
@@ -17,6 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .errors import KernelNameError
+
 KERNEL_PREFIX = "nsls2-"
 LATEST = "latest"
 RESERVED_LABELS = frozenset({LATEST})
@@ -26,10 +30,9 @@ ENV_NAME_RULE = (
 LABEL_RULE = "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
 _ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class KernelNameError(ValueError):
-    """An environment name or label that cannot name a kernel (the message says why)."""
+NODE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+# a node name becomes a file name (state/nodes/NODE.json) and an object key (.nodes/NODE.json)
+_NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def env_name_problem(env: str) -> str | None:
@@ -46,6 +49,23 @@ def label_problem(label: str) -> str | None:
     if label in RESERVED_LABELS:
         return f"LTS label {label!r} is reserved: nsls2-ENV-{label} is the rolling kernel"
     return None
+
+
+def node_name_problem(node: str) -> str | None:
+    """Why `node` cannot name a node (its heartbeat file, its rollout report), or None.
+    The one rule: the site config checks `agent.node` with it when it is loaded, and the
+    deploy-root and store paths made from a node name refuse any other."""
+    if not isinstance(node, str) or not _NODE_NAME_RE.match(node):
+        return f"node name {node!r}: use {NODE_NAME_RULE}, at most 128"
+    return None
+
+
+def check_node_name(node: str) -> str:
+    """`node` itself, or KernelNameError saying why it cannot name a node."""
+    problem = node_name_problem(node)
+    if problem:
+        raise KernelNameError(problem)
+    return node
 
 
 def kernel_name(env: str, label: str | None = None) -> str:

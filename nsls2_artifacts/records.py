@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import RecordError
+
 MANIFEST_SCHEMA = 1
 
 _BUILD_ID_RE = re.compile(r"^(\d{4}\.\d{2}\.\d{2}T\d{6}Z)-([0-9a-f]{8})$")
@@ -47,22 +49,6 @@ def build_id_lock_prefix(build_id: str) -> str:
     if not match:
         raise ValueError(f"not a build id: {build_id!r}")
     return match.group(2)
-
-
-class RecordError(ValueError):
-    """A serialised record is missing a field or has one of the wrong type (`field` names
-    it), or is not a JSON object at all (`field` None)."""
-
-    def __init__(self, record: str, field_name: str | None, message: str) -> None:
-        self.record = record
-        self.field = field_name
-        self.detail = message
-        where = f"field {field_name!r}: " if field_name is not None else ""
-        super().__init__(f"{record}: {where}{message}")
-
-    def at(self, path: str) -> RecordError:
-        """The same error, naming the file it came from."""
-        return RecordError(f"{path} ({self.record})", self.field, self.detail)
 
 
 def _require(data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...]) -> Any:

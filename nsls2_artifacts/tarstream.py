@@ -29,6 +29,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from .errors import ArtifactsError
+
 BLOCK = 512
 MAX_PAX_BYTES = 1 << 20  # a pax header of a real archive holds a few long names: kB
 
@@ -42,7 +44,7 @@ _ZERO_IDS = b"0000000\0" * 2  # uid, gid as tarfile and our packer write them: 0
 _NO_DEVICE = (bytes(16), b"0000000\0" * 2)
 
 
-class TarStreamError(Exception):
+class TarStreamError(ArtifactsError):
     """The stream is not an archive this reader accepts; the message says why. Always a
     property of the archive bytes (the same on every read), never of the reader."""
 

@@ -199,6 +199,27 @@ def test_retired_record_when_an_lts_kernel_goes(tmp_path: Path) -> None:
     assert kernels.read_retired(cfg.deploy_root) == {}
 
 
+def test_an_unreadable_retired_record_is_never_overwritten(tmp_path: Path) -> None:
+    """retired.json that cannot be parsed keeps its bytes (an operator can recover the
+    records it holds); the LTS kernel still goes, and the agent says why nothing was
+    recorded."""
+    _, cfg = write_site(tmp_path / "site")
+    commit_fake(cfg, tag="one", hours=1, lts="2026-1")
+    commit_fake(cfg, tag="two", hours=2)
+    assert run(cfg).ok
+    path = kernels.retired_path(cfg.deploy_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    garbage = b'{"kernels": {"nsls2-demo-2025-1": {"env": "demo", "label": "2025-1"'  # cut off
+    path.write_bytes(garbage)
+    (cfg.store / "demo" / "lts" / "2026-1.json").unlink()
+    lines = io.StringIO()
+    assert run_pass(cfg, FilesystemStore(cfg.store), setup_logging(stream=lines)).ok
+    assert "nsls2-demo-2026-1" not in kernels.installed(cfg.deploy_root)
+    assert path.read_bytes() == garbage
+    assert kernels.read_retired(cfg.deploy_root) == {}  # readers see none, write nothing
+    assert "event=retired-unreadable kernel=nsls2-demo-2026-1" in lines.getvalue()
+
+
 def test_latest_kernel_restart_follows_flip_lts_stays(tmp_path: Path, jupyter_path) -> None:
     from jupyter_client.manager import KernelManager
 

@@ -92,6 +92,8 @@ BAD = [
     ("store_options: {addressing_style: sideways}\n", "store_options.addressing_style", "path"),
     ("store_options: {aws_secret_access_key: x}\n", "store_options.aws_secret_access_key", "AWS_"),
     ("store_options: {endpoint: x}\n", "store_options.endpoint", "unknown key"),
+    ("agent: {node: ../x}\n", "agent.node", "node name '../x'"),
+    ("agent: {node: 'a b'}\n", "agent.node", "letters, digits"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -25,8 +26,9 @@ from jupyter_client.kernelspec import KernelSpec
 
 from .. import names
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
-from ..records import utcnow
+from ..records import RecordError, utcnow
 from . import latest, layout, logos
+from .log import LOGGER_NAME, event
 from .logos import Logo
 
 MANAGED = "nsls2"  # metadata key marking the specs this module owns
@@ -294,19 +296,47 @@ def retired_path(deploy_root: Path) -> Path:
 
 
 def read_retired(deploy_root: Path) -> dict[str, dict[str, Any]]:
-    """`retired.json`'s kernels (name -> {env, label, build_id, display_name, retired})."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        found = json.loads(retired_path(deploy_root).read_text()).get("kernels")
-        if isinstance(found, dict):
-            return found
+    """`retired.json`'s kernels (name -> {env, label, build_id, display_name, retired});
+    none when the file is absent or unreadable (for readers: nothing is written)."""
+    with contextlib.suppress(RecordError, OSError):
+        return _retired_for_update(deploy_root)
     return {}
+
+
+def _retired_for_update(deploy_root: Path) -> dict[str, dict[str, Any]]:
+    """`retired.json`'s kernels, to be changed and written back: {} only when there is no
+    file. RecordError (naming the file) when it cannot be parsed, so that nobody writes
+    `{}` plus one entry over the records it still holds for an operator to recover."""
+    path = retired_path(deploy_root)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise RecordError(str(path), None, f"not JSON ({exc})") from None
+    found = data.get("kernels") if isinstance(data, dict) else None
+    if not isinstance(found, dict):
+        raise RecordError(str(path), "kernels", "expected an object of kernel name -> record")
+    return found
+
+
+def _warn_unreadable(kernel: str, exc: RecordError) -> None:
+    log = logging.getLogger(LOGGER_NAME)  # the agent's logger (its CLI sets it up)
+    event(log, "retired-unreadable", logging.WARNING, kernel=kernel, error=str(exc))
 
 
 def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: datetime) -> None:
     info = data.get("metadata", {}).get(MANAGED)
     if not isinstance(info, dict) or info.get("channel") != "lts":
         return
-    retired = read_retired(deploy_root)
+    try:
+        retired = _retired_for_update(deploy_root)
+    except RecordError as exc:
+        # the kernel still goes (its build is being retired); the unreadable file stays
+        # as it is for an operator, and notebooks naming this kernel get the plain
+        # "missing kernel" dialog instead of the retired one
+        _warn_unreadable(name, exc)
+        return
     retired[name] = {
         "env": info.get("env"),
         "label": info.get("label"),
@@ -318,7 +348,11 @@ def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: da
 
 
 def forget_retired(deploy_root: Path, name: str) -> None:
-    retired = read_retired(deploy_root)
+    try:
+        retired = _retired_for_update(deploy_root)
+    except RecordError as exc:
+        _warn_unreadable(name, exc)
+        return
     if retired.pop(name, None) is not None:
         atomic_write_json(retired_path(deploy_root), {"kernels": retired})
 

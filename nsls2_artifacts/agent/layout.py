@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 
 from ..errors import PruneError
 from ..fsutil import read_json
+from ..names import node_name_problem
 from ..records import ReadyRecord, RecordError, is_build_id, parse_time
 
 AGENT_DIR = ".nsls2"  # inside each build: the agent's records, never from the archive
@@ -26,7 +26,6 @@ LATEST = "latest"
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"
 PAUSE_FILE_ENV = "NSLS2_TEST_PAUSE_FILE"
 T = TypeVar("T")
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def envs_dir(deploy_root: str | Path) -> Path:
@@ -147,15 +146,15 @@ def retired_nodes_dir(deploy_root: str | Path) -> Path:
 
 
 def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
-    if not _NODE_RE.match(node):
-        raise PruneError(f"node name {node!r} cannot be a file name in {nodes_dir(deploy_root)}")
+    if problem := node_name_problem(node):
+        raise PruneError(f"{problem} (it names a file in {nodes_dir(deploy_root)})")
     return nodes_dir(deploy_root) / f"{node}.json"
 
 
 def node_check_path(deploy_root: str | Path, node: str, env: str, build_id: str) -> Path:
     """Whether ENV/BUILD_ID imports on NODE (agent/nodecheck.py), one record per node."""
-    if not _NODE_RE.match(node):
-        raise PruneError(f"node name {node!r} cannot be a file name in {state_dir(deploy_root)}")
+    if problem := node_name_problem(node):
+        raise PruneError(f"{problem} (it names a directory in {state_dir(deploy_root)})")
     return state_dir(deploy_root) / "nodecheck" / node / env / f"{build_id}.json"
 
 

@@ -9,7 +9,6 @@ these methods. Listings raise StoreError when the store is unreachable.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import IO, Any, Protocol
 
 from ..contentindex import ContentIndex, read_index
 from ..errors import StoreError
+from ..names import node_name_problem
 from ..records import BuildManifest, LtsRecord, RecordError
 
 MANIFEST = "manifest.json"
@@ -55,7 +55,6 @@ class ArtifactStamp:
 MISSING = ArtifactStamp(-1, -1)
 
 NODE_REPORT_LIMIT = 1 << 20  # a report is a few kB; anything near this is a bug, refused
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,8 @@ class StoredNodeReport:
 
 def check_node_name(node: str) -> str:
     """A node name usable as a file or object name in every backend; StoreError if not."""
-    if not _NODE_RE.match(node):
-        raise StoreError(f"node name {node!r} cannot name a rollout report in the store")
+    if problem := node_name_problem(node):
+        raise StoreError(f"{problem} (it names a rollout report in the store)")
     return node
 
 

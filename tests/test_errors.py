@@ -1,0 +1,60 @@
+"""Every error the project raises on purpose derives from `ArtifactsError`, so the CLI
+prints it as one line (file and field) and exits 1 instead of printing a traceback."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import nsls2_artifacts
+from nsls2_artifacts.cli.common import reported_errors
+from nsls2_artifacts.errors import ArtifactsError, KernelNameError, LockBusy, RecordError
+from nsls2_artifacts.names import check_node_name, kernel_name
+
+
+def _project_modules() -> list[str]:
+    found = []
+    for info in pkgutil.walk_packages(nsls2_artifacts.__path__, "nsls2_artifacts."):
+        if ".labextension" in info.name or info.name.endswith("__main__"):
+            continue
+        found.append(info.name)
+    return found
+
+
+def test_every_public_exception_class_derives_from_the_one_base() -> None:
+    strays = []
+    for name in _project_modules():
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if not (inspect.isclass(value) and issubclass(value, BaseException)):
+                continue
+            if value.__module__ != name or attr.startswith("_"):
+                continue  # imported from elsewhere, or private control flow (procscan)
+            if not issubclass(value, ArtifactsError):
+                strays.append(f"{name}.{attr}")
+    assert strays == []
+
+
+@pytest.mark.parametrize(
+    "raiser",
+    [
+        lambda: kernel_name("Bad-Env"),
+        lambda: check_node_name("../etc"),
+        lambda: (_ for _ in ()).throw(RecordError("x.json", "build_id", "missing")),
+        lambda: (_ for _ in ()).throw(LockBusy("/shared/state/locks/apply.lock")),
+    ],
+    ids=["kernel-name", "node-name", "record", "lock-busy"],
+)
+def test_cli_reports_them_in_one_line_and_exit_1(raiser, capsys) -> None:
+    with pytest.raises(SystemExit) as done, reported_errors():
+        raiser()
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_the_old_value_error_catchers_still_catch_them() -> None:
+    assert issubclass(RecordError, ValueError) and issubclass(KernelNameError, ValueError)
