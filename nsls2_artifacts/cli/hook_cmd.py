@@ -44,7 +44,10 @@ def _serve(settings: Any, listen: str | None, log_level: str) -> None:
     import uvicorn
 
     from ..hook.app import create_app
+    from ..hook.auth import keep_memory_private
 
+    # Before the session key exists: builds run as this user and must not read it.
+    keep_memory_private()
     with reported_errors():
         app = create_app(settings)
     address = listen or settings.hook.listen

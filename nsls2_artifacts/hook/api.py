@@ -27,20 +27,22 @@ StaffEndpoint = Callable[[Request, Hook, str], Awaitable[Response]]
 
 
 def _authenticate(hook: Hook, request: Request) -> tuple[str | None, Response | None]:
-    """(who, None) for a configured bearer token, else (None, the 401/403/429 answer)."""
-    address = client_address(request)
-    if wait := hook.limiter.retry_after(address):
+    """(who, None) for a configured bearer token, else (None, the 401/403/429 answer).
+
+    The token is checked first: a valid one is never refused, however many wrong ones
+    came from the same address (everyone behind a proxy or NAT shares it); only wrong
+    tokens count, and past the limit they get 429 instead of 403."""
+    status, match = hook.auth.bearer(request.headers.get("authorization"))
+    if status == 401:
+        return None, json_error(401, "missing bearer token (Authorization: Bearer TOKEN)")
+    if status == 200 and match is not None:
+        return hook.auth.who(match), None
+    if wait := hook.limiter.wrong_token(client_address(request)):
         seconds = int(wait) + 1
         response = json_error(429, f"too many wrong tokens; try again in {seconds} s")
         response.headers["Retry-After"] = str(seconds)
         return None, response
-    status, match = hook.auth.bearer(request.headers.get("authorization"))
-    if status == 401:
-        return None, json_error(401, "missing bearer token (Authorization: Bearer TOKEN)")
-    if status == 403 or match is None:
-        hook.limiter.failed(address)
-        return None, json_error(403, "token not accepted")
-    return hook.auth.who(match), None
+    return None, json_error(403, "token not accepted")
 
 
 def staff_api(endpoint: StaffEndpoint) -> Callable[[Request], Awaitable[Response]]:

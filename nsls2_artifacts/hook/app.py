@@ -25,7 +25,7 @@ from ..errors import ArtifactsError
 from ..fsutil import LockBusy, file_lock
 from ..store import open_store
 from . import api, metrics, pages, webhook
-from .auth import Auth, FailureLimiter, load_or_create_key
+from .auth import Auth, FailureLimiter, new_session_key
 from .context import Hook, hook_of
 from .nightly import run_nightly, site_schedule
 from .queue import BuildQueue
@@ -88,7 +88,7 @@ def _hook(site: SiteConfig, state_dir: Path) -> Hook:
         runner=Runner(site, queue, state_dir / "logs"),
         auth=Auth(
             site.hook.tokens_sha256,
-            load_or_create_key(state_dir / "session.key"),
+            new_session_key(state_dir),  # memory only: builds must not mint sessions
             os.environ.get(site.hook.webhook_secret_env) or None,
             memory=queue,
             names=site.hook.token_names,

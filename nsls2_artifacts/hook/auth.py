@@ -2,8 +2,10 @@
 
 The app builds one `Auth` from the site config and calls it on every request that
 changes something. Only sha256 hashes of tokens are configured (`hook.tokens_sha256`);
-every comparison is constant-time. Sessions are HMAC-signed cookies with the key kept in
-`hook_state_dir/session.key`, so they survive a restart; each carries a random session id,
+every comparison is constant-time. Sessions are HMAC-signed cookies; the signing key is
+made at startup and lives only in the hook's memory (never on disk, never inherited by
+a build, and the serving process is not dumpable), so a build running as the hook's user
+cannot mint a session; a restart signs everybody out. Each session carries a random id,
 and signing out records that id as ended (in the queue database, until the cookie would
 expire), so a copied cookie stops working on the server, not only in the browser.
 """
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections import deque
@@ -51,21 +53,30 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def load_or_create_key(path: str | Path) -> bytes:
-    """The session signing key; created once (mode 0600) so sessions survive restarts."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32).hex().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    key = bytes.fromhex(path.read_text().strip())
-    if len(key) < 32:
-        raise ValueError(f"{path}: session key is too short; delete it to make a new one")
-    return key
+def new_session_key(state_dir: str | Path) -> bytes:
+    """A fresh session signing key, kept in memory only.
+
+    Older hooks kept the key in `STATE_DIR/session.key`, where a build (a subprocess
+    running as the same user) could read it and sign itself a staff session; that file
+    is deleted here, which also ends the sessions it signed."""
+    with contextlib.suppress(FileNotFoundError):
+        Path(state_dir, "session.key").unlink()
+    return secrets.token_bytes(32)
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def keep_memory_private() -> bool:
+    """Mark this process not dumpable (as ssh-agent does): a process of the same user
+    without CAP_SYS_PTRACE can then read neither its memory (/proc/PID/mem: the session
+    key) nor its environment (/proc/PID/environ: the webhook secret). Exec resets the
+    flag, so builds the hook starts are unaffected. False where prctl is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _b64(data: bytes) -> str:
@@ -97,11 +108,12 @@ def anonymous_who(token_sha256: str) -> str:
 
 
 class FailureLimiter:
-    """Wrong tokens per client address: after `limit` failures within `window` seconds the
-    address is refused (HTTP 429) until the oldest one is `window` old. Tokens are random
-    and long, so this is not what keeps them secret; it keeps a guessing script from
-    filling the logs and the CPU. `limit` 0 turns it off. Behind a reverse proxy every
-    client has the proxy's address: set the limit with that in mind."""
+    """Wrong tokens per client address: after `limit` failures within `window` seconds,
+    further *wrong* tokens from the address are answered 429 (with Retry-After) until the
+    oldest failure is `window` old. A valid token is always accepted: the credential is
+    checked first, so a guessing script behind the same proxy or NAT cannot lock staff
+    out. Tokens are 32 random bytes, so this is not what keeps them secret; it tells a
+    script with a stale or wrong token to stop. `limit` 0 turns it off."""
 
     MAX_ADDRESSES = 10_000  # forget the quietest ones beyond this (memory stays bounded)
 
@@ -132,18 +144,26 @@ class FailureLimiter:
             return
         if address not in self.failures and len(self.failures) >= self.MAX_ADDRESSES:
             self._forget_quietest()
+        # Only the newest `limit` failures decide when the address may try again.
         times = self._recent(address)
+        if times.maxlen != self.limit:
+            times = deque(times, maxlen=self.limit)
         times.append(self.clock())
         self.failures[address] = times
+
+    def wrong_token(self, address: str) -> float:
+        """Record a wrong token from `address`; the seconds to put in Retry-After (answer
+        429) if the address was already over the limit, else 0 (answer 403). Still
+        counted while limited, so a script that keeps guessing stays limited."""
+        wait = self.retry_after(address)
+        self.failed(address)
+        return wait
 
     def _forget_quietest(self) -> None:
         """Drop addresses with no failure left in the window, else the one quiet longest."""
         stale = [a for a in self.failures if not self._recent(a)]
         for address in stale or [min(self.failures, key=lambda a: self.failures[a][-1])]:
             del self.failures[address]
-
-    def succeeded(self, address: str) -> None:
-        self.failures.pop(address, None)
 
 
 class Auth:

@@ -265,19 +265,18 @@ def _signin(request: Request, form: FormData) -> Response:
     hook = hook_of(request)
     if not hook.auth.signin_nonce_ok(request.cookies.get(SIGNIN_COOKIE), form.get("csrf")):
         return _error_page(request, 403, "the sign-in form expired or was not ours; try again")
-    address = client_address(request)
-    if wait := hook.limiter.retry_after(address):
-        seconds = int(wait) + 1
-        response = signin_form(
-            request, status=429, error=f"Too many wrong tokens; try again in {seconds} s."
-        )
-        response.headers["Retry-After"] = str(seconds)
-        return response
+    # The token first: a valid one always signs in, however many wrong ones came from
+    # this address (a proxy or NAT address is shared); only wrong ones are limited.
     match = hook.auth.check_token(str(form.get("token", "")))
     if match is None:
-        hook.limiter.failed(address)
+        if wait := hook.limiter.wrong_token(client_address(request)):
+            seconds = int(wait) + 1
+            response = signin_form(
+                request, status=429, error=f"Too many wrong tokens; try again in {seconds} s."
+            )
+            response.headers["Retry-After"] = str(seconds)
+            return response
         return signin_form(request, status=403, error="That token is not valid.")
-    hook.limiter.succeeded(address)
     _session_record, cookie = hook.auth.new_session(match)
     response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
     _cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)
