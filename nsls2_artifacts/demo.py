@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .agent import layout
+from . import layout
 from .agent.kernels import kernel_name
 from .config import SiteConfig
 from .errors import DeployError

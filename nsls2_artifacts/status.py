@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .agent import deploy, failures, heartbeat, kernels, latest, layout
+from . import layout
+from .agent import deploy, failures, heartbeat, kernels, latest
 from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError

@@ -11,9 +11,9 @@ from pathlib import Path
 from helpers_agent import commit_fake, write_site
 
 from nsls2_artifacts.agent import kernels
-from nsls2_artifacts.agent.layout import tombstones
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
+from nsls2_artifacts.layout import tombstones
 from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
 from nsls2_artifacts.store import FilesystemStore
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import layout
 from ..agent import heartbeat as hb
-from ..agent import layout
 from ..agent.log import setup_logging
 from ..agent.retention import run_pass
 from ..records import RetentionDecision

@@ -19,7 +19,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..agent import layout
+from .. import layout
 from .deployed import build_catalogue
 
 API_PATH = "nsls2/api/beamlines"

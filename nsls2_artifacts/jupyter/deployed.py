@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..agent import layout
+from .. import layout
 from ..records import is_build_id
 
 log = logging.getLogger(__name__)

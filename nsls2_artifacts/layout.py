@@ -1,6 +1,8 @@
 """Every path under DEPLOY_ROOT (see docs/design.md "Deploy layout"), the readers of the
 build directories, plus the test-only pause points. The agent, `status`, `store prune` and
 the Jupyter extension compute deploy-root paths only here, so the layout is written down once.
+It sits below all of them (it imports only records, names, errors and fsutil), so the
+server extension in a user's Jupyter server needs nothing of the agent.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import PruneError
-from ..fsutil import read_json
-from ..names import node_name_problem
-from ..records import ReadyRecord, RecordError, is_build_id, parse_time
+from .errors import PruneError
+from .fsutil import read_json
+from .names import node_name_problem
+from .records import ReadyRecord, RecordError, is_build_id, parse_time
 
 AGENT_DIR = ".nsls2"  # inside each build: the agent's records, never from the archive
 READY = f"{AGENT_DIR}/ready.json"
