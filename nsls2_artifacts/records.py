@@ -412,7 +412,7 @@ class NodeHeartbeat:
         return [ProcessUse.from_dict(u) for u in self.unknown]
 
 
-# -- the agents' shared state under DEPLOY_ROOT/state (paths: agent/layout.py) ------------------
+# -- the agents' shared state under DEPLOY_ROOT/state (paths: layout.py) ------------------
 
 
 @dataclass(frozen=True)
