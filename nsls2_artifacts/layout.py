@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .errors import PruneError
 from .fsutil import read_json
 from .names import node_name_problem
-from .records import ReadyRecord, RecordError, is_build_id, parse_time
+from .records import Hold, ReadyRecord, RecordError, is_build_id, parse_time
 
 AGENT_DIR = ".nsls2"  # inside each build: the agent's records, never from the archive
 READY = f"{AGENT_DIR}/ready.json"
@@ -192,6 +192,26 @@ def read_ready(deploy_root: Path, env: str, build_id: str) -> ReadyRecord | None
     except (OSError, ValueError, RecordError):
         return None
     return record if record.build_id == build_id and record.env == env else None
+
+
+def current_latest(deploy_root: Path, env: str) -> str | None:
+    """The build id `latest` names (whether or not it exists), or None. The one reader of
+    the link: reconcile, retention, `status` and `store prune` all ask here."""
+    try:
+        target = os.readlink(latest_link(deploy_root, env))
+    except OSError:
+        return None
+    name = os.path.basename(target.rstrip("/"))
+    return name if is_build_id(name) else None
+
+
+def read_hold(deploy_root: Path, env: str) -> Hold | None:
+    """ENV's rollback hold, None if there is none (the one reader of holds).
+
+    Raises `RecordError` naming the file and field when the hold cannot be read: each
+    caller decides what an unreadable hold means (retention keeps everything in the env).
+    """
+    return read_record(hold_path(deploy_root, env), Hold.from_dict)
 
 
 def deployed_envs(deploy_root: Path) -> list[str]:

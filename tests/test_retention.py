@@ -33,13 +33,13 @@ from helpers_retention import (
 )
 from typer.testing import CliRunner
 
+from nsls2_artifacts import storeprune
 from nsls2_artifacts.agent import heartbeat as hb
 from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.retention import run_pass
 from nsls2_artifacts.cli import app
 from nsls2_artifacts.records import RetentionDecision
 from nsls2_artifacts.store import FilesystemStore
-from nsls2_artifacts.store import prune as storeprune
 
 LOG = logging.getLogger("test-retention")
 REPO = Path(__file__).resolve().parents[1]

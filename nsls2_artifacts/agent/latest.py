@@ -12,30 +12,15 @@ import contextlib
 import os
 from pathlib import Path
 
+from .. import layout
 from ..errors import DeployError
 from ..fsutil import atomic_symlink, atomic_write_json, fsync_dir
-from ..records import Hold, ReadyRecord, is_build_id, isoformat, parse_time, utcnow
-from . import layout
+from ..records import Hold, ReadyRecord, isoformat, parse_time, utcnow
 
-
-def current_latest(deploy_root: Path, env: str) -> str | None:
-    """The build id `latest` names (whether or not it exists), or None. The one reader of
-    the link: reconcile, retention, `status` and `store prune` all ask here."""
-    try:
-        target = os.readlink(layout.latest_link(deploy_root, env))
-    except OSError:
-        return None
-    name = os.path.basename(target.rstrip("/"))
-    return name if is_build_id(name) else None
-
-
-def read_hold(deploy_root: Path, env: str) -> Hold | None:
-    """ENV's rollback hold, None if there is none (the one reader of holds).
-
-    Raises `RecordError` naming the file and field when the hold cannot be read: each
-    caller decides what an unreadable hold means (retention keeps everything in the env).
-    """
-    return layout.read_record(layout.hold_path(deploy_root, env), Hold.from_dict)
+# the readers live in the layout, below the agent (status, store prune and the server
+# extension read the link too); the agent keeps calling them by these names
+current_latest = layout.current_latest
+read_hold = layout.read_hold
 
 
 def clear_hold(deploy_root: Path, env: str) -> None:

@@ -1,6 +1,6 @@
 """`store list|show|verify|prune`: inspect and maintain the artifact store.
 
-Thin wrappers over the store package (reading; `store.prune` for retention).
+Thin wrappers over the store package (reading; `storeprune` for retention).
 `--config` is accepted before or after the subcommand (`store --config X list`).
 """
 
@@ -154,7 +154,7 @@ def prune(
     json_out: JsonOption = False,
 ) -> None:
     """Delete old artifacts from the store (never LTS ones); print every decision and why."""
-    from ..store import prune as storeprune
+    from .. import storeprune
 
     cfg, store = _store(ctx, config)
     with reported_errors():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..agent import latest
+from .. import layout
 from ..errors import NotebookError
 from ..fsutil import atomic_write_bytes
 from .deployed import MANAGED, Catalogue, NsKernel, RetiredKernel, build_time
@@ -201,7 +201,7 @@ def notebook_info(path: str | Path, catalogue: Catalogue) -> NotebookInfo:
 
 def _latest_build(catalogue: Catalogue, env: str) -> str | None:
     for root in catalogue.deploy_roots:
-        if (build_id := latest.current_latest(root, env)) is not None:
+        if (build_id := layout.current_latest(root, env)) is not None:
             return build_id
     return None
 

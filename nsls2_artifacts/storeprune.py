@@ -6,19 +6,19 @@ with a reason. Kept: every LTS-labelled build (LTS artifacts are never deleted),
 `latest` points at. Deleting is `Store.delete_build` (manifest.json first). Leftovers of
 interrupted publishes (uncommitted files, unfinished uploads) are removed too, under the
 env's publish lock. The deployed copies on the cluster are the agent's business (its own
-prune, with in-use checks).
+prune, with in-use checks). Policy, so it sits above the store package, which only stores.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from ..agent import latest
-from ..config import RetentionPolicy, SiteConfig
-from ..errors import BuildLockedError, ManifestError, StoreError
-from ..manifest import env_retention
-from ..records import RetentionDecision, utcnow
-from .interface import Store
+from . import layout
+from .config import RetentionPolicy, SiteConfig
+from .errors import BuildLockedError, ManifestError, StoreError
+from .manifest import env_retention
+from .records import RetentionDecision, utcnow
+from .store import Store
 
 
 def plan(site: SiteConfig, store: Store, now: datetime | None = None) -> list[RetentionDecision]:
@@ -80,7 +80,7 @@ def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[R
     for record in store.lts(env):
         labels.setdefault(record.build_id, []).append(record.label)
     newest = {m.build_id for m in builds[-policy.keep_latest :]} if policy.keep_latest else set()
-    latest_target = latest.current_latest(site.deploy_root, env)
+    latest_target = layout.current_latest(site.deploy_root, env)
     grace = timedelta(days=policy.grace_days)
     out = [
         RetentionDecision(
