@@ -28,7 +28,7 @@ from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, St
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
 from ..store import ArtifactMismatchError, ArtifactReader, Store
-from . import failures, layout, trash
+from . import dedup, failures, layout, trash
 from .extract import safe_extract
 from .locks import build_lock
 from .log import event
@@ -366,30 +366,46 @@ def _steps(
     trash.discard(site.deploy_root, env, partial)
     trash.discard(site.deploy_root, env, final)
     partial.mkdir(parents=True)
-    try:
-        with store.open_artifact(manifest) as artifact:
-            marks["verify"] = time.monotonic()  # verified up front, or hashed while streaming
-            event(log, "extract", env=env, build=build_id, node=site.agent.node)
-            try:
-                members, nbytes = _extract(site, manifest, artifact, partial, log)
-            except RejectedArtifactError:
-                artifact.finish()  # bytes other than the manifest's are the better reason
-                raise
-            artifact.finish()  # nothing extracted is trusted before every byte matched
-    except ArtifactMismatchError as exc:
-        raise StageFailedError(build_id, "verify", str(exc)) from None
-    except StoreError as exc:  # the store unreachable mid-stream: this node's, retried
-        raise NodeFaultError(build_id, "extract", str(exc)) from None
-    event(log, "verified", env=env, build=build_id, sha256=manifest.artifact.sha256)
-    os.rename(partial, final)
-    fsync_dir(final.parent)
+    with contextlib.ExitStack() as donors:  # the builds linked from, locked until renamed
+        try:
+            plan = dedup.prepare(site, store, manifest, partial, donors, log)
+            with store.open_artifact(manifest) as artifact:
+                marks["verify"] = time.monotonic()  # verified up front, or hashed while streaming
+                event(log, "extract", env=env, build=build_id, node=site.agent.node)
+                try:
+                    members, nbytes = _extract(site, manifest, artifact, partial, log, plan)
+                except RejectedArtifactError:
+                    artifact.finish()  # bytes other than the manifest's are the better reason
+                    raise
+                artifact.finish()  # nothing extracted is trusted before every byte matched
+        except ArtifactMismatchError as exc:
+            raise StageFailedError(build_id, "verify", str(exc)) from None
+        except StoreError as exc:  # the store unreachable mid-stream: this node's, retried
+            raise NodeFaultError(build_id, "extract", str(exc)) from None
+        event(log, "verified", env=env, build=build_id, sha256=manifest.artifact.sha256)
+        os.rename(partial, final)
+        fsync_dir(final.parent)
     marks["extract"] = time.monotonic()
+    # conda-unpack rewrites files in place: never one another build shares
+    rewritten = dedup.protect_before_unpack(final, build_id, log) if plan else set()
     layout.test_pause("unpack")
     conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
     marks["unpack"] = time.monotonic()
     layout.test_pause("smoke")
     smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
     marks["smoke"] = time.monotonic()
+    if plan is not None:  # a later deploy may link from this one: keep its index
+        record = dedup.keep(final, plan, rewritten)
+        event(
+            log,
+            "dedup",
+            env=env,
+            build=build_id,
+            linked_files=record.linked_files,
+            copied_files=record.copied_files,
+            added_mb=round(record.added_bytes / 1e6, 1),
+            skipped_frames=record.skipped_frames,
+        )
     return members, nbytes
 
 
@@ -399,8 +415,23 @@ def _extract(
     artifact: ArtifactReader,
     partial: Path,
     log: logging.Logger,
+    plan: dedup.LinkPlan | None = None,
 ) -> tuple[int, int]:
     env, build_id = manifest.name, manifest.build_id
+    if plan is not None:
+        return dedup.extract(
+            artifact,  # type: ignore[arg-type]  # read() is all the extractor uses
+            partial,
+            plan,
+            fmt=manifest.artifact.format,
+            build_id=build_id,
+            max_members=site.agent.max_members,
+            max_bytes=site.agent.max_bytes,
+            progress=lambda members, nbytes: event(
+                log, "extract-progress", env=env, build=build_id, members=members, mb=nbytes // 10**6
+            ),
+            progress_seconds=EXTRACT_PROGRESS_SECONDS,
+        )
     return safe_extract(
         artifact,  # type: ignore[arg-type]  # read() is all the extractor uses
         manifest.artifact.format,

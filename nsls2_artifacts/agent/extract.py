@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import zstandard
 
@@ -136,6 +136,30 @@ def open_reader(
             pump.close()
 
 
+class MemberReuse(Protocol):
+    """What a deduplicated deploy (`agent/dedup.py`) changes in an extraction: which
+    members are read (those of skipped frames come from the content index), which files
+    are made from an earlier build instead of the archive's bytes, and their modes. Every
+    member still passes this module's checks; files are placed before any link exists."""
+
+    def members(self, tar: TarReader) -> Iterator[TarMember]: ...
+    def place(self, member: TarMember, path: str) -> bool:
+        """True if the file at `path` is made from elsewhere (its data is skipped)."""
+        ...
+
+    def mode(self, member: TarMember) -> int:
+        """The mode to write the regular file `member` with."""
+        ...
+
+    def drain(self) -> None:
+        """Wait until every placed file exists (before links are made)."""
+        ...
+
+    def close(self) -> None:
+        """Stop placing (after a failure): nothing is written into `dest` afterwards."""
+        ...
+
+
 def to_tarinfo(member: TarMember) -> tarfile.TarInfo:
     """The `tarfile.TarInfo` tarfile builds for this member (for `tarfile.data_filter`)."""
     info = tarfile.TarInfo(member.name)
@@ -166,6 +190,7 @@ def safe_extract(
     max_bytes: int,
     progress: Callable[[int, int], None] | None = None,
     progress_seconds: float = 10.0,
+    reuse: MemberReuse | None = None,
 ) -> tuple[int, int]:
     """Extract `archive` (a path or a binary stream read front to back) into the existing,
     empty directory `dest`; returns (members, data bytes). `progress(members, bytes)` is
@@ -185,6 +210,8 @@ def safe_extract(
     - files are created O_EXCL|O_NOFOLLOW: never through a link, never over anything;
     - limits: members, every byte read, pax header size (`TarReader`), memory bounded
       by the chunk queue and the writer batches, never by a size field.
+    `reuse` (a deduplicated deploy) supplies members and files from elsewhere; the same
+    checks apply to them.
     Raises RejectedArtifactError for anything unsafe, over the limits or unreadable.
     """
     root = os.path.realpath(dest)
@@ -193,12 +220,16 @@ def safe_extract(
             open_reader(archive, fmt, max_members=max_members, max_bytes=max_bytes) as tar,
             ThreadPoolExecutor(WRITERS) as pool,
         ):
-            job = _Extraction(root, build_id, pool, progress, progress_seconds)
+            job = _Extraction(root, build_id, pool, progress, progress_seconds, reuse)
             try:
                 job.run(tar)
                 job.drain()
+                if reuse is not None:
+                    reuse.drain()
             finally:
                 job.cancel()
+                if reuse is not None:
+                    reuse.close()
         _make_links(job.links, job.symlinks, root, build_id)
     except TarStreamError as exc:
         raise RejectedArtifactError(build_id, _reason(exc, max_members, max_bytes)) from None
@@ -296,8 +327,10 @@ class _Extraction:
         pool: ThreadPoolExecutor,
         progress: Callable[[int, int], None] | None = None,
         progress_seconds: float = 10.0,
+        reuse: MemberReuse | None = None,
     ) -> None:
         self.root = root
+        self.reuse = reuse
         self.build_id = build_id
         self.pool = pool
         umask = _umask()
@@ -323,8 +356,8 @@ class _Extraction:
 
     def run(self, tar: TarReader) -> None:
         """Every member in archive order."""
-        root, clear_dirs, files = self.root, self.clear_dirs, self.files
-        for member in tar.members():
+        root, clear_dirs, files, reuse = self.root, self.clear_dirs, self.files, self.reuse
+        for member in tar.members() if reuse is None else reuse.members(tar):
             self.members += 1
             self.total += member.size
             name, kind = member.name, member.type
@@ -338,10 +371,18 @@ class _Extraction:
                     self.check_not_below_symlink(name)
                     self.ensure_dir(parent)
                     clear_dirs.add(parent)
-                if member.size <= SMALL_FILE:
-                    self.write(path, tar.data(), data_mode(member.mode), member.mtime)
+                if reuse is None:
+                    mode = data_mode(member.mode)
+                elif reuse.place(member, path):
+                    mode = -1  # made from an earlier build: the reader skips its data
                 else:
-                    _write_large(tar, path, data_mode(member.mode), member.mtime)
+                    mode = reuse.mode(member)
+                if mode < 0:
+                    pass
+                elif member.size <= SMALL_FILE:
+                    self.write(path, tar.data(), mode, member.mtime)
+                else:
+                    _write_large(tar, path, mode, member.mtime)
             elif kind == DIRECTORY:
                 self.check_not_below_symlink(name)
                 self.ensure_dir(f"{root}/{name}")

@@ -1,0 +1,758 @@
+"""Deduplicated deploys: a new build's unchanged files become hardlinks into builds already
+deployed here, and the archive's zstd frames that hold nothing else are not decompressed.
+
+Called by `deploy._steps` for a build whose manifest names a content index
+(`contentindex.py`); builds without one are deployed in full, as before. The steps:
+
+1. `prepare`: the new build's index (the store checks it against the manifest), then the
+   donors: READY builds here (this env's newest first, then other envs'), each holding the
+   copy of its own index the agent kept (`.nsls2/index.json.zst`, its sha256 in
+   `.nsls2/dedup.json`, its archive the one `ready.json` vouches for). Every file entry of
+   the new index that conda-unpack never rewrites is linked from a donor file of the same
+   sha256 + size + mode, if that file is a regular, read-only file of the expected size on
+   this filesystem. Donors are held under their build locks (retention cannot delete them
+   meanwhile). A frame all of whose members are linked files, directories or symlinks is
+   skipped.
+2. `extract`: the ordinary safe extraction (`extract.safe_extract`) with a `_Placer`: the
+   members of skipped frames come from the index, in archive order, and pass the same
+   checks as the archive's; linked files are made by a few threads (file creation is
+   latency-bound on GPFS), and where a link is refused (EXDEV across filesets, EPERM,
+   EMLINK at the link-count limit) the file is reflinked (FICLONE) or copied from the
+   donor. Files never rewritten are written read-only, so a later build can share them.
+   The archive is still verified before anything is read (or, from S3, before anything
+   extracted is used): skipped frames are read and hashed, not decompressed.
+3. `protect_before_unpack`: every file bin/conda-unpack will rewrite gets an inode of its
+   own (a shared one is copied first) whatever the index says, so conda-unpack never
+   writes into another build's file; those files are marked rewritten in the kept index.
+4. `keep`: the index copy and `.nsls2/dedup.json` (what was linked, what written), before
+   ready.json; `status` shows the disk a build adds from it.
+
+Retention deletes a build by unlinking its names (`trash.remove`): a file another build
+links keeps its inode and bytes; nothing here chmods or writes a shared inode.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from ..config import SiteConfig
+from ..contentindex import ContentIndex, FrameRecord, IndexEntry
+from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
+from ..fsutil import LockBusy, atomic_write_json, read_json
+from ..records import BuildManifest, RecordError, parse_time
+from ..store import Store
+from ..tarstream import DIRECTORY, REGULAR, SYMLINK, TarMember, TarNameError, TarReader
+from ..tarstream import canonical_name as _canonical
+from . import layout
+from .extract import data_mode, safe_extract
+from .locks import build_lock
+from .log import event
+
+INDEX_COPY = f"{layout.AGENT_DIR}/index.json.zst"
+RECORD = f"{layout.AGENT_DIR}/dedup.json"
+_PROBE = f"{layout.AGENT_DIR}/link-probe"
+MAX_DONORS = 6  # indexes read per deploy: the newest builds hold nearly every file
+LINKERS = 8  # threads making links (a create each: GPFS metadata latency)
+LINK_BATCH = 64  # links handed to a thread at once
+READ_CHUNK = 1 << 20
+_FICLONE = 0x40049409  # ioctl: share the source's extents (btrfs, XFS with reflink)
+# a link refused by the filesystem, not by the build: copy the donor's file instead
+_LINK_REFUSED = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_END_OF_ARCHIVE = bytes(1024)
+
+Key = tuple[str, int, int]  # sha256, size, mode
+
+
+@dataclass(frozen=True)
+class DedupRecord:
+    """`.nsls2/dedup.json`: what one deduplicated deploy linked and wrote, and the sha256
+    of the index copy kept beside it (what vouches for it as a later donor)."""
+
+    index_sha256: str
+    files: int  # regular files of the build
+    bytes: int  # ... and their bytes
+    linked_files: int  # hardlinks into earlier builds
+    linked_bytes: int
+    copied_files: int  # a link was refused: reflinked or copied from the donor
+    frames: int
+    skipped_frames: int  # not decompressed
+    donors: tuple[str, ...] = ()  # ENV/BUILD_ID
+
+    @property
+    def added_bytes(self) -> int:
+        """Bytes this build's deploy wrote (computed from the index: every file minus the
+        hardlinked ones), i.e. what it added to the filesystem at deploy time."""
+        return self.bytes - self.linked_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["donors"] = list(self.donors)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DedupRecord:
+        if not isinstance(data, dict):
+            raise RecordError("dedup.json", None, "not a JSON object")
+        values: dict[str, Any] = {}
+        for name in ("files", "bytes", "linked_files", "linked_bytes", "copied_files"):
+            values[name] = _int(data, name)
+        values["frames"], values["skipped_frames"] = _int(data, "frames"), _int(data, "skipped_frames")
+        digest = data.get("index_sha256")
+        if not isinstance(digest, str):
+            raise RecordError("dedup.json", "index_sha256", "expected a string")
+        donors = data.get("donors", [])
+        if not isinstance(donors, list) or not all(isinstance(d, str) for d in donors):
+            raise RecordError("dedup.json", "donors", "expected a list of strings")
+        return cls(index_sha256=digest, donors=tuple(donors), **values)
+
+
+def _int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RecordError("dedup.json", name, "expected a count")
+    return value
+
+
+def read_record(build: Path) -> DedupRecord | None:
+    """A ready build's dedup record; None for a build deployed in full (or unreadable)."""
+    try:
+        return DedupRecord.from_dict(read_json(build / RECORD))
+    except (OSError, ValueError, RecordError):
+        return None
+
+
+@dataclass(frozen=True)
+class Donor:
+    """An earlier READY build here whose kept index vouches for its files' hashes."""
+
+    env: str
+    build_id: str
+    path: Path
+    index: ContentIndex
+
+    @property
+    def name(self) -> str:
+        return f"{self.env}/{self.build_id}"
+
+
+@dataclass
+class LinkPlan:
+    """What a deduplicated deploy makes from where: `sources` maps a member name to the
+    donor file it is linked from; `skip` are the frames not decompressed."""
+
+    index: ContentIndex
+    sources: dict[str, str] = field(default_factory=dict)
+    skip: frozenset[int] = frozenset()
+    donors: list[Donor] = field(default_factory=list)
+    linked_files: int = 0
+    copied_files: int = 0
+
+    @property
+    def linked_bytes(self) -> int:
+        files = self.index.files()
+        return sum(files[name].size for name in self.sources)
+
+
+# -- the donors' indexes ------------------------------------------------------------------------
+
+
+class _IndexCache:
+    """Kept indexes parsed before, by the identity of their file (a daemon deploys one
+    build after another from the same donors; parsing 100k entries costs ~0.5 s)."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self._found: dict[str, tuple[tuple[int, int, int], ContentIndex]] = {}
+        self._limit = limit
+
+    def get(self, build: Path) -> ContentIndex | None:
+        """The index `build` kept, if its sha256 matches its dedup record; else None."""
+        record = read_record(build)
+        if record is None:
+            return None
+        path = build / INDEX_COPY
+        try:
+            st = os.stat(path)
+            identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+            hit = self._found.get(str(path))
+            if hit is not None and hit[0] == identity:
+                return hit[1]
+            blob = path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != record.index_sha256:
+                return None
+            index = ContentIndex.from_bytes(blob)
+        except (OSError, RecordError):
+            return None
+        if len(self._found) >= self._limit:
+            self._found.clear()
+        self._found[str(path)] = (identity, index)
+        return index
+
+
+INDEXES = _IndexCache()
+
+
+def _candidates(deploy_root: Path, env: str, build_id: str) -> list[tuple[str, str]]:
+    """READY builds here other than ENV/BUILD_ID: this env's newest first, then others'."""
+    found = []
+    for other in layout.deployed_envs(deploy_root):
+        for ready in layout.ready_builds(deploy_root, other):
+            if (other, ready.build_id) != (env, build_id):
+                found.append((other != env, -parse_time(ready.created).timestamp(), other, ready))
+    found.sort(key=lambda item: item[:2])
+    return [(other, ready.build_id) for _, _, other, ready in found]
+
+
+def _donor(deploy_root: Path, env: str, build_id: str) -> Donor | None:
+    """ENV/BUILD_ID as a donor: ready here, and its kept index is of the very artifact its
+    ready record vouches for."""
+    ready = layout.read_ready(deploy_root, env, build_id)
+    if ready is None:
+        return None
+    path = layout.build_dir(deploy_root, env, build_id)
+    index = INDEXES.get(path)
+    if index is None or index.archive_sha256 != ready.artifact_sha256:
+        return None
+    return Donor(env, build_id, path, index)
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def shared_mode(entry_mode: int) -> int:
+    """The mode a shareable file is written with: the data filter's, without write bits."""
+    return data_mode(entry_mode) & ~0o222
+
+
+def _shareable(entry: IndexEntry) -> bool:
+    return entry.type == "file" and not entry.rewritten
+
+
+def _usable(path: str, entry: IndexEntry, device: int) -> bool:
+    """Whether the donor's file is what its index says, cheaply: a regular, read-only file
+    of the index's size on the deploy's filesystem (its bytes were verified when that build
+    was deployed, and nothing writes a read-only shared file)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == entry.size
+        and st.st_dev == device
+        and stat.S_IMODE(st.st_mode) == shared_mode(entry.mode)
+    )
+
+
+def _can_link(source: str, dest: Path) -> bool:
+    """One real link from the donor into the new build's directory: a filesystem (or a
+    GPFS fileset boundary) that refuses links shows here, before any frame is skipped."""
+    probe = dest / _PROBE
+    probe.parent.mkdir(exist_ok=True)
+    try:
+        os.link(source, probe, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _LINK_REFUSED:
+            return False
+        raise
+    os.unlink(probe)
+    return True
+
+
+def plan_links(
+    index: ContentIndex,
+    donors: Iterator[Donor],
+    dest: Path,
+    hold: contextlib.ExitStack,
+    deploy_root: Path,
+) -> LinkPlan:
+    """Choose a donor file for every shareable entry that has one, reading at most
+    MAX_DONORS donor indexes; each donor used stays locked in `hold`."""
+    plan = LinkPlan(index)
+    wanted: dict[Key, list[str]] = {}
+    for entry in index.entries:
+        if _shareable(entry):
+            wanted.setdefault((entry.sha256, entry.size, entry.mode), []).append(entry.path)
+    device = os.stat(dest).st_dev
+    for donor in donors:
+        if not wanted:
+            break
+        try:
+            hold.enter_context(build_lock(deploy_root, donor.env, donor.build_id, wait=False))
+        except LockBusy:
+            continue  # being deleted or redeployed by another agent: not a donor now
+        if layout.read_ready(deploy_root, donor.env, donor.build_id) is None:
+            continue  # deleted between listing and locking
+        found: dict[Key, str] = {}
+        for entry in donor.index.entries:
+            key = (entry.sha256, entry.size, entry.mode)
+            if key in wanted and key not in found and _shareable(entry):
+                source = f"{donor.path}/{entry.path}"
+                if _usable(source, entry, device):
+                    found[key] = source
+        if not found or not _can_link(next(iter(found.values())), dest):
+            continue
+        plan.donors.append(donor)
+        for key, source in found.items():
+            for name in wanted.pop(key):
+                plan.sources[name] = source
+    plan.skip = _skippable(index, plan.sources)
+    return plan
+
+
+def _skippable(index: ContentIndex, sources: dict[str, str]) -> frozenset[int]:
+    """Frames whose every member is a linked file, a directory or a symlink."""
+    makeable: dict[int, bool] = {}
+    for entry in index.entries:
+        ok = entry.type != "file" or entry.path in sources
+        makeable[entry.frame] = makeable.get(entry.frame, True) and ok
+    return frozenset(frame for frame, ok in makeable.items() if ok)
+
+
+def _frames_usable(index: ContentIndex, manifest: BuildManifest) -> str | None:
+    """Why the frames cannot be skipped (None if they can): they must be zstd frames of
+    this very archive, tiling it."""
+    if manifest.artifact.format not in ("tar.zst", "tar.zstd"):
+        return f"archive format {manifest.artifact.format} has no frames to skip"
+    if index.archive_sha256 != manifest.artifact.sha256:
+        return "the index describes another archive"
+    if sum(f.length for f in index.frames) != manifest.artifact.size:
+        return "the index's frames do not cover the archive"
+    return None
+
+
+def prepare(
+    site: SiteConfig,
+    store: Store,
+    manifest: BuildManifest,
+    dest: Path,
+    hold: contextlib.ExitStack,
+    log: logging.Logger,
+) -> LinkPlan | None:
+    """The link plan for deploying `manifest` into the empty directory `dest`; None for a
+    build without a content index (deployed in full). The donors used stay locked in
+    `hold` until it is closed."""
+    index = store.read_index(manifest)
+    if index is None:
+        return None
+    root = site.deploy_root
+    donors = (
+        donor
+        for env, build_id in _candidates(root, manifest.name, manifest.build_id)[: MAX_DONORS * 2]
+        if (donor := _donor(root, env, build_id)) is not None
+    )
+    plan = plan_links(index, _first(donors, MAX_DONORS), dest, hold, root)
+    why = _frames_usable(index, manifest)
+    if why is not None:
+        plan.skip = frozenset()
+    event(
+        log,
+        "dedup-plan",
+        env=manifest.name,
+        build=manifest.build_id,
+        linked=len(plan.sources),
+        files=sum(1 for e in index.entries if e.type == "file"),
+        skipped_frames=len(plan.skip),
+        frames=len(index.frames),
+        donors=",".join(d.name for d in plan.donors) or "-",
+        **({"frames_kept_because": why} if why and plan.sources else {}),
+    )
+    return plan
+
+
+def _first(items: Iterator[Donor], count: int) -> Iterator[Donor]:
+    for number, item in enumerate(items):
+        if number >= count:
+            return
+        yield item
+
+
+# -- extracting ------------------------------------------------------------------------------------
+
+
+class _KeptFrames:
+    """The tar stream of the frames that are not skipped, decompressed, front to back (a
+    file object for the extractor's reader). Skipped frames are read past (and so still
+    hashed by a streaming artifact reader) but never decompressed. Each kept frame must
+    decompress to exactly its `tar_length`: the index is checked against the archive."""
+
+    def __init__(
+        self,
+        artifact: IO[bytes],
+        frames: tuple[FrameRecord, ...],
+        skip: frozenset[int],
+        build_id: str,
+    ) -> None:
+        self._artifact = artifact
+        self._build_id = build_id
+        self._frames = frames
+        self._skip = skip
+        self._next = 0
+        self._reader: Any = None
+        self._left = 0  # tar bytes the current frame still owes
+        self._tail = _END_OF_ARCHIVE  # a last frame skipped took the end marker with it
+
+    def read(self, size: int = -1) -> bytes:
+        size = READ_CHUNK if size < 0 else size
+        while True:
+            if self._reader is not None:
+                data = self._reader.read(min(size, self._left) if self._left else 1)
+                if data:
+                    if len(data) > self._left:
+                        raise self._disagree(f"frame {self._next - 1} is longer than its tar_length")
+                    self._left -= len(data)
+                    return data
+                if self._left:
+                    raise self._disagree(f"frame {self._next - 1} is shorter than its tar_length")
+                self._reader = None
+            if self._next == len(self._frames):
+                tail, self._tail = self._tail, b""
+                return tail
+            frame = self._frames[self._next]
+            self._next += 1
+            if self._next - 1 in self._skip:
+                self._read_past(frame.length)
+                continue
+            window = _Window(self._artifact, frame.length)
+            self._reader = zstandard.ZstdDecompressor().stream_reader(
+                window, read_size=READ_CHUNK, read_across_frames=True
+            )
+            self._left = frame.tar_length
+
+    def _read_past(self, length: int) -> None:
+        while length:
+            data = self._artifact.read(min(length, READ_CHUNK))
+            if not data:
+                raise self._disagree("the archive ends inside a frame")
+            length -= len(data)
+
+    def _disagree(self, what: str) -> RejectedArtifactError:
+        return RejectedArtifactError(
+            self._build_id, f"the content index disagrees with the archive: {what}"
+        )
+
+
+class _Window:
+    """At most `length` bytes of a stream, from where it stands."""
+
+    def __init__(self, raw: IO[bytes], length: int) -> None:
+        self._raw, self._left = raw, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._raw.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
+def _synthetic(entry: IndexEntry) -> TarMember:
+    """The tar member an index entry stands for (of a frame not decompressed)."""
+    kind = {"file": REGULAR[0], "dir": DIRECTORY, "symlink": SYMLINK}[entry.type]
+    return TarMember(kind, entry.path, entry.mode, entry.size, 0.0, entry.target, 0, 0, None)
+
+
+class _Placer:
+    """The `extract.MemberReuse` of a deduplicated deploy (see the module doc)."""
+
+    def __init__(self, plan: LinkPlan, build_id: str) -> None:
+        self.plan = plan
+        self.build_id = build_id
+        self.entries = plan.index.files()
+        self.readonly = {e.path for e in plan.index.entries if _shareable(e)}
+        self.pool = ThreadPoolExecutor(LINKERS, thread_name_prefix="dedup-link")
+        self.pending: deque[Future[tuple[int, int]]] = deque()
+        self.batch: list[tuple[str, str, IndexEntry]] = []
+        self.linked = self.copied = 0
+
+    def members(self, tar: TarReader) -> Iterator[TarMember]:
+        """The archive's members, with those of skipped frames put back in from the index
+        where they stand in the archive (a frame never splits a member, so the position in
+        the kept stream says which frame a member comes from)."""
+        frames, skip = self.plan.index.frames, self.plan.skip
+        ends: list[tuple[int, int]] = []  # (end in the kept stream, frame number)
+        position = 0
+        for number, frame in enumerate(frames):
+            if number not in skip:
+                position += frame.tar_length
+                ends.append((position, number))
+        by_frame: dict[int, list[IndexEntry]] = {}
+        for entry in self.plan.index.entries:
+            if entry.frame in skip:
+                by_frame.setdefault(entry.frame, []).append(entry)
+        waiting = deque(sorted(by_frame))
+        expected = sum(1 for e in self.plan.index.entries if e.frame not in skip)
+        real = kept = 0
+        for member in tar.members():
+            real += 1
+            while kept < len(ends) and tar.consumed > ends[kept][0]:
+                kept += 1
+            frame = ends[kept][1] if kept < len(ends) else len(frames)
+            while waiting and waiting[0] < frame:
+                yield from map(_synthetic, by_frame[waiting.popleft()])
+            yield member
+        while waiting:
+            yield from map(_synthetic, by_frame[waiting.popleft()])
+        if skip and real != expected:
+            raise RejectedArtifactError(
+                self.build_id,
+                f"the content index disagrees with the archive: {real} members in the "
+                f"frames read, the index lists {expected}",
+            )
+
+    def place(self, member: TarMember, path: str) -> bool:
+        source = self.plan.sources.get(member.name)
+        if source is None:
+            return False
+        entry = self.entries[member.name]
+        if (member.size, member.mode) != (entry.size, entry.mode):
+            raise RejectedArtifactError(
+                self.build_id,
+                f"the content index disagrees with the archive at {member.name!r} "
+                f"(size or mode)",
+            )
+        self.batch.append((source, path, entry))
+        if len(self.batch) >= LINK_BATCH:
+            self._submit()
+        return True
+
+    def mode(self, member: TarMember) -> int:
+        if member.name in self.readonly:
+            return shared_mode(member.mode)
+        return data_mode(member.mode)
+
+    def _submit(self) -> None:
+        if self.batch:
+            self.pending.append(self.pool.submit(self._link_all, self.batch))
+            self.batch = []
+        while len(self.pending) > 4 * LINKERS:
+            self._collect(self.pending.popleft())
+
+    def _collect(self, future: Future[tuple[int, int]]) -> None:
+        linked, copied = future.result()
+        self.linked += linked
+        self.copied += copied
+
+    def drain(self) -> None:
+        self._submit()
+        while self.pending:
+            self._collect(self.pending.popleft())
+        self.plan.linked_files, self.plan.copied_files = self.linked, self.copied
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)  # nothing is written into the directory afterwards
+
+    def _link_all(self, batch: list[tuple[str, str, IndexEntry]]) -> tuple[int, int]:
+        linked = copied = 0
+        for source, path, entry in batch:
+            try:
+                os.link(source, path, follow_symlinks=False)
+                linked += 1
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not os.path.lexists(source):
+                    raise NodeFaultError(
+                        self.build_id, "extract", f"donor file {source} vanished while linking"
+                    ) from None
+                if exc.errno not in _LINK_REFUSED:
+                    raise
+                copy_from(source, path, entry, self.build_id)
+                copied += 1
+        return linked, copied
+
+
+def copy_from(source: str, path: str, entry: IndexEntry, build_id: str) -> None:
+    """Make `path` a new read-only file with the donor file's bytes: a reflink where the
+    filesystem shares extents (FICLONE), else a kernel copy."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            raise NodeFaultError(build_id, "extract", f"donor file {source} changed")
+        dst = os.open(path, _CREATE, 0o600)
+        try:
+            try:
+                fcntl.ioctl(dst, _FICLONE, src)
+            except OSError:
+                _copy_bytes(src, dst, entry.size)
+            os.fchmod(dst, shared_mode(entry.mode))
+            os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_bytes(src: int, dst: int, size: int) -> None:
+    offset = 0
+    try:
+        while offset < size:
+            done = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if done == 0:
+                break
+            offset += done
+    except OSError:  # no in-kernel copy between these filesystems: by hand
+        os.lseek(src, offset, os.SEEK_SET)
+        os.lseek(dst, offset, os.SEEK_SET)
+        while chunk := os.read(src, READ_CHUNK):
+            os.write(dst, chunk)
+
+
+def extract(
+    artifact: IO[bytes],
+    dest: Path,
+    plan: LinkPlan,
+    *,
+    fmt: str,
+    build_id: str,
+    max_members: int,
+    max_bytes: int,
+    **progress: Any,
+) -> tuple[int, int]:
+    """`extract.safe_extract` of the build's archive into `dest` after `plan`: skipped
+    frames are read past, their members made from the index; linked files from donors."""
+    placer = _Placer(plan, build_id)
+    if plan.skip:
+        kept = _KeptFrames(artifact, plan.index.frames, plan.skip, build_id)
+        source: IO[bytes] = kept  # type: ignore[assignment]  # read() is all it needs
+        fmt = "tar"
+    else:
+        source = artifact
+    return safe_extract(
+        source,
+        fmt,
+        dest,
+        build_id=build_id,
+        max_members=max_members,
+        max_bytes=max_bytes,
+        reuse=placer,
+        **progress,
+    )
+
+
+# -- before conda-unpack, and after -----------------------------------------------------------------
+
+
+def prefix_records(script: Path, build_id: str) -> list[str]:
+    """The files conda-pack's generated bin/conda-unpack rewrites (its `_prefix_records`
+    list, read without running it); [] when there is no such script (the unpack step says
+    so). StageFailedError when the script cannot be read that way."""
+    try:
+        text = script.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StageFailedError(build_id, "unpack", f"cannot read bin/conda-unpack: {exc}") from None
+    try:
+        tree = ast.parse(text)
+        value = next(
+            node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "_prefix_records" for t in node.targets)
+        )
+        records = ast.literal_eval(value)
+        paths = [_canonical(record[0], "prefix record") for record in records]
+    except (SyntaxError, ValueError, StopIteration, TypeError, IndexError, TarNameError) as exc:
+        raise StageFailedError(
+            build_id, "unpack", f"cannot read the prefix records of bin/conda-unpack: {exc}"
+        ) from None
+    return paths
+
+
+def protect_before_unpack(prefix: Path, build_id: str, log: logging.Logger) -> set[str]:
+    """Give every file conda-unpack will rewrite an inode of its own and an owner write
+    bit, so it never writes into a file another build shares (it opens them `rb+`, in
+    place); returns their names."""
+    names = set(prefix_records(prefix / "bin" / "conda-unpack", build_id))
+    for name in sorted(names):
+        path = prefix / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # conda-unpack reports it
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            _make_private(path, st)
+            event(log, "dedup-unshared", build=build_id, path=name)
+        elif not st.st_mode & stat.S_IWUSR:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IWUSR, follow_symlinks=False)
+    return names
+
+
+def _make_private(path: Path, st: os.stat_result) -> None:
+    """Replace a linked file by a copy of its own (same bytes, writable by the owner)."""
+    temp = path.with_name(f".{path.name}.nsls2-private")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dst = os.open(temp, _CREATE, 0o600)
+        try:
+            _copy_bytes(src, dst, st.st_size)
+            os.fchmod(dst, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    os.replace(temp, path)
+
+
+def keep(prefix: Path, plan: LinkPlan, rewritten: set[str]) -> DedupRecord:
+    """Write the index copy (files conda-unpack rewrote marked so: never shared from here)
+    and the dedup record into `.nsls2/`, before ready.json."""
+    entries = tuple(
+        replace(e, rewritten=True) if e.path in rewritten and not e.rewritten else e
+        for e in plan.index.entries
+    )
+    blob = replace(plan.index, entries=entries).to_bytes()
+    path = prefix / INDEX_COPY
+    path.parent.mkdir(exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    with open(temp, "wb") as handle:
+        handle.write(blob)
+    os.replace(temp, path)
+    files = [e for e in entries if e.type == "file"]
+    record = DedupRecord(
+        index_sha256=hashlib.sha256(blob).hexdigest(),
+        files=len(files),
+        bytes=sum(e.size for e in files),
+        linked_files=plan.linked_files,
+        linked_bytes=plan.linked_bytes if plan.copied_files == 0 else _linked_bytes(prefix, plan),
+        copied_files=plan.copied_files,
+        frames=len(plan.index.frames),
+        skipped_frames=len(plan.skip),
+        donors=tuple(d.name for d in plan.donors),
+    )
+    atomic_write_json(prefix / RECORD, record.to_dict())
+    return record
+
+
+def _linked_bytes(prefix: Path, plan: LinkPlan) -> int:
+    """Bytes of the files that really are links (some links were refused and copied)."""
+    files = plan.index.files()
+    total = 0
+    for name in plan.sources:
+        with contextlib.suppress(OSError):
+            if os.lstat(prefix / name).st_nlink > 1:
+                total += files[name].size
+    return total
