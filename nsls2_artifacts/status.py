@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
-from .agent import deploy, failures, heartbeat, kernels, latest
+from .agent import dedup, deploy, failures, heartbeat, kernels, latest
 from .agent.observe import node_platform, trusted_ready
 from .config import SiteConfig
 from .errors import StoreError
@@ -132,6 +132,7 @@ def _env_status(
                     if (env, build_id) in superseded
                     else None
                 ),
+                "disk": _disk(root, env, build_id) if build_id in ready else None,
             }
         )
     return {
@@ -139,6 +140,26 @@ def _env_status(
         "hold": asdict(hold) if hold else None,
         "hold_error": hold_error,
         "builds": builds,
+    }
+
+
+def _disk(root: Path, env: str, build_id: str) -> dict[str, Any] | None:
+    """The disk a ready build added when it was deployed, from its dedup record (None for
+    a build deployed in full, before content indexes: it added all of its files)."""
+    record = dedup.read_record(layout.build_dir(root, env, build_id))
+    if record is None:
+        return None
+    return {
+        "added_bytes": record.added_bytes,
+        "bytes": record.bytes,
+        "files": record.files,
+        "linked_files": record.linked_files,
+        "linked_bytes": record.linked_bytes,
+        "copied_files": record.copied_files,
+        "donors": list(record.donors),
+        "how": "at deploy, from the content index: bytes of the files written, not "
+        "hardlinked to an earlier build (if those builds are deleted since, the shared "
+        "files are this build's alone)",
     }
 
 
@@ -223,6 +244,13 @@ def _scan_lines(scans: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _disk_text(disk: dict[str, Any] | None) -> str:
+    if not disk:
+        return ""
+    linked = f", {disk['linked_files']} files linked" if disk["linked_files"] else ""
+    return f"  adds {disk['added_bytes'] / 1e6:.1f} of {disk['bytes'] / 1e6:.1f} MB{linked}"
+
+
 def render_text(status: dict[str, Any]) -> str:
     """A terse human summary (the --json form carries everything)."""
     lines = [f"deploy root {status['deploy_root']}", f"store       {status['store']}"]
@@ -238,7 +266,8 @@ def render_text(status: dict[str, Any]) -> str:
             lts = f" lts={','.join(b['lts'])}" if b["lts"] else ""
             mark = " *" if b["build_id"] == info["latest"] else ""
             reason = f"  reason: {b['reason']}" if b["reason"] else ""
-            lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{reason}")
+            disk = _disk_text(b.get("disk"))
+            lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{disk}{reason}")
     if status["kernels"]:
         lines.append("kernels:")
         for name, k in status["kernels"].items():

@@ -28,6 +28,7 @@ from support.sites import merged, write_site_config
 
 from nsls2_artifacts.agent.observe import node_platform
 from nsls2_artifacts.config import SiteConfig
+from nsls2_artifacts.contentindex import ContentIndex, write_index
 from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.records import (
     ArtifactInfo,
@@ -119,8 +120,10 @@ def commit_build(
     platform: str | None = None,
     kernel: KernelExtras | None = None,
     packages: tuple[PackageRef, ...] = (PackageRef("python", "3.11.7", "fake_0", "conda-forge"),),
+    index: ContentIndex | None = None,
 ) -> BuildManifest:
-    """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, manifest.json} (manifest last)."""
+    """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, [index.json.zst], manifest.json}
+    (manifest last)."""
     created = created or T0
     lock = (
         f"# lock for {env} {created.isoformat()} {hashlib.sha256(archive).hexdigest()}\n".encode()
@@ -131,6 +134,7 @@ def commit_build(
     directory.mkdir(parents=True)
     (directory / f"env.{fmt}").write_bytes(archive)
     (directory / "pixi.lock").write_bytes(lock)
+    index_info = write_index(directory, index) if index is not None else None
     manifest = BuildManifest(
         name=env,
         build_id=build_id,
@@ -149,6 +153,7 @@ def commit_build(
         builder={"host": "test"},
         source={"manifest_sha256": "0" * 64},
         kernel=kernel or KernelExtras(),
+        index=index_info,
     )
     atomic_write_json(directory / "manifest.json", manifest.to_dict())
     if lts:

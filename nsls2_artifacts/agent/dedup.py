@@ -50,6 +50,7 @@ from typing import IO, Any
 
 import zstandard
 
+from .. import layout
 from ..config import SiteConfig
 from ..contentindex import ContentIndex, FrameRecord, IndexEntry
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
@@ -58,7 +59,6 @@ from ..records import BuildManifest, RecordError, parse_time
 from ..store import Store
 from ..tarstream import DIRECTORY, REGULAR, SYMLINK, TarMember, TarNameError, TarReader
 from ..tarstream import canonical_name as _canonical
-from . import layout
 from .extract import data_mode, safe_extract
 from .locks import build_lock
 from .log import event
@@ -114,7 +114,8 @@ class DedupRecord:
         values: dict[str, Any] = {}
         for name in ("files", "bytes", "linked_files", "linked_bytes", "copied_files"):
             values[name] = _int(data, name)
-        values["frames"], values["skipped_frames"] = _int(data, "frames"), _int(data, "skipped_frames")
+        for name in ("frames", "skipped_frames"):
+            values[name] = _int(data, name)
         digest = data.get("index_sha256")
         if not isinstance(digest, str):
             raise RecordError("dedup.json", "index_sha256", "expected a string")
@@ -416,7 +417,7 @@ class _KeptFrames:
                 data = self._reader.read(min(size, self._left) if self._left else 1)
                 if data:
                     if len(data) > self._left:
-                        raise self._disagree(f"frame {self._next - 1} is longer than its tar_length")
+                        raise self._disagree(f"frame {self._next - 1} exceeds its tar_length")
                     self._left -= len(data)
                     return data
                 if self._left:
@@ -524,8 +525,7 @@ class _Placer:
         if (member.size, member.mode) != (entry.size, entry.mode):
             raise RejectedArtifactError(
                 self.build_id,
-                f"the content index disagrees with the archive at {member.name!r} "
-                f"(size or mode)",
+                f"the content index disagrees with the archive at {member.name!r} (size or mode)",
             )
         self.batch.append((source, path, entry))
         if len(self.batch) >= LINK_BATCH:
@@ -647,7 +647,7 @@ def extract(
     )
 
 
-# -- before conda-unpack, and after -----------------------------------------------------------------
+# -- before conda-unpack, and after ---------------------------------------------------------
 
 
 def prefix_records(script: Path, build_id: str) -> list[str]:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import SiteConfig
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, StoreError
@@ -418,32 +419,19 @@ def _extract(
     plan: dedup.LinkPlan | None = None,
 ) -> tuple[int, int]:
     env, build_id = manifest.name, manifest.build_id
-    if plan is not None:
-        return dedup.extract(
-            artifact,  # type: ignore[arg-type]  # read() is all the extractor uses
-            partial,
-            plan,
-            fmt=manifest.artifact.format,
-            build_id=build_id,
-            max_members=site.agent.max_members,
-            max_bytes=site.agent.max_bytes,
-            progress=lambda members, nbytes: event(
-                log, "extract-progress", env=env, build=build_id, members=members, mb=nbytes // 10**6
-            ),
-            progress_seconds=EXTRACT_PROGRESS_SECONDS,
-        )
-    return safe_extract(
-        artifact,  # type: ignore[arg-type]  # read() is all the extractor uses
-        manifest.artifact.format,
-        partial,
-        build_id=build_id,
-        max_members=site.agent.max_members,
-        max_bytes=site.agent.max_bytes,
-        progress=lambda members, nbytes: event(
+    limits: dict[str, Any] = {
+        "build_id": build_id,
+        "max_members": site.agent.max_members,
+        "max_bytes": site.agent.max_bytes,
+        "progress": lambda members, nbytes: event(
             log, "extract-progress", env=env, build=build_id, members=members, mb=nbytes // 10**6
         ),
-        progress_seconds=EXTRACT_PROGRESS_SECONDS,
-    )
+        "progress_seconds": EXTRACT_PROGRESS_SECONDS,
+    }
+    # read() is all the extractor uses of the artifact
+    if plan is not None:
+        return dedup.extract(artifact, partial, plan, fmt=manifest.artifact.format, **limits)  # type: ignore[arg-type]
+    return safe_extract(artifact, manifest.artifact.format, partial, **limits)  # type: ignore[arg-type]
 
 
 def _syncfs(path: Path) -> None:

@@ -1,0 +1,294 @@
+"""Deduplicated deploys (issue #20, agent side): real `agent --once` passes over archives
+packed one zstd frame per package with a content index (tests/helpers_dedup.py).
+
+What is proven: unchanged files of a nightly are hardlinks into the earlier build and their
+frames are never decompressed; conda-unpack'ed files are per-build; every earlier build is
+byte-for-byte unchanged after a new deploy; deleting any one build leaves the others
+whole; kill -9 mid-deploy leaves nothing partial; links refused by the filesystem
+(EPERM from an immutable file, another filesystem) fall back to copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from helpers_agent import kill9, run_cli, start_agent, wait_for, write_site
+from helpers_dedup import PLACEHOLDER, commit_framed, inode, tree
+from support.cli import CLI, cli_env
+
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import dedup, retention
+from nsls2_artifacts.records import RetentionDecision
+
+V1 = {"alpha": "1.0", "beta": "1.0"}
+V2 = {"alpha": "1.0", "beta": "2.0"}  # the nightly: one package changed
+V3 = {"alpha": "1.1", "beta": "2.0"}
+
+
+def agent_once(config: Path) -> subprocess.CompletedProcess[str]:
+    result = run_cli(config, "agent", "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def build_dir(site, build_id: str, env: str = "demo") -> Path:
+    return layout.build_dir(site.deploy_root, env, build_id)
+
+
+def deploy_in_turn(config: Path, site, *versions: dict[str, str]) -> list[Path]:
+    """Publish and deploy each version in turn (each one deployed before the next)."""
+    dirs = []
+    for hours, version in enumerate(versions):
+        manifest = commit_framed(site, version, hours)
+        agent_once(config)
+        dirs.append(build_dir(site, manifest.build_id))
+        assert layout.read_ready(site.deploy_root, "demo", manifest.build_id) is not None
+    return dirs
+
+
+def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) -> None:
+    config, site = write_site(tmp_path / "site")
+    (first,) = deploy_in_turn(config, site, V1)
+    before = tree(first)
+    first_record = dedup.read_record(first)
+    assert first_record is not None and first_record.linked_files == 0  # nothing to link from
+
+    (second,) = deploy_in_turn(config, site, V2)
+    record = dedup.read_record(second)
+    assert record is not None
+    # python + alpha frames skipped; beta (changed) and conda-pack's frame decompressed
+    assert (record.frames, record.skipped_frames) == (4, 2)
+    for name in ("lib/site/alpha/data.bin", "lib/site/alpha/__init__.py", "lib/site/common.py"):
+        assert inode(second / name) == inode(first / name), name
+        assert not os.stat(second / name).st_mode & 0o222, f"{name} is writable"
+    assert os.readlink(second / "bin/python3") == "python"  # from the index: a skipped frame
+    assert (second / "lib/site/alpha/sub").is_dir()
+    assert inode(second / "lib/site/beta/data.bin") != inode(first / "lib/site/beta/data.bin")
+    # conda-unpack'ed files are the build's own, with its own prefix
+    for build in (first, second):
+        assert os.stat(build / "etc/prefix.txt").st_nlink == 1
+        assert os.stat(build / "bin/conda-unpack").st_nlink == 1
+        assert (build / "etc/prefix.txt").read_text() == f"prefix={build}\n"
+    assert record.linked_files == 6  # common.py, alpha's 3 files, bin/python, beta's tool.sh
+    assert record.added_bytes < record.bytes * 0.6
+    # the earlier build, byte for byte
+    assert tree(first) == before
+    # imports work in the linked build
+    out = subprocess.run(
+        [
+            str(second / "bin/python"),
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import alpha, beta, common; "
+            "print(alpha.VERSION, beta.VERSION, common.COMMON)",
+            str(second / "lib/site"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert out.stdout.split() == ["1.0", "2.0", "1"]
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    builds = {b["build_id"]: b for b in status["envs"]["demo"]["builds"]}
+    disk = builds[second.name]["disk"]
+    assert disk["added_bytes"] == record.added_bytes and disk["linked_files"] == 6
+    assert "index" in disk["how"]
+
+
+def test_every_earlier_build_is_unchanged_and_deleting_any_one_leaves_the_others(
+    tmp_path: Path,
+) -> None:
+    config, site = write_site(tmp_path / "site")
+    dirs = deploy_in_turn(config, site, V1, V2, V3)
+    trees = {d: tree(d) for d in dirs}
+    for victim in dirs:
+        # a copy of the deploy root per victim: retention's own delete of one build
+        copy = Path(tempfile.mkdtemp(dir=tmp_path))
+        shutil.copytree(site.deploy_root, copy / "deploy", symlinks=True, copy_function=_link)
+        moved = type(site)(**{**site.__dict__, "deploy_root": copy / "deploy"})
+        latest = layout.latest_link(moved.deploy_root, "demo")
+        if os.readlink(latest) == victim.name:  # latest is never deleted: point it elsewhere
+            latest.unlink()
+            latest.symlink_to(dirs[0].name)
+        decision = RetentionDecision("demo", victim.name, "delete", "test")
+        (done,) = retention.apply_plan(moved, [decision], logging.getLogger("test"))
+        assert done.action == "delete", done.reason
+        assert not build_dir(moved, victim.name).exists()
+        for other in dirs:
+            if other != victim:
+                assert tree(build_dir(moved, other.name)) == trees[other], (victim, other)
+    # and in place, the originals never changed
+    assert {d: tree(d) for d in dirs} == trees
+
+
+def _link(source: str, target: str) -> None:
+    """copytree's copy function: hardlink (the copies share the inodes, as builds do)."""
+    os.link(source, target)
+
+
+def test_kill9_during_a_linked_deploy_leaves_nothing_partial(tmp_path: Path) -> None:
+    config, site = write_site(tmp_path / "site")
+    (first,) = deploy_in_turn(config, site, V1)
+    before = tree(first)
+    second = commit_framed(site, V2, 1)
+    marker = tmp_path / "paused"
+    agent = start_agent(
+        config,
+        "--once",
+        env={"NSLS2_TEST_PAUSE_AT": "extract", "NSLS2_TEST_PAUSE_FILE": str(marker)},
+        log=tmp_path / "agent.log",
+    )
+    try:
+        wait_for(marker.exists, what="the agent to pause mid-extraction")
+    finally:
+        kill9(agent)
+    assert not build_dir(site, second.build_id).exists()  # only ever the partial dir
+    assert os.readlink(layout.latest_link(site.deploy_root, "demo")) == first.name
+    assert tree(first) == before
+    agent_once(config)
+    final = build_dir(site, second.build_id)
+    assert layout.read_ready(site.deploy_root, "demo", second.build_id) is not None
+    assert not list(layout.env_dir(site.deploy_root, "demo").glob(".partial-*"))
+    assert inode(final / "lib/site/alpha/data.bin") == inode(first / "lib/site/alpha/data.bin")
+    assert tree(first) == before
+
+
+@contextlib.contextmanager
+def immutable(paths: list[Path]):
+    """chattr +i: link(2) to these fails with EPERM, for real (ext4, XFS, btrfs)."""
+    subprocess.run(["chattr", "+i", *map(str, paths)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def _needs_chattr(path: Path) -> None:
+    probe = path / "chattr-probe"
+    probe.write_text("x")
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr as root")
+    if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+        pytest.skip(f"the filesystem of {path} has no immutable flag")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    probe.unlink()
+
+
+def test_links_refused_fall_back_to_copies(tmp_path: Path) -> None:
+    config, site = write_site(tmp_path / "site")
+    _needs_chattr(tmp_path)
+    (first,) = deploy_in_turn(config, site, V1)
+    before = tree(first)
+    refused = first / "lib/site/alpha/data.bin"
+    with immutable([refused]):  # one file refuses links: copied, the others linked
+        (second,) = deploy_in_turn(config, site, V2)
+    record = dedup.read_record(second)
+    assert record is not None and record.copied_files == 1
+    assert os.stat(second / "lib/site/alpha/data.bin").st_nlink == 1
+    assert (second / "lib/site/alpha/data.bin").read_bytes() == refused.read_bytes()
+    assert inode(second / "lib/site/common.py") == inode(first / "lib/site/common.py")
+    assert tree(first) == before
+    assert tree(second)["lib/site/alpha/data.bin"] == before["lib/site/alpha/data.bin"]
+
+    files = [p for d in (first, second) for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
+    with immutable(files):  # every link refused: no donor is used, every frame is read
+        (third,) = deploy_in_turn(config, site, V3)
+    record = dedup.read_record(third)
+    assert record is not None
+    assert (record.linked_files, record.skipped_frames, record.donors) == (0, 0, ())
+    assert tree(third)["lib/site/beta/data.bin"] == tree(second)["lib/site/beta/data.bin"]
+    assert tree(first) == before
+
+
+def test_earlier_build_on_another_mount_exdev_writes_the_files(tmp_path: Path) -> None:
+    """The earlier build is a mount of its own (a bind mount in a private mount namespace,
+    like a GPFS fileset: same filesystem, but link(2) across it fails with EXDEV)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and mount as root")
+    config, site = write_site(tmp_path / "site")
+    (first,) = deploy_in_turn(config, site, V1)
+    before = tree(first)
+    manifest = commit_framed(site, V2, 1)
+    mounted = 'mount --bind "$1" "$1" && shift && exec "$@"'
+    out = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            mounted,
+            "sh",
+            str(first),
+            *CLI,
+            "agent",
+            "--config",
+            str(config),
+            "--once",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+    )
+    if "mount" in out.stderr and out.returncode:
+        pytest.skip(f"cannot bind-mount here: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    second = build_dir(site, manifest.build_id)
+    record = dedup.read_record(second)
+    assert record is not None
+    assert (record.linked_files, record.skipped_frames, record.donors) == (0, 0, ())
+    assert os.stat(second / "lib/site/alpha/data.bin").st_nlink == 1
+    assert tree(second)["lib/site/alpha/data.bin"] == before["lib/site/alpha/data.bin"]
+    assert tree(first) == before
+
+
+def test_conda_unpack_never_writes_a_shared_inode_whatever_the_index_says(
+    tmp_path: Path,
+) -> None:
+    config, site = write_site(tmp_path / "site")
+    # a wrong index: etc/prefix.txt (a prefix record of conda-unpack) "never rewritten"
+    wrong = {"bin/conda-unpack"}
+    first_manifest = commit_framed(site, V1, 0, rewritten=wrong)
+    agent_once(config)
+    first = build_dir(site, first_manifest.build_id)
+    before = tree(first)
+    second_manifest = commit_framed(site, V2, 1, rewritten=wrong)
+    result = agent_once(config)
+    second = build_dir(site, second_manifest.build_id)
+    assert "event=dedup-unshared" not in result.stderr  # the first build's copy is private
+    assert (first / "etc/prefix.txt").read_text() == f"prefix={first}\n"
+    assert (second / "etc/prefix.txt").read_text() == f"prefix={second}\n"
+    assert os.stat(second / "etc/prefix.txt").st_nlink == 1
+    assert tree(first) == before
+    # the kept index now says so: no later build links it
+    kept = dedup.INDEXES.get(second)
+    assert kept is not None
+    assert {e.path for e in kept.entries if e.rewritten} >= {"etc/prefix.txt"}
+    assert PLACEHOLDER not in (second / "etc/prefix.txt").read_text()
+
+
+def test_protect_before_unpack_copies_a_shared_prefix_record(tmp_path: Path) -> None:
+    """The guard itself: a prefix record that is a hardlink gets an inode of its own."""
+    shared = tmp_path / "elsewhere.txt"
+    shared.write_text(f"prefix={PLACEHOLDER}\n")
+    shared.chmod(0o444)
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "etc").mkdir()
+    from helpers_dedup import UNPACK
+
+    (prefix / "bin/conda-unpack").write_text(UNPACK)
+    os.link(shared, prefix / "etc/prefix.txt")
+    names = dedup.protect_before_unpack(prefix, "b", logging.getLogger("test"))
+    assert names == {"etc/prefix.txt"}
+    assert inode(prefix / "etc/prefix.txt") != inode(shared)
+    assert os.stat(prefix / "etc/prefix.txt").st_mode & 0o200
+    assert os.stat(shared).st_nlink == 1 and shared.read_text() == f"prefix={PLACEHOLDER}\n"
