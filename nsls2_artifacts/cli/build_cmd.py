@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .common import ConfigOption, console, reported_errors, site
+from .common import ConfigOption, console, reported_errors, require_extra, site
 
 
 class ArchiveFormat(StrEnum):
@@ -57,6 +57,7 @@ def publish(
     ] = ArchiveFormat.zst,
 ) -> None:
     """Build ENV from manifests/ENV, pack it and commit it to the store; prints the build id."""
+    require_extra("build", "rattler", "conda_pack")
     from ..publish import publish as run_publish
 
     cfg = site(config)
@@ -78,6 +79,7 @@ def promote(
     config: ConfigOption = None,
 ) -> None:
     """Mark an existing build as LTS release LABEL (no rebuild)."""
+    require_extra("build", "rattler", "conda_pack")  # publish.py imports both
     from ..publish import promote as run_promote
 
     cfg = site(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,23 @@ def reported_errors() -> Iterator[None]:
         # soft_wrap: keep long paths and solver lines whole for logs and callers that grep
         console.print(
             f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
+        )
+        sys.exit(1)
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Stop with one line naming the pip extra when an engine this command drives is not
+    installed (a user's Jupyter server has the CLI but no solver, packer or web server)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        console.print(
+            "[bold red]error:[/] "
+            + escape(
+                f"this command needs {', '.join(missing)}, which come with the {extra!r} "
+                f"extra: pip install 'nsls2-artifacts[{extra}]'"
+            ),
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(1)
 

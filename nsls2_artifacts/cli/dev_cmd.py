@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, reported_errors
+from .common import console, reported_errors, require_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def dev_channel(
     ] = None,
 ) -> None:
     """Build a conda channel from PyPI wheels (python from this interpreter); cached."""
+    require_extra("build", "rattler")
     from ..devchannel import DEFAULT_REQUIREMENTS, build_channel
 
     with reported_errors(), console.status("building offline channel") as status:

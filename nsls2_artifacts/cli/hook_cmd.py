@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import ConfigOption, console, reported_errors, site
+from .common import ConfigOption, console, reported_errors, require_extra, site
 
 hook_app = typer.Typer(help="The staff build hook: web page, API, CI webhook, nightly builds.")
 
@@ -26,6 +26,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the staff web page and API on hook.listen (127.0.0.1:8707 by default)."""
+    require_extra("hook", "starlette", "uvicorn", "rattler")
     settings = site(config)
     if not settings.hook.tokens_sha256 and not os.environ.get(settings.hook.webhook_secret_env):
         where = settings.source or "the embedded default config"
