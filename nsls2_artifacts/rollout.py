@@ -1,6 +1,6 @@
 """Rollout: which nodes serve which build, from the reports every agent puts in the store.
 
-Each agent pass writes one `NodeRollout` through `Store.put_node_report` (agent/report.py);
+Each agent pass writes one `NodeRollout` through `NodeReports.put_node_report` (agent/report.py);
 the hook reads them all back (`read_nodes`) and asks `build_rollout` how far one build
 got and whether staff can tell users to restart, or `served_latest` what the live nodes
 serve. The store is the only channel the build host and the nodes share, so this works
@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import StoreError
 from .records import BuildManifest, PackageRef, RecordError, isoformat, utcnow
-from .store import Store
+from .store import NodeReports
 
 REPORT_SCHEMA = 1
 
@@ -117,7 +117,7 @@ class NodeSeen:
 
 
 def read_nodes(
-    store: Store, ttl_seconds: float, now: datetime | None = None
+    store: NodeReports, ttl_seconds: float, now: datetime | None = None
 ) -> tuple[list[NodeSeen], str]:
     """Every node's report with its liveness, and a store error ("" when the store answered).
 
@@ -148,7 +148,7 @@ def read_nodes(
     return seen, ""
 
 
-def retire_node(store: Store, node: str) -> bool:
+def retire_node(store: NodeReports, node: str) -> bool:
     """Mark NODE's report retired (what `nodes retire` does in the store), so it stops
     counting for "users can restart now"; False when NODE never reported. Its agent's
     next report (if it still runs) clears the mark, as its next heartbeat does."""

@@ -1,9 +1,9 @@
 """This node's rollout report: what it serves, what is ready, what failed; put in the store.
 
 `reconcile.run_pass` calls `publish_report` at the end of every pass. The report goes
-through the `Store` interface (the one channel the build host shares with the nodes),
-replaced whole each pass; the hook reads every node's (rollout.py) to tell staff when
-users can restart.
+through the store's `NodeReports` interface (the one channel the build host shares with
+the nodes), replaced whole each pass; the hook reads every node's (rollout.py) to tell
+staff when users can restart.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .. import __version__
 from ..config import SiteConfig
 from ..records import isoformat, utcnow
 from ..rollout import EnvRollout, NodeRollout
-from ..store import Store
+from ..store import NodeReports
 from . import latest, layout
 from .deploy import list_quarantined
 
@@ -54,5 +54,5 @@ def collect_report(
     )
 
 
-def publish_report(store: Store, report: NodeRollout) -> None:
+def publish_report(store: NodeReports, report: NodeRollout) -> None:
     store.put_node_report(report.node, report.to_dict())

@@ -2,7 +2,8 @@
 
 The build side commits builds (`staging_dir` + `commit_build`, manifest.json last) and
 LTS records; the agent, retention, `store` commands and the hook only read. Every caller
-gets its store from `open_store(site)` and never sees the backend's layout.
+gets its store from `open_store(site)` and never sees the backend's layout. `Store` is two
+contracts: `ArtifactStore` (builds, LTS records) and `NodeReports` (rollout reports).
 Modules: `interface` (the protocol and shared checks), `filesystem` (the default),
 `s3` (`store: s3://BUCKET/PREFIX`, boto3 imported only when used).
 """
@@ -18,7 +19,9 @@ from .interface import (
     ArtifactMismatchError,
     ArtifactReader,
     ArtifactStamp,
+    ArtifactStore,
     InvalidBuild,
+    NodeReports,
     Progress,
     Store,
     StoredNodeReport,
@@ -50,8 +53,10 @@ __all__ = [
     "ArtifactMismatchError",
     "ArtifactReader",
     "ArtifactStamp",
+    "ArtifactStore",
     "FilesystemStore",
     "InvalidBuild",
+    "NodeReports",
     "Progress",
     "Store",
     "StoredNodeReport",

@@ -131,8 +131,9 @@ class VerifiedReader:
         return None
 
 
-class Store(Protocol):
-    """The artifact store, whatever holds it (see the module doc)."""
+class ArtifactStore(Protocol):
+    """Builds and LTS records, whatever holds them (see the module doc): what publish
+    writes and the agent, retention and the `store` commands read."""
 
     @property
     def location(self) -> str:
@@ -214,7 +215,12 @@ class Store(Protocol):
         """Un-commit first (manifest.json goes), then remove the files."""
         ...
 
-    # -- rollout reports (every agent writes its own; the hook and `status` read) -----------
+
+class NodeReports(Protocol):
+    """Each node's rollout report, kept beside the builds (every agent writes its own; the
+    hook, `status` and `rollout.py` read them): a separate contract, so a reader of reports
+    needs nothing of the artifacts and a test can stand one in alone."""
+
     def put_node_report(self, node: str, data: dict[str, Any]) -> None:
         """Replace NODE's rollout report (a small JSON object) atomically: readers see the
         old report or the whole new one. StoreError for a bad node name or a failed write."""
@@ -223,6 +229,10 @@ class Store(Protocol):
     def node_reports(self) -> list[StoredNodeReport]:
         """Every node's last report, by node name; an unreadable one comes with `error`."""
         ...
+
+
+class Store(ArtifactStore, NodeReports, Protocol):
+    """The store as `open_store` returns it: artifacts and node reports in one place."""
 
 
 def check_stream(chunks: Iterator[bytes], name: str, size: int | None, sha256: str) -> None:
