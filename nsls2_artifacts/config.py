@@ -139,6 +139,9 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "store_options.attempts": NumberRule(int, 1, 20),
 }
 MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
+# below this a kernel with numpy and its thread pools cannot start (issue #17: at 200MB or
+# 64MiB it died with "can't start new thread" and the user saw only "kernel died")
+MIN_MEMORY_LIMIT = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,11 @@ def parse_size(value: Any) -> int | None:
         size = int(scaled)
     if size > MAX_MEMORY_LIMIT:
         raise ValueError(f"a memory limit above 1EiB is not a limit, got {value!r}")
-    if size < 1024**2:
-        raise ValueError(f"a memory limit below 1MiB cannot start a kernel, got {value!r}")
+    if size < MIN_MEMORY_LIMIT:
+        raise ValueError(
+            f"a memory limit below 512MiB cannot start a kernel (python, ipykernel, numpy and "
+            f"their threads), got {value!r}: use at least 512MiB, or null for no ceiling"
+        )
     return size
 
 

@@ -19,11 +19,12 @@ from .config import SiteConfig
 from .errors import DeployError
 
 CELL = """\
-import resource, site, sys, databroker
+import os, site, sys, databroker
 print('databroker', databroker.__version__)
 print(sys.prefix)
-limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-ceiling = 'none' if limit == resource.RLIM_INFINITY else f'{limit / 2**30:g} GiB'
+limit = int(os.environ.get('NSLS2_MEMORY_LIMIT') or 0)
+how = os.environ.get('NSLS2_MEMORY_MECHANISM')
+ceiling = f'{limit / 2**30:g} GiB ({how})' if limit else 'none'
 print(f'memory ceiling: {ceiling}; user site-packages: {site.ENABLE_USER_SITE}')
 """
 

@@ -42,7 +42,7 @@ from .errors import ArtifactsError
 from .fsutil import atomic_write_text, file_lock
 
 # What the demo env and the tests need; versions are whatever PyPI serves today.
-DEFAULT_REQUIREMENTS = ("ipykernel", "databroker", "numpy")
+DEFAULT_REQUIREMENTS = ("ipykernel", "databroker", "numpy", "scipy")
 # Extra single wheels (no deps) so tests can add a package or change its version.
 EXTRA_WHEELS = ("six==1.16.0", "six==1.17.0")
 

@@ -72,6 +72,16 @@ def kernel_startup_path(deploy_root: str | Path) -> Path:
     return jupyter_dir(deploy_root) / "nsls2" / "kernel_startup.py"
 
 
+def kernel_ceiling_path(deploy_root: str | Path) -> Path:
+    """What every kernel's launcher runs first: memory ceiling and thread counts."""
+    return jupyter_dir(deploy_root) / "nsls2" / "kernel_ceiling.py"
+
+
+def kernel_memory_path(deploy_root: str | Path) -> Path:
+    """Run inside kernels with a ceiling: a MemoryError that explains itself."""
+    return jupyter_dir(deploy_root) / "nsls2" / "kernel_memory.py"
+
+
 def profiles_dir(deploy_root: str | Path) -> Path:
     return Path(deploy_root) / "etc" / "tiled" / "profiles"
 

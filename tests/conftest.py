@@ -7,6 +7,7 @@ made from PyPI wheels by `nsls2_artifacts.devchannel`, and works in a site of it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -94,3 +95,21 @@ def make_s3_site(
         )
 
     return factory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cgroups_removed() -> Any:
+    """Kernels started with a memory ceiling get a cgroup each where this machine lets them
+    (agent/kernel_ceiling.py); remove the (empty) ones this session made."""
+    from nsls2_artifacts.agent import kernel_ceiling
+
+    def ours() -> set[Path]:
+        parents = [kernel_ceiling._v2_parent()[0], kernel_ceiling._v1_parent()[0]]
+        prefix = kernel_ceiling.CGROUP_PREFIX
+        return {p for parent in parents if parent for p in Path(parent).glob(f"{prefix}*")}
+
+    before = ours()
+    yield
+    for directory in ours() - before:
+        with contextlib.suppress(OSError):
+            directory.rmdir()

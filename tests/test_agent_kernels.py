@@ -29,7 +29,7 @@ from helpers_agent import (
 )
 from support.sites import rewrite_config
 
-from nsls2_artifacts.agent import kernels, layout, logos
+from nsls2_artifacts.agent import kernel_ceiling, kernels, layout, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.records import KernelExtras, PackageRef
@@ -151,7 +151,7 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     assert merged["display_name"].startswith("NSLS-II test 2026-1 / 2026-1b (Python 3.11, until ")
     # the per-env override (memory_limit: null in nsls2.yaml) beats the site's 2GiB
     assert found["nsls2-demo-2026-1b"]["memory_limit"] is None
-    assert "ulimit" not in merged["argv"][2]
+    assert " none " in merged["argv"][2] and "kernel_memory.py" not in merged["argv"][2]
     assert found["nsls2-demo-2025-2"]["memory_limit"] == 2 * 1024**3
     assert (specs / "nsls2-demo-2026-1b" / "logo-64x64.png").read_bytes() == png
     svg = (specs / "nsls2-demo-2026-1b" / "logo-svg.svg").read_bytes()
@@ -360,7 +360,8 @@ print(json.dumps({
     "leaked": importlib.util.find_spec("leaked_module") is not None,
     "user_module": importlib.util.find_spec("user_module") is not None,
     "env": {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV",
-            "CONDA_DEFAULT_ENV", "PYTHONNOUSERSITE", "LD_PRELOAD", "MALLOC_ARENA_MAX")},
+            "CONDA_DEFAULT_ENV", "PYTHONNOUSERSITE", "LD_PRELOAD", "MALLOC_ARENA_MAX",
+            "NSLS2_MEMORY_MECHANISM")},
     "startup_ran": "STARTUP_RAN" in globals(),
 }))
 """
@@ -397,6 +398,8 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
     monkeypatch.setenv("VIRTUAL_ENV", str(leaks))
     monkeypatch.setenv("CONDA_DEFAULT_ENV", "server-env")
     monkeypatch.setenv("PYTHONNOUSERSITE", "")  # the server's own choice does not matter
+    monkeypatch.setenv("NSLS2_MEMORY_CEILING", "rlimit")  # the MemoryError path, even as root
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     manager = KernelManager(kernel_name=kernel)
     manager.start_kernel()
     try:
@@ -404,6 +407,7 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
         out, _, reply = run_cell(client, HYGIENE_CELL)
         assert reply["status"] == "ok", reply
         seen = json.loads(out)
+        cpus = kernel_ceiling.cpu_allowance()
         assert seen["user_site"] is False and seen["user_module"] is False
         assert seen["leaked"] is False and seen["startup_ran"] is False
         assert seen["env"] == {
@@ -413,10 +417,13 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
             "CONDA_DEFAULT_ENV": None,
             "PYTHONNOUSERSITE": "1",
             "LD_PRELOAD": None,
-            "MALLOC_ARENA_MAX": "4",  # with a ceiling, arena reservations are capped
+            # arenas for the kernel's CPUs (glibc would make up to 8 per core)
+            "MALLOC_ARENA_MAX": str(max(2, kernel_ceiling.thread_count(cpus, 2 << 30, "rlimit"))),
+            "NSLS2_MEMORY_MECHANISM": "rlimit",
         }
-        out, _, reply = run_cell(client, "big = bytearray(3 * 1024**3)")
+        out, err, reply = run_cell(client, "big = bytearray(3 * 1024**3)")
         assert reply["status"] == "error" and reply["ename"] == "MemoryError", reply
+        assert "may use at most 2.0 GiB" in err and "kernels.memory_limit" in err, err
         out, _, reply = run_cell(client, "small = bytearray(50 * 1024**2); print(len(small))")
         assert reply["status"] == "ok" and out.strip() == str(50 * 1024**2)
         assert manager.is_alive()

@@ -163,7 +163,10 @@ def test_kernels_section_sizes_and_errors(tmp_path: Path) -> None:
     assert parse_size("2GB") == 2 * 10**9 and parse_size(4 * 1024**3) == 4 * 1024**3
     for text, key, message in [
         ("kernels: {memory_limit: lots}\n", "kernels.memory_limit", "16GiB"),
-        ("kernels: {memory_limit: 1KiB}\n", "kernels.memory_limit", "below 1MiB"),
+        ("kernels: {memory_limit: 1KiB}\n", "kernels.memory_limit", "below 512MiB"),
+        # issue #17 item 7: accepted before, and the kernel never started
+        ("kernels: {memory_limit: 200MB}\n", "kernels.memory_limit", "below 512MiB"),
+        ("kernels: {memory_limit: 64MiB}\n", "kernels.memory_limit", "below 512MiB"),
         ("kernels: {memory_limit: .nan}\n", "kernels.memory_limit", "16GiB"),
         ("kernels: {listed_lts: -1}\n", "kernels.listed_lts", "whole number"),
         ("kernels: {listed_lts: true}\n", "kernels.listed_lts", "whole number"),
@@ -171,8 +174,10 @@ def test_kernels_section_sizes_and_errors(tmp_path: Path) -> None:
         ("kernels: [1]\n", "kernels", "mapping"),
     ]:
         with pytest.raises(ConfigError) as info:
-            load_config(write(tmp_path, text))
+            path = write(tmp_path, text)
+            load_config(path)
         assert info.value.field == key and message in str(info.value), text
+        assert info.value.path == str(path) and str(path) in str(info.value)
         assert str(tmp_path / "site.yaml") in str(info.value)
 
 

@@ -148,6 +148,7 @@ BAD_YAML = [
     ("logo: missing.svg\n", "logo", "no such file"),
     ("kernels: {memory_limit: lots}\n", "kernels.memory_limit", "16GiB"),
     ("kernels: {memory: 1GiB}\n", "kernels.memory", "unknown key"),
+    ("kernels: {memory_limit: 200MB}\n", "kernels.memory_limit", "below 512MiB"),
 ]
 
 

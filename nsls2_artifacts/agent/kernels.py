@@ -49,7 +49,6 @@ HYGIENE_UNSET = (
     "CONDA_DEFAULT_ENV CONDA_SHLVL CONDA_PROMPT_MODIFIER CONDA_EXE CONDA_PYTHON_EXE "
     "CONDA_PREFIX_1 CONDA_PREFIX_2 CONDA_PREFIX_3 CONDA_PREFIX_4 _CE_CONDA _CE_M"
 )
-MALLOC_ARENAS = 4  # with a memory ceiling (see _memory_line)
 # ipykernel version -> the protocol it speaks, for a build whose _version.py is unreadable
 _PROTOCOL_BY_IPYKERNEL_MAJOR = {4: "5.0", 5: "5.1", 6: "5.3", 7: "5.3"}
 _PROTOCOL_RE = re.compile(r"^kernel_protocol_version_info\s*=\s*\((\d+),\s*(\d+)\)", re.M)
@@ -107,23 +106,22 @@ def display_name(plan: KernelPlan) -> str:
     return f"{plan.base_name} {labels}" + (f" ({', '.join(details)})" if details else "")
 
 
-def _memory_line(limit: int | None) -> str:
-    # dash's ulimit counts KiB; RLIMIT_AS makes a too-big allocation fail with MemoryError
-    # inside the kernel instead of the kernel being killed from outside. A lower limit the
-    # site already set stays (raising it fails, and that is fine).
-    # glibc reserves 64 MiB of address space per malloc arena (up to 8 per core): on a
-    # many-core node a threaded kernel would reach the ceiling on reservations alone, so
-    # arenas are capped unless the site chose a number itself.
-    if not limit:
-        return ""
+def _hygiene() -> str:
+    return f"unset {HYGIENE_UNSET}; export PYTHONNOUSERSITE=1; "
+
+
+def _launch(deploy_root: Path, python: str, limit: int | None, exec_files: list[Path]) -> str:
+    """`exec` the build's python through kernel_ceiling.py, which puts the process under
+    the memory ceiling (cgroup, else RLIMIT_DATA) and sizes thread pools for its CPUs,
+    then execs the kernel itself (same pid). `python` is already shell-quoted."""
+    ceiling = shlex.quote(str(layout.kernel_ceiling_path(deploy_root)))
+    if limit:
+        exec_files = [*exec_files, layout.kernel_memory_path(deploy_root)]
+    files = "".join(f" {shlex.quote(f'--IPKernelApp.exec_files={f}')}" for f in exec_files)
     return (
-        f"ulimit -v {max(1, limit // 1024)} 2>/dev/null; "
-        f"export MALLOC_ARENA_MAX=${{MALLOC_ARENA_MAX:-{MALLOC_ARENAS}}}; "
+        f'exec {python} -I -S {ceiling} {limit or "none"} "$0" -- '
+        f'{python} -m ipykernel_launcher -f "$0"{files}'
     )
-
-
-def _hygiene(limit: int | None) -> str:
-    return f"unset {HYGIENE_UNSET}; export PYTHONNOUSERSITE=1; {_memory_line(limit)}"
 
 
 def _common_env(deploy_root: Path) -> dict[str, str]:
@@ -169,15 +167,15 @@ def build_spec(deploy_root: Path, plan: KernelPlan) -> KernelSpec:
     env = _common_env(deploy_root)
     if plan.channel == "latest":
         link = shlex.quote(str(layout.latest_link(deploy_root, plan.env)))
-        startup = shlex.quote(f"--IPKernelApp.exec_files={startup_path(deploy_root)}")
+        launch = _launch(
+            deploy_root, '"$p/bin/python"', plan.memory_limit, [startup_path(deploy_root)]
+        )
         script = (
-            f"{_hygiene(plan.memory_limit)}p=$(readlink -f {link}) && "
-            'PATH="$p/bin:$PATH" CONDA_PREFIX="$p" '
-            f'exec "$p/bin/python" -m ipykernel_launcher -f "$0" {startup}'
+            f'{_hygiene()}p=$(readlink -f {link}) && PATH="$p/bin:$PATH" CONDA_PREFIX="$p" {launch}'
         )
     else:
         python = shlex.quote(str(prefix / "bin" / "python"))
-        script = f'{_hygiene(plan.memory_limit)}exec {python} -m ipykernel_launcher -f "$0"'
+        script = f"{_hygiene()}{_launch(deploy_root, python, plan.memory_limit, [])}"
         # jupyter_client expands ${PATH} from the server's environment (string.Template)
         env.update({"PATH": f"{prefix / 'bin'}:${{PATH}}", "CONDA_PREFIX": str(prefix)})
     return KernelSpec(
@@ -279,16 +277,23 @@ def startup_path(deploy_root: Path) -> Path:
     return layout.kernel_startup_path(deploy_root)
 
 
+# the files every kernel's launcher names, copied into DEPLOY_ROOT/share/jupyter/nsls2/
+KERNEL_FILES = ("kernel_startup.py", "kernel_ceiling.py", "kernel_memory.py")
+
+
 def write_startup(deploy_root: Path) -> bool:
-    """Copy `kernel_startup.py` into the deploy root (before the specs that name it);
-    returns False when it is already there as this version wrote it."""
-    wanted = (Path(__file__).parent / "kernel_startup.py").read_bytes()
-    path = startup_path(deploy_root)
-    with contextlib.suppress(OSError):
-        if path.read_bytes() == wanted:
-            return False
-    atomic_write_bytes(path, wanted)
-    return True
+    """Copy the kernel-side files (restart notice, memory ceiling, MemoryError hook) into
+    the deploy root, before the specs that name them; False when all were already so."""
+    changed = False
+    for name in KERNEL_FILES:
+        wanted = (Path(__file__).parent / name).read_bytes()
+        path = layout.jupyter_dir(deploy_root) / "nsls2" / name
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == wanted:
+                continue
+        atomic_write_bytes(path, wanted)
+        changed = True
+    return changed
 
 
 def retired_path(deploy_root: Path) -> Path:

@@ -6,7 +6,9 @@ jupyter_server loads it through `nsls2_artifacts.jupyter._jupyter_server_extensi
 (enabled by the `jupyter_server_config.d` file the package installs). It registers:
 - a contents-manager pre-save hook: on every notebook save, when a session for that path has
   an NSLS-II kernel, `metadata.nsls2 = {"env", "build_id", "track"}`;
-- `GET /nsls2/api/kernels`, authenticated and authorized like `GET /api/kernelspecs`.
+- `GET /nsls2/api/kernels`, authenticated and authorized like `GET /api/kernelspecs`;
+- an `OomWatcher` (oom.py): a kernel its memory cgroup stopped becomes a server event
+  (`kernel-memory`) that the lab extension shows as a notification.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from . import beamlines
+from . import beamlines, oom
 from .deployed import (
     MANAGED,
     Catalogue,
@@ -44,6 +46,7 @@ def _load_jupyter_server_extension(serverapp: ServerApp) -> None:
     serverapp.web_app.add_handlers(".*$", [(route, KernelsHandler, {"recorder": recorder})])
     beamlines_route = url_path_join(serverapp.web_app.settings["base_url"], beamlines.API_PATH)
     serverapp.web_app.add_handlers(".*$", [(beamlines_route, beamlines.BeamlinesHandler)])
+    oom.OomWatcher(serverapp).start()
     serverapp.log.info("nsls2-artifacts: recording builds in saved notebooks; API at /%s", API_PATH)
 
 
