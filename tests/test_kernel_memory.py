@@ -28,7 +28,8 @@ from helpers_agent import run_cli, write_site
 from helpers_jupyter import jupyter_server, wait_until
 from support.publish import publish_build
 
-from nsls2_artifacts.agent import kernel_ceiling, layout
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import kernel_ceiling
 from nsls2_artifacts.jupyter import oom
 
 pytestmark = pytest.mark.slow
