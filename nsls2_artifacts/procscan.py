@@ -27,7 +27,7 @@ import pwd
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import ProcessUse
@@ -82,8 +82,8 @@ class ScanResult:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "uses": {k: [asdict(u) for u in v] for k, v in self.uses.items()},
-            "unknown": [asdict(u) for u in self.unknown],
+            "uses": {k: [u.to_dict() for u in v] for k, v in self.uses.items()},
+            "unknown": [u.to_dict() for u in self.unknown],
             "complete": self.complete,
             "scanned": self.scanned,
             "vanished": self.vanished,

@@ -3,18 +3,23 @@
 The build side writes `BuildManifest` into the store; the agent reads it back, writes
 `ReadyRecord` into the deploy root and its shared state (`NodeHeartbeat`, `Quarantine`,
 `Hold`, `Tombstone`, `DeletedMarker`, `PassRecord`) under `DEPLOY_ROOT/state`; prune
-returns `RetentionDecision`s. Every `from_dict` names the field that is wrong. Every stage
-imports this module; it imports none of them.
+returns `RetentionDecision`s. Each is a msgspec Struct (`schema.Record`): its types are
+checked on the way in and `from_dict` names the field that is wrong. Build-id times are
+parsed here only (`build_id_time`). Every stage imports this module; it imports none of them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType, field
 
 from .errors import RecordError
+from .schema import Record, decode, field_problem, to_builtins
 
 MANIFEST_SCHEMA = 1
 
@@ -40,6 +45,15 @@ def make_build_id(created: datetime, lock_sha256: str) -> str:
     return f"{created.astimezone(UTC):%Y.%m.%dT%H%M%SZ}-{lock_sha256[:8]}"
 
 
+def build_id_time(build_id: str) -> datetime | None:
+    """When a build id says its build was made (UTC), None if it is not a build id: the
+    one parser of the id's time (the agent's, retention's and the notebook tools')."""
+    match = _BUILD_ID_RE.match(build_id)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
 def is_build_id(text: str) -> bool:
     return bool(_BUILD_ID_RE.match(text))
 
@@ -51,98 +65,103 @@ def build_id_lock_prefix(build_id: str) -> str:
     return match.group(2)
 
 
-def _require(data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(data, dict):
-        raise RecordError(record, name, "record is not a JSON object")
-    if name not in data:
-        raise RecordError(record, name, "missing")
-    value = data[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
-        raise RecordError(record, name, f"expected {_kind_name(kind)}, got {type(value).__name__}")
-    return value
+def _check_time(name: str, text: str, what: str = "not an ISO 8601 time") -> None:
+    try:
+        parse_time(text)
+    except ValueError as exc:
+        raise field_problem(name, f"{what}: {exc}") from None
 
 
-def _optional(
-    data: dict[str, Any], record: str, name: str, kind: type | tuple[type, ...], default: Any
-) -> Any:
-    return _require(data, record, name, kind) if name in data else default
-
-
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    return " or ".join(k.__name__ for k in _kinds(kind))
-
-
-def _plain_file_name(data: dict[str, Any], record: str, name: str) -> str:
-    """A file name of the build directory (`artifact.file`, `lock.file`): a plain name,
-    so joining it to the build directory can only name a file there (no `/`, `.`, `..`,
-    NUL, nothing longer than a name can be, not the manifest itself)."""
-    value = _require(data, record, name, str)
+def _check_plain_file_name(name: str, value: str) -> None:
+    """A file name of the build directory (`artifact.file`, `lock.file`, `index.file`): a
+    plain name, so joining it to the build directory can only name a file there (no `/`,
+    `.`, `..`, NUL, nothing longer than a name can be, not the manifest itself)."""
     if (
         value in ("", ".", "..", "manifest.json")
         or "/" in value
         or "\0" in value
         or len(value.encode("utf-8", "surrogateescape")) > 255
     ):
-        raise RecordError(record, name, f"{value!r} is not a plain file name of the build")
-    return value
+        raise field_problem(name, f"{value!r} is not a plain file name of the build")
 
 
-@dataclass(frozen=True)
-class PackageRef:
+Size = Annotated[int, Meta(ge=0)]
+
+
+class PackageRef(Record, frozen=True):
     """One installed package, as the lock and the manifest name it."""
+
+    RECORD: ClassVar[str] = "package"
 
     name: str
     version: str
     build: str
     channel: str
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PackageRef:
-        return cls(
-            **{
-                k: str(_require(data, "package", k, str))
-                for k in ("name", "version", "build", "channel")
-            }
-        )
 
+class ArtifactInfo(Record, frozen=True):
+    RECORD: ClassVar[str] = "manifest.json artifact"
 
-@dataclass(frozen=True)
-class ArtifactInfo:
     file: str
     sha256: str
-    size: int
+    size: Size
     format: str  # "tar.zst" or "tar.gz"
 
+    def __post_init__(self) -> None:
+        _check_plain_file_name("file", self.file)
 
-@dataclass(frozen=True)
-class IndexInfo:
+
+class IndexInfo(Record, frozen=True):
     """`index` in manifest.json: the build's content index file (contentindex.py), with
     what it must hash to. Absent in builds from before the index: the agent deploys those
     in full and the next publish packs in full."""
 
+    RECORD: ClassVar[str] = "manifest.json index"
+
     file: str
     sha256: str
-    size: int
+    size: Size
+
+    def __post_init__(self) -> None:
+        _check_plain_file_name("file", self.file)
 
 
-@dataclass(frozen=True)
-class LockInfo:
+class LockInfo(Record, frozen=True):
+    RECORD: ClassVar[str] = "manifest.json lock"
+
     file: str
     sha256: str
 
+    def __post_init__(self) -> None:
+        _check_plain_file_name("file", self.file)
 
-@dataclass(frozen=True)
-class KernelExtras:
+
+class _Logo(msgspec.Struct, frozen=True):
+    format: Literal["svg", "png"]
+    base64: str
+
+
+class _KernelJson(msgspec.Struct, frozen=True):
+    """`kernel` in manifest.json as it is written (KernelExtras is what code uses)."""
+
+    beamlines: tuple[str, ...]
+    memory_limit: Annotated[int, Meta(ge=0)] | None | UnsetType = UNSET
+    logo: _Logo | None = None
+
+
+class KernelExtras(Record, frozen=True):
     """`kernel` in manifest.json: what nsls2.yaml says about the env's kernels.
 
     `memory_limit` overrides the site's `kernels.memory_limit` only when
     `memory_limit_set` (nsls2.yaml named it; null there means "no ceiling").
     `logo` is the image itself (base64), so the store stays the agent's only source.
     """
+
+    RECORD: ClassVar[str] = "manifest.json kernel"
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "beamlines": "expected a list of names",
+        "format": "expected svg or png",
+    }
 
     beamlines: tuple[str, ...] = ()
     memory_limit: int | None = None
@@ -159,30 +178,21 @@ class KernelExtras:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KernelExtras:
-        record = "manifest.json kernel"
-        beamlines = _require(data, record, "beamlines", list)
-        if not all(isinstance(b, str) for b in beamlines):
-            raise RecordError(record, "beamlines", "expected a list of names")
-        limit = data.get("memory_limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise RecordError(record, "memory_limit", f"expected bytes or null, got {limit!r}")
-        logo = data.get("logo") or {}
-        fmt = _require(logo, f"{record} logo", "format", str) if logo else ""
-        if fmt not in ("", "svg", "png"):
-            raise RecordError(f"{record} logo", "format", f"expected svg or png, got {fmt!r}")
+    def from_dict(cls, data: Any) -> KernelExtras:
+        raw = decode(data, _KernelJson, cls.RECORD, cls.MESSAGES)
         return cls(
-            beamlines=tuple(beamlines),
-            memory_limit=limit,
-            memory_limit_set="memory_limit" in data,
-            logo_format=fmt,
-            logo_base64=_require(logo, f"{record} logo", "base64", str) if logo else "",
+            beamlines=raw.beamlines,
+            memory_limit=None if raw.memory_limit is UNSET else raw.memory_limit,
+            memory_limit_set=raw.memory_limit is not UNSET,
+            logo_format=raw.logo.format if raw.logo else "",
+            logo_base64=raw.logo.base64 if raw.logo else "",
         )
 
 
-@dataclass(frozen=True)
-class BuildManifest:
+class BuildManifest(Record, frozen=True):
     """`STORE/ENV/BUILD_ID/manifest.json`: written last; its presence commits the build."""
+
+    RECORD: ClassVar[str] = "manifest.json"
 
     name: str
     build_id: str
@@ -199,6 +209,13 @@ class BuildManifest:
     index: IndexInfo | None = None  # optional: builds from before the content index
     schema: int = MANIFEST_SCHEMA
 
+    def __post_init__(self) -> None:
+        if self.schema > MANIFEST_SCHEMA:
+            raise field_problem(
+                "schema", f"schema {self.schema} is newer than this tool ({MANIFEST_SCHEMA})"
+            )
+        _check_time("created", self.created)
+
     @property
     def created_at(self) -> datetime:
         return parse_time(self.created)
@@ -208,9 +225,7 @@ class BuildManifest:
         return next((p.version for p in self.packages if p.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["smoke"] = list(self.smoke)
-        data["packages"] = [asdict(p) for p in self.packages]
+        data = to_builtins(self)
         data["kernel"] = self.kernel.to_dict()
         if self.index is None:
             del data["index"]
@@ -225,65 +240,21 @@ class BuildManifest:
         return names
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildManifest:
-        record = "manifest.json"
-        schema = _require(data, record, "schema", int)
-        if schema > MANIFEST_SCHEMA:
-            raise RecordError(
-                record, "schema", f"schema {schema} is newer than this tool ({MANIFEST_SCHEMA})"
-            )
-        artifact = _require(data, record, "artifact", dict)
-        lock = _require(data, record, "lock", dict)
-        created = _require(data, record, "created", str)
-        try:
-            parse_time(created)
-        except ValueError as exc:
-            raise RecordError(record, "created", f"not an ISO 8601 time: {exc}") from None
-        size = _require(artifact, "manifest.json artifact", "size", int)
-        return cls(
-            schema=schema,
-            name=_require(data, record, "name", str),
-            build_id=_require(data, record, "build_id", str),
-            created=created,
-            platform=_require(data, record, "platform", str),
-            display_name=_require(data, record, "display_name", str),
-            smoke=tuple(_require(data, record, "smoke", list)),
-            artifact=ArtifactInfo(
-                file=_plain_file_name(artifact, "manifest.json artifact", "file"),
-                sha256=_require(artifact, "manifest.json artifact", "sha256", str),
-                size=size,
-                format=_require(artifact, "manifest.json artifact", "format", str),
-            ),
-            lock=LockInfo(
-                file=_plain_file_name(lock, "manifest.json lock", "file"),
-                sha256=_require(lock, "manifest.json lock", "sha256", str),
-            ),
-            packages=tuple(
-                PackageRef.from_dict(p) for p in _require(data, record, "packages", list)
-            ),
-            builder=_require(data, record, "builder", dict),
-            source=_require(data, record, "source", dict),
-            kernel=KernelExtras.from_dict(_require(data, record, "kernel", dict))
-            if "kernel" in data
-            else KernelExtras(),
-            index=_index_info(data["index"]) if data.get("index") is not None else None,
-        )
+    def from_dict(cls, data: Any) -> BuildManifest:
+        if not isinstance(data, dict):
+            raise RecordError(cls.RECORD, None, "record is not a JSON object")
+        for name in ("schema", "builder", "source"):  # required on disk, defaulted in code
+            if name not in data:
+                raise RecordError(cls.RECORD, name, "missing")
+        kernel = data.get("kernel")
+        rest = {k: v for k, v in data.items() if k != "kernel"}
+        manifest = decode(rest, cls, cls.RECORD)
+        if kernel is None:
+            return manifest  # older builds: no kernel record
+        return msgspec.structs.replace(manifest, kernel=KernelExtras.from_dict(kernel))
 
 
-def _index_info(index: Any) -> IndexInfo:
-    record = "manifest.json index"
-    size = _require(index, record, "size", int)
-    if size < 0:
-        raise RecordError(record, "size", f"{size} is not a size")
-    return IndexInfo(
-        file=_plain_file_name(index, record, "file"),
-        sha256=_require(index, record, "sha256", str),
-        size=size,
-    )
-
-
-@dataclass(frozen=True)
-class LtsRecord:
+class LtsRecord(Record, frozen=True):
     """`STORE/ENV/lts/LABEL.json`: a long-term-support label pointing at one build."""
 
     env: str
@@ -295,19 +266,20 @@ class LtsRecord:
         return {"build_id": self.build_id, "promoted": self.promoted}
 
     @classmethod
-    def from_dict(cls, env: str, label: str, data: dict[str, Any]) -> LtsRecord:
-        record = f"lts/{label}.json"
-        return cls(
-            env=env,
-            label=label,
-            build_id=_require(data, record, "build_id", str),
-            promoted=_require(data, record, "promoted", str),
-        )
+    def from_dict(cls, env: str, label: str, data: Any) -> LtsRecord:  # type: ignore[override]
+        raw = decode(data, _LtsJson, f"lts/{label}.json")
+        return cls(env=env, label=label, build_id=raw.build_id, promoted=raw.promoted)
 
 
-@dataclass(frozen=True)
-class ReadyRecord:
+class _LtsJson(msgspec.Struct, frozen=True):
+    build_id: str
+    promoted: str
+
+
+class ReadyRecord(Record, frozen=True):
     """`DEPLOY_ROOT/envs/ENV/BUILD_ID/.nsls2/ready.json`: written last by the agent."""
+
+    RECORD: ClassVar[str] = "ready.json"
 
     env: str
     build_id: str
@@ -317,11 +289,6 @@ class ReadyRecord:
     artifact_sha256: str
     smoke: tuple[str, ...]
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["smoke"] = list(self.smoke)
-        return data
 
     def vouches_for(self, manifest: BuildManifest) -> bool:
         """Whether this record was written for `manifest`'s artifact: anything else (a
@@ -333,43 +300,22 @@ class ReadyRecord:
             manifest.artifact.sha256,
         )
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReadyRecord:
-        record = "ready.json"
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            created=_require(data, record, "created", str),
-            deployed=_require(data, record, "deployed", str),
-            node=_require(data, record, "node", str),
-            artifact_sha256=_require(data, record, "artifact_sha256", str),
-            smoke=tuple(_require(data, record, "smoke", list)),
-            seconds=float(_require(data, record, "seconds", (int, float))),
-        )
 
-
-@dataclass(frozen=True)
-class ProcessUse:
+class ProcessUse(Record, frozen=True):
     """A process found using a deployed build (or `unknown` when it could not be read)."""
+
+    RECORD: ClassVar[str] = "process use"
 
     pid: int
     user: str
     via: str  # exe, cwd, root, fd, maps, environ, or "unreadable"
     path: str
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], record: str = "process use") -> ProcessUse:
-        return cls(
-            pid=_require(data, record, "pid", int),
-            user=_require(data, record, "user", str),
-            via=_require(data, record, "via", str),
-            path=_require(data, record, "path", str),
-        )
 
-
-@dataclass(frozen=True)
-class NodeHeartbeat:
+class NodeHeartbeat(Record, frozen=True):
     """`DEPLOY_ROOT/state/nodes/NODE.json`: what one node's agent saw on its last pass."""
+
+    RECORD: ClassVar[str] = "node heartbeat"
 
     node: str
     time: str
@@ -379,30 +325,14 @@ class NodeHeartbeat:
     # processes the scan could not read ([ProcessUse as dict]); any makes `complete` False
     unknown: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NodeHeartbeat:
-        record = "node heartbeat"
-        in_use = _require(data, record, "in_use", dict)
-        unknown = _optional(data, record, "unknown", list, [])
+    def from_dict(cls, data: Any) -> NodeHeartbeat:
+        beat = decode(data, cls, cls.RECORD)
         # every use is checked here: a use dropped as unreadable could let its build be deleted
-        for key, uses in in_use.items():
-            if not isinstance(uses, list):
-                raise RecordError(record, f"in_use.{key}", "expected a list")
-            for i, use in enumerate(uses):
-                ProcessUse.from_dict(use, f"{record} in_use.{key}[{i}]")
-        for i, use in enumerate(unknown):
-            ProcessUse.from_dict(use, f"{record} unknown[{i}]")
-        return cls(
-            node=_require(data, record, "node", str),
-            time=_require(data, record, "time", str),
-            version=_require(data, record, "version", str),
-            in_use=in_use,
-            complete=_require(data, record, "complete", bool),
-            unknown=unknown,
-        )
+        for key, uses in beat.in_use.items():
+            decode(uses, list[ProcessUse], f"{cls.RECORD} in_use.{key}")
+        decode(beat.unknown, list[ProcessUse], f"{cls.RECORD} unknown")
+        return beat
 
     def uses(self) -> dict[str, list[ProcessUse]]:
         """`in_use` as records ("ENV/BUILD_ID" -> uses); `from_dict` checked every entry."""
@@ -415,13 +345,14 @@ class NodeHeartbeat:
 # -- the agents' shared state under DEPLOY_ROOT/state (paths: layout.py) ------------------
 
 
-@dataclass(frozen=True)
-class Quarantine:
+class Quarantine(Record, frozen=True):
     """`state/quarantine/ENV/BUILD_ID.json`: why a build was rejected, and which artifact.
 
     The artifact is identified by the manifest's sha256 plus the size and mtime seen on
     disk: the same artifact is never retried, a republished or re-synced one is.
     """
+
+    RECORD: ClassVar[str] = "quarantine record"
 
     env: str
     build_id: str
@@ -441,67 +372,32 @@ class Quarantine:
             mtime_ns,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Quarantine:
-        record = "quarantine record"
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            stage=_require(data, record, "stage", str),
-            reason=_require(data, record, "reason", str),
-            artifact_sha256=_require(data, record, "artifact_sha256", str),
-            artifact_size=_require(data, record, "artifact_size", int),
-            artifact_mtime_ns=_require(data, record, "artifact_mtime_ns", int),
-            time=_require(data, record, "time", str),
-            node=_require(data, record, "node", str),
-        )
-
-
-@dataclass(frozen=True)
-class RetryRecord:
+class RetryRecord(Record, frozen=True):
     """`state/retry/ENV/BUILD_ID.json`: a deploy that failed for a reason of the node
     (disk full, I/O error, killed, timed out), when it is tried again and how often it
     was; removed once the build is ready."""
+
+    RECORD: ClassVar[str] = "retry record"
 
     env: str
     build_id: str
     stage: str
     reason: str
-    attempts: int
+    attempts: Annotated[int, Meta(ge=0)]
     time: str
     next_try: str
     node: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetryRecord:
-        record = "retry record"
-        next_try = _require(data, record, "next_try", str)
-        try:
-            parse_time(next_try)
-        except ValueError as exc:
-            raise RecordError(record, "next_try", f"not an ISO 8601 time: {exc}") from None
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            stage=_require(data, record, "stage", str),
-            reason=_require(data, record, "reason", str),
-            attempts=_require(data, record, "attempts", int),
-            time=_require(data, record, "time", str),
-            next_try=next_try,
-            node=_require(data, record, "node", str),
-        )
+    def __post_init__(self) -> None:
+        _check_time("next_try", self.next_try)
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(Record, frozen=True):
     """`state/holds/ENV.json`, a rollback pin: keep latest at `build_id` until something
     newer than `newest_at_hold` (created `newest_at_hold_created`) is ready."""
+
+    RECORD: ClassVar[str] = "rollback hold"
 
     env: str
     build_id: str
@@ -509,104 +405,56 @@ class Hold:
     newest_at_hold_created: str
     time: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Hold:
-        record = "rollback hold"
-        created = _require(data, record, "newest_at_hold_created", str)
-        try:
-            parse_time(created)
-        except ValueError as exc:
-            raise RecordError(record, "newest_at_hold_created", f"not a time: {exc}") from None
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            newest_at_hold=_require(data, record, "newest_at_hold", str),
-            newest_at_hold_created=created,
-            time=_require(data, record, "time", str),
-        )
+    def __post_init__(self) -> None:
+        _check_time("newest_at_hold_created", self.newest_at_hold_created, "not a time")
 
 
-@dataclass(frozen=True)
-class Tombstone:
+class Tombstone(Record, frozen=True):
     """`state/tombstones/ENV/BUILD_ID.json`: retention marked the build for deletion. Its
     file mtime (the shared filesystem's clock) is the tombstone's time; `time` is
     informational."""
+
+    RECORD: ClassVar[str] = "tombstone"
 
     env: str
     build_id: str
     node: str
     time: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Tombstone:
-        record = "tombstone"
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            node=_require(data, record, "node", str),
-            time=_require(data, record, "time", str),
-        )
-
-
-@dataclass(frozen=True)
-class DeletedMarker:
+class DeletedMarker(Record, frozen=True):
     """`state/deleted/ENV/BUILD_ID.json`: retention deleted the build here on purpose, so
     the agent does not deploy it again from the store. `time` is empty when an interrupted
     delete was finished by a later pass."""
+
+    RECORD: ClassVar[str] = "deleted marker"
 
     env: str
     build_id: str
     node: str
     time: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeletedMarker:
-        record = "deleted marker"
-        return cls(
-            env=_require(data, record, "env", str),
-            build_id=_require(data, record, "build_id", str),
-            node=_require(data, record, "node", str),
-            time=_optional(data, record, "time", str, ""),
-        )
-
-
-@dataclass(frozen=True)
-class PassRecord:
+class PassRecord(Record, frozen=True):
     """`state/agent/NODE.json`: when this node last finished a pass and what failed (`status`
     shows it)."""
+
+    RECORD: ClassVar[str] = "agent pass record"
 
     node: str
     time: str
     seconds: float
     ok: bool
-    failures: list[str]
-    outcomes: list[dict[str, Any]]  # agent.deploy.DeployOutcome as dicts
+    failures: list[Any]
+    outcomes: list[Any]  # agent.deploy.DeployOutcome as dicts
     store_ok: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PassRecord:
-        record = "agent pass record"
-        return cls(
-            node=_require(data, record, "node", str),
-            time=_require(data, record, "time", str),
-            seconds=float(_require(data, record, "seconds", (int, float))),
-            ok=_require(data, record, "ok", bool),
-            failures=_require(data, record, "failures", list),
-            outcomes=_require(data, record, "outcomes", list),
-            store_ok=_require(data, record, "store_ok", bool),
-        )
+# what retention may decide for one deployed build (shown by `prune --dry-run`): "finish" is
+# an interrupted delete completed, "revive" a deleted build that became a root again
+RetentionAction = Literal[
+    "keep", "tombstone", "delete", "untombstone", "wait", "finish", "revive", "error"
+]
 
 
 @dataclass(frozen=True)
@@ -615,32 +463,17 @@ class RetentionDecision:
 
     env: str
     build_id: str
-    # "keep", "tombstone", "delete", "untombstone", "wait"; also "finish" (an interrupted
-    # delete completed), "revive" (a deleted build became a root again), "error"
-    action: str
+    action: RetentionAction
     reason: str
 
 
-@dataclass(frozen=True)
-class NodeCheck:
+class NodeCheck(Record, frozen=True):
     """`state/nodecheck/NODE/ENV/BUILD_ID.json`: whether the build imported `imports` on
     NODE (`reason` empty: it did)."""
+
+    RECORD: ClassVar[str] = "node check"
+    MESSAGES: ClassVar[dict[str, str]] = {"imports": "expected a list of module names"}
 
     imports: tuple[str, ...]
     reason: str
     time: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"imports": list(self.imports), "reason": self.reason, "time": self.time}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NodeCheck:
-        record = "node check"
-        imports = _require(data, record, "imports", list)
-        if not all(isinstance(name, str) for name in imports):
-            raise RecordError(record, "imports", "expected a list of module names")
-        return cls(
-            imports=tuple(imports),
-            reason=_require(data, record, "reason", str),
-            time=_require(data, record, "time", str),
-        )

@@ -9,12 +9,13 @@ on every store backend. Nothing here touches the deploy root.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import StoreError
 from .records import BuildManifest, PackageRef, RecordError, isoformat, utcnow
+from .schema import Record
 from .store import NodeReports
 
 REPORT_SCHEMA = 1
@@ -23,38 +24,28 @@ REPORT_SCHEMA = 1
 # -- what one node reports -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EnvRollout:
+class EnvRollout(Record, frozen=True):
     """One env on one node: where `latest` points, what is ready, what failed or was skipped."""
+
+    RECORD: ClassVar[str] = "rollout report env"
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "latest": "expected a build id or null",
+        "ready": "expected a list of build ids",
+        "failed": "expected build id -> text",
+        "superseded": "expected build id -> text",
+    }
 
     latest: str | None = None
     ready: tuple[str, ...] = ()
-    failed: dict[str, str] = field(default_factory=dict)  # build -> reason
-    superseded: dict[str, str] = field(default_factory=dict)  # build -> the newer build deployed
-
-    @classmethod
-    def from_dict(cls, data: Any) -> EnvRollout:
-        if not isinstance(data, dict):
-            raise RecordError("rollout report env", "-", "expected an object")
-        latest = data.get("latest")
-        ready = data.get("ready", [])
-        failed = data.get("failed", {})
-        superseded = data.get("superseded", {})
-        if latest is not None and not isinstance(latest, str):
-            raise RecordError("rollout report env", "latest", "expected a build id or null")
-        if not isinstance(ready, list) or not all(isinstance(b, str) for b in ready):
-            raise RecordError("rollout report env", "ready", "expected a list of build ids")
-        for name, value in (("failed", failed), ("superseded", superseded)):
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise RecordError("rollout report env", name, "expected build id -> text")
-        return cls(latest, tuple(ready), dict(failed), dict(superseded))
+    failed: dict[str, str] = {}  # build -> reason
+    superseded: dict[str, str] = {}  # build -> the newer build deployed
 
 
-@dataclass(frozen=True)
-class NodeRollout:
-    """`Store.put_node_report(node, ...)`: one agent's view after its last pass."""
+class NodeRollout(Record, frozen=True):
+    """`NodeReports.put_node_report(node, ...)`: one agent's view after its last pass."""
+
+    RECORD: ClassVar[str] = "rollout report"
+    MESSAGES: ClassVar[dict[str, str]] = EnvRollout.MESSAGES
 
     node: str
     time: str  # the node's clock, informational; liveness uses the store's time
@@ -66,33 +57,9 @@ class NodeRollout:
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["envs"] = {name: asdict(env) for name, env in sorted(self.envs.items())}
+        data = super().to_dict()
+        data["envs"] = dict(sorted(data["envs"].items()))
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NodeRollout:
-        record = "rollout report"
-
-        def need(name: str, kind: type | tuple[type, ...]) -> Any:
-            if name not in data:
-                raise RecordError(record, name, "missing")
-            if not isinstance(data[name], kind) or isinstance(data[name], bool) != (kind is bool):
-                raise RecordError(record, name, f"expected {kind}")
-            return data[name]
-
-        envs = need("envs", dict)
-        retired = data.get("retired")
-        return cls(
-            node=need("node", str),
-            time=need("time", str),
-            version=need("version", str),
-            pass_seconds=float(need("pass_seconds", (int, float))),
-            envs={str(k): EnvRollout.from_dict(v) for k, v in envs.items()},
-            store_ok=bool(data.get("store_ok", True)),
-            retired=retired if isinstance(retired, str) else None,
-            schema=int(data.get("schema", REPORT_SCHEMA)),
-        )
 
 
 # -- what the hook sees of every node ------------------------------------------------------
@@ -135,7 +102,7 @@ def read_nodes(
         if item.data is not None:
             try:
                 report = NodeRollout.from_dict(item.data)
-            except (RecordError, TypeError, ValueError) as exc:
+            except RecordError as exc:
                 error = f"report of {item.node}: {exc}"
         if report is None:
             seen.append(NodeSeen(item.node, "unreadable", item.written, None, error))

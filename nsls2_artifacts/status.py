@@ -30,8 +30,8 @@ def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
         "store": store.location,
         "store_error": None,
         "envs": {},
-        "quarantined": [asdict(q) for q in deploy.list_quarantined(root)],
-        "retrying": [asdict(r) for r in failures.list_retrying(root)],
+        "quarantined": [q.to_dict() for q in deploy.list_quarantined(root)],
+        "retrying": [r.to_dict() for r in failures.list_retrying(root)],
         "invalid": [],
         "not_builds": [],  # store entries that are neither builds nor known records
         "kernels": {},
@@ -137,7 +137,7 @@ def _env_status(
         )
     return {
         "latest": latest.current_latest(root, env),
-        "hold": asdict(hold) if hold else None,
+        "hold": hold.to_dict() if hold else None,
         "hold_error": hold_error,
         "builds": builds,
     }
@@ -171,7 +171,7 @@ def _superseded(store: Store, node: str) -> dict[tuple[str, str], str]:
             continue
         try:
             report = NodeRollout.from_dict(item.data)
-        except (RecordError, TypeError, ValueError):
+        except RecordError:
             return {}
         return {
             (env, build): newer
@@ -220,7 +220,7 @@ def _scans(root: Path) -> dict[str, Any]:
         found[report.node] = {
             "complete": beat.complete,
             "unreadable": len(unknown),
-            "example": asdict(unknown[0]) if unknown else None,
+            "example": unknown[0].to_dict() if unknown else None,
         }
     return found
 

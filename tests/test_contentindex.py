@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
+from msgspec.structs import replace
 from test_store_contract import store  # noqa: F401 - the two-backend fixture
 
 from nsls2_artifacts.contentindex import (

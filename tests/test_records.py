@@ -10,16 +10,23 @@ import pytest
 
 from nsls2_artifacts.agent import layout
 from nsls2_artifacts.records import (
+    ArtifactInfo,
+    BuildManifest,
     DeletedMarker,
     Hold,
+    KernelExtras,
+    LockInfo,
     NodeCheck,
     NodeHeartbeat,
+    PackageRef,
     PassRecord,
     ProcessUse,
     Quarantine,
     RecordError,
+    RetryRecord,
     Tombstone,
 )
+from nsls2_artifacts.rollout import EnvRollout, NodeRollout
 
 BUILD = "2026.11.25T020000Z-1a2b3c4d"
 
@@ -103,6 +110,94 @@ def test_read_record_names_the_file(tmp_path: Path):
     path.write_text(json.dumps({"env": "demo"}))
     with pytest.raises(RecordError) as info:
         layout.read_record(path, Hold.from_dict)
-    assert str(path) in str(info.value) and info.value.field == "newest_at_hold_created"
+    assert str(path) in str(info.value) and info.value.field == "build_id"  # the first missing
     path.write_text(json.dumps(GOOD[Hold].to_dict()))
     assert layout.read_record(path, Hold.from_dict) == GOOD[Hold]
+
+
+def test_nested_manifest_fields_are_named_with_their_record() -> None:
+    data = _manifest_dict()
+    data["artifact"]["size"] = "10"
+    with pytest.raises(RecordError) as info:
+        BuildManifest.from_dict(data)
+    assert str(info.value) == "manifest.json artifact: field 'size': expected int, got str"
+    data = _manifest_dict()
+    data["packages"][0] = {"name": "python"}
+    with pytest.raises(RecordError, match=r"manifest.json packages\[0\]: field 'version': missing"):
+        BuildManifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "detail"),
+    [
+        (lambda d: d["artifact"].update(size=-1), "size", "expected int >= 0"),
+        (lambda d: d.update(schema=99), "schema", "newer than this tool"),
+        (lambda d: d.update(created="soon"), "created", "not an ISO 8601 time"),
+        (lambda d: d["lock"].update(file="../x"), "file", "not a plain file name"),
+        (lambda d: d.update(kernel={"beamlines": [1]}), "beamlines", "expected a list of names"),
+        (
+            lambda d: d.update(kernel={"beamlines": [], "logo": {"format": "gif", "base64": ""}}),
+            "format",
+            "expected svg or png",
+        ),
+    ],
+)
+def test_manifest_values_are_checked(mutate, field, detail) -> None:
+    data = _manifest_dict()
+    mutate(data)
+    with pytest.raises(RecordError) as info:
+        BuildManifest.from_dict(data)
+    assert info.value.field == field and detail in str(info.value)
+
+
+def test_manifests_of_older_and_newer_builds_still_load() -> None:
+    data = _manifest_dict()
+    del data["kernel"]  # older builds: no kernel record
+    assert BuildManifest.from_dict(data).kernel == KernelExtras()
+    data["added_by_a_newer_tool"] = {"x": 1}  # unknown fields are ignored (rolling upgrades)
+    assert BuildManifest.from_dict(data).name == "demo"
+
+
+def test_rollout_reports_are_typed() -> None:
+    report = NodeRollout("n1", "t", "0.1", 1.5, {"base": EnvRollout("b", ("a", "b"))})
+    assert NodeRollout.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    data = report.to_dict()
+    data["envs"]["base"]["ready"] = "b"
+    with pytest.raises(RecordError) as info:
+        NodeRollout.from_dict(data)
+    assert info.value.field == "ready" and "expected a list of build ids" in str(info.value)
+    data = report.to_dict() | {"store_ok": "yes"}
+    with pytest.raises(RecordError, match="field 'store_ok': expected bool, got str"):
+        NodeRollout.from_dict(data)
+
+
+def test_retry_attempts_cannot_be_negative() -> None:
+    data = {
+        "env": "demo",
+        "build_id": BUILD,
+        "stage": "extract",
+        "reason": "disk full",
+        "attempts": -1,
+        "time": "t",
+        "next_try": "2026-11-25T02:00:00Z",
+        "node": "n1",
+    }
+    with pytest.raises(RecordError, match="field 'attempts': expected int >= 0"):
+        RetryRecord.from_dict(data)
+
+
+def _manifest_dict() -> dict:
+    return BuildManifest(
+        name="demo",
+        build_id=BUILD,
+        created="2026-11-25T02:00:00Z",
+        platform="linux-64",
+        display_name="Demo",
+        smoke=("json",),
+        artifact=ArtifactInfo("env.tar.zst", "ab" * 32, 10, "tar.zst"),
+        lock=LockInfo("pixi.lock", "cd" * 32),
+        packages=(PackageRef("python", "3.11", "h0", "conda-forge"),),
+        builder={"host": "b"},
+        source={"manifest_sha256": "x"},
+        kernel=KernelExtras(beamlines=("csx",)),
+    ).to_dict()

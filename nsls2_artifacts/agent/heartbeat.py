@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def fs_now_ns(deploy_root: str | Path, node: str) -> int:
 def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHeartbeat:
     """The heartbeat for one scan; `keys` maps each scanned build dir to "ENV/BUILD_ID"."""
     in_use = {
-        keys[path]: [asdict(use) for use in uses]
+        keys[path]: [use.to_dict() for use in uses]
         for path, uses in sorted(scan.uses.items())
         if uses and path in keys
     }
@@ -61,7 +61,7 @@ def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHea
         version=__version__,
         in_use=in_use,
         complete=scan.complete,
-        unknown=[asdict(use) for use in scan.unknown],
+        unknown=[use.to_dict() for use in scan.unknown],
     )
 
 
