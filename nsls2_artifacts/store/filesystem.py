@@ -29,11 +29,14 @@ from typing import IO, Any
 from ..contentindex import MAX_COMPRESSED, ContentIndex
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import (
+    MANIFEST_LIMIT,
+    RECORD_LIMIT,
     LockBusy,
     atomic_write_json,
     atomic_write_text,
     file_lock,
     fsync_dir,
+    read_bounded,
     read_json,
 )
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id
@@ -52,6 +55,7 @@ from .interface import (
     check_stream,
     parse_index,
     read_chunks,
+    stored_report,
 )
 
 STAGING_PREFIX = ".staging-"
@@ -148,11 +152,11 @@ class FilesystemStore:
 
     def _load(self, env: str, build_id: str) -> BuildManifest:
         path = self.root / env / build_id / MANIFEST
-        try:
-            manifest = BuildManifest.from_dict(read_json(path))
+        try:  # read_json: a regular file (no FIFO, no symlink) of at most MANIFEST_LIMIT
+            manifest = BuildManifest.from_dict(read_json(path, MANIFEST_LIMIT))
         except FileNotFoundError:
             raise StoreError(f"{env}/{build_id}: no such committed build in {self.root}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             raise StoreError(f"{path}: invalid JSON: {exc}") from None
         except RecordError as exc:
             raise StoreError(f"{path}: {exc}") from None
@@ -203,8 +207,10 @@ class FilesystemStore:
     def _read_lts(self, env: str, entry: os.DirEntry[str]) -> LtsRecord:
         label = entry.name[: -len(".json")]
         try:
-            return LtsRecord.from_dict(env, label, read_json(entry.path))
-        except (OSError, ValueError, RecordError) as exc:
+            return LtsRecord.from_dict(env, label, read_json(entry.path, RECORD_LIMIT))
+        except OSError as exc:
+            raise StoreError(f"unreadable LTS record {entry.path}: {exc.strerror}") from None
+        except (ValueError, RecordError) as exc:
             raise StoreError(f"unreadable LTS record {entry.path}: {exc}") from None
 
     def lts(self, env: str) -> list[LtsRecord]:
@@ -320,11 +326,16 @@ class FilesystemStore:
         lock = self.root / env / ".publish.lock"
         with _write_errors(lock.parent):
             lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with file_lock(lock, wait=wait):
-                yield
-        except LockBusy:
-            raise BuildLockedError(f"another publish of {env!r} is running (lock {lock})") from None
+        with contextlib.ExitStack() as held:
+            try:  # the lock file itself must be ours: file_lock refuses a symlink or a FIFO
+                held.enter_context(file_lock(lock, wait=wait))
+            except LockBusy:
+                raise BuildLockedError(
+                    f"another publish of {env!r} is running (lock {lock})"
+                ) from None
+            except OSError as exc:
+                raise StoreError(f"publish lock {lock}: {exc.strerror or exc}") from None
+            yield
 
     def staging_dir(self, env: str, build_id: str) -> Path:
         """A fresh directory on the store's filesystem (so commit is a rename, no copy)."""
@@ -401,22 +412,15 @@ class FilesystemStore:
                 continue
             node = entry.name[: -len(".json")]
             try:
-                written = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
-                data = read_json(entry.path)
+                written = datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime, UTC)
+                raw = read_bounded(entry.path, NODE_REPORT_LIMIT)
             except FileNotFoundError:
                 continue  # replaced or removed between listing and reading
-            except (OSError, ValueError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                reports.append(
-                    StoredNodeReport(node, None, datetime.now(UTC), f"{entry.path}: {reason}")
-                )
+            except OSError as exc:
+                reason = f"{entry.path}: {exc.strerror or exc}"
+                reports.append(StoredNodeReport(node, None, datetime.now(UTC), reason))
                 continue
-            if not isinstance(data, dict):
-                reports.append(
-                    StoredNodeReport(node, None, written, f"{entry.path}: not a JSON object")
-                )
-                continue
-            reports.append(StoredNodeReport(node, data, written))
+            reports.append(stored_report(node, raw, entry.path, written))
         return reports
 
 

@@ -18,6 +18,7 @@ from typing import IO, Any, Protocol
 
 from ..contentindex import ContentIndex, read_index
 from ..errors import StoreError
+from ..fsutil import parse_json
 from ..names import node_name_problem
 from ..records import BuildManifest, LtsRecord, RecordError
 
@@ -68,6 +69,30 @@ class StoredNodeReport:
     data: dict[str, Any] | None
     written: datetime
     error: str = ""
+
+
+def stored_report(node: str, raw: bytes, where: str, written: datetime) -> StoredNodeReport:
+    """NODE's report from the bytes stored under its name (`where` names the file or
+    object), or one with `error` saying why it cannot count: not JSON, not an object, or
+    naming another node. A report speaks only for the node it is stored as: anyone who can
+    write the store could otherwise make one node's report answer for another (docs/store.md,
+    "Who can write the store")."""
+    try:
+        data = parse_json(raw)
+    except ValueError as exc:
+        return StoredNodeReport(node, None, written, f"{where}: not JSON: {exc}")
+    if not isinstance(data, dict):
+        return StoredNodeReport(node, None, written, f"{where}: not a JSON object")
+    named = data.get("node")
+    if named != node:
+        return StoredNodeReport(
+            node,
+            None,
+            written,
+            f"{where}: stored as node {node!r}'s report but names node {named!r}; "
+            "ignored (a report speaks only for the node it is stored as)",
+        )
+    return StoredNodeReport(node, data, written)
 
 
 def check_node_name(node: str) -> str:

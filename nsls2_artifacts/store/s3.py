@@ -37,14 +37,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from ..config import StoreOptions
 from ..contentindex import MAX_COMPRESSED, ContentIndex
 from ..errors import BuildLockedError, StoreError
-from ..fsutil import pid_alive
+from ..fsutil import MANIFEST_LIMIT, RECORD_LIMIT, parse_json, pid_alive, too_large
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isoformat, utcnow
 from .interface import (
     MANIFEST,
@@ -60,6 +60,7 @@ from .interface import (
     check_node_name,
     check_stream,
     parse_index,
+    stored_report,
 )
 
 INDEX = "index.json"
@@ -221,6 +222,19 @@ class S3Store:
         except Exception as exc:
             raise self._error(exc, kwargs.get("Key", "")) from None
 
+    def _small(self, response: dict[str, Any], key: str, limit: int) -> bytes:
+        """The body of a GET of a small object (manifest, record, report, lock, index),
+        refused unread when it says it is larger than `limit` and cut off past `limit`
+        otherwise: a huge object costs neither memory nor transfer (StoreError naming it)."""
+        with contextlib.closing(response["Body"]) as body:
+            length = response.get("ContentLength")
+            if isinstance(length, int) and length > limit:
+                raise StoreError(f"{self.url}/{key}: {too_large(length, limit)}")
+            data = _Body(body, self, key).read(limit + 1)
+        if len(data) > limit:
+            raise StoreError(f"{self.url}/{key}: {too_large(len(data), limit)}")
+        return data
+
     # -- listing and the index ----------------------------------------------------------------
 
     def changes_token(self) -> str | None:
@@ -284,11 +298,13 @@ class S3Store:
             if response is None:
                 current, condition = 0, {"IfNoneMatch": "*"}
             else:
-                with contextlib.closing(response["Body"]) as body:
-                    try:
-                        current = int(json.loads(body.read()).get("generation", 0))
-                    except (ValueError, AttributeError):
-                        current = 0
+                try:  # an unreadable index restarts at 0: readers only compare ETags
+                    index = parse_json(self._small(response, INDEX, RECORD_LIMIT))
+                    current = int(index["generation"])
+                except StoreUnavailableError:
+                    raise
+                except (StoreError, ValueError, TypeError, KeyError, OverflowError):
+                    current = 0
                 condition = {"IfMatch": response["ETag"]}
             data = {"generation": current + 1, "updated": isoformat(utcnow()), "by": _who()}
             _, code = self._raw(
@@ -340,12 +356,11 @@ class S3Store:
         response, code = self._raw("get_object", Key=self.prefix + key)
         if response is None:
             raise StoreError(f"{env}/{build_id}: no such committed build in {self.url}")
-        with contextlib.closing(response["Body"]) as body:
-            data = body.read()
+        data = self._small(response, key, MANIFEST_LIMIT)
         where = f"{self.url}/{key}"
         try:
-            manifest = BuildManifest.from_dict(json.loads(data))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            manifest = BuildManifest.from_dict(parse_json(data))
+        except ValueError as exc:
             raise StoreError(f"{where}: invalid JSON: {exc}") from None
         except RecordError as exc:
             raise StoreError(f"{where}: {exc}") from None
@@ -391,12 +406,13 @@ class S3Store:
             try:
                 if response is None:
                     raise StoreError(f"LTS record {self.url}/{obj.key} vanished")
-                with contextlib.closing(response["Body"]) as body:
-                    record = LtsRecord.from_dict(env, label, json.loads(body.read()))
-                cached = (obj.etag, record)
+                data = parse_json(self._small(response, obj.key, RECORD_LIMIT))
+                cached = (obj.etag, LtsRecord.from_dict(env, label, data))
             except (ValueError, RecordError, AttributeError) as exc:
                 reason = f"unreadable LTS record {self.url}/{obj.key}: {exc}"
                 cached = (obj.etag, StoreError(reason))
+            except StoreUnavailableError:
+                raise
             except StoreError as exc:
                 cached = (obj.etag, exc)
             self._lts[obj.key] = cached
@@ -550,8 +566,7 @@ class S3Store:
             response, _ = self._raw("get_object", Key=key)
             if response is None:
                 raise StoreError(f"LTS record {self.url}/{key} changed while promoting: retry")
-            with contextlib.closing(response["Body"]) as current:
-                current.read()
+            response["Body"].close()  # only its ETag counts
             _, code = self._raw("put_object", Key=key, Body=body, IfMatch=response["ETag"])
             if code:
                 raise StoreError(f"LTS record {self.url}/{key} changed while promoting: retry")
@@ -587,11 +602,12 @@ class S3Store:
         response, _ = self._raw("get_object", Key=self.prefix + key)
         if response is None:
             return False  # released meanwhile: try again
-        with contextlib.closing(response["Body"]) as body:
-            try:
-                holder = json.loads(body.read())
-            except ValueError:
-                return True
+        try:
+            holder = parse_json(self._small(response, key, RECORD_LIMIT))
+        except StoreUnavailableError:
+            raise
+        except (StoreError, ValueError):
+            return True  # not a lock this code wrote
         if time.time() - float(holder.get("time", 0)) > STALE_LOCK_SECONDS:
             return True
         return holder.get("host") == socket.gethostname() and not pid_alive(
@@ -757,18 +773,15 @@ class S3Store:
             response, _ = self._raw("get_object", Key=item["Key"])
             if response is None:
                 continue  # removed between listing and reading
-            with contextlib.closing(response["Body"]) as body:
-                raw = body.read()
-            try:
-                data = json.loads(raw)
-            except ValueError as exc:
-                reports.append(StoredNodeReport(node, None, datetime.now(UTC), f"{where}: {exc}"))
-                continue
             written = response["LastModified"]
-            if not isinstance(data, dict):
-                reports.append(StoredNodeReport(node, None, written, f"{where}: not a JSON object"))
+            try:
+                raw = self._small(response, f"{NODES}/{name}", NODE_REPORT_LIMIT)
+            except StoreUnavailableError:
+                raise
+            except StoreError as exc:
+                reports.append(StoredNodeReport(node, None, written, str(exc)))
                 continue
-            reports.append(StoredNodeReport(node, data, written))
+            reports.append(stored_report(node, raw, where, written))
         return reports
 
 
