@@ -51,7 +51,10 @@ def build_id_time(build_id: str) -> datetime | None:
     match = _BUILD_ID_RE.match(build_id)
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(match.group(1), "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:  # the right shape, no such time (month 13)
+        return None
 
 
 def is_build_id(text: str) -> bool:

@@ -4,6 +4,7 @@ each round-trips through `to_dict`, and `layout.read_record` names the file."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from nsls2_artifacts.records import (
     RecordError,
     RetryRecord,
     Tombstone,
+    build_id_time,
+    make_build_id,
 )
 from nsls2_artifacts.rollout import EnvRollout, NodeRollout
 
@@ -201,3 +204,9 @@ def _manifest_dict() -> dict:
         source={"manifest_sha256": "x"},
         kernel=KernelExtras(beamlines=("csx",)),
     ).to_dict()
+
+
+def test_build_id_time_is_the_inverse_of_make_build_id() -> None:
+    when = datetime(2026, 11, 25, 2, 0, 7, tzinfo=UTC)
+    assert build_id_time(make_build_id(when, "1a2b3c4d" + "0" * 56)) == when
+    assert build_id_time("latest") is None and build_id_time("2026.13.45T990000Z-1a2b3c4d") is None

@@ -27,6 +27,7 @@ from ..records import (
     PassRecord,
     ReadyRecord,
     RetryRecord,
+    build_id_time,
     isoformat,
     parse_time,
     utcnow,
@@ -263,11 +264,8 @@ def _kernel_plan(
 
 
 def _created_from_id(build_id: str) -> str:
-    stamp = build_id.split("-", 1)[0]
-    try:
-        return isoformat(datetime.strptime(stamp, "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC))
-    except ValueError:
-        return ""
+    when = build_id_time(build_id)
+    return isoformat(when) if when else ""
 
 
 def _lts_labels(env: str, obs: Observed) -> list[tuple[str, str, str | None]]:

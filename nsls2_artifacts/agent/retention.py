@@ -43,6 +43,7 @@ from ..records import (
     RecordError,
     RetentionDecision,
     Tombstone,
+    build_id_time,
     isoformat,
     parse_time,
     utcnow,
@@ -123,7 +124,8 @@ def _created(build_id: str, ready: ReadyRecord | None, store_created: str | None
         if text:
             with contextlib.suppress(ValueError):
                 return parse_time(text)
-    return datetime.strptime(build_id.split("-", 1)[0], "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+    # retention only sees directories named by build ids (layout.build_dirs), so this parses
+    return build_id_time(build_id) or datetime.min.replace(tzinfo=UTC)
 
 
 def env_view(site: SiteConfig, obs: Observed, env: str) -> EnvView:

@@ -15,12 +15,12 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..records import is_build_id
+from ..records import build_id_time, is_build_id
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,4 @@ def build_of_process(pid: int, deploy_roots: Iterable[Path]) -> ConcreteBuild | 
 
 def build_time(build_id: str) -> datetime | None:
     """The time a build id names (`2026.11.25T020000Z-1a2b3c4d`), None if it is not one."""
-    if not is_build_id(build_id):
-        return None
-    return datetime.strptime(build_id.split("-", 1)[0], "%Y.%m.%dT%H%M%SZ").replace(tzinfo=UTC)
+    return build_id_time(build_id)
