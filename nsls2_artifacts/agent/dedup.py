@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,7 +68,9 @@ INDEX_COPY = f"{layout.AGENT_DIR}/index.json.zst"
 RECORD = f"{layout.AGENT_DIR}/dedup.json"
 _PROBE = f"{layout.AGENT_DIR}/link-probe"
 MAX_DONORS = 6  # indexes read per deploy: the newest builds hold nearly every file
-LINKERS = 8  # threads making links (a create each: GPFS metadata latency)
+# threads making links and checking donor files: each is a metadata round trip (a create
+# ~1 ms on GPFS), latency-bound, so many in flight; batches keep the handoffs few
+LINKERS = 32
 LINK_BATCH = 64  # links handed to a thread at once
 READ_CHUNK = 1 << 20
 _FICLONE = 0x40049409  # ioctl: share the source's extents (btrfs, XFS with reflink)
@@ -182,6 +185,15 @@ class _IndexCache:
     def __init__(self, limit: int = 16) -> None:
         self._found: dict[str, tuple[tuple[int, int, int], ContentIndex]] = {}
         self._limit = limit
+
+    def put(self, build: Path, index: ContentIndex) -> None:
+        """Remember the index a deploy just kept (the next deploy's likely donor)."""
+        path = build / INDEX_COPY
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if len(self._found) >= self._limit:
+                self._found.clear()
+            self._found[str(path)] = ((st.st_ino, st.st_mtime_ns, st.st_size), index)
 
     def get(self, build: Path) -> ContentIndex | None:
         """The index `build` kept, if its sha256 matches its dedup record; else None."""
@@ -301,13 +313,7 @@ def plan_links(
             continue  # being deleted or redeployed by another agent: not a donor now
         if layout.read_ready(deploy_root, donor.env, donor.build_id) is None:
             continue  # deleted between listing and locking
-        found: dict[Key, str] = {}
-        for entry in donor.index.entries:
-            key = (entry.sha256, entry.size, entry.mode)
-            if key in wanted and key not in found and _shareable(entry):
-                source = f"{donor.path}/{entry.path}"
-                if _usable(source, entry, device):
-                    found[key] = source
+        found = _donor_files(donor, wanted, device)
         if not found or not _can_link(next(iter(found.values())), dest):
             continue
         plan.donors.append(donor)
@@ -316,6 +322,24 @@ def plan_links(
                 plan.sources[name] = source
     plan.skip = _skippable(index, plan.sources)
     return plan
+
+
+def _donor_files(donor: Donor, wanted: dict[Key, list[str]], device: int) -> dict[Key, str]:
+    """The donor's usable file for each wanted key it has (checked by LINKERS threads: one
+    `lstat` each, a metadata round trip on GPFS)."""
+    candidates: dict[Key, tuple[str, IndexEntry]] = {}
+    for entry in donor.index.entries:
+        key = (entry.sha256, entry.size, entry.mode)
+        if key in wanted and key not in candidates and _shareable(entry):
+            candidates[key] = (f"{donor.path}/{entry.path}", entry)
+    items = list(candidates.items())
+    chunks = [items[i : i + LINK_BATCH] for i in range(0, len(items), LINK_BATCH)]
+
+    def check(chunk: list[tuple[Key, tuple[str, IndexEntry]]]) -> list[tuple[Key, str]]:
+        return [(key, source) for key, (source, entry) in chunk if _usable(source, entry, device)]
+
+    with ThreadPoolExecutor(LINKERS) as pool:
+        return dict(pair for found in pool.map(check, chunks) for pair in found)
 
 
 def _skippable(index: ContentIndex, sources: dict[str, str]) -> frozenset[int]:
@@ -350,6 +374,7 @@ def prepare(
     """The link plan for deploying `manifest` into the empty directory `dest`; None for a
     build without a content index (deployed in full). The donors used stay locked in
     `hold` until it is closed."""
+    started = time.monotonic()
     index = store.read_index(manifest)
     if index is None:
         return None
@@ -373,6 +398,7 @@ def prepare(
         skipped_frames=len(plan.skip),
         frames=len(index.frames),
         donors=",".join(d.name for d in plan.donors) or "-",
+        seconds=round(time.monotonic() - started, 3),
         **({"frames_kept_because": why} if why and plan.sources else {}),
     )
     return plan
@@ -517,6 +543,28 @@ class _Placer:
                 f"frames read, the index lists {expected}",
             )
 
+    def prepare_dirs(self, root: str) -> set[str]:
+        """Every directory of the index (and every parent of an entry), made level by level
+        by LINKERS threads: on GPFS each mkdir is a create, and a conda env has a directory
+        for every few files. No link exists yet, names are canonical: all lie in `root`."""
+        names: set[str] = set()
+        for entry in self.plan.index.entries:
+            if entry.type == "dir":
+                names.add(entry.path)
+            cut = entry.path.rfind("/")
+            while cut > 0 and (parent := entry.path[:cut]) not in names:
+                names.add(parent)
+                cut = parent.rfind("/")
+        levels: dict[int, list[str]] = {}
+        for name in names:
+            levels.setdefault(name.count("/"), []).append(f"{root}/{name}")
+        for depth in sorted(levels):
+            paths = levels[depth]
+            chunks = [paths[i : i + LINK_BATCH] for i in range(0, len(paths), LINK_BATCH)]
+            for _ in self.pool.map(_make_dirs, chunks):
+                pass
+        return {f"{root}/{name}" for name in names}
+
     def place(self, member: TarMember, path: str) -> bool:
         source = self.plan.sources.get(member.name)
         if source is None:
@@ -576,6 +624,15 @@ class _Placer:
                 copy_from(source, path, entry, self.build_id)
                 copied += 1
         return linked, copied
+
+
+def _make_dirs(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise
 
 
 def copy_from(source: str, path: str, entry: IndexEntry, build_id: str) -> None:
@@ -724,7 +781,8 @@ def keep(prefix: Path, plan: LinkPlan, rewritten: set[str]) -> DedupRecord:
         replace(e, rewritten=True) if e.path in rewritten and not e.rewritten else e
         for e in plan.index.entries
     )
-    blob = replace(plan.index, entries=entries).to_bytes()
+    kept = replace(plan.index, entries=entries)
+    blob = kept.to_bytes()
     path = prefix / INDEX_COPY
     path.parent.mkdir(exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
@@ -744,6 +802,7 @@ def keep(prefix: Path, plan: LinkPlan, rewritten: set[str]) -> DedupRecord:
         donors=tuple(d.name for d in plan.donors),
     )
     atomic_write_json(prefix / RECORD, record.to_dict())
+    INDEXES.put(prefix, kept)  # by its final path: the build was renamed into place
     return record
 
 

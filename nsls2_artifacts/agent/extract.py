@@ -143,6 +143,11 @@ class MemberReuse(Protocol):
     member still passes this module's checks; files are placed before any link exists."""
 
     def members(self, tar: TarReader) -> Iterator[TarMember]: ...
+    def prepare_dirs(self, root: str) -> set[str]:
+        """Make the directories known ahead (in parallel: a create each) under the empty
+        `root`, before any member; returns them (absolute), parents first."""
+        ...
+
     def place(self, member: TarMember, path: str) -> bool:
         """True if the file at `path` is made from elsewhere (its data is skipped)."""
         ...
@@ -336,7 +341,7 @@ class _Extraction:
         umask = _umask()
         self.chmod = umask is None or bool(umask & 0o755)  # else the mode survives creation
         self.members = self.total = 0
-        self.made_dirs = {root}
+        self.made_dirs = {root} | (reuse.prepare_dirs(root) if reuse is not None else set())
         self.symlinks: set[str] = set()
         self.files: set[str] = set()  # regular files so far: what a hardlink may name
         # parent directories (absolute) made and known to lie below none of `symlinks`

@@ -1,0 +1,503 @@
+"""Deduplicated deploys (issue #20): a one-package nightly deployed next to the previous
+build (hardlinks, skipped frames) vs the same nightly deployed in full, and the disk it
+adds; optionally the facility-scale timeline, staff click -> restarted kernel on the new
+build, with a running agent daemon and GPFS-like metadata latency.
+
+The env is generated: `--packages` packages of `--files` files and `--mb` MB in all, each
+package one zstd frame of a conda-pack-like archive with its content index (the format of
+contentindex.py), plus an interpreter wrapper (this Python, so smoke imports and the
+kernel work) and a conda-unpack that rewrites one file. The nightly changes one package.
+Both deploys are real `agent --once` runs on the same archive in one run; `--delay-us`
+runs the agent under `strace` adding that delay to every create-like syscall (openat,
+mkdir, link, symlink: GPFS metadata latency; reads via openat pay it too).
+
+    .venv/bin/python benchmarks/bench_dedup.py [--files 10000 --mb 300 --packages 100]
+        [--delay-us 1000] [--timeline] [--scratch DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import zstandard
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nsls2_artifacts import layout  # noqa: E402
+from nsls2_artifacts.agent import dedup  # noqa: E402
+from nsls2_artifacts.contentindex import (  # noqa: E402
+    ContentIndex,
+    FrameRecord,
+    IndexEntry,
+    write_index,  # noqa: E402
+)
+from nsls2_artifacts.fsutil import atomic_write_json  # noqa: E402
+from nsls2_artifacts.records import (  # noqa: E402
+    ArtifactInfo,
+    BuildManifest,
+    LockInfo,
+    PackageRef,
+    isoformat,
+    make_build_id,
+)
+
+CLI = [sys.executable, "-m", "nsls2_artifacts.cli"]
+PLACEHOLDER = "/opt/nsls2-placeholder-prefix-0123456789abcdef0123456789abcdef"
+UNPACK = f"""\
+#!/usr/bin/env python
+_prefix_records = [
+    ("etc/prefix.txt", {PLACEHOLDER!r}, "text"),
+]
+
+if __name__ == "__main__":
+    import os
+    prefix = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path, placeholder, mode in _prefix_records:
+        with open(os.path.join(prefix, path), "rb+") as handle:
+            data = handle.read().replace(placeholder.encode(), prefix.encode())
+            handle.seek(0)
+            handle.write(data)
+            handle.truncate()
+"""
+FILES_PER_DIR = 10  # a conda env has a directory for every few files (site-packages trees)
+CREATES = "openat,mkdir,mkdirat,link,linkat,symlink,symlinkat"
+
+
+@dataclass(frozen=True)
+class Shape:
+    packages: int
+    files: int
+    mb: int
+
+    @property
+    def file_size(self) -> int:
+        return max(1, self.mb * 10**6 // self.files)
+
+
+def _member(
+    name: str, data: bytes = b"", mode: int = 0o644, kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.linkname = kind, mode, 1_700_000_000, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def _content(seed: str, size: int) -> bytes:
+    """About 3:1 compressible, like a typical env (code, text, some binaries)."""
+    rng = random.Random(seed)
+    piece = rng.randbytes(max(1, size // 3))
+    return (piece * 3 + piece)[:size]
+
+
+def package_members(number: int, version: int, shape: Shape) -> list[tuple[tarfile.TarInfo, bytes]]:
+    name = f"pkg{number:03d}"
+    count = shape.files // shape.packages
+    members = [_member(f"lib/site/{name}", mode=0o755, kind=tarfile.DIRTYPE)]
+    for i in range(count):
+        directory = f"lib/site/{name}/d{i // 100:03d}/s{i // FILES_PER_DIR % 10}"
+        if i % FILES_PER_DIR == 0:
+            if i % 100 == 0:
+                members.append(
+                    _member(directory.rpartition("/")[0], mode=0o755, kind=tarfile.DIRTYPE)
+                )
+            members.append(_member(directory, mode=0o755, kind=tarfile.DIRTYPE))
+        path = f"{directory}/m{i:05d}.py"
+        members.append(_member(path, _content(f"{name}-{version}-{i}", shape.file_size)))
+    return members
+
+
+def _frame_bytes(members: list[tuple[tarfile.TarInfo, bytes]], last: bool) -> bytes:
+    raw = io.BytesIO()
+    for info, data in members:
+        raw.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if info.isfile():
+            raw.write(data + bytes(-len(data) % 512))
+    if last:
+        raw.write(bytes(1024))
+    return raw.getvalue()
+
+
+def _entries(members, frame: int, rewritten: set[str]) -> list[IndexEntry]:
+    out = []
+    for info, data in members:
+        if info.isfile():
+            digest = hashlib.sha256(data).hexdigest()
+            out.append(
+                IndexEntry(
+                    info.name,
+                    "file",
+                    len(data),
+                    digest,
+                    info.mode,
+                    "",
+                    info.name in rewritten,
+                    frame,
+                )
+            )
+        else:
+            kind = "dir" if info.isdir() else "symlink"
+            out.append(IndexEntry(info.name, kind, 0, "", info.mode, info.linkname, False, frame))
+    return out
+
+
+def write_build(
+    directory: Path,
+    shape: Shape,
+    versions: dict[int, int],
+    previous: tuple[Path, ContentIndex, dict[int, int]] | None,
+) -> tuple[ContentIndex, float]:
+    """Write env.tar.zst + index for `versions`; frames of packages whose version did not
+    change are copied from `previous` (what the incremental pack does). Returns the index
+    and the seconds it took (the publish stand-in)."""
+    start = time.perf_counter()
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, threads=-1)
+    frames: list[FrameRecord] = []
+    entries: list[IndexEntry] = []
+    digest = hashlib.sha256()
+    offset = tar_offset = 0
+    old_frames = {}
+    if previous is not None:
+        old_path, old_index, old_versions = previous
+        old_frames = {f.package: f for f in old_index.frames}
+        old_entries: dict[int, list[IndexEntry]] = {}
+        for e in old_index.entries:
+            old_entries.setdefault(e.frame, []).append(e)
+    wrapper = f'#!/bin/sh\nexec {sys.executable} "$@"\n'.encode()
+    groups: list[tuple[str, int | None]] = [("python", None)]
+    groups += [(f"pkg{n:03d}", n) for n in range(shape.packages)] + [("", None)]
+    with (
+        open(directory / "env.tar.zst", "wb") as out,
+        open(previous[0], "rb") if previous else open(os.devnull, "rb") as old,
+    ):
+        for number, (package, pkg) in enumerate(groups):
+            last = number == len(groups) - 1
+            reuse = (
+                previous is not None
+                and pkg is not None
+                and previous[2].get(pkg) == versions.get(pkg)
+            )
+            if reuse:
+                frame = old_frames[package]
+                old.seek(frame.offset)
+                compressed = old.read(frame.length)
+                tar_length, key = frame.tar_length, frame.key
+                entries += [
+                    IndexEntry(
+                        e.path, e.type, e.size, e.sha256, e.mode, e.target, e.rewritten, number
+                    )
+                    for e in old_entries[old_index.frames.index(frame)]
+                ]
+            else:
+                if package == "python":
+                    members = [
+                        _member("bin/python", wrapper, 0o755),
+                        _member("bin/python3", kind=tarfile.SYMTYPE, link="python"),
+                    ]
+                elif package == "":
+                    members = [
+                        _member("bin/conda-unpack", UNPACK.encode(), 0o755),
+                        _member("etc/prefix.txt", f"prefix={PLACEHOLDER}\n".encode()),
+                    ]
+                else:
+                    members = package_members(pkg, versions[pkg], shape)
+                tar = _frame_bytes(members, last)
+                compressed = cctx.compress(tar)
+                tar_length, key = len(tar), hashlib.sha256(tar).hexdigest()
+                entries += _entries(members, number, {"bin/conda-unpack", "etc/prefix.txt"})
+            out.write(compressed)
+            digest.update(compressed)
+            frames.append(
+                FrameRecord(offset, len(compressed), tar_offset, tar_length, package, key)
+            )
+            offset += len(compressed)
+            tar_offset += tar_length
+    index = ContentIndex(digest.hexdigest(), tuple(frames), tuple(entries))
+    return index, time.perf_counter() - start
+
+
+def commit(store: Path, directory: Path, index: ContentIndex, created: datetime) -> BuildManifest:
+    """Move a written build into STORE/demo/BUILD_ID and commit its manifest last."""
+    lock = f"# bench lock {created.isoformat()} {index.archive_sha256}\n".encode()
+    lock_sha = hashlib.sha256(lock).hexdigest()
+    build_id = make_build_id(created, lock_sha)
+    (directory / "pixi.lock").write_bytes(lock)
+    info = write_index(directory, index)
+    final = store / "demo" / build_id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(directory, final)
+    archive = final / "env.tar.zst"
+    manifest = BuildManifest(
+        name="demo",
+        build_id=build_id,
+        created=isoformat(created),
+        platform=_platform(),
+        display_name="NSLS-II bench",
+        smoke=("json",),
+        artifact=ArtifactInfo(
+            "env.tar.zst", index.archive_sha256, archive.stat().st_size, "tar.zst"
+        ),
+        lock=LockInfo("pixi.lock", lock_sha),
+        packages=(PackageRef("python", "3.11.7", "bench_0", "conda-forge"),),
+        builder={"host": "bench"},
+        source={"manifest_sha256": "0" * 64},
+        index=info,
+    )
+    atomic_write_json(final / "manifest.json", manifest.to_dict())
+    return manifest
+
+
+def _platform() -> str:
+    from nsls2_artifacts.agent.observe import node_platform
+
+    return node_platform()
+
+
+def site(work: Path, name: str, store: Path, poll: int = 2) -> Path:
+    config = work / f"{name}.yaml"
+    config.write_text(
+        f"store: {store}\ndeploy_root: {work / name}\n"
+        f"agent: {{poll_seconds: {poll}, node: bench, prune: false, smoke_timeout_seconds: 600}}\n"
+        "beamlines: {}\n"
+    )
+    return config
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ}
+    env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+    return env
+
+
+def traced(argv: list[str], delay_us: int) -> list[str]:
+    if not delay_us:
+        return argv
+    return [
+        "strace",
+        "-f",
+        "-qq",
+        "--seccomp-bpf",  # only the traced syscalls stop: the others run at full speed
+        "-o",
+        "/dev/null",
+        "-e",
+        f"trace={CREATES}",
+        "-e",
+        f"inject={CREATES}:delay_exit={delay_us}",
+        *argv,
+    ]
+
+
+def agent_once(config: Path, delay_us: int) -> tuple[float, dict[str, str]]:
+    """Wall seconds of one `agent --once`, and its deploy event's fields."""
+    subprocess.run(["sync"], check=True)
+    start = time.perf_counter()
+    out = subprocess.run(
+        traced([*CLI, "agent", "--config", str(config), "--once"], delay_us),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    )
+    wall = time.perf_counter() - start
+    deployed = [fields(line) for line in out.stderr.splitlines() if "event=deploy " in line]
+    if not deployed:
+        sys.exit(f"no deploy in this pass:\n{out.stderr}")
+    return wall, deployed[-1]
+
+
+def fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=('[^']*'|\S+)", line))
+
+
+def build_blocks(path: Path, only_single: bool) -> int:
+    """Bytes of disk blocks of the build's files (only those with one link: what it alone
+    holds)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not only_single or st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", type=int, default=100)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--mb", type=int, default=300)
+    parser.add_argument("--delay-us", type=int, default=0)
+    parser.add_argument("--timeline", action="store_true", help="staff click -> restarted kernel")
+    parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
+    parser.add_argument("--keep", action="store_true")
+    opts = parser.parse_args()
+    if opts.delay_us and shutil.which("strace") is None:
+        sys.exit("--delay-us needs strace (apt-get install strace)")
+    shape = Shape(opts.packages, opts.files, opts.mb)
+    work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=opts.scratch))
+    store = work / "store"
+    v1 = {n: 1 for n in range(shape.packages)}
+    v2 = {**v1, 0: 2}  # the nightly: one package changed
+    try:
+        staging = work / "staging-1"
+        staging.mkdir()
+        index1, gen1 = write_build(staging, shape, v1, None)
+        first = commit(store, staging, index1, datetime(2026, 12, 1, 2, tzinfo=UTC))
+        archive1 = store / "demo" / first.build_id / "env.tar.zst"
+        print(
+            f"env: {shape.packages} packages, {len(index1.entries)} entries, "
+            f"{sum(e.size for e in index1.entries) / 1e6:.0f} MB, archive "
+            f"{first.artifact.size / 1e6:.0f} MB (generated in {gen1:.1f}s); "
+            f"metadata delay {opts.delay_us} us"
+        )
+        linked_cfg = site(work, "linked", store)
+        wall, fields1 = agent_once(linked_cfg, opts.delay_us)
+        print(
+            f"first build, full deploy (no donor): {float(fields1['seconds']):.2f}s "
+            f"(agent --once {wall:.2f}s)"
+        )
+        if opts.timeline:
+            timeline(work, store, shape, (archive1, index1, v1), v2, linked_cfg, opts.delay_us)
+            return
+        staging = work / "staging-2"
+        staging.mkdir()
+        index2, gen2 = write_build(staging, shape, v2, (archive1, index1, v1))
+        second = commit(store, staging, index2, datetime(2026, 12, 2, 2, tzinfo=UTC))
+        print(
+            f"nightly written in {gen2:.2f}s (frames of unchanged packages copied; full "
+            f"write {gen1:.2f}s)"
+        )
+        # interleaved: the nightly next to the first build, then in full into a fresh root
+        linked_wall, linked = agent_once(linked_cfg, opts.delay_us)
+        full_wall, full = agent_once(site(work, "full", store), opts.delay_us)
+        report(work, second, linked, full, linked_wall, full_wall)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(
+    work: Path,
+    second: BuildManifest,
+    linked: dict[str, str],
+    full: dict[str, str],
+    linked_wall: float,
+    full_wall: float,
+) -> None:
+    linked_dir = layout.build_dir(work / "linked", "demo", second.build_id)
+    full_dir = layout.build_dir(work / "full", "demo", second.build_id)
+    record = dedup.read_record(linked_dir)
+    assert record is not None
+    steps = ("verify_s", "extract_s", "unpack_s", "smoke_s")
+    for label, f, wall in (("linked", linked, linked_wall), ("full", full, full_wall)):
+        parts = " ".join(f"{s[:-2]} {float(f[s]):.2f}" for s in steps if s in f)
+        print(
+            f"nightly deploy, {label:>6}: {float(f['seconds']):.2f}s ({parts}; "
+            f"agent --once {wall:.2f}s)"
+        )
+    ratio = float(linked["seconds"]) / float(full["seconds"])
+    print(f"-> deploy ratio linked/full {ratio:.3f}x (target <= 0.2x)")
+    alone = build_blocks(linked_dir, only_single=True)
+    whole = build_blocks(full_dir, only_single=False)
+    print(
+        f"linked {record.linked_files}/{record.files} files, skipped {record.skipped_frames}/"
+        f"{record.frames} frames, copied {record.copied_files}"
+    )
+    print(
+        f"extra disk: {alone / 1e6:.1f} MB of blocks in files with one link vs "
+        f"{whole / 1e6:.1f} MB for the full build -> {alone / whole:.3f} (target <= 0.10); "
+        f"from the index: {record.added_bytes / 1e6:.1f} of {record.bytes / 1e6:.1f} MB"
+    )
+
+
+def timeline(
+    work: Path, store: Path, shape: Shape, previous, v2: dict[int, int], config: Path, delay_us: int
+) -> None:
+    """A kernel on the latest build; the agent daemon running (under the delay); then the
+    click: publish the nightly, commit, the agent notices and deploys, the kernel restarts."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    deploy_root = work / "linked"
+    ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
+    km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    log_path = work / "daemon.log"
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen(
+            traced([*CLI, "agent", "--config", str(config)], delay_us),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=_env(),
+        )
+    try:
+        time.sleep(5)  # the daemon's first pass (nothing to do) is done
+        click = time.time()
+        staging = work / "staging-2"
+        staging.mkdir()
+        index2, _ = write_build(staging, shape, v2, previous)
+        second = commit(store, staging, index2, datetime.now(UTC))
+        committed = time.time()
+        target = layout.build_dir(deploy_root, "demo", second.build_id)
+        latest = layout.latest_link(deploy_root, "demo")
+        while os.path.realpath(latest) != str(target):
+            time.sleep(0.05)
+        flipped = time.time()
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=120)
+        code = "import os; print(os.environ['CONDA_PREFIX'])"
+        reply = kc.execute_interactive(code, timeout=60, output_hook=prefixes.append)
+        restarted = time.time()
+        assert reply["content"]["status"] == "ok"
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    text = log_path.read_text()
+    noticed = min(
+        _time(line)
+        for line in text.splitlines()
+        if "event=dedup-plan" in line and second.build_id in line
+    )
+    deployed = [fields(line) for line in text.splitlines() if "event=deploy " in line]
+    out = "".join(m["content"].get("text", "") for m in prefixes if m["msg_type"] == "stream")
+    print(f"kernel now on {out.strip()} (the new build: {out.strip() == str(target)})")
+    record = dedup.read_record(target)
+    seconds = float(deployed[-1]["seconds"])
+    print(
+        f"click -> restarted kernel {restarted - click:.1f}s: publish {committed - click:.1f}s, "
+        f"commit -> agent notices {noticed - committed:.1f}s, deploy {seconds:.1f}s, "
+        f"deploy done -> flip {flipped - noticed - seconds:.1f}s, kernel restart "
+        f"{restarted - flipped:.1f}s; linked {record.linked_files}/{record.files} files"
+    )
+
+
+prefixes: list[dict] = []
+
+
+def _time(line: str) -> float:
+    stamp = fields(line)["time"]
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+if __name__ == "__main__":
+    main()
