@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,17 @@ ConfigOption = Annotated[
         "--config", "-c", help="Site config YAML (default: $NSLS2_ARTIFACTS_CONFIG, then embedded)"
     ),
 ]
+
+# C0/C1 controls and DEL (cursor moves, screen clears, title changes, hyperlinks) and the
+# bidi overrides that reorder what a line seems to say; newline and tab stay.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters shown as escapes (ESC -> "\\x1b"): values
+    from notebooks, kernelspecs and the store reach the user's terminal only this way."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
 
 console = Console(stderr=True)
 out = Console()
@@ -44,8 +56,9 @@ def reported_errors() -> Iterator[None]:
     except ArtifactsError as exc:
         # escape: messages quote TOML tables and match specs ("[workspace]", "pkg[...]");
         # soft_wrap: keep long paths and solver lines whole for logs and callers that grep
+        message = escape(printable(str(exc)))
         console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
+            f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
         )
         sys.exit(1)
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ConfigOption, console, reported_errors, site
+from .common import ConfigOption, console, printable, reported_errors, site
 
 notebook_app = typer.Typer(help="What a notebook ran on; point it at an LTS kernel.")
 
@@ -53,7 +53,7 @@ def info(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     for line in describe(result):
-        typer.echo(line)  # plain: paths and build ids stay whole for grep
+        typer.echo(printable(line))  # plain: paths and build ids stay whole for grep
 
 
 @notebook_app.command("pin")
@@ -71,8 +71,9 @@ def pin(
         result = pin_notebook(path, _catalogue(config), label)
     kernel = result.kernel
     if not result.changed:
-        typer.echo(f"{path}: already uses {kernel.name} ({kernel.display_name})")
+        typer.echo(printable(f"{path}: already uses {kernel.name} ({kernel.display_name})"))
         return
-    typer.echo(f"{path}: kernel is now {kernel.name} ({kernel.display_name})")
+    typer.echo(printable(f"{path}: kernel is now {kernel.name} ({kernel.display_name})"))
     if result.reformatted:
-        console.print(f"note: {path} was re-serialised in nbformat's layout", highlight=False)
+        note = f"note: {path} was re-serialised in nbformat's layout"
+        console.print(printable(note), highlight=False, markup=False)

@@ -19,8 +19,12 @@ from typing import Any
 
 from .. import layout
 from ..errors import NotebookError
-from ..fsutil import atomic_write_bytes
+from ..fsutil import UnsafeFileError, atomic_write_bytes, parse_json, read_bounded
 from .deployed import MANAGED, Catalogue, NsKernel, RetiredKernel, build_time
+
+# Notebooks with many image outputs reach tens of MB; a few hundred MB is no notebook a
+# person opens (and parsing it would cost gigabytes): refused unread.
+NOTEBOOK_LIMIT = 256 << 20
 
 # nbformat's own layout (nbformat.v4.nbjson): what Jupyter writes
 NBFORMAT_STYLE: dict[str, Any] = {
@@ -82,16 +86,21 @@ class NotebookInfo:
 
 # --- reading ---------------------------------------------------------------------------
 def load_notebook(path: str | Path) -> tuple[bytes, dict[str, Any]]:
-    """The file's bytes and parsed JSON, or a NotebookError naming what is wrong."""
+    """The file's bytes and parsed JSON, or a NotebookError naming what is wrong.
+
+    A regular file only (a FIFO or a device is refused unread, never waited on; a symlink
+    to a notebook is fine: `pin` rewrites its target), at most NOTEBOOK_LIMIT bytes."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, NOTEBOOK_LIMIT, follow_symlinks=True)
+    except UnsafeFileError as exc:
+        raise NotebookError(path, None, f"{exc.strerror}, not a notebook") from None
     except IsADirectoryError:
         raise NotebookError(path, None, "is a directory, not a notebook") from None
     except OSError as exc:
         raise NotebookError(path, None, f"cannot read: {exc.strerror or exc}") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = parse_json(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise NotebookError(path, None, f"not UTF-8 text, not a notebook ({exc})") from None
     except ValueError as exc:
@@ -271,7 +280,13 @@ def pin(path: str | Path, catalogue: Catalogue, label: str | None = None) -> Pin
     spec["name"] = kernel.name
     spec["display_name"] = kernel.display_name
     spec.setdefault("language", "python")
-    data, reformatted = serialize_like(raw, notebook)
+    try:
+        data, reformatted = serialize_like(raw, notebook)
+    except RecursionError:  # loads fine, but too deep for json.dumps' layouts
+        raise NotebookError(
+            path, None, "JSON nested too deeply to write back; left as it is"
+        ) from None
+
     real = Path(os.path.realpath(path))  # rewrite the file a symlink points at, keep the link
     atomic_write_bytes(real, data, mode=stat.S_IMODE(real.stat().st_mode))
     return PinResult(kernel, changed=True, reformatted=reformatted)
@@ -315,7 +330,7 @@ def serialize_like(original: bytes, data: dict[str, Any]) -> tuple[bytes, bool]:
     text = original.decode("utf-8")
     body = text.rstrip("\r\n")
     ending = text[len(body) :]
-    parsed = json.loads(text)
+    parsed = parse_json(text)
     for style in _candidate_styles():
         if json.dumps(parsed, **style) == body:
             return (json.dumps(data, **style) + ending).encode("utf-8"), False
