@@ -46,7 +46,10 @@ class FrameRecord:
     never splits one). `package`: the conda package whose files it holds ("" for files of
     no package, and for the files conda-pack generates plus the end-of-archive marker,
     always the last frame). `key`: sha256 of the frame's uncompressed bytes, so equal keys
-    mean byte-identical tar members (the incremental pack reuses frames by key).
+    mean byte-identical tar members. `source` (optional, "" if unknown): the packer's
+    signature of what the frame was made from (pack.py `Group.signature`), which lets the
+    next publish reuse the frame without reading its files; readers other than the
+    packer can ignore it.
     """
 
     offset: int
@@ -55,6 +58,7 @@ class FrameRecord:
     tar_length: int
     package: str
     key: str
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +68,7 @@ class FrameRecord:
             "tar_length": self.tar_length,
             "package": self.package,
             "key": self.key,
+            "source": self.source,
         }
 
     @classmethod
@@ -75,6 +80,7 @@ class FrameRecord:
             tar_length=_count(data, where, "tar_length"),
             package=_text(data, where, "package"),
             key=_sha256(data, where, "key"),
+            source=_sha256(data, where, "source") if data.get("source") else "",
         )
 
 

@@ -8,12 +8,14 @@ conda-pack later reads unmodified files from. Only this module and solve.py impo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import rattler
@@ -122,6 +124,145 @@ def install_pypi(
         PypiPin(name, version, f"https://pypi.org/project/{name}/{version}/")
         for name, version in added
     ]
+
+
+@dataclass(frozen=True)
+class BytecodeResult:
+    compiled: int  # pycs compiled by the env's python now
+    reused: int  # pycs copied from the bytecode cache (same source, same interpreter)
+    skipped: int  # sources left without a pyc: they contain the prefix (see compile_bytecode)
+
+
+# Run by the env's own python: compile (source, pyc, name-in-tracebacks) triples read from
+# stdin, in parallel; py_compile writes each pyc atomically (temp file + rename).
+_COMPILE_DRIVER = """
+import os, py_compile, sys
+from concurrent.futures import ProcessPoolExecutor
+def one(job):
+    source, pyc, name = job
+    try:
+        py_compile.compile(source, cfile=pyc, dfile=name, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except Exception:
+        return False
+    return True
+if __name__ == "__main__":
+    if sys.argv[1] == "tag":
+        import importlib.util
+        print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())
+        sys.exit(0)
+    fields = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").split("\\0")
+    jobs = [tuple(fields[i:i + 3]) for i in range(0, len(fields) - 2, 3)]
+    workers = min(len(jobs) // 64 + 1, os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(pool.map(one, jobs, chunksize=64))
+    else:
+        done = [one(job) for job in jobs]
+    sys.stdout.write("".join("1" if ok else "0" for ok in done))
+"""
+
+
+def compile_bytecode(prefix: str | Path, cache_dir: str | Path, epoch: int) -> BytecodeResult:
+    """Give every `.py` under `PREFIX/lib` an `unchecked-hash` pyc, compiled by the env's
+    own python, or copied from the bytecode cache when this interpreter compiled the same
+    source at the same path before (a nightly compiles only what changed).
+
+    Deterministic: the same source gives the same pyc in every build (no mtime inside,
+    names relative to the prefix, a fixed hash seed), so a nightly that changes one
+    package leaves the other packages' pycs byte-identical. Unchecked: the deployed env
+    never changes its sources after conda-unpack, so python trusts the pyc without
+    reading the source, and needs no writable `__pycache__`. Sources that contain the
+    build prefix are left out: conda-unpack rewrites them at deploy, and a pyc never
+    checked against its source would keep the old text. Every pyc is written by rename
+    (temp file + os.replace), never in place: the one there may be a hard link into the
+    package cache.
+    """
+    prefix = Path(prefix).absolute()
+    python = prefix / "bin" / "python"
+    lib = prefix / "lib"
+    if not python.exists() or not lib.is_dir():
+        return BytecodeResult(0, 0, 0)
+    environ = _compile_environ(epoch)
+    tag, magic = _run_driver(python, ["tag"], b"", environ).split()
+    cache = Path(cache_dir) / "bytecode" / f"{tag}-{magic}"
+    marker = os.fsencode(str(prefix))
+    jobs: list[tuple[Path, Path, str, Path]] = []  # source, pyc, name, cache entry
+    skipped = reused = 0
+    for source in _python_sources(lib):
+        data = source.read_bytes()
+        if marker in data:
+            skipped += 1
+            continue
+        name = str(source.relative_to(prefix))
+        key = hashlib.sha256(name.encode("utf-8", "surrogateescape") + b"\0" + data).hexdigest()
+        cached = cache / key[:2] / f"{key}.pyc"
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        if cached.is_file():
+            _link_or_copy(cached, pyc)
+            reused += 1
+        else:
+            jobs.append((source, pyc, name, cached))
+    if jobs:
+        stdin = "\0".join(f"{s}\0{p}\0{n}" for s, p, n, _ in jobs)
+        done = _run_driver(python, ["compile"], stdin.encode("utf-8", "surrogateescape"), environ)
+        for (_, pyc, _, cached), ok in zip(jobs, done, strict=False):
+            if ok == "1":  # a source that does not compile (py2-only tests) has no pyc
+                _link_or_copy(pyc, cached)
+    return BytecodeResult(len(jobs), reused, skipped)
+
+
+def _compile_environ(epoch: int) -> dict[str, str]:
+    environ = {**os.environ, "PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": str(epoch)}
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"):
+        environ.pop(name, None)
+    return environ
+
+
+def _run_driver(python: Path, args: list[str], stdin: bytes, environ: dict[str, str]) -> str:
+    result = subprocess.run(
+        [str(python), "-c", _COMPILE_DRIVER, *args],
+        input=stdin,
+        capture_output=True,
+        env=environ,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise InstallError(
+            f"compiling bytecode with {python} failed:\n{result.stderr.decode(errors='replace')}"
+        )
+    return result.stdout.decode()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s bytes at `target`: a hard link (the scratch prefix and the cache
+    share a filesystem, as with rattler's package cache), a copy across filesystems.
+    An existing `target` is replaced by rename, never written through (it may be a link
+    into the package cache); nothing ever writes a pyc in place afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(source, target)
+        return
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+
+
+def _python_sources(lib: Path) -> list[Path]:
+    found = []
+    for root, dirs, names in os.walk(lib):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        found += [Path(root, name) for name in sorted(names) if name.endswith(".py")]
+    return found
 
 
 def installed_distributions(prefix: str | Path) -> dict[str, str]:

@@ -13,6 +13,7 @@ only module that imports conda_pack; since it subclasses conda-pack internals (`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,15 +21,16 @@ import stat
 import struct
 import tarfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
-from conda_pack.core import CondaEnv, CondaPackException, Packer
+from conda_pack.core import CondaEnv, CondaPackException, File, Packer
 from conda_pack.formats import ArchiveBase, ParallelGzipFileWriter
 
+from .contentindex import ContentIndex, FrameRecord, IndexEntry, file_sha256
 from .errors import PackError
 
 FORMATS = {"zst": "tar.zst", "tar.zst": "tar.zst", "gz": "tar.gz", "tar.gz": "tar.gz"}
@@ -39,6 +41,10 @@ GZIP_LEVEL = 4  # conda-pack's default
 _FLUSH_AT = 8 * 1024 * 1024  # batch small files into large compressor writes
 _READ_CHUNK = 8 * 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
+DEFAULT_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: every member's mtime (source_date_epoch)
+# Salt of frame signatures: bump when what a frame holds for the same files changes
+# (member order, header fields, conda-pack treatment), so no older frame is reused.
+PACK_FORMAT = "nsls2-frames-1"
 
 # (files done, files total)
 ProgressFn = Callable[[int, int], None]
@@ -52,6 +58,25 @@ class PackResult:
     size: int
     files: int
     seconds: float
+    index: ContentIndex | None = None
+    reused_frames: int = 0  # frames copied from the previous build's archive
+    packed_frames: int = 0  # frames compressed by this pack
+
+
+@dataclass(frozen=True)
+class PreviousPack:
+    """A committed build to reuse frames from: its archive as a local file whose bytes
+    were verified against its manifest (size + sha256), and its content index."""
+
+    archive: Path
+    index: ContentIndex
+    _by_frame: dict[int, list[IndexEntry]] = field(default_factory=dict, compare=False)
+
+    def entries_of(self, frame: int) -> list[IndexEntry]:
+        if not self._by_frame:
+            for entry in self.index.entries:
+                self._by_frame.setdefault(entry.frame, []).append(entry)
+        return self._by_frame.get(frame, [])
 
 
 def archive_name(fmt: str) -> str:
@@ -65,6 +90,17 @@ def normalise_format(fmt: str) -> str:
         raise PackError(f"unknown archive format {fmt!r} (use zst or gz)") from None
 
 
+def source_date_epoch() -> int:
+    """The mtime every archive member gets: `$SOURCE_DATE_EPOCH` (the reproducible-builds
+    convention) or a fixed default, so identical files make identical tar bytes."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return DEFAULT_EPOCH
+    if not value.isdigit() or int(value) >= 8**11:
+        raise PackError(f"SOURCE_DATE_EPOCH={value!r} is not a time in seconds")
+    return int(value)
+
+
 def pack(
     prefix: str | Path,
     output: str | Path,
@@ -73,20 +109,31 @@ def pack(
     level: int | None = None,
     threads: int = 0,
     progress: ProgressFn | None = None,
+    previous: PreviousPack | None = None,
+    mtime: int | None = None,
 ) -> PackResult:
     """Pack `prefix` into `output`; sha256 and size are of the bytes written to `output`.
 
+    Members are grouped by conda package (one zstd frame each, in package-name order),
+    then files of no package, then conda-pack's generated files. With `previous`, a
+    package whose frame signature (what its files were made from) equals a frame of the
+    previous archive is not read or compressed again: that frame's bytes are copied.
     `threads` 0 means all cores. The archive is written in place: callers write into a
     staging directory and commit it afterwards.
     """
     started = time.perf_counter()
     fmt = normalise_format(fmt)
     prefix = Path(prefix).absolute()
+    mtime = source_date_epoch() if mtime is None else mtime
     try:
         env = CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
     except CondaPackException as exc:
         raise PackError(f"conda-pack cannot pack {prefix}: {exc}") from None
-    files = list(env.files)
+    groups, python_id = group_files(prefix, list(env.files))
+    salt = f"{PACK_FORMAT}:{mtime}:{python_id}"
+    framed = fmt == "tar.zst"
+    reusable = _reusable(previous) if framed and previous else {}
+    total = sum(len(g.files) for g in groups)
     threads = threads or os.cpu_count() or 1
     try:
         raw = open(output, "wb")  # noqa: SIM115 - closed by the with below
@@ -95,27 +142,208 @@ def pack(
     with raw:
         sink = _HashingSink(raw)
         compressor = _compressor(fmt, sink, level, threads)
-        archive = FastTarArchive(compressor)
+        archive = FastTarArchive(compressor, sink=sink, mtime=mtime, framed=framed)
         packer = _Packer(str(prefix), archive)
+        packer.meta = meta = MetaCache()
+        done = 0
         try:
-            for done, record in enumerate(files, 1):
-                packer.add(record)
-                if progress and (done % 256 == 0 or done == len(files)):
-                    progress(done, len(files))
-            packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
+            for group in groups:
+                signature = group.signature(salt, meta) if reusable else ""
+                reuse = reusable.get((group.package, signature)) if signature else None
+                if reuse is not None:
+                    assert previous is not None
+                    with archive.discarding():  # conda-pack still records its prefixes
+                        for record in group.files:
+                            packer.add(record)
+                    archive.adopt(previous, reuse)
+                else:
+                    for record in group.files:
+                        packer.add(record)
+                        done += 1
+                        if progress and done % 256 == 0:
+                            progress(done, total)
+                    archive.end_frame(group.package, signature or group.signature(salt, meta))
+                done += len(group.files) if reuse is not None else 0
+            with archive.generating():
+                packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
+            archive.close()
         except (CondaPackException, OSError, ValueError) as exc:
             raise PackError(f"packing {prefix} failed: {exc}") from None
-        archive.close()
         _finish(compressor)
+        archive.close_frames()
         raw.flush()  # no fsync here: Store.commit_build fsyncs what it commits
+    if progress:
+        progress(total, total)
+    digest = sink.digest.hexdigest()
     return PackResult(
         path=Path(output),
         format=fmt,
-        sha256=sink.digest.hexdigest(),
+        sha256=digest,
         size=sink.size,
         files=archive.members,
         seconds=time.perf_counter() - started,
+        index=ContentIndex(
+            archive_sha256=digest, frames=tuple(archive.frames), entries=archive.index_entries()
+        ),
+        reused_frames=archive.reused,
+        packed_frames=len(archive.frames) - archive.reused,
     )
+
+
+def _reusable(previous: PreviousPack) -> dict[tuple[str, str], int]:
+    """(package, signature) -> frame number of the previous archive, for frames that
+    can be reused: made from a known signature, never the last (generated) frame."""
+    frames = previous.index.frames
+    return {
+        (frame.package, frame.source): number
+        for number, frame in enumerate(frames[:-1])
+        if frame.source
+    }
+
+
+# -- grouping members by package -------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """The archive members of one frame: one conda package's files ("" = no package)."""
+
+    package: str
+    files: list[File] = field(default_factory=list)
+    bytecode: set[str] = field(default_factory=set)  # targets of pycs install.py compiled
+
+    def signature(self, salt: str, meta: MetaCache) -> str:
+        """sha256 of what this frame is made from, without reading package files: for
+        each member its name, mode and conda-pack treatment, and for a file linked from
+        the package cache (more than one link) its identity there (size, mtime, inode:
+        the cache never changes a file in place); any other file by its content. A pyc
+        that install.py compiled is named by size: its bytes follow from its source (in
+        this frame) and the python build (in `salt`). "" for files of no package: those
+        are packed every time."""
+        if not self.package:
+            return ""
+        parts = [f"{salt}\0{self.package}"]
+        for record in self.files:
+            st = os.lstat(record.source)
+            mode = st.st_mode
+            parts.append(
+                f"\0{record.target}\0{record.file_mode}\0{record.prefix_placeholder}\0{mode}"
+            )
+            if stat.S_ISLNK(mode):
+                parts.append(os.readlink(record.source))
+            elif not stat.S_ISREG(mode):
+                continue
+            elif record.target in self.bytecode:
+                parts.append(f"pyc {st.st_size}")
+            elif record.file_mode is None and record.target.startswith("conda-meta/"):
+                parts.append(hashlib.sha256(meta.packed(record.source)[0]).hexdigest())
+            elif st.st_nlink > 1:
+                parts.append(f"cache {st.st_size} {st.st_mtime_ns} {st.st_dev} {st.st_ino}")
+            else:
+                parts.append(file_sha256(record.source))
+        digest = hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
+
+
+def group_files(prefix: Path, files: list[File]) -> tuple[list[Group], str]:
+    """conda-pack's file records grouped by the conda package that installed them (via
+    `conda-meta/*.json` file lists), packages in name order, members in path order, then
+    the files of no package; plus the python package's identity (sha256) or "".
+
+    The hash-based pycs install.py compiled for package sources are added to their
+    source's package (conda-pack leaves out pycs whose source a package owns)."""
+    owners, python_id = _owners(prefix)
+    groups: dict[str, Group] = {}
+    listed = set()
+    for record in files:
+        package = owners.get(record.target) or owners.get(_pyc_source(record.target), "")
+        groups.setdefault(package, Group(package)).files.append(record)
+        listed.add(record.target)
+    for target in _compiled_pycs(prefix, listed, owners):
+        package = owners[_pyc_source(target)]
+        group = groups.setdefault(package, Group(package))
+        source = os.path.join(prefix, target)
+        group.files.append(File(source, target, is_conda=False, file_mode=None))
+        group.bytecode.add(target)
+    ordered = sorted((g for name, g in groups.items() if name), key=lambda g: g.package)
+    if "" in groups:
+        ordered.append(groups[""])
+    for group in ordered:
+        group.files.sort(key=lambda r: r.target)
+    return ordered, python_id
+
+
+def _owners(prefix: Path) -> tuple[dict[str, str], str]:
+    """target -> package name for every file a conda-meta record lists (and the record
+    itself), and the python package's sha256."""
+    owners: dict[str, str] = {}
+    python_id = ""
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        with open(meta, encoding="utf-8") as handle:
+            data = json.load(handle)
+        name = str(data.get("name", meta.stem))
+        owners[f"conda-meta/{meta.name}"] = name
+        for path in data.get("files") or ():
+            owners[path] = name
+        if name == "python":
+            python_id = str(data.get("sha256") or data.get("md5") or data.get("version", ""))
+    return owners, python_id
+
+
+def _pyc_source(target: str) -> str:
+    """`a/__pycache__/b.cpython-311.pyc` -> `a/b.py`; "" for anything else."""
+    if "/__pycache__/" not in target or not target.endswith(".pyc"):
+        return ""
+    directory, _, name = target.rpartition("/__pycache__/")
+    return f"{directory}/{name.split('.', 1)[0]}.py"
+
+
+def _compiled_pycs(prefix: Path, listed: set[str], owners: dict[str, str]) -> list[str]:
+    """Unchecked-hash pycs (what install.py compiles) of package sources that conda-pack
+    did not list: it drops pycs whose source a package owns. Only the `__pycache__` dirs
+    next to package sources are read, not the whole prefix."""
+    found = []
+    directories = {t.rpartition("/")[0] for t in owners if t.endswith(".py") and "/" in t}
+    for directory in sorted(directories):
+        try:
+            with os.scandir(os.path.join(prefix, directory, "__pycache__")) as entries:
+                names = sorted(e.name for e in entries if e.name.endswith(".pyc"))
+        except OSError:
+            continue
+        for name in names:
+            target = f"{directory}/__pycache__/{name}"
+            if target in listed or _pyc_source(target) not in owners:
+                continue
+            with open(os.path.join(prefix, target), "rb") as handle:
+                header = handle.read(16)
+            # flags word: bit 0 hash-based, bit 1 check the source; 0b01 = unchecked-hash
+            if len(header) == 16 and int.from_bytes(header[4:8], "little") == 0b01:
+                found.append(target)
+    return found
+
+
+class MetaCache:
+    """conda-meta records as packed, read once per pack (signatures and the packer)."""
+
+    def __init__(self) -> None:
+        self._packed: dict[str, tuple[bytes, dict[str, Any]]] = {}
+
+    def packed(self, source: str) -> tuple[bytes, dict[str, Any]]:
+        if source not in self._packed:
+            self._packed[source] = _conda_meta_bytes(source)
+        return self._packed[source]
+
+
+def _conda_meta_bytes(source: str) -> tuple[bytes, dict[str, Any]]:
+    """A conda-meta record as packed: local cache paths blanked, compact sorted JSON."""
+    with open(source, encoding="utf-8") as handle:
+        data = json.load(handle)
+    for name in ("extracted_package_dir", "package_tarball_full_path"):
+        if name in data:
+            data[name] = ""
+    if isinstance(data.get("link"), dict) and "source" in data["link"]:
+        data["link"]["source"] = ""
+    return json.dumps(data, sort_keys=True).encode(), data
 
 
 class _HashingSink:
@@ -158,27 +386,31 @@ def _finish(compressor: Any) -> None:
 
 
 class _Packer(Packer):
-    """conda-pack's Packer, with a faster rewrite of `conda-meta/*.json`.
+    """conda-pack's Packer, with a faster rewrite of `conda-meta/*.json`, telling the
+    archive which members conda-unpack will rewrite (those it records a prefix for).
 
     Stock conda-pack re-encodes every conda-meta record with `indent=True`, which forces
     json's pure-Python encoder (a quarter of its per-file time on a typical env). Same
     fields blanked, compact encoding: conda and rattler read either.
     """
 
+    archive: FastTarArchive
+    meta: MetaCache
+
     def add(self, file: Any) -> None:
         target = file.target
-        if file.file_mode is None and target.startswith("conda-meta/") and target.endswith(".json"):
-            with open(file.source, encoding="utf-8") as handle:
-                data = json.load(handle)
-            for name in ("extracted_package_dir", "package_tarball_full_path"):
-                if name in data:
-                    data[name] = ""
-            if isinstance(data.get("link"), dict) and "source" in data["link"]:
-                data["link"]["source"] = ""
+        is_meta = target.startswith("conda-meta/") and target.endswith(".json")
+        if file.file_mode is None and not is_meta and self.archive.discards:
+            return  # copied from a previous pack; conda-pack records nothing for it
+        if file.file_mode is None and is_meta:
+            packed, data = self.meta.packed(file.source)
             self.packages.append(data)
-            self.archive.add_bytes(file.source, json.dumps(data, sort_keys=True).encode(), target)
+            self.archive.add_bytes(file.source, packed, target, normalised=True)
             return
+        recorded = len(self.prefixes)
         super().add(file)
+        if len(self.prefixes) > recorded:  # conda-unpack will replace a prefix in it
+            self.archive.mark_rewritten(target)
 
 
 # ustar header: name, mode, uid, gid, size, mtime, chksum, type, linkname, magic+version,
@@ -214,46 +446,168 @@ def ustar_header(name: str, mode: int, size: int, mtime: int, kind: bytes, link:
 
 
 class FastTarArchive(ArchiveBase):
-    """A write-only tar stream that conda-pack's `Packer` can drive.
+    """A write-only tar stream that conda-pack's `Packer` can drive, in zstd frames.
 
     Headers are built from one `lstat` (owner 0/0, no name lookups: the agent extracts as
-    whoever runs it). Regular files are read whole and appended to a large buffer; the
-    buffer goes to the compressor in big writes, which zstd spreads over its threads.
+    whoever runs it; mtime fixed, so equal files make equal bytes). Regular files are read
+    whole and appended to a large buffer; the buffer goes to the compressor in big writes,
+    which zstd spreads over its threads. `end_frame` closes the zstd frame of one package
+    and records it (offsets, tar range, key); every member becomes an index entry.
     """
 
-    def __init__(self, out: Any, arcroot: str = "") -> None:
+    def __init__(
+        self, out: Any, arcroot: str = "", *, sink: Any = None, mtime: int = 0, framed: bool = False
+    ) -> None:
         self.out = out
         self.arcroot = arcroot
+        self.sink = sink  # the compressed side, for frame offsets (None: no index)
+        self.mtime = mtime
+        self.framed = framed
         self.members = 0
+        self.frames: list[FrameRecord] = []
+        self.reused = 0
+        self._entries: list[list[Any]] = []  # IndexEntry fields, made mutable for `rewritten`
         self._buffer = bytearray()
+        self._tar_size = 0
+        self._frame_digest = hashlib.sha256()
+        self._frame_tar_start = 0
+        self._frame_start = 0
+        self._discard = False
+        self._generating = False
 
     # conda-pack calls these through ArchiveBase.add / add_bytes
     def _add(self, source: str, target: str) -> None:
+        if self._discard:
+            return
         st = os.lstat(source)
         if stat.S_ISREG(st.st_mode):
             self._add_regular(source, target, st)
         elif stat.S_ISLNK(st.st_mode):
-            self._header(target, st, tarfile.SYMTYPE, 0, os.readlink(source))
+            link = os.readlink(source)
+            self._header(target, st, tarfile.SYMTYPE, 0, link)
+            self._entry(target, "symlink", 0, "", st, link)
         elif stat.S_ISDIR(st.st_mode):
             self._header(target, st, tarfile.DIRTYPE, 0, "")
+            self._entry(target, "dir", 0, "", st, "")
         else:
             raise PackError(f"{source}: not a regular file, symlink or directory")
         self.members += 1
 
-    def _add_bytes(self, source: str, sourcebytes: bytes, target: str) -> None:
-        self._header(target, os.lstat(source), tarfile.REGTYPE, len(sourcebytes), "")
+    def add_bytes(
+        self, source: str, sourcebytes: bytes, target: str, normalised: bool = False
+    ) -> None:
+        """`normalised`: the packer re-encoded the file (conda-meta records), which is not
+        a rewrite at deploy; any other change of the bytes (a shebang) is."""
+        if self._discard:
+            return
+        target = os.path.join(self.arcroot, target)
+        st = os.lstat(source)
+        self._header(target, st, tarfile.REGTYPE, len(sourcebytes), "")
         self._emit(sourcebytes)
         self._pad(len(sourcebytes))
+        digest = hashlib.sha256(sourcebytes).hexdigest()
+        self._entry(target, "file", len(sourcebytes), digest, st, "")
+        if not normalised and not self._generating:
+            with open(source, "rb") as handle:
+                if handle.read() != sourcebytes:
+                    self.mark_rewritten(target)
         self.members += 1
 
+    @property
+    def discards(self) -> bool:
+        return self._discard
+
+    def mark_rewritten(self, target: str) -> None:
+        if not self._discard and self._entries and self._entries[-1][0] == target:
+            self._entries[-1][6] = True
+
+    @contextlib.contextmanager
+    def discarding(self) -> Iterator[None]:
+        """Members added in here are dropped (their frame is copied from a previous pack)."""
+        self._discard = True
+        try:
+            yield
+        finally:
+            self._discard = False
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Members added in here are conda-pack's own (conda-unpack, activate scripts)."""
+        self._generating = True
+        try:
+            yield
+        finally:
+            self._generating = False
+
     def close(self) -> None:
-        self._emit(b"\0" * (2 * _BLOCK))  # end-of-archive marker
+        self._emit(b"\0" * (2 * _BLOCK))  # end-of-archive marker, in the last frame
         self._flush()
+
+    def end_frame(self, package: str, source: str = "") -> None:
+        """Close the current zstd frame (if it holds anything) and record it."""
+        self._flush()
+        if not self.framed or self._tar_size == self._frame_tar_start:
+            return
+        self.out.flush(zstandard.FLUSH_FRAME)
+        self._record_frame(package, self._frame_digest.hexdigest(), source)
+
+    def close_frames(self) -> None:
+        """After the compressor finished: the last frame (or, unframed, the only one)."""
+        if self._tar_size > self._frame_tar_start or not self.frames:
+            self._record_frame("", self._frame_digest.hexdigest(), "")
+
+    def adopt(self, previous: PreviousPack, number: int) -> None:
+        """Copy frame `number` of the previous archive as the next frame, with its entries."""
+        frame = previous.index.frames[number]
+        with open(previous.archive, "rb") as handle:
+            handle.seek(frame.offset)
+            left = frame.length
+            while left:
+                chunk = handle.read(min(left, _READ_CHUNK))
+                if not chunk:
+                    raise PackError(f"{previous.archive} ends inside frame {number}")
+                self.sink.write(chunk)
+                left -= len(chunk)
+        this = len(self.frames)
+        for entry in previous.entries_of(number):
+            self._entries.append([*_fields(entry)[:7], this])
+            self.members += 1
+        self._tar_size += frame.tar_length
+        self._record_frame(frame.package, frame.key, frame.source)
+        self.reused += 1
+
+    def index_entries(self) -> tuple[IndexEntry, ...]:
+        return tuple(IndexEntry(*fields) for fields in self._entries)
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _record_frame(self, package: str, key: str, source: str) -> None:
+        start = self._frame_start
+        end = self.sink.size if self.sink is not None else 0
+        self.frames.append(
+            FrameRecord(
+                offset=start,
+                length=end - start,
+                tar_offset=self._frame_tar_start,
+                tar_length=self._tar_size - self._frame_tar_start,
+                package=package,
+                key=key,
+                source=source,
+            )
+        )
+        self._frame_start, self._frame_tar_start = end, self._tar_size
+        self._frame_digest = hashlib.sha256()
+
+    def _entry(
+        self, target: str, kind: str, size: int, digest: str, st: os.stat_result, link: str
+    ) -> None:
+        self._entries.append(
+            [target, kind, size, digest, stat.S_IMODE(st.st_mode), link, self._generating,
+             len(self.frames)]
+        )  # fmt: skip
+
     def _header(self, target: str, st: os.stat_result, kind: bytes, size: int, link: str) -> None:
-        mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+        mode, mtime = stat.S_IMODE(st.st_mode), self.mtime
         header = ustar_header(target, mode, size, mtime, kind, link)
         if not header:  # long or non-ASCII name: let tarfile write the PAX extended header
             info = tarfile.TarInfo(target)
@@ -273,18 +627,22 @@ class FastTarArchive(ArchiveBase):
         size = st.st_size
         self._header(target, st, tarfile.REGTYPE, size, "")
         written = 0
+        digest = hashlib.sha256()
         with open(source, "rb", buffering=0) as handle:
             if size <= _READ_CHUNK:
                 data = handle.read(size + 1)
                 written = len(data)
+                digest.update(data)
                 self._emit(data)
             else:
                 while chunk := handle.read(_READ_CHUNK):
                     written += len(chunk)
+                    digest.update(chunk)
                     self._emit(chunk)
         if written != size:  # the header already promised `size` bytes
             raise PackError(f"{source} changed size while packing ({size} -> {written} bytes)")
         self._pad(size)
+        self._entry(target, "file", size, digest.hexdigest(), st, "")
 
     def _pad(self, size: int) -> None:
         remainder = size % _BLOCK
@@ -293,6 +651,7 @@ class FastTarArchive(ArchiveBase):
 
     def _emit(self, data: bytes | bytearray) -> None:
         self._buffer += data
+        self._tar_size += len(data)
         if len(self._buffer) >= _FLUSH_AT:
             self._flush()
 
@@ -300,4 +659,12 @@ class FastTarArchive(ArchiveBase):
         if self._buffer:
             # hand over the buffer and start a new one: the gzip writer keeps a reference
             buffer, self._buffer = self._buffer, bytearray()
+            self._frame_digest.update(buffer)
             self.out.write(buffer)
+
+
+def _fields(entry: IndexEntry) -> list[Any]:
+    return [
+        entry.path, entry.type, entry.size, entry.sha256, entry.mode, entry.target,
+        entry.rewritten, entry.frame,
+    ]  # fmt: skip

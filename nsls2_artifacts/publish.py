@@ -31,6 +31,7 @@ from . import install as installer
 from . import pack as packer
 from . import solve as solver
 from .config import SiteConfig
+from .contentindex import write_index
 from .errors import ArtifactsError, StoreError
 from .fsutil import pid_alive
 from .manifest import EnvManifest, load_manifest, logo_format
@@ -154,6 +155,12 @@ def publish(
                 lock_sha = solver.write_lock(solution, lock_path)  # now with uv's packages
                 if same := _unchanged(store, env, lock_sha):
                     return _finish_unchanged(site, store, env, same, lts, started, timings)
+            with _stage(report, timings, "bytecode"):
+                pycs = installer.compile_bytecode(prefix, cache, packer.source_date_epoch())
+            report.note(
+                f"bytecode: {pycs.compiled} compiled, {pycs.reused} from the cache, "
+                f"{pycs.skipped} sources naming the prefix left to python"
+            )
             record = _pack_and_commit(
                 store, manifest, solution, prefix, lock_path, lock_sha, fmt, report, timings
             )
@@ -273,9 +280,10 @@ def _pack_and_commit(
     created = utcnow()
     build_id = make_build_id(created, lock_sha)
     staging = store.staging_dir(manifest.name, build_id)
-    packed = _pack(prefix, staging, fmt, report, timings)
+    packed = _pack(store, manifest.name, prefix, staging, fmt, report, timings)
     with _store_errors(staging):
         shutil.copyfile(lock_path, staging / LOCK_FILE)
+        index = write_index(staging, packed.index) if packed.index else None
     record = BuildManifest(
         name=manifest.name,
         build_id=build_id,
@@ -291,6 +299,7 @@ def _pack_and_commit(
         builder=builder_info(),
         source=source_info(manifest, locked=solution.locked),
         kernel=kernel_extras(manifest),
+        index=index,
     )
     _pause("commit")
     with _stage(report, timings, "upload", record.artifact.size):
@@ -313,7 +322,13 @@ def kernel_extras(manifest: EnvManifest) -> KernelExtras:
 
 
 def _pack(
-    prefix: Path, staging: Path, fmt: str, report: Reporter, timings: dict[str, float]
+    store: Store,
+    env: str,
+    prefix: Path,
+    staging: Path,
+    fmt: str,
+    report: Reporter,
+    timings: dict[str, float],
 ) -> packer.PackResult:
     pause_at_half = os.environ.get(PAUSE_ENV) == "pack"
 
@@ -322,10 +337,50 @@ def _pack(
         if pause_at_half and done >= total // 2:
             _pause("pack")  # half an archive is on disk in the staging directory
 
-    with _stage(report, timings, "pack"):
-        result = packer.pack(prefix, staging / packer.archive_name(fmt), fmt=fmt, progress=progress)
-    report.note(f"packed {result.files} files into {result.path.name}: {result.size / 1e6:.1f} MB")
+    output = staging / packer.archive_name(fmt)
+    with _stage(report, timings, "pack"), _previous_pack(store, env, fmt, prefix.parent) as prev:
+        result = packer.pack(prefix, output, fmt=fmt, progress=progress, previous=prev)
+    reused = (
+        f", {result.reused_frames} of {len(result.index.frames)} frames reused"
+        if (result.index and result.reused_frames)
+        else ""
+    )
+    report.note(
+        f"packed {result.files} files into {result.path.name}: {result.size / 1e6:.1f} MB" + reused
+    )
     return result
+
+
+@contextlib.contextmanager
+def _previous_pack(
+    store: Store, env: str, fmt: str, scratch: Path
+) -> Iterator[packer.PreviousPack | None]:
+    """The newest committed build with a content index, as a verified local copy of its
+    archive, for the incremental pack; None (a full pack) if there is none, its format
+    differs, or anything about it is wrong (a bad previous build never fails a publish)."""
+    newest = next(
+        (m for m in reversed(store.builds(env)) if m.index and m.artifact.format == fmt), None
+    )
+    if newest is None or fmt != "tar.zst":
+        yield None
+        return
+    copy = scratch / f"previous-{newest.build_id}.{fmt}"
+    try:
+        index = store.read_index(newest)
+        if index is None or index.archive_sha256 != newest.artifact.sha256:
+            raise StoreError(f"{env}/{newest.build_id}: index names another archive")
+        with store.open_artifact(newest) as reader, open(copy, "wb") as out:
+            while chunk := reader.read(1 << 20):
+                out.write(chunk)
+            reader.finish()  # every byte matched the manifest before any is reused
+    except (StoreError, OSError):
+        copy.unlink(missing_ok=True)
+        yield None
+        return
+    try:
+        yield packer.PreviousPack(copy, index)
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _unchanged(store: Store, env: str, lock_sha: str) -> str | None:
@@ -370,7 +425,10 @@ def _check_label(label: str) -> None:
 def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
     """A local scratch directory for the prefix, next to the package cache (hard links).
 
-    Named per store and env; leftovers of killed publishes (dead pids) are removed first.
+    Named per store and env, the same for every build (callers hold the env's publish
+    lock, so no other publish uses it): files that name their prefix then pack to the
+    same bytes in every build. Leftovers of killed publishes are removed first (also the
+    per-pid names older versions used, when that pid is dead).
     """
     tag = sha256(str(site.store).encode()).hexdigest()[:8]
     root = cache / "scratch"
@@ -379,7 +437,7 @@ def _scratch(cache: Path, site: SiteConfig, env: str) -> Iterator[Path]:
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-    path = root / f"{env}-{tag}-{os.getpid()}"
+    path = root / f"{env}-{tag}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     try:

@@ -73,7 +73,7 @@ def extract(archive: Path, dest: Path) -> None:
     with open(archive, "rb") as raw:
         if archive.name.endswith(".zst"):
             with (
-                zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+                zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream,
                 tarfile.open(fileobj=stream, mode="r|") as tar,
             ):
                 tar.extractall(dest, filter="data")

@@ -39,7 +39,7 @@ def ours(archive: Path, fmt: str) -> list[Member]:
 def tarfiles(archive: Path, fmt: str) -> list[Member]:
     with open(archive, "rb") as raw:
         source = (
-            zstandard.ZstdDecompressor().stream_reader(raw)
+            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             if fmt == "tar.zst"
             else gzip.GzipFile(fileobj=raw)
             if fmt == "tar.gz"

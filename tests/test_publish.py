@@ -7,10 +7,12 @@ are real SIGKILLs at named points (NSLS2_TEST_PAUSE_AT makes the publish wait th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rattler
@@ -27,8 +29,9 @@ from helpers_build import (
     start_publish,
 )
 
+from nsls2_artifacts.contentindex import ContentIndex
 from nsls2_artifacts.records import BuildManifest, is_build_id
-from nsls2_artifacts.store import sha256_file
+from nsls2_artifacts.store import open_store, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +86,19 @@ def test_publish_demo_end_to_end(make_site, build_cache: Path, tmp_path: Path) -
     assert len(data["source"]["manifest_sha256"]) == 64 and "git_commit" in data["source"]
     assert all(set(p) == {"name", "version", "build", "channel"} for p in data["packages"])
     assert {p["channel"] for p in data["packages"]} == {"conda-forge"}
-    assert sorted(f.name for f in build.iterdir()) == ["env.tar.zst", "manifest.json", "pixi.lock"]
+    assert sorted(f.name for f in build.iterdir()) == [
+        "env.tar.zst",
+        "index.json.zst",
+        "manifest.json",
+        "pixi.lock",
+    ]
+    index_bytes = (build / "index.json.zst").read_bytes()
+    assert data["index"] == {
+        "file": "index.json.zst",
+        "sha256": hashlib.sha256(index_bytes).hexdigest(),
+        "size": len(index_bytes),
+    }
+    assert ContentIndex.from_bytes(index_bytes).archive_sha256 == data["artifact"]["sha256"]
 
     # The tarball unpacks with tarfile at a new path and works after conda-unpack there.
     prefix = tmp_path / "somewhere" / "else" / "demo-env"
@@ -147,6 +162,36 @@ def test_republish_is_unchanged_json_and_lts(make_site, build_cache: Path) -> No
     assert not (site.store / "demo" / "lts" / "x.json").exists()
     shown = run_cli(config, "store", "show", "demo", build.name)
     assert "2026-1" in shown.stdout and "databroker" in shown.stdout
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "s3"])
+def test_one_package_nightly_reuses_the_other_frames(
+    make_site, make_s3_site, build_cache: Path, backend: str
+) -> None:
+    """A nightly that changes one package: every other file is byte-identical in the
+    store's two indexes, and the second publish copies their frames instead of packing."""
+    config, site = (make_site if backend == "filesystem" else make_s3_site)()
+    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    first = publish(config, build_cache, "demo")
+    assert "frames reused" not in first.stderr  # nothing to reuse yet
+    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    second = publish(config, build_cache, "demo")
+    assert "frames reused" in second.stderr, second.stderr
+    store = open_store(site)
+    old, new = store.builds("demo")
+    old_index, new_index = store.read_index(old), store.read_index(new)
+    assert old_index is not None and new_index is not None
+    before = old_index.files()
+    changed = {
+        e.path
+        for e in new_index.entries
+        if e.type == "file" and e.path in before and before[e.path].sha256 != e.sha256
+    }
+    assert changed == {
+        "lib/python3.11/site-packages/six.py",
+        "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc",
+    }
+    assert run_cli(config, "store", "verify").returncode == 0
 
 
 def test_gzip_format(make_site, build_cache: Path, tmp_path: Path) -> None:
@@ -236,8 +281,10 @@ def test_locked_installs_the_committed_lock_and_refuses_a_stale_one(
     assert missing.returncode == 1 and "committed pixi.lock" in missing.stderr
 
 
-def scratch_dirs(cache: Path, pid: int) -> list[Path]:
-    return list((cache / "scratch").glob(f"demo-*-{pid}"))
+def scratch_dirs(cache: Path, site: Any) -> list[Path]:
+    """The scratch prefix of demo publishes to this site's store (one name per store+env)."""
+    tag = hashlib.sha256(str(site.store).encode()).hexdigest()[:8]
+    return [p for p in (cache / "scratch").glob(f"demo-{tag}") if p.is_dir()]
 
 
 @pytest.mark.parametrize("point", ["solve", "install", "pack", "commit"])
@@ -257,8 +304,10 @@ def test_sigkill_leaves_no_visible_build_and_is_cleaned_up(
     if point in ("pack", "commit"):
         assert staging, "the kill should have left a half-written build behind"
         assert (staging[0] / "env.tar.zst").stat().st_size > 0
+    if point == "commit":  # the index is written (before the manifest) but not committed
+        assert (staging[0] / "index.json.zst").stat().st_size > 0
     if point != "solve":  # the scratch prefix is made after the solve
-        assert scratch_dirs(build_cache, proc.pid), "the killed publish's scratch prefix"
+        assert scratch_dirs(build_cache, site), "the killed publish's scratch prefix"
     # A kill inside commit_build, between its rename and manifest.json, leaves this:
     renamed = site.store / "demo" / "2026.01.01T000000Z-deadbeef"
     renamed.mkdir(parents=True)
@@ -270,7 +319,7 @@ def test_sigkill_leaves_no_visible_build_and_is_cleaned_up(
     assert "leftover of an interrupted publish" in result.stderr
     assert not renamed.exists()
     assert list((site.store / "demo").glob(".staging-*")) == []
-    assert scratch_dirs(build_cache, proc.pid) == []
+    assert scratch_dirs(build_cache, site) == []
     only_build(site.store)
     assert run_cli(config, "store", "verify").returncode == 0
 

@@ -1,0 +1,236 @@
+"""Per-package frames, the content index and the incremental pack, on real installed envs.
+
+Two builds of the demo env that differ by one package (six 1.16.0 -> 1.17.0) are installed
+by rattler from the offline channel at the same scratch path (as publish does), given
+their hash-based pycs (install.compile_bytecode) and packed: A in full, B in full and B
+incrementally from A. Checked: the index lists every member with the right hash, frames
+decode on their own, stock `tar -I zstd` reads the archive, `rewritten` covers everything
+conda-unpack changes in a real unpack, everything outside the changed package is
+byte-identical between the builds, and the incremental archive extracts to exactly what
+the full pack does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zstandard
+from helpers_build import BUILD_CACHE, conda_unpack, env_python, extract
+
+from nsls2_artifacts import install, pack, solve
+from nsls2_artifacts.config import load_config
+from nsls2_artifacts.contentindex import ContentIndex, file_sha256
+from nsls2_artifacts.manifest import load_manifest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Packs:
+    full_a: pack.PackResult
+    full_b: pack.PackResult
+    incremental_b: pack.PackResult
+    owners_b: dict[str, str]  # member -> conda package, from build B's conda-meta
+
+
+def _manifests(root: Path, six: str) -> Path:
+    manifests = root / f"manifests-{six}"
+    shutil.copytree(REPO / "manifests" / "demo", manifests / "demo")
+    with open(manifests / "demo" / "pixi.toml", "a") as handle:
+        handle.write(f'six = "=={six}"\n')
+    return manifests
+
+
+def _build(root: Path, channel: Path, six: str, prefix: Path) -> dict[str, str]:
+    manifests = _manifests(root, six)
+    (root / "site.yaml").write_text(
+        f"manifests: {manifests}\nstore: {root / 'store'}\ndeploy_root: {root / 'deploy'}\n"
+        f"channel_mirrors: {{conda-forge: {channel}}}\n"
+    )
+    site = load_config(root / "site.yaml")
+    solution = solve.solve(load_manifest(site.manifests, "demo"), site, cache_dir=BUILD_CACHE)
+    shutil.rmtree(prefix, ignore_errors=True)
+    install.install(solution, prefix, BUILD_CACHE)
+    install.compile_bytecode(prefix, BUILD_CACHE, pack.DEFAULT_EPOCH)
+    owners = {}
+    for meta in (prefix / "conda-meta").glob("*.json"):
+        data = json.loads(meta.read_text())
+        owners[f"conda-meta/{meta.name}"] = data["name"]
+        owners.update(dict.fromkeys(data["files"], data["name"]))
+    return owners
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Packs:
+    root = tmp_path_factory.mktemp("frames")
+    prefix = root / "scratch" / "prefix"  # one path for both builds, as publish uses
+    _build(root, offline_channel, "1.16.0", prefix)
+    full_a = pack.pack(prefix, root / "a.tar.zst")
+    owners_b = _build(root, offline_channel, "1.17.0", prefix)
+    full_b = pack.pack(prefix, root / "b.tar.zst")
+    assert full_a.index is not None
+    previous = pack.PreviousPack(full_a.path, full_a.index)
+    incremental_b = pack.pack(prefix, root / "b-incremental.tar.zst", previous=previous)
+    return Packs(full_a, full_b, incremental_b, owners_b)
+
+
+def _members(archive: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with (
+        open(archive, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        return [(m, tar.extractfile(m).read() if m.isreg() else b"") for m in tar]  # type: ignore[union-attr]
+
+
+def _index(result: pack.PackResult) -> ContentIndex:
+    assert result.index is not None
+    # what the store holds is the serialised form: check it survives the round trip
+    assert ContentIndex.from_bytes(result.index.to_bytes()) == result.index
+    return result.index
+
+
+def test_index_lists_every_member_with_its_hash(packs: Packs) -> None:
+    index = _index(packs.full_b)
+    members = _members(packs.full_b.path)
+    assert [m.name for m, _ in members] == [e.path for e in index.entries]
+    assert index.archive_sha256 == packs.full_b.sha256
+    for (member, data), entry in zip(members, index.entries, strict=True):
+        kind = "file" if member.isreg() else "dir" if member.isdir() else "symlink"
+        assert (entry.type, entry.mode) == (kind, member.mode), entry.path
+        assert member.mtime == pack.DEFAULT_EPOCH, entry.path  # fixed: equal files, equal bytes
+        if kind == "file":
+            assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        if kind == "symlink":
+            assert entry.target == member.linkname
+    # the pycs install compiled ship with their package (conda-pack alone drops them)
+    assert "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc" in index.files()
+
+
+def test_frames_decode_on_their_own_one_package_each(packs: Packs) -> None:
+    index = _index(packs.full_b)
+    data = packs.full_b.path.read_bytes()
+    assert sum(f.length for f in index.frames) == len(data)
+    packages = [f.package for f in index.frames if f.package]
+    assert packages == sorted(set(packages)) and "six" in packages and "python" in packages
+    for number, frame in enumerate(index.frames):
+        raw = (
+            zstandard.ZstdDecompressor()
+            .decompressobj()
+            .decompress(data[frame.offset : frame.offset + frame.length])
+        )
+        assert len(raw) == frame.tar_length and hashlib.sha256(raw).hexdigest() == frame.key
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            names = tar.getnames()
+        assert names == [e.path for e in index.frame_entries(number)], frame.package
+        if frame.package:  # a package frame holds that package's files (and their pycs)
+            for name in names:
+                source = name
+                if "/__pycache__/" in name:
+                    folder, _, leaf = name.rpartition("/__pycache__/")
+                    source = f"{folder}/{leaf.split('.')[0]}.py"
+                assert packs.owners_b.get(source) == frame.package, name
+
+
+def test_stock_tar_extracts_the_multi_frame_archive(packs: Packs, tmp_path: Path) -> None:
+    out = tmp_path / "stock"
+    out.mkdir()
+    subprocess.run(["tar", "-I", "zstd", "-xf", str(packs.full_b.path), "-C", str(out)], check=True)
+    for entry in _index(packs.full_b).entries:
+        path = out / entry.path
+        if entry.type == "file":
+            assert file_sha256(path) == entry.sha256, entry.path
+        elif entry.type == "symlink":
+            assert path.is_symlink() and str(path.readlink()) == entry.target
+
+
+def test_rewritten_flags_cover_what_conda_unpack_rewrites(packs: Packs, tmp_path: Path) -> None:
+    index = _index(packs.full_b)
+    prefix = tmp_path / "deployed"
+    extract(packs.full_b.path, prefix)
+    before = {e.path: e.sha256 for e in index.entries if e.type == "file"}
+    unpacked = conda_unpack(prefix)
+    assert unpacked.returncode == 0, unpacked.stderr
+    changed = {path for path, digest in before.items() if file_sha256(prefix / path) != digest}
+    flagged = {e.path for e in index.entries if e.rewritten}
+    assert changed, "conda-unpack rewrote nothing: the test would prove nothing"
+    assert changed <= flagged, sorted(changed - flagged)
+    # conda-unpack opens every file of its prefix records for writing ("rb+", even when
+    # nothing changes): each must be flagged, or a read-only shared inode breaks it
+    records = _prefix_records(prefix / "bin" / "conda-unpack")
+    assert records, "no prefix records found in conda-unpack"
+    assert records <= flagged, sorted(records - flagged)
+    # and nothing else is flagged but shebang-rewritten scripts and conda-pack's own
+    # files (a flag costs the agent a copy instead of a link)
+    generated = {"bin/conda-unpack", "bin/conda_unpack_progress.py", "bin/activate"}
+    assert generated <= flagged
+    others = flagged - records - generated
+    assert all(p.startswith("bin/") for p in others), sorted(others)
+    assert len(flagged) < len(before) // 50, len(flagged)
+    # a source conda-unpack rewrites gets no unchecked pyc: it would keep the old text
+    sysconfig = next(p for p in changed if "_sysconfigdata" in p and p.endswith(".py"))
+    assert not any(p.startswith(sysconfig.rsplit("/", 1)[0] + "/__pycache__/_sysconfigdata")
+                   for p in before)  # fmt: skip
+    check = env_python(prefix, "import six, sysconfig; print(sysconfig.get_config_var('prefix'))")
+    assert check.returncode == 0 and check.stdout.strip() == str(prefix), check.stderr
+
+
+def _prefix_records(script: Path) -> set[str]:
+    """The paths in conda-unpack's `_prefix_records = [(path, placeholder, mode), ...]`."""
+    text = script.read_text()
+    block = text[text.index("_prefix_records = [") : text.index("]", text.index("_prefix_records"))]
+    return set(re.findall(r"^\('([^']+)',", block, re.MULTILINE))
+
+
+def test_one_package_nightly_leaves_every_other_file_identical(packs: Packs) -> None:
+    a, b = _index(packs.full_a), _index(packs.full_b)
+    files_a = a.files()
+    changed = {
+        e.path
+        for e in b.entries
+        if e.type == "file" and e.path in files_a and files_a[e.path].sha256 != e.sha256
+    }
+    assert changed == {
+        "lib/python3.11/site-packages/six.py",
+        "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc",
+    }
+    keys_a = {(f.package, f.key) for f in a.frames}
+    assert {f.package for f in b.frames if (f.package, f.key) not in keys_a} == {"six"}
+
+
+def test_incremental_pack_reuses_frames_and_extracts_like_a_full_pack(
+    packs: Packs, tmp_path: Path
+) -> None:
+    full, incremental = packs.full_b, packs.incremental_b
+    package_frames = [f for f in _index(full).frames if f.package]
+    assert incremental.reused_frames == len(package_frames) - 1  # all but six's
+    assert _index(incremental).entries == _index(full).entries
+    assert [f.key for f in _index(incremental).frames] == [f.key for f in _index(full).frames]
+    assert incremental.index is not None and incremental.index.archive_sha256 == incremental.sha256
+    assert incremental.size == incremental.path.stat().st_size
+    assert incremental.sha256 == file_sha256(incremental.path)
+    ours, theirs = tmp_path / "incremental", tmp_path / "full"
+    extract(incremental.path, ours)
+    extract(full.path, theirs)
+    listing = sorted(p.relative_to(ours) for p in ours.rglob("*"))
+    assert listing == sorted(p.relative_to(theirs) for p in theirs.rglob("*"))
+    for rel in listing:
+        mine, other = ours / rel, theirs / rel
+        assert mine.lstat().st_mode == other.lstat().st_mode, rel
+        if mine.is_file() and not mine.is_symlink():
+            assert mine.read_bytes() == other.read_bytes(), rel
+    unpacked = conda_unpack(ours)
+    assert unpacked.returncode == 0, unpacked.stderr
+    check = env_python(ours, "import six, databroker, ipykernel; print(six.__version__)")
+    assert check.returncode == 0 and check.stdout.strip() == "1.17.0", check.stderr
