@@ -26,12 +26,12 @@ from jupyter_client.kernelspec import KernelSpec
 
 from .. import names
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from ..kernelmeta import MANAGED, KernelMetadata, kernel_metadata_or_none
 from ..records import RecordError, utcnow
 from . import latest, layout, logos
 from .log import LOGGER_NAME, event
 from .logos import Logo
 
-MANAGED = "nsls2"  # metadata key marking the specs this module owns
 PREFIX = "nsls2-"
 LOGO_FILES = ("logo-svg.svg", "logo-64x64.png")  # the names stock Jupyter looks for
 
@@ -141,24 +141,22 @@ def protocol_version(prefix: str, ipykernel_version: str | None) -> str:
 
 
 def _metadata(plan: KernelPlan) -> dict[str, Any]:
-    return {
-        "debugger": True,
-        MANAGED: {
-            "env": plan.env,
-            "build_id": plan.build_id,
-            "channel": plan.channel,
-            "label": plan.label,
-            "labels": list(plan.labels),
-            "env_display_name": plan.base_name,
-            "created": plan.created,
-            "python": plan.python,
-            "expires": plan.expires,
-            "promoted": plan.promoted,
-            "listed": plan.listed,
-            "beamlines": list(plan.beamlines),
-            "memory_limit": plan.memory_limit,
-        },
-    }
+    meta = KernelMetadata(
+        env=plan.env,
+        build_id=plan.build_id,
+        channel="latest" if plan.channel == "latest" else "lts",
+        label=plan.label,
+        labels=plan.labels,
+        env_display_name=plan.base_name,
+        created=plan.created,
+        python=plan.python,
+        expires=plan.expires,
+        promoted=plan.promoted,
+        listed=plan.listed,
+        beamlines=plan.beamlines,
+        memory_limit=plan.memory_limit,
+    )
+    return {"debugger": True, MANAGED: meta.to_dict()}
 
 
 def build_spec(deploy_root: Path, plan: KernelPlan) -> KernelSpec:
@@ -212,15 +210,20 @@ def installed(deploy_root: Path) -> dict[str, dict[str, Any]]:
 
 
 def spec_target(data: dict[str, Any]) -> dict[str, Any]:
-    """The `metadata.nsls2` block: env, build_id, channel, label, created, python, ..."""
+    """The `metadata.nsls2` block as written (for output; read it with `spec_meta`)."""
     return data["metadata"][MANAGED]
 
 
+def spec_meta(data: dict[str, Any]) -> KernelMetadata | None:
+    """The spec's typed `metadata.nsls2`, None when it does not parse."""
+    return kernel_metadata_or_none(data.get("metadata"))
+
+
 def spec_pair(data: dict[str, Any]) -> names.Pair:
-    """(env, label), label None for the rolling kernel: whose kernel this spec is."""
-    info = spec_target(data)
-    label = None if info.get("channel") == "latest" else info.get("label")
-    return str(info.get("env")), label
+    """(env, label), label None for the rolling kernel: whose kernel this spec is. An
+    unreadable record is nobody's ("", None): the spec is rewritten or removed by name."""
+    meta = spec_meta(data)
+    return (meta.env, meta.lts_label) if meta else ("", None)
 
 
 def is_current(deploy_root: Path, name: str, wanted: dict[str, Any], found: Any) -> bool:
@@ -331,8 +334,8 @@ def _warn_unreadable(kernel: str, exc: RecordError) -> None:
 
 
 def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: datetime) -> None:
-    info = data.get("metadata", {}).get(MANAGED)
-    if not isinstance(info, dict) or info.get("channel") != "lts":
+    info = spec_meta(data)
+    if info is None or info.is_latest:
         return
     try:
         retired = _retired_for_update(deploy_root)
@@ -343,9 +346,9 @@ def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: da
         _warn_unreadable(name, exc)
         return
     retired[name] = {
-        "env": info.get("env"),
-        "label": info.get("label"),
-        "build_id": info.get("build_id"),
+        "env": info.env,
+        "label": info.label,
+        "build_id": info.build_id,
         "display_name": data.get("display_name"),
         "retired": when.date().isoformat(),
     }
@@ -372,13 +375,10 @@ def remove_kernelspecs_for(deploy_root: str | Path, env: str, build_id: str) -> 
     removed = []
     latest_target = latest.current_latest(deploy_root, env)
     for name, data in sorted(installed(deploy_root).items()):
-        target = spec_target(data)
-        if target.get("env") != env:
+        target = spec_meta(data)
+        if target is None or target.env != env:
             continue
-        if target.get("channel") == "latest":
-            hit = latest_target == build_id
-        else:
-            hit = target.get("build_id") == build_id
+        hit = latest_target == build_id if target.is_latest else target.build_id == build_id
         if hit and remove_kernelspec(deploy_root, name):
             removed.append(name)
     return removed

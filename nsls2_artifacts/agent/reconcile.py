@@ -159,10 +159,9 @@ def make_plan(site: SiteConfig, obs: Observed, assume_ready: bool = False) -> Pl
     ]
     for name, data in sorted(obs.kernels.items()):
         if name not in wanted and name not in naming.keep:
-            info = kernels.spec_target(data)
-            plan.kernels_remove.append(
-                (name, f"{info.get('env')}/{info.get('build_id')} not wanted")
-            )
+            info = kernels.spec_meta(data)
+            what = f"{info.env}/{info.build_id}" if info else "unreadable metadata.nsls2,"
+            plan.kernels_remove.append((name, f"{what} not wanted"))
     return plan
 
 
@@ -274,9 +273,9 @@ def _lts_labels(env: str, obs: Observed) -> list[tuple[str, str, str | None]]:
     if obs.store_ok and obs.manifests.get(env):
         return [(r.label, r.build_id, r.promoted) for r in obs.lts.get(env, [])]
     return [
-        (info.get("label", ""), info.get("build_id", ""), info.get("promoted"))
+        (info.label, info.build_id, info.promoted)
         for data in obs.kernels.values()
-        if (info := kernels.spec_target(data)).get("env") == env and info.get("channel") == "lts"
+        if (info := kernels.spec_meta(data)) and info.env == env and not info.is_latest
     ]
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
+from ..errors import RecordError
+from ..kernelmeta import MANAGED, KernelMetadata, kernel_metadata
 from ..records import build_id_time, is_build_id
 
 log = logging.getLogger(__name__)
 
-MANAGED = "nsls2"  # kernelspec metadata key the agent writes (agent/kernels.py)
 SPEC_PREFIX = "nsls2-"
 
 
@@ -35,34 +36,36 @@ class NsKernel:
     name: str
     display_name: str
     resource_dir: Path
-    nsls2: dict[str, Any]  # the spec's metadata.nsls2 as the agent wrote it
+    meta: KernelMetadata  # the spec's metadata.nsls2 (kernelmeta.py)
+
+    @property
+    def nsls2(self) -> dict[str, Any]:
+        return self.meta.to_dict()
 
     @property
     def env(self) -> str:
-        return str(self.nsls2.get("env", ""))
+        return self.meta.env
 
     @property
     def build_id(self) -> str:
-        return str(self.nsls2.get("build_id", ""))
+        return self.meta.build_id
 
     @property
     def is_latest(self) -> bool:
-        return self.nsls2.get("channel") == "latest"
+        return self.meta.is_latest
 
     @property
     def label(self) -> str:
-        return "latest" if self.is_latest else str(self.nsls2.get("label", ""))
+        return self.meta.track
 
     @property
     def labels(self) -> tuple[str, ...]:
         """Every LTS label this kernel answers to (one spec may name two labels of a build)."""
-        extra = self.nsls2.get("labels")
-        found = [self.label, *(extra if isinstance(extra, list) else [])]
-        return tuple(dict.fromkeys(str(x) for x in found if x))
+        return tuple(dict.fromkeys(x for x in (self.label, *self.meta.labels) if x))
 
     @property
     def listed(self) -> bool:
-        return self.nsls2.get("listed", True) is not False
+        return self.meta.listed
 
     @property
     def deploy_root(self) -> Path:
@@ -147,10 +150,14 @@ def read_kernelspec(name: str, resource_dir: str | Path) -> NsKernel | None:
         return None
     if not isinstance(data, dict):
         return None
-    nsls2 = (data.get("metadata") or {}).get(MANAGED)
-    if not isinstance(nsls2, dict) or not nsls2.get("env"):
+    try:
+        meta = kernel_metadata(data.get("metadata"))
+    except RecordError as exc:
+        log.warning("skipping kernelspec %s: %s", resource_dir, exc)
         return None
-    return NsKernel(name, str(data.get("display_name", name)), resource_dir, nsls2)
+    if meta is None or not meta.env:
+        return None
+    return NsKernel(name, str(data.get("display_name", name)), resource_dir, meta)
 
 
 def kernel_dirs_in(deploy_root: str | Path) -> dict[str, Path]:

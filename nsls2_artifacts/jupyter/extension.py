@@ -22,6 +22,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..kernelmeta import KernelMetadata, kernel_metadata_or_none
 from . import beamlines, oom
 from .deployed import (
     MANAGED,
@@ -85,7 +86,7 @@ class BuildRecorder:
             if not nsls2:
                 continue
             build = self.concrete_build(manager, nsls2)
-            track = "latest" if nsls2.get("channel") == "latest" else str(nsls2.get("label", ""))
+            track = nsls2.track
             if build is None:
                 self.log.warning(
                     "nsls2-artifacts: %s: cannot tell which build kernel %s (%s) runs; "
@@ -114,15 +115,15 @@ class BuildRecorder:
             return None
 
     @staticmethod
-    def _spec_nsls2(manager: KernelManager) -> dict[str, Any] | None:
+    def _spec_nsls2(manager: KernelManager) -> KernelMetadata | None:
         try:
             spec = manager.kernel_spec  # the spec this kernel was started from
         except Exception:  # noqa: BLE001 - a spec deleted since start: not ours to judge
             return None
-        nsls2 = (spec.metadata or {}).get(MANAGED) if spec else None
-        return nsls2 if isinstance(nsls2, dict) and nsls2.get("env") else None
+        nsls2 = kernel_metadata_or_none(spec.metadata) if spec else None
+        return nsls2 if nsls2 and nsls2.env else None
 
-    def concrete_build(self, manager: KernelManager, nsls2: dict[str, Any]) -> ConcreteBuild | None:
+    def concrete_build(self, manager: KernelManager, nsls2: KernelMetadata) -> ConcreteBuild | None:
         """What the kernel process runs (/proc); an LTS kernel falls back to its spec."""
         spec = manager.kernel_spec
         deploy_root = deploy_root_of_spec(spec.resource_dir) if spec.resource_dir else None
@@ -131,8 +132,8 @@ class BuildRecorder:
             build = build_of_process(int(pid), [deploy_root])
             if build:
                 return build
-        if nsls2.get("channel") != "latest" and nsls2.get("build_id") and deploy_root:
-            return ConcreteBuild(str(nsls2["env"]), str(nsls2["build_id"]), deploy_root)
+        if not nsls2.is_latest and nsls2.build_id and deploy_root:
+            return ConcreteBuild(nsls2.env, nsls2.build_id, deploy_root)
         return None
 
     # --- the REST API ------------------------------------------------------------------
@@ -150,7 +151,7 @@ class BuildRecorder:
             build = self.concrete_build(manager, nsls2)
             found[kernel_id] = {
                 "kernel_name": manager.kernel_name,
-                "env": build.env if build else nsls2.get("env"),
+                "env": build.env if build else nsls2.env,
                 "build_id": build.build_id if build else None,
             }
         return found

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.ioloop import PeriodicCallback
 
 from ..agent import kernel_ceiling
+from ..kernelmeta import kernel_metadata_or_none
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -110,10 +111,10 @@ class OomWatcher:
             spec = manager.kernel_spec
         except Exception:  # noqa: BLE001 - gone, or its spec deleted since start
             return None
-        nsls2 = (spec.metadata or {}).get("nsls2") if spec else None
-        if not isinstance(nsls2, dict):
+        nsls2 = kernel_metadata_or_none(spec.metadata) if spec else None
+        if nsls2 is None:
             return None  # not an NSLS-II kernel: none of ours to watch
-        limit = nsls2.get("memory_limit")
+        limit = nsls2.memory_limit
         return Watched(
             kernel_name=manager.kernel_name,
             display_name=spec.display_name,

@@ -1,0 +1,72 @@
+"""`metadata.nsls2` of a kernelspec: one typed record (kernelmeta.py) that the agent writes
+and every reader parses the same way; the lab extension's metadata.ts mirrors its fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from nsls2_artifacts.agent import kernels
+from nsls2_artifacts.errors import RecordError
+from nsls2_artifacts.kernelmeta import KernelMetadata, kernel_metadata, kernel_metadata_or_none
+
+BUILD = "2026.11.25T020000Z-1a2b3c4d"
+METADATA_TS = (
+    Path(__file__).resolve().parents[1] / "nsls2_artifacts/jupyter/labextension_src/src/metadata.ts"
+)
+
+
+def plan(channel: str, label: str) -> kernels.KernelPlan:
+    return kernels.KernelPlan(
+        name=f"nsls2-demo-{label}",
+        env="demo",
+        build_id=BUILD,
+        channel=channel,
+        label=label,
+        base_name="NSLS-II demo",
+        created="2026-11-25T02:00:00Z",
+        python="3.11.7",
+        listed=True,
+        labels=(label,) if channel == "lts" else (),
+        beamlines=("csx",),
+        memory_limit=1 << 30,
+    )
+
+
+@pytest.mark.parametrize(("channel", "label"), [("latest", "latest"), ("lts", "2026-1")])
+def test_what_the_agent_writes_reads_back(channel: str, label: str) -> None:
+    metadata = json.loads(json.dumps(kernels._metadata(plan(channel, label))))
+    meta = kernel_metadata(metadata)
+    assert meta is not None and meta.env == "demo" and meta.build_id == BUILD
+    assert meta.track == label and meta.is_latest == (channel == "latest")
+    assert meta.lts_label == (None if channel == "latest" else label)
+    assert meta.memory_limit == 1 << 30 and meta.beamlines == ("csx",)
+    assert KernelMetadata.from_dict(meta.to_dict()) == meta
+
+
+def test_a_missing_channel_is_no_guess() -> None:
+    """Python read a missing channel as LTS and the lab extension as latest: now a spec
+    without one is not an NSLS-II spec at all, for every reader."""
+    block = {"env": "demo", "build_id": BUILD, "label": "latest"}
+    with pytest.raises(RecordError, match="field 'channel': missing"):
+        kernel_metadata({"nsls2": block})
+    assert kernel_metadata_or_none({"nsls2": block}) is None
+    with pytest.raises(RecordError, match="field 'channel'"):
+        kernel_metadata({"nsls2": {**block, "channel": "nightly"}})
+    assert kernel_metadata({"language": "python"}) is None  # a stock kernel
+
+
+def test_the_lab_extension_mirrors_every_field() -> None:
+    """metadata.ts declares the same fields, and the same required ones."""
+    text = METADATA_TS.read_text()
+    body = text[text.index("export interface INsls2Meta") :]
+    body = body[: body.index("}")]
+    declared = dict(re.findall(r"^\s+(\w+)(\??):", body, re.M))
+    fields = msgspec.structs.fields(KernelMetadata)
+    assert set(declared) == {f.name for f in fields}
+    required = {f.name for f in fields if f.required}
+    assert {name for name, optional in declared.items() if not optional} == required
