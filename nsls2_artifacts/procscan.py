@@ -13,6 +13,13 @@ counts when it lies under the concrete build directory or under the `envs/ENV/la
 alias that currently points at it. A process that exits
 mid-scan is skipped; one we may not read (EACCES, hidepid) makes the scan incomplete,
 which callers must treat as "maybe in use" for every target.
+
+A process in another mount namespace (a container) names paths as *it* sees them: a
+build bind-mounted at /opt/env shows as /opt/env/bin/python, which means nothing here.
+For such a process every path is translated through its `/proc/PID/mountinfo` (which
+filesystem, and which directory of it, the path lies in) into the path of the same
+directory in our namespace, then matched as usual; `ProcessUse.path` names both. One
+whose mount table cannot be read is "unknown", like an unreadable process.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -141,6 +149,113 @@ class _Matcher:
         return None
 
 
+@dataclass(frozen=True)
+class _Mount:
+    """One line of a mountinfo file: which directory (`root`) of which filesystem (`dev`,
+    "major:minor") is mounted where (`point`, in that namespace)."""
+
+    dev: str
+    root: str
+    point: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(data: bytes) -> list[_Mount]:
+    """The mounts of a `/proc/PID/mountinfo`, in mount order (a later one covers an earlier
+    one at the same point)."""
+    mounts = []
+    for line in os.fsdecode(data).splitlines():
+        fields = line.split(" ")
+        if len(fields) >= 5:
+            mounts.append(_Mount(fields[2], _unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _under(path: str, top: str) -> str | None:
+    """`path` relative to `top` ("" for `top` itself), or None when it is not below it."""
+    if top == "/":
+        return path[1:]
+    if path == top:
+        return ""
+    return path[len(top) + 1 :] if path.startswith(top + "/") else None
+
+
+def _join(top: str, rest: str) -> str:
+    return (top.rstrip("/") + "/" + rest) if rest else top
+
+
+class _Translator:
+    """Paths as a process in another mount namespace sees them -> the same directories
+    as this namespace sees them (None when this namespace does not mount them at all:
+    then they cannot lie in any of our builds)."""
+
+    def __init__(self, theirs: list[_Mount], ours: list[_Mount]) -> None:
+        # longest mount point first; among equal ones the later (covering) mount first
+        ranked = sorted(enumerate(theirs), key=lambda im: (-len(im[1].point), -im[0]))
+        self.theirs = [m for _, m in ranked]
+        self.ours: dict[str, list[_Mount]] = {}
+        for mount in sorted(ours, key=lambda m: -len(m.root)):
+            self.ours.setdefault(mount.dev, []).append(mount)
+
+    def __call__(self, path: str) -> str | None:
+        for mount in self.theirs:
+            rest = _under(path, mount.point)
+            if rest is None:
+                continue
+            inside = _join(mount.root, rest)  # the path within the filesystem
+            for own in self.ours.get(mount.dev, ()):
+                below = _under(inside, own.root)
+                if below is not None:
+                    return _join(own.point, below)
+            return None
+        return None
+
+
+class _Namespaces:
+    """Which processes run in another mount namespace, and their translators (one
+    mountinfo read per namespace and root, not per process)."""
+
+    def __init__(self, proc: str) -> None:
+        self.proc = proc
+        try:
+            self.own = os.readlink(os.path.join(proc, "self", "ns", "mnt"))
+        except OSError:
+            self.own = ""  # no namespaces to tell apart: every process is in ours
+        self.ours: list[_Mount] | None = None
+        self.cache: dict[tuple[str, str], _Translator] = {}
+
+    def translator(self, pid_fd: int) -> _Translator | None:
+        """None for a process in our namespace (the common case: one readlink)."""
+        if not self.own:
+            return None
+        try:
+            ns = os.readlink("ns/mnt", dir_fd=pid_fd)
+        except OSError as exc:
+            _guard("ns/mnt", exc)
+            return None
+        if ns == self.own:
+            return None
+        try:
+            key = (ns, os.readlink("root", dir_fd=pid_fd))
+            if key not in self.cache:
+                theirs = parse_mountinfo(_read_all("mountinfo", pid_fd))
+                if self.ours is None:
+                    with open(os.path.join(self.proc, "self", "mountinfo"), "rb") as handle:
+                        self.ours = parse_mountinfo(handle.read())
+                self.cache[key] = _Translator(theirs, self.ours)
+        except OSError as exc:
+            # its paths cannot be placed: "unknown", never "unused"
+            _guard("mountinfo", exc)
+            raise _Unreadable("mountinfo") from None
+        return self.cache[key]
+
+
 class _Unreadable(Exception):
     def __init__(self, what: str) -> None:
         self.what = what
@@ -174,18 +289,27 @@ def _guard(what: str, exc: OSError) -> None:
 class _ProcessScan:
     """The checks for one process; `hits` maps target -> (via, path)."""
 
-    def __init__(self, matcher: _Matcher, pid_fd: int) -> None:
+    def __init__(
+        self, matcher: _Matcher, pid_fd: int, translate: _Translator | None = None
+    ) -> None:
         self.matcher = matcher
         self.pid_fd = pid_fd
+        self.translate = translate  # set for a process in another mount namespace
         self.hits: dict[str, tuple[str, str]] = {}
 
     def done(self) -> bool:
         return len(self.hits) == len(self.matcher.targets)
 
     def note(self, via: str, path: str) -> None:
+        seen = path
+        if self.translate is not None:
+            here = self.translate(path.removesuffix(" (deleted)"))
+            if here is None:
+                return
+            path, seen = here, f"{here} (as {path} in its mount namespace)"
         key = self.matcher.match(path)
         if key is not None and key not in self.hits:
-            self.hits[key] = (via, path)
+            self.hits[key] = (via, seen)
 
     def run(self) -> None:
         for check in (self.links, self.fds, self.maps, self.environ):
@@ -233,6 +357,14 @@ class _ProcessScan:
         except OSError as exc:
             _guard("maps", exc)
             return
+        if self.translate is not None:  # its paths are not ours: parse and translate each
+            for line in data.split(b"\n"):
+                start = line.find(b" /")
+                if start >= 0:
+                    self.note("maps", os.fsdecode(line[start:].lstrip(b" ")))
+                    if self.done():
+                        return
+            return
         if not self.matcher.might_contain(data):
             return
         # bytes.find over the whole file is far cheaper than splitting thousands of lines;
@@ -255,7 +387,7 @@ class _ProcessScan:
         except OSError as exc:
             _guard("environ", exc)
             return
-        if not self.matcher.might_contain(data):
+        if self.translate is None and not self.matcher.might_contain(data):
             return
         for entry in data.split(b"\0"):
             name, _, value = entry.partition(b"=")
@@ -352,28 +484,37 @@ def scan(
         result.unknown.append(ProcessUse(0, "?", "hidepid", proc))
     matcher = _Matcher(targets)
     users = _Users()
+    namespaces = _Namespaces(proc)
     skipped = {os.getpid(), *ALWAYS_SKIPPED, *skip_pids}
     proc_fd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in os.listdir(proc_fd):
             if not name.isdigit() or int(name) in skipped:
                 continue
-            _scan_one(int(name), proc_fd, matcher, users, result)
+            _scan_one(int(name), proc_fd, matcher, users, namespaces, result)
     finally:
         os.close(proc_fd)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _scan_one(pid: int, proc_fd: int, matcher: _Matcher, users: _Users, result: ScanResult) -> None:
+def _scan_one(
+    pid: int,
+    proc_fd: int,
+    matcher: _Matcher,
+    users: _Users,
+    namespaces: _Namespaces,
+    result: ScanResult,
+) -> None:
     try:
         pid_fd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
     except OSError:
         result.vanished += 1
         return
+    process = None
     try:
-        process = _ProcessScan(matcher, pid_fd)
         try:
+            process = _ProcessScan(matcher, pid_fd, namespaces.translator(pid_fd))
             process.run()
         except _Vanished:
             result.vanished += 1
@@ -382,7 +523,7 @@ def _scan_one(pid: int, proc_fd: int, matcher: _Matcher, users: _Users, result: 
             where = f"/proc/{pid}/{exc.what}"
             result.unknown.append(ProcessUse(pid, users.of(pid_fd), "unreadable", where))
         result.scanned += 1
-        if process.hits:
+        if process is not None and process.hits:
             user = users.of(pid_fd)
             for key, (via, path) in process.hits.items():
                 result.uses[key].append(ProcessUse(pid, user, via, path))

@@ -238,7 +238,8 @@ def _scan_lines(scans: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"SCAN INCOMPLETE on node {node}: the agent cannot read {scan['unreadable']} "
-            f"process(es) of other users{seen}. They may use any build, so NOTHING on this "
+            f"process(es) (other users', or in a mount namespace whose mounts it cannot "
+            f"read){seen}. They may use any build, so NOTHING on this "
             f"deploy root is deleted and the disk only grows: {SCAN_PRIVILEGE_HINT}."
         )
     return lines

@@ -216,8 +216,8 @@ def _unknown_text(node: str, use: ProcessUse | None) -> str:
         what = "scan incomplete"
     elif use.via == "hidepid":
         what = f"{use.path} hides other users' processes"
-    else:
-        what = f"pid {use.pid} unreadable"
+    else:  # the path says which: /proc/PID/exe (another user's), /proc/PID/mountinfo...
+        what = f"pid {use.pid} ({use.path}) unreadable"
     return f"kept: unknown ({what}) on node {node}"
 
 
