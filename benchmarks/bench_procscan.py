@@ -7,14 +7,18 @@ copy of `sleep` from the build's bin/), then times, per 1,000 processes:
   - `fuser -m BUILD` (every process on the build's filesystem: cheaper question, same walk),
   - `fuser -v BUILD` (processes using the directory itself, not the tree below it),
   - `lsof +D BUILD` (the tree below the directory: the same question we answer).
-Prints a table and the ratios. Every process is killed at the end (and `sleep` exits on its
-own after 10 minutes if this script is killed). Usage: python benchmarks/bench_procscan.py
-[--processes N] [--files N] [--repeat N]
+With `--containers N` (default 20 as root), N more users of the build each run in a private
+mount namespace with the build bind-mounted at another path (as in a container): the
+"found" column shows which tools see them. Prints a table and the ratios. Every process
+is killed at the end (and `sleep` exits on its own after 10 minutes if this script is
+killed). Usage: python benchmarks/bench_procscan.py [--processes N] [--files N]
+[--repeat N] [--containers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -59,6 +63,33 @@ def spawn(build: Path, count: int) -> tuple[list[subprocess.Popen[bytes]], set[i
         if argv[0] != "/bin/sleep" or cwd != "/":
             inside.add(proc.pid)
     return procs, inside
+
+
+def spawn_containers(build: Path, root: Path, count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` sleepers each in its own private mount namespace (a container), the build
+    bind-mounted at ROOT/view (empty on the host) and their cwd inside it: users that
+    only a namespace-aware scan sees. Needs root and util-linux `unshare`."""
+    view = root / "view"
+    view.mkdir(exist_ok=True)
+    script = (
+        f"mount --bind {build} {view} && cd {view}/lib/pkg00 && exec /bin/sleep {SLEEP_SECONDS}"
+    )
+    procs = [
+        subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{proc.pid}/exe").endswith("/sleep"):
+                    break
+            time.sleep(0.02)
+    return procs
 
 
 def wait_exec(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
@@ -117,6 +148,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2000)
     parser.add_argument("--files", type=int, default=2000, help="files in the build tree")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--containers",
+        type=int,
+        default=20 if os.geteuid() == 0 and shutil.which("unshare") else 0,
+        help="extra users of the build, each in its own mount namespace (root only)",
+    )
     args = parser.parse_args()
     missing = [tool for tool in ("fuser", "lsof") if not shutil.which(tool)]
     if missing:
@@ -128,8 +165,11 @@ def main() -> int:
         build = make_build(root, args.files)
         started = time.perf_counter()
         procs, inside = spawn(build, args.processes)
-        spawned = time.perf_counter() - started
         wait_exec(procs)
+        contained = spawn_containers(build, root, args.containers)
+        procs += contained
+        inside |= {p.pid for p in contained}
+        spawned = time.perf_counter() - started
         total = sum(1 for name in os.listdir("/proc") if name.isdigit())
         per_k = 1000 / total
 
@@ -178,7 +218,8 @@ def main() -> int:
         print(f"# /proc scan benchmark — {cpu_model()}, {os.cpu_count()} CPUs, Python {PY}")
         print(
             f"processes in /proc: {total} ({len(procs)} spawned in {spawned:.1f}s; "
-            f"{len(inside)} use the build); build tree: {args.files} files; "
+            f"{len(inside)} use the build, {len(contained)} of them from their own mount "
+            f"namespace); build tree: {args.files} files; "
             f"median of {args.repeat}, tools interleaved"
         )
         print(
