@@ -139,7 +139,9 @@ def test_incomplete_scan_on_another_node_is_unknown(two_envs):
     other_agent(site, "sdcc-05", complete=False, unknown=unknown)
     decisions = run(site)
     for old in builds.values():
-        assert decisions[old.name].reason == "kept: unknown (pid 17 unreadable) on node sdcc-05"
+        assert decisions[old.name].reason == (
+            "kept: unknown (pid 17 (/proc/17/exe) unreadable) on node sdcc-05"
+        )
         assert not tombstone_file(site, old).exists()
 
 
