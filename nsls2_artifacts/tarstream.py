@@ -15,10 +15,20 @@ by name). What it refuses, with a `TarStreamError` saying why:
 - non-canonical names, so no later step has to normalise: absolute, empty, `.` or `..`
   components, `//`, a trailing `/` on anything but a directory, NUL; the same for
   hardlink targets (they name another member), and empty or NUL symlink targets;
+- names and link targets longer than a path can be (PATH_MAX: 4095 bytes and its NUL),
+  with a component over NAME_MAX (255 bytes) or more than MAX_DEPTH components,
+  refused before any policy walks them: the work per member is then bounded by
+  constants whatever a pax header holds, and no tree we write is too deep for a
+  recursive walk (`shutil.rmtree`, `os.walk`) to remove or scan it;
+- times outside what `os.utime` takes (`MTIME_RANGE`), numbers of over 20 digits;
 - a pax extended header over `max_pax` bytes (tarfile-compatible writers need a few kB);
 - more members than `max_members`, more bytes than `max_bytes`: every byte read counts
-  (headers, extended headers, data, padding), refused before it is read.
-Memory: one source chunk plus what the caller asks for with `data()`; `copy()` streams.
+  (headers, extended headers, data, padding), refused before it is read; more than
+  `max_names` characters of names and link targets in all (the extractor holds them).
+Anything else the parsing raises (ValueError, OverflowError, ...) is turned into a
+TarStreamError: it is a property of the bytes. Only the source's own errors pass as
+they are. Memory: one source chunk plus what the caller asks for with `data()`;
+`copy()` streams.
 """
 
 from __future__ import annotations
@@ -33,6 +43,19 @@ from .errors import ArtifactsError
 
 BLOCK = 512
 MAX_PAX_BYTES = 1 << 20  # a pax header of a real archive holds a few long names: kB
+PATH_MAX = 4095  # bytes of a path (Linux PATH_MAX, 4096, counts the NUL)
+NAME_MAX = 255  # bytes of one component
+# components of a name or link target: real envs stay below 40 (node_modules); Python's
+# recursive tree walks (rmtree, makedirs) fail near 1000
+MAX_DEPTH = 256
+# characters of all names and link targets of an archive: the extractor keeps them (file
+# names for hardlinks, links until the end). A 200,000-file env has ~20 M; 4 kB links by
+# the 100,000 would cost GBs of RSS
+MAX_NAME_CHARS = 256 << 20
+# mtimes os.utime takes on every filesystem we deploy to (signed 64-bit nanoseconds),
+# far beyond any real archive's: outside it, utime raised OverflowError
+MTIME_RANGE = (-(2**62) / 1e9, 2**62 / 1e9)
+MAX_DIGITS = 20  # of a pax number (2**64 has 20): int() of 4300+ digits raises ValueError
 
 REGULAR = (b"0", b"\0", b"7")  # REGTYPE, AREGTYPE, CONTTYPE
 LINK, SYMLINK, CHR, BLK, DIRECTORY, FIFO = b"1", b"2", b"3", b"4", b"5", b"6"
@@ -142,6 +165,31 @@ def _checksum_ok(block: bytes) -> bool:
     return stored == 256 + sum(struct.unpack_from("148b8x356b", block))
 
 
+def check_length(path: str, what: str) -> None:
+    """TarNameError if `path` (a name or a link target) is longer than PATH_MAX bytes,
+    has a component longer than NAME_MAX bytes or more than MAX_DEPTH components. Cheap
+    for the usual short ASCII name (255 characters hold neither)."""
+    if path.isascii():
+        if len(path) <= NAME_MAX:
+            return
+        size, parts = len(path), path.split("/")
+        longest = max(map(len, parts))
+    else:
+        encoded = path.encode("utf-8", "surrogateescape")
+        size, bparts = len(encoded), encoded.split(b"/")
+        longest, parts = max(map(len, bparts)), bparts  # type: ignore[assignment]
+    if size > PATH_MAX:
+        raise TarNameError(f"{what} {path[:64]!r}...: longer than {PATH_MAX} bytes ({size})")
+    if longest > NAME_MAX:
+        raise TarNameError(
+            f"{what} {path[:64]!r}...: a component longer than {NAME_MAX} bytes ({longest})"
+        )
+    if len(parts) > MAX_DEPTH:
+        raise TarNameError(
+            f"{what} {path[:64]!r}...: more than {MAX_DEPTH} components ({len(parts)})"
+        )
+
+
 def canonical_name(name: str, what: str = "member") -> str:
     """`name` if it is a canonical relative path (no leading, trailing or double `/`, no
     `.` or `..` part, no NUL), else TarNameError."""
@@ -189,8 +237,8 @@ def _pax_int(pax: dict[str, str], key: str, default: int) -> int:
     value = pax.get(key)
     if value is None:
         return default
-    if not value.isascii() or not value.isdigit():
-        raise TarStreamError(f"invalid pax {key}={value!r}")
+    if not value.isascii() or not value.isdigit() or len(value) > MAX_DIGITS:
+        raise TarStreamError(f"invalid pax {key}={value[:40]!r}")
     return int(value)
 
 
@@ -201,10 +249,15 @@ def _pax_time(pax: dict[str, str], default: float) -> float:
     try:
         mtime = float(value)
     except ValueError:
-        raise TarStreamError(f"invalid pax mtime={value!r}") from None
+        raise TarStreamError(f"invalid pax mtime={value[:40]!r}") from None
     if not math.isfinite(mtime) or not value.isascii():
-        raise TarStreamError(f"invalid pax mtime={value!r}")
+        raise TarStreamError(f"invalid pax mtime={value[:40]!r}")
     return mtime
+
+
+def _check_mtime(mtime: float, name: str) -> None:
+    if not MTIME_RANGE[0] < mtime < MTIME_RANGE[1]:
+        raise TarStreamError(f"member {name[:64]!r}: mtime {mtime:g} out of range")
 
 
 class _Buffer:
@@ -217,6 +270,7 @@ class _Buffer:
         self._pos = 0
         self.max_bytes = max_bytes
         self.consumed = 0  # bytes of the stream taken or skipped so far
+        self.source_error: BaseException | None = None
 
     def _spend(self, size: int) -> None:
         if self.consumed + size > self.max_bytes:
@@ -224,7 +278,11 @@ class _Buffer:
         self.consumed += size
 
     def _refill(self) -> None:
-        chunk = self._next_chunk()
+        try:
+            chunk = self._next_chunk()
+        except BaseException as exc:
+            self.source_error = exc  # the source's, not the archive's: passed through
+            raise
         if not chunk:
             raise TarStreamError("unexpected end of data")
         self._buf, self._pos = chunk, 0
@@ -297,10 +355,13 @@ class TarReader:
         max_members: int,
         max_bytes: int,
         max_pax: int = MAX_PAX_BYTES,
+        max_names: int = MAX_NAME_CHARS,
     ) -> None:
         self._buffer = _Buffer(next_chunk, max_bytes)
         self.max_members = max_members
         self.max_pax = max_pax
+        self.max_names = max_names
+        self._names = 0  # characters of names and link targets so far
         self.count = 0  # members read so far
         self._left = 0  # data bytes of the current member not read yet
         self._pad = 0  # padding after them
@@ -315,7 +376,7 @@ class TarReader:
             if self._left or self._pad:
                 self._buffer.skip(self._left + self._pad)
                 self._left = self._pad = 0
-            member = self._next_member()
+            member = self._parse_next()
             if member is None:
                 return
             self.count += 1
@@ -342,6 +403,20 @@ class TarReader:
         left, self._left = self._left, 0
         for piece in self._buffer.pieces(left):
             write(piece)
+
+    def _parse_next(self) -> TarMember | None:
+        """`_next_member`, with anything its parsing raises made a TarStreamError: the
+        parse is a function of the bytes alone (the same on every node and every try),
+        so an error there - a shape no check foresaw - is the archive's, never the
+        node's. The source's own errors (I/O, decompression) pass through unchanged."""
+        try:
+            return self._next_member()
+        except TarStreamError:
+            raise
+        except Exception as exc:
+            if exc is self._buffer.source_error:
+                raise
+            raise TarStreamError(f"unreadable header: {type(exc).__name__}: {exc}") from exc
 
     def _next_member(self) -> TarMember | None:
         """The next member (with its pax header applied), or None at the end marker."""
@@ -394,12 +469,19 @@ class TarReader:
             mtime = _pax_time(pax, mtime)
         if kind == DIRECTORY and name.endswith("/"):
             name = name[:-1]  # tarfile writes directories as `name/`: one slash, no more
+        check_length(name, "member")
         canonical_name(name)
+        _check_mtime(mtime, name)
+        self._names += len(name)
         if kind in (LINK, SYMLINK):
+            check_length(linkname, f"member {name!r}: link target")
             if not linkname or "\0" in linkname:
                 raise TarNameError(f"member {name!r}: empty or NUL link target")
             if kind == LINK:
                 canonical_name(linkname, f"hardlink {name!r} to")
+            self._names += len(linkname)
+        if self._names > self.max_names:
+            raise TarLimitError(f"archive names hold more than {self.max_names} characters")
         if size < 0 or mode < 0:
             raise TarStreamError(f"negative size or mode in {name!r}")
         if kind not in REGULAR:

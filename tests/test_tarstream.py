@@ -276,3 +276,98 @@ def test_numbers_of_a_pax_header_block_are_checked_too() -> None:
     data[148:156] = b"%06o\0 " % sum(data[:512])
     with pytest.raises(TarStreamError, match="invalid number"):
         read_all(bytes(data))
+
+
+# -- issue 17: names, link targets and numbers are bounded at parse time -------------------
+
+
+def deep(depth: int, part: str = "a") -> str:
+    return "/".join([part] * depth)
+
+
+@pytest.mark.parametrize(
+    ("name", "attrs", "why"),
+    [
+        ("n" * 256, {}, "component"),
+        ("lib/" + "é" * 128, {}, "component"),  # 128 characters, 256 bytes
+        ("b" + deep(2048), {}, "longer than"),  # 4096 bytes: PATH_MAX counts its NUL
+        ("l", {"type": tarfile.SYMTYPE, "linkname": "b" + deep(2048)}, "longer than"),
+        ("l", {"type": tarfile.SYMTYPE, "linkname": "../" + "t" * 256}, "component"),
+        ("l", {"type": tarfile.SYMTYPE, "linkname": "a/" * 500_000}, "longer than"),
+        ("h", {"type": tarfile.LNKTYPE, "linkname": "b" + deep(2048)}, "longer than"),
+        (deep(1500), {}, "components"),  # raised RecursionError in os.makedirs
+        ("l", {"type": tarfile.SYMTYPE, "linkname": "../" * 257 + "x"}, "components"),
+    ],
+    ids=[
+        *("component", "component-utf8", "path", "target", "target-part", "target-1MiB"),
+        *("hard", "deep-name", "deep-target"),
+    ],
+)
+def test_names_and_link_targets_capped(name: str, attrs: dict, why: str) -> None:
+    """A 1 MiB symlink target of 500,000 parts cost the extraction policy K^2 time (187 s
+    of CPU for an 852-byte artifact); a name component no filesystem can hold was left
+    to fail at write time. The reader refuses both before any policy sees them."""
+    with pytest.raises(TarNameError, match=why):
+        read_all(tar(entry(name, **attrs)))
+
+
+def test_names_at_the_caps_are_read() -> None:
+    longest = "/".join(["p" * 255] * 15) + "/" + "f" * 254  # 4094 bytes
+    deepest = deep(256)
+    target = "../" * 255 + "t" * 255  # 256 components
+    members = read_all(
+        tar(
+            entry(longest, b"x"),
+            entry(deepest, b"y"),
+            entry("l", type=tarfile.SYMTYPE, linkname=target),
+        )
+    )
+    assert [m[0] for m in members] == [longest, deepest, "l"]
+
+
+def test_name_bytes_budget() -> None:
+    """Names and link targets are held for the whole extraction (links are made last):
+    their total is capped, so 100,000 symlinks with 4 kB targets cannot cost GBs."""
+    target = deep(20, "t" * 200)  # 4019 characters
+    members = [entry(f"l{i}", type=tarfile.SYMTYPE, linkname=target) for i in range(40)]
+    reader = TarReader(chunks(tar(*members)), max_members=100, max_bytes=1 << 30, max_names=50_000)
+    with pytest.raises(TarLimitError, match="names"):
+        list(reader.members())
+
+
+@pytest.mark.parametrize(
+    ("attrs", "fmt"),
+    [
+        ({"pax_headers": {"mtime": "1e20"}}, tarfile.PAX_FORMAT),
+        ({"pax_headers": {"mtime": "-1e20"}}, tarfile.PAX_FORMAT),
+        ({"mtime": 2**70}, tarfile.GNU_FORMAT),  # base-256 in the header
+        ({"pax_headers": {"size": "1" * 5000}}, tarfile.PAX_FORMAT),
+        ({"pax_headers": {"mtime": "1" * 5000}}, tarfile.PAX_FORMAT),
+    ],
+    ids=[
+        "pax-mtime-1e20",
+        "pax-mtime-neg",
+        "base256-mtime",
+        "pax-size-5000-digits",
+        "pax-mtime-digits",
+    ],
+)
+def test_numbers_out_of_range_refused_at_parse(attrs: dict, fmt: int) -> None:
+    """These raised OverflowError (os.utime) or ValueError (int() of over 4300 digits):
+    never quarantined, so the daemon redeployed the build every pass. Now the reader
+    refuses them as the archive's, with the field named."""
+    with pytest.raises(TarStreamError, match="mtime|size"):
+        read_all(tar(entry("f", b"x", **attrs), fmt=fmt))
+
+
+def test_any_parse_error_is_the_archives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the parsing code raises about the bytes (here a ValueError injected into
+    the pax parser: a shape no test found yet) is a TarStreamError naming it; the
+    source's own errors still pass through unchanged (test above)."""
+
+    def broken(data: bytes) -> dict[str, str]:
+        raise ValueError("a shape nobody thought of")
+
+    monkeypatch.setattr(tarstream, "parse_pax", broken)
+    with pytest.raises(TarStreamError, match="ValueError: a shape nobody thought of"):
+        read_all(tar(entry("f", b"x", pax_headers={"comment": "c"})))

@@ -30,12 +30,30 @@ SEED = int(os.environ.get("NSLS2_FUZZ_SEED", "20261201"))
 
 PARTS = ["a", "b", "lib", "bin", "x.py", "é", ".nsls2", ".hidden", "..", ".", "", "n" * 120]
 MODES = [0o644, 0o755, 0o600, 0o777, 0o4755, 0o2775, 0o1777, 0o000, 0o111, 0o7777]
+# issue 17: names and targets at and over the caps (4095 bytes, 255 per part, 256 parts),
+# deep enough for recursive makedirs; times and numbers os.utime / int() choke on
+LONG_PARTS = ["p" * 255, "p" * 256, "é" * 127, "é" * 128]
+DEPTHS = [255, 256, 257, 1500]
+MTIMES = [0, 1_700_000_000, 1_700_000_000.5, 2**40, 2**70, 1e20, -1e20]
+PAX_NUMBERS = [("mtime", "1e20"), ("mtime", "-1e20"), ("mtime", "9" * 400), ("size", "1" * 5000)]
+
+
+def long_name(rng: random.Random) -> str:
+    """A name at or past one of the reader's caps (issue 17, item 1)."""
+    roll = rng.random()
+    if roll < 0.4:
+        return "/".join(rng.choice("ab") for _ in range(rng.choice(DEPTHS)))
+    if roll < 0.7:
+        return "/".join(rng.choice(LONG_PARTS) for _ in range(rng.randint(1, 17)))
+    return "lib/" + rng.choice(LONG_PARTS)
 
 
 def random_name(rng: random.Random, known: list[str], hostile: bool) -> str:
     if known and rng.random() < 0.3:  # below or next to an earlier member
         base = rng.choice(known)
         return base + "/" + rng.choice(PARTS[:6]) if rng.random() < 0.7 else base
+    if hostile and rng.random() < 0.08:
+        return long_name(rng)
     pool = PARTS if hostile and rng.random() < 0.3 else PARTS[:5]
     parts = [rng.choice(pool) for _ in range(rng.randint(1, 4))]
     name = "/".join(parts)
@@ -61,6 +79,8 @@ def random_link(rng: random.Random, name: str, known: list[str], hostile: bool) 
         return "/etc/passwd"
     if roll < 0.7:
         return "../" * rng.randint(1, 4) + "escaped"
+    if roll < 0.75:  # many parts (K^2 walks before issue 17), or a 1 MiB target
+        return rng.choice([long_name(rng), "a/" * rng.choice([300, 100_000])])
     return "/".join(rng.choice(PARTS) for _ in range(rng.randint(1, 3)))
 
 
@@ -75,7 +95,7 @@ def generate(rng: random.Random, hostile: bool | None = None) -> bytes:
         name = random_name(rng, known, hostile)
         info = tarfile.TarInfo(name)
         info.mode = rng.choice(MODES)
-        info.mtime = rng.choice([0, 1_700_000_000, 1_700_000_000.5])
+        info.mtime = rng.choice(MTIMES if hostile and rng.random() < 0.1 else MTIMES[:3])
         kind = rng.choices(
             [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE],
             weights=[10, 4, 3, 2, 1 if hostile else 0],
@@ -89,6 +109,8 @@ def generate(rng: random.Random, hostile: bool | None = None) -> bytes:
             info.linkname = random_link(rng, name, known, hostile)
         if rng.random() < 0.1:
             info.pax_headers = {"comment": "x" * rng.randint(0, 300)}
+        elif hostile and rng.random() < 0.05:
+            info.pax_headers = dict([rng.choice(PAX_NUMBERS)])
         members.append((info, data))
         known.append(name.strip("/") or "a")
     raw = io.BytesIO()
@@ -99,7 +121,7 @@ def generate(rng: random.Random, hostile: bool | None = None) -> bytes:
         for info, data in members:
             try:
                 tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-            except ValueError:  # ustar cannot hold it: leave it out
+            except (ValueError, OverflowError):  # ustar/GNU cannot hold it: leave it out
                 continue
     return raw.getvalue()
 
@@ -135,7 +157,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         if roll < 0.6 and heads:  # a header field, checksum fixed so the parse goes on
             offset = rng.choice(heads)
             field = rng.choice(
-                [(0, 100), (100, 108), (124, 136), (156, 157), (157, 257), (345, 500)]
+                [(0, 100), (100, 108), (124, 136), (136, 148), (156, 157), (157, 257), (345, 500)]
             )
             pos = offset + rng.randrange(*field)
             out[pos] = rng.choice([0, 0x2F, 0x2E, 0x30, 0x37, 0x20, 0xFF, rng.randrange(256)])

@@ -288,6 +288,14 @@ def _below(name: str, symlinks: set[str]) -> bool:
     return False
 
 
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise  # a file of the archive where it also names a directory
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     """`os.write` until all of `data` is written (one call for nearly every file)."""
     written = os.write(fd, data) if len(data) else 0
@@ -418,7 +426,8 @@ class _Extraction:
         if member.type not in (LINK, SYMLINK):
             raise self.reject(f"member {name!r}: unsupported type {member.type!r}")
         _check_link_stays_inside(member, self.build_id)
-        info = tarfile.data_filter(to_tarinfo(member), self.root)
+        # kept until the end: without its pax header (up to 1 MiB each, read and gone)
+        info = tarfile.data_filter(to_tarinfo(member._replace(pax=None)), self.root)
         target = f"{self.root}/{name}"
         self.ensure_dir(target.rpartition("/")[0])
         if member.type == LINK and member.linkname not in self.files:
@@ -463,17 +472,22 @@ class _Extraction:
             _write_file(path, data, mode, mtime, self.chmod)
 
     def ensure_dir(self, path: str) -> None:
-        if path in self.made_dirs:
+        """Make directory `path` (absolute, below the root) and its missing parents.
+
+        Iterative, never `os.makedirs` (recursive: a 1500-deep name raised
+        RecursionError). The usual case is one mkdir (the parent was made); names are
+        at most `tarstream.MAX_DEPTH` deep, so the walk up is short."""
+        made = self.made_dirs
+        if path in made:
             return
-        if path.rpartition("/")[0] in self.made_dirs:
-            try:  # one mkdir instead of makedirs' stat walk
-                os.mkdir(path)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    raise  # a file of the archive where it also names a directory
-        else:
-            os.makedirs(path, exist_ok=True)
-        self.made_dirs.add(path)
+        missing = [path]
+        head = path.rpartition("/")[0]
+        while head not in made:  # ends: the root is in `made`, every path lies below it
+            missing.append(head)
+            head = head.rpartition("/")[0]
+        for level in reversed(missing):
+            _make_dir(level)
+            made.add(level)
 
     def drain(self) -> None:
         self.flush()

@@ -5,8 +5,10 @@ and every try (a hostile or broken member, a name too long for any filesystem, a
 to a directory, a file where a directory must go, conda-unpack or the smoke imports
 failing) - and the build is quarantined by artifact identity; or a fault of this node
 (disk full, I/O error, stale NFS handle, a timeout under load, being killed), and the
-build is retried later with backoff. Anything else is a bug in our code: it is raised,
-never turned into a quarantine.
+build is retried later with backoff. Anything the tar reader raises is the artifact's:
+it parses bytes the manifest's sha256 vouched for, and turns whatever its parsing
+raises (ValueError, OverflowError, ...) into a TarStreamError. Anything else is a bug
+in our code: it is raised, never turned into a quarantine.
 
 Called by `deploy._deploy_locked` for every exception a deploy step raises; the retry
 record it writes is read by `reconcile` (to wait) and `status` (to say so).
@@ -24,6 +26,7 @@ from pathlib import Path
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
 from ..fsutil import atomic_write_json
 from ..records import RecordError, RetryRecord, isoformat, parse_time, utcnow
+from ..tarstream import TarStreamError
 from . import layout
 
 ARTIFACT = "artifact"
@@ -62,6 +65,9 @@ def classify(exc: BaseException, stage: str) -> Failure | None:
         return Failure(ARTIFACT, exc.stage, str(exc))
     if isinstance(exc, RejectedArtifactError):
         return Failure(ARTIFACT, stage, str(exc))
+    if isinstance(exc, TarStreamError):
+        # the reader's verdict on verified bytes (never on the node): the artifact's
+        return Failure(ARTIFACT, stage, f"unreadable archive: {exc}")
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         text = f"{exc.strerror or exc}{where}"
