@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,16 @@ def s3_site(root: Path, server: S3Server, url: str | None = None, **kw: Any) -> 
     return write_site(root, store=url or server.new_store_url(), **kw)
 
 
-def commit_to(store: Store, scratch: Path, tag: str, hours: int = 0) -> BuildManifest:
+def commit_to(
+    store: Store, scratch: Path, tag: str, hours: int = 0, env: str = "demo", extra: tuple = ()
+) -> BuildManifest:
     """A good fake build committed through the store's own publish path."""
     from datetime import timedelta
 
     from helpers_agent import T0
 
-    made = commit_build(
-        scratch, "demo", tar_bytes(fake_env_members(tag)), created=T0 + timedelta(hours=hours)
-    )
+    archive = tar_bytes([*fake_env_members(tag), *extra])
+    made = commit_build(scratch, env, archive, created=T0 + timedelta(hours=hours))
     staging = store.staging_dir(made.name, made.build_id)
     for name in (made.artifact.file, made.lock.file):
         shutil.copy(scratch / made.name / made.build_id / name, staging / name)
@@ -101,6 +103,61 @@ def test_overwritten_artifact_is_refused_and_quarantined_with_reason(
     assert "size" in quarantined["reason"] or "sha256 mismatch" in quarantined["reason"]
     verify = run_cli(config, "store", "verify", "--json")
     assert verify.returncode == 1 and not json.loads(verify.stdout)["ok"]
+
+
+def same_size_zstd(archive: bytes, size: int) -> bytes:
+    """`archive` padded to exactly `size` bytes with a zstd skippable frame (decoders
+    skip it): a hostile object the size check cannot tell from the committed one."""
+    pad = size - len(archive) - 8
+    assert pad >= 0
+    return archive + struct.pack("<II", 0x184D2A50, pad) + bytes(pad)
+
+
+def test_same_size_overwrite_never_reaches_the_extractor(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Issue 17 item 3: a same-size object overwritten after commit was streamed into the
+    tar reader and extracted, the hash checked only at the end. Now the agent spools and
+    verifies first: the extractor never reads a member of it (the test pause point after
+    three members is never reached), the build is quarantined once at verify, and the
+    good env beside it keeps its build and kernel over two more passes."""
+    from helpers_agent import events, kill9, member, start_agent, wait_for
+
+    from nsls2_artifacts.agent.kernels import kernel_name
+
+    config, site = s3_site(tmp_path / "site", s3_server)
+    store = open_store(site)
+    assert isinstance(store, S3Store)
+    good = commit_to(store, tmp_path / "scratch", "g", env="good")
+    assert run_cli(config, "agent", "--once").returncode == 0
+    spec = layout.kernels_dir(site.deploy_root) / kernel_name("good") / "kernel.json"
+    assert spec.exists()
+
+    blob = member("lib/blob.bin", os.urandom(8192))  # room for the hostile archive
+    build = commit_to(store, tmp_path / "scratch", "a", hours=1, extra=(blob,))
+    hostile = same_size_zstd(tar_bytes(fake_env_members("evil")), build.artifact.size)
+    key = f"{store.prefix}demo/{build.build_id}/{build.artifact.file}"
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=hostile)
+
+    marker, log = tmp_path / "paused", tmp_path / "agent.log"
+    pause = {"NSLS2_TEST_PAUSE_AT": "extract", "NSLS2_TEST_PAUSE_FILE": str(marker)}
+    agent = start_agent(config, "--once", env=pause, log=log)
+    try:
+        wait_for(lambda: agent.poll() is not None or marker.exists(), timeout=120)
+        assert not marker.exists(), "the extractor read members of unverified bytes"
+    finally:
+        if agent.poll() is None:
+            kill9(agent)
+    for _ in range(2):  # later passes: nothing retried
+        again = run_cli(config, "agent", "--once")
+        assert events(again.stderr, "extract") == [] and events(again.stderr, "quarantine") == []
+    [q] = events(log.read_text(), "quarantine")
+    assert q["build"] == build.build_id and q["stage"] == "verify" and "sha256" in q["reason"]
+    assert events(log.read_text(), "extract") == []
+    assert not layout.build_dir(site.deploy_root, "demo", build.build_id).exists()
+    assert list(layout.env_dir(site.deploy_root, "demo").glob(".spool-*")) == []
+    assert layout.read_ready(site.deploy_root, "good", good.build_id) is not None
+    assert json.loads(spec.read_text())["metadata"]["nsls2"]["build_id"] == good.build_id
 
 
 def test_bad_settings_give_one_clear_error_naming_the_setting(

@@ -82,6 +82,27 @@ def test_tampered_artifact_is_refused_by_verify(store: Store) -> None:
     assert store.artifact_stamp(manifest) != before  # a quarantine of the old bytes lapses
 
 
+def test_open_artifact_hands_out_no_byte_before_the_hash_matched(
+    store: Store, tmp_path: Path
+) -> None:
+    """Issue 17 item 3: S3 streamed the object into the reader and hashed on the way,
+    so a same-size object overwritten after commit was read (and parsed) before the
+    mismatch was known. Every backend now refuses at open, before the first byte."""
+    build = fake_build(store, "demo", 1, b"abc")
+    manifest = store.manifest("demo", build)
+    _tamper(store, "demo", build, b"xyz" * 100)  # same size, other bytes
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    handed_out = []
+    with (
+        pytest.raises(ArtifactMismatchError, match="sha256 mismatch"),
+        store.open_artifact(manifest, scratch=scratch) as stream,
+    ):
+        handed_out.append(stream.read(1))
+    assert handed_out == []
+    assert list(scratch.iterdir()) == []  # the spool is gone with the refusal
+
+
 def test_uncommitted_leftovers_are_invisible_and_cleaned(store: Store) -> None:
     committed = fake_build(store, "demo", 1, b"ok")
     _killed_publish(store, "demo", "2026.01.01T000000Z-abcdef12")

@@ -370,8 +370,9 @@ def _steps(
     with contextlib.ExitStack() as donors:  # the builds linked from, locked until renamed
         try:
             plan = dedup.prepare(site, store, manifest, partial, donors, log)
-            with store.open_artifact(manifest) as artifact:
-                marks["verify"] = time.monotonic()  # verified up front, or hashed while streaming
+            # verified before the first byte is read (S3: spooled next to the env, hashed)
+            with store.open_artifact(manifest, scratch=partial.parent) as artifact:
+                marks["verify"] = time.monotonic()
                 event(log, "extract", env=env, build=build_id, node=site.agent.node)
                 try:
                     members, nbytes = _extract(site, manifest, artifact, partial, log, plan)

@@ -268,9 +268,12 @@ class FilesystemStore:
         return open_build_file(self.root / manifest.name / manifest.build_id, name, label)
 
     @contextlib.contextmanager
-    def open_artifact(self, manifest: BuildManifest) -> Iterator[ArtifactReader]:
+    def open_artifact(
+        self, manifest: BuildManifest, *, scratch: Path | None = None
+    ) -> Iterator[ArtifactReader]:
         """Verified first (size, then sha256: a second local read is cheap, and keeps
-        unverified bytes away from the tar reader), then read from the same open file."""
+        unverified bytes away from the tar reader), then read from the same open file
+        (`scratch` is not needed: the file is local already)."""
         artifact = manifest.artifact
         with self._open(manifest, artifact.file, "artifact") as handle:
             _check_handle(handle, f"artifact {artifact.file}", artifact.size, artifact.sha256)

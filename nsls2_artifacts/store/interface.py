@@ -105,7 +105,9 @@ def check_node_name(node: str) -> str:
 class ArtifactReader(Protocol):
     """A committed artifact's bytes, front to back. `finish()` reads what is left and
     raises ArtifactMismatchError unless every byte matched the manifest: nothing read
-    from it may be trusted (renamed into place, marked ready) before `finish()` returned."""
+    from it may be trusted (renamed into place, marked ready) before `finish()` returned.
+    The reader `Store.open_artifact` hands out is verified before its first byte (a
+    `VerifiedReader`), so `finish()` there has nothing left to check."""
 
     def read(self, size: int = -1) -> bytes: ...
     def finish(self) -> None: ...
@@ -191,8 +193,13 @@ class ArtifactStore(Protocol):
         ...
 
     # -- artifacts ---------------------------------------------------------------------------
-    def open_artifact(self, manifest: BuildManifest) -> AbstractContextManager[ArtifactReader]:
-        """The committed artifact's bytes as a stream; see `ArtifactReader.finish`."""
+    def open_artifact(
+        self, manifest: BuildManifest, *, scratch: Path | None = None
+    ) -> AbstractContextManager[ArtifactReader]:
+        """The committed artifact's bytes, size and sha256 checked against the manifest
+        BEFORE the first byte is handed out (ArtifactMismatchError otherwise): nothing
+        unverified ever reaches the tar reader. A remote backend spools the download to
+        an unlinked file in `scratch` (None: the system temp dir)."""
         ...
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...

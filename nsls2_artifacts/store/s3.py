@@ -16,8 +16,11 @@ overwritten; `index.json` (and re-pointing an LTS label) is a compare-and-swap w
 `If-Match: ETAG`. Readers list the prefix once and then, while `index.json` answers a
 conditional GET with 304, reuse that listing: an idle agent pass costs one request. A
 full listing is still made every `store_options.relist_seconds` (an index write lost to
-a crash, an object changed behind our back). Artifacts are streamed and hashed on the
-way (`CheckedReader`), never copied whole to local disk.
+a crash, an object changed behind our back). An agent downloads an artifact to an
+unlinked spool file, hashing it on the way, and extracts only after its size and sha256
+matched: the hash vouches for every byte before any is interpreted (a same-size object
+overwritten after commit never reaches the tar reader). `store verify` only streams
+and hashes (`CheckedReader`).
 
 Credentials come only from boto3's standard chain (environment, shared credentials
 file, instance role). Errors name the setting to fix.
@@ -57,6 +60,7 @@ from .interface import (
     InvalidBuild,
     Progress,
     StoredNodeReport,
+    VerifiedReader,
     check_node_name,
     check_stream,
     parse_index,
@@ -467,8 +471,25 @@ class S3Store:
         return f"{self.prefix}{manifest.name}/{manifest.build_id}/{name}"
 
     @contextlib.contextmanager
-    def open_artifact(self, manifest: BuildManifest) -> Iterator[ArtifactReader]:
-        """The artifact streamed from the object store, hashed on the way."""
+    def open_artifact(
+        self, manifest: BuildManifest, *, scratch: Path | None = None
+    ) -> Iterator[ArtifactReader]:
+        """The artifact, verified before the first byte is handed out: downloaded to an
+        unlinked spool file in `scratch` (the deploy root's env dir: room for the env
+        anyway; a crash leaves nothing) while hashed, size and sha256 checked, then read
+        back from the spool. Streaming into the extractor instead let a same-size object
+        overwritten after commit reach the tar reader before its hash was known."""
+        with tempfile.TemporaryFile(dir=scratch, prefix=".spool-") as spool:
+            with self._stream_artifact(manifest) as checked:
+                while chunk := checked.read(READ_CHUNK):
+                    spool.write(chunk)
+                checked.finish()
+            spool.seek(0)
+            yield VerifiedReader(spool)
+
+    @contextlib.contextmanager
+    def _stream_artifact(self, manifest: BuildManifest) -> Iterator[CheckedReader]:
+        """The artifact streamed from the object store, hashed on the way (`finish()`)."""
         key = self._key(manifest, manifest.artifact.file)
         response, code = self._raw("get_object", Key=key)
         if response is None:
@@ -493,7 +514,7 @@ class S3Store:
         return ArtifactStamp(obj.size, int(obj.modified.timestamp() * 1e9))
 
     def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
-        with self.open_artifact(manifest) as reader:
+        with self._stream_artifact(manifest) as reader:
             reader.finish()
         files = [("lock", manifest.lock.file, None, manifest.lock.sha256)] if lock else []
         if manifest.index is not None:
