@@ -1,0 +1,82 @@
+"""A real one-package nightly, deduplicated (issue #20): the demo env published from the
+offline channel (real rattler install, conda-pack, per-package frames and content index),
+deployed by `agent --once`, then republished with one package changed (six 1.16 -> 1.17)
+and deployed next to it. Real conda-unpack rewrites real prefix placeholders; the new
+build's python imports the env's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from helpers_build import BUILD_CACHE, publish
+from helpers_dedup import inode, tree
+
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import dedup
+from nsls2_artifacts.store import open_store
+
+pytestmark = pytest.mark.slow
+
+
+def edit_demo(config: Path, old: str, new: str) -> None:
+    toml = config.parent / "manifests" / "demo" / "pixi.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+
+
+def publish_and_deploy(config: Path, site) -> Path:
+    publish(config, BUILD_CACHE, "demo")
+    result = run_cli(config, "agent", "--once", check=False)
+    assert result.returncode == 0, result.stderr
+    newest = open_store(site).builds("demo")[-1]
+    assert layout.read_ready(site.deploy_root, "demo", newest.build_id) is not None
+    return layout.build_dir(site.deploy_root, "demo", newest.build_id)
+
+
+def test_real_one_package_nightly_is_linked_and_works(make_site, tmp_path: Path) -> None:
+    config, site = make_site()
+    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    first = publish_and_deploy(config, site)
+    before = tree(first)
+    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    second = publish_and_deploy(config, site)
+
+    index = dedup.INDEXES.get(second)
+    record = dedup.read_record(second)
+    assert index is not None and record is not None
+    if record.skipped_frames == 0:
+        pytest.fail(f"nothing skipped: {record}")
+    # all but six's frame and conda-pack's last frame (rewritten files) are skipped
+    assert record.skipped_frames >= record.frames - 3, record
+    assert record.linked_files >= 0.9 * record.files, record
+    assert record.added_bytes <= 0.1 * record.bytes, record
+    six = "lib/python3.11/site-packages/six.py"
+    assert inode(second / six) != inode(first / six)
+    for entry in index.entries:
+        if entry.type != "file":
+            continue
+        path = second / entry.path
+        if entry.rewritten:  # conda-unpack'ed and conda-pack's own: the build's alone
+            assert os.lstat(path).st_nlink == 1, entry.path
+        elif os.lstat(path).st_nlink > 1:
+            assert not os.lstat(path).st_mode & 0o222, entry.path  # shared: read-only
+    # every earlier file byte for byte, after the new build's conda-unpack and smoke test
+    assert tree(first) == before
+    out = subprocess.run(
+        [
+            str(second / "bin" / "python"),
+            "-c",
+            "import sys, six, databroker, ipykernel; print(six.__version__, sys.prefix)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert out.stdout.split() == ["1.17.0", str(second)]
