@@ -118,6 +118,46 @@ class IndexEntry:
         }
 
     @classmethod
+    def parse(cls, data: Any, number: int, frames: int) -> IndexEntry:
+        """`from_dict` of `entries[number]`, with the well-formed case checked inline: an
+        index of a 100k-file env is parsed at every deploy (the generic checks took ~1.5 s
+        of it). Anything the fast checks do not accept goes through `from_dict`, which
+        accepts or refuses it naming the field."""
+        try:
+            path, kind, size, digest = data["path"], data["type"], data["size"], data["sha256"]
+            mode, target, rewritten, frame = (
+                data["mode"], data["target"], data["rewritten"], data["frame"],
+            )  # fmt: skip
+        except (TypeError, KeyError):
+            path = None
+        if (
+            type(path) is str
+            and type(target) is str
+            and type(size) is int
+            and type(mode) is int
+            and type(frame) is int
+            and type(rewritten) is bool
+            and 0 < len(path) <= MAX_TEXT
+            and len(target) <= MAX_TEXT
+            and 0 <= mode <= 0o7777
+            and 0 <= frame < frames
+            and _plain_canonical(path)
+            and (
+                (kind == "file" and 0 <= size < 1 << 63 and _is_sha256(digest))
+                or (kind == "dir" and size == 0 and digest == "")
+                or (
+                    kind == "symlink"
+                    and size == 0
+                    and digest == ""
+                    and target
+                    and "\0" not in target
+                )
+            )
+        ):
+            return cls(path, kind, size, digest, mode, target, rewritten, frame)
+        return cls.from_dict(data, f"entries[{number}]", frames)
+
+    @classmethod
     def from_dict(cls, data: Any, where: str, frames: int) -> IndexEntry:
         kind = _text(data, where, "type")
         if kind not in ENTRY_TYPES:
@@ -188,9 +228,7 @@ class ContentIndex:
             raise RecordError(_RECORD, "entries", "more frames or entries than any env has")
         frames = tuple(FrameRecord.from_dict(f, f"frames[{i}]") for i, f in enumerate(frames_raw))
         _check_frames(frames)
-        entries = tuple(
-            IndexEntry.from_dict(e, f"entries[{i}]", len(frames)) for i, e in enumerate(entries_raw)
-        )
+        entries = tuple(IndexEntry.parse(e, i, len(frames)) for i, e in enumerate(entries_raw))
         seen: set[str] = set()
         for i, entry in enumerate(entries):
             if entry.path in seen:
@@ -220,6 +258,16 @@ class ContentIndex:
         except (ValueError, UnicodeDecodeError) as exc:
             raise RecordError(_RECORD, None, f"invalid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def _plain_canonical(name: str) -> bool:
+    """`canonical_name`'s verdict without building an exception (the fast path)."""
+    wrapped = f"/{name}/"
+    return not ("//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\0" in name)
+
+
+def _is_sha256(value: Any) -> bool:
+    return type(value) is str and len(value) == 64 and _HEX.issuperset(value)
 
 
 def write_index(directory: str | Path, index: ContentIndex) -> IndexInfo:

@@ -46,7 +46,8 @@ def build_dir(site, build_id: str, env: str = "demo") -> Path:
 def deploy_in_turn(config: Path, site, *versions: dict[str, str]) -> list[Path]:
     """Publish and deploy each version in turn (each one deployed before the next)."""
     dirs = []
-    for hours, version in enumerate(versions):
+    for version in versions:
+        hours = len(list(site.store.glob("*/*/manifest.json")))  # each newer than the last
         manifest = commit_framed(site, version, hours)
         agent_once(config)
         dirs.append(build_dir(site, manifest.build_id))

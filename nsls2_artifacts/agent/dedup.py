@@ -68,6 +68,7 @@ INDEX_COPY = f"{layout.AGENT_DIR}/index.json.zst"
 RECORD = f"{layout.AGENT_DIR}/dedup.json"
 _PROBE = f"{layout.AGENT_DIR}/link-probe"
 MAX_DONORS = 6  # indexes read per deploy: the newest builds hold nearly every file
+ENOUGH = 0.05  # ... and after one donor, another is read only while over 5% of files lack one
 # threads making links and checking donor files: each is a metadata round trip (a create
 # ~1 ms on GPFS), latency-bound, so many in flight; batches keep the handoffs few
 LINKERS = 32
@@ -304,9 +305,8 @@ def plan_links(
         if _shareable(entry):
             wanted.setdefault((entry.sha256, entry.size, entry.mode), []).append(entry.path)
     device = os.stat(dest).st_dev
+    shareable = sum(len(names) for names in wanted.values())
     for donor in donors:
-        if not wanted:
-            break
         try:
             hold.enter_context(build_lock(deploy_root, donor.env, donor.build_id, wait=False))
         except LockBusy:
@@ -320,6 +320,8 @@ def plan_links(
         for key, source in found.items():
             for name in wanted.pop(key):
                 plan.sources[name] = source
+        if sum(map(len, wanted.values())) <= ENOUGH * shareable:
+            break  # what is left is new in this build (the changed packages): stop looking
     plan.skip = _skippable(index, plan.sources)
     return plan
 
