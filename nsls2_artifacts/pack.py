@@ -130,10 +130,14 @@ def pack(
     except CondaPackException as exc:
         raise PackError(f"conda-pack cannot pack {prefix}: {exc}") from None
     groups, python_id = group_files(prefix, list(env.files))
-    salt = f"{PACK_FORMAT}:{mtime}:{python_id}"
     framed = fmt == "tar.zst"
-    reusable = _reusable(previous) if framed and previous else {}
-    total = sum(len(g.files) for g in groups)
+    plan = _FramePlan(
+        salt=f"{PACK_FORMAT}:{mtime}:{python_id}",
+        inside=str(prefix).rstrip("/") + "/",
+        previous=previous if framed else None,
+        total=sum(len(g.files) for g in groups),
+        progress=progress,
+    )
     threads = threads or os.cpu_count() or 1
     try:
         raw = open(output, "wb")  # noqa: SIM115 - closed by the with below
@@ -144,26 +148,10 @@ def pack(
         compressor = _compressor(fmt, sink, level, threads)
         archive = FastTarArchive(compressor, sink=sink, mtime=mtime, framed=framed)
         packer = _Packer(str(prefix), archive)
-        packer.meta = meta = MetaCache()
-        done = 0
+        packer.meta = MetaCache()
         try:
             for group in groups:
-                signature = group.signature(salt, meta) if reusable else ""
-                reuse = reusable.get((group.package, signature)) if signature else None
-                if reuse is not None:
-                    assert previous is not None
-                    with archive.discarding():  # conda-pack still records its prefixes
-                        for record in group.files:
-                            packer.add(record)
-                    archive.adopt(previous, reuse)
-                else:
-                    for record in group.files:
-                        packer.add(record)
-                        done += 1
-                        if progress and done % 256 == 0:
-                            progress(done, total)
-                    archive.end_frame(group.package, signature or group.signature(salt, meta))
-                done += len(group.files) if reuse is not None else 0
+                plan.write(group, packer)
             with archive.generating():
                 packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
             archive.close()
@@ -173,7 +161,7 @@ def pack(
         archive.close_frames()
         raw.flush()  # no fsync here: Store.commit_build fsyncs what it commits
     if progress:
-        progress(total, total)
+        progress(plan.total, plan.total)
     digest = sink.digest.hexdigest()
     return PackResult(
         path=Path(output),
@@ -188,6 +176,43 @@ def pack(
         reused_frames=archive.reused,
         packed_frames=len(archive.frames) - archive.reused,
     )
+
+
+@dataclass
+class _FramePlan:
+    """Writes one group as a frame: copied from the previous archive when its signature
+    matches one of that archive's frames, else packed (and progress reported)."""
+
+    salt: str  # what every signature depends on besides the files (pack format, python)
+    inside: str  # the prefix, with a trailing "/"
+    previous: PreviousPack | None
+    total: int
+    progress: ProgressFn | None
+    done: int = 0
+    _reusable: dict[tuple[str, str], int] | None = None
+
+    def write(self, group: Group, packer: _Packer) -> None:
+        archive = packer.archive
+        signature = group.signature(self.salt, packer.meta, self.inside)
+        reuse = self.reusable().get((group.package, signature)) if signature else None
+        if reuse is not None and self.previous is not None:
+            with archive.discarding():  # conda-pack still records its prefixes
+                for record in group.files:
+                    packer.add(record)
+            archive.adopt(self.previous, reuse)
+            self.done += len(group.files)
+            return
+        for record in group.files:
+            packer.add(record)
+            self.done += 1
+            if self.progress and self.done % 256 == 0:
+                self.progress(self.done, self.total)
+        archive.end_frame(group.package, signature)
+
+    def reusable(self) -> dict[tuple[str, str], int]:
+        if self._reusable is None:
+            self._reusable = _reusable(self.previous) if self.previous else {}
+        return self._reusable
 
 
 def _reusable(previous: PreviousPack) -> dict[tuple[str, str], int]:
@@ -212,14 +237,14 @@ class Group:
     files: list[File] = field(default_factory=list)
     bytecode: set[str] = field(default_factory=set)  # targets of pycs install.py compiled
 
-    def signature(self, salt: str, meta: MetaCache) -> str:
+    def signature(self, salt: str, meta: MetaCache, prefix: str) -> str:
         """sha256 of what this frame is made from, without reading package files: for
-        each member its name, mode and conda-pack treatment, and for a file linked from
-        the package cache (more than one link) its identity there (size, mtime, inode:
-        the cache never changes a file in place); any other file by its content. A pyc
-        that install.py compiled is named by size: its bytes follow from its source (in
-        this frame) and the python build (in `salt`). "" for files of no package: those
-        are packed every time."""
+        each member its name, mode and conda-pack treatment; for a file conda-pack reads
+        from outside the prefix (the package cache, where rattler extracted the package
+        once and never changes a file in place) its identity there (size, mtime, inode);
+        for a file of the prefix itself its content, except a pyc install.py compiled,
+        named by size: its bytes follow from its source (in this frame) and the python
+        build (in `salt`). "" for files of no package: those are packed every time."""
         if not self.package:
             return ""
         parts = [f"{salt}\0{self.package}"]
@@ -237,7 +262,7 @@ class Group:
                 parts.append(f"pyc {st.st_size}")
             elif record.file_mode is None and record.target.startswith("conda-meta/"):
                 parts.append(hashlib.sha256(meta.packed(record.source)[0]).hexdigest())
-            elif st.st_nlink > 1:
+            elif not record.source.startswith(prefix):
                 parts.append(f"cache {st.st_size} {st.st_mtime_ns} {st.st_dev} {st.st_ino}")
             else:
                 parts.append(file_sha256(record.source))
