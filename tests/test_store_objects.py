@@ -114,6 +114,8 @@ def test_publish_lock_never_truncates_what_a_symlink_names(tmp_path: Path) -> No
 
 @pytest.fixture(params=["filesystem", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """An empty store on each backend (as test_store_contract's; a fixture imported from
+    another test module would clash with the local names `store`)."""
     if request.param == "filesystem":
         return open_store(tmp_path / "store")
     server = request.getfixturevalue("s3_server")
@@ -190,21 +192,13 @@ def test_a_report_cannot_speak_for_another_node(store: Store) -> None:
 def test_agent_serves_every_other_env_while_one_manifest_is_huge_on_s3(
     tmp_path: Path, s3_server: Any
 ) -> None:
-    from test_s3 import s3_site
+    from test_s3 import commit_to, s3_site
 
     config, site = s3_site(tmp_path / "site", s3_server)
     store = open_store(site)
     assert isinstance(store, S3Store)
-    scratch = write_site(tmp_path / "scratch")[1]
-    good = commit_fake(scratch, "good")
-    big = commit_fake(scratch, "big", hours=1)
-    for made in (good, big):
-        staging = store.staging_dir(made.name, made.build_id)
-        for name in (made.artifact.file, made.lock.file):
-            (staging / name).write_bytes(
-                (scratch.store / made.name / made.build_id / name).read_bytes()
-            )
-        store.commit_build(staging, made)
+    good = commit_to(store, tmp_path / "scratch", "a", env="good")
+    big = commit_to(store, tmp_path / "scratch", "b", hours=1, env="big")
     _put(store, f"big/{big.build_id}/manifest.json", _padded(big.to_dict(), MANIFEST_LIMIT))
 
     agent = _cli(config, "agent", "--once")
