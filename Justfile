@@ -49,8 +49,26 @@ demo-s3: venv channel
     {{cli}} demo-kernel --env demo
 
 # a local JupyterHub (127.0.0.1:8000, any name/password) serving the demo kernels; after `just demo`
-hub-demo: venv
-    NSLS2_DEPLOY_ROOT="$PWD/var/deploy" NSLS2_DEFAULT_KERNEL=nsls2-demo-latest PATH="$PWD/.venv/bin:$PATH" {{python}} -m jupyterhub -f deploy/jupyterhub_demo_config.py
+hub-demo: venv hub-proxy
+    NSLS2_DEPLOY_ROOT="$PWD/var/deploy" NSLS2_DEFAULT_KERNEL=nsls2-demo-latest PATH="$PWD/.venv/bin:$PWD/var/node/node_modules/.bin:$PATH" {{python}} -m jupyterhub -f deploy/jupyterhub_demo_config.py
+
+# (no root needed; without npm it stops and says exactly what to install)
+# configurable-http-proxy for hub-demo: the one on PATH or in ./var/node, else npm installs it into ./var/node
+hub-proxy:
+    #!/usr/bin/env sh
+    if command -v configurable-http-proxy >/dev/null 2>&1 || test -x var/node/node_modules/.bin/configurable-http-proxy; then exit 0; fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "error: just hub-demo needs configurable-http-proxy (JupyterHub's proxy, a Node.js program), and npm is not installed." >&2
+        echo "  Install Node.js with npm (Debian/Ubuntu: sudo apt-get install nodejs npm) and run just hub-demo again," >&2
+        echo "  or install the proxy yourself: npm install -g configurable-http-proxy" >&2
+        exit 1
+    fi
+    echo "hub-demo: installing configurable-http-proxy into ./var/node (npm install --prefix var/node configurable-http-proxy)" >&2
+    if ! npm install --prefix var/node --no-audit --no-fund configurable-http-proxy >&2; then
+        echo "error: npm could not install configurable-http-proxy (offline? behind a registry mirror: npm config set registry URL)." >&2
+        echo "  Install it yourself: npm install -g configurable-http-proxy" >&2
+        exit 1
+    fi
 
 # the staff page in one step: a local site file with a fresh token, then serve it
 # (prints the URL and the token; `just agent` in another terminal shows the rollout)

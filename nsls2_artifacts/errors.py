@@ -92,6 +92,21 @@ class BuildLockedError(StoreError):
     """Another publish of the same environment holds the build lock."""
 
 
+class PromoteRefusedError(ArtifactsError):
+    """`promote` of a build that failed on nodes (quarantined or failing an import check)
+    without the explicit override; `failures` maps node -> reason."""
+
+    def __init__(self, env: str, build_id: str, failures: dict[str, str]) -> None:
+        self.env, self.build_id, self.failures = env, build_id, failures
+        count = f"{len(failures)} node{'s' * (len(failures) != 1)}"
+        reasons = "; ".join(f"{node}: {reason}" for node, reason in sorted(failures.items()))
+        super().__init__(
+            f"{env}/{build_id} failed on {count} ({reasons}): an LTS kernel of it would not "
+            "start or import what users need. Fix manifests/" + env + " and publish a new "
+            "build, or promote anyway with --allow-failed"
+        )
+
+
 class DeployError(ArtifactsError):
     """A build could not be deployed; `build_id` names it, the message says why."""
 

@@ -32,7 +32,7 @@ from . import pack as packer
 from . import solve as solver
 from .config import SiteConfig
 from .contentindex import write_index
-from .errors import ArtifactsError, StoreError
+from .errors import ArtifactsError, PromoteRefusedError, StoreError
 from .fsutil import pid_alive
 from .manifest import EnvManifest, load_manifest, logo_format
 from .names import env_name_problem, label_problem
@@ -46,6 +46,7 @@ from .records import (
     make_build_id,
     utcnow,
 )
+from .rollout import build_failures, read_nodes, reason_gist
 from .store import Store, open_store
 
 LOCK_FILE = "pixi.lock"
@@ -178,13 +179,24 @@ def publish(
     )
 
 
-def promote(site: SiteConfig, env: str, build_id: str, label: str) -> LtsRecord:
-    """Mark the committed build `env/build_id` as LTS release `label` (no rebuild)."""
+def promote(
+    site: SiteConfig, env: str, build_id: str, label: str, *, allow_failed: bool = False
+) -> LtsRecord:
+    """Mark the committed build `env/build_id` as LTS release `label` (no rebuild).
+
+    A build the nodes report as failed (quarantined, or failing a node's import check) is
+    refused with `PromoteRefusedError` unless `allow_failed`: an LTS label is what old
+    notebooks start for years, so a broken one must be a decision, not a slip."""
     _check_label(label)
     if problem := env_name_problem(env):  # a store env from before the rule: no LTS kernel
         raise ArtifactsError(problem)
     store = open_store(site)
     store.manifest(env, build_id)  # raises StoreError naming the build if it is not committed
+    if not allow_failed:
+        nodes, _error = read_nodes(store, site.agent.node_ttl_seconds)
+        if failures := build_failures(nodes, env, build_id):
+            gists = {node: reason_gist(reason) for node, reason in failures.items()}
+            raise PromoteRefusedError(env, build_id, gists)
     record = LtsRecord(env=env, label=label, build_id=build_id, promoted=isoformat(utcnow()))
     store.set_lts(record)
     return record

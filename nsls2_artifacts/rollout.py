@@ -9,7 +9,8 @@ on every store backend. Nothing here touches the deploy root.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -164,6 +165,9 @@ class BuildRollout:
     summary: str
     headline: str
     store_error: str = ""
+    # what the live nodes it failed on serve instead (users there keep that build)
+    stay_on: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # modules the failures name
 
     @property
     def failed(self) -> list[NodeStatus]:
@@ -199,8 +203,17 @@ def _node_status(seen: NodeSeen, env: str, build_id: str) -> NodeStatus:
 
 
 def _short(reason: str, limit: int = 160) -> str:
-    reason = " ".join(reason.split())
+    reason = " ".join(reason_gist(reason).split())
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def reason_gist(reason: str) -> str:
+    """A failed stage's reason carries the output's last lines joined by " | " (a
+    traceback): keep what failed and the last line, which names the error
+    ("smoke failed on n1: ModuleNotFoundError: No module named 'x'")."""
+    if " | " not in reason:
+        return reason
+    return f"{reason.split(':', 1)[0]}: {reason.rsplit(' | ', 1)[-1]}"
 
 
 def build_rollout(
@@ -224,10 +237,16 @@ def build_rollout(
     )
     kernel = kernel_label(display_name)
     summary = _summary(statuses, live, serving, superseded_by, store_error)
+    failed = [s for s in live if s.status == "failed"]
+    stay_on = _stay_on(nodes, env, build_id, {s.node for s in failed})
     if complete:
         headline = f"Users can restart {kernel} now"
     elif superseded_by:
         headline = f"Superseded: live nodes serve {superseded_by}"
+    elif failed:
+        count = f"{len(failed)} node{'s' * (len(failed) != 1)}"
+        stay = f"users stay on {', '.join(stay_on)}" if stay_on else f"{kernel} fails there"
+        headline = f"Failed on {count} — {stay}"
     else:
         headline = f"Rolling out: not yet — {kernel} still starts the previous build on some nodes"
     return BuildRollout(
@@ -242,7 +261,47 @@ def build_rollout(
         summary=summary,
         headline=headline,
         store_error=store_error,
+        stay_on=stay_on,
+        missing=missing_modules([s.detail for s in failed]),
     )
+
+
+def _stay_on(nodes: list[NodeSeen], env: str, build_id: str, failed: set[str]) -> list[str]:
+    """The builds the nodes that failed BUILD_ID still serve as latest (not BUILD_ID)."""
+    return sorted(
+        {
+            state.latest
+            for seen in nodes
+            if seen.node in failed and (state := seen.env(env)) is not None and state.latest
+        }
+        - {build_id}
+    )
+
+
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+
+
+def missing_modules(reasons: list[str]) -> list[str]:
+    """The modules failure reasons say are missing (`No module named 'cupy'`), in order."""
+    found: list[str] = []
+    for reason in reasons:
+        for name in _MISSING_MODULE.findall(reason):
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def build_failures(nodes: list[NodeSeen], env: str, build_id: str) -> dict[str, str]:
+    """Node -> reason, for every node whose report says ENV/BUILD_ID failed there
+    (quarantined, or failing that node's import check). Stale nodes count (their last word
+    on the build was a failure); retired and unreadable ones do not."""
+    return {
+        seen.node: state.failed[build_id]
+        for seen in nodes
+        if seen.liveness in ("live", "stale")
+        and (state := seen.env(env)) is not None
+        and build_id in state.failed
+    }
 
 
 def _summary(
@@ -278,13 +337,30 @@ def served_latest(nodes: list[NodeSeen], env: str) -> tuple[str | None, str]:
         if seen.live and state is not None:
             served.setdefault(state.latest or "-", []).append(seen.node)
     if not served:
-        return None, "no live node reports this env"
+        return None, _why_nobody_serves(nodes)
     if len(served) == 1:
         build = next(iter(served))
         count = len(served[build])
         return (None if build == "-" else build), f"on {count} live node{'s' * (count != 1)}"
     parts = [f"{build} on {', '.join(names)}" for build, names in sorted(served.items())]
     return None, "mixed: " + "; ".join(parts)
+
+
+def _why_nobody_serves(nodes: list[NodeSeen]) -> str:
+    """Why no live node reports an env: no agent yet, every agent silent, or not deployed."""
+    if not nodes:
+        return "no agent has reported to this store yet (is `nsls2-artifacts agent` running?)"
+    live = sum(seen.live for seen in nodes)
+    if not live:
+        kinds = sorted({seen.liveness for seen in nodes})
+        return (
+            f"no live node: {len(nodes)} node{'s' * (len(nodes) != 1)} known, none reported "
+            f"within agent.node_ttl_seconds ({', '.join(kinds)})"
+        )
+    return (
+        f"not deployed yet: none of the {live} live node{'s' * (live != 1)} has this env "
+        "(the agents deploy it on their next pass)"
+    )
 
 
 # -- what to tell users --------------------------------------------------------------------

@@ -252,6 +252,27 @@ def _disk_text(disk: dict[str, Any] | None) -> str:
     return f"  adds {disk['added_bytes'] / 1e6:.1f} of {disk['bytes'] / 1e6:.1f} MB{linked}"
 
 
+def quarantine_hint(env: str, build_id: str, stage: str) -> str:
+    """What to do about a quarantined build. Only the node's own trouble is transient
+    (those are retried by the agent, not quarantined); a stage failing on the artifact
+    is the build's fault and fails the same way every time."""
+    if stage == "smoke":
+        return (
+            f"a smoke import failed: the build lacks a module its smoke list names. Fix "
+            f"manifests/{env} (add the package to pixi.toml, or correct `smoke:` in "
+            f"nsls2.yaml) and publish again; retrying the same build fails the same way"
+        )
+    if stage in ("verify", "extract"):
+        return (
+            "the artifact in the store does not match its manifest or is not a safe "
+            f"archive: publish {env} again (a retry reads the same bytes)"
+        )
+    return (
+        f"fix manifests/{env} and publish again; only if the cause was outside the build "
+        f"(a full disk, a node fault) and is gone: `nsls2-artifacts retry {env} {build_id}`"
+    )
+
+
 def render_text(status: dict[str, Any]) -> str:
     """A terse human summary (the --json form carries everything)."""
     lines = [f"deploy root {status['deploy_root']}", f"store       {status['store']}"]
@@ -279,11 +300,10 @@ def render_text(status: dict[str, Any]) -> str:
         lines.append("KERNELS NOT WRITTEN (rename, or promote under another label):")
         lines += [f"  {text}" for text in status["kernel_clashes"]]
     if status["quarantined"]:
-        lines.append(
-            "quarantined (after a transient failure: `nsls2-artifacts retry ENV BUILD_ID`):"
-        )
+        lines.append("quarantined (never made latest; the same artifact is not tried again):")
         for q in status["quarantined"]:
             lines.append(f"  {q['env']}/{q['build_id']} [{q['stage']}] {q['reason']}")
+            lines.append(f"    -> {quarantine_hint(q['env'], q['build_id'], q['stage'])}")
     if status["retrying"]:
         lines.append("retrying after a fault of the node, not of the artifact (with backoff):")
         for r in status["retrying"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -129,3 +130,47 @@ def test_env_without_builds_says_so_once_on_the_front_page(tmp_path: Path) -> No
     cell = re.search(r'<td class="latest"[^>]*>(.*?)</td>', page, re.S).group(1)
     text = " ".join(re.sub(r"<[^>]+>", " ", cell).split())
     assert text == "no build published yet"
+
+
+# the venv's just (rust-just, a binary): a pyenv shim would need bash and pyenv on PATH
+_VENV_JUST = Path(sys.executable).parent / "just"
+JUST = str(_VENV_JUST) if _VENV_JUST.exists() else shutil.which("just")
+
+
+@pytest.mark.skipif(JUST is None, reason="just is not installed")
+def test_hub_demo_finds_installs_or_names_the_proxy(tmp_path: Path) -> None:
+    """`just hub-proxy` (run by `just hub-demo`): without npm it says exactly what to
+    install; with npm it installs configurable-http-proxy into ./var/node; once there (or
+    on PATH) it does nothing. npm is a stand-in script: the registry is not reachable here."""
+    shutil.copy(Path(__file__).resolve().parents[1] / "Justfile", tmp_path / "Justfile")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sh").symlink_to(shutil.which("sh"))
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [JUST, "--justfile", str(tmp_path / "Justfile"), "hub-proxy"],
+            cwd=tmp_path, env={"PATH": str(bin_dir)}, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+
+    missing = run()
+    assert missing.returncode == 1
+    assert "needs configurable-http-proxy" in missing.stderr
+    assert "apt-get install nodejs npm" in missing.stderr
+    assert "npm install -g configurable-http-proxy" in missing.stderr
+    npm = bin_dir / "npm"
+    npm.write_text(
+        '#!/bin/sh\necho "$@" > npm-args\n/bin/mkdir -p var/node/node_modules/.bin\n'
+        "/usr/bin/touch var/node/node_modules/.bin/configurable-http-proxy\n"
+        "/bin/chmod +x var/node/node_modules/.bin/configurable-http-proxy\n"
+    )
+    npm.chmod(0o755)
+    installed = run()
+    assert installed.returncode == 0, installed.stderr
+    assert "installing configurable-http-proxy into ./var/node" in installed.stderr
+    assert (tmp_path / "npm-args").read_text().split() == [
+        "install", "--prefix", "var/node", "--no-audit", "--no-fund", "configurable-http-proxy"
+    ]  # fmt: skip
+    (tmp_path / "npm-args").unlink()
+    assert run().returncode == 0 and not (tmp_path / "npm-args").exists()  # found: no npm

@@ -14,7 +14,7 @@ from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError
 from nsls2_artifacts.hook.auth import Auth, token_hash
 from nsls2_artifacts.hook.diff import diff_builds, previous_build
-from nsls2_artifacts.hook.envs import list_envs, nightly_opt_in
+from nsls2_artifacts.hook.envs import list_envs, nightly_opt_in, smoke_lines
 from nsls2_artifacts.hook.nightly import enqueue_nightly, parse_schedule, site_schedule
 from nsls2_artifacts.hook.queue import BuildQueue
 from nsls2_artifacts.hook.runner import Runner, failure_reason
@@ -276,3 +276,28 @@ def test_recover_kills_a_surviving_publish_session_but_never_a_stranger(tmp_path
         for proc in (publish, stranger):
             proc.kill()
             proc.wait()
+
+
+def test_smoke_lines_point_at_the_line_to_edit(tmp_path: Path) -> None:
+    site = load_config(hook_site(tmp_path))
+    env = tmp_path / "manifests" / "base"
+    env.mkdir(parents=True)
+    (env / "nsls2.yaml").write_text(
+        "display_name: B\nsmoke:\n  - six\n  - nope.sub\nnightly: false\n# nope\n"
+    )
+    assert smoke_lines(site, "base", "nope") == [
+        "manifests/base/nsls2.yaml:2: smoke:",
+        "manifests/base/nsls2.yaml:4: - nope.sub",
+    ]
+    (env / "nsls2.yaml").write_text("smoke: [six, nope]\n")
+    assert smoke_lines(site, "base", "nope") == ["manifests/base/nsls2.yaml:1: smoke: [six, nope]"]
+    assert smoke_lines(site, "missing", "nope") == []
+
+
+def test_status_hint_for_a_smoke_failure_is_not_retry() -> None:
+    from nsls2_artifacts.status import quarantine_hint
+
+    smoke = quarantine_hint("base", "B", "smoke")
+    assert "transient" not in smoke and "retry" not in smoke.split(";")[0]
+    assert "manifests/base" in smoke and "smoke:" in smoke
+    assert "nsls2-artifacts retry base B" in quarantine_hint("base", "B", "unpack")

@@ -12,7 +12,9 @@ from nsls2_artifacts.rollout import (
     EnvRollout,
     NodeRollout,
     NodeSeen,
+    build_failures,
     build_rollout,
+    missing_modules,
     served_latest,
     user_message,
 )
@@ -70,3 +72,46 @@ def test_user_message_is_one_paragraph_from_the_diff() -> None:
     assert "restart your kernel" in text and "NSLS-II base (latest)" in text
     many = [(f"p{i}", "1", "2") for i in range(12)]
     assert "and 4 more" in user_message("K", build, [], [], many)
+
+
+def test_a_build_that_failed_says_where_users_stay_and_what_is_missing() -> None:
+    reason = (
+        "smoke failed on a: smoke failed (exit 1): x | ModuleNotFoundError: No module named 'nope'"
+    )
+    nodes = [seen("a", latest=OLD, ready=(OLD,), failed={NEW: reason}), seen("b", latest=OLD)]
+    view = build_rollout(nodes, "base", NEW, "NSLS-II base")
+    assert view.headline == f"Failed on 1 node — users stay on {OLD}"
+    assert view.missing == ["nope"] and view.stay_on == [OLD]
+    assert "Rolling out" not in view.headline
+    # a node whose latest is the failing build (its own import check failed) is not
+    # "staying" anywhere: its users start the build and it fails there
+    checked = [seen("gpu", latest=NEW, failed={NEW: "No module named 'cupy'"})]
+    view = build_rollout(checked, "base", NEW, "NSLS-II base")
+    assert view.headline == "Failed on 1 node — NSLS-II base (latest) fails there"
+    stale = seen("c", "stale", failed={NEW: "x"})
+    retired = seen("d", "retired", failed={NEW: "y"})
+    assert build_failures([*nodes, stale, retired], "base", NEW) == {"a": reason, "c": "x"}
+    assert build_failures(nodes, "base", OLD) == {}
+    assert missing_modules(["No module named 'a.b'", "No module named 'a.b'", "zzz"]) == ["a.b"]
+
+
+def test_nobody_serves_says_why() -> None:
+    assert "no agent has reported to this store yet" in served_latest([], "base")[1]
+    stale = [seen("a", "stale", latest=OLD)]
+    assert served_latest(stale, "base")[1].startswith("no live node: 1 node known")
+    other_env = [NodeSeen("a", "live", datetime.now(UTC), NodeRollout("a", "t", "0", 1.0, {}))]
+    assert served_latest(other_env, "base")[1].startswith("not deployed yet: none of the 1")
+
+
+def test_a_traceback_reason_is_summarised_by_its_last_line() -> None:
+    reason = (
+        f"smoke failed on a: {NEW}: smoke failed (exit 1): Traceback (most recent call last):"
+        ' | File "<string>", line 2, in <module> | ' + "x" * 200
+        + " | ModuleNotFoundError: No module named 'nope'"
+    )  # fmt: skip
+    view = build_rollout([seen("a", latest=OLD, failed={NEW: reason})], "base", NEW, "B")
+    assert view.summary == (
+        "deployed on 0 of 1 live node (a failed: smoke failed on a: "
+        "ModuleNotFoundError: No module named 'nope')"
+    )
+    assert view.nodes[0].detail == reason  # the table keeps all of it

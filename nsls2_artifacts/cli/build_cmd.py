@@ -77,6 +77,14 @@ def promote(
     build_id: Annotated[str, typer.Argument(help="A committed build of ENV")],
     lts: Annotated[str, typer.Option("--lts", help="The LTS release label, e.g. 2026-1")],
     config: ConfigOption = None,
+    allow_failed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failed",
+            help="Promote even though nodes report the build failed (quarantined or "
+            "failing an import check); refused without it",
+        ),
+    ] = False,
 ) -> None:
     """Mark an existing build as LTS release LABEL (no rebuild)."""
     require_extra("build", "rattler", "conda_pack")  # publish.py imports both
@@ -84,7 +92,7 @@ def promote(
 
     cfg = site(config)
     with reported_errors():
-        record = run_promote(cfg, env, build_id, lts)
+        record = run_promote(cfg, env, build_id, lts, allow_failed=allow_failed)
     console.print(f"{env}: LTS {record.label} -> {record.build_id}", highlight=False)
     print(record.build_id, flush=True)
 

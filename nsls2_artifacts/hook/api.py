@@ -19,8 +19,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .context import Hook, client_address, env_info, hook_of, nodes, rollout
+from ..errors import PromoteRefusedError
+from ..names import label_problem
+from ..rollout import reason_gist
+from .context import (
+    Hook,
+    client_address,
+    env_info,
+    hook_of,
+    nodes,
+    rollout,
+    store_build_context,
+)
 from .envs import is_env, list_envs
+from .queue import PUBLISHED
 from .web import json_body, json_error
 
 StaffEndpoint = Callable[[Request, Hook, str], Awaitable[Response]]
@@ -100,7 +112,8 @@ async def get_request(request: Request, hook: Hook, who: str) -> Response:
         if record is None:
             return None
         view = None
-        if record.build_id and is_env(hook.site, record.env):
+        # only a build the request published rolls out ("no change" names an old one)
+        if record.state == PUBLISHED and record.build_id and is_env(hook.site, record.env):
             view = rollout(hook, record.env, record.build_id)
         return {**record.to_dict(), "rollout": view}
 
@@ -156,6 +169,44 @@ async def queue(request: Request, hook: Hook, who: str) -> Response:
     return JSONResponse(await run_in_threadpool(read))
 
 
+@staff_api
+async def promote(request: Request, hook: Hook, who: str) -> Response:
+    """POST {"build_id": ..., "label": ..., "allow_failed": false}: `promote ENV BUILD_ID
+    --lts LABEL`; 409 (with the nodes' reasons) for a build nodes report as failed,
+    unless allow_failed is true."""
+    env = request.path_params["env"]
+    data, error = await json_body(request)
+    if error:
+        return error
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("build_id"), str)
+        or not isinstance(data.get("label"), str)
+        or not isinstance(data.get("allow_failed", False), bool)
+    ):
+        return json_error(422, 'expected a JSON object like {"build_id": "...", "label": "2026-3"}')
+    build_id, label = data["build_id"], data["label"].strip()
+    allow_failed = data.get("allow_failed", False)
+    if not await run_in_threadpool(is_env, hook.site, env):
+        return json_error(404, f"no environment {env!r}")
+    if problem := label_problem(label):
+        return json_error(422, problem)
+    context = await run_in_threadpool(store_build_context, hook, env, build_id)
+    if context is None:
+        return json_error(404, f"no committed build {env}/{build_id} in the store")
+    if context["failures"] and not allow_failed:
+        gists = {node: reason_gist(reason) for node, reason in context["failures"].items()}
+        refused = PromoteRefusedError(env, build_id, gists)
+        return json_error(409, f"{refused} (API: allow_failed: true)", failed=context["failures"])
+    ok, output = await hook.runner.promote(env, build_id, label, allow_failed=allow_failed)
+    if not ok:
+        return json_error(500, f"promote {env} {build_id} --lts {label} failed", output=output)
+    return JSONResponse(
+        {"env": env, "build_id": build_id, "label": label, "promoted_by": who,
+         "allowed_failed": bool(context["failures"])}
+    )  # fmt: skip
+
+
 def routes() -> list[Route]:
     # /api/builds/N names a build *request*; the paths stay as documented for scripts.
     return [
@@ -164,5 +215,6 @@ def routes() -> list[Route]:
         Route("/api/builds/{id:int}", get_request, methods=["GET"]),
         Route("/api/builds/{id:int}/cancel", cancel_request, methods=["POST"]),
         Route("/api/envs", envs, methods=["GET"]),
+        Route("/api/envs/{env}/promote", promote, methods=["POST"]),
         Route("/api/queue", queue, methods=["GET", "POST"]),
     ]

@@ -18,11 +18,19 @@ from jinja2 import Environment
 from starlette.requests import Request
 
 from ..config import SiteConfig
-from ..rollout import NodeSeen, build_rollout, read_nodes, served_latest, user_message
+from ..records import BuildManifest
+from ..rollout import (
+    NodeSeen,
+    build_failures,
+    build_rollout,
+    read_nodes,
+    served_latest,
+    user_message,
+)
 from ..store import Store
 from .auth import Auth, FailureLimiter
 from .diff import diff_builds, previous_build
-from .envs import summary
+from .envs import smoke_lines, summary
 from .nightly import Schedule
 from .queue import BuildQueue
 from .runner import Runner
@@ -67,11 +75,44 @@ def store_build_context(hook: Hook, env: str, build_id: str) -> dict[str, Any] |
         "labels": info.labels_for(build_id),
         "diff": diff_builds(previous_build(info.builds, build_id), build),
         "is_latest": info.latest is not None and info.latest.build_id == build_id,
+        "failures": failures(hook, env, build_id),
     }
 
 
 def nodes(hook: Hook) -> tuple[list[NodeSeen], str]:
     return read_nodes(hook.store, hook.site.agent.node_ttl_seconds)
+
+
+def failures(hook: Hook, env: str, build_id: str) -> dict[str, str]:
+    """Node -> reason for the nodes that report ENV/BUILD_ID failed (promote refuses it)."""
+    seen, _error = nodes(hook)
+    return build_failures(seen, env, build_id)
+
+
+def fixes(hook: Hook, build: BuildManifest, missing: list[str]) -> list[dict[str, str]]:
+    """What to change for each module a failure names: the `smoke:` line of nsls2.yaml
+    when the build's own smoke list imports it, else a node's `agent.node_imports`."""
+    advice = []
+    for module in missing:
+        top = module.split(".")[0]
+        if module in build.smoke or top in build.smoke:
+            where = "\n".join(smoke_lines(hook.site, build.name, top)) or (
+                f"manifests/{build.name}/nsls2.yaml: smoke: {list(build.smoke)}"
+            )
+            text = (
+                f"{module} is in this env's smoke list but not in the build: add the "
+                f"package that provides it to manifests/{build.name}/pixi.toml, or remove "
+                f"it from smoke:, then build again"
+            )
+        else:
+            where = "agent.node_imports in the failing nodes' site config"
+            text = (
+                f"{module} is not in this env's smoke list: the failing nodes import it "
+                f"for their users (agent.node_imports); add the package to "
+                f"manifests/{build.name}/pixi.toml, or drop it from those nodes' node_imports"
+            )
+        advice.append({"module": module, "where": where, "text": text})
+    return advice
 
 
 def rollout(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
@@ -87,7 +128,11 @@ def rollout(hook: Hook, env: str, build_id: str) -> dict[str, Any] | None:
     message = user_message(
         view.kernel, build, diff.added, diff.removed, changed, first=diff.old_build is None
     )
-    return {**view.to_dict(), "message": message if view.complete else None}
+    return {
+        **view.to_dict(),
+        "message": message if view.complete else None,
+        "fix": fixes(hook, build, view.missing),
+    }
 
 
 def env_info(hook: Hook, name: str, seen: list[NodeSeen]) -> dict[str, Any]:
@@ -95,11 +140,13 @@ def env_info(hook: Hook, name: str, seen: list[NodeSeen]) -> dict[str, Any]:
     info = summary(hook.site, hook.store, name)
     last = hook.queue.last_finished(name)
     serving, serving_detail = served_latest(seen, name)
+    failed = {b.build_id: f for b in info.builds if (f := build_failures(seen, name, b.build_id))}
     return {
         "env": name,
-        "latest": info.latest.build_id if info.latest else None,
+        "latest": info.latest.build_id if info.latest else None,  # the store's newest
         "serving": serving,  # what live nodes' `latest` points at (users get this one)
         "serving_detail": serving_detail,
+        "failed": failed,  # build -> {node: reason}: builds nodes refused (never latest)
         "builds": [b.build_id for b in info.builds],
         "lts": {r.label: r.build_id for r in info.lts},
         "last_build": last.to_dict() if last else None,

@@ -7,6 +7,7 @@ nightly schedule, and `summaries` for the front page. An environment is a direct
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,26 @@ def list_envs(site: SiteConfig) -> list[str]:
 def is_env(site: SiteConfig, name: str) -> bool:
     """True for a well-formed env name with a manifest (never follows `..` or slashes)."""
     return env_name_problem(name) is None and (Path(site.manifests) / name / "pixi.toml").is_file()
+
+
+def smoke_lines(site: SiteConfig, env: str, module: str) -> list[str]:
+    """`manifests/ENV/nsls2.yaml:N: <line>` for the `smoke:` key and for the line naming
+    `module` in it, so the build page can point at what to edit; [] if unreadable."""
+    path = Path(site.manifests) / env / "nsls2.yaml"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found, in_smoke = [], False
+    for number, line in enumerate(lines, 1):
+        key = re.match(r"\s*([A-Za-z_]+)\s*:", line)
+        if key and not line.lstrip().startswith("-"):
+            in_smoke = key.group(1) == "smoke"
+            if not in_smoke:
+                continue
+        if in_smoke and (key or re.search(rf"(?<![\w.]){re.escape(module)}(?![\w])", line)):
+            found.append(f"manifests/{env}/nsls2.yaml:{number}: {line.strip()}")
+    return found
 
 
 def nightly_opt_in(site: SiteConfig, env: str) -> bool:

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ..errors import PromoteRefusedError
 from ..names import label_problem
-from ..rollout import served_latest
+from ..rollout import build_failures, reason_gist, served_latest
 from .auth import SESSION_COOKIE, SESSION_SECONDS, SIGNIN_COOKIE, Auth, Session
 from .context import (
     LOG_CHUNK,
@@ -34,6 +35,7 @@ from .context import (
     tail_log,
 )
 from .envs import is_env, list_envs, summary
+from .queue import PUBLISHED, BuildRequest
 from .web import json_error
 
 # -- templates -------------------------------------------------------------------------------
@@ -94,9 +96,9 @@ def _error_page(request: Request, status: int, message: str) -> HTMLResponse:
     return _page(request, "error.html", status=status, status_code=status, message=message)
 
 
-async def _error(request: Request, status: int, message: str) -> HTMLResponse:
+async def _error(request: Request, status: int, message: object) -> HTMLResponse:
     """`_error_page` from an async handler (off the event loop)."""
-    return await run_in_threadpool(_error_page, request, status, message)
+    return await run_in_threadpool(_error_page, request, status, str(message))
 
 
 def _no_env(request: Request, env: str) -> HTMLResponse:
@@ -110,15 +112,20 @@ def index(request: Request) -> HTMLResponse:
     hook = hook_of(request)
     active = hook.queue.active()
     seen, nodes_error = nodes(hook)
-    envs = [
-        {
-            "summary": summary(hook.site, hook.store, name),
-            "serving": served_latest(seen, name),
-            "last": hook.queue.last_finished(name),
-            "active": [r for r in active if r.env == name],
-        }
-        for name in list_envs(hook.site)
-    ]
+    envs = []
+    for name in list_envs(hook.site):
+        info = summary(hook.site, hook.store, name)
+        newest = info.latest.build_id if info.latest else None
+        envs.append(
+            {
+                "summary": info,
+                "serving": served_latest(seen, name),
+                # a build the nodes refused is never "on its way": say it failed
+                "newest_failed": build_failures(seen, name, newest) if newest else {},
+                "last": hook.queue.last_finished(name),
+                "active": [r for r in active if r.env == name],
+            }
+        )
     return _page(
         request,
         "index.html",
@@ -137,11 +144,17 @@ def env_page(request: Request) -> HTMLResponse:
     env = request.path_params["env"]
     if not is_env(hook.site, env):
         return _no_env(request, env)
+    info = summary(hook.site, hook.store, env)
+    seen, _error = nodes(hook)
+    served, served_detail = served_latest(seen, env)
     return _page(
         request,
         "env.html",
         env=env,
-        summary=summary(hook.site, hook.store, env),
+        summary=info,
+        served=served,  # "latest" is what live nodes serve, never merely the newest
+        served_detail=served_detail,
+        failed={b.build_id: f for b in info.builds if (f := build_failures(seen, env, b.build_id))},
         history=hook.queue.history(env=env, limit=50),
         promoted=request.query_params.get("promoted"),
     )
@@ -177,7 +190,7 @@ def request_page(request: Request) -> HTMLResponse:
     store_context = view = None
     if record.build_id and is_env(hook.site, record.env):
         store_context = store_build_context(hook, record.env, record.build_id)
-        view = rollout(hook, record.env, record.build_id)
+        view = _request_rollout(hook, record)
     return _page(
         request,
         "build.html",
@@ -207,6 +220,14 @@ def request_log(request: Request) -> JSONResponse:
     )
 
 
+def _request_rollout(hook: Hook, record: BuildRequest) -> dict[str, Any] | None:
+    """The rollout of the build a request *published*; None otherwise (a "no change"
+    request names the existing newest build, but nothing new rolls out)."""
+    if record.state != PUBLISHED or not record.build_id or not is_env(hook.site, record.env):
+        return None
+    return rollout(hook, record.env, record.build_id)
+
+
 def _rollout_html(hook: Hook, view: dict[str, Any]) -> str:
     macro = hook.templates.get_template("macros.html").module.rollout_section  # type: ignore[attr-defined]
     return str(macro(view))
@@ -218,9 +239,7 @@ def request_rollout(request: Request) -> JSONResponse:
     record = hook.queue.get(request.path_params["id"])
     if record is None:
         return json_error(404, f"no build request #{request.path_params['id']}")
-    view = None
-    if record.build_id and is_env(hook.site, record.env):
-        view = rollout(hook, record.env, record.build_id)
+    view = _request_rollout(hook, record)
     html = _rollout_html(hook, view) if view else ""
     return JSONResponse({"state": record.state, "done": record.done, "rollout": view, "html": html})
 
@@ -359,9 +378,16 @@ async def form_promote(request: Request) -> Response:
         return await run_in_threadpool(_no_env, request, env)
     if problem := label_problem(label):
         return await _error(request, 422, problem)
-    if await run_in_threadpool(store_build_context, hook, env, build_id) is None:
+    context = await run_in_threadpool(store_build_context, hook, env, build_id)
+    if context is None:
         return await _error(request, 404, f"no committed build {env}/{build_id} in the store")
-    ok, output = await hook.runner.promote(env, build_id, label)
+    allow_failed = form.get("allow_failed") == "1"
+    if context["failures"] and not allow_failed:
+        gists = {node: reason_gist(reason) for node, reason in context["failures"].items()}
+        refused = PromoteRefusedError(env, build_id, gists)
+        hint = "On the page: tick “Promote anyway” next to the Promote button."
+        return await _error(request, 409, f"{refused}\n\n{hint}")
+    ok, output = await hook.runner.promote(env, build_id, label, allow_failed=allow_failed)
     if not ok:
         return await _error(
             request, 500, f"promote {env} {build_id} --lts {label} failed:\n{output}"

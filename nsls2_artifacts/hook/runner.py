@@ -316,9 +316,13 @@ class Runner:
         await self._stop(proc)
         return True
 
-    async def promote(self, env: str, build_id: str, label: str) -> tuple[bool, str]:
-        """Run `promote ENV BUILD_ID --lts LABEL`; (ok, its output)."""
+    async def promote(
+        self, env: str, build_id: str, label: str, *, allow_failed: bool = False
+    ) -> tuple[bool, str]:
+        """Run `promote ENV BUILD_ID --lts LABEL [--allow-failed]`; (ok, its output)."""
         argv = cli_argv(self.site, "promote", env, build_id, "--lts", label)
+        if allow_failed:
+            argv.append("--allow-failed")
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
