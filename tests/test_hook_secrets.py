@@ -4,8 +4,9 @@ Builds are subprocesses running as the hook's user. The test plays such a build 
 a real `hook serve` on 127.0.0.1: a process of the same user without CAP_SYS_PTRACE (the
 test runs as root, so it drops that capability the way an unprivileged user lacks it)
 reads every file of the site and the hook's state, tries each as the session key, and
-tries to read the hook's memory (/proc/PID/mem). No forged cookie may be accepted and the
-memory must not be readable.
+tries to read the hook's memory (/proc/PID/mem) and environment (/proc/PID/environ). No
+forged cookie may be accepted, the memory must not be readable, and the environment must
+not show the webhook secret or other `NSLS2_HOOK_*` credentials.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_hook import TOKEN, HookServer, hook_site, write_env
+from helpers_hook import TOKEN, WEBHOOK_SECRET, HookServer, hook_site, write_env
 
 from nsls2_artifacts.hook.auth import Auth, token_hash
 from nsls2_artifacts.hook.queue import BuildQueue
@@ -31,7 +32,7 @@ _PR_CAPBSET_DROP = 24
 _CAP_SYS_PTRACE = 19
 
 # What a hostile build script would do: collect every plausible key from readable files,
-# and try the hook's memory.
+# and try the hook's memory and environment.
 _BUILD = textwrap.dedent(
     """
     import json, os, sys
@@ -58,7 +59,11 @@ _BUILD = textwrap.dedent(
                     break
     except OSError:
         pass
-    print(json.dumps({"keys": keys, "mem": mem}))
+    try:
+        environ = open(f"/proc/{hook_pid}/environ", "rb").read().decode(errors="replace")
+    except OSError:
+        environ = ""
+    print(json.dumps({"keys": keys, "mem": mem, "environ": environ}))
     """
 )
 
@@ -87,7 +92,11 @@ def _forged_cookie(key_hex: str, queue: BuildQueue) -> str:
     return forger.new_session(token_hash(TOKEN))[1]
 
 
-def test_a_build_cannot_mint_a_staff_session_or_read_the_hook(tmp_path: Path) -> None:
+def test_a_build_cannot_mint_a_staff_session_or_read_the_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NSLS2_HOOK_OTHER_SECRET", "other-hook-credential-0123")
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)  # the same secret, renamed
     config = hook_site(tmp_path)
     write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
     # A key file an older hook left behind must not keep working (nor stay readable).
@@ -105,6 +114,9 @@ def test_a_build_cannot_mint_a_staff_session_or_read_the_hook(tmp_path: Path) ->
         assert "Sign out" in browser.get("/").text
         seen = _as_a_build(tmp_path, hook.proc.pid)
         assert seen["mem"] is False, "a build could read the hook's memory (its session key)"
+        assert "PATH=" in seen["environ"]  # readable: the kernel shows it to the same user
+        assert WEBHOOK_SECRET not in seen["environ"]
+        assert "other-hook-credential-0123" not in seen["environ"]
         assert old_key not in seen["keys"]
         for key in [*seen["keys"], old_key]:
             with httpx.Client(base_url=hook.url) as forger:

@@ -45,10 +45,13 @@ def _serve(settings: Any, listen: str | None, log_level: str) -> None:
     import uvicorn
 
     from ..hook.app import create_app
-    from ..hook.auth import keep_memory_private
+    from ..hook.runner import child_env
+    from ..hook.secrecy import keep_memory_private, scrub_environ
 
-    # Before the session key exists: builds run as this user and must not read it.
+    # Builds run as this user and must read neither the session key (made in memory by
+    # create_app) nor the credentials a build's environment leaves out.
     keep_memory_private()
+    scrub_environ(sorted(set(os.environ) - set(child_env(settings))))
     with reported_errors():
         app = create_app(settings)
     address = listen or settings.hook.listen

@@ -4,7 +4,7 @@ The app builds one `Auth` from the site config and calls it on every request tha
 changes something. Only sha256 hashes of tokens are configured (`hook.tokens_sha256`);
 every comparison is constant-time. Sessions are HMAC-signed cookies; the signing key is
 made at startup and lives only in the hook's memory (never on disk, never inherited by
-a build, and the serving process is not dumpable), so a build running as the hook's user
+a build; secrecy.py keeps /proc from showing it), so a build running as the hook's user
 cannot mint a session; a restart signs everybody out. Each session carries a random id,
 and signing out records that id as ended (in the queue database, until the cookie would
 expire), so a copied cookie stops working on the server, not only in the browser.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import hmac
 import json
@@ -62,21 +61,6 @@ def new_session_key(state_dir: str | Path) -> bytes:
     with contextlib.suppress(FileNotFoundError):
         Path(state_dir, "session.key").unlink()
     return secrets.token_bytes(32)
-
-
-_PR_SET_DUMPABLE = 4
-
-
-def keep_memory_private() -> bool:
-    """Mark this process not dumpable (as ssh-agent does): a process of the same user
-    without CAP_SYS_PTRACE can then read neither its memory (/proc/PID/mem: the session
-    key) nor its environment (/proc/PID/environ: the webhook secret). Exec resets the
-    flag, so builds the hook starts are unaffected. False where prctl is unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _b64(data: bytes) -> str:
