@@ -14,7 +14,6 @@ why no node serves the env.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from conftest import CLI
 from helpers_agent import start_agent
 from helpers_hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
+from helpers_jupyter import wait_until
 from support.browser import ARTIFACTS, CHROMIUM, chromium
 from support.sites import node_config
 
@@ -38,17 +38,6 @@ MISSING = "nsls2_missing_module"
 def _publish(client: Any) -> tuple[int, dict[str, Any]]:
     request = client.post("/api/builds", json={"env": "base"}).json()["request_id"]
     return request, wait_for_build(client, request, ("published", "unchanged", "failed"))
-
-
-def _wait(predicate: Any, what: str, timeout: float = 600) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"never {what}: {value}")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,7 +70,9 @@ def test_failed_build_is_never_latest_and_needs_an_override_to_promote(
             expect(latest).to_contain_text("not on every live node yet")
 
             agent = start_agent(node, log=tmp_path / "agent.log")
-            _wait(lambda: client.get("/api/envs").json()[0]["serving"] == good, "serving good")
+            wait_until(
+                lambda: client.get("/api/envs").json()[0]["serving"] == good, 600, "serving good"
+            )
 
             # staff merge a smoke list naming a module no package provides
             write_env(
@@ -95,7 +86,7 @@ def test_failed_build_is_never_latest_and_needs_an_override_to_promote(
                 rollout = client.get(f"/api/builds/{bad_request}").json()["rollout"]
                 return rollout if rollout and rollout["failed"] else None
 
-            rollout = _wait(failed_rollout, "failed on node-a")
+            rollout = wait_until(failed_rollout, 600, "failed on node-a")
             assert rollout["headline"] == f"Failed on 1 node — users stay on {good}"
             assert rollout["missing"] == [MISSING] and rollout["complete"] is False
             (fix,) = rollout["fix"]

@@ -19,15 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import PromoteRefusedError
 from ..names import label_problem
-from ..rollout import reason_gist
 from .context import (
     Hook,
     client_address,
     env_info,
     hook_of,
     nodes,
+    promote_refusal,
     rollout,
     store_build_context,
 )
@@ -195,8 +194,7 @@ async def promote(request: Request, hook: Hook, who: str) -> Response:
     if context is None:
         return json_error(404, f"no committed build {env}/{build_id} in the store")
     if context["failures"] and not allow_failed:
-        gists = {node: reason_gist(reason) for node, reason in context["failures"].items()}
-        refused = PromoteRefusedError(env, build_id, gists)
+        refused = promote_refusal(env, build_id, context["failures"])
         return json_error(409, f"{refused} (API: allow_failed: true)", failed=context["failures"])
     ok, output = await hook.runner.promote(env, build_id, label, allow_failed=allow_failed)
     if not ok:

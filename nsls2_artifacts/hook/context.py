@@ -18,12 +18,14 @@ from jinja2 import Environment
 from starlette.requests import Request
 
 from ..config import SiteConfig
+from ..errors import PromoteRefusedError
 from ..records import BuildManifest
 from ..rollout import (
     NodeSeen,
     build_failures,
     build_rollout,
     read_nodes,
+    reason_gist,
     served_latest,
     user_message,
 )
@@ -87,6 +89,12 @@ def failures(hook: Hook, env: str, build_id: str) -> dict[str, str]:
     """Node -> reason for the nodes that report ENV/BUILD_ID failed (promote refuses it)."""
     seen, _error = nodes(hook)
     return build_failures(seen, env, build_id)
+
+
+def promote_refusal(env: str, build_id: str, failed: dict[str, str]) -> PromoteRefusedError:
+    """Why the page and the API refuse to promote a failed build (each reason's gist)."""
+    gists = {node: reason_gist(reason) for node, reason in failed.items()}
+    return PromoteRefusedError(env, build_id, gists)
 
 
 def fixes(hook: Hook, build: BuildManifest, missing: list[str]) -> list[dict[str, str]]:

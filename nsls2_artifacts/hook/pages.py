@@ -3,12 +3,14 @@ the forms that build, cancel and promote.
 
 `app.create_app` mounts `routes()`. GET pages are plain functions, which Starlette runs
 in its thread pool (they read SQLite, the store and logs); the POST handlers await the
-form on the event loop and do everything else through `run_in_threadpool`. Forms need a
-signed-in session and its CSRF token.
+form on the event loop and do everything else through `run_in_threadpool`. Every form
+POST goes through one check, `staff_form`: a signed-in session and its CSRF token.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -19,9 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..errors import PromoteRefusedError
 from ..names import label_problem
-from ..rollout import build_failures, reason_gist, served_latest
+from ..rollout import build_failures, served_latest
 from .auth import SESSION_COOKIE, SESSION_SECONDS, SIGNIN_COOKIE, Auth, Session
 from .context import (
     LOG_CHUNK,
@@ -29,6 +30,7 @@ from .context import (
     client_address,
     hook_of,
     nodes,
+    promote_refusal,
     read_log,
     rollout,
     store_build_context,
@@ -321,29 +323,35 @@ def _form_problem(request: Request, form: FormData) -> tuple[Session | None, Res
     return session, None
 
 
-async def _staff_form(request: Request) -> tuple[Session | None, FormData, Response | None]:
-    form = await request.form()
-    session, error = await run_in_threadpool(_form_problem, request, form)
-    return session, form, error
+StaffForm = Callable[[Request, Hook, Session, FormData], Awaitable[Response]]
 
 
-async def signout(request: Request) -> Response:
-    session, _form, error = await _staff_form(request)
-    if error:
-        return error
-    assert session is not None
-    await run_in_threadpool(hook_of(request).auth.end_session, session)
+def staff_form(endpoint: StaffForm) -> Callable[[Request], Awaitable[Response]]:
+    """The one check of every form POST: `endpoint(request, hook, session, form)` runs
+    only for a signed-in session whose CSRF token the form carries."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        form = await request.form()
+        session, error = await run_in_threadpool(_form_problem, request, form)
+        if error is not None:
+            return error
+        assert session is not None
+        return await endpoint(request, hook_of(request), session, form)
+
+    return guarded
+
+
+@staff_form
+async def signout(request: Request, hook: Hook, session: Session, form: FormData) -> Response:
+    await run_in_threadpool(hook.auth.end_session, session)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
 
-async def form_build(request: Request) -> Response:
-    hook = hook_of(request)
-    session, _form, error = await _staff_form(request)
-    if error:
-        return error
-    assert session is not None
+@staff_form
+async def form_build(request: Request, hook: Hook, session: Session, form: FormData) -> Response:
     env = request.path_params["env"]
     if not await run_in_threadpool(is_env, hook.site, env):
         return await run_in_threadpool(_no_env, request, env)
@@ -354,12 +362,8 @@ async def form_build(request: Request) -> Response:
     return RedirectResponse(f"/builds/{record.id}", status_code=303)
 
 
-async def form_cancel(request: Request) -> Response:
-    hook = hook_of(request)
-    session, _form, error = await _staff_form(request)
-    if error:
-        return error
-    assert session is not None
+@staff_form
+async def form_cancel(request: Request, hook: Hook, session: Session, form: FormData) -> Response:
     request_id = request.path_params["id"]
     if await run_in_threadpool(hook.queue.get, request_id) is None:
         return await _error(request, 404, f"no build request #{request_id}")
@@ -367,11 +371,8 @@ async def form_cancel(request: Request) -> Response:
     return RedirectResponse(f"/builds/{request_id}", status_code=303)
 
 
-async def form_promote(request: Request) -> Response:
-    hook = hook_of(request)
-    _session_record, form, error = await _staff_form(request)
-    if error:
-        return error
+@staff_form
+async def form_promote(request: Request, hook: Hook, session: Session, form: FormData) -> Response:
     env = request.path_params["env"]
     build_id, label = str(form.get("build_id", "")), str(form.get("label", "")).strip()
     if not await run_in_threadpool(is_env, hook.site, env):
@@ -383,8 +384,7 @@ async def form_promote(request: Request) -> Response:
         return await _error(request, 404, f"no committed build {env}/{build_id} in the store")
     allow_failed = form.get("allow_failed") == "1"
     if context["failures"] and not allow_failed:
-        gists = {node: reason_gist(reason) for node, reason in context["failures"].items()}
-        refused = PromoteRefusedError(env, build_id, gists)
+        refused = promote_refusal(env, build_id, context["failures"])
         hint = "On the page: tick “Promote anyway” next to the Promote button."
         return await _error(request, 409, f"{refused}\n\n{hint}")
     ok, output = await hook.runner.promote(env, build_id, label, allow_failed=allow_failed)
