@@ -1,19 +1,23 @@
 """What is deployed here: envs, builds and their state, latest, holds, LTS labels,
 kernels, quarantined builds with reasons, invalid manifests, each node's last pass.
 
-Called by `nsls2-artifacts status [--json]`. Reads only: the deploy root always, the
-store when it is reachable (its absence is reported, not fatal).
+Called by `nsls2-artifacts status [--json]`. Reads only. The envs, builds, latest, holds,
+kernels and failures come from one `agent.observe` snapshot, the look an agent pass
+plans from, so status shows what the agent sees (a function of `Observed`,
+`status_of`); each node's last pass and heartbeat and this node's rollout report are read
+beside it. The store's absence is reported, not fatal.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from . import layout
-from .agent import dedup, deploy, failures, heartbeat, kernels, latest
-from .agent.observe import node_platform, trusted_ready
+from .agent import dedup, heartbeat, kernels
+from .agent.observe import Observed, observe
 from .config import SiteConfig
 from .errors import StoreError
 from .names import Pair, assign_kernel_names
@@ -24,40 +28,54 @@ from .store import Store
 
 
 def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
+    """One look (as an agent pass takes it), then `status_of` that snapshot."""
+    quiet = logging.getLogger("nsls2_artifacts.status")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False  # what the look logs, status shows itself
+    obs = observe(site, store, quiet)
+    strays: list[dict[str, Any]] = []
+    superseded: dict[tuple[str, str], str] = {}
+    if obs.store_ok:
+        try:
+            superseded = _superseded(store, site.agent.node)
+            strays = [asdict(s) for s in store.strays()]
+        except StoreError as exc:
+            obs.store_ok, obs.store_error = False, str(exc)
+    return status_of(site, obs, superseded, strays, store.location)
+
+
+def status_of(
+    site: SiteConfig,
+    obs: Observed,
+    superseded: dict[tuple[str, str], str],
+    strays: list[dict[str, Any]],
+    location: str,
+) -> dict[str, Any]:
+    """Status as a function of the snapshot `obs` (plus what only the store's reports and
+    listing say: builds this node skipped as superseded, stray store entries)."""
     root = site.deploy_root
     out: dict[str, Any] = {
         "deploy_root": str(root),
-        "store": store.location,
-        "store_error": None,
+        "store": location,
+        "store_error": obs.store_error or None,
         "envs": {},
-        "quarantined": [q.to_dict() for q in deploy.list_quarantined(root)],
-        "retrying": [r.to_dict() for r in failures.list_retrying(root)],
-        "invalid": [],
-        "not_builds": [],  # store entries that are neither builds nor known records
+        "quarantined": [q.to_dict() for q in obs.quarantine_records],
+        "retrying": [r.to_dict() for r in obs.retrying],
+        "invalid": [asdict(i) for i in obs.invalid],
+        "not_builds": strays,  # store entries that are neither builds nor known records
         "kernels": {},
         "nodes": _passes(root),
         "scans": _scans(root),
     }
-    committed: dict[str, dict[str, Any]] = {}
     labels: dict[tuple[str, str], list[str]] = {}
-    superseded: dict[tuple[str, str], str] = {}
-    try:
-        superseded = _superseded(store, site.agent.node)
-        out["not_builds"] = [asdict(s) for s in store.strays()]
-        for env in store.envs():
-            committed[env] = {m.build_id: m for m in store.builds(env)}
-            out["invalid"] += [asdict(i) for i in store.invalid_builds(env)]
-            for record in store.lts(env):
-                labels.setdefault((env, record.build_id), []).append(record.label)
-    except StoreError as exc:
-        out["store_error"] = str(exc)
+    for env, records in obs.lts.items():
+        for record in records:
+            labels.setdefault((env, record.build_id), []).append(record.label)
     quarantined = {(q["env"], q["build_id"]): q for q in out["quarantined"]}
     retrying = {(r["env"], r["build_id"]): r for r in out["retrying"]}
-    for env in sorted(set(committed) | set(layout.deployed_envs(root))):
-        out["envs"][env] = _env_status(
-            root, env, committed.get(env, {}), labels, quarantined, retrying, superseded
-        )
-    installed = kernels.installed(root)
+    for env in sorted(set(obs.manifests) | set(obs.deployed_envs)):
+        out["envs"][env] = _env_status(root, env, obs, labels, quarantined, retrying, superseded)
+    installed = obs.kernels
     for name, data in sorted(installed.items()):
         out["kernels"][name] = {
             "display_name": data.get("display_name"),
@@ -81,23 +99,18 @@ def _kernel_clashes(
 def _env_status(
     root: Path,
     env: str,
-    committed: dict[str, Any],
+    obs: Observed,
     labels: dict[tuple[str, str], list[str]],
     quarantined: dict[tuple[str, str], dict[str, Any]],
     retrying: dict[tuple[str, str], dict[str, Any]],
     superseded: dict[tuple[str, str], str],
 ) -> dict[str, Any]:
-    ready = {
-        r.build_id: r
-        for r in trusted_ready(layout.ready_builds(root, env), list(committed.values()))
-    }
-    hold, hold_error = None, None
-    try:
-        hold = latest.read_hold(root, env)
-    except RecordError as exc:
-        hold_error = str(exc)
+    committed = {m.build_id: m for m in obs.manifests.get(env, [])}
+    ready = {r.build_id: r for r in obs.ready.get(env, [])}
+    dirs = obs.dirs.get(env, {})
+    hold, hold_error = obs.holds.get(env), obs.hold_errors.get(env)
     builds = []
-    for build_id in sorted(set(committed) | set(layout.build_dirs(root, env)) | set(ready)):
+    for build_id in sorted(set(committed) | set(dirs) | set(ready)):
         manifest = committed.get(build_id)
         if build_id in ready:
             state = "ready"
@@ -105,9 +118,9 @@ def _env_status(
             state = "quarantined"
         elif (env, build_id) in retrying:
             state = "retrying"  # a fault of a node, not of the artifact: tried again
-        elif (layout.build_dir(root, env, build_id)).exists():
+        elif build_id in dirs:
             state = "incomplete"
-        elif manifest is not None and manifest.platform not in (node_platform(), "noarch"):
+        elif manifest is not None and manifest.platform not in (obs.platform, "noarch"):
             state = "other-platform"
         elif (env, build_id) in superseded:
             state = "superseded"  # skipped on purpose: a newer build was deployed instead
@@ -136,7 +149,7 @@ def _env_status(
             }
         )
     return {
-        "latest": latest.current_latest(root, env),
+        "latest": obs.current.get(env),
         "hold": hold.to_dict() if hold else None,
         "hold_error": hold_error,
         "builds": builds,

@@ -1,8 +1,10 @@
 """Look: one snapshot of the store and the deploy root, gathered without changing anything.
 
-`reconcile` plans deploys, flips and kernelspecs from it, and `retention` plans its
-tombstones and deletions from the same snapshot (one look per pass, so the two cannot
-disagree about what is there). `nsls2-artifacts prune` and `status` take one too.
+`reconcile` plans deploys, flips and kernelspecs from it, `retention` plans its
+tombstones and deletions from the same snapshot, and the pass's rollout report
+(`report.collect_report`) is made from it (one look per pass, so they cannot disagree
+about what is there). `nsls2-artifacts prune` and `status` take one the same way, so
+`status` shows what the agent sees.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..records import (
     BuildManifest,
     Hold,
     LtsRecord,
+    Quarantine,
     ReadyRecord,
     RecordError,
     RetryRecord,
@@ -63,6 +66,10 @@ class Observed:
     hold_errors: dict[str, str] = field(default_factory=dict)  # env -> why its hold is unreadable
     invalid_lts: dict[str, list[InvalidBuild]] = field(default_factory=dict)
     local_envs: list[str] = field(default_factory=list)  # with a directory or tombstones here
+    # every quarantine and retry record here (also of builds the store no longer lists)
+    quarantine_records: list[Quarantine] = field(default_factory=list)
+    deployed_envs: list[str] = field(default_factory=list)  # with a directory under envs/
+    retrying: list[RetryRecord] = field(default_factory=list)
     platform: str = field(default_factory=lambda: node_platform())
 
 
@@ -96,7 +103,10 @@ def observe(site: SiteConfig, store: Store, log: logging.Logger) -> Observed:
             retry = failures.read_retry(site.deploy_root, env, m.build_id)
             if retry is not None and failures.waiting(retry):
                 obs.waiting[(env, m.build_id)] = retry
+    obs.quarantine_records = deploy.list_quarantined(root)
+    obs.retrying = failures.list_retrying(root)
     obs.local_envs = sorted(set(layout.deployed_envs(root)) | set(layout.tombstoned_envs(root)))
+    obs.deployed_envs = layout.deployed_envs(root)
     for env in sorted(set(obs.manifests) | set(obs.local_envs)):
         obs.deleted[env] = layout.deleted_builds(root, env)
         obs.tombstoned[env] = layout.tombstones(root, env)

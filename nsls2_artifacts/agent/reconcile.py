@@ -469,7 +469,8 @@ def run_pass(
         snapshot = observe(site, store, log)
         state_plan = make_plan(site, snapshot)
         apply_state(site, state_plan, log)
-        if (failure := _run_retention(site, after_state(snapshot, state_plan), log)) is not None:
+        seen = after_state(snapshot, state_plan)
+        if (failure := _run_retention(site, seen, log)) is not None:
             result.failures.append(failure)
     result.plan.to_flip, result.plan.kernels_write = state_plan.to_flip, state_plan.kernels_write
     result.plan.kernels_remove = state_plan.kernels_remove
@@ -479,7 +480,7 @@ def run_pass(
         result.failures.append(clash.describe())
     result.seconds = time.monotonic() - started
     _record_pass(site, result)
-    _report_rollout(site, store, result, observed.builds, log)
+    _report_rollout(site, store, result, seen, observed.builds, log)
     event(
         log,
         "pass",
@@ -503,6 +504,7 @@ def _report_rollout(
     site: SiteConfig,
     store: Store,
     result: PassResult,
+    seen: Observed,
     builds: dict[tuple[str, str], BuildManifest],
     log: logging.Logger,
 ) -> None:
@@ -513,6 +515,7 @@ def _report_rollout(
         errors = {(o.env, o.build_id): o.reason for o in result.outcomes if o.result == "error"}
         node_report = report.collect_report(
             site,
+            seen,
             seconds=result.seconds,
             store_ok=result.plan.store_ok,
             superseded=result.plan.superseded,

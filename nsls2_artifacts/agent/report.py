@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from .. import __version__
 from ..config import SiteConfig
-from ..records import isoformat, utcnow
+from ..records import isoformat, parse_time, utcnow
 from ..rollout import EnvRollout, NodeRollout
 from ..store import NodeReports
-from . import latest, layout
-from .deploy import list_quarantined
+from .observe import Observed
 
 
 def collect_report(
     site: SiteConfig,
+    obs: Observed,
     *,
     seconds: float,
     store_ok: bool,
@@ -26,10 +26,10 @@ def collect_report(
     errors: dict[tuple[str, str], str],
     node_failures: dict[tuple[str, str], str],
 ) -> NodeRollout:
-    """The report as the deploy root stands now (after the pass's flips)."""
-    root = site.deploy_root
+    """The report from the pass's snapshot `obs`, as its flips left it (`after_state`):
+    what this node serves is what the pass saw and did, with no second look."""
     failed: dict[str, dict[str, str]] = {}
-    for q in list_quarantined(root):
+    for q in obs.quarantine_records:
         failed.setdefault(q.env, {})[q.build_id] = f"{q.stage} failed on {q.node}: {q.reason}"
     for (env, build_id), reason in {**errors, **node_failures}.items():
         failed.setdefault(env, {})[build_id] = reason
@@ -37,10 +37,14 @@ def collect_report(
     for env, build_id, newer in superseded:
         skipped.setdefault(env, {})[build_id] = newer
     envs = {}
-    for env in sorted(set(layout.deployed_envs(root)) | set(failed) | set(skipped)):
+    for env in sorted(set(obs.deployed_envs) | set(failed) | set(skipped)):
+        ready = sorted(
+            (r for r in obs.dirs.get(env, {}).values() if r is not None),
+            key=lambda r: (parse_time(r.created), r.build_id),
+        )
         envs[env] = EnvRollout(
-            latest=latest.current_latest(root, env),
-            ready=tuple(r.build_id for r in layout.ready_builds(root, env)),
+            latest=obs.current.get(env),
+            ready=tuple(r.build_id for r in ready),
             failed=failed.get(env, {}),
             superseded=skipped.get(env, {}),
         )
