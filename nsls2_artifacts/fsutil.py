@@ -200,15 +200,6 @@ def file_lock(path: str | Path, *, wait: bool = True) -> Iterator[Path]:
         os.close(fd)
 
 
-def dir_size(path: str | Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process of this host has `pid` (one we may not signal still counts):
     decides if a lock's holder died, so a stale lock can be taken over."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -28,7 +27,6 @@ from rattler.exceptions import (
 )
 
 from .errors import InstallError
-from .records import PackageRef
 from .solve import PypiPin, Solution
 
 # (stage, done, total): stage is "download" or "install"; total may be 0 when unknown
@@ -284,23 +282,6 @@ def installed_distributions(prefix: str | Path) -> dict[str, str]:
                         break
             if name and version:
                 out[name.lower().replace("_", "-")] = version
-    return out
-
-
-def prefix_packages(prefix: str | Path) -> list[PackageRef]:
-    """The conda packages installed in `prefix`, read from its conda-meta records."""
-    out = []
-    for path in sorted(Path(prefix, "conda-meta").glob("*.json")):
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        out.append(
-            PackageRef(
-                name=data["name"],
-                version=str(data["version"]),
-                build=str(data["build"]),
-                channel=str(data.get("channel", "")),
-            )
-        )
     return out
 
 

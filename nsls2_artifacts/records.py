@@ -61,13 +61,6 @@ def is_build_id(text: str) -> bool:
     return bool(_BUILD_ID_RE.match(text))
 
 
-def build_id_lock_prefix(build_id: str) -> str:
-    match = _BUILD_ID_RE.match(build_id)
-    if not match:
-        raise ValueError(f"not a build id: {build_id!r}")
-    return match.group(2)
-
-
 def _check_time(name: str, text: str, what: str = "not an ISO 8601 time") -> None:
     try:
         parse_time(text)

@@ -191,24 +191,6 @@ def write_lock(solution: Solution, path: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def lock_packages(path: str | Path, platform: str | None = None) -> list[PackageRef]:
-    """The packages a pixi.lock lists for `platform` (for `store show` and the tests)."""
-    environment = _lock_environment(Path(path))
-    out: list[PackageRef] = []
-    for lock_platform in environment.platforms():
-        if platform and lock_platform.name != platform:
-            continue
-        for r in environment.conda_repodata_records_for_platform(lock_platform) or []:
-            out.append(
-                PackageRef(
-                    r.name.normalized, str(r.version), str(r.build), _channel_label(r.channel)
-                )
-            )
-        for p in environment.pypi_packages_for_platform(lock_platform) or []:
-            out.append(PackageRef(p.name, str(p.version), "pypi", "pypi"))
-    return out
-
-
 # -- helpers ---------------------------------------------------------------------------------
 
 

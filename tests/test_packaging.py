@@ -104,9 +104,18 @@ def test_jupyter_extra_installs_into_a_fresh_venv_without_the_engines(tmp_path: 
     venv = tmp_path / "server"
     subprocess.run([uv, "venv", "-q", str(venv), "--python", sys.executable], check=True)
     python = venv / "bin" / "python"
-    # a plain (non-editable) install of this checkout, as pip would do it on a server
+    # a plain (non-editable) install of this checkout, as pip would do it on a server; from
+    # a copy, so the build leaves nothing (build/, *.egg-info) in the checkout
+    source = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "var", "build", "*.egg-info", "node_modules", "lib", "lib-test", "tests"
+        ),
+    )
     subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(python), f"{REPO}[jupyter]"],
+        [uv, "pip", "install", "-q", "--python", str(python), f"{source}[jupyter]"],
         check=True,
         timeout=900,
     )
