@@ -21,7 +21,7 @@ from typing import Any
 import zstandard
 
 from .records import IndexInfo, RecordError
-from .tarstream import TarNameError, canonical_name
+from .tarstream import TarNameError, canonical_name, check_length
 
 INDEX_SCHEMA = 1
 INDEX_FILE = "index.json.zst"
@@ -163,7 +163,8 @@ class IndexEntry:
         if kind not in ENTRY_TYPES:
             raise RecordError(_RECORD, f"{where}.type", f"expected one of {ENTRY_TYPES}")
         path = _text(data, where, "path")
-        try:
+        try:  # the reader's rules: members of skipped frames are extracted from these
+            check_length(path, "path")
             canonical_name(path, "path")
         except TarNameError as exc:
             raise RecordError(_RECORD, f"{where}.path", str(exc)) from None
@@ -172,6 +173,10 @@ class IndexEntry:
         target = _text(data, where, "target")
         if kind == "symlink" and (not target or "\0" in target):
             raise RecordError(_RECORD, f"{where}.target", "a symlink needs a target without NUL")
+        try:
+            check_length(target, "target")
+        except TarNameError as exc:
+            raise RecordError(_RECORD, f"{where}.target", str(exc)) from None
         if kind != "file" and (size or digest):
             raise RecordError(_RECORD, f"{where}.size", f"a {kind} has no size or sha256")
         mode = _count(data, where, "mode")

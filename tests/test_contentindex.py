@@ -95,6 +95,10 @@ def test_read_index_checks_size_and_sha256(tmp_path: Path) -> None:
         (lambda d: d["entries"][0].update(rewritten=1), "entries[0].rewritten"),
         (lambda d: d["entries"][0].update(mode=0o177777), "entries[0].mode"),
         (lambda d: d["entries"][1].update(target=""), "entries[1].target"),
+        # issue 17: the reader's caps hold for members of skipped frames too
+        (lambda d: d["entries"][0].update(path="a/" * 300 + "f"), "entries[0].path"),
+        (lambda d: d["entries"][0].update(path="n" * 256), "entries[0].path"),
+        (lambda d: d["entries"][1].update(target="a/" * 3000), "entries[1].target"),
         (lambda d: d["entries"][2].update(size=3), "entries[2].size"),
         (lambda d: d["entries"].append(dict(d["entries"][0])), "entries[4].path"),
         (lambda d: d["frames"][1].update(offset=99), "frames[1].offset"),

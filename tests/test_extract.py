@@ -261,6 +261,36 @@ def test_fast_path_gives_the_data_filter_verdict(tmp_path: Path, kind: bytes) ->
             canonical_name(bad)
 
 
+def test_links_get_the_data_filter_verdict_lexically(tmp_path: Path) -> None:
+    """Links are judged without tarfile.data_filter's realpath() (an lstat per component:
+    the K^2 walk of issue 17): for every link our lexical check lets through, the filter
+    accepts it too, on a tree holding no symlink (as `dest` does while links are judged);
+    every one the filter refuses, we refuse."""
+    from nsls2_artifacts.agent.extract import _check_link_stays_inside, to_tarinfo
+    from nsls2_artifacts.errors import RejectedArtifactError
+    from nsls2_artifacts.tarstream import LINK, SYMLINK, TarMember
+
+    names = ["l", "a/l", "a/b/c/l", "/".join(["d"] * 200) + "/l"]
+    targets = ["x", "../x", "../../x", "a/../../x", "./x", "x/../..", "/etc/passwd", "//x"]
+    targets += ["../" * 199 + "x", "../" * 201 + "x", "a/" + "../" * 3, "." + "/.." * 2]
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for kind in (SYMLINK, LINK):
+        for name in names:
+            for target in targets:
+                entry = TarMember(kind, name, 0o777, 0, 0.0, target, 0, 0, None)
+                try:
+                    _check_link_stays_inside(entry, "b")
+                    ours = True
+                except RejectedArtifactError:
+                    ours = False
+                try:
+                    tarfile.data_filter(to_tarinfo(entry), str(tmp_path))
+                    theirs = True
+                except tarfile.FilterError:
+                    theirs = False
+                assert theirs or not ours, (kind, name, target)
+
+
 def test_modes_after_extraction(site) -> None:
     _, cfg = site
     members = [
