@@ -21,7 +21,7 @@ from typing import Any
 import zstandard
 
 from .records import IndexInfo, RecordError
-from .tarstream import TarNameError, canonical_name, check_length
+from .tarstream import NAME_MAX, TarNameError, canonical_name, check_length
 
 INDEX_SCHEMA = 1
 INDEX_FILE = "index.json.zst"
@@ -142,6 +142,8 @@ class IndexEntry:
             and 0 <= mode <= 0o7777
             and 0 <= frame < frames
             and _plain_canonical(path)
+            and _short(path)
+            and _short(target)
             and (
                 (kind == "file" and 0 <= size < 1 << 63 and _is_sha256(digest))
                 or (kind == "dir" and size == 0 and digest == "")
@@ -269,6 +271,12 @@ def _plain_canonical(name: str) -> bool:
     """`canonical_name`'s verdict without building an exception (the fast path)."""
     wrapped = f"/{name}/"
     return not ("//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\0" in name)
+
+
+def _short(name: str) -> bool:
+    """Within `tarstream.check_length`'s caps for sure (ASCII, one component's worth):
+    anything longer takes the slow path, which checks and names the field."""
+    return len(name) <= NAME_MAX and name.isascii()
 
 
 def _is_sha256(value: Any) -> bool:
