@@ -158,6 +158,23 @@ def test_unreadable_heartbeat_blocks_deletion(two_envs):
     assert "unreadable" in cli(config, "nodes", "list")
 
 
+def test_a_heartbeat_cannot_speak_for_another_node(two_envs):
+    """sdcc-07's heartbeat file holding a heartbeat that names sdcc-08 (a copy, a forgery)
+    is not sdcc-07's report: it cannot say sdcc-07 reported since the tombstone with
+    nothing in use. Unreadable, so deletion waits."""
+    config, site, builds = two_envs
+    run(site)
+    for old in builds.values():
+        age(tombstone_file(site, old), 3)
+    path = other_agent(site, "sdcc-07")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "node": "sdcc-08"}))
+    decision = run(site)[builds["demo"].name]
+    assert decision.action == "keep", decision
+    assert decision.reason.startswith("kept: heartbeat of node sdcc-07 unreadable")
+    assert "names node 'sdcc-08'" in decision.reason
+
+
 def test_heartbeat_with_a_malformed_use_blocks_deletion(two_envs):
     """A use entry that cannot be read must not be dropped (its build would look unused):
     the whole heartbeat counts as unreadable, and the reason names the entry and field."""

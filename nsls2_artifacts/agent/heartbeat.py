@@ -133,6 +133,10 @@ def read_reports(deploy_root: str | Path) -> list[NodeReport]:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
                 reports.append(NodeReport(node, mtime_ns, None, f"{entry.path}: {reason}"))
                 continue
+            if heartbeat.node != node:  # a heartbeat speaks only for the node it is stored as
+                reason = f"{entry.path}: names node {heartbeat.node!r}, not {node!r}"
+                reports.append(NodeReport(node, mtime_ns, None, reason))
+                continue
             reports.append(NodeReport(node, mtime_ns, heartbeat))
     return reports
 
