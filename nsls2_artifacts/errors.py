@@ -35,6 +35,13 @@ class KernelNameError(ArtifactsError, ValueError):
     (the message says why)."""
 
 
+class UnsafeFileError(ArtifactsError, OSError):
+    """A file read whole (a store record, a heartbeat, a notebook) is not a regular file of
+    bounded size: what it is (FIFO, symlink, device, too large) is in `strerror`, the path
+    in `filename`. Still an OSError, so every reader that skips an unreadable file skips
+    this one the same way (`fsutil.read_bounded`)."""
+
+
 class LockBusy(ArtifactsError):
     """The lock is held by another process and we asked not to wait."""
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import LockBusy
+from .errors import LockBusy, UnsafeFileError
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -73,12 +73,6 @@ _KINDS = {
     stat.S_IFBLK: "a block device",
     stat.S_IFLNK: "a symlink",
 }
-
-
-class UnsafeFileError(OSError):
-    """A file we read whole is not a regular file of bounded size: what it is (FIFO,
-    symlink, device, too large) is in `strerror`, the path in `filename`. An OSError, so
-    every reader that skips an unreadable file skips this one the same way."""
 
 
 def file_kind(mode: int) -> str:

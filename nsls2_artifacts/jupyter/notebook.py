@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..errors import NotebookError
-from ..fsutil import UnsafeFileError, atomic_write_bytes, parse_json, read_bounded
+from ..errors import NotebookError, UnsafeFileError
+from ..fsutil import atomic_write_bytes, parse_json, read_bounded
 from .deployed import MANAGED, Catalogue, NsKernel, RetiredKernel, build_time
 
 # Notebooks with many image outputs reach tens of MB; a few hundred MB is no notebook a
