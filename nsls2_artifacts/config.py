@@ -11,15 +11,18 @@ import math
 import os
 import re
 import socket
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from .errors import ConfigError
-from .names import node_name_problem
+from .names import beamline_name_problem, node_name_problem
+from .schema import record_error
 
 CONFIG_ENV = "NSLS2_ARTIFACTS_CONFIG"
 
@@ -289,9 +292,6 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
     )
 
 
-_FIELD_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
-
-
 class _Reader:
     """Field-by-field validation that names the file and the dotted key on error."""
 
@@ -383,21 +383,18 @@ class _Reader:
             raise self.fail(key, "expected a mapping")
         defaults = kind()
         values = {}
+        types = typing.get_type_hints(kind)  # the declared types, not their spelling
         for name, value in raw.items():
             if not hasattr(defaults, name):
                 raise self.fail(f"{key}.{name}", "unknown key")
-            if kind.__dataclass_fields__[name].type == "tuple[str, ...]":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise self.fail(f"{key}.{name}", f"expected a list of names, got {value!r}")
-                values[name] = tuple(value)
-                continue
             if f"{key}.{name}" in NUMBER_RULES:
                 values[name] = self.number(f"{key}.{name}", value)
                 continue
-            expected = _FIELD_TYPES[kind.__dataclass_fields__[name].type]
-            if not isinstance(value, expected):
-                raise self.fail(f"{key}.{name}", f"expected {expected.__name__}, got {value!r}")
-            values[name] = value
+            try:  # msgspec checks the type (a list for a tuple, every element's type)
+                values[name] = msgspec.convert(value, types[name])
+            except msgspec.ValidationError as exc:
+                problem = record_error(str(exc), key, {}).detail
+                raise self.fail(f"{key}.{name}", f"{problem} (got {value!r})") from None
         return kind(**values)
 
     def agent(self, data: dict[str, Any]) -> AgentSettings:
@@ -412,6 +409,9 @@ class _Reader:
             raise self.fail("beamlines", "expected a mapping of beamline -> {uri, path}")
         out = {}
         for name, entry in data.items():
+            # the name is a file name in the deploy root (etc/tiled/profiles/NAME.yml)
+            if problem := beamline_name_problem(name):
+                raise self.fail(f"beamlines.{name}", problem)
             if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
                 raise self.fail(f"beamlines.{name}.uri", "expected a URI string")
             path = entry.get("path") or []
@@ -457,11 +457,12 @@ class _Reader:
     def hook(self, data: Any) -> HookSettings:
         if not isinstance(data, dict):
             raise self.fail("hook", "expected a mapping")
+        d = HookSettings()  # the defaults, written once (in the dataclass)
         known = set(HookSettings.__dataclass_fields__) - {"token_names"}
         for key in data:
             if key not in known:
                 raise self.fail(f"hook.{key}", "unknown key")
-        listen = data.get("listen", "127.0.0.1:8707")
+        listen = data.get("listen", d.listen)
         port = listen.rsplit(":", 1)[1] if isinstance(listen, str) and ":" in listen else ""
         if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
@@ -469,7 +470,7 @@ class _Reader:
         repos = data.get("webhook_repos") or {}
         if not isinstance(repos, dict) or not all(isinstance(v, list) for v in repos.values()):
             raise self.fail("hook.webhook_repos", "expected a mapping of owner/repo -> [env, ...]")
-        nightly = data.get("nightly", "02:00")
+        nightly = data.get("nightly", d.nightly)
         if nightly is not None and not isinstance(nightly, str):
             raise self.fail("hook.nightly", "expected a time of day (HH:MM) or a cron expression")
         state_dir = data.get("state_dir")
@@ -477,21 +478,23 @@ class _Reader:
             listen=listen,
             tokens_sha256=tokens,
             token_names=names,
-            webhook_secret_env=str(data.get("webhook_secret_env", "NSLS2_HOOK_SECRET")),
+            webhook_secret_env=str(data.get("webhook_secret_env", d.webhook_secret_env)),
             nightly=nightly,
             webhook_repos={str(k): [str(e) for e in v] for k, v in repos.items()},
-            concurrency=self.number("hook.concurrency", data.get("concurrency", 1)),
+            concurrency=self.number("hook.concurrency", data.get("concurrency", d.concurrency)),
             build_timeout_seconds=self.number(
-                "hook.build_timeout_seconds", data.get("build_timeout_seconds", 3600)
+                "hook.build_timeout_seconds",
+                data.get("build_timeout_seconds", d.build_timeout_seconds),
             ),
             state_dir=(self.base / state_dir).resolve() if state_dir else None,
             max_failed_signins=self.number(
-                "hook.max_failed_signins", data.get("max_failed_signins", 20)
+                "hook.max_failed_signins", data.get("max_failed_signins", d.max_failed_signins)
             ),
             failed_signin_window_seconds=self.number(
-                "hook.failed_signin_window_seconds", data.get("failed_signin_window_seconds", 300)
+                "hook.failed_signin_window_seconds",
+                data.get("failed_signin_window_seconds", d.failed_signin_window_seconds),
             ),
             keep_history_days=self.number(
-                "hook.keep_history_days", data.get("keep_history_days", 365)
+                "hook.keep_history_days", data.get("keep_history_days", d.keep_history_days)
             ),
         )

@@ -21,7 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .config import NUMBER_RULES, RetentionPolicy, parse_size
 from .errors import ManifestError
-from .names import env_name_problem
+from .names import beamline_name_problem, env_name_problem
 
 PIXI_TOML = "pixi.toml"
 NSLS2_YAML = "nsls2.yaml"
@@ -47,7 +47,6 @@ _NSLS2_KEYS = {
     "beamlines",
     "kernels",
 }
-_BEAMLINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOGO_MAX_BYTES = 256 * 1024  # it travels inside manifest.json
 _RETENTION_KEYS = {f.name for f in dataclasses.fields(RetentionPolicy)}
 
@@ -416,7 +415,7 @@ class _Nsls2Reader:
         if not isinstance(value, list):
             raise self.fail("beamlines", "expected a list of beamline names, e.g. [csx, hxn]")
         for index, item in enumerate(value):
-            if not isinstance(item, str) or not _BEAMLINE_RE.match(item):
+            if beamline_name_problem(item):
                 raise self.fail(f"beamlines[{index}]", f"not a beamline name: {item!r}")
         return tuple(value)
 

@@ -30,6 +30,9 @@ ENV_NAME_RULE = (
 LABEL_RULE = "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
 _ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+BEAMLINE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+# a beamline name becomes a file name (etc/tiled/profiles/NAME.yml) and a tiled profile name
+_BEAMLINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NODE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # a node name becomes a file name (state/nodes/NODE.json) and an object key (.nodes/NODE.json)
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -57,6 +60,14 @@ def node_name_problem(node: str) -> str | None:
     deploy-root and store paths made from a node name refuse any other."""
     if not isinstance(node, str) or not _NODE_NAME_RE.match(node):
         return f"node name {node!r}: use {NODE_NAME_RULE}, at most 128"
+    return None
+
+
+def beamline_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a beamline (the site config's `beamlines:` keys, nsls2.yaml's
+    `beamlines:` entries), or None."""
+    if not isinstance(name, str) or not _BEAMLINE_NAME_RE.match(name):
+        return f"beamline name {name!r}: use {BEAMLINE_NAME_RULE}, at most 64"
     return None
 
 

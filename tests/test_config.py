@@ -94,6 +94,10 @@ BAD = [
     ("store_options: {endpoint: x}\n", "store_options.endpoint", "unknown key"),
     ("agent: {node: ../x}\n", "agent.node", "node name '../x'"),
     ("agent: {node: 'a b'}\n", "agent.node", "letters, digits"),
+    ("agent: {node_imports: [1]}\n", "agent.node_imports", "expected str, got int"),
+    ("agent: {node_imports: cupy}\n", "agent.node_imports", "expected list, got str"),
+    ("agent: {prune: maybe}\n", "agent.prune", "expected bool, got str"),
+    ("beamlines: {../etc: {uri: 'http://x'}}\n", "beamlines.../etc", "beamline name '../etc'"),
 ]
 
 
