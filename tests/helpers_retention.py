@@ -9,6 +9,7 @@ without building conda environments.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -36,6 +37,7 @@ from nsls2_artifacts.records import (
     make_build_id,
     utcnow,
 )
+from nsls2_artifacts.store import open_store
 
 DAY = 86400
 ENV = "demo"
@@ -52,13 +54,21 @@ def shared_library() -> Path:
 
 
 def write_site(
-    root: Path, *, node: str = "test-node", ttl: float = 600, **retention: Any
+    root: Path,
+    *,
+    node: str = "test-node",
+    ttl: float = 600,
+    store: str = "./store",
+    store_options: dict[str, Any] | None = None,
+    **retention: Any,
 ) -> tuple[Path, SiteConfig]:
-    """A site config under `root` with its own store, deploy root and manifests dir."""
+    """A site config under `root` with its own store (a directory, or `store` an
+    s3:// URL with its `store_options`), deploy root and manifests dir."""
     policy = {"lts_years": 3, "keep_latest": 1, "grace_days": 7, **retention}
     data = {
         "manifests": "./manifests",
-        "store": "./store",
+        "store": store,
+        **({"store_options": store_options} if store_options else {}),
         "deploy_root": "./deploy",
         "channel_mirrors": {},
         "retention": policy,
@@ -102,8 +112,16 @@ def make_build(
     return prefix
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 def commit_in_store(site: SiteConfig, env: str, build_id: str, created: datetime) -> None:
-    """A committed manifest.json in the store (no artifact bytes: retention never reads them)."""
+    """A committed build through the Store interface, so the same test runs on every
+    backend (empty artifact and lock: retention never reads them)."""
+    store = open_store(site)
+    staging = store.staging_dir(env, build_id)
+    (staging / "env.tar.zst").write_bytes(b"")
+    (staging / "pixi.lock").write_bytes(b"")
     manifest = BuildManifest(
         name=env,
         build_id=build_id,
@@ -111,11 +129,11 @@ def commit_in_store(site: SiteConfig, env: str, build_id: str, created: datetime
         platform="linux-64",
         display_name="demo",
         smoke=(),
-        artifact=ArtifactInfo("env.tar.zst", "0" * 64, 0, "tar.zst"),
-        lock=LockInfo("pixi.lock", "0" * 64),
+        artifact=ArtifactInfo("env.tar.zst", EMPTY_SHA256, 0, "tar.zst"),
+        lock=LockInfo("pixi.lock", EMPTY_SHA256),
         packages=(),
     )
-    atomic_write_json(site.store / env / build_id / "manifest.json", manifest.to_dict())
+    store.commit_build(staging, manifest)
 
 
 def set_latest(site: SiteConfig, prefix: Path) -> None:
@@ -124,8 +142,7 @@ def set_latest(site: SiteConfig, prefix: Path) -> None:
 
 def promote(site: SiteConfig, prefix: Path, label: str, days_ago: float) -> None:
     promoted = isoformat(utcnow() - timedelta(days=days_ago))
-    record = LtsRecord(prefix.parent.name, label, prefix.name, promoted)
-    atomic_write_json(site.store / record.env / "lts" / f"{label}.json", record.to_dict())
+    open_store(site).set_lts(LtsRecord(prefix.parent.name, label, prefix.name, promoted))
 
 
 def write_kernelspec(site: SiteConfig, prefix: Path, label: str) -> Path:

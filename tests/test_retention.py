@@ -6,6 +6,7 @@ real children that use a build by exe, cwd, an open file, a mapping or CONDA_PRE
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.retention import run_pass
 from nsls2_artifacts.cli import app
 from nsls2_artifacts.records import RetentionDecision
-from nsls2_artifacts.store import FilesystemStore
+from nsls2_artifacts.store import open_store
 
 LOG = logging.getLogger("test-retention")
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +54,19 @@ def prune(config: Path, *args: str) -> str:
 
 
 def run(site, **kwargs) -> dict[str, RetentionDecision]:
-    return by_build(run_pass(site, FilesystemStore(site.store), LOG, **kwargs))
+    return by_build(run_pass(site, open_store(site), LOG, **kwargs))
 
 
-@pytest.fixture
-def deploy(tmp_path):
-    """A site with latest (new) + one old build past every root rule (keep_latest 1, grace 1d)."""
-    config, site = write_site(tmp_path / "site", keep_latest=1, grace_days=1)
+@pytest.fixture(params=["filesystem", "s3"])
+def deploy(request, tmp_path):
+    """A site with latest (new) + one old build past every root rule (keep_latest 1, grace 1d),
+    its store a directory or a bucket of the session's S3 server (retention goes through
+    the Store interface, so it must decide the same on both)."""
+    store: dict = {}
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        store = {"store": server.new_store_url(), "store_options": server.site_options()}
+    config, site = write_site(tmp_path / "site", keep_latest=1, grace_days=1, **store)
     old = make_build(site, days_ago=30, tag="a")
     new = make_build(site, days_ago=0.1, tag="b")
     set_latest(site, new)
@@ -203,7 +210,7 @@ def test_fractional_keep_latest_is_refused_by_agent_and_store_prune(deploy):
     assert decision.action == "keep"
     assert "bad retention override" in decision.reason
     assert "nsls2.yaml: retention.keep_latest: expected int" in decision.reason
-    store_decisions = storeprune.plan(site, FilesystemStore(site.store))
+    store_decisions = storeprune.plan(site, open_store(site))
     assert {d.build_id for d in store_decisions} == {old.name, new.name}
     for d in store_decisions:
         assert d.action == "keep"
@@ -214,7 +221,10 @@ def test_store_listing_empty_deletes_nothing(deploy):
     config, site, old, new = deploy
     run(site)
     age(tombstone_file(site, old), 5)
-    os.rename(site.store, site.store.with_name("store-away"))  # the store "disappears"
+    if isinstance(site.store, str):  # S3: the site now points at a prefix that lists nothing
+        site = dataclasses.replace(site, store=site.store + "-gone")
+    else:
+        os.rename(site.store, site.store.with_name("store-away"))  # the store "disappears"
     decision = run(site)[old.name]
     assert decision.action == "keep"
     assert "store lists no builds" in decision.reason
@@ -225,7 +235,7 @@ def _run_as_nobody(site) -> dict[str, RetentionDecision]:
     """Run one retention pass in a forked child that dropped root for `nobody`."""
 
     def retention_pass() -> str:
-        decisions = run_pass(site, FilesystemStore(site.store), LOG)
+        decisions = run_pass(site, open_store(site), LOG)
         return "\n".join(f"{d.build_id}\t{d.action}\t{d.reason}" for d in decisions)
 
     lines = run_as_nobody(retention_pass).splitlines()
