@@ -329,7 +329,7 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
     assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
     assert status_of(config, build.build_id) == "quarantined"
-    assert "nsls2-artifacts retry ENV BUILD_ID" in run_cli(config, "status").stdout
+    assert f"nsls2-artifacts retry demo {build.build_id}" in run_cli(config, "status").stdout
     blocker.unlink()
     lifted = run_cli(config, "retry", "demo", build.build_id)
     assert lifted.returncode == 0, lifted.stderr
