@@ -301,3 +301,13 @@ def test_status_hint_for_a_smoke_failure_is_not_retry() -> None:
     assert "transient" not in smoke and "retry" not in smoke.split(";")[0]
     assert "manifests/base" in smoke and "smoke:" in smoke
     assert "nsls2-artifacts retry base B" in quarantine_hint("base", "B", "unpack")
+
+
+def test_every_queue_state_has_a_label_and_a_name() -> None:
+    from typing import get_args
+
+    from nsls2_artifacts.hook import queue
+
+    states = set(get_args(queue.QueueState))
+    assert set(queue.STATE_LABELS) == states
+    assert set(queue.ACTIVE) | set(queue.FINISHED) == states

@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+# every state a request can be in (the `state` column); the names below spell them
+QueueState = Literal["queued", "running", "published", "unchanged", "failed", "cancelled"]
 QUEUED = "queued"
 RUNNING = "running"
 PUBLISHED = "published"
@@ -84,7 +86,7 @@ class BuildRequest:
 
     id: int
     env: str
-    state: str
+    state: QueueState
     source: str  # web, api, webhook, nightly
     requested_by: str
     requests: int  # how many requests joined this one (a click flood makes one build)
@@ -280,7 +282,7 @@ class BuildQueue:
     def finish(
         self,
         request_id: int,
-        state: str,
+        state: QueueState,
         *,
         reason: str = "",
         published: str | None = None,
