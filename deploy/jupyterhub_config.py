@@ -3,9 +3,11 @@
 What it does for NSLS-II, on top of a site's own authenticator and spawner:
 - spawned single-user servers get `JUPYTER_PATH=DEPLOY_ROOT/share/jupyter`, so stock Jupyter
   lists and starts every deployed kernel (JupyterHub does not do this by itself);
-- the NSLS-II base latest kernel is the default kernel, not the server's own python
-  (`KernelSpecManager.ensure_native_kernel = False`,
-  `MappingKernelManager.default_kernel_name`);
+- the NSLS-II base latest kernel is the default kernel (`MappingKernelManager.
+  default_kernel_name`; the lab extension pre-selects it and puts it first), and the
+  server's own python ("Python 3 (ipykernel)", no NSLS-II packages) is not listed
+  (`nsls2_artifacts.jupyter.kernelspecs.SiteKernelSpecManager`; opt out with
+  NSLS2_SHOW_SERVER_PYTHON=1);
 - the nsls2-artifacts server extension is enabled in every single-user server, so saved
   notebooks record the build they ran on. Install it once into the single-user environment:
   `pip install 'nsls2-artifacts[jupyter]'` (the wheel also enables it on its own; the
@@ -17,6 +19,7 @@ environment (defaults in brackets):
   NSLS2_DEPLOY_ROOT     the agent's deploy root, same absolute path on every node [/nsls2/deploy]
   NSLS2_DEFAULT_KERNEL  default kernel name [nsls2-base-latest]
   NSLS2_HUB_PORT        public port of the proxy [8000]
+  NSLS2_SHOW_SERVER_PYTHON  1: also list the server's own "Python 3 (ipykernel)" [0]
 """
 
 import os
@@ -25,6 +28,7 @@ c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
 deploy_root = os.environ.get("NSLS2_DEPLOY_ROOT", "/nsls2/deploy")
 default_kernel = os.environ.get("NSLS2_DEFAULT_KERNEL", "nsls2-base-latest")
+show_server_python = os.environ.get("NSLS2_SHOW_SERVER_PYTHON", "0") == "1"
 
 # --- network: hub and proxy on loopback -------------------------------------------------
 c.JupyterHub.ip = "127.0.0.1"
@@ -42,6 +46,13 @@ c.Spawner.args = [
     f"--MappingKernelManager.default_kernel_name={default_kernel}",
     "--ServerApp.jpserver_extensions=nsls2_artifacts.jupyter=True",
 ]
+if not show_server_python:
+    # ensure_native_kernel only stops the server adding its python when no spec names it;
+    # ipykernel's wheel installs one into the server's env, which this leaves out
+    c.Spawner.args.append(
+        "--ServerApp.kernel_spec_manager_class="
+        "nsls2_artifacts.jupyter.kernelspecs.SiteKernelSpecManager"
+    )
 c.Spawner.default_url = "/lab"
 
 # --- site-specific: authentication and spawning ------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def open_lab(browser: Any, server: Server, path: str = "") -> Any:
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
     page.evaluate("() => window.jupyterapp.started")
     return page
+
+
+def menu(page: Any, top: str, *path: str) -> None:
+    """Click through the menu bar, e.g. `menu(page, "File", "New", "Notebook")` (a
+    submenu opens on hover; Lumino gives submenu entries no menuitem role)."""
+    page.get_by_role("menuitem", name=top, exact=True).click()
+    for index, name in enumerate(path):
+        label = page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(name)}$"))
+        item = page.locator(".lm-Menu:visible .lm-Menu-item").filter(has=label).first
+        if index < len(path) - 1:
+            item.hover()
+        else:
+            item.click()
 
 
 def screenshot(page: Any, name: str) -> Path:

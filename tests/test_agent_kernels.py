@@ -353,6 +353,28 @@ def run_cell(client, code: str) -> tuple[str, str, dict]:
     return "".join(out), "".join(err), reply["content"]
 
 
+NOTICE_MIME = "application/vnd.nsls2.notice+json"
+
+
+def run_cell_notices(client, code: str) -> tuple[str, str, list[dict], dict]:
+    """(stdout, stderr, restart notices, reply content): the notices are display outputs
+    carrying both text/plain and the lab extension's notice bundle."""
+    out: list[str] = []
+    err: list[str] = []
+    notices: list[dict] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+        elif msg["msg_type"] == "display_data" and NOTICE_MIME in msg["content"]["data"]:
+            data = msg["content"]["data"]
+            assert data[NOTICE_MIME]["text"] == data["text/plain"]
+            notices.append(data[NOTICE_MIME])
+
+    reply = client.execute_interactive(code, timeout=60, output_hook=hook)
+    return "".join(out), "".join(err), notices, reply["content"]
+
+
 HYGIENE_CELL = """\
 import importlib.util, json, os, site, sys
 print(json.dumps({
@@ -452,35 +474,43 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
     lts_manager.start_kernel()
     try:
         latest, lts = started(latest_manager), started(lts_manager)
-        out, err, _ = run_cell(latest, "print('before')")
-        assert (out, err) == ("before\n", "")  # nothing to say yet
+        out, err, notices, _ = run_cell_notices(latest, "print('before')")
+        assert (out, err, notices) == ("before\n", "", [])  # nothing to say yet
         namespace, _, _ = run_cell(latest, "print(sorted(k for k in dir() if 'nsls2' in k))")
         assert namespace == "[]\n"  # the startup file leaves the user's namespace alone
         second = commit_fake(cfg, tag="two", hours=2, packages=new_pkgs)
         assert run(cfg).ok
-        out, err, reply = run_cell(latest, "print(1 + 1)")
+        out, err, notices, reply = run_cell_notices(latest, "print(1 + 1)")
         assert reply["status"] == "ok" and out == "2\n"  # the cell's own output is unchanged
-        assert err.count("[NSLS-II]") == 1 and second.build_id in err
-        assert second.created[:10] in err and "Restart the kernel" in err
-        assert "numpy 1.26.4\u21922.1.0" in err and "+lmfit 1.3.2" in err and "\u2212gone" in err
-        assert "A newer build of NSLS-II test exists" in err
-        assert run_cell(latest, "print(3)")[:2] == ("3\n", "")  # once per new build
+        assert err == ""  # a notice, not a red stderr box
+        assert len(notices) == 1 and notices[0]["build_id"] == second.build_id
+        text = notices[0]["text"]
+        assert text.startswith("[NSLS-II] NSLS-II test latest changed to a newer build")
+        assert second.created[:10] in text and "Restart the kernel" in text
+        assert "numpy 1.26.4\u21922.1.0" in text and "+lmfit 1.3.2" in text and "\u2212gone" in text
+        assert "(older)" not in text and notices[0]["direction"] == "newer"
+        assert run_cell_notices(latest, "print(3)")[:3] == ("3\n", "", [])  # once per build
         for code in ("print(1)", "print(2)"):
-            assert run_cell(lts, code)[1] == ""  # LTS kernels never get it
-        third = commit_fake(cfg, tag="three", hours=3, packages=new_pkgs)
+            assert run_cell_notices(lts, code)[1:3] == ("", [])  # LTS kernels never get it
+        downgraded = (python, PackageRef("numpy", "1.25.0", "0", "c"), new_pkgs[2])
+        third = commit_fake(cfg, tag="three", hours=3, packages=downgraded)
         assert run(cfg).ok
-        _, err, _ = run_cell(latest, "pass")
-        assert third.build_id in err and "no package changes" not in err
-        assert run_cell(latest, "pass")[1] == ""
+        _, _, notices, _ = run_cell_notices(latest, "pass")
+        text = notices[0]["text"]
+        # a newer build that downgrades a package says so (it is not "a newer numpy")
+        assert third.build_id in text and "numpy 1.26.4\u21921.25.0 (older)" in text
+        assert run_cell_notices(latest, "pass")[2] == []
         # a restart binds the newest build: nothing to announce
         latest.stop_channels()
         latest_manager.restart_kernel(now=True)
         latest = started(latest_manager)
-        assert run_cell(latest, "print(4)")[:2] == ("4\n", "")
+        assert run_cell_notices(latest, "print(4)")[:3] == ("4\n", "", [])
         # a rollback to an earlier build is announced as one
         assert run_cli(config, "rollback", "demo", second.build_id).returncode == 0
-        _, err, _ = run_cell(latest, "pass")
-        assert "latest was rolled back to an earlier build" in err and second.build_id in err
+        _, _, notices, _ = run_cell_notices(latest, "pass")
+        text = notices[0]["text"]
+        assert "latest changed to an older build (rolled back)" in text
+        assert second.build_id in text and "newer" not in text
         latest.stop_channels()
         lts.stop_channels()
     finally:

@@ -36,6 +36,7 @@ from nsls2_artifacts.jupyter.deployed import (
     build_of_process,
     kernel_dirs_in,
 )
+from nsls2_artifacts.jupyter.notebook import duration_words
 from nsls2_artifacts.records import isoformat
 from nsls2_artifacts.store import FilesystemStore
 
@@ -148,6 +149,7 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
     assert info["build_id"] == second.build_id and info["deployed"] is True
     assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-1"  # nearest kept LTS
     assert info["recovery"]["exact"] is False
+    assert info["recovery"]["reason"].endswith("built 1 hour before it")  # not "1 days"
     assert info["latest_runs_it"] is False
 
     # promote `second` to LTS: now its own LTS kernel gets it back, and pin points at it
@@ -351,3 +353,12 @@ def test_kernel_retired_by_the_agent(tmp_path: Path) -> None:
     assert list(info["retired"]) == ["nsls2-demo-2026-1"]
     assert info["recovery"]["kernel_name"] == "nsls2-demo-2026-2"
     assert info["recovery"]["exact"] is False
+
+
+def test_duration_words_say_the_largest_whole_unit() -> None:
+    """`notebook info` said "built 1 days before it" for three minutes (timedelta.days)."""
+    assert duration_words(180) == "3 minutes"
+    assert duration_words(60) == "1 minute"
+    assert duration_words(3600 * 2 + 59) == "2 hours"
+    assert duration_words(86400 * 3) == "3 days"
+    assert duration_words(5) == "less than a minute"

@@ -52,14 +52,16 @@ def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactor
     return cfg, build_id
 
 
-def start_hub(tmp_path: Path, deploy_root: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_hub(
+    tmp_path: Path, deploy_root: Path, default_kernel: str = "nsls2-demo-latest"
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     assert shutil.which("configurable-http-proxy"), "npm install -g configurable-http-proxy"
     state = tmp_path / "hub"
     port = free_port()
     env = {
         **os.environ,
         "NSLS2_DEPLOY_ROOT": str(deploy_root),
-        "NSLS2_DEFAULT_KERNEL": "nsls2-demo-latest",
+        "NSLS2_DEFAULT_KERNEL": default_kernel,
         "NSLS2_HUB_PORT": str(port),
         "NSLS2_HUB_STATE": str(state),
         "NSLS2_HUB_API_PORT": str(free_port()),
@@ -68,6 +70,7 @@ def start_hub(tmp_path: Path, deploy_root: Path) -> tuple[subprocess.Popen[bytes
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
     env.pop("JUPYTER_PATH", None)  # only the hub config may put the deploy root there
+    env.pop("NSLS2_SHOW_SERVER_PYTHON", None)  # the default: the server's python is hidden
     state.mkdir()
     log = state / "hub.log"
     with open(log, "wb") as sink:
@@ -199,6 +202,8 @@ def test_hub_user_gets_nsls2_default_kernel_with_databroker(deployed_demo, tmp_p
 
         specs = api.get("/api/kernelspecs").json()
         assert specs["default"] == "nsls2-demo-latest", specs["default"]
+        # the server's own python (no NSLS-II packages) is not offered on the hub
+        assert "python3" not in specs["kernelspecs"], sorted(specs["kernelspecs"])
         assert specs["kernelspecs"]["nsls2-demo-latest"]["spec"]["metadata"]["nsls2"]["env"] == (
             "demo"
         )

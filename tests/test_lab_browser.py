@@ -20,12 +20,14 @@ from helpers_lab import (
     chromium,
     idle_kernel,
     jupyter_lab,
+    menu,
     open_lab,
     run_all_and_read,
     screenshot,
     session_for,
     tiled_server,
 )
+from support.bigsite import BigSite, generate_site
 from support.ports import free_port
 from support.publish import publish_build
 
@@ -187,40 +189,53 @@ def test_deployed_kernels_are_what_the_tests_expect(site: SimpleNamespace) -> No
     assert retired["nsls2-demo-2023-1"]["build_id"] == site.builds["oldest"]
 
 
+def env_name(site: SimpleNamespace, name: str) -> str:
+    return site.specs[name]["metadata"]["nsls2"]["env_display_name"]
+
+
 def test_launcher_shows_a_short_nsls2_section_first(site, lab, browser) -> None:
     page = open_lab(browser, lab)
     page.locator(".jp-Launcher-sectionTitle", has_text="NSLS-II").first.wait_for()
     titles = page.locator(".jp-Launcher:visible .jp-Launcher-sectionTitle").all_inner_texts()
     assert titles[:2] == ["NSLS-II", "NSLS-II beamlines"], titles
-    expected = [
-        display(site, "nsls2-demo-latest"),
-        display(site, "nsls2-demo-2026-1"),
-        display(site, "nsls2-demo-2025-2"),
-        display(site, "nsls2-hxn-latest"),
-    ]
-    assert section_cards(page, "NSLS-II") == expected
-    # NSLS-II kernels are not repeated under Notebook; Console has one card per env
-    notebook_cards = section_cards(page, "Notebook")
-    assert notebook_cards == ["Python 3 (ipykernel)"]
-    console_cards = section_cards(page, "Console")
-    per_env = [display(site, "nsls2-demo-latest"), display(site, "nsls2-hxn-latest")]
-    assert sorted(console_cards) == sorted(["Python 3 (ipykernel)", *per_env])
+    # one card per env, its latest; the listed LTS kernels ride on the card
+    demo, hxn = env_name(site, "nsls2-demo-latest"), env_name(site, "nsls2-hxn-latest")
+    assert section_cards(page, "NSLS-II") == [demo, hxn]
+    demo_card = section(page, "NSLS-II").locator(".jp-LauncherCard", has_text=demo).first
+    demo_card.locator(".jp-nsls2-card-tracks").wait_for()
+    assert demo_card.locator(".jp-nsls2-badge-latest").inner_text() == "latest"
+    lts = demo_card.locator("button.jp-nsls2-card-lts")
+    assert lts.all_inner_texts() == ["LTS 2026-1", "LTS 2025-2"]
+    # few envs: no filter box
+    assert section(page, "NSLS-II").locator("input.jp-nsls2-launcher-filter").count() == 0
+    # NSLS-II kernels are not repeated under Notebook; Console has one card that asks
+    assert section_cards(page, "Notebook") == ["Python 3 (ipykernel)"]
+    assert sorted(section_cards(page, "Console")) == ["NSLS-II console…", "Python 3 (ipykernel)"]
     assert section_cards(page, "NSLS-II beamlines") == ["CSX", "HXN"]
-    # an LTS card's tooltip: build date, python, end of support
-    lts_card = section(page, "NSLS-II").locator(
-        ".jp-LauncherCard", has_text=display(site, "nsls2-demo-2025-2")
-    )
-    title = lts_card.first.get_attribute("title")
+    # an LTS button's tooltip: build date, python, end of support
+    title = lts.nth(1).get_attribute("title")
     meta = site.specs["nsls2-demo-2025-2"]["metadata"]["nsls2"]
     assert "built " + meta["created"][:10] in title
     assert "Python " + meta["python"] in title
     assert "supported until " + meta["expires"][:10] in title
-    # the env logo is the card's icon
-    icon = lts_card.first.locator(".jp-nsls2-logo")
-    assert "kernelspecs/nsls2-demo-2025-2" in icon.evaluate(
+    # the env logo is the card's icon; the section header has the NSLS-II mark instead
+    icon = demo_card.locator(".jp-LauncherCard-icon .jp-nsls2-logo")
+    assert "kernelspecs/nsls2-demo-latest" in icon.evaluate(
         "el => getComputedStyle(el).backgroundImage"
     )
+    header = section(page, "NSLS-II").locator(".jp-Launcher-sectionHeader .jp-nsls2-logo")
+    assert "kernelspecs" not in header.evaluate("el => getComputedStyle(el).backgroundImage")
     screenshot(page, "launcher")
+    # an LTS button starts that LTS kernel, not the card's latest
+    lts.nth(1).click()
+    wait_until(
+        lambda: any(
+            s.get("kernel", {}).get("name") == "nsls2-demo-2025-2"
+            for s in lab.ok("GET", "/api/sessions")
+        ),
+        120,
+        "a notebook on nsls2-demo-2025-2",
+    )
     page.close()
 
 
@@ -275,10 +290,15 @@ def test_beamline_cards_make_notebooks_that_read_their_catalogs(site, lab, brows
         outputs = {}
         for beamline, entry in (("csx", "scan1"), ("hxn", "map7")):
             cards = section(page, "NSLS-II beamlines").locator(".jp-LauncherCard")
-            cards.filter(has_text=beamline.upper()).click()
+            card = cards.filter(has_text=beamline.upper()).first
+            # the card says which env it starts (csx: the env listing it; hxn: its own)
+            env = "demo" if beamline == "csx" else "hxn"
+            env_line = card.locator(".jp-nsls2-card-env")
+            env_line.wait_for()
+            assert env_line.inner_text() == f"on {env_name(site, f'nsls2-{env}-latest')}"
+            card.click()
             path = f"{beamline}.ipynb"
             session = idle_kernel(lab, path)
-            env = "demo" if beamline == "csx" else "hxn"
             assert session["kernel"]["name"] == f"nsls2-{env}-latest"
             outputs[beamline] = run_all_and_read(page)
             assert entry in outputs[beamline], outputs[beamline]
@@ -338,6 +358,188 @@ def test_stock_jupyterlab_without_the_extension_lists_and_starts_every_kernel(
         page.close()
 
 
+# --- a facility-sized site: 30 envs x 5 LTS labels (180 kernelspecs) -----------------------
+# Written by the real kernels.py around one real deployed build (support/bigsite.py), so it
+# costs seconds. Goal (issue 19): at most one launcher card per env plus beamlines, and no
+# dialog lists more than ~10 entries unless the user asks for more.
+
+MOST_ROWS = 10
+
+
+@pytest.fixture(scope="module")
+def facility(site: SimpleNamespace) -> BigSite:
+    real = layout.build_dir(site.cfg.deploy_root, "demo", site.builds["newest"])
+    return generate_site(site.root / "facility", real)
+
+
+@pytest.fixture(scope="module")
+def facility_lab(site: SimpleNamespace, facility: BigSite):
+    notebooks = site.root / "facility-notebooks"
+    notebooks.mkdir()
+    with jupyter_lab(site.root / "facility-home", notebooks, facility.share) as server:
+        server.notebooks = notebooks
+        yield server
+
+
+def picker_rows(page) -> list[str]:
+    """The kernel names of the dialog's rows (and "more" for a show-more row)."""
+    rows = page.locator(".jp-Dialog .jp-nsls2-picker-entry")
+    return rows.evaluate_all("rs => rs.map(r => r.dataset.kernel || 'more')")
+
+
+def selected_row(page) -> str:
+    return page.locator(".jp-Dialog .jp-nsls2-picker-entry.jp-mod-selected").get_attribute(
+        "data-kernel"
+    )
+
+
+def test_facility_site_has_180_kernelspecs(facility: BigSite) -> None:
+    assert len(facility.kernel_names) == 30 * 6 == 180
+    specs = list((facility.share / "kernels").glob("nsls2-*/kernel.json"))
+    assert len(specs) == 180
+
+
+def test_facility_launcher_one_card_per_env(facility, facility_lab, browser) -> None:
+    page = open_lab(browser, facility_lab)
+    section(page, "NSLS-II").locator(".jp-nsls2-card-tracks").first.wait_for(timeout=60_000)
+    cards = section_cards(page, "NSLS-II")
+    assert len(cards) == len(facility.envs) == 30
+    # the site's recommended env first (no NSLS-II server default here: base)
+    assert cards[0] == "NSLS-II base"
+    # labels are the env only: nothing to wrap mid-date
+    assert all("(" not in label and "\n" not in label for label in cards), cards
+    nsls2 = section(page, "NSLS-II")
+    lts = nsls2.locator("button.jp-nsls2-card-lts")
+    assert lts.count() == 30 * facility.listed_lts
+    assert nsls2.locator(".jp-nsls2-badge-latest").count() == 30
+    # beamline cards: one per profile; Console: one NSLS-II card, not one per env
+    assert section_cards(page, "NSLS-II beamlines") == ["AMX", "CHX", "CSX", "HXN", "TST"]
+    console = [c for c in section_cards(page, "Console") if c.startswith("NSLS-II")]
+    assert console == ["NSLS-II console…"]
+    notebook = [c for c in section_cards(page, "Notebook") if c.startswith("NSLS-II")]
+    assert notebook == []
+    screenshot(page, "facility-launcher")
+    # more than a screenful of envs: a filter box
+    box = nsls2.locator("input.jp-nsls2-launcher-filter")
+    box.fill("hxn")
+    visible = nsls2.locator(".jp-LauncherCard:visible .jp-LauncherCard-label")
+    wait_until(lambda: visible.count() == 2, 30, "the filtered cards")
+    assert sorted(visible.all_inner_texts()) == ["NSLS-II HXN", "NSLS-II base"]
+    screenshot(page, "facility-launcher-filtered")
+    box.fill("")
+    wait_until(lambda: visible.count() == 30, 30, "every card again")
+    page.close()
+
+
+def test_facility_new_notebook_dialog_is_short(facility, facility_lab, browser) -> None:
+    page = open_lab(browser, facility_lab)
+    # File -> New -> Notebook
+    menu(page, "File", "New", "Notebook")
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=60_000)
+    rows = picker_rows(page)
+    assert len(rows) <= MOST_ROWS, rows
+    assert rows[0] == "nsls2-base-latest" and rows[-1] == "more"
+    assert selected_row(page) == "nsls2-base-latest"
+    assert "recommended" in dialog.locator(".jp-mod-selected").inner_text()
+    screenshot(page, "facility-select-kernel")
+    # older builds: the env's listed LTS, one step away
+    dialog.locator(".jp-nsls2-picker-toggle").first.click()
+    listed = [f"nsls2-base-{label}" for label in reversed(facility.listed_labels())]
+    assert picker_rows(page)[1:3] == listed
+    # show all: every env once, still no LTS flood
+    dialog.locator(".jp-nsls2-picker-more").click()
+    assert len(picker_rows(page)) == 30 + 2 + 1  # envs, base's 2 LTS, Python 3
+    # unlisted kernels through search only
+    unlisted = "nsls2-csx-2023-1"
+    assert unlisted not in picker_rows(page)
+    dialog.locator("input.jp-nsls2-picker-search").fill("csx 2023")
+    wait_until(lambda: unlisted in picker_rows(page), 30, "the search result")
+    assert len(picker_rows(page)) <= MOST_ROWS
+    screenshot(page, "facility-select-kernel-search")
+    dialog.locator(f".jp-nsls2-picker-entry[data-kernel='{unlisted}']").click()
+    dialog.locator("button", has_text="Select").click()
+    session = idle_kernel(facility_lab, "Untitled.ipynb")
+    assert session["kernel"]["name"] == unlisted
+    page.close()
+
+
+def test_facility_change_kernel_keeps_the_notebooks_own(facility, facility_lab, browser) -> None:
+    """A notebook on an unlisted LTS kernel: Change Kernel offers it first, marked current."""
+    name = "nsls2-chx-2024-1"
+    content = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": name, "display_name": name, "language": "python"}},
+        "cells": [],
+    }
+    (facility_lab.notebooks / "old-chx.ipynb").write_text(json.dumps(content))
+    page = open_lab(browser, facility_lab, "old-chx.ipynb")
+    assert idle_kernel(facility_lab, "old-chx.ipynb")["kernel"]["name"] == name
+    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:change')")
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=60_000)
+    assert "Change Kernel" in dialog.locator(".jp-Dialog-header").inner_text()
+    rows = picker_rows(page)
+    assert rows[0] == name and len(rows) <= MOST_ROWS, rows
+    assert selected_row(page) == name
+    assert "current" in dialog.locator(".jp-mod-selected").inner_text()
+    screenshot(page, "facility-change-kernel")
+    dialog.locator("button", has_text="Cancel").click()
+    page.close()
+
+
+def test_facility_never_had_kernel_is_not_called_retired(facility, facility_lab, browser) -> None:
+    content = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {
+                "name": "nsls2-nowhere-latest",
+                "display_name": "NSLS-II nowhere",
+                "language": "python",
+            }
+        },
+        "cells": [],
+    }
+    (facility_lab.notebooks / "elsewhere.ipynb").write_text(json.dumps(content))
+    page = open_lab(browser, facility_lab, "elsewhere.ipynb")
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=60_000)
+    assert dialog.locator(".jp-Dialog-header").inner_text().strip() == "Select Kernel"
+    message = dialog.locator(".jp-nsls2-picker-message").inner_text()
+    assert '"nsls2-nowhere-latest", which this site does not have' in message
+    assert "retired" not in dialog.inner_text().lower()
+    assert len(picker_rows(page)) <= MOST_ROWS
+    screenshot(page, "facility-never-had-kernel")
+    dialog.locator("button", has_text="Cancel").click()
+    page.close()
+
+
+def test_facility_beamline_cards_use_the_beamlines_env(facility, facility_lab, browser) -> None:
+    page = open_lab(browser, facility_lab)
+    cards = section(page, "NSLS-II beamlines").locator(".jp-LauncherCard")
+    cards.first.locator(".jp-nsls2-card-env").wait_for(timeout=60_000)
+    served = {
+        card.locator(".jp-LauncherCard-label").inner_text(): card.locator(
+            ".jp-nsls2-card-env"
+        ).inner_text()
+        for card in cards.all()
+    }
+    # its own env when there is one (not "base", first by name); tst has none: the most
+    # specific env listing it
+    assert served == {
+        "AMX": "on NSLS-II AMX",
+        "CHX": "on NSLS-II CHX",
+        "CSX": "on NSLS-II CSX",
+        "HXN": "on NSLS-II HXN",
+        "TST": "on NSLS-II HXN",
+    }
+    cards.filter(has_text="CSX").first.click()
+    assert idle_kernel(facility_lab, "csx.ipynb")["kernel"]["name"] == "nsls2-csx-latest"
+    page.close()
+
+
 def test_build_indicator_marks_a_kernel_behind_a_newer_latest(site, lab, browser) -> None:
     """Last in this module: publishes a new hxn build, so its `latest` moves on."""
     path = write_notebook(site, "rolling.ipynb", "nsls2-hxn-latest")
@@ -364,4 +566,34 @@ def test_build_indicator_marks_a_kernel_behind_a_newer_latest(site, lab, browser
         ) from None
     assert "jp-nsls2-build-newer" in (item.get_attribute("class") or "")
     screenshot(page, "build-indicator-newer")
+    # the next cell shows the restart notice as a plain output (not a red stderr box) and a
+    # notification whose button restarts the kernel on the new build
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    toast = page.locator(".jp-toast-message", has_text="latest changed to a newer build")
+    toast.wait_for(timeout=60_000)
+    outputs = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output")
+    wait_until(lambda: "[NSLS-II]" in " ".join(outputs.all_inner_texts()), 60, "the notice")
+    stderr = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+    assert stderr.count() == 0
+    screenshot(page, "restart-notification")
+    old_kernel = session_for(lab, path)["kernel"]["id"]
+    page.locator(".jp-toast-button", has_text="Restart kernel").click()
+    wait_until(lambda: "newer" not in item.inner_text(), 120, "the restarted kernel's build")
+    assert session_for(lab, path)["kernel"]["id"] == old_kernel  # restarted, not replaced
+    # saved: the notice is a display output, never a stream or an error
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    saved = wait_until(
+        lambda: (
+            json.loads((site.notebooks / path).read_text())
+            if "[NSLS-II]" in (site.notebooks / path).read_text()
+            else None
+        ),
+        60,
+        "the saved notebook",
+    )
+    kinds = {out["output_type"] for out in saved["cells"][0]["outputs"]}
+    assert kinds <= {"display_data", "stream"} and "error" not in kinds
+    assert not any(out.get("name") == "stderr" for out in saved["cells"][0]["outputs"]), saved[
+        "cells"
+    ][0]["outputs"]
     page.close()

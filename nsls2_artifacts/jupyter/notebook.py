@@ -179,13 +179,23 @@ def recovery_kernel(record: NotebookRecord, catalogue: Catalogue) -> Recovery:
     best = min(lts, key=distance)
     other = build_time(best.build_id)
     direction = "after" if other and other > when else "before"
-    days = abs((other - when).days) if other else 0
+    gap = abs((other - when).total_seconds()) if other else 0.0
     return Recovery(
         best,
         False,
         f"build {record.build_id} has no LTS kernel; nearest kept LTS of {record.env!r}, "
-        f"built {days} days {direction} it",
+        f"built {duration_words(gap)} {direction} it",
     )
+
+
+def duration_words(seconds: float) -> str:
+    """`3 minutes`, `1 hour`, `12 days`: the largest whole unit, singular when one
+    (a timedelta's `.days` is -1 for three minutes before, which read "1 days")."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return "less than a minute"
 
 
 def notebook_info(path: str | Path, catalogue: Catalogue) -> NotebookInfo:

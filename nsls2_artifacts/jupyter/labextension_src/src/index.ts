@@ -1,7 +1,9 @@
 /**
- * The NSLS-II JupyterLab plugins: a short "NSLS-II" launcher section (and beamline
- * cards) in place of one card per kernelspec, a dialog for notebooks naming a retired
- * kernel, and a status bar item saying which build the running kernel is on.
+ * The NSLS-II JupyterLab plugins: a short "NSLS-II" launcher section (one card per env,
+ * its LTS kernels on the card, beamline cards) in place of one card per kernelspec, a
+ * kernel dialog that lists envs rather than every kernelspec (and handles notebooks naming
+ * a retired kernel), restart notices as notifications, and a status bar item saying which
+ * build the running kernel is on.
  *
  * Loaded by JupyterLab from share/jupyter/labextensions/nsls2-artifacts-lab; the
  * decisions live in logic.ts, this file only wires them to JupyterLab.
@@ -27,22 +29,32 @@ import { DisposableDelegate, DisposableSet, IDisposable } from '@lumino/disposab
 import { Widget } from '@lumino/widgets';
 
 import {
+  BEAMLINE_CARD_CLASS,
+  decorateLaunchers,
+  ENV_CARD_CLASS,
+  IDecorations,
+  keyClass
+} from './cards';
+import {
   beamlineCards,
   beamlineFileName,
   beamlineNotebook,
   chooseForMissing,
-  consoleCards,
+  envCards,
+  envLabel,
   indicator,
   INotebookBuild,
   ISpec,
-  launcherCards,
   mustAsk,
   nsls2Of,
   parseBeamlines,
   parseServerInfo,
   IServerInfo,
+  recommendedKernel,
   tooltip
 } from './logic';
+import { watchNotices } from './notices';
+import { pickKernel } from './picker';
 
 const PLUGIN = 'nsls2-artifacts-lab';
 const CATEGORY = 'NSLS-II';
@@ -69,6 +81,12 @@ function currentSpecs(app: JupyterFrontEnd): ISpec[] {
       logo: s.resources['logo-svg'] || s.resources['logo-64x64'] || undefined,
       nsls2: nsls2Of(s.metadata)
     }));
+}
+
+/** The kernel new notebooks should start here (the server default if NSLS-II, else base). */
+function recommended(app: JupyterFrontEnd): string | null {
+  const serverDefault = app.serviceManager.kernelspecs.specs?.default ?? null;
+  return recommendedKernel(currentSpecs(app), serverDefault);
 }
 
 /** GET /nsls2/api/kernels (the server extension): retired kernels, running builds. */
@@ -123,14 +141,19 @@ function specNamed(app: JupyterFrontEnd, name: unknown): ISpec | undefined {
 function addCommands(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null): void {
   const { commands } = app;
   commands.addCommand(CommandIDs.newNotebook, {
-    label: args => specNamed(app, args.kernelName)?.displayName ?? String(args.kernelName),
+    label: args => {
+      const spec = specNamed(app, args.kernelName);
+      // an env card says the env only: its track and date are on the card's second line
+      return spec ? (args.env ? envLabel(spec) : spec.displayName) : String(args.kernelName);
+    },
     caption: args => {
       const spec = specNamed(app, args.kernelName);
       return spec ? tooltip(spec) : '';
     },
     iconClass: args => {
       const spec = specNamed(app, args.kernelName);
-      return logoClass(String(args.kernelName), spec?.logo);
+      const logo = logoClass(String(args.kernelName), spec?.logo);
+      return args.env ? `${logo} ${ENV_CARD_CLASS} ${keyClass('env', String(args.env))}` : logo;
     },
     execute: args =>
       commands.execute('notebook:create-new', {
@@ -139,12 +162,13 @@ function addCommands(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null):
       })
   });
   commands.addCommand(CommandIDs.newConsole, {
-    label: args => specNamed(app, args.kernelName)?.displayName ?? String(args.kernelName),
-    caption: args => `A console on ${specNamed(app, args.kernelName)?.displayName ?? ''}`,
+    label: 'NSLS-II console…',
+    caption: 'A console on an NSLS-II environment (asks which one)',
     icon: consoleIcon,
     execute: args =>
+      // no kernel name: the console asks through the NSLS-II kernel dialog
       commands.execute('console:create', {
-        kernelPreference: { name: args.kernelName },
+        kernelPreference: { shouldStart: true, canStart: true },
         cwd: args.cwd ?? browser?.model.path ?? ''
       })
   });
@@ -157,7 +181,9 @@ function addCommands(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null):
         ` connected to its data catalog (tiled profile "${args.beamline}")`
       );
     },
-    iconClass: args => logoClass(String(args.kernelName), specNamed(app, args.kernelName)?.logo),
+    iconClass: args =>
+      `${logoClass(String(args.kernelName), specNamed(app, args.kernelName)?.logo)} ` +
+      `${BEAMLINE_CARD_CLASS} ${keyClass('beamline', String(args.beamline))}`,
     execute: async args => {
       const spec = specNamed(app, args.kernelName);
       if (!spec) {
@@ -217,35 +243,49 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
     const trans = (translator ?? nullTranslator).load('jupyterlab');
     addCommands(app, browser);
     filterStockCards(launcher);
+    const decorations: IDecorations = {
+      cards: new Map(),
+      beamlines: new Map(),
+      openKernel: kernelName =>
+        void app.commands.execute(CommandIDs.newNotebook, {
+          kernelName,
+          cwd: browser?.model.path ?? ''
+        })
+    };
     let cards: DisposableSet | null = null;
     const refresh = async () => {
       const profiles = await fetchBeamlines();
       cards?.dispose();
       cards = new DisposableSet();
       const specs = currentSpecs(app);
-      for (const card of launcherCards(specs)) {
+      decorations.cards.clear();
+      decorations.beamlines.clear();
+      for (const card of envCards(specs, recommended(app))) {
+        decorations.cards.set(keyClass('env', card.env), card);
         cards.add(
           launcher.add({
             command: CommandIDs.newNotebook,
-            args: { kernelName: card.kernelName },
+            args: { kernelName: card.kernelName, env: card.env },
             category: CATEGORY,
             categoryRank: -20,
             rank: card.rank
           })
         );
       }
-      for (const card of consoleCards(specs)) {
+      if (decorations.cards.size) {
         cards.add(
           launcher.add({
             command: CommandIDs.newConsole,
-            args: { kernelName: card.kernelName },
             category: trans.__('Console'),
-            rank: card.rank,
-            kernelIconUrl: card.logo
+            rank: -1
           })
         );
       }
       beamlineCards(specs, profiles).forEach(({ beamline, spec }, index) => {
+        decorations.beamlines.set(keyClass('beamline', beamline), {
+          env: spec.nsls2!.env,
+          label: envLabel(spec)
+        });
         cards!.add(
           launcher.add({
             command: CommandIDs.beamlineNotebook,
@@ -256,7 +296,20 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
           })
         );
       });
+      decorate();
     };
+    // the stock launcher renders with React; add the NSLS-II parts once its nodes exist
+    let pending = false;
+    const decorate = () => {
+      if (!pending) {
+        pending = true;
+        requestAnimationFrame(() => {
+          pending = false;
+          decorateLaunchers(document.body, decorations);
+        });
+      }
+    };
+    new MutationObserver(decorate).observe(document.body, { childList: true, subtree: true });
     const specs = app.serviceManager.kernelspecs;
     void specs.ready.then(() => {
       void refresh();
@@ -283,8 +336,9 @@ async function notebookBuild(
 }
 
 /**
- * The stock session dialogs, except when a notebook names an NSLS-II kernel that is no
- * longer deployed: then say what it used and offer only its env's kernels.
+ * The session dialogs with an NSLS-II "Select Kernel": envs, not every kernelspec (see
+ * picker.ts). A notebook naming an NSLS-II kernel that is no longer deployed is first
+ * offered its own env's kernels; one naming a kernel this site never had is told so.
  */
 class Nsls2SessionDialogs extends SessionContextDialogs {
   constructor(
@@ -295,31 +349,65 @@ class Nsls2SessionDialogs extends SessionContextDialogs {
   }
 
   async selectKernel(sessionContext: ISessionContext): Promise<void> {
+    if (sessionContext.isDisposed) {
+      return;
+    }
     const name = sessionContext.kernelPreference.name;
     const specs = currentSpecs(this._app);
+    let message: string | undefined;
     if (name && !sessionContext.session?.kernel && !specs.some(s => s.name === name)) {
       const [notebook, server] = await Promise.all([
         notebookBuild(this._app, sessionContext),
         fetchServerInfo()
       ]);
       const choice = chooseForMissing(name, notebook, specs, server.retired);
-      if (choice.kind === 'retired') {
-        const picked = await retiredDialog(choice.message, choice.choices, choice.preselected);
-        if (picked === 'other') {
-          return super.selectKernel(sessionContext);
+      if (choice.kind === 'same-env') {
+        const picked = await retiredDialog(
+          choice.title,
+          choice.message,
+          choice.choices,
+          choice.preselected
+        );
+        if (picked !== 'other') {
+          if (picked) {
+            await sessionContext.changeKernel({ name: picked });
+          }
+          return;
         }
-        if (picked) {
-          await sessionContext.changeKernel({ name: picked });
-        }
-        return;
+      } else {
+        message = choice.message;
       }
     }
-    return super.selectKernel(sessionContext);
+    const running = sessionContext.session?.kernel?.name ?? null;
+    const current = running ?? (name && specs.some(s => s.name === name) ? name : null);
+    const autoStartDefault = sessionContext.kernelPreference.autoStartDefault;
+    const answer = await pickKernel({
+      specs,
+      current,
+      recommended: recommended(this._app),
+      message,
+      title: running ? 'Change Kernel' : 'Select Kernel',
+      autoStartDefault
+    });
+    if (!answer || sessionContext.isDisposed) {
+      return;
+    }
+    if (typeof autoStartDefault === 'boolean' && answer.autoStart !== null) {
+      sessionContext.kernelPreference = {
+        ...sessionContext.kernelPreference,
+        autoStartDefault: answer.autoStart
+      };
+    }
+    if (answer.kernel === null) {
+      return sessionContext.hasNoKernel ? undefined : sessionContext.shutdown();
+    }
+    await sessionContext.changeKernel({ name: answer.kernel });
   }
 }
 
-/** The retired-kernel dialog: returns a kernel name, 'other' (stock dialog) or null. */
+/** The same-env dialog: returns a kernel name, 'other' (the kernel dialog) or null. */
 async function retiredDialog(
+  title: string,
   message: string,
   choices: ISpec[],
   preselected: string | null
@@ -357,7 +445,7 @@ async function retiredDialog(
   if (choices.length) {
     buttons.push(Dialog.okButton({ label: 'Start' }));
   }
-  const result = await showDialog({ title: 'Kernel retired', body, buttons });
+  const result = await showDialog({ title, body, buttons });
   if (result.button.actions.includes('other')) {
     return 'other';
   }
@@ -366,7 +454,7 @@ async function retiredDialog(
 
 const dialogsPlugin: JupyterFrontEndPlugin<ISessionContextDialogs> = {
   id: `${PLUGIN}:session-dialogs`,
-  description: 'Session dialogs that handle notebooks naming a retired NSLS-II kernel.',
+  description: 'Select Kernel by env (not a flat list); notebooks naming a retired kernel.',
   provides: ISessionContextDialogs,
   optional: [ITranslator, ISettingRegistry],
   autoStart: true,
@@ -482,4 +570,21 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [launcherPlugin, dialogsPlugin, retiredGuardPlugin, buildIndicatorPlugin];
+/** A latest kernel's restart notice becomes a notification with a Restart button. */
+const noticesPlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:restart-notices`,
+  description: 'Restart notices of NSLS-II latest kernels as notifications.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker) => {
+    tracker.widgetAdded.connect((_, panel) => watchNotices(panel.sessionContext));
+  }
+};
+
+export default [
+  launcherPlugin,
+  dialogsPlugin,
+  retiredGuardPlugin,
+  buildIndicatorPlugin,
+  noticesPlugin
+];

@@ -11,12 +11,16 @@ import {
   beamlineFileName,
   beamlineNotebook,
   buildDate,
+  cardMatches,
   chooseForMissing,
-  consoleCards,
+  envCards,
   indicator,
   ISpec,
-  launcherCards,
   nsls2Of,
+  pickerPreselect,
+  pickerRows,
+  PICKER_TOP_ROWS,
+  recommendedKernel,
   mustAsk,
   parseBeamlines,
   parseServerInfo,
@@ -71,32 +75,78 @@ const specs: ISpec[] = [
   spec('hxn', '2026-1', '2026.03.01T0200Z-ffffffff')
 ];
 
-test('launcher: latest then listed LTS per env, unlisted and stock kernels left out', () => {
+test('launcher: one card per env (its latest), listed LTS on the card, unlisted left out', () => {
+  const cards = envCards(specs);
   assert.deepEqual(
-    launcherCards(specs).map(c => c.kernelName),
+    cards.map(c => [c.kernelName, c.label, c.date, c.lts.map(l => l.label)]),
     [
-      'nsls2-base-latest',
-      'nsls2-base-2026-1',
-      'nsls2-base-2025-2',
-      'nsls2-hxn-latest',
-      'nsls2-hxn-2026-1'
+      ['nsls2-base-latest', 'NSLS-II base', '2026-11-30', ['2026-1', '2025-2']],
+      ['nsls2-hxn-latest', 'NSLS-II hxn', '2026-11-29', ['2026-1']]
     ]
   );
-  assert.deepEqual(
-    consoleCards(specs).map(c => c.kernelName),
-    ['nsls2-base-latest', 'nsls2-hxn-latest']
-  );
+  // the recommended env first, whatever its name
+  assert.equal(envCards(specs, 'nsls2-hxn-latest')[0].env, 'hxn');
+  assert.ok(cardMatches(cards[1], 'HXN'));
+  assert.ok(cardMatches(cards[0], 'base 2025-2') && cardMatches(cards[0], 'iss'));
+  assert.ok(!cardMatches(cards[0], 'hxn'));
 });
 
-test('launcher: at most envs x (1 + listed) cards for 30 envs x 7 kernels', () => {
-  const many: ISpec[] = [];
+/** 30 envs, each: latest + 6 LTS (the newest 2 listed); and the stock kernel. */
+function site(): ISpec[] {
+  const many: ISpec[] = [stock];
   for (let e = 0; e < 30; e++) {
-    many.push(spec(`env${e}`, 'latest', '2026.11.30T0200Z-00000000'));
+    const env = e === 0 ? 'base' : `env${String(e).padStart(2, '0')}`;
+    many.push(spec(env, 'latest', '2026.11.30T0200Z-00000000'));
     for (let y = 0; y < 6; y++) {
-      many.push(spec(`env${e}`, `202${y}-1`, `202${y}.02.01T0200Z-0000000${y}`, { listed: y >= 4 }));
+      many.push(spec(env, `202${y}-1`, `202${y}.02.01T0200Z-0000000${y}`, { listed: y >= 4 }));
     }
   }
-  assert.equal(launcherCards(many).length, 30 * 3);
+  return many;
+}
+
+test('launcher: 30 envs x 7 kernels make 30 cards', () => {
+  assert.equal(envCards(site()).length, 30);
+});
+
+test('kernel dialog: about ten rows by default, older builds and the rest on request', () => {
+  const many = site();
+  const none = { query: '', expanded: new Set<string>(), showAll: false };
+  const rec = recommendedKernel(many, 'python3');
+  assert.equal(rec, 'nsls2-base-latest'); // the server default is not NSLS-II: base
+  const rows = pickerRows(many, null, rec, none);
+  assert.ok(rows.length <= 10, `${rows.length} rows`);
+  assert.equal(rows.length, PICKER_TOP_ROWS + 1);
+  assert.deepEqual(rows[0].badges, ['recommended', 'latest']);
+  assert.equal(rows[rows.length - 1].kind, 'more');
+  assert.equal(pickerPreselect(rows, null, rec), 'nsls2-base-latest');
+  // the notebook's own kernel comes first, even an unlisted LTS
+  const old = pickerRows(many, 'nsls2-env07-2021-1', rec, none);
+  assert.equal(old[0].name, 'nsls2-env07-2021-1');
+  assert.ok(old[0].badges.includes('current') && old[0].badges.includes('unlisted'));
+  assert.equal(pickerPreselect(old, 'nsls2-env07-2021-1', rec), 'nsls2-env07-2021-1');
+  // an env opened: its listed LTS under it, newest first
+  const open = pickerRows(many, null, rec, { ...none, expanded: new Set(['base']) });
+  assert.equal(open[0].older, 2);
+  assert.deepEqual(
+    open.slice(1, 3).map(r => [r.name, r.depth]),
+    [
+      ['nsls2-base-2025-1', 1],
+      ['nsls2-base-2024-1', 1]
+    ]
+  );
+  // show all: every env once and the stock kernel, no LTS
+  const all = pickerRows(many, null, rec, { ...none, showAll: true });
+  assert.equal(all.length, 31);
+  assert.ok(all.some(r => r.name === 'python3'));
+  // search: unlisted builds too
+  const found = pickerRows(many, null, rec, { ...none, query: 'env07 2021' });
+  assert.deepEqual(
+    found.map(r => r.name),
+    ['nsls2-env07-2021-1']
+  );
+  assert.ok(pickerRows(many, null, rec, { ...none, query: 'lts' }).length <= 31);
+  // the hub's default kernel wins when it is NSLS-II
+  assert.equal(recommendedKernel(many, 'nsls2-env03-latest'), 'nsls2-env03-latest');
 });
 
 test('tooltip: build date, python, end of support for LTS', () => {
@@ -119,8 +169,9 @@ test('retired kernel: same env only, nearest kept LTS pre-selected, message from
     }
   ];
   const choice = chooseForMissing('nsls2-base-2023-1', null, specs, retired);
-  assert.equal(choice.kind, 'retired');
-  if (choice.kind !== 'retired') return;
+  assert.equal(choice.kind, 'same-env');
+  if (choice.kind !== 'same-env') return;
+  assert.equal(choice.title, 'Kernel retired');
   assert.equal(choice.message, 'NSLS-II base 2023-1, retired 2026-05-01');
   // the oldest kept LTS (unlisted, but deployed) is the nearest in time
   assert.equal(choice.preselected, 'nsls2-base-2024-1');
@@ -136,8 +187,9 @@ test('retired kernel without record: the notebook metadata names the env', () =>
     specs,
     []
   );
-  assert.equal(choice.kind, 'retired');
-  if (choice.kind !== 'retired') return;
+  assert.equal(choice.kind, 'same-env');
+  if (choice.kind !== 'same-env') return;
+  assert.equal(choice.title, 'Kernel not deployed'); // no record: never called retired
   assert.equal(choice.preselected, 'nsls2-hxn-2026-1');
   assert.ok(choice.choices.every(s => s.nsls2!.env === 'hxn'));
 });
@@ -154,22 +206,48 @@ test('nearest LTS by the second: builds of the same minute', () => {
     close,
     [{ name: 'nsls2-demo-2023-1', env: 'demo', label: '2023-1', build_id: '2026.12.01T075231Z-aaaaaaaa', display_name: 'x', retired: '2026-12-01' }]
   );
-  assert.equal(choice.kind === 'retired' && choice.preselected, 'nsls2-demo-2025-1');
+  assert.equal(choice.kind === 'same-env' && choice.preselected, 'nsls2-demo-2025-1');
 });
 
-test('retired env with no LTS left: its latest; a foreign name: the stock dialog', () => {
+test('missing kernel: its env latest; a kernel the site never had is not "retired"', () => {
   const only = [stock, spec('hxn', 'latest', '2026.11.29T0200Z-eeeeeeee')];
   const choice = chooseForMissing('nsls2-hxn-2024-1', null, only, []);
-  assert.equal(choice.kind, 'retired');
-  if (choice.kind === 'retired') assert.equal(choice.preselected, 'nsls2-hxn-latest');
-  assert.deepEqual(chooseForMissing('julia-1.9', null, specs, []), { kind: 'stock' });
-  // an env that is gone entirely: a message, no choice of another env's kernel
-  const gone = chooseForMissing('nsls2-srx-latest', null, specs, []);
-  assert.equal(gone.kind, 'retired');
-  if (gone.kind === 'retired') {
+  assert.equal(choice.kind, 'same-env');
+  if (choice.kind === 'same-env') assert.equal(choice.preselected, 'nsls2-hxn-latest');
+  const foreign = chooseForMissing('julia-1.9', null, specs, []);
+  assert.deepEqual(foreign, {
+    kind: 'pick',
+    message: 'This notebook names the kernel "julia-1.9", which this site does not have.'
+  });
+  // an env this site never had: the kernel dialog, saying so, not "retired"
+  const never = chooseForMissing('nsls2-srx-latest', null, specs, []);
+  assert.equal(never.kind, 'pick');
+  assert.match(never.kind === 'pick' ? never.message : '', /NSLS-II kernel "nsls2-srx-latest"/);
+  // a retired record of an env that is gone: retired, and nothing of it left to offer
+  const record = { name: 'nsls2-srx-2023-1', env: 'srx', label: '2023-1', build_id: '', display_name: 'NSLS-II SRX 2023-1 (Python 3.11)', retired: '2026-01-01' };
+  const gone = chooseForMissing('nsls2-srx-2023-1', null, specs, [record]);
+  assert.equal(gone.kind, 'same-env');
+  if (gone.kind === 'same-env') {
+    assert.equal(gone.title, 'Kernel retired');
     assert.deepEqual(gone.choices, []);
     assert.equal(gone.preselected, null);
   }
+});
+
+test('beamlines: the env named after it, else the most specific env listing it', () => {
+  const site = [
+    spec('base', 'latest', '2026.11.30T0200Z-aaaaaaaa', { beamlines: ['csx', 'hxn', 'tst'] }),
+    spec('csx', 'latest', '2026.11.30T0200Z-bbbbbbbb', { beamlines: [] }),
+    spec('hxn', 'latest', '2026.11.30T0200Z-cccccccc', { beamlines: ['hxn', 'tst'] })
+  ];
+  assert.deepEqual(
+    beamlineCards(site, ['csx', 'hxn', 'tst', 'nobody']).map(c => [c.beamline, c.spec.name]),
+    [
+      ['csx', 'nsls2-csx-latest'], // its own env, not "base" first by name
+      ['hxn', 'nsls2-hxn-latest'],
+      ['tst', 'nsls2-hxn-latest'] // hxn serves 2 beamlines, base 3
+    ]
+  );
 });
 
 test('beamlines: one card each, served by the first env naming it; notebook content', () => {

@@ -6,19 +6,9 @@
  * Called by index.ts (the plugins) and by logic.test.ts.
  */
 
-/** `metadata.nsls2` of a kernelspec written by the nsls2-artifacts agent. */
-export interface INsls2Meta {
-  env: string;
-  build_id: string;
-  channel: string; // "latest" or "lts"
-  label: string; // "latest" or the LTS label
-  created?: string;
-  python?: string;
-  expires?: string | null;
-  listed?: boolean;
-  beamlines?: string[];
-  env_display_name?: string; // "NSLS-II base", the name without label and details
-}
+import { INsls2Meta, parseNsls2Meta } from './metadata';
+
+export type { INsls2Meta };
 
 /** What the extension needs of one kernelspec (from GET /api/kernelspecs). */
 export interface ISpec {
@@ -46,46 +36,12 @@ export interface INotebookBuild {
   track?: string;
 }
 
-export interface ICard {
-  kernelName: string;
-  env: string;
-  label: string; // card label
-  tooltip: string;
-  logo?: string;
-  rank: number;
-}
-
 const MANAGED_PREFIX = 'nsls2-';
 
-/** The nsls2 block of a kernelspec's metadata, or null for a stock/foreign kernel. */
+/** The nsls2 block of a kernelspec's metadata (metadata.ts, the typed mirror of
+ * kernelmeta.py), or null for a stock/foreign kernel. */
 export function nsls2Of(metadata: unknown): INsls2Meta | null {
-  if (!metadata || typeof metadata !== 'object') {
-    return null;
-  }
-  const block = (metadata as Record<string, unknown>)['nsls2'];
-  if (!block || typeof block !== 'object') {
-    return null;
-  }
-  const meta = block as Record<string, unknown>;
-  if (typeof meta.env !== 'string' || typeof meta.build_id !== 'string') {
-    return null;
-  }
-  return {
-    env: meta.env,
-    build_id: meta.build_id,
-    channel: typeof meta.channel === 'string' ? meta.channel : 'latest',
-    label: typeof meta.label === 'string' ? meta.label : 'latest',
-    created: typeof meta.created === 'string' ? meta.created : undefined,
-    python: typeof meta.python === 'string' ? meta.python : undefined,
-    expires: typeof meta.expires === 'string' ? meta.expires : null,
-    // a spec that does not say is shown, as stock Jupyter would
-    listed: meta.listed !== false,
-    beamlines: Array.isArray(meta.beamlines)
-      ? meta.beamlines.filter((b): b is string => typeof b === 'string')
-      : [],
-    env_display_name:
-      typeof meta.env_display_name === 'string' ? meta.env_display_name : undefined
-  };
+  return parseNsls2Meta(metadata);
 }
 
 /** True for a kernel name the agent would write, even when its spec is gone. */
@@ -157,65 +113,284 @@ export function byEnv(specs: ISpec[]): Map<string, { latest?: ISpec; lts: ISpec[
   return new Map([...envs.entries()].sort(([a], [b]) => a.localeCompare(b)));
 }
 
-/**
- * The NSLS-II launcher section: per env (by name), its latest kernel and each listed LTS
- * kernel (newest first). Kept-but-unlisted kernels get no card.
- */
-export function launcherCards(specs: ISpec[]): ICard[] {
-  const cards: ICard[] = [];
-  for (const [env, group] of byEnv(specs)) {
-    const shown = [group.latest, ...group.lts].filter(
-      (s): s is ISpec => !!s && s.nsls2!.listed !== false
-    );
-    for (const spec of shown) {
-      cards.push({
-        kernelName: spec.name,
-        env,
-        label: spec.displayName,
-        tooltip: tooltip(spec),
-        logo: spec.logo,
-        rank: cards.length
-      });
-    }
-  }
-  return cards;
+/** One launcher card per env: its latest kernel, its listed LTS kernels one click away. */
+export interface IEnvCard {
+  env: string;
+  kernelName: string; // what the card itself starts: latest (or the newest LTS if none)
+  label: string; // "NSLS-II base": no date or details, so it never wraps mid-date
+  channel: string; // of kernelName: "latest" or "lts"
+  date: string; // of kernelName's build, "2026-12-01"
+  lts: { kernelName: string; label: string; tooltip: string }[]; // listed, newest first
+  beamlines: string[];
+  tooltip: string;
+  logo?: string;
+  rank: number;
 }
 
-/** One console card per env: its latest kernel (or its newest LTS when it has none). */
-export function consoleCards(specs: ISpec[]): ICard[] {
-  const cards: ICard[] = [];
-  for (const [env, group] of byEnv(specs)) {
-    const spec = group.latest ?? group.lts[0];
-    if (!spec) {
+/** The env's name without label and details ("NSLS-II base"). */
+export function envLabel(spec: ISpec): string {
+  return spec.nsls2?.env_display_name || spec.displayName.replace(/\s*\([^)]*\)\s*$/, '');
+}
+
+/**
+ * The NSLS-II launcher section: one card per env (the recommended env first, then by
+ * name), starting its latest kernel; its listed LTS kernels ride on the card.
+ * Kept-but-unlisted kernels get nothing here (the kernel dialog's search finds them).
+ */
+export function envCards(specs: ISpec[], recommended: string | null = null): IEnvCard[] {
+  const first = specs.find(s => s.name === recommended)?.nsls2?.env;
+  const cards: IEnvCard[] = [];
+  const groups = [...byEnv(specs)].sort(
+    ([a], [b]) => Number(b === first) - Number(a === first) || a.localeCompare(b)
+  );
+  for (const [env, group] of groups) {
+    const lts = group.lts.filter(s => s.nsls2!.listed !== false);
+    const main = group.latest ?? lts[0] ?? group.lts[0];
+    if (!main) {
       continue;
     }
     cards.push({
-      kernelName: spec.name,
       env,
-      label: spec.displayName,
-      tooltip: `A console on ${spec.displayName}\n${tooltip(spec)}`,
-      logo: spec.logo,
+      kernelName: main.name,
+      label: envLabel(main),
+      channel: main.nsls2!.channel,
+      date: buildDate(main.nsls2!.created || main.nsls2!.build_id).slice(0, 10),
+      lts: lts
+        .filter(s => s !== main)
+        .map(s => ({ kernelName: s.name, label: s.nsls2!.label, tooltip: tooltip(s) })),
+      beamlines: main.nsls2!.beamlines ?? [],
+      tooltip: tooltip(main),
+      logo: main.logo,
       rank: cards.length
     });
   }
   return cards;
 }
 
+/** Whether an env card matches the launcher filter (every word: env, name, label, beamline). */
+export function cardMatches(card: IEnvCard, query: string): boolean {
+  const hay = [card.env, card.label, ...card.beamlines, ...card.lts.map(l => l.label)]
+    .join(' ')
+    .toLowerCase();
+  return words(query).every(word => hay.includes(word));
+}
+
+function words(query: string): string[] {
+  return query.toLowerCase().split(/\s+/).filter(Boolean);
+}
+
+/**
+ * The kernel a new notebook should start on this site: the server's default kernel when it
+ * is an NSLS-II one (the hub sets nsls2-base-latest), else the `base` env's latest, else
+ * the server's default. null when none of these exists.
+ */
+export function recommendedKernel(specs: ISpec[], serverDefault: string | null): string | null {
+  const named = specs.find(s => s.name === serverDefault);
+  if (named?.nsls2) {
+    return named.name;
+  }
+  const base = byEnv(specs).get('base')?.latest;
+  return base?.name ?? named?.name ?? null;
+}
+
+/** One row of the kernel dialog. */
+export interface IPickerRow {
+  kind: 'kernel' | 'more';
+  name: string; // the kernel name ('' for "more")
+  env: string | null;
+  title: string; // "NSLS-II base" / "Python 3 (ipykernel)" / "Show all 30 environments…"
+  detail: string; // "built 2026-12-01 · Python 3.12" (LTS: "· until 2029-08")
+  badges: string[]; // "recommended", "current", "latest", "LTS", "unlisted"
+  depth: number; // 1: an older (LTS) build under its env's row
+  older: number; // rows under the toggle of an env's row (its listed LTS), 0: no toggle
+  expanded: boolean;
+}
+
+/** What the user asked the kernel dialog for: a search, envs opened, everything shown. */
+export interface IPickerState {
+  query: string;
+  expanded: ReadonlySet<string>;
+  showAll: boolean;
+}
+
+export const PICKER_TOP_ROWS = 8; // rows before "Show all…": the goal is ~10 entries
+export const PICKER_SEARCH_ROWS = 30;
+
+function row(spec: ISpec, badges: string[], depth = 0, older = 0, expanded = false): IPickerRow {
+  const meta = spec.nsls2;
+  const base = { kind: 'kernel' as const, name: spec.name, depth, older, expanded };
+  if (!meta) {
+    return { ...base, env: null, title: spec.displayName, detail: spec.name, badges };
+  }
+  const lts = meta.channel === 'lts';
+  // the badges say latest / LTS: the detail line is when, which python, until when
+  const parts = [`built ${buildDate(meta.created || meta.build_id).slice(0, 10)}`];
+  if (meta.python) {
+    parts.push(`Python ${meta.python.split('.').slice(0, 2).join('.')}`);
+  }
+  if (lts && meta.expires) {
+    parts.push(`until ${meta.expires.slice(0, 7)}`);
+  }
+  const marks = [...badges, lts ? 'LTS' : 'latest'];
+  if (meta.listed === false) {
+    marks.push('unlisted');
+  }
+  return {
+    ...base,
+    env: meta.env,
+    title: depth ? `${envLabel(spec)} ${meta.label}` : envLabel(spec),
+    detail: parts.join(' · '),
+    badges: marks
+  };
+}
+
+function moreRow(title: string, detail: string): IPickerRow {
+  return { kind: 'more', name: '', env: null, title, detail, badges: [], depth: 0, older: 0, expanded: false };
+}
+
+/**
+ * The rows of the kernel dialog. Without a search: the notebook's current kernel (always,
+ * listed or not), the recommended kernel, then one row per env (its latest) up to
+ * PICKER_TOP_ROWS and a "Show all" row; an env's listed LTS kernels appear under it when
+ * the user opens it. With a search: every kernel matching all words, unlisted and
+ * non-NSLS-II ones included, up to PICKER_SEARCH_ROWS.
+ */
+export function pickerRows(
+  specs: ISpec[],
+  current: string | null,
+  recommended: string | null,
+  state: IPickerState
+): IPickerRow[] {
+  const groups = byEnv(specs);
+  const badgesOf = (name: string) =>
+    [name === recommended ? 'recommended' : '', name === current ? 'current' : ''].filter(
+      Boolean
+    );
+  if (words(state.query).length) {
+    return searchRows(specs, groups, state.query, badgesOf);
+  }
+  const rows: IPickerRow[] = [];
+  const shown = new Set<string>();
+  const envRow = (spec: ISpec) => {
+    const env = spec.nsls2?.env;
+    const group = env ? groups.get(env) : undefined;
+    const older =
+      group && spec === group.latest ? group.lts.filter(s => s.nsls2!.listed !== false) : [];
+    const open = !!env && state.expanded.has(env) && older.length > 0;
+    rows.push(row(spec, badgesOf(spec.name), 0, older.length, open));
+    shown.add(spec.name);
+    if (open) {
+      for (const lts of older) {
+        rows.push(row(lts, badgesOf(lts.name), 1));
+        shown.add(lts.name);
+      }
+    }
+  };
+  const byName = new Map(specs.map(s => [s.name, s]));
+  for (const name of [current, recommended]) {
+    const spec = name ? byName.get(name) : undefined;
+    if (spec && !shown.has(spec.name)) {
+      envRow(spec);
+    }
+  }
+  const rest: ISpec[] = [];
+  for (const group of groups.values()) {
+    const spec = group.latest ?? group.lts.find(s => s.nsls2!.listed !== false);
+    if (spec && !shown.has(spec.name)) {
+      rest.push(spec);
+    }
+  }
+  const foreign = specs
+    .filter(s => !s.nsls2 && !shown.has(s.name))
+    .sort((a, b) => a.displayName.localeCompare(b.displayName));
+  const room = Math.max(0, PICKER_TOP_ROWS - rows.filter(r => r.depth === 0).length);
+  const visible = state.showAll ? rest : rest.slice(0, room);
+  visible.forEach(envRow);
+  if (state.showAll) {
+    foreign.forEach(envRow);
+  }
+  const hidden = rest.length - visible.length + (state.showAll ? 0 : foreign.length);
+  if (hidden > 0) {
+    const others = foreign.length ? ' and other kernels' : '';
+    rows.push(
+      moreRow(
+        `Show all ${groups.size} environments${others}…`,
+        `${hidden} more; or type to search every kernel, older builds included`
+      )
+    );
+  }
+  return rows;
+}
+
+function searchRows(
+  specs: ISpec[],
+  groups: Map<string, { latest?: ISpec; lts: ISpec[] }>,
+  query: string,
+  badgesOf: (name: string) => string[]
+): IPickerRow[] {
+  const wanted = words(query);
+  const hay = (s: ISpec) =>
+    [
+      s.name,
+      s.displayName,
+      s.nsls2?.env,
+      s.nsls2?.env_display_name,
+      s.nsls2?.label,
+      s.nsls2 ? (s.nsls2.channel === 'lts' ? 'lts' : 'latest') : '',
+      s.nsls2?.listed === false ? 'unlisted older' : '',
+      ...(s.nsls2?.beamlines ?? [])
+    ]
+      .join(' ')
+      .toLowerCase();
+  const ordered: ISpec[] = [];
+  for (const group of groups.values()) {
+    ordered.push(...(group.latest ? [group.latest] : []), ...group.lts);
+  }
+  ordered.push(...specs.filter(s => !s.nsls2));
+  const matches = ordered.filter(s => wanted.every(w => hay(s).includes(w)));
+  const rows = matches.slice(0, PICKER_SEARCH_ROWS).map(s => ({
+    ...row(s, badgesOf(s.name)),
+    title: s.nsls2 ? `${envLabel(s)}${s.nsls2.channel === 'lts' ? ` ${s.nsls2.label}` : ''}` : s.displayName
+  }));
+  if (matches.length > PICKER_SEARCH_ROWS) {
+    const more = matches.length - PICKER_SEARCH_ROWS;
+    rows.push(moreRow(`${more} more match: add a word to narrow the search`, ''));
+  }
+  return rows;
+}
+
+/** The row the dialog selects first: the notebook's kernel, else the recommended one. */
+export function pickerPreselect(
+  rows: IPickerRow[],
+  current: string | null,
+  recommended: string | null
+): string | null {
+  const kernels = rows.filter(r => r.kind === 'kernel').map(r => r.name);
+  for (const name of [current, recommended]) {
+    if (name && kernels.includes(name)) {
+      return name;
+    }
+  }
+  return kernels[0] ?? null;
+}
+
 /** What to do with a notebook's kernel when JupyterLab found no spec of that name. */
 export type KernelChoice =
-  | { kind: 'stock' } // not ours: JupyterLab's own "Select Kernel" dialog
+  | { kind: 'pick'; message: string } // the kernel dialog, saying what the notebook named
   | {
-      kind: 'retired';
+      kind: 'same-env';
+      title: string; // "Kernel retired" only when the site recorded retiring it
       message: string; // "NSLS-II base 2023-1, retired 2026-05-01"
       choices: ISpec[]; // the same env's deployed kernels, LTS then latest
       preselected: string | null;
     };
 
 /**
- * Choose for a notebook naming `name` (absent from the kernelspecs): if it was an
- * NSLS-II kernel (a retired record, its `nsls2-` name, or the notebook's own
- * metadata.nsls2 says so), offer only the same env's kernels, with the kept LTS kernel
- * nearest in time to the retired build pre-selected, else the env's latest.
+ * Choose for a notebook naming `name` (absent from the kernelspecs): if it belongs to an
+ * env deployed here (a retired record, its `nsls2-` name, or the notebook's own
+ * metadata.nsls2 says which), offer only that env's kernels, with the kept LTS kernel
+ * nearest in time pre-selected, else the env's latest. A kernel the site never had (no
+ * record, no env of it) is not called retired: the kernel dialog says it is not here.
  */
 export function chooseForMissing(
   name: string,
@@ -225,17 +400,22 @@ export function chooseForMissing(
 ): KernelChoice {
   const record = retired.find(r => r.name === name) ?? null;
   const env = record?.env ?? notebook?.env ?? envFromName(name, specs);
-  if (!record && !notebook?.env && !looksManaged(name)) {
-    return { kind: 'stock' };
-  }
   const group = env ? byEnv(specs).get(env) : undefined;
+  if (!record && !group) {
+    const what = looksManaged(name) || notebook?.env ? 'the NSLS-II kernel' : 'the kernel';
+    return {
+      kind: 'pick',
+      message: `This notebook names ${what} "${name}", which this site does not have.`
+    };
+  }
   const choices = group ? [...group.lts, ...(group.latest ? [group.latest] : [])] : [];
   const buildId = record?.build_id ?? notebook?.build_id ?? '';
   const what = record
     ? `${retiredName(record, group)}, retired ${buildDate(record.retired).replace(/ 00:00 UTC$/, '')}`
-    : `${name}${buildId ? ` (build ${buildDate(buildId)})` : ''}, no longer deployed`;
+    : `${name}${buildId ? ` (build ${buildDate(buildId)})` : ''}, which is not deployed here`;
   return {
-    kind: 'retired',
+    kind: 'same-env',
+    title: record ? 'Kernel retired' : 'Kernel not deployed',
     message: what,
     choices,
     preselected: group ? nearestKept(group, buildId) : null
@@ -288,26 +468,38 @@ function timeValue(buildId: string): number {
 }
 
 /**
- * Beamline -> the latest kernel of the env serving it (first env by name if several).
- * `profiles`: the site's beamline profiles (GET /nsls2/api/beamlines); a beamline without
- * one could not connect, so it gets no card. null: unknown, every served beamline counts.
+ * Beamline -> the latest kernel it starts: the env named after the beamline, else the most
+ * specific env whose nsls2.yaml lists it (fewest beamlines: `base` serves all of them, so a
+ * beamline's own env wins), then by name. `profiles`: the site's beamline profiles
+ * (GET /nsls2/api/beamlines); a beamline without one could not connect, so it gets no
+ * card. null: unknown, every served beamline counts.
  */
 export function beamlineCards(
   specs: ISpec[],
   profiles: string[] | null = null
 ): { beamline: string; spec: ISpec }[] {
-  const found = new Map<string, ISpec>();
-  for (const [, group] of byEnv(specs)) {
-    const spec = group.latest;
-    for (const beamline of spec?.nsls2?.beamlines ?? []) {
-      if (spec && !found.has(beamline) && (!profiles || profiles.includes(beamline))) {
-        found.set(beamline, spec);
-      }
+  const latest = [...byEnv(specs).values()]
+    .map(group => group.latest)
+    .filter((s): s is ISpec => !!s);
+  const served = new Set(latest.flatMap(s => s.nsls2!.beamlines ?? []));
+  const named = new Map(latest.map(s => [s.nsls2!.env.toLowerCase(), s]));
+  const candidates = profiles ?? [...served];
+  const cards: { beamline: string; spec: ISpec }[] = [];
+  for (const beamline of [...new Set(candidates)].sort((a, b) => a.localeCompare(b))) {
+    const own = named.get(beamline.toLowerCase());
+    const listing = latest
+      .filter(s => s.nsls2!.beamlines?.includes(beamline))
+      .sort(
+        (a, b) =>
+          (a.nsls2!.beamlines?.length ?? 0) - (b.nsls2!.beamlines?.length ?? 0) ||
+          a.nsls2!.env.localeCompare(b.nsls2!.env)
+      );
+    const spec = own ?? listing[0];
+    if (spec) {
+      cards.push({ beamline, spec });
     }
   }
-  return [...found.entries()]
-    .sort(([a], [b]) => a.localeCompare(b))
-    .map(([beamline, spec]) => ({ beamline, spec }));
+  return cards;
 }
 
 /** First free `BEAMLINE.ipynb`, `BEAMLINE-1.ipynb`, ... among `existing` file names. */
