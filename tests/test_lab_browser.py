@@ -461,6 +461,9 @@ def test_facility_new_notebook_dialog_is_short(facility, facility_lab, browser) 
     dialog.locator("button", has_text="Select").click()
     session = idle_kernel(facility_lab, "Untitled.ipynb")
     assert session["kernel"]["name"] == unlisted
+    # the toolbar names it compactly, so a split view keeps it readable
+    name = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) button.jp-nsls2-kernel-name")
+    wait_until(lambda: name.inner_text() == "CSX · 2023-1", 60, "the toolbar kernel name")
     page.close()
 
 

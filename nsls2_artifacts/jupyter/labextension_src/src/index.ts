@@ -40,6 +40,7 @@ import {
   beamlineFileName,
   beamlineNotebook,
   chooseForMissing,
+  compactKernelName,
   envCards,
   envLabel,
   indicator,
@@ -570,6 +571,46 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+/**
+ * The notebook toolbar's kernel name, compact ("base · latest") and placed right after the
+ * run buttons, so a split view does not push it into the toolbar's "⋯" menu (the stock
+ * item at the far right goes there first). Clicking it opens the kernel dialog.
+ */
+const kernelNamePlugin: JupyterFrontEndPlugin<void> = {
+  id: `${PLUGIN}:kernel-name`,
+  description: 'A compact NSLS-II kernel name in the notebook toolbar.',
+  autoStart: true,
+  requires: [INotebookTracker, ISessionContextDialogs],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, dialogs: ISessionContextDialogs) => {
+    tracker.widgetAdded.connect((_, panel) => {
+      const context = panel.sessionContext;
+      const widget = new Widget({ node: document.createElement('button') });
+      widget.addClass('jp-nsls2-kernel-name');
+      const render = () => {
+        const name = context.session?.kernel?.name ?? context.kernelPreference.name;
+        const spec = currentSpecs(app).find(s => s.name === name);
+        widget.node.textContent = compactKernelName(spec, context.kernelDisplayName);
+        widget.node.title = `${spec?.displayName ?? context.kernelDisplayName}: change kernel`;
+      };
+      widget.node.addEventListener('click', () => void dialogs.selectKernel(context));
+      const names = Array.from(panel.toolbar.names());
+      const after = ['restart-and-run', 'restart', 'run'].find(n => names.includes(n));
+      if (!(after && panel.toolbar.insertAfter(after, 'nsls2-kernel-name', widget))) {
+        panel.toolbar.insertItem(0, 'nsls2-kernel-name', widget);
+      }
+      panel.addClass('jp-nsls2-has-kernel-name');
+      context.kernelChanged.connect(render);
+      context.sessionChanged.connect(render);
+      context.propertyChanged.connect(render);
+      app.serviceManager.kernelspecs.specsChanged.connect(render);
+      panel.disposed.connect(() =>
+        app.serviceManager.kernelspecs.specsChanged.disconnect(render)
+      );
+      render();
+    });
+  }
+};
+
 /** A latest kernel's restart notice becomes a notification with a Restart button. */
 const noticesPlugin: JupyterFrontEndPlugin<void> = {
   id: `${PLUGIN}:restart-notices`,
@@ -586,5 +627,6 @@ export default [
   dialogsPlugin,
   retiredGuardPlugin,
   buildIndicatorPlugin,
-  noticesPlugin
+  noticesPlugin,
+  kernelNamePlugin
 ];

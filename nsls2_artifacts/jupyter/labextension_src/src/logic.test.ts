@@ -12,6 +12,7 @@ import {
   beamlineNotebook,
   buildDate,
   cardMatches,
+  compactKernelName,
   chooseForMissing,
   envCards,
   indicator,
@@ -320,4 +321,12 @@ test('a missing NSLS-II kernel is never replaced silently by the only kernel of 
   assert.equal(mustAsk('nsls2-hxn-latest', names, null), false);
   assert.equal(mustAsk('julia-1.9', names, null), false);
   assert.equal(mustAsk(undefined, names, null), false);
+});
+
+test('toolbar kernel name: env and track, short enough for a split view', () => {
+  const base = spec('base', 'latest', '2026.11.30T0200Z-aaaaaaaa', { env_display_name: 'NSLS-II base' });
+  assert.equal(compactKernelName(base, ''), 'base · latest');
+  assert.equal(compactKernelName(specs[2], ''), 'base · 2026-1');
+  assert.equal(compactKernelName(stock, ''), 'Python 3 (ipykernel)');
+  assert.equal(compactKernelName(undefined, 'No Kernel'), 'No Kernel');
 });

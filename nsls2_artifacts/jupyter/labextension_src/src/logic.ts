@@ -167,6 +167,19 @@ export function envCards(specs: ISpec[], recommended: string | null = null): IEn
   return cards;
 }
 
+/**
+ * The notebook toolbar's kernel name: short enough to stay in a split view
+ * ("base · latest", "HAXPES · 2025-1"); any other kernel keeps its display name.
+ */
+export function compactKernelName(spec: ISpec | undefined, fallback: string): string {
+  if (!spec?.nsls2) {
+    return spec?.displayName ?? fallback;
+  }
+  const meta = spec.nsls2;
+  const env = (meta.env_display_name || meta.env).replace(/^NSLS-II\s+/, '') || meta.env;
+  return `${env} · ${meta.channel === 'lts' ? meta.label : 'latest'}`;
+}
+
 /** Whether an env card matches the launcher filter (every word: env, name, label, beamline). */
 export function cardMatches(card: IEnvCard, query: string): boolean {
   const hay = [card.env, card.label, ...card.beamlines, ...card.lts.map(l => l.label)]
