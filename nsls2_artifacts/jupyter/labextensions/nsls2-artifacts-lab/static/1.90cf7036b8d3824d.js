@@ -214,8 +214,8 @@ button.jp-nsls2-picker-toggle {
 /* NSLS-II cards: a smaller icon, so 30 envs take a few rows, not pages */
 .jp-LauncherCard[data-category='NSLS-II'] .jp-LauncherCard-icon,
 .jp-LauncherCard[data-category='NSLS-II beamlines'] .jp-LauncherCard-icon {
-  height: 46px;
-  padding-top: 6px;
+  height: 62px;
+  padding-top: 4px;
 }
 
 .jp-LauncherCard[data-category='NSLS-II'] .jp-nsls2-logo,
