@@ -5,8 +5,8 @@ For the demo env and a larger one (100+ packages), two builds that differ by one
 their hash-based pycs. Build A is packed once (the previous nightly). Then build B is packed
 in one run, interleaved, median of --repeat:
 - full: `pack.pack` as a publish without a previous build runs it;
-- incremental: what publish runs with a previous build: copy A's archive locally while
-  checking its sha256 (the store's verified read), then `pack.pack(previous=A)`.
+- incremental: what publish runs with a previous build in a filesystem store: check A's
+  sha256 (the store's verified read), then `pack.pack(previous=A)` streaming A's archive.
 Target (issue #20): incremental <= 0.1x full. It also prints archive sizes, frames and how
 many were reused, and checks that both archives index the same members with the same hashes.
 
@@ -105,13 +105,13 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, cpu
 
 
-def verified_copy(source: Path, target: Path, sha256: str) -> None:
-    """What publish does before reusing frames: copy the previous archive, checking it."""
+def verify(source: Path, sha256: str) -> None:
+    """What the filesystem store does before handing out an artifact: hash it (the S3
+    store hashes while streaming instead)."""
     digest = hashlib.sha256()
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    with open(source, "rb") as src:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
-            dst.write(chunk)
     if digest.hexdigest() != sha256:
         raise SystemExit(f"{source} changed")
 
@@ -133,12 +133,12 @@ def bench(env: str, repeat: int, work: Path) -> dict[str, float]:
         results["full"] = pack.pack(prefix, work / "full.tar.zst")
 
     def incremental() -> None:
-        for name in ("previous.tar.zst", "incr.tar.zst"):
-            (work / name).unlink(missing_ok=True)
-        verified_copy(previous.path, work / "previous.tar.zst", previous.sha256)
+        (work / "incr.tar.zst").unlink(missing_ok=True)
+        verify(previous.path, previous.sha256)
         assert previous.index is not None
-        last = pack.PreviousPack(work / "previous.tar.zst", previous.index)
-        results["incremental"] = pack.pack(prefix, work / "incr.tar.zst", previous=last)
+        with open(previous.path, "rb") as stream:
+            last = pack.PreviousPack(stream, previous.index)
+            results["incremental"] = pack.pack(prefix, work / "incr.tar.zst", previous=last)
 
     methods = {"full": full, "incremental": incremental}
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import zstandard
 from conda_pack.core import CondaEnv, CondaPackException, File, Packer
@@ -63,14 +63,41 @@ class PackResult:
     packed_frames: int = 0  # frames compressed by this pack
 
 
-@dataclass(frozen=True)
-class PreviousPack:
-    """A committed build to reuse frames from: its archive as a local file whose bytes
-    were verified against its manifest (size + sha256), and its content index."""
+class ArchiveStream(Protocol):
+    def read(self, size: int = -1) -> bytes: ...
 
-    archive: Path
+
+@dataclass
+class PreviousPack:
+    """A committed build to reuse frames from: its archive as a stream read forward once
+    (frames are reused in archive order, so no local copy is needed), and its index.
+
+    The stream may be checked only at its end (the S3 store hashes as it streams): the
+    caller then calls its `finish()` before committing what was packed from it.
+    """
+
+    stream: ArchiveStream
     index: ContentIndex
+    position: int = 0  # bytes of `stream` read so far
     _by_frame: dict[int, list[IndexEntry]] = field(default_factory=dict, compare=False)
+
+    def copy_frame(self, number: int, write: Callable[[bytes], Any]) -> None:
+        """Skip to frame `number` (it must lie ahead) and pass its bytes to `write`."""
+        frame = self.index.frames[number]
+        self._forward(frame.offset - self.position, None)
+        self._forward(frame.length, write)
+
+    def _forward(self, count: int, write: Callable[[bytes], Any] | None) -> None:
+        if count < 0:
+            raise PackError("previous archive frames reused out of order")
+        while count:
+            chunk = self.stream.read(min(count, _READ_CHUNK))
+            if not chunk:
+                raise PackError("the previous archive ends before its index says")
+            self.position += len(chunk)
+            count -= len(chunk)
+            if write is not None:
+                write(chunk)
 
     def entries_of(self, frame: int) -> list[IndexEntry]:
         if not self._by_frame:
@@ -195,11 +222,12 @@ class _FramePlan:
         archive = packer.archive
         signature = group.signature(self.salt, packer.meta, self.inside)
         reuse = self.reusable().get((group.package, signature)) if signature else None
-        if reuse is not None and self.previous is not None:
+        previous = self.previous
+        if reuse is not None and previous is not None and self._ahead(previous, reuse):
             with archive.discarding():  # conda-pack still records its prefixes
                 for record in group.files:
                     packer.add(record)
-            archive.adopt(self.previous, reuse)
+            archive.adopt(previous, reuse)
             self.done += len(group.files)
             return
         for record in group.files:
@@ -208,6 +236,12 @@ class _FramePlan:
             if self.progress and self.done % 256 == 0:
                 self.progress(self.done, self.total)
         archive.end_frame(group.package, signature)
+
+    @staticmethod
+    def _ahead(previous: PreviousPack, number: int) -> bool:
+        """Frames come in package order in both archives, so a reusable one always lies
+        ahead in the stream; anything else is packed anew rather than sought back."""
+        return previous.index.frames[number].offset >= previous.position
 
     def reusable(self) -> dict[tuple[str, str], int]:
         if self._reusable is None:
@@ -584,15 +618,7 @@ class FastTarArchive(ArchiveBase):
     def adopt(self, previous: PreviousPack, number: int) -> None:
         """Copy frame `number` of the previous archive as the next frame, with its entries."""
         frame = previous.index.frames[number]
-        with open(previous.archive, "rb") as handle:
-            handle.seek(frame.offset)
-            left = frame.length
-            while left:
-                chunk = handle.read(min(left, _READ_CHUNK))
-                if not chunk:
-                    raise PackError(f"{previous.archive} ends inside frame {number}")
-                self.sink.write(chunk)
-                left -= len(chunk)
+        previous.copy_frame(number, self.sink.write)
         this = len(self.frames)
         for entry in previous.entries_of(number):
             self._entries.append([*_fields(entry)[:7], this])

@@ -350,8 +350,12 @@ def _pack(
             _pause("pack")  # half an archive is on disk in the staging directory
 
     output = staging / packer.archive_name(fmt)
-    with _stage(report, timings, "pack"), _previous_pack(store, env, fmt, prefix.parent) as prev:
-        result = packer.pack(prefix, output, fmt=fmt, progress=progress, previous=prev)
+    with _stage(report, timings, "pack"):
+        try:
+            result = _incremental_pack(store, env, prefix, output, fmt, progress)
+        except (StoreError, OSError) as exc:  # the previous build, never this one
+            report.note(f"the previous build cannot be reused ({exc}); packing in full")
+            result = packer.pack(prefix, output, fmt=fmt, progress=progress)
     reused = (
         f", {result.reused_frames} of {len(result.index.frames)} frames reused"
         if (result.index and result.reused_frames)
@@ -363,36 +367,26 @@ def _pack(
     return result
 
 
-@contextlib.contextmanager
-def _previous_pack(
-    store: Store, env: str, fmt: str, scratch: Path
-) -> Iterator[packer.PreviousPack | None]:
-    """The newest committed build with a content index, as a verified local copy of its
-    archive, for the incremental pack; None (a full pack) if there is none, its format
-    differs, or anything about it is wrong (a bad previous build never fails a publish)."""
+def _incremental_pack(
+    store: Store, env: str, prefix: Path, output: Path, fmt: str, progress: packer.ProgressFn
+) -> packer.PackResult:
+    """Pack reusing the frames of the newest committed build that has a content index and
+    the same format (a full pack when there is none). Its archive is streamed once from
+    the store, and checked against its manifest (size + sha256) before the result is
+    used: StoreError (or OSError reading it) when it or its index is wrong."""
     newest = next(
         (m for m in reversed(store.builds(env)) if m.index and m.artifact.format == fmt), None
     )
     if newest is None or fmt != "tar.zst":
-        yield None
-        return
-    copy = scratch / f"previous-{newest.build_id}.{fmt}"
-    try:
-        index = store.read_index(newest)
-        if index is None or index.archive_sha256 != newest.artifact.sha256:
-            raise StoreError(f"{env}/{newest.build_id}: index names another archive")
-        with store.open_artifact(newest) as reader, open(copy, "wb") as out:
-            while chunk := reader.read(1 << 20):
-                out.write(chunk)
-            reader.finish()  # every byte matched the manifest before any is reused
-    except (StoreError, OSError):
-        copy.unlink(missing_ok=True)
-        yield None
-        return
-    try:
-        yield packer.PreviousPack(copy, index)
-    finally:
-        copy.unlink(missing_ok=True)
+        return packer.pack(prefix, output, fmt=fmt, progress=progress)
+    index = store.read_index(newest)
+    if index is None or index.archive_sha256 != newest.artifact.sha256:
+        raise StoreError(f"{env}/{newest.build_id}: its index names another archive")
+    with store.open_artifact(newest) as reader:
+        previous = packer.PreviousPack(reader, index)
+        result = packer.pack(prefix, output, fmt=fmt, progress=progress, previous=previous)
+        reader.finish()  # every byte reused matched that build's manifest
+    return result
 
 
 def _unchanged(store: Store, env: str, lock_sha: str) -> str | None:

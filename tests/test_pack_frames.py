@@ -80,8 +80,9 @@ def packs(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Pa
     owners_b = _build(root, offline_channel, "1.17.0", prefix)
     full_b = pack.pack(prefix, root / "b.tar.zst")
     assert full_a.index is not None
-    previous = pack.PreviousPack(full_a.path, full_a.index)
-    incremental_b = pack.pack(prefix, root / "b-incremental.tar.zst", previous=previous)
+    with open(full_a.path, "rb") as stream:
+        previous = pack.PreviousPack(stream, full_a.index)
+        incremental_b = pack.pack(prefix, root / "b-incremental.tar.zst", previous=previous)
     return Packs(full_a, full_b, incremental_b, owners_b)
 
 

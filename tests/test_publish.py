@@ -194,6 +194,26 @@ def test_one_package_nightly_reuses_the_other_frames(
     assert run_cli(config, "store", "verify").returncode == 0
 
 
+def test_a_damaged_previous_build_means_a_full_pack(make_site, build_cache: Path) -> None:
+    """The previous build's archive changed behind the store's back: the next publish
+    reuses none of it (never a byte that fails its manifest) and packs in full."""
+    config, site = make_site()
+    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    publish(config, build_cache, "demo")
+    build, data = only_build(site.store)
+    archive = build / "env.tar.zst"
+    damaged = bytearray(archive.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # same size, one byte off: only the sha256 tells
+    archive.write_bytes(bytes(damaged))
+    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    second = publish(config, build_cache, "demo")
+    assert "cannot be reused" in second.stderr and "frames reused" not in second.stderr
+    store = open_store(site)
+    newest = store.builds("demo")[-1]
+    store.verify_build(newest)
+    assert newest.build_id != data["build_id"]
+
+
 def test_gzip_format(make_site, build_cache: Path, tmp_path: Path) -> None:
     config, site = make_site()
     publish(config, build_cache, "demo", "--format", "gz")
