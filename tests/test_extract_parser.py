@@ -164,6 +164,39 @@ def test_truncated_plain_tar_rejected(tmp_path: Path, cut: int) -> None:
     assert "unreadable archive" in rejected(archive, "tar", tmp_path)
 
 
+class _OddDecompressor:
+    """zstandard's reader, raising what zstandard and gzip never raised in any test (a
+    fault this suite cannot cause with real bytes): ValueError after the first chunk."""
+
+    real = zstandard.ZstdDecompressor.stream_reader
+
+    def __init__(self, decompressor: zstandard.ZstdDecompressor, raw: object, **kw: object):
+        self.inner = _OddDecompressor.real(decompressor, raw, **kw)
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise ValueError("a frame shape nobody thought of")
+        return self.inner.read(1024)
+
+
+def test_any_decompressor_error_is_the_archives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17 item 2: the decompressor reads verified bytes only, so whatever it raises
+    is a property of the artifact (quarantined once), not only the error types someone
+    listed; an I/O error of the file underneath stays the node's (passed through)."""
+    members = [info(f"f{i}.txt", os.urandom(700)) for i in range(4)]
+    archive = write(tmp_path / "a.tar.zst", members)
+    monkeypatch.setattr(
+        zstandard.ZstdDecompressor,
+        "stream_reader",
+        lambda self, raw, **kw: _OddDecompressor(self, raw, **kw),
+    )
+    assert "ValueError: a frame shape nobody thought of" in rejected(archive, "tar.zst", tmp_path)
+
+
 def tree(root: Path) -> dict[str, tuple[int, bytes | str]]:
     out: dict[str, tuple[int, bytes | str]] = {}
     for path in sorted(root.rglob("*")):

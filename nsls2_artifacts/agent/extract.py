@@ -30,7 +30,7 @@ from typing import IO, Protocol
 
 import zstandard
 
-from ..errors import RejectedArtifactError
+from ..errors import RejectedArtifactError, StoreError
 from ..tarstream import (
     BLK,
     CHR,
@@ -89,7 +89,15 @@ class _Pump:
                 self._queue.put(chunk)
                 if not chunk:
                     return
-        except BaseException as exc:  # handed to the reader, raised there
+        except (*_CORRUPT_STREAM, OSError, MemoryError, StoreError) as exc:
+            # handed to the reader, raised there, classified by type (I/O, the store: the
+            # node's; a corrupt stream: the archive's)
+            self._queue.put(exc)
+        except Exception as exc:
+            # the decompressor's verdict on verified bytes (the file underneath raises
+            # OSError only): the archive's, whatever type a zstd or zlib version raises
+            self._queue.put(TarStreamError(f"{type(exc).__name__}: {exc}"))
+        except BaseException as exc:
             self._queue.put(exc)
 
     def next_chunk(self) -> bytes:
