@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_hook import HookServer, hook_site, write_env  # noqa: E402
+from support.hook import HookServer, hook_site, write_env  # noqa: E402
 
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.hook.queue import BuildQueue  # noqa: E402
@@ -176,7 +176,7 @@ def main() -> None:
         queue = BuildQueue(Path(site.hook_state_dir) / "hook.sqlite")
         some_build = seed_history(queue)
         queue.set_paused(True)  # nothing runs: we measure the hook, not publish
-        token = __import__("helpers_hook").TOKEN
+        token = __import__("support.hook", fromlist=["_"]).TOKEN
         auth = {"Authorization": f"Bearer {token}"}
         env_build = FilesystemStore(site.store).builds("demo")[-1].build_id
 

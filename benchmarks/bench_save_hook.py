@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_agent import commit_fake, write_site  # noqa: E402
-from helpers_jupyter import (  # noqa: E402
+from support.agent import commit_fake, write_site  # noqa: E402
+from support.jupyter import (  # noqa: E402
     jupyter_server,
     notebook_json,
     save_notebook,

@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_hook import HookServer, hook_site, write_env  # noqa: E402
+from support.hook import HookServer, hook_site, write_env  # noqa: E402
 
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.devchannel import build_channel, default_cache_dir  # noqa: E402

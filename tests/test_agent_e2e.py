@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_agent import events, run_cli, start_agent, wait_for, write_site
+from support.agent import events, run_cli, start_agent, write_site
 from support.ports import free_port
+from support.processes import wait_for
 from support.publish import publish_build
 
 from nsls2_artifacts.agent import layout

@@ -12,15 +12,14 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers_agent import (
+from support.agent import (
     commit_fake,
     events,
-    kill9,
     run_cli,
     start_agent,
-    wait_for,
     write_site,
 )
+from support.processes import kill9, wait_for
 
 from nsls2_artifacts.agent import kernels, layout
 from nsls2_artifacts.fsutil import read_json

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers_agent import (
+from support.agent import (
     T0,
     commit_build,
     commit_fake,

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from helpers_agent import commit_fake, run_cli, write_site
+from support.agent import commit_fake, run_cli, write_site
 
 from nsls2_artifacts.agent import latest, layout
 from nsls2_artifacts.agent.log import setup_logging

@@ -7,7 +7,7 @@ import io
 import logging
 from pathlib import Path
 
-from helpers_agent import commit_fake, events, write_site
+from support.agent import commit_fake, events, write_site
 
 from nsls2_artifacts.agent import deploy
 from nsls2_artifacts.agent.log import event, parse_line, setup_logging

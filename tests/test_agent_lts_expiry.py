@@ -8,7 +8,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from helpers_agent import commit_fake, write_site
+from support.agent import commit_fake, write_site
 
 from nsls2_artifacts.agent import kernels
 from nsls2_artifacts.agent.log import setup_logging

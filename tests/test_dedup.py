@@ -1,5 +1,5 @@
 """Deduplicated deploys (issue #20, agent side): real `agent --once` passes over archives
-packed one zstd frame per package with a content index (tests/helpers_dedup.py).
+packed one zstd frame per package with a content index (tests/support/dedup.py).
 
 What is proven: unchanged files of a nightly are hardlinks into the earlier build and their
 frames are never decompressed; conda-unpack'ed files are per-build; every earlier build is
@@ -20,9 +20,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers_agent import kill9, run_cli, start_agent, wait_for, write_site
-from helpers_dedup import PLACEHOLDER, commit_framed, inode, tree
+from support.agent import run_cli, start_agent, write_site
 from support.cli import CLI, cli_env
+from support.dedup import PLACEHOLDER, commit_framed, inode, tree
+from support.processes import kill9, wait_for
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup, retention
@@ -284,7 +285,7 @@ def test_protect_before_unpack_copies_a_shared_prefix_record(tmp_path: Path) -> 
     prefix = tmp_path / "prefix"
     (prefix / "bin").mkdir(parents=True)
     (prefix / "etc").mkdir()
-    from helpers_dedup import UNPACK
+    from support.dedup import UNPACK
 
     (prefix / "bin/conda-unpack").write_text(UNPACK)
     os.link(shared, prefix / "etc/prefix.txt")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from helpers_build import BUILD_CACHE, publish
-from helpers_dedup import inode, tree
+from support.build import BUILD_CACHE, publish
+from support.dedup import inode, tree
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers_agent import (
+from support.agent import (
     commit_build,
     commit_fake,
     events,

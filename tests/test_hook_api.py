@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers_hook import (
+from support.clock import FakeClock
+from support.hook import (
     TOKEN,
     WEBHOOK_SECRET,
     HookServer,
@@ -30,7 +31,6 @@ from helpers_hook import (
     sign,
     write_env,
 )
-from support.clock import FakeClock
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.hook.nightly import run_nightly, site_schedule

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers_hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.store import FilesystemStore

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_hook import HookServer, hook_site, wait_for_build, write_env
+from support.hook import HookServer, hook_site, wait_for_build, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.store import FilesystemStore

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from helpers_hook import SECRET_ENV, TOKEN, WEBHOOK_SECRET, hook_site, sign, write_env
+from support.hook import SECRET_ENV, TOKEN, WEBHOOK_SECRET, hook_site, sign, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.hook.app import create_app

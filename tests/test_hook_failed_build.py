@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from conftest import CLI
-from helpers_agent import start_agent
-from helpers_hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
-from helpers_jupyter import wait_until
+from support.agent import start_agent
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
+from support.jupyter import wait_until
 from support.sites import node_config
 
 from nsls2_artifacts.config import load_config

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from conftest import CLI
-from helpers_agent import start_agent
-from helpers_hook import HookServer, hook_site, wait_for_build, write_env
+from support.agent import start_agent
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.hook import HookServer, hook_site, wait_for_build, write_env
 from support.sites import node_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_hook import TOKEN, WEBHOOK_SECRET, HookServer, hook_site, write_env
+from support.hook import TOKEN, WEBHOOK_SECRET, HookServer, hook_site, write_env
 
 from nsls2_artifacts.hook.auth import Auth, token_hash
 from nsls2_artifacts.hook.queue import BuildQueue

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers_hook import TOKEN, HookServer, free_port, hook_site, write_env
+from support.hook import TOKEN, HookServer, free_port, hook_site, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError

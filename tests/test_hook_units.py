@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers_hook import hook_site, sign, write_env
+from support.hook import hook_site, sign, write_env
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError

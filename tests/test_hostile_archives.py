@@ -18,18 +18,17 @@ import tarfile
 from pathlib import Path
 
 import zstandard
-from helpers_agent import (
+from support.agent import (
     commit_build,
     commit_fake,
     events,
     fake_env_members,
-    kill9,
     member,
     start_agent,
     tar_bytes,
-    wait_for,
     write_site,
 )
+from support.processes import kill9, wait_for
 from test_hostile_builds import agent_peak_rss
 
 from nsls2_artifacts.agent import layout

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from conftest import CLI
-from helpers_agent import (
+from support.agent import (
     commit_build,
     commit_fake,
     events,

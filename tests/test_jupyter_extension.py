@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_agent import commit_fake, write_site
-from helpers_jupyter import (
+from support.agent import commit_fake, write_site
+from support.jupyter import (
     jupyter_server,
     notebook_cli,
     notebook_json,

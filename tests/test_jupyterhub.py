@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_agent import run_cli, write_site
-from helpers_jupyter import notebook_json, wait_until
+from support import processes
+from support.agent import run_cli, write_site
+from support.jupyter import notebook_json, wait_until
 from support.ports import free_port
 from support.publish import publish_build
 
@@ -86,14 +86,9 @@ def start_hub(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM: the hub stops the user servers and the proxy it started, then exits."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    """SIGTERM: the hub stops the user servers and the proxy it started, then exits (its
+    whole group is killed if it does not)."""
+    processes.stop(proc, timeout=60, group=True)
 
 
 def cookie(client: httpx.Client, name: str, path_prefix: str) -> str:

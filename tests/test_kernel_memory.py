@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_agent import run_cli, write_site
-from helpers_jupyter import jupyter_server, wait_until
+from support.agent import run_cli, write_site
+from support.jupyter import jupyter_server, wait_until
 from support.publish import publish_build
 
 from nsls2_artifacts import layout

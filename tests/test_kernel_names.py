@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 
 import pytest
-from helpers_agent import commit_fake, promote_fake, run_cli, write_site
+from support.agent import commit_fake, promote_fake, run_cli, write_site
 
 from nsls2_artifacts import names
 from nsls2_artifacts.agent import kernels, layout

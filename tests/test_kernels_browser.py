@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers_agent import commit_fake, write_site
-from helpers_jupyter import jupyter_server
+from support.agent import commit_fake, write_site
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.jupyter import jupyter_server
 
 from nsls2_artifacts.agent import logos
 from nsls2_artifacts.agent.log import setup_logging

@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from helpers_agent import run_cli, write_site
-from helpers_jupyter import wait_until
-from helpers_lab import (
+from support.agent import run_cli, write_site
+from support.bigsite import BigSite, generate_site
+from support.jupyter import wait_until
+from support.lab import (
     chromium,
     idle_kernel,
     jupyter_lab,
@@ -27,7 +28,6 @@ from helpers_lab import (
     session_for,
     tiled_server,
 )
-from support.bigsite import BigSite, generate_site
 from support.ports import free_port
 from support.publish import publish_build
 

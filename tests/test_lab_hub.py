@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import test_jupyterhub
-from helpers_jupyter import wait_until
-from helpers_lab import chromium, menu, screenshot
 from support.bigsite import generate_site
+from support.jupyter import wait_until
+from support.lab import chromium, menu, screenshot
 from test_jupyterhub import USER, start_hub, stop
 
 from nsls2_artifacts.agent import layout

@@ -13,7 +13,14 @@ import os
 from dataclasses import replace
 
 import pytest
-from helpers_retention import age, by_build, make_build, set_latest, tombstone_file, write_site
+from support.retention import (
+    age,
+    by_build,
+    make_build,
+    set_latest,
+    tombstone_file,
+    write_retention_site,
+)
 from typer.testing import CliRunner
 
 from nsls2_artifacts.agent import heartbeat as hb
@@ -53,7 +60,7 @@ def other_agent(site, node: str, in_use: dict | None = None, complete: bool = Tr
 @pytest.fixture
 def two_envs(tmp_path):
     """Two envs, each with a latest build and an old, expired one."""
-    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1, ttl=600)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1, ttl=600)
     builds = {}
     for env, (old_tag, new_tag) in {"demo": "ab", "base": "cd"}.items():  # distinct build ids
         old = make_build(site, 30, old_tag, env=env)
@@ -82,7 +89,7 @@ def test_use_on_another_node_keeps_build(two_envs):
 
 def test_node_not_reported_since_tombstone_delays_delete(tmp_path):
     # a long ttl so that a node can be alive yet not have reported since the tombstone
-    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1, ttl=10 * 86400)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1, ttl=10 * 86400)
     old = make_build(site, 30, "a")
     set_latest(site, make_build(site, 0.1, "b"))
     beat = other_agent(site, "sdcc-02")

@@ -15,8 +15,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from helpers_agent import commit_fake, write_site
-from helpers_jupyter import notebook_cli, notebook_json
+from support.agent import commit_fake, write_site
+from support.jupyter import notebook_cli, notebook_json
 
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass

@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from helpers_agent import commit_fake, write_site
+from support.agent import commit_fake, write_site
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import report

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from conda_pack import pack as stock_pack
-from helpers_build import BUILD_CACHE, conda_unpack, env_python, extract
+from support.build import BUILD_CACHE, conda_unpack, env_python, extract
 
 from nsls2_artifacts import install, pack, solve
 from nsls2_artifacts.config import load_config

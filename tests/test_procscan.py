@@ -10,14 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers_retention import (
+from support.processes import kill9
+from support.retention import (
     child,
     make_build,
     run_as_nobody,
     set_latest,
-    stop,
     wait_exec,
-    write_site,
+    write_retention_site,
 )
 
 from nsls2_artifacts import procscan
@@ -25,7 +25,7 @@ from nsls2_artifacts import procscan
 
 @pytest.fixture
 def build(tmp_path):
-    config, site = write_site(tmp_path / "s")
+    config, site = write_retention_site(tmp_path / "s")
     return make_build(site, 30, "a")
 
 
@@ -64,7 +64,7 @@ def test_path_entry_counts(build):
         found = uses_of(procscan.scan([build]), build, proc.pid)
         assert [(u.via, u.path) for u in found] == [("environ", f"{build}/bin")]
     finally:
-        stop(proc)
+        kill9(proc)
 
 
 def test_chroot_inside_build_is_found(build):
@@ -80,7 +80,7 @@ def test_chroot_inside_build_is_found(build):
         found = uses_of(procscan.scan([build]), build, proc.pid)
         assert found and found[0].via in ("cwd", "root")
     finally:
-        stop(proc)
+        kill9(proc)
 
 
 def test_latest_alias_maps_to_its_target(build):
@@ -97,7 +97,7 @@ def test_latest_alias_maps_to_its_target(build):
             found = uses_of(procscan.scan(given), build, proc.pid)
             assert [(u.via, u.path) for u in found] == [("environ", str(alias))]
     finally:
-        stop(proc)
+        kill9(proc)
 
 
 def test_other_builds_and_similar_names_do_not_match(build, tmp_path):
@@ -257,4 +257,4 @@ def test_each_path_variable_inside_a_build_is_a_use(build, variable, value):
         assert len(found) == 1 and found[0].via == "environ", found
         assert found[0].path == str(build) or found[0].path.startswith(f"{build}/")
     finally:
-        stop(proc)
+        kill9(proc)

@@ -19,16 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers_retention import (
+from support.processes import kill9
+from support.retention import (
     MMAP_CHILD,
     age,
     by_build,
     make_build,
     set_latest,
-    stop,
     tombstone_file,
     wait_exec,
-    write_site,
+    write_retention_site,
 )
 
 from nsls2_artifacts import procscan
@@ -69,12 +69,12 @@ def in_container(build: Path, view: Path, kind: str) -> Iterator[subprocess.Pope
         assert not any(view.iterdir())  # the bind mount is the container's alone
         yield proc
     finally:
-        stop(proc)
+        kill9(proc)
 
 
 @pytest.mark.parametrize("kind", ["cwd", "exe", "fd", "maps", "environ"])
 def test_build_used_through_a_bind_mount_in_a_container_is_found(tmp_path: Path, kind: str):
-    _config, site = write_site(tmp_path / "site")
+    _config, site = write_retention_site(tmp_path / "site")
     build = make_build(site, 30, "a")
     other = make_build(site, 31, "b")
     with in_container(build, tmp_path / "container" / "opt" / "env", kind) as proc:
@@ -89,7 +89,7 @@ def test_build_used_through_a_bind_mount_in_a_container_is_found(tmp_path: Path,
 
 
 def test_retention_keeps_a_build_a_container_uses(tmp_path: Path) -> None:
-    config, site = write_site(tmp_path / "site", keep_latest=1, grace_days=1)
+    config, site = write_retention_site(tmp_path / "site", keep_latest=1, grace_days=1)
     old = make_build(site, days_ago=30, tag="a")
     new = make_build(site, days_ago=0.1, tag="b")
     set_latest(site, new)
@@ -123,7 +123,7 @@ def test_a_container_whose_mounts_cannot_be_read_is_unknown_never_unused(
     """When a foreign namespace's mountinfo cannot be read (EACCES: a fault root cannot
     cause for real here, so it is injected), the process is "unknown": the scan is
     incomplete, retention keeps every build and says why."""
-    _config, site = write_site(tmp_path / "site", keep_latest=1, grace_days=1)
+    _config, site = write_retention_site(tmp_path / "site", keep_latest=1, grace_days=1)
     old = make_build(site, days_ago=30, tag="a")
     new = make_build(site, days_ago=0.1, tag="b")
     set_latest(site, new)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import rattler
 from conftest import run_cli
-from helpers_build import (
+from support.build import (
     BUILD_CACHE,
     LineWatcher,
     all_files,

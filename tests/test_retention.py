@@ -1,6 +1,6 @@
 """Retention against real directories and real processes: what `prune` keeps and deletes.
 
-Each deployed build is a plain directory tree (tests/helpers_retention.py); processes are
+Each deployed build is a plain directory tree (tests/support/retention.py); processes are
 real children that use a build by exe, cwd, an open file, a mapping or CONDA_PREFIX.
 """
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_retention import (
+from support.retention import (
     age,
     by_build,
     child,
@@ -30,7 +30,7 @@ from helpers_retention import (
     tombstone_file,
     wait_exec,
     write_kernelspec,
-    write_site,
+    write_retention_site,
 )
 from typer.testing import CliRunner
 
@@ -66,7 +66,7 @@ def deploy(request, tmp_path):
     if request.param == "s3":
         server = request.getfixturevalue("s3_server")
         store = {"store": server.new_store_url(), "store_options": server.site_options()}
-    config, site = write_site(tmp_path / "site", keep_latest=1, grace_days=1, **store)
+    config, site = write_retention_site(tmp_path / "site", keep_latest=1, grace_days=1, **store)
     old = make_build(site, days_ago=30, tag="a")
     new = make_build(site, days_ago=0.1, tag="b")
     set_latest(site, new)
@@ -136,7 +136,7 @@ def test_tombstoned_build_back_in_use_loses_tombstone(deploy):
 
 
 def test_roots_latest_hold_lts_newest_grace(tmp_path):
-    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=3, lts_years=1)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=3, lts_years=1)
     lts_young = make_build(site, 400, "a")
     promote(site, lts_young, "2026-1", days_ago=100)
     lts_expired = make_build(site, 800, "b")
@@ -172,7 +172,7 @@ def test_roots_latest_hold_lts_newest_grace(tmp_path):
 def test_unreadable_hold_keeps_every_build_of_its_env(tmp_path):
     """A hold retention cannot read may pin any build: nothing in that env is tombstoned,
     and the reason names the file and the field."""
-    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1)
     old = make_build(site, 30, "a")
     latest = make_build(site, 1, "b")
     set_latest(site, latest)
@@ -250,7 +250,7 @@ def test_unreadable_process_blocks_as_unknown(tmp_path):
     base = Path(os.environ.get("TMPDIR", "/tmp")) / f"nsls2-unknown-{os.getpid()}"
     base.mkdir(mode=0o755)
     try:
-        config, site = write_site(base / "site", keep_latest=1, grace_days=1)
+        config, site = write_retention_site(base / "site", keep_latest=1, grace_days=1)
         old = make_build(site, 30, "a")
         new = make_build(site, 0.1, "b")
         set_latest(site, new)
@@ -352,7 +352,7 @@ def test_clock_skew_up_to_grace_does_not_delete_early(deploy, monkeypatch):
 
 
 def test_dry_run_explains_every_decision_and_changes_nothing(tmp_path):
-    config, site = write_site(tmp_path / "s", keep_latest=1, grace_days=1)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1)
     lts = make_build(site, 200, "a")
     promote(site, lts, "2026-1", days_ago=50)
     in_use = make_build(site, 100, "b")

@@ -1,6 +1,6 @@
 """Retention inside the real agent: `agent --once` deploys, flips, then prunes every pass.
 
-Uses the agent tests' hand-made archives (tests/helpers_agent.py), so no conda channel
+Uses the agent tests' hand-made archives (tests/support/agent.py), so no conda channel
 is needed: real extraction, real `latest` flips, real kernelspecs, real processes.
 """
 
@@ -10,9 +10,9 @@ import json
 import subprocess
 
 import pytest
-from helpers_agent import commit_fake, run_cli
-from helpers_agent import write_site as agent_site
-from helpers_retention import age, tombstone_file
+from support.agent import commit_fake, run_cli
+from support.agent import write_site as agent_site
+from support.retention import age, tombstone_file
 
 from nsls2_artifacts.agent import layout
 

@@ -14,7 +14,7 @@ import logging
 import subprocess
 
 from conftest import CLI
-from helpers_agent import commit_fake, promote_fake, run_cli, write_site
+from support.agent import commit_fake, promote_fake, run_cli, write_site
 from support.sites import node_config
 
 from nsls2_artifacts.agent import layout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from helpers_agent import T0
+from support.agent import T0
 
 from nsls2_artifacts.records import ArtifactInfo, BuildManifest, LockInfo, PackageRef, isoformat
 from nsls2_artifacts.rollout import (

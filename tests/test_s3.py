@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_agent import commit_build, fake_env_members, run_cli, snapshot, tar_bytes, write_site
 from s3server import S3Server
+from support.agent import commit_build, fake_env_members, run_cli, snapshot, tar_bytes, write_site
 
 from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.log import setup_logging
@@ -42,7 +42,7 @@ def commit_to(
     """A good fake build committed through the store's own publish path."""
     from datetime import timedelta
 
-    from helpers_agent import T0
+    from support.agent import T0
 
     archive = tar_bytes([*fake_env_members(tag), *extra])
     made = commit_build(scratch, env, archive, created=T0 + timedelta(hours=hours))
@@ -121,7 +121,8 @@ def test_same_size_overwrite_never_reaches_the_extractor(
     verifies first: the extractor never reads a member of it (the test pause point after
     three members is never reached), the build is quarantined once at verify, and the
     good env beside it keeps its build and kernel over two more passes."""
-    from helpers_agent import events, kill9, member, start_agent, wait_for
+    from support.agent import events, member, start_agent
+    from support.processes import kill9, wait_for
 
     from nsls2_artifacts.agent.kernels import kernel_name
 
@@ -322,7 +323,8 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
     """A server that accepts connections and answers nothing (SIGSTOP): the daemon's passes
     time out (store_options.timeout_seconds), change nothing, retry after 2 s, then 4 s,
     and recover by themselves when the server answers again."""
-    from helpers_agent import events, kill9, start_agent, wait_for
+    from support.agent import events, start_agent
+    from support.processes import kill9, wait_for
 
     config, site = s3_site(
         tmp_path / "site",

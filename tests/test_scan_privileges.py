@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers_retention import child, make_build, run_as_nobody, write_site
+from support.retention import child, make_build, run_as_nobody, write_retention_site
 
 from nsls2_artifacts import procscan
 from nsls2_artifacts.agent import heartbeat as hb
@@ -57,7 +57,7 @@ def test_unit_and_docs_grant_what_the_scan_needs() -> None:
 
 
 def test_scan_with_the_unit_capabilities_reads_other_users_processes(tmp_path: Path) -> None:
-    _, site = write_site(tmp_path / "s")
+    _, site = write_retention_site(tmp_path / "s")
     build = make_build(site, 30, "a")
     scan = [sys.executable, "-m", "nsls2_artifacts.procscan", "--json", str(build)]
     with child("cwd", build) as proc:  # a root process: another user's, seen from nobody
@@ -106,7 +106,7 @@ def test_agent_without_capabilities_says_so() -> None:
 def test_status_says_loudly_when_a_node_cannot_read_other_users(tmp_path: Path) -> None:
     """A heartbeat from a real scan run without the capabilities: status names the node,
     says that nothing is deleted, and how to fix it."""
-    config, site = write_site(tmp_path / "s")
+    config, site = write_retention_site(tmp_path / "s")
     build = make_build(site, 30, "a")
     with child("cwd", build):
 

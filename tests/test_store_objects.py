@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
-from helpers_agent import T0, commit_fake, write_site
+from support.agent import T0, commit_fake, write_site
 from test_store import fake_build
 
 from nsls2_artifacts.agent import layout

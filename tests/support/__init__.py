@@ -1,8 +1,12 @@
-"""Helpers shared by the test modules (one copy each): `ports` (free loopback ports),
-`sites` (site configs written to disk), `cli` (the CLI as a real subprocess), `manifests`
-(environment manifests fabricated for a test), `publish` (publishing with the shared
-rattler cache) and `clock` (an injected clock for schedules).
+"""Every helper the test modules share, one copy each (there are no helpers elsewhere).
 
-The domain helpers (`helpers_agent`, `helpers_build`, `helpers_hook`, `helpers_jupyter`,
-`helpers_retention`) build on these.
+Plumbing: `ports` (free loopback ports), `sites` (site configs written to disk), `cli` (the
+CLI as a real subprocess), `processes` (`wait_for`, `kill9`, `stop`: the one wait loop and
+the one way to end a process), `manifests` (environment manifests fabricated for a test),
+`publish` (publishing with the shared rattler cache), `clock` (an injected clock),
+`browser` (chromium through Playwright).
+
+By domain, built on those: `agent` (hand-made archives committed to a store, the agent
+as a process; `write_site`), `retention` (deployed build trees and processes using them;
+`write_retention_site`), `build`, `dedup`, `hook`, `jupyter`, `lab`.
 """

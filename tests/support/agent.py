@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,8 +21,6 @@ from typing import Any
 
 import conftest
 import zstandard
-from support.cli import CLI
-from support.sites import merged, write_site_config
 
 from nsls2_artifacts.agent.observe import node_platform
 from nsls2_artifacts.config import SiteConfig
@@ -39,6 +35,8 @@ from nsls2_artifacts.records import (
     isoformat,
     make_build_id,
 )
+from support.cli import CLI
+from support.sites import merged, write_site_config
 
 # recent, so retention's grace period (when it runs in the pass) keeps every test build
 T0 = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
@@ -220,20 +218,6 @@ def start_agent(
         stderr=stderr,
         env=full_env,
     )
-
-
-def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def kill9(proc: subprocess.Popen[Any]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 def events(log_text: str, name: str) -> list[dict[str, str]]:

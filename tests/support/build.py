@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
+
 from support.cli import CLI, run_cli
 from support.publish import BUILD_CACHE, cache_env  # noqa: F401 - tests import them here
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
 from support.manifests import write_env  # noqa: F401 - the hook tests import it here
 from support.ports import free_port
+from support.processes import kill9, stop, wait_for
 from support.sites import write_site_yaml
 
 TOKEN = "staff-token-for-tests-0123456789"
@@ -84,17 +84,17 @@ class HookServer:
                 stderr=subprocess.STDOUT,
                 env=env,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hook serve exited {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"hook serve did not answer /healthz in {timeout} s:\n{self.logs()}")
+        wait_for(self._healthy, timeout, "hook serve to answer /healthz", detail=self.logs)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"hook serve exited {self.proc.returncode}:\n{self.logs()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -106,18 +106,11 @@ class HookServer:
     def kill(self) -> None:
         """SIGKILL: the hook gets no chance to clean up (what a crash or OOM kill does)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        if self.proc is not None:
+            stop(self.proc)
 
     def __enter__(self) -> HookServer:
         return self.start()
@@ -130,11 +123,16 @@ def wait_for_build(
     client: httpx.Client, build: int, states: tuple[str, ...], timeout: float = 600
 ) -> dict[str, Any]:
     """Poll GET /api/builds/ID until its state is one of `states`."""
-    deadline = time.monotonic() + timeout
-    record: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        record = client.get(f"/api/builds/{build}").raise_for_status().json()
-        if record["state"] in states:
-            return record
-        time.sleep(0.2)
-    raise AssertionError(f"build #{build} never reached {states}: {record}")
+    last: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
+        last.update(client.get(f"/api/builds/{build}").raise_for_status().json())
+        return dict(last) if last["state"] in states else None
+
+    return wait_for(
+        reached,
+        timeout,
+        f"build #{build} to reach {states}",
+        interval=0.2,
+        detail=lambda: str(last),
+    )

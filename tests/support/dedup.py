@@ -18,11 +18,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import zstandard
-from helpers_agent import T0, commit_build, member
 
 from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.contentindex import ContentIndex, FrameRecord, IndexEntry
 from nsls2_artifacts.records import BuildManifest
+from support.agent import T0, commit_build, member
 
 PLACEHOLDER = "/opt/nsls2-placeholder-prefix-0123456789abcdef0123456789abcdef"
 UNPACK = f"""\

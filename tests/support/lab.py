@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from helpers_jupyter import Server, isolated_jupyter_env, running_jupyter, wait_until
 from support.browser import ARTIFACTS as ARTIFACTS_ROOT
 from support.browser import chromium  # noqa: F401  (the lab tests import it from here)
+from support.jupyter import Server, isolated_jupyter_env, running_jupyter, wait_until
+from support.processes import stop
 
 REPO = Path(__file__).resolve().parents[1]
 # holds labextensions/nsls2-artifacts-lab: an editable install does not install the
@@ -136,5 +137,4 @@ def tiled_server(tmp: Path, port: int, tree_source: str) -> Iterator[subprocess.
         wait_until(listening, 120, "tiled server")
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)

@@ -14,7 +14,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,8 +21,6 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-from support.sites import write_site_config
 
 from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.fsutil import atomic_symlink, atomic_write_json
@@ -38,6 +35,8 @@ from nsls2_artifacts.records import (
     utcnow,
 )
 from nsls2_artifacts.store import open_store
+from support.processes import kill9
+from support.sites import write_site_config
 
 DAY = 86400
 ENV = "demo"
@@ -53,7 +52,7 @@ def shared_library() -> Path:
     raise RuntimeError("no shared library found to copy into a test build")
 
 
-def write_site(
+def write_retention_site(
     root: Path,
     *,
     node: str = "test-node",
@@ -62,7 +61,8 @@ def write_site(
     store_options: dict[str, Any] | None = None,
     **retention: Any,
 ) -> tuple[Path, SiteConfig]:
-    """A site config under `root` with its own store (a directory, or `store` an
+    """A site config for retention tests (keep_latest 1, its own manifests dir) under
+    `root` with its own store (a directory, or `store` an
     s3:// URL with its `store_options`), deploy root and manifests dir."""
     policy = {"lts_years": 3, "keep_latest": 1, "grace_days": 7, **retention}
     data = {
@@ -238,7 +238,7 @@ def child(kind: str, prefix: Path) -> Iterator[subprocess.Popen[bytes]]:
             wait_exec(proc.pid, argv[0])
         yield proc
     finally:
-        stop(proc)
+        kill9(proc)
 
 
 def wait_exec(pid: int, program: str, timeout: float = 10) -> None:
@@ -251,14 +251,6 @@ def wait_exec(pid: int, program: str, timeout: float = 10) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError(f"pid {pid} did not exec {program} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    if proc.stdout:
-        proc.stdout.close()
 
 
 def read_json(path: Path) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from support.ports import free_port
+from support.processes import stop, wait_for
 
 
 def isolated_jupyter_env(home: Path, jupyter_path: Path | None) -> dict[str, str]:
@@ -95,12 +96,7 @@ def running_jupyter(
         yield server
     finally:
         server.http.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 @contextmanager
@@ -131,13 +127,8 @@ def _answers(server: Server) -> bool:
 
 
 def wait_until(predicate: Any, timeout: float, what: str, server: Server | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{server.tail() if server else ''}")
+    """`processes.wait_for`, with the server's log tail when it times out."""
+    return wait_for(predicate, timeout, what, interval=0.1, detail=server.tail if server else None)
 
 
 def notebook_json(kernel_name: str, display_name: str, source: str = "1 + 1") -> dict[str, Any]:
