@@ -31,7 +31,7 @@ from nsls2_artifacts.store.s3 import S3Store
 
 
 def s3_site(root: Path, server: S3Server, url: str | None = None, **kw: Any) -> tuple[Path, Any]:
-    """A fake-env site (helpers_agent) whose store is a fresh prefix on `server`."""
+    """A fake-env site (support.agent) whose store is a fresh prefix on `server`."""
     kw["store_options"] = {**server.site_options(), **kw.get("store_options", {})}
     return write_site(root, store=url or server.new_store_url(), **kw)
 
