@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.hook import HookServer, hook_site, write_env  # noqa: E402
+from support.processes import wait_for  # noqa: E402
 
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.devchannel import build_channel, default_cache_dir  # noqa: E402
@@ -59,13 +60,7 @@ def cli(config: Path, *args: str) -> float:
 
 
 def wait(predicate: Any, what: str, timeout: float = 900) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL)
-    raise RuntimeError(f"timed out: {what}")
+    return wait_for(predicate, timeout, what, interval=POLL)
 
 
 class Kernel:
