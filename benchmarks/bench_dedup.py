@@ -366,14 +366,14 @@ def main() -> None:
             f"metadata delay {opts.delay_us} us"
         )
         linked_cfg = site(work, "linked", store)
+        if opts.timeline:  # the daemon deploys the first build too (as it would, nightly)
+            timeline(work, store, shape, (archive1, index1, v1), v2, linked_cfg, opts.delay_us)
+            return
         wall, fields1 = agent_once(linked_cfg, opts.delay_us)
         print(
             f"first build, full deploy (no donor): {float(fields1['seconds']):.2f}s "
             f"(agent --once {wall:.2f}s)"
         )
-        if opts.timeline:
-            timeline(work, store, shape, (archive1, index1, v1), v2, linked_cfg, opts.delay_us)
-            return
         staging = work / "staging-2"
         staging.mkdir()
         index2, gen2 = write_build(staging, shape, v2, (archive1, index1, v1))
@@ -434,12 +434,6 @@ def timeline(
     from jupyter_client.manager import KernelManager
 
     deploy_root = work / "linked"
-    ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
-    km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=120)
     log_path = work / "daemon.log"
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen(
@@ -448,8 +442,24 @@ def timeline(
             stderr=log,
             env=_env(),
         )
+    latest = layout.latest_link(deploy_root, "demo")
+    km = kc = None
     try:
-        time.sleep(5)  # the daemon's first pass (nothing to do) is done
+        while not latest.exists():  # the first build, deployed in full by the daemon
+            if daemon.poll() is not None:
+                sys.exit(f"the agent died:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        first = [
+            fields(line) for line in log_path.read_text().splitlines() if "event=deploy " in line
+        ]
+        print(f"first build, full deploy by the daemon: {float(first[-1]['seconds']):.1f}s")
+        ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
+        km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=120)
+        time.sleep(3)  # a user works in the kernel for a while
         click = time.time()
         staging = work / "staging-2"
         staging.mkdir()
@@ -457,7 +467,6 @@ def timeline(
         second = commit(store, staging, index2, datetime.now(UTC))
         committed = time.time()
         target = layout.build_dir(deploy_root, "demo", second.build_id)
-        latest = layout.latest_link(deploy_root, "demo")
         while os.path.realpath(latest) != str(target):
             time.sleep(0.05)
         flipped = time.time()
@@ -470,23 +479,21 @@ def timeline(
     finally:
         daemon.terminate()
         daemon.wait()
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        if kc is not None and km is not None:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
     text = log_path.read_text()
-    noticed = min(
-        _time(line)
-        for line in text.splitlines()
-        if "event=dedup-plan" in line and second.build_id in line
-    )
     deployed = [fields(line) for line in text.splitlines() if "event=deploy " in line]
     out = "".join(m["content"].get("text", "") for m in prefixes if m["msg_type"] == "stream")
     print(f"kernel now on {out.strip()} (the new build: {out.strip() == str(target)})")
     record = dedup.read_record(target)
     seconds = float(deployed[-1]["seconds"])
+    # the deploy event is logged at its end; its `seconds` start when the agent took it up
+    noticed = max(_time(line) for line in text.splitlines() if "event=deploy " in line) - seconds
     print(
         f"click -> restarted kernel {restarted - click:.1f}s: publish {committed - click:.1f}s, "
         f"commit -> agent notices {noticed - committed:.1f}s, deploy {seconds:.1f}s, "
-        f"deploy done -> flip {flipped - noticed - seconds:.1f}s, kernel restart "
+        f"deploy done -> flip seen {flipped - noticed - seconds:.1f}s, kernel restart "
         f"{restarted - flipped:.1f}s; linked {record.linked_files}/{record.files} files"
     )
 
