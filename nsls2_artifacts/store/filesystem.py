@@ -307,14 +307,6 @@ class FilesystemStore:
             blob = handle.read(MAX_COMPRESSED + 1)
         return parse_index(blob, manifest)
 
-    @contextlib.contextmanager
-    def open_artifact_range(
-        self, manifest: BuildManifest, offset: int, length: int
-    ) -> Iterator[IO[bytes]]:
-        with self._open(manifest, manifest.artifact.file, "artifact") as handle:
-            handle.seek(offset)
-            yield _Window(handle, length)  # type: ignore[misc]
-
     # -- writing (build host only) ---------------------------------------------------------
 
     def set_lts(self, record: LtsRecord) -> None:
@@ -425,19 +417,6 @@ class FilesystemStore:
                 continue
             reports.append(stored_report(node, raw, entry.path, written))
         return reports
-
-
-class _Window:
-    """At most `length` bytes of an open file, from where it is positioned."""
-
-    def __init__(self, handle: IO[bytes], length: int) -> None:
-        self._handle, self._left = handle, length
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._handle.read(size)
-        self._left -= len(data)
-        return data
 
 
 def _check_handle(handle: IO[bytes], what: str, size: int | None, sha256: str) -> None:

@@ -215,13 +215,6 @@ class ArtifactStore(Protocol):
         does not parse (a property of the stored build)."""
         ...
 
-    def open_artifact_range(
-        self, manifest: BuildManifest, offset: int, length: int
-    ) -> AbstractContextManager[IO[bytes]]:
-        """`length` bytes of the committed artifact from `offset`, UNVERIFIED: for the
-        incremental pack, which checks every frame it reuses against its key."""
-        ...
-
     # -- writing (build host only) -----------------------------------------------------------
     def publish_lock(self, env: str, *, wait: bool = False) -> AbstractContextManager[None]: ...
     def uncommitted(self, env: str) -> list[str]:

@@ -29,7 +29,6 @@ file, instance role). Errors name the setting to fix.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..config import StoreOptions
 from ..contentindex import MAX_COMPRESSED, ContentIndex
@@ -550,25 +549,6 @@ class S3Store:
                 )
             blob = body.read()
         return parse_index(blob, manifest)
-
-    @contextlib.contextmanager
-    def open_artifact_range(
-        self, manifest: BuildManifest, offset: int, length: int
-    ) -> Iterator[IO[bytes]]:
-        """One ranged GET (the incremental pack coalesces neighbouring frames)."""
-        key = self._key(manifest, manifest.artifact.file)
-        if length <= 0:
-            yield io.BytesIO(b"")
-            return
-        end = offset + length - 1
-        response, code = self._raw("get_object", Key=key, Range=f"bytes={offset}-{end}")
-        if response is None:
-            raise ArtifactMismatchError(f"artifact {self.url}/{key}: missing ({code})")
-        body = _Body(response["Body"], self, key)
-        try:
-            yield body  # type: ignore[misc]
-        finally:
-            body.close()
 
     # -- writing (build host only) ------------------------------------------------------------
 
