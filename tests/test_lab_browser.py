@@ -479,7 +479,8 @@ def test_facility_change_kernel_keeps_the_notebooks_own(facility, facility_lab, 
     (facility_lab.notebooks / "old-chx.ipynb").write_text(json.dumps(content))
     page = open_lab(browser, facility_lab, "old-chx.ipynb")
     assert idle_kernel(facility_lab, "old-chx.ipynb")["kernel"]["name"] == name
-    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:change')")
+    # not awaited: the command resolves only when the dialog closes
+    page.evaluate("() => { window.jupyterapp.commands.execute('kernelmenu:change'); }")
     dialog = page.locator(".jp-Dialog")
     dialog.wait_for(timeout=60_000)
     assert "Change Kernel" in dialog.locator(".jp-Dialog-header").inner_text()
