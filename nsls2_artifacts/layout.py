@@ -163,6 +163,13 @@ def heartbeat_path(deploy_root: str | Path, node: str) -> Path:
     return nodes_dir(deploy_root) / f"{node}.json"
 
 
+def memory_probe_path(deploy_root: str | Path, node: str) -> Path:
+    """Which memory ceiling kernels get on NODE (agent/ceiling.py), one record per node."""
+    if problem := node_name_problem(node):
+        raise PruneError(f"{problem} (it names a file in {state_dir(deploy_root)})")
+    return state_dir(deploy_root) / "memory" / f"{node}.json"
+
+
 def node_check_path(deploy_root: str | Path, node: str, env: str, build_id: str) -> Path:
     """Whether ENV/BUILD_ID imports on NODE (agent/nodecheck.py), one record per node."""
     if problem := node_name_problem(node):

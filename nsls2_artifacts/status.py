@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
-from .agent import dedup, heartbeat, kernels
+from .agent import ceiling, dedup, heartbeat, kernels
 from .agent.observe import Observed, observe
 from .config import SiteConfig
 from .errors import StoreError
@@ -66,6 +66,7 @@ def status_of(
         "kernels": {},
         "nodes": _passes(root),
         "scans": _scans(root),
+        "memory": ceiling.read_probes(root),  # which ceiling kernels get, per node
     }
     labels: dict[tuple[str, str], list[str]] = {}
     for env, records in obs.lts.items():
@@ -333,6 +334,8 @@ def render_text(status: dict[str, Any]) -> str:
         for i in status["not_builds"]:
             where = f"{i['env']}/{i['build_id']}" if i["env"] else i["build_id"]
             lines.append(f"  {where}: {i['reason']}")
+    for node, probe in sorted(status.get("memory", {}).items()):
+        lines.append(f"node {node}: kernel memory ceiling {probe['mechanism']}: {probe['detail']}")
     for node, p in status["nodes"].items():
         state = "ok" if p.get("ok") else f"{len(p.get('failures') or [])} failure(s)"
         lines.append(f"node {node}: last pass {p.get('time')} ({state})")

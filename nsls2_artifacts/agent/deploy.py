@@ -29,7 +29,7 @@ from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, St
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
 from ..store import ArtifactMismatchError, ArtifactReader, Store
-from . import dedup, failures, layout, trash
+from . import dedup, failures, kernel_ceiling, layout, trash
 from .extract import safe_extract
 from .locks import build_lock
 from .log import event
@@ -146,14 +146,21 @@ def env_for_prefix(prefix: Path) -> dict[str, str]:
 _NOT_RUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ELOOP, errno.ENOTDIR})
 
 
-def _run(cmd: list[str], prefix: Path, timeout: float, build_id: str, stage: str) -> None:
+def _run(
+    cmd: list[str],
+    prefix: Path,
+    timeout: float,
+    build_id: str,
+    stage: str,
+    extra_env: dict[str, str] | None = None,
+) -> None:
     """Run `cmd` in its own process group; kill the whole group on timeout."""
     with tempfile.TemporaryDirectory(prefix="nsls2-agent-") as cwd:
         try:
             proc = subprocess.Popen(
                 cmd,
                 cwd=cwd,  # an empty cwd, so nothing there shadows the env's modules
-                env=env_for_prefix(prefix),
+                env={**env_for_prefix(prefix), **(extra_env or {})},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -197,13 +204,37 @@ def conda_unpack(prefix: Path, timeout: float, build_id: str) -> None:
     _run(cmd, prefix, timeout, build_id, "unpack")
 
 
-def smoke_test(prefix: Path, imports: tuple[str, ...], timeout: float, build_id: str) -> None:
-    """Import every smoke module with the env's own python (isolated mode: no user site)."""
+def memory_limit_for(site: SiteConfig, manifest: BuildManifest | None) -> int | None:
+    """The kernels' memory ceiling for a build: its nsls2.yaml's when it names one, else
+    the site's `kernels.memory_limit`."""
+    extras = manifest.kernel if manifest else None
+    if extras is not None and extras.memory_limit_set:
+        return extras.memory_limit
+    return site.kernels.memory_limit
+
+
+def smoke_test(
+    prefix: Path,
+    imports: tuple[str, ...],
+    timeout: float,
+    build_id: str,
+    memory_limit: int | None = None,
+) -> None:
+    """Import every smoke module with the env's own python (isolated mode: no user site),
+    under the kernels' memory ceiling and thread counts (kernel_ceiling.py, as a kernel
+    starts), so a build that cannot start under its ceiling never becomes latest. The
+    ceiling is RLIMIT_DATA here whatever the node has: it counts more than a cgroup does
+    (private memory reserved but never touched), so a build passing it passes both."""
     python = prefix / "bin" / "python"
     if not python.exists():
         raise StageFailedError(build_id, "smoke", "bin/python is missing")
     code = "\n".join(f"import {name}" for name in imports) or "pass"
-    _run([str(python), "-I", "-c", code], prefix, timeout, build_id, "smoke")
+    cmd = [str(python), "-I", "-c", code]
+    if memory_limit:
+        ceiling = str(Path(kernel_ceiling.__file__))
+        cmd = [str(python), "-I", "-S", ceiling, str(memory_limit), "smoke", "--", *cmd]
+    extra = {kernel_ceiling.MECHANISM_ENV: "rlimit"}
+    _run(cmd, prefix, timeout, build_id, "smoke", extra)
 
 
 # -- the whole step ------------------------------------------------------------------------------
@@ -394,7 +425,8 @@ def _steps(
     conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
     marks["unpack"] = time.monotonic()
     layout.test_pause("smoke")
-    smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id)
+    limit = memory_limit_for(site, manifest)
+    smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id, limit)
     marks["smoke"] = time.monotonic()
     if plan is not None:  # a later deploy may link from this one: keep its index
         record = dedup.keep(final, plan, rewritten)

@@ -18,7 +18,7 @@ from ..errors import DeployError
 from ..fsutil import atomic_write_json
 from ..records import BuildManifest, NodeCheck, RecordError, isoformat, utcnow
 from . import latest, layout
-from .deploy import smoke_test
+from .deploy import memory_limit_for, smoke_test
 from .log import event
 
 
@@ -55,7 +55,8 @@ def check_latest(
         path = layout.node_check_path(root, node, env, build_id)
         result = _previous(path, imports)
         if result is False:
-            result = _run_check(site, env, build_id, imports)
+            limit = memory_limit_for(site, builds.get((env, build_id)))
+            result = _run_check(site, env, build_id, imports, limit)
             check = NodeCheck(imports, result or "", isoformat(utcnow()))
             atomic_write_json(path, check.to_dict())
             if result:
@@ -79,10 +80,12 @@ def _forget_gone(root: Path, node: str, env: str) -> None:
             record.unlink(missing_ok=True)
 
 
-def _run_check(site: SiteConfig, env: str, build_id: str, imports: tuple[str, ...]) -> str | None:
+def _run_check(
+    site: SiteConfig, env: str, build_id: str, imports: tuple[str, ...], limit: int | None
+) -> str | None:
     prefix = layout.build_dir(site.deploy_root, env, build_id)
     try:
-        smoke_test(prefix, imports, site.agent.smoke_timeout_seconds, build_id)
+        smoke_test(prefix, imports, site.agent.smoke_timeout_seconds, build_id, limit)
     except DeployError as exc:
         # the output's last line names the import that failed (the traceback is in the log)
         last = str(exc).removeprefix(f"{build_id}: ").rsplit(" | ", 1)[-1]

@@ -33,7 +33,19 @@ from ..records import (
     utcnow,
 )
 from ..store import InvalidBuild, Store
-from . import deploy, kernels, latest, layout, logos, nodecheck, profiles, report, retention, trash
+from . import (
+    ceiling,
+    deploy,
+    kernels,
+    latest,
+    layout,
+    logos,
+    nodecheck,
+    profiles,
+    report,
+    retention,
+    trash,
+)
 from .locks import apply_lock
 from .log import event
 from .observe import Observed, observe
@@ -241,9 +253,7 @@ def _kernel_plan(
     """One kernel's plan from its build's manifest (store copy, else the deployed copy)."""
     m = obs.builds.get((env, build_id))
     extras = m.kernel if m else None
-    limit = site.kernels.memory_limit
-    if extras is not None and extras.memory_limit_set:
-        limit = extras.memory_limit  # nsls2.yaml's `kernels.memory_limit` wins
+    limit = deploy.memory_limit_for(site, m)  # nsls2.yaml's `kernels.memory_limit` wins
     return kernels.KernelPlan(
         name=name,
         env=env,
@@ -479,6 +489,7 @@ def run_pass(
         event(log, "kernel-name-refused", logging.WARNING, env=clash.env, reason=clash.reason)
         result.failures.append(clash.describe())
     result.seconds = time.monotonic() - started
+    _record_ceiling(site, result, log)
     _record_pass(site, result)
     _report_rollout(site, store, result, seen, observed.builds, log)
     event(
@@ -526,6 +537,14 @@ def _report_rollout(
     except Exception as exc:  # the store may be down: the deploy root is still right
         event(log, "report-error", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
         result.failures.append(f"rollout report: {exc}")
+
+
+def _record_ceiling(site: SiteConfig, result: PassResult, log: logging.Logger) -> None:
+    """Which memory ceiling kernels get on this node (`status` shows it)."""
+    try:
+        ceiling.record_probe(site.deploy_root, site.agent.node, log)
+    except Exception as exc:  # noqa: BLE001 - a probe must never fail a pass
+        result.failures.append(f"memory ceiling probe: {exc}")
 
 
 def _record_pass(site: SiteConfig, result: PassResult) -> None:

@@ -86,6 +86,14 @@ def _check_scan_privileges(log: Any) -> None:
 def status(
     config: ConfigOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    check_kernels: Annotated[
+        bool,
+        typer.Option(
+            "--check-kernels",
+            help="Start every NSLS-II kernel under its memory ceiling and import its smoke "
+            "modules; exit 1 if one fails",
+        ),
+    ] = False,
 ) -> None:
     """What is deployed: envs, builds, latest, LTS labels, quarantined builds, last passes."""
     from ..status import collect_status, render_text
@@ -94,10 +102,21 @@ def status(
     cfg = site(config)
     with reported_errors():
         data = collect_status(cfg, open_store(cfg))
+    checks = []
+    if check_kernels:
+        from ..kernelcheck import check_kernels as run_checks
+        from ..kernelcheck import render
+
+        checks = run_checks(cfg.deploy_root)
+        data["kernel_checks"] = [c.to_dict() for c in checks]
     if json_out:
         print(json.dumps(data, indent=2, default=str))
     else:
         print(render_text(data))  # plain: rich would re-wrap the columns
+        if check_kernels:
+            print("\n".join(render(checks)))
+    if any(not c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def rollback(

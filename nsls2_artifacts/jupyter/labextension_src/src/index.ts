@@ -54,6 +54,7 @@ import {
   recommendedKernel,
   tooltip
 } from './logic';
+import { memoryNoticePlugin } from './memory';
 import { watchNotices } from './notices';
 import { pickKernel } from './picker';
 
@@ -628,5 +629,6 @@ export default [
   retiredGuardPlugin,
   buildIndicatorPlugin,
   noticesPlugin,
-  kernelNamePlugin
+  kernelNamePlugin,
+  memoryNoticePlugin
 ];

@@ -1,0 +1,120 @@
+"""`status --check-kernels`: start every NSLS-II kernel of the deploy root the way Jupyter
+does (jupyter_client, from the kernelspecs the agent wrote, so under its real memory
+ceiling and thread counts), import its build's smoke modules in it, and say which ceiling
+it got. A kernel that cannot start under its ceiling shows here before users meet it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import layout
+from .agent import kernels
+
+CELL = """\
+import json as _j, os as _o, resource as _r
+{imports}
+print(_j.dumps({{
+    "mechanism": _o.environ.get("NSLS2_MEMORY_MECHANISM"),
+    "detail": _o.environ.get("NSLS2_MEMORY_DETAIL"),
+    "limit": int(_o.environ.get("NSLS2_MEMORY_LIMIT") or 0) or None,
+    "rlimit_data": _r.getrlimit(_r.RLIMIT_DATA)[0],
+    "threads": _o.environ.get("OPENBLAS_NUM_THREADS"),
+}}))
+"""
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """One kernel started and checked (`status --check-kernels --json` lists these)."""
+
+    name: str
+    ok: bool
+    seconds: float
+    mechanism: str | None = None  # cgroup2 | cgroup1 | rlimit | None (no ceiling)
+    detail: str | None = None
+    limit: int | None = None
+    threads: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _smoke(deploy_root: Path, info: dict[str, Any]) -> tuple[str, ...]:
+    env, build_id = str(info.get("env")), str(info.get("build_id"))
+    ready = layout.read_ready(deploy_root, env, build_id)
+    return ready.smoke if ready else ()
+
+
+def check_kernel(deploy_root: Path, name: str, timeout: float = 120) -> KernelCheck:
+    """Start kernel NAME from DEPLOY_ROOT's kernelspecs, run the check cell, shut it down."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    specs = KernelSpecManager(kernel_dirs=[str(layout.kernels_dir(deploy_root))])
+    data = kernels.installed(deploy_root).get(name, {})
+    imports = "\n".join(f"import {m}" for m in _smoke(deploy_root, kernels.spec_target(data)))
+    started = time.monotonic()
+    manager = KernelManager(kernel_name=name, kernel_spec_manager=specs)
+    output: list[str] = []
+    try:
+        manager.start_kernel()
+        client = manager.blocking_client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=timeout)
+
+            def hook(msg: dict[str, Any]) -> None:
+                if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+                    output.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    output.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+            reply = client.execute_interactive(
+                CELL.format(imports=imports), timeout=timeout, output_hook=hook
+            )
+        finally:
+            client.stop_channels()
+    except Exception as exc:  # noqa: BLE001 - a kernel that does not start is the finding
+        return KernelCheck(name, False, time.monotonic() - started, error=f"{exc}".strip())
+    finally:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+    seconds = time.monotonic() - started
+    text = "".join(output).strip()
+    if reply["content"]["status"] != "ok":
+        return KernelCheck(name, False, seconds, error=text.splitlines()[-1] if text else "error")
+    seen = json.loads(text.splitlines()[-1])
+    return KernelCheck(
+        name,
+        True,
+        seconds,
+        mechanism=seen["mechanism"],
+        detail=seen["detail"],
+        limit=seen["limit"],
+        threads=seen["threads"],
+    )
+
+
+def check_kernels(deploy_root: Path) -> list[KernelCheck]:
+    """Every NSLS-II kernel of the deploy root, one after another (one failing never stops
+    the others)."""
+    return [check_kernel(deploy_root, name) for name in sorted(kernels.installed(deploy_root))]
+
+
+def render(checks: list[KernelCheck]) -> list[str]:
+    lines = ["kernel checks (started under their ceilings):"]
+    for c in checks:
+        if not c.ok:
+            lines.append(f"  {c.name:<28} FAILED after {c.seconds:.1f} s: {c.error}")
+            continue
+        ceiling = (
+            f"{c.limit / 2**30:g} GiB by {c.mechanism} ({c.detail})" if c.limit else "no ceiling"
+        )
+        lines.append(f"  {c.name:<28} ok in {c.seconds:.1f} s; {ceiling}; BLAS threads {c.threads}")
+    return lines
