@@ -21,11 +21,13 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support.agent import run_cli, write_site
-from support.jupyter import jupyter_server, wait_until
+from support.jupyter import wait_until
+from support.lab import chromium, jupyter_lab, open_lab, screenshot
 from support.publish import publish_build
 
 from nsls2_artifacts import layout
@@ -270,7 +272,8 @@ async def _oom_event(server, connection: Path, code: str, timeout: float) -> dic
 @pytest.mark.parametrize("version", ["cgroup2", "cgroup1"])
 def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path, version) -> None:
     """The kernel's own cgroup stops it at 2 GiB; the server extension reads oom_kill and
-    emits the event JupyterLab shows as a notification naming the ceiling."""
+    emits a server event; JupyterLab (Debian's chromium) shows it as a notification
+    naming the kernel and the ceiling."""
     finder = kernel_ceiling._v2_parent if version == "cgroup2" else kernel_ceiling._v1_parent
     parent, why = finder()
     if parent is None:
@@ -279,18 +282,29 @@ def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path
         pytest.skip("cgroup2 with the memory controller takes precedence here")
     cfg, _ = sci
     home = tmp_path / "home"
-    with jupyter_server(home, tmp_path, layout.jupyter_dir(cfg.deploy_root)) as server:
+    share = layout.jupyter_dir(cfg.deploy_root)
+    with jupyter_lab(home, tmp_path, share) as server, chromium() as browser:
+        page = open_lab(browser, server)  # JupyterLab subscribes to the server's events
         kernel_id = server.ok("POST", "/api/kernels", json={"name": KERNEL})["id"]
         connection = home / "jupyter_runtime_dir" / f"kernel-{kernel_id}.json"
         wait_until(connection.exists, 60, "the kernel's connection file", server)
         directory = Path(parent) / f"{kernel_ceiling.CGROUP_PREFIX}{kernel_id}"
         wait_until(lambda: read_procs(directory), 60, f"the kernel in {directory}", server)
-        event = asyncio.run(_oom_event(server, connection, "x = bytearray(3 * 1024**3)", 60))
+        # in a thread of its own: Playwright's sync API holds this thread's event loop
+        code = "x = bytearray(3 * 1024**3)"
+        with ThreadPoolExecutor(1) as pool:
+            event = pool.submit(asyncio.run, _oom_event(server, connection, code, 60)).result()
         assert event["kernel_id"] == kernel_id and event["limit"] == 2 * GIB
         assert "more than 2.0 GiB" in event["message"], event
         assert "kernels.memory_limit" in event["message"]
         assert kernel_ceiling.read_oom_kills(str(directory)) >= 1
         assert "was stopped" in server.tail()
+        # the lab extension shows it as a notification naming the kernel and the ceiling
+        notice = page.get_by_text("was stopped: it used more than 2.0 GiB").first
+        notice.wait_for(timeout=60_000)
+        assert "NSLS-II sci" in notice.inner_text()
+        page.wait_for_timeout(1000)  # the toast slides in: let the screenshot show it whole
+        screenshot(page, "kernel-memory-notification")
         server.ok("DELETE", f"/api/kernels/{kernel_id}")
 
 
