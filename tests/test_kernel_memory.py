@@ -300,6 +300,8 @@ def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path
         assert kernel_ceiling.read_oom_kills(str(directory)) >= 1
         assert "was stopped" in server.tail()
         # the lab extension shows it as a notification naming the kernel and the ceiling
+        loaded = "() => window.jupyterapp.hasPlugin('nsls2-artifacts-lab:memory-notice')"
+        assert page.evaluate(loaded), "lab extension not loaded (jupyter labextension list)"
         notice = page.get_by_text("was stopped: it used more than 2.0 GiB").first
         notice.wait_for(timeout=60_000)
         assert "NSLS-II sci" in notice.inner_text()
