@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -91,3 +93,22 @@ def test_beamline_profiles_read_for_the_lab_extension(tmp_path: Path) -> None:
     (profiles / "broken.yml").write_text("csx: [unclosed\n")
     (profiles / "notes.txt").write_text("srx: {uri: http://s}\n")
     assert profile_names([tmp_path / "deploy", tmp_path / "absent"]) == ["csx", "hxn", "iss"]
+
+
+def test_installed_jupyterlab_accepts_the_build(tmp_path: Path) -> None:
+    """JupyterLab refuses (silently, in the browser) a prebuilt extension whose declared
+    range of a singleton package misses the one it ships: apputils moved to 4.7 inside
+    JupyterLab 4.6.x, and `~4.6.0` kept the extension out of every browser test."""
+    env = dict(os.environ, JUPYTER_PATH=str(BUILT.parents[1]), JUPYTER_CONFIG_DIR=str(tmp_path))
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list", "--verbose"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    output = listing.stdout + listing.stderr
+    assert "is not compatible" not in output, output
+    line = next(line for line in output.splitlines() if "nsls2-artifacts-lab v" in line)
+    assert "enabled" in line and "OK" in line, line
