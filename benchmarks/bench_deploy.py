@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nsls2_artifacts.agent import deploy, extract, layout  # noqa: E402
+from nsls2_artifacts import layout  # noqa: E402
+from nsls2_artifacts.agent import deploy, extract  # noqa: E402
 from nsls2_artifacts.config import load_config  # noqa: E402
 from nsls2_artifacts.fsutil import atomic_write_json, read_json  # noqa: E402
 from nsls2_artifacts.records import BuildManifest, isoformat, make_build_id, utcnow  # noqa: E402

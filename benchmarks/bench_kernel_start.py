@@ -26,7 +26,8 @@ from pathlib import Path
 
 from jupyter_client.manager import start_new_kernel
 
-from nsls2_artifacts.agent import kernels, layout
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import kernels
 
 
 def start_to_ready(name: str) -> float:

@@ -21,7 +21,8 @@ from support.agent import (
 )
 from support.processes import kill9, wait_for
 
-from nsls2_artifacts.agent import kernels, layout
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import kernels
 from nsls2_artifacts.fsutil import read_json
 
 

@@ -29,7 +29,8 @@ from support.agent import (
 )
 from support.sites import rewrite_config
 
-from nsls2_artifacts.agent import kernel_ceiling, kernels, layout, logos
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import kernel_ceiling, kernels, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.records import KernelExtras, PackageRef

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from support.agent import commit_fake, run_cli, write_site
 
-from nsls2_artifacts.agent import latest, layout
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import latest
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.records import ReadyRecord

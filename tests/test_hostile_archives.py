@@ -31,7 +31,7 @@ from support.agent import (
 from support.processes import kill9, wait_for
 from test_hostile_builds import agent_peak_rss
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 from nsls2_artifacts.agent.kernels import kernel_name
 
 MiB = 1 << 20

@@ -24,7 +24,7 @@ from support.jupyter import notebook_json, wait_until
 from support.ports import free_port
 from support.publish import publish_build
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")  # the [hub] extra (in [test]); `just venv` installs it

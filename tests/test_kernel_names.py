@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from support.agent import commit_fake, promote_fake, run_cli, write_site
 
-from nsls2_artifacts import names
-from nsls2_artifacts.agent import kernels, layout
+from nsls2_artifacts import layout, names
+from nsls2_artifacts.agent import kernels
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.store import FilesystemStore

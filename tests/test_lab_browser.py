@@ -31,7 +31,7 @@ from support.lab import (
 from support.ports import free_port
 from support.publish import publish_build
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

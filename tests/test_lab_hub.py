@@ -24,7 +24,7 @@ from support.jupyter import wait_until
 from support.lab import chromium, menu, screenshot
 from test_jupyterhub import USER, start_hub, stop
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 from nsls2_artifacts.records import (
     ArtifactInfo,
     BuildManifest,

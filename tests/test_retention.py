@@ -34,9 +34,8 @@ from support.retention import (
 )
 from typer.testing import CliRunner
 
-from nsls2_artifacts import storeprune
+from nsls2_artifacts import layout, storeprune
 from nsls2_artifacts.agent import heartbeat as hb
-from nsls2_artifacts.agent import layout
 from nsls2_artifacts.agent.retention import run_pass
 from nsls2_artifacts.cli import app
 from nsls2_artifacts.records import RetentionDecision

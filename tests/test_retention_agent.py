@@ -14,7 +14,7 @@ from support.agent import commit_fake, run_cli
 from support.agent import write_site as agent_site
 from support.retention import age, tombstone_file
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 
 
 def agent_once(config) -> None:

@@ -17,7 +17,7 @@ from conftest import CLI
 from support.agent import commit_fake, promote_fake, run_cli, write_site
 from support.sites import node_config
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.config import load_config

@@ -21,7 +21,7 @@ import pytest
 from s3server import S3Server
 from support.agent import commit_build, fake_env_members, run_cli, snapshot, tar_bytes, write_site
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.config import SiteConfig

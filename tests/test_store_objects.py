@@ -24,7 +24,7 @@ from conftest import run_cli
 from support.agent import T0, commit_fake, write_site
 from test_store import fake_build
 
-from nsls2_artifacts.agent import layout
+from nsls2_artifacts import layout
 from nsls2_artifacts.config import StoreOptions
 from nsls2_artifacts.fsutil import MANIFEST_LIMIT, RECORD_LIMIT
 from nsls2_artifacts.records import isoformat

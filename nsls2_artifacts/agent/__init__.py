@@ -6,11 +6,3 @@ store changes and every `poll_seconds`. The stages it drives live one per module
 (the only kernelspec writer), `profiles` (tiled beamline profiles), `locks`. Every path
 they touch comes from `nsls2_artifacts.layout`.
 """
-
-import sys
-
-from .. import layout
-
-# The deploy layout lived here as agent/layout.py; it now sits below the agent (so
-# jupyter/, status and store prune need nothing of the agent). Old imports keep working.
-sys.modules[f"{__name__}.layout"] = layout

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..config import SiteConfig
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, StoreError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
 from ..records import BuildManifest, Quarantine, ReadyRecord, RecordError, isoformat, utcnow
 from ..store import ArtifactMismatchError, ArtifactReader, Store
-from . import dedup, failures, kernel_ceiling, layout, trash
+from . import dedup, failures, kernel_ceiling, trash
 from .extract import safe_extract
 from .locks import build_lock
 from .log import event

@@ -30,6 +30,7 @@ from typing import IO, Protocol
 
 import zstandard
 
+from .. import layout
 from ..errors import RejectedArtifactError, StoreError
 from ..tarstream import (
     BLK,
@@ -45,7 +46,6 @@ from ..tarstream import (
     TarStreamError,
     UnsupportedTarError,
 )
-from . import layout
 
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
 PROGRESS_EVERY = 256  # members between clock reads for the progress callback

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .. import layout
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
 from ..fsutil import atomic_write_json
 from ..records import RecordError, RetryRecord, isoformat, parse_time, utcnow
 from ..tarstream import TarStreamError
-from . import layout
 
 ARTIFACT = "artifact"
 NODE = "node"

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, layout
 from ..errors import PruneError
 from ..fsutil import atomic_write_json, fsync_dir, read_json
 from ..procscan import ScanResult
 from ..records import NodeHeartbeat, RecordError, isoformat, utcnow
-from . import layout
 
 
 def span(seconds: float) -> str:

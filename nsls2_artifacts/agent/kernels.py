@@ -24,11 +24,11 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
 
-from .. import names
+from .. import layout, names
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from ..kernelmeta import MANAGED, KernelMetadata, kernel_metadata_or_none
 from ..records import RecordError, utcnow
-from . import latest, layout, logos
+from . import latest, logos
 from .log import LOGGER_NAME, event
 from .logos import Logo
 

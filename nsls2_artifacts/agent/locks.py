@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..fsutil import file_lock
-from .layout import apply_lock_path, build_lock_path
+from ..layout import apply_lock_path, build_lock_path
 
 
 @contextlib.contextmanager

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .. import layout
 from ..config import SiteConfig
 from ..errors import DeployError
 from ..fsutil import atomic_write_json
 from ..records import BuildManifest, NodeCheck, RecordError, isoformat, utcnow
-from . import latest, layout
+from . import latest
 from .deploy import memory_limit_for, smoke_test
 from .log import event
 

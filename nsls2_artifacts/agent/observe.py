@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..config import SiteConfig
 from ..errors import StoreError
 from ..fsutil import read_json
@@ -29,7 +30,7 @@ from ..records import (
     parse_time,
 )
 from ..store import InvalidBuild, Store
-from . import deploy, failures, kernels, latest, layout
+from . import deploy, failures, kernels, latest
 from .log import event
 
 

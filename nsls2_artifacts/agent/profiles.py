@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from .. import layout
 from ..config import Beamline, SiteConfig
 from ..fsutil import atomic_write_text
-from . import layout
 
 HEADER = "# written by nsls2-artifacts agent from the site config `beamlines:`; do not edit\n"
 

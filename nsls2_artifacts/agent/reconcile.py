@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .. import layout
 from ..config import SiteConfig
 from ..errors import ManifestError
 from ..fsutil import atomic_write_json
@@ -38,7 +39,6 @@ from . import (
     deploy,
     kernels,
     latest,
-    layout,
     logos,
     nodecheck,
     profiles,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from .. import layout
 from ..config import RetentionPolicy, SiteConfig
 from ..errors import ManifestError
 from ..fsutil import LockBusy, atomic_write_json, fsync_dir
@@ -50,7 +51,7 @@ from ..records import (
 )
 from ..store import Store
 from . import heartbeat as hb
-from . import kernels, latest, layout, trash
+from . import kernels, latest, trash
 from .locks import apply_lock, build_lock
 from .log import event
 from .observe import Observed, observe

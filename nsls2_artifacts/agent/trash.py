@@ -14,8 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .. import layout
 from ..fsutil import fsync_dir
-from . import layout
 from .log import event
 
 

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nsls2_artifacts.agent import kernels, latest, layout
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import kernels, latest
 from nsls2_artifacts.agent.profiles import render_profile
 from nsls2_artifacts.config import Beamline
 

@@ -1,0 +1,120 @@
+"""Imports only point down (docs/design.md, "Layers"): every `nsls2_artifacts` import in the
+package is read with `ast` and checked against the layer table below, which is the diagram
+in docs/design.md written as data. A module moved up or down without the diagram, a new
+sideways import (the store importing the agent), or an alias that keeps an old import path
+alive (`nsls2_artifacts.agent.layout`) fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nsls2_artifacts"
+
+# unit (a top-level module or subpackage) -> layer; a unit may import its own layer or below
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(["records", "schema", "names", "fsutil", "errors", "__init__"], 0),
+    **dict.fromkeys(["layout", "kernelmeta"], 1),
+    **dict.fromkeys(["manifest", "config", "contentindex", "tarstream", "procscan"], 2),
+    **dict.fromkeys(["store", "rollout"], 3),
+    **dict.fromkeys(["publish", "solve", "install", "pack", "devchannel"], 4),
+    **dict.fromkeys(["agent", "jupyter"], 5),
+    **dict.fromkeys(["hook", "status", "storeprune", "demo", "kernelcheck"], 6),
+    "cli": 7,
+}
+# jupyter/ sits beside the agent but must not need it (a user's server installs neither the
+# solver nor the agent's engines); the one exception is the stdlib-only script kernels run
+SIDEWAYS_ALLOWED = {("jupyter", "agent.kernel_ceiling")}
+
+
+def _module_name(path: Path) -> tuple[str, str]:
+    """(dotted module, its package) for a file under the package."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), ".".join(parts[:-1])
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def _imports(path: Path) -> set[str]:
+    """Every `nsls2_artifacts...` module or name `path` imports (relative ones resolved)."""
+    module, package = _module_name(path)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("nsls2_artifacts")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("nsls2_artifacts"):
+                target = node.module or ""
+            else:
+                continue
+            found |= {f"{target}.{a.name}" for a in node.names}
+    return found
+
+
+def _unit(dotted: str) -> str:
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _sub(dotted: str) -> str:
+    """`nsls2_artifacts.agent.kernel_ceiling.x` -> `agent.kernel_ceiling`."""
+    return ".".join(dotted.split(".")[1:3])
+
+
+def _violations() -> list[str]:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "labextension" in path.parts:
+            continue
+        module, _ = _module_name(path)
+        unit = _unit(module)
+        for target in sorted(_imports(path)):
+            other = _unit(target)
+            if other == unit or other == "__version__":
+                continue
+            if unit not in LAYERS or other not in LAYERS:
+                problems.append(f"{module}: {other if unit in LAYERS else unit} has no layer")
+            elif LAYERS[other] > LAYERS[unit]:
+                problems.append(f"{module} imports {target} (a layer above)")
+            elif {unit, other} == {"agent", "jupyter"} and (
+                unit,
+                _sub(target),
+            ) not in SIDEWAYS_ALLOWED:
+                problems.append(f"{module} imports {target} (agent and jupyter/ are apart)")
+    return problems
+
+
+def test_imports_only_point_down() -> None:
+    assert _violations() == []
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path, monkeypatch) -> None:
+    """The check can fail: a store module importing the agent is reported."""
+    fake = tmp_path / "nsls2_artifacts"
+    (fake / "store").mkdir(parents=True)
+    (fake / "store" / "bad.py").write_text("from ..agent import latest\n")
+    (fake / "jupyter").mkdir()
+    (fake / "jupyter" / "bad.py").write_text("from ..agent import deploy\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert _violations() == [
+        "nsls2_artifacts.jupyter.bad imports nsls2_artifacts.agent.deploy "
+        "(agent and jupyter/ are apart)",
+        "nsls2_artifacts.store.bad imports nsls2_artifacts.agent.latest (a layer above)",
+    ]
+
+
+def test_layout_is_imported_from_where_it_lives() -> None:
+    """The deploy layout left the agent package; no alias keeps the old path alive."""
+    importlib.import_module("nsls2_artifacts.agent")
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("nsls2_artifacts.agent.layout")
+    users = [p for p in PACKAGE.rglob("*.py") if "nsls2_artifacts.agent.layout" in _imports(p)]
+    assert users == []
