@@ -20,7 +20,7 @@ from support.browser import chromium  # noqa: F401  (the lab tests import it fro
 from support.jupyter import Server, isolated_jupyter_env, running_jupyter, wait_until
 from support.processes import stop
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/support/lab.py -> the checkout
 # holds labextensions/nsls2-artifacts-lab: an editable install does not install the
 # data-files a wheel puts in share/jupyter/labextensions, so JupyterLab looks here
 LAB_EXTENSION_ROOT = REPO / "nsls2_artifacts" / "jupyter"
@@ -33,6 +33,9 @@ def jupyter_lab(
 ) -> Iterator[Server]:
     """`python -m jupyterlab` with the deployed kernels and this checkout's lab extension
     (`with_extension=False`: stock JupyterLab, as on a hub where nothing can be installed)."""
+    built = LAB_EXTENSION_ROOT / "labextensions" / "nsls2-artifacts-lab" / "package.json"
+    # a wrong path here loads stock JupyterLab silently and every test fails as a timeout
+    assert built.is_file(), f"no prebuilt lab extension at {built}"
     roots = [deploy_share, LAB_EXTENSION_ROOT] if with_extension else [deploy_share]
     jupyter_path = os.pathsep.join(str(root) for root in roots)
     env = isolated_jupyter_env(home, Path(jupyter_path))
