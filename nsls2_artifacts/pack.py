@@ -14,12 +14,16 @@ only module that imports conda_pack; since it subclasses conda-pack internals (`
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
+import queue
 import stat
 import struct
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,37 +67,70 @@ class PackResult:
     packed_frames: int = 0  # frames compressed by this pack
 
 
+class PreviousArchiveError(PackError):
+    """The previous build's archive cannot give the frames its index promised (short,
+    unreadable): publish packs in full instead (that build is never this one's problem)."""
+
+
 class ArchiveStream(Protocol):
     def read(self, size: int = -1) -> bytes: ...
 
 
 @dataclass
 class PreviousPack:
-    """A committed build to reuse frames from: its archive as a stream read forward once
-    (frames are reused in archive order, so no local copy is needed), and its index.
+    """A committed build to reuse frames from: its archive, read forward once (frames are
+    reused in archive order), and its index.
 
-    The stream may be checked only at its end (the S3 store hashes as it streams): the
-    caller then calls its `finish()` before committing what was packed from it.
+    `stream` is the archive, or None with `opener`: a function that returns it, called
+    when the first frame is copied (publish opens the store's verified reader on another
+    thread, so the store's check of the whole archive overlaps the listing of the env).
+    A stream with a `fileno()` (a local file: the filesystem store's file, the S3 store's
+    spool) has its frames copied by offset in the kernel (`copy_file_range`) instead of
+    through Python. The stream may be checked only at its end (a streaming reader hashes
+    as it goes): the caller then calls its `finish()` before committing what was packed
+    from it.
     """
 
-    stream: ArchiveStream
+    stream: ArchiveStream | None
     index: ContentIndex
-    position: int = 0  # bytes of `stream` read so far
+    position: int = 0  # bytes of the archive passed so far
+    opener: Callable[[], ArchiveStream] | None = field(default=None, compare=False)
     _by_frame: dict[int, list[IndexEntry]] = field(default_factory=dict, compare=False)
 
-    def copy_frame(self, number: int, write: Callable[[bytes], Any]) -> None:
-        """Skip to frame `number` (it must lie ahead) and pass its bytes to `write`."""
+    def copy_frame(self, number: int, sink: _HashingSink) -> None:
+        """Skip to frame `number` (it must lie ahead) and append its bytes to `sink`.
+        PreviousArchiveError when the previous archive cannot give them."""
         frame = self.index.frames[number]
-        self._forward(frame.offset - self.position, None)
-        self._forward(frame.length, write)
+        if frame.offset < self.position:
+            raise PreviousArchiveError("previous archive frames reused out of order")
+        try:
+            stream = self._stream()
+            fd = _local_fileno(stream)
+            if fd is not None:  # by offset: the file position of `stream` is never used
+                sink.copy_range(fd, frame.offset, frame.length)
+                self.position = frame.offset + frame.length
+                return
+            self._forward(stream, frame.offset - self.position, None)
+            self._forward(stream, frame.length, sink.write)
+        except (OSError, ValueError) as exc:  # ValueError: a closed file
+            raise PreviousArchiveError(
+                f"copying frame {number} of the previous archive: {exc}"
+            ) from None
 
-    def _forward(self, count: int, write: Callable[[bytes], Any] | None) -> None:
-        if count < 0:
-            raise PackError("previous archive frames reused out of order")
+    def _stream(self) -> ArchiveStream:
+        if self.stream is None:
+            if self.opener is None:
+                raise PreviousArchiveError("no previous archive to copy frames from")
+            self.stream = self.opener()
+        return self.stream
+
+    def _forward(
+        self, stream: ArchiveStream, count: int, write: Callable[[bytes], Any] | None
+    ) -> None:
         while count:
-            chunk = self.stream.read(min(count, _READ_CHUNK))
+            chunk = stream.read(min(count, _READ_CHUNK))
             if not chunk:
-                raise PackError("the previous archive ends before its index says")
+                raise PreviousArchiveError("the previous archive ends before its index says")
             self.position += len(chunk)
             count -= len(chunk)
             if write is not None:
@@ -104,6 +141,18 @@ class PreviousPack:
             for entry in self.index.entries:
                 self._by_frame.setdefault(entry.frame, []).append(entry)
         return self._by_frame.get(frame, [])
+
+
+def _local_fileno(stream: ArchiveStream) -> int | None:
+    """The descriptor of a stream that is a local regular file, else None."""
+    fileno = getattr(stream, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = int(fileno())
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def archive_name(fmt: str) -> str:
@@ -171,25 +220,28 @@ def pack(
     except OSError as exc:
         raise PackError(f"cannot write {output}: {exc.strerror}") from None
     with raw:
-        sink = _HashingSink(raw)
-        compressor = _compressor(fmt, sink, level, threads)
-        archive = FastTarArchive(compressor, sink=sink, mtime=mtime, framed=framed)
-        packer = _Packer(str(prefix), archive)
-        packer.meta = MetaCache()
+        sink = _HashingSink(raw, output)
         try:
-            for group in groups:
-                plan.write(group, packer)
-            with archive.generating():
-                packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
-            archive.close()
-        except (CondaPackException, OSError, ValueError) as exc:
-            raise PackError(f"packing {prefix} failed: {exc}") from None
-        _finish(compressor)
-        archive.close_frames()
-        raw.flush()  # no fsync here: Store.commit_build fsyncs what it commits
+            compressor = _compressor(fmt, sink, level, threads)
+            archive = FastTarArchive(compressor, sink=sink, mtime=mtime, framed=framed)
+            packer = _Packer(str(prefix), archive)
+            packer.meta = MetaCache()
+            try:
+                for group in groups:
+                    plan.write(group, packer)
+                with archive.generating():
+                    packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
+                archive.close()
+            except (CondaPackException, OSError, ValueError) as exc:
+                raise PackError(f"packing {prefix} failed: {exc}") from None
+            _finish(compressor)
+            archive.close_frames()
+            raw.flush()  # no fsync here: Store.commit_build fsyncs what it commits
+            digest = sink.hexdigest()  # reads back copied ranges: before the file closes
+        finally:
+            sink.close()
     if progress:
         progress(plan.total, plan.total)
-    digest = sink.digest.hexdigest()
     return PackResult(
         path=Path(output),
         format=fmt,
@@ -406,21 +458,148 @@ def _conda_meta_bytes(source: str) -> tuple[bytes, dict[str, Any]]:
 
 
 class _HashingSink:
-    """The file the compressor writes to: counts and hashes bytes on their way out."""
+    """The file the compressor writes to: counts the bytes on their way out; a worker
+    thread hashes them (hashlib lets go of the GIL for large buffers, so the hash of the
+    whole archive runs beside the packer's Python work, on another core if there is one).
 
-    def __init__(self, raw: BinaryIO) -> None:
+    `copy_range` appends bytes of another local file without passing them through Python:
+    the worker copies them into their place with `copy_file_range` (a copy in the kernel,
+    a shared extent on filesystems with reflinks; read and write where the kernel refuses)
+    while this thread goes on writing after them. Either way the hash is of the bytes as
+    they are in this file, read back from it."""
+
+    def __init__(self, raw: BinaryIO, path: str | Path) -> None:
         self.raw = raw
-        self.digest = hashlib.sha256()
         self.size = 0
+        self._worker = _SinkWorker(path)
 
     def write(self, data: Any) -> int:
-        self.digest.update(data)
-        self.size += len(data)
+        data = data if isinstance(data, bytes) else bytes(data)  # queued: must not change
         self.raw.write(data)
+        self._worker.hash_bytes(data)
+        self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
         self.raw.flush()
+
+    def copy_range(self, source: int, offset: int, length: int) -> None:
+        """Append `length` bytes of file descriptor `source` from `offset` (the worker
+        copies them; PreviousArchiveError from `hexdigest` if it could not)."""
+        self.raw.flush()
+        self.raw.seek(self.size + length)  # later writes go after the range, a hole till then
+        self._worker.copy(self.raw.fileno(), source, offset, self.size, length)
+        self.size += length
+
+    def hexdigest(self) -> str:
+        """sha256 of the whole file, once everything queued was copied and hashed."""
+        return self._worker.hexdigest()
+
+    def close(self) -> None:
+        self._worker.close()
+
+
+# copy_file_range cannot copy between these two files (another filesystem on older
+# kernels, a filesystem without it, a kernel without the call, seccomp): copy in Python
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EBADF}
+)
+
+
+class _SinkWorker:
+    """A thread that does, in order, what `_HashingSink` queues: hash bytes, or copy a
+    range of another file into the archive and hash it from the archive. The thread
+    starts with the first piece; `hexdigest()` waits for it and raises its first error."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = path
+        self._digest = hashlib.sha256()
+        self._queue: queue.SimpleQueue[bytes | tuple[int, int, int, int, int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._error: PackError | None = None
+        self._reader = -1  # the archive opened for reading back what was copied into it
+        self.kernel_copy = hasattr(os, "copy_file_range")
+
+    def hash_bytes(self, data: bytes) -> None:
+        self._start()
+        self._queue.put(data)
+
+    def copy(self, out: int, source: int, offset: int, at: int, length: int) -> None:
+        """Copy `length` bytes of `source` from `offset` to `out` at `at`, then hash them."""
+        self._start()
+        self._queue.put((out, source, offset, at, length))
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Stop the thread after what was queued (before the files are closed)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._reader >= 0:
+            os.close(self._reader)
+            self._reader = -1
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pack-sink", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: hexdigest() reports the first error
+            if isinstance(item, bytes):
+                self._digest.update(item)
+                continue
+            out, source, offset, at, length = item
+            try:
+                self._copy(out, source, offset, at, length)
+            except OSError as exc:
+                self._error = PreviousArchiveError(f"copying from the previous archive: {exc}")
+                continue
+            try:
+                self._hash_back(at, length)
+            except OSError as exc:
+                self._error = PackError(f"cannot read back the archive to hash it: {exc}")
+
+    def _copy(self, out: int, source: int, offset: int, at: int, length: int) -> None:
+        done = 0
+        while self.kernel_copy and done < length:
+            try:
+                copied = os.copy_file_range(source, out, length - done, offset + done, at + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                self.kernel_copy = False  # not between these files: read and write
+                break
+            if not copied:
+                break  # the source ends early: the loop below says so
+            done += copied
+        while done < length:
+            chunk = os.pread(source, min(_READ_CHUNK, length - done), offset + done)
+            if not chunk:
+                raise OSError(errno.EIO, "the previous archive ends before its index says")
+            written = os.pwrite(out, chunk, at + done)
+            done += written
+
+    def _hash_back(self, at: int, length: int) -> None:
+        if self._reader < 0:
+            self._reader = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        while length:
+            chunk = os.pread(self._reader, min(_READ_CHUNK, length), at)
+            if not chunk:
+                raise OSError(errno.EIO, "the archive is shorter than written")
+            self._digest.update(chunk)
+            at += len(chunk)
+            length -= len(chunk)
 
 
 def _compressor(fmt: str, sink: _HashingSink, level: int | None, threads: int) -> Any:
@@ -618,7 +797,7 @@ class FastTarArchive(ArchiveBase):
     def adopt(self, previous: PreviousPack, number: int) -> None:
         """Copy frame `number` of the previous archive as the next frame, with its entries."""
         frame = previous.index.frames[number]
-        previous.copy_frame(number, self.sink.write)
+        previous.copy_frame(number, self.sink)
         this = len(self.frames)
         for entry in previous.entries_of(number):
             self._entries.append([*_fields(entry)[:7], this])

@@ -20,12 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from hashlib import sha256
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import install as installer
 from . import pack as packer
@@ -51,6 +53,7 @@ from .store import Store, open_store
 
 LOCK_FILE = "pixi.lock"
 PAUSE_ENV = "NSLS2_TEST_PAUSE_AT"  # tests: stop at a named point so they can kill -9 there
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -353,7 +356,7 @@ def _pack(
     with _stage(report, timings, "pack"):
         try:
             result = _incremental_pack(store, env, prefix, output, fmt, progress)
-        except (StoreError, OSError) as exc:  # the previous build, never this one
+        except (StoreError, OSError, packer.PreviousArchiveError) as exc:  # the previous build
             report.note(f"the previous build cannot be reused ({exc}); packing in full")
             result = packer.pack(prefix, output, fmt=fmt, progress=progress)
     reused = (
@@ -371,9 +374,11 @@ def _incremental_pack(
     store: Store, env: str, prefix: Path, output: Path, fmt: str, progress: packer.ProgressFn
 ) -> packer.PackResult:
     """Pack reusing the frames of the newest committed build that has a content index and
-    the same format (a full pack when there is none). Its archive is streamed once from
-    the store, and checked against its manifest (size + sha256) before the result is
-    used: StoreError (or OSError reading it) when it or its index is wrong."""
+    the same format (a full pack when there is none). Its archive comes from the store's
+    verified reader (size + sha256 against its manifest before the first byte), opened on
+    a worker thread so that check runs beside the listing of the env; `finish()` before
+    the result is used. StoreError (or OSError reading it, PreviousArchiveError) when it
+    or its index is wrong."""
     newest = next(
         (m for m in reversed(store.builds(env)) if m.index and m.artifact.format == fmt), None
     )
@@ -382,11 +387,26 @@ def _incremental_pack(
     index = store.read_index(newest)
     if index is None or index.archive_sha256 != newest.artifact.sha256:
         raise StoreError(f"{env}/{newest.build_id}: its index names another archive")
-    with store.open_artifact(newest) as reader:
-        previous = packer.PreviousPack(reader, index)
+    with opened_in_background(store.open_artifact(newest)) as reader:
+        previous = packer.PreviousPack(None, index, opener=reader)
         result = packer.pack(prefix, output, fmt=fmt, progress=progress, previous=previous)
-        reader.finish()  # every byte reused matched that build's manifest
+        if result.reused_frames:
+            reader().finish()  # every byte reused matched that build's manifest
     return result
+
+
+@contextlib.contextmanager
+def opened_in_background(opening: AbstractContextManager[T]) -> Iterator[Callable[[], T]]:
+    """Enter `opening` on a worker thread at once; the body gets a function that waits
+    for what it returns (or raises what it raised). On the way out it waits for the
+    worker and exits `opening` if it was entered, whatever the body did."""
+    with ThreadPoolExecutor(1, thread_name_prefix="open-previous") as pool:
+        entering = pool.submit(opening.__enter__)
+        try:
+            yield entering.result
+        finally:
+            if entering.exception() is None:  # waits; None: entered, so it must be exited
+                opening.__exit__(*sys.exc_info())
 
 
 def _unchanged(store: Store, env: str, lock_sha: str) -> str | None:

@@ -12,15 +12,18 @@ the full pack does.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -235,3 +238,65 @@ def test_incremental_pack_reuses_frames_and_extracts_like_a_full_pack(
     assert unpacked.returncode == 0, unpacked.stderr
     check = env_python(ours, "import six, databroker, ipykernel; print(six.__version__)")
     assert check.returncode == 0 and check.stdout.strip() == "1.17.0", check.stderr
+
+
+class _Stream:
+    """The previous archive as a plain stream (no fileno): how a reader that hashes as
+    it streams is read, frames passed through Python."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self.read = raw.read
+
+
+def _repack_b(packs: Packs, root: Path, stream_of: Any) -> pack.PackResult:
+    prefix = _prefix_of(packs)
+    assert packs.full_a.index is not None
+    with open(packs.full_a.path, "rb") as raw:
+        previous = pack.PreviousPack(None, packs.full_a.index, opener=lambda: stream_of(raw))
+        root.mkdir()
+        return pack.pack(prefix, root / "b.tar.zst", previous=previous)
+
+
+def _prefix_of(packs: Packs) -> Path:
+    return packs.full_a.path.parent / "scratch" / "prefix"
+
+
+def test_frames_copied_in_python_make_the_same_archive_as_the_kernel_copy(
+    packs: Packs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three ways to copy the reused frames give byte-identical archives: by offset with
+    copy_file_range (the fixture's), by offset where the kernel refuses it (EXDEV, as
+    between filesystems on older kernels: read and written in Python), and from a plain
+    stream without a file descriptor."""
+    kernel = packs.incremental_b
+    refused: list[int] = []
+
+    def no_kernel_copy(*args: Any) -> int:
+        refused.append(1)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", no_kernel_copy)
+    python = _repack_b(packs, tmp_path / "python", lambda raw: raw)
+    monkeypatch.undo()
+    streamed = _repack_b(packs, tmp_path / "stream", _Stream)
+    assert refused, "the kernel copy was not tried"
+    for result in (python, streamed):
+        assert result.reused_frames == kernel.reused_frames > 0
+        assert result.sha256 == kernel.sha256 == file_sha256(result.path)
+        assert result.path.read_bytes() == kernel.path.read_bytes()
+        assert result.index == kernel.index
+
+
+@pytest.mark.parametrize("stream_of", [lambda raw: raw, _Stream], ids=["by-offset", "stream"])
+def test_a_previous_archive_shorter_than_its_index_is_a_previous_archive_error(
+    packs: Packs, tmp_path: Path, stream_of: Any
+) -> None:
+    """The bytes a reused frame needs are not there: PreviousArchiveError (publish then
+    packs in full), never an archive with a hole in it."""
+    short = tmp_path / "short.tar.zst"
+    short.write_bytes(packs.full_a.path.read_bytes()[: packs.full_a.size // 2])
+    assert packs.full_a.index is not None
+    with open(short, "rb") as raw:
+        previous = pack.PreviousPack(None, packs.full_a.index, opener=lambda: stream_of(raw))
+        with pytest.raises(pack.PreviousArchiveError, match="previous archive"):
+            pack.pack(_prefix_of(packs), tmp_path / "b.tar.zst", previous=previous)

@@ -154,6 +154,10 @@ class VerifiedReader:
     def read(self, size: int = -1) -> bytes:
         return self._raw.read(size)
 
+    def fileno(self) -> int:
+        """The local file's descriptor: the incremental pack copies frames by offset."""
+        return self._raw.fileno()
+
     def finish(self) -> None:
         return None
 
