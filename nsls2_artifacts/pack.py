@@ -347,7 +347,7 @@ class Group:
             elif record.target in self.bytecode:
                 parts.append(f"pyc {st.st_size}")
             elif record.file_mode is None and record.target.startswith("conda-meta/"):
-                parts.append(hashlib.sha256(meta.packed(record.source)[0]).hexdigest())
+                parts.append(meta.file_sha256(record.source))  # the packed bytes follow
             elif not record.source.startswith(prefix):
                 parts.append(f"cache {st.st_size} {st.st_mtime_ns} {st.st_dev} {st.st_ino}")
             else:
@@ -425,28 +425,52 @@ def _compiled_pycs(prefix: Path, listed: set[str], owners: dict[str, str]) -> li
             target = f"{directory}/__pycache__/{name}"
             if target in listed or _pyc_source(target) not in owners:
                 continue
-            with open(os.path.join(prefix, target), "rb") as handle:
-                header = handle.read(16)
+            header = _head(os.path.join(prefix, target), 16)
             # flags word: bit 0 hash-based, bit 1 check the source; 0b01 = unchecked-hash
             if len(header) == 16 and int.from_bytes(header[4:8], "little") == 0b01:
                 found.append(target)
     return found
 
 
+def _head(path: str, size: int) -> bytes:
+    """The first `size` bytes of a file (os.open: a third of io.open's cost, per pyc)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 class MetaCache:
-    """conda-meta records as packed, read once per pack (signatures and the packer)."""
+    """conda-meta records, read once per pack (signatures and the packer): the record
+    as parsed (local cache paths blanked), its packed bytes (made only for a frame that
+    is packed), and the sha256 of the file as it is (what a signature needs: the packed
+    bytes follow from it)."""
 
     def __init__(self) -> None:
-        self._packed: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        self._data: dict[str, dict[str, Any]] = {}
+        self._packed: dict[str, bytes] = {}
+
+    def data(self, source: str) -> dict[str, Any]:
+        if source not in self._data:
+            self._data[source] = _conda_meta_record(source)
+        return self._data[source]
 
     def packed(self, source: str) -> tuple[bytes, dict[str, Any]]:
+        data = self.data(source)
         if source not in self._packed:
-            self._packed[source] = _conda_meta_bytes(source)
-        return self._packed[source]
+            self._packed[source] = json.dumps(data, sort_keys=True).encode()
+        return self._packed[source], data
+
+    @staticmethod
+    def file_sha256(source: str) -> str:
+        with open(source, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
 
 
-def _conda_meta_bytes(source: str) -> tuple[bytes, dict[str, Any]]:
-    """A conda-meta record as packed: local cache paths blanked, compact sorted JSON."""
+def _conda_meta_record(source: str) -> dict[str, Any]:
+    """A conda-meta record as packed: local cache paths blanked (packed as compact sorted
+    JSON by `MetaCache.packed`)."""
     with open(source, encoding="utf-8") as handle:
         data = json.load(handle)
     for name in ("extracted_package_dir", "package_tarball_full_path"):
@@ -454,7 +478,7 @@ def _conda_meta_bytes(source: str) -> tuple[bytes, dict[str, Any]]:
             data[name] = ""
     if isinstance(data.get("link"), dict) and "source" in data["link"]:
         data["link"]["source"] = ""
-    return json.dumps(data, sort_keys=True).encode(), data
+    return data  # type: ignore[no-any-return]
 
 
 class _HashingSink:
@@ -638,8 +662,10 @@ class _Packer(Packer):
     def add(self, file: Any) -> None:
         target = file.target
         is_meta = target.startswith("conda-meta/") and target.endswith(".json")
-        if file.file_mode is None and not is_meta and self.archive.discards:
-            return  # copied from a previous pack; conda-pack records nothing for it
+        if file.file_mode is None and self.archive.discards:  # copied from a previous pack
+            if is_meta:  # conda-pack's finish() reads the records (parcels, has_conda)
+                self.packages.append(self.meta.data(file.source))
+            return  # conda-pack records nothing else for it
         if file.file_mode is None and is_meta:
             packed, data = self.meta.packed(file.source)
             self.packages.append(data)
@@ -704,7 +730,8 @@ class FastTarArchive(ArchiveBase):
         self.members = 0
         self.frames: list[FrameRecord] = []
         self.reused = 0
-        self._entries: list[list[Any]] = []  # IndexEntry fields, made mutable for `rewritten`
+        # IndexEntry fields, mutable for `rewritten`; reused frames' IndexEntry records as they are
+        self._entries: list[list[Any] | IndexEntry] = []
         self._buffer = bytearray()
         self._tar_size = 0
         self._frame_digest = hashlib.sha256()
@@ -756,8 +783,9 @@ class FastTarArchive(ArchiveBase):
         return self._discard
 
     def mark_rewritten(self, target: str) -> None:
-        if not self._discard and self._entries and self._entries[-1][0] == target:
-            self._entries[-1][6] = True
+        last = self._entries[-1] if self._entries else None
+        if not self._discard and type(last) is list and last[0] == target:
+            last[6] = True
 
     @contextlib.contextmanager
     def discarding(self) -> Iterator[None]:
@@ -799,15 +827,18 @@ class FastTarArchive(ArchiveBase):
         frame = previous.index.frames[number]
         previous.copy_frame(number, self.sink)
         this = len(self.frames)
-        for entry in previous.entries_of(number):
-            self._entries.append([*_fields(entry)[:7], this])
-            self.members += 1
+        entries = previous.entries_of(number)
+        if entries and entries[0].frame == this:  # same place: the records as they are
+            self._entries.extend(entries)
+        else:
+            self._entries.extend([*_fields(entry)[:7], this] for entry in entries)
+        self.members += len(entries)
         self._tar_size += frame.tar_length
         self._record_frame(frame.package, frame.key, frame.source)
         self.reused += 1
 
     def index_entries(self) -> tuple[IndexEntry, ...]:
-        return tuple(IndexEntry(*fields) for fields in self._entries)
+        return tuple(e if type(e) is IndexEntry else IndexEntry(*e) for e in self._entries)
 
     # -- internals ---------------------------------------------------------------------------
 
