@@ -69,6 +69,10 @@ class HookSettings:
     max_failed_signins: int = 20  # wrong tokens per client address per window; 0: no limit
     failed_signin_window_seconds: float = 300
     keep_history_days: float = 365  # finished build requests and their logs; 0: forever
+    # a hook running as root starts every build as this unprivileged user (hook/builduser.py)
+    build_user: str | None = None
+    # a YAML list of token entries, mode 0600: read by `hook serve` only, never by builds
+    tokens_file: Path | None = None
 
     @property
     def host(self) -> str:
@@ -434,20 +438,22 @@ class _Reader:
         listed = self.number("kernels.listed_lts", listed)
         return KernelSettings(memory_limit=memory_limit, listed_lts=listed)
 
-    def tokens(self, entries: Any) -> tuple[tuple[str, ...], dict[str, str]]:
-        """`hook.tokens_sha256`: plain sha256 hex digests, or {name, sha256} mappings
-        (`hook token --name NAME`) so the history says who asked for a build."""
+    def tokens(
+        self, entries: Any, key: str = "hook.tokens_sha256"
+    ) -> tuple[tuple[str, ...], dict[str, str]]:
+        """`hook.tokens_sha256` (or a tokens file, `key` ""): plain sha256 hex digests, or
+        {name, sha256} mappings (`hook token --name NAME`) so the history says who asked."""
         if not isinstance(entries, list):
-            raise self.fail("hook.tokens_sha256", "expected a list of sha256 hex digests")
+            raise self.fail(key or "(top level)", "expected a list of sha256 hex digests")
         hashes, names = [], {}
         for i, entry in enumerate(entries):
             name = None
             if isinstance(entry, dict):
                 name, entry = entry.get("name"), entry.get("sha256")
                 if not isinstance(name, str) or not name.strip():
-                    raise self.fail(f"hook.tokens_sha256[{i}].name", "expected a name")
+                    raise self.fail(f"{key}[{i}].name", "expected a name")
             if not isinstance(entry, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry):
-                where = f"hook.tokens_sha256[{i}]" + (".sha256" if name else "")
+                where = f"{key}[{i}]" + (".sha256" if name else "")
                 raise self.fail(where, f"expected a sha256 hex digest, got {entry!r}")
             hashes.append(entry.lower())
             if name:
@@ -474,6 +480,12 @@ class _Reader:
         if nightly is not None and not isinstance(nightly, str):
             raise self.fail("hook.nightly", "expected a time of day (HH:MM) or a cron expression")
         state_dir = data.get("state_dir")
+        build_user = data.get("build_user")
+        if build_user is not None and (not isinstance(build_user, str | int) or build_user == ""):
+            raise self.fail("hook.build_user", f"expected a user name, got {build_user!r}")
+        tokens_file = data.get("tokens_file")
+        if tokens_file is not None and (not isinstance(tokens_file, str) or not tokens_file):
+            raise self.fail("hook.tokens_file", f"expected a path, got {tokens_file!r}")
         return HookSettings(
             listen=listen,
             tokens_sha256=tokens,
@@ -497,4 +509,22 @@ class _Reader:
             keep_history_days=self.number(
                 "hook.keep_history_days", data.get("keep_history_days", d.keep_history_days)
             ),
+            build_user=str(build_user) if build_user is not None else None,
+            tokens_file=(self.base / tokens_file).resolve() if tokens_file else None,
         )
+
+
+def read_tokens_file(path: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The token entries of `hook.tokens_file` (the same entries as hook.tokens_sha256).
+
+    Only `hook serve` calls this: builds read the site config but not this file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        problem = f"cannot read the hook's tokens file: {exc.strerror}"
+        raise ConfigError(path, None, problem) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, None, f"invalid YAML: {exc}") from None
+    return _Reader(path, path.parent).tokens(data or [], key="")

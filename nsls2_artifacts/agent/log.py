@@ -44,9 +44,12 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: int = logging.INFO, stream: Any = None) -> logging.Logger:
-    """The agent logger with one stderr handler using `KeyValueFormatter` (idempotent)."""
-    log = logging.getLogger(LOGGER_NAME)
+def setup_logging(
+    level: int = logging.INFO, stream: Any = None, name: str = LOGGER_NAME
+) -> logging.Logger:
+    """The agent logger (or `name`'s: the hook's) with one stderr handler using
+    `KeyValueFormatter` (idempotent)."""
+    log = logging.getLogger(name)
     log.setLevel(level)
     log.propagate = False
     for handler in list(log.handlers):

@@ -28,11 +28,17 @@ def serve(
     """Serve the staff web page and API on hook.listen (127.0.0.1:8707 by default)."""
     require_extra("hook", "starlette", "uvicorn", "rattler")
     settings = site(config)
-    if not settings.hook.tokens_sha256 and not os.environ.get(settings.hook.webhook_secret_env):
+    from ..hook.builduser import hook_tokens, require_root
+
+    with reported_errors():
+        require_root(settings)
+        tokens, _ = hook_tokens(settings)
+    if not tokens and not os.environ.get(settings.hook.webhook_secret_env):
         where = settings.source or "the embedded default config"
         console.print(
             f"[bold red]error:[/] nobody could use this hook: {where} has no "
-            f"hook.tokens_sha256 and ${settings.hook.webhook_secret_env} is unset. Make a "
+            f"hook.tokens_sha256 (nor hook.tokens_file) and "
+            f"${settings.hook.webhook_secret_env} is unset. Make a "
             "token with `nsls2-artifacts hook token --name YOU` and add its config line, "
             "or try `just hook-demo`.",
             soft_wrap=True,
@@ -42,13 +48,21 @@ def serve(
 
 
 def _serve(settings: Any, listen: str | None, log_level: str) -> None:
+    import logging
+
     import uvicorn
 
+    from ..agent.log import setup_logging
     from ..hook.app import create_app
+    from ..hook.builduser import ROOT_WARNING
     from ..hook.runner import child_env
     from ..hook.secrecy import keep_memory_private, scrub_environ
 
-    # Builds run as this user and must read neither the session key (made in memory by
+    # the hook's own lines (startup warnings, recovered builds) as key=value, like the agent's
+    setup_logging(logging.INFO, name="nsls2_artifacts.hook")
+    if os.geteuid() == 0 and settings.hook.build_user is None:
+        console.print(f"[bold yellow]warning:[/] {ROOT_WARNING}", soft_wrap=True, highlight=False)
+    # Builds may run as this user and must read neither the session key (made in memory by
     # create_app) nor the credentials a build's environment leaves out.
     keep_memory_private()
     scrub_environ(sorted(set(os.environ) - set(child_env(settings))))
@@ -80,6 +94,7 @@ def token(
         f"{{name: {_yaml_name(name)}, sha256: {token_hash(value)}}}" if name else token_hash(value)
     )
     print(f"config: hook: {{tokens_sha256: [{entry}]}}")
+    print(f"or, in hook.tokens_file: - {entry}")
 
 
 def _yaml_name(name: str) -> str:

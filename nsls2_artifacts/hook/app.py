@@ -26,6 +26,7 @@ from ..fsutil import LockBusy, file_lock
 from ..store import open_store
 from . import api, metrics, pages, webhook
 from .auth import Auth, FailureLimiter, new_session_key
+from .builduser import check_build_user, hook_tokens
 from .context import Hook, hook_of
 from .nightly import run_nightly, site_schedule
 from .queue import BuildQueue
@@ -81,17 +82,19 @@ def _routes() -> list[Route]:
 
 
 def _hook(site: SiteConfig, state_dir: Path) -> Hook:
+    build_user = check_build_user(site)  # first: it makes state_dir private
+    tokens, names = hook_tokens(site)
     queue = BuildQueue(state_dir / "hook.sqlite")
     return Hook(
         site=site,
         queue=queue,
-        runner=Runner(site, queue, state_dir / "logs"),
+        runner=Runner(site, queue, state_dir / "logs", build_user=build_user),
         auth=Auth(
-            site.hook.tokens_sha256,
+            tokens,
             new_session_key(state_dir),  # memory only: builds must not mint sessions
             os.environ.get(site.hook.webhook_secret_env) or None,
             memory=queue,
-            names=site.hook.token_names,
+            names=names,
         ),
         store=open_store(site),
         templates=pages.templates(),

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..config import SiteConfig
+from .builduser import BuildUser
 from .queue import CANCELLED, FAILED, PUBLISHED, UNCHANGED, BuildQueue, BuildRequest
 
 log = logging.getLogger("nsls2_artifacts.hook")
@@ -123,8 +124,16 @@ def failure_reason(log_text: str, returncode: int | None) -> str:
 class Runner:
     """Starts queued builds within the limits and records their results."""
 
-    def __init__(self, site: SiteConfig, queue: BuildQueue, log_dir: Path) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        queue: BuildQueue,
+        log_dir: Path,
+        *,
+        build_user: BuildUser | None = None,
+    ) -> None:
         self.site = site
+        self.build_user = build_user  # None: builds run as the hook's own user
         self.queue = queue
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +141,20 @@ class Runner:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._cancelled: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn_kwargs(self) -> dict:
+        """How every publish and promote starts: the hook's environment minus its
+        credentials, as `hook.build_user` (its own HOME and cwd) when that is set."""
+        env = child_env(self.site)
+        if self.build_user is None:
+            return {"env": env, "preexec_fn": _die_with_parent}
+        user = self.build_user
+
+        def become_build_user() -> None:
+            user.become()
+            _die_with_parent()  # after the switch: a change of user clears the death signal
+
+        return {**user.popen_kwargs(), "env": user.environ(env), "preexec_fn": become_build_user}
 
     def log_path(self, request_id: int) -> Path:
         return self.log_dir / f"{request_id}.log"
@@ -223,9 +246,8 @@ class Runner:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=logfile,
-                    env=child_env(self.site),
+                    **self.spawn_kwargs(),
                     start_new_session=True,  # its own process group: cancel kills its children
-                    preexec_fn=_die_with_parent,
                 )
                 self._procs[record.id] = proc
                 await asyncio.to_thread(self.queue.set_pid, record.id, proc.pid)
@@ -328,7 +350,7 @@ class Runner:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=child_env(self.site),
+            **self.spawn_kwargs(),
         )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), PROMOTE_TIMEOUT_SECONDS)

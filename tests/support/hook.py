@@ -62,8 +62,11 @@ def sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
 class HookServer:
     """`nsls2-artifacts hook serve --config CONFIG` in a subprocess of its own."""
 
-    def __init__(self, config: Path, *, secret: str | None = WEBHOOK_SECRET) -> None:
+    def __init__(
+        self, config: Path, *, secret: str | None = WEBHOOK_SECRET, python: str | None = None
+    ) -> None:
         self.config = config
+        self.python = python or sys.executable  # builds run with the hook's interpreter
         data = yaml.safe_load(config.read_text())
         self.url = f"http://{data['hook']['listen']}"
         self.secret = secret
@@ -78,7 +81,7 @@ class HookServer:
             env.pop(SECRET_ENV, None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nsls2_artifacts.cli", "hook", "serve",
+                [self.python, "-m", "nsls2_artifacts.cli", "hook", "serve",
                  "--config", str(self.config), "--log-level", "warning"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
