@@ -342,7 +342,16 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
     assert result.ok
     assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
     again = run_cli(config, "retry", "demo", build.build_id)
-    assert again.returncode == 1 and "not quarantined" in again.stdout
+    assert again.returncode == 0, again.stdout + again.stderr  # nothing to do is no error
+    assert "not quarantined: deployed and ready here (it is latest); nothing to retry" in (
+        " ".join(again.stdout.split())
+    )
+    pending = commit_build(cfg.store, "demo", tar_bytes(fake_env_members("b")))
+    waiting = run_cli(config, "retry", "demo", pending.build_id)
+    assert waiting.returncode == 0
+    assert "committed in the store, not deployed here yet" in " ".join(waiting.stdout.split())
+    typo = run_cli(config, "retry", "demo", "2026.01.01T0000Z-00000000")
+    assert typo.returncode == 1 and "no such build in the store" in typo.stdout
 
 
 def test_long_extraction_logs_progress(site, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -152,15 +152,22 @@ def retry(
     build_id: Annotated[str, typer.Argument(help="The quarantined build to deploy again")],
     config: ConfigOption = None,
 ) -> None:
-    """Let the agents deploy a quarantined build again (after a transient failure)."""
+    """Let the agents deploy a quarantined build again (after a transient failure).
+
+    Exit 0 when the quarantine was lifted, and also when there is nothing to do (the
+    build is ready, or not deployed yet): the message says which. Exit 1 when the store
+    has no such build."""
     from ..agent.deploy import release_quarantine
+    from ..agent.failures import read_retry
 
     cfg = site(config)
     with reported_errors():
+        backoff = read_retry(cfg.deploy_root, env, build_id)
         record = release_quarantine(cfg.deploy_root, env, build_id)
     if record is None:
-        out.print(f"{env}/{build_id} is not quarantined here; nothing to do", soft_wrap=True)
-        raise typer.Exit(1)
+        state, code = _not_quarantined(cfg, env, build_id, backoff)
+        out.print(f"{env}/{build_id}: {state}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(code)
     out.print(
         f"{env}/{build_id}: quarantine lifted (was: {record.stage} failed on {record.node} at "
         f"{record.time}: {record.reason}); the next agent pass deploys it again "
@@ -168,6 +175,34 @@ def retry(
         highlight=False,
         markup=False,
         soft_wrap=True,
+    )
+
+
+def _not_quarantined(cfg: Any, env: str, build_id: str, backoff: Any) -> tuple[str, int]:
+    """What a build that `retry` found no quarantine for is doing, and the exit status."""
+    from .. import layout
+    from ..errors import ArtifactsError
+    from ..store import open_store
+
+    if layout.read_ready(cfg.deploy_root, env, build_id) is not None:
+        latest = layout.current_latest(cfg.deploy_root, env) == build_id
+        where = "it is latest" if latest else "not latest"
+        return f"not quarantined: deployed and ready here ({where}); nothing to retry", 0
+    if backoff is not None:
+        return (
+            f"not quarantined: its deploy failed for a reason of node {backoff.node} "
+            f"({backoff.stage}: {backoff.reason}) and was waiting to retry; the wait is cut "
+            "short, the next agent pass deploys it again",
+            0,
+        )
+    try:
+        open_store(cfg).manifest(env, build_id)
+    except ArtifactsError as exc:
+        return f"no such build in the store ({exc}); see `nsls2-artifacts store list {env}`", 1
+    return (
+        "not quarantined: committed in the store, not deployed here yet; the next agent "
+        "pass deploys it (see `nsls2-artifacts status`); nothing to retry",
+        0,
     )
 
 
