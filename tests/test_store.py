@@ -169,9 +169,13 @@ def test_prune_keeps_lts_newest_young_and_deployed_latest(backend_site) -> None:
     assert len(store.builds("other")) == len(ages)  # dry run deleted nothing
     table = run_cli(config, "store", "prune", "--dry-run").stdout
     assert table.count("would delete") == 3 and "keep" in table
+    title = " ".join(table.split("\n", 1)[0].split())
+    assert title.startswith("store prune --dry-run: what a prune of "), table
+    assert "(nothing was changed): 3 of 10 builds to go, 7 kept" in title
 
     done = run_cli(config, "store", "prune")
     assert done.stdout.count("deleted") == 3
+    assert "3 of 10 builds gone, 7 kept" in done.stdout.splitlines()[0]
     store = open_store(site)  # a new reader: nothing cached from before the prune
     kept = {m.build_id for m in store.builds("other")} | {m.build_id for m in store.builds("demo")}
     assert kept == {other[a] for a in (100, 80, 60, 3, 1)} | {demo[40], demo[30]}

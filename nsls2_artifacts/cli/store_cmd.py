@@ -172,6 +172,7 @@ def prune(
         rows = [d.__dict__ for d in decisions + failed]
         print(json.dumps({"dry_run": dry_run, "decisions": rows}, indent=2))
     else:
+        print_table(_prune_title(store, decisions, failed, dry_run), highlight=False)
         verb = "would delete" if dry_run else "deleted"
         table = _table("env", "build", "decision", "reason")
         for d in decisions + failed:
@@ -180,6 +181,19 @@ def prune(
             table.add_row(d.env, d.build_id, f"[{style}]{action}[/]", escape(d.reason))
         print_table(table if decisions else "store is empty", highlight=False)
     sys.exit(1 if failed else 0)
+
+
+def _prune_title(store: Store, decisions: list, failed: list, dry_run: bool) -> str:
+    """The line above the decisions: what they are, of which store, how many go."""
+    going = sum(d.action == "delete" for d in decisions)
+    total = len(decisions) + len(failed)
+    if dry_run:
+        return (
+            f"store prune --dry-run: what a prune of {store.location} would do (nothing was "
+            f"changed): {going} of {total} builds to go, {total - going} kept"
+        )
+    gone = going - len(failed)
+    return f"store prune of {store.location}: {gone} of {total} builds gone, {total - gone} kept"
 
 
 def verify_store(store: Store) -> list[dict[str, Any]]:
