@@ -169,6 +169,13 @@ def test_a_build_runs_as_build_user_and_cannot_read_the_token_hashes(
         log = client.get(f"/builds/{record['request_id']}/log")
         assert record["state"] == "published", (record.get("reason"), log.text)
         assert client.get("/api/builds", headers={"Authorization": "Bearer wrong"}).is_error
+        # promote runs as the build user too, and may write the store it owns
+        promoted = client.post(
+            "/api/envs/demo/promote", json={"build_id": record["build_id"], "label": "2026-3"}
+        )
+        assert promoted.status_code == 200, promoted.text
+    lts = public_root / "store" / "demo" / "lts" / "2026-3.json"
+    assert lts.stat().st_uid == int(subprocess.check_output(["id", "-u", build_user]))
     seen = json.loads((out / "seen.json").read_text())
     assert seen["uid"] == int(subprocess.check_output(["id", "-u", build_user]))
     assert seen["home"] == str(public_root / "build-home")

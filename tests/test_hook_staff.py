@@ -174,3 +174,22 @@ def test_hub_demo_finds_installs_or_names_the_proxy(tmp_path: Path) -> None:
     ]  # fmt: skip
     (tmp_path / "npm-args").unlink()
     assert run().returncode == 0 and not (tmp_path / "npm-args").exists()  # found: no npm
+
+
+def test_tokens_file_entries_are_checked_and_hook_token_prints_its_line(tmp_path: Path) -> None:
+    from nsls2_artifacts.config import read_tokens_file
+
+    out = subprocess.run(
+        [*CLI, "hook", "token", "--name", "Dana"], capture_output=True, text=True, check=True
+    ).stdout
+    line = re.search(r"or, in hook.tokens_file: (.*)", out).group(1)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(line + "\n- 1234\n")
+    with pytest.raises(ConfigError, match=rf"{tokens}: \[1\]: expected a sha256 hex digest"):
+        read_tokens_file(tokens)
+    tokens.write_text(line + "\n")
+    hashes, names = read_tokens_file(tokens)
+    assert list(names.values()) == ["Dana"] and len(hashes) == 1
+    bad = hook_site(tmp_path / "bad", hook={"build_user": ["x"]})
+    with pytest.raises(ConfigError, match=r"hook\.build_user: expected a user name"):
+        load_config(bad)
