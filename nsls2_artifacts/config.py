@@ -2,7 +2,9 @@
 
 Resolution order: `--config PATH`, then `$NSLS2_ARTIFACTS_CONFIG`, then the embedded
 `default-site.yaml` (paths relative to the current directory). Relative paths in a
-config file are relative to that file. Errors name the file and the key.
+config file are relative to that file. Every section is a msgspec Struct (`SiteFile`):
+types, ranges (`Meta(ge=..., le=...)`), literals and unknown keys are checked in one
+decode, and errors name the file and the dotted key (`hook.tokens_sha256[0].sha256`).
 """
 
 from __future__ import annotations
@@ -11,68 +13,145 @@ import math
 import os
 import re
 import socket
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 import yaml
+from msgspec import Meta
 
 from .errors import ConfigError
 from .names import beamline_name_problem, node_name_problem
-from .schema import record_error
+from .schema import _AT, _FIELD, _MISSING, _TOKEN, _UNKNOWN, _plain, field_problem
+
+T = TypeVar("T")
 
 CONFIG_ENV = "NSLS2_ARTIFACTS_CONFIG"
 
 
-@dataclass(frozen=True)
-class RetentionPolicy:
-    lts_years: float = 3
-    keep_latest: int = 3
-    grace_days: float = 7
+# Ranges of the numeric fields. The upper bounds are far above any sensible value; they
+# exist so that a typo or a crafted value (1e308, .inf) cannot turn into "never stale" or
+# "never expires". NaN fails every bound, so no field accepts it.
+_DAY = 86400.0
+Years = Annotated[float, Meta(ge=0, le=100)]
+KeepCount = Annotated[int, Meta(ge=0, le=10_000)]
+GraceDays = Annotated[float, Meta(ge=0, le=3650)]
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    poll_seconds: float = 30
-    node: str = field(default_factory=socket.gethostname)
-    node_ttl_seconds: float = 600
+# positive durations (a zero poll interval or timeout is refused), by their upper bound
+HourSeconds = Annotated[float, Meta(gt=0, le=3600)]
+DaySeconds = Annotated[float, Meta(gt=0, le=_DAY)]
+WeekSeconds = Annotated[float, Meta(gt=0, le=7 * _DAY)]
+YearSeconds = Annotated[float, Meta(gt=0, le=365 * _DAY)]
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One section of the site config: typed, ranged, and refusing keys it does not know (a
+    typo must not pass silently; the site config is read only by the version that ships it)."""
+
+
+class RetentionPolicy(Section):
+    lts_years: Years = 3.0
+    keep_latest: KeepCount = 3
+    grace_days: GraceDays = 7.0
+
+
+class RetentionOverrides(Section):
+    """`retention:` in an environment's nsls2.yaml: any of the site policy's fields, same ranges."""
+
+    lts_years: Years | msgspec.UnsetType = msgspec.UNSET
+    keep_latest: KeepCount | msgspec.UnsetType = msgspec.UNSET
+    grace_days: GraceDays | msgspec.UnsetType = msgspec.UNSET
+
+    def given(self) -> dict[str, float]:
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not msgspec.UNSET}
+
+
+class AgentSettings(Section):
+    poll_seconds: DaySeconds = 30.0
+    node: str = msgspec.field(default_factory=socket.gethostname)
+    node_ttl_seconds: YearSeconds = 600.0
     prune: bool = True
-    smoke_timeout_seconds: float = 300
-    max_members: int = 500_000
-    max_bytes: int = 64 * 1024**3
+    smoke_timeout_seconds: DaySeconds = 300.0
+    max_members: Annotated[int, Meta(ge=1, le=10**9)] = 500_000
+    max_bytes: Annotated[int, Meta(ge=1, le=2**60)] = 64 * 1024**3
     # modules this node's users need beyond each build's smoke list (a GPU node's cupy):
     # every build `latest` points at is imported here once, and a failure is reported
     node_imports: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # checked here, once, so a bad name stops the agent at start and not mid-pass
+        if problem := node_name_problem(self.node):
+            raise field_problem("node", problem)
 
-@dataclass(frozen=True)
-class Beamline:
+
+class Beamline(Section):
     name: str
     uri: str
     path: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class HookSettings:
+class BeamlineEntry(Section):
+    """`beamlines.NAME` as written: the name is the key."""
+
+    uri: str
+    path: tuple[str, ...] = ()
+
+
+class Mirror(Section):
+    """A `channel_mirrors` value: a URL, or a path relative to the config file."""
+
+    url: Annotated[str, Meta(min_length=1)]
+
+
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class StaffToken(Section):
+    """A `hook.tokens_sha256` entry with the staff member's name (`hook token --name`), so
+    the history says who asked for a build."""
+
+    name: Annotated[str, Meta(pattern=r"\S")]
+    sha256: Sha256Hex
+
+
+class HookSettings(Section):
     listen: str = "127.0.0.1:8707"
-    tokens_sha256: tuple[str, ...] = ()
-    token_names: dict[str, str] = field(default_factory=dict)  # sha256 -> staff member's name
+    # plain sha256 hex digests, or {name, sha256} entries
+    tokens: tuple[Sha256Hex | StaffToken, ...] = msgspec.field(default=(), name="tokens_sha256")
     webhook_secret_env: str = "NSLS2_HOOK_SECRET"
-    nightly: str | None = "02:00"
-    webhook_repos: dict[str, list[str]] = field(default_factory=dict)
-    concurrency: int = 1
-    build_timeout_seconds: float = 3600
-    state_dir: Path | None = None
-    max_failed_signins: int = 20  # wrong tokens per client address per window; 0: no limit
-    failed_signin_window_seconds: float = 300
-    keep_history_days: float = 365  # finished build requests and their logs; 0: forever
+    nightly: str | None = "02:00"  # a time of day (HH:MM) or a cron expression; null: none
+    webhook_repos: dict[str, tuple[str, ...]] = {}  # owner/repo -> [env, ...]
+    concurrency: Annotated[int, Meta(ge=1, le=64)] = 1
+    build_timeout_seconds: WeekSeconds = 3600.0
+    state_dir: Path | None = None  # relative to the config file
+    # wrong tokens per client address per window; 0: no limit
+    max_failed_signins: Annotated[int, Meta(ge=0, le=10**6)] = 20
+    failed_signin_window_seconds: DaySeconds = 300.0
+    # finished build requests and their logs; 0: forever
+    keep_history_days: Annotated[float, Meta(ge=0, le=36500)] = 365.0
     # a hook running as root starts every build as this unprivileged user (hook/builduser.py)
-    build_user: str | None = None
+    build_user: Annotated[str, Meta(min_length=1)] | int | None = None
     # a YAML list of token entries, mode 0600: read by `hook serve` only, never by builds
-    tokens_file: Path | None = None
+    tokens_file: Path | None = None  # relative to the config file
+
+    def __post_init__(self) -> None:
+        listen = self.listen
+        port = listen.rsplit(":", 1)[1] if ":" in listen else ""
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise field_problem("listen", f"expected HOST:PORT, got {listen!r}")
+
+    @property
+    def tokens_sha256(self) -> tuple[str, ...]:
+        return tuple((t.sha256 if isinstance(t, StaffToken) else t).lower() for t in self.tokens)
+
+    @property
+    def token_names(self) -> dict[str, str]:
+        """sha256 -> the staff member's name, for the tokens that have one."""
+        return {t.sha256.lower(): t.name.strip() for t in self.tokens if isinstance(t, StaffToken)}
 
     @property
     def host(self) -> str:
@@ -83,86 +162,74 @@ class HookSettings:
         return int(self.listen.rsplit(":", 1)[1])
 
 
-@dataclass(frozen=True)
-class KernelSettings:
+class MemoryLimit(int):
+    """Bytes, written in the YAML as `16GiB`, `512MiB`, a byte count: the type only marks the
+    field for `parse_size`; `parse_config` hands out a plain int (JSON writers take it)."""
+
+
+class KernelSettings(Section):
     """`kernels:` in the site config: what every NSLS-II kernel runs with."""
 
-    memory_limit: int | None = None  # bytes of virtual memory per kernel process; None: none
-    listed_lts: int = 2  # LTS kernels per env marked `listed` (newest first)
+    memory_limit: MemoryLimit | None = None  # bytes of virtual memory per kernel; None: none
+    listed_lts: Annotated[int, Meta(ge=0, le=1000)] = 2  # LTS kernels marked `listed`
 
 
-@dataclass(frozen=True)
-class NumberRule:
-    """The allowed values of one numeric config field: a finite int or float in a range."""
-
-    kind: type  # int (a whole number) or float (any finite number)
-    low: float
-    high: float
-    low_open: bool = False  # `low` itself is refused (a zero timeout or poll interval)
-
-    def check(self, value: Any) -> int | float:
-        """The value, as `kind`; ValueError with a message fit to follow file and key."""
-        what = "int (a whole number)" if self.kind is int else "float (a number)"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected {what}, got {value!r}")
-        if self.kind is int and not isinstance(value, int):
-            raise ValueError(f"expected {what}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        too_low = value <= self.low if self.low_open else value < self.low
-        if too_low or value > self.high:
-            raise ValueError(f"expected {self.describe()}, got {value!r}")
-        return float(value) if self.kind is float else value
-
-    def describe(self) -> str:
-        noun = "whole number" if self.kind is int else "number"
-        if self.low == 0 and not self.low_open:
-            return f"a non-negative {noun} up to {self.high:g}"
-        bound = "more than" if self.low_open else "at least"
-        return f"a {noun} {bound} {self.low:g} and up to {self.high:g}"
-
-
-_DAY = 86400.0
-# Every numeric field of the site config and of nsls2.yaml (`retention.*`, shared), by key.
-# The upper bounds are far above any sensible value; they exist so that a typo or a
-# crafted value (1e308, .inf) cannot turn into "never stale" or "never expires".
-NUMBER_RULES: dict[str, NumberRule] = {
-    "retention.lts_years": NumberRule(float, 0, 100),
-    "retention.keep_latest": NumberRule(int, 0, 10_000),
-    "retention.grace_days": NumberRule(float, 0, 3650),
-    "agent.poll_seconds": NumberRule(float, 0, _DAY, low_open=True),
-    "agent.node_ttl_seconds": NumberRule(float, 0, 365 * _DAY, low_open=True),
-    "agent.smoke_timeout_seconds": NumberRule(float, 0, _DAY, low_open=True),
-    "agent.max_members": NumberRule(int, 1, 10**9),
-    "agent.max_bytes": NumberRule(int, 1, 2**60),
-    "hook.concurrency": NumberRule(int, 1, 64),
-    "hook.build_timeout_seconds": NumberRule(float, 0, 7 * _DAY, low_open=True),
-    "hook.max_failed_signins": NumberRule(int, 0, 10**6),
-    "hook.failed_signin_window_seconds": NumberRule(float, 0, _DAY, low_open=True),
-    "hook.keep_history_days": NumberRule(float, 0, 36500),
-    "kernels.listed_lts": NumberRule(int, 0, 1000),
-    "store_options.relist_seconds": NumberRule(float, 0, _DAY, low_open=True),
-    "store_options.timeout_seconds": NumberRule(float, 0, 3600, low_open=True),
-    "store_options.attempts": NumberRule(int, 1, 20),
-}
 MAX_MEMORY_LIMIT = 2**60  # 1 EiB: more than any node has, less than RLIMIT_INFINITY
 # below this a kernel with numpy and its thread pools cannot start (issue #17: at 200MB or
 # 64MiB it died with "can't start new thread" and the user saw only "kernel died")
 MIN_MEMORY_LIMIT = 512 * 1024**2
+_CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "access_key", "secret_key")
 
 
-@dataclass(frozen=True)
-class StoreOptions:
+class StoreOptions(Section):
     """`store_options:` for an object store (`store: s3://BUCKET/PREFIX`). Credentials are
     never here: they come from the standard places (AWS_* environment variables, the
     shared credentials file, an instance role)."""
 
     endpoint_url: str | None = None  # e.g. https://s3.sdcc.bnl.gov (Ceph RadosGW); None: AWS
     region: str | None = None
-    addressing_style: str = "auto"  # auto | path | virtual
-    relist_seconds: float = 600  # agents list everything at least this often (index or not)
-    timeout_seconds: float = 30  # per request: connect, and each read while streaming
-    attempts: int = 4  # per request, with exponential backoff between them
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # agents list everything at least this often (index or not)
+    relist_seconds: DaySeconds = 600.0
+    # per request: connect, and each read while streaming
+    timeout_seconds: HourSeconds = 30.0
+    attempts: Annotated[int, Meta(ge=1, le=20)] = 4  # per request, with backoff
+
+
+class SiteFile(Section):
+    """The site config file as written (paths not yet resolved); `SiteConfig` is the result."""
+
+    manifests: Annotated[str, Meta(min_length=1)] = "./manifests"
+    store: Annotated[str, Meta(min_length=1)] = "./var/store"
+    store_options: StoreOptions = msgspec.field(default_factory=StoreOptions)
+    deploy_root: Annotated[str, Meta(min_length=1)] = "./var/deploy"
+    channel_mirrors: dict[str, Any] = {}  # channel -> MirrorURL, decoded one by one to name it
+    retention: RetentionPolicy = msgspec.field(default_factory=RetentionPolicy)
+    agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    beamlines: dict[str, Any] = {}  # NAME -> BeamlineEntry, decoded one by one to name NAME
+    hook: HookSettings = msgspec.field(default_factory=HookSettings)
+    kernels: KernelSettings = msgspec.field(default_factory=KernelSettings)
+
+
+# clearer words than a type name for the fields whose type says little
+_MESSAGES = {
+    "manifests": "expected a path",
+    "deploy_root": "expected a path",
+    "store": "expected a path (a directory) or s3://BUCKET/PREFIX",
+    "channel_mirrors": "expected a mapping of channel -> mirror URL or path",
+    "beamlines": "expected a mapping of beamline -> {uri, path}",
+    "uri": "expected a URI string",
+    "name": "expected a name",
+    "state_dir": "expected a path",
+    "tokens_file": "expected a path",
+    "build_user": "expected a user name",
+    "url": "expected a URL or path",
+    "tokens_sha256": "expected a list of sha256 hex digests or {name, sha256} entries",
+    "sha256": "expected a sha256 hex digest",
+    "nightly": "expected a time of day (HH:MM), a cron expression or null",
+    "webhook_repos": "expected a mapping of owner/repo -> [env, ...]",
+    "addressing_style": "expected auto, path or virtual",
+}
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
@@ -237,20 +304,6 @@ class SiteConfig:
         return channel
 
 
-_TOP_KEYS = {
-    "manifests",
-    "store",
-    "store_options",
-    "deploy_root",
-    "channel_mirrors",
-    "retention",
-    "agent",
-    "beamlines",
-    "hook",
-    "kernels",
-}
-
-
 def load_config(path: str | Path | None = None) -> SiteConfig:
     """Load the site config from `path`, `$NSLS2_ARTIFACTS_CONFIG`, or the embedded default."""
     if path is None and os.environ.get(CONFIG_ENV):
@@ -275,249 +328,232 @@ def parse_config(text: str, *, source: Path | None, base: Path) -> SiteConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, None, "expected a mapping at the top level")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(
-            source, unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})"
-        )
-    reader = _Reader(source, base)
+    site = convert_section(data, SiteFile, "", source)
+    resolve = _Resolver(source, base)
     return SiteConfig(
         source=source,
-        manifests=reader.path(data, "manifests", "./manifests"),
-        store=reader.store(data),
-        store_options=reader.store_options(data),
-        deploy_root=reader.path(data, "deploy_root", "./var/deploy"),
-        channel_mirrors=reader.mirrors(data.get("channel_mirrors") or {}),
-        retention=reader.section(data, "retention", RetentionPolicy),
-        agent=reader.agent(data),
-        beamlines=reader.beamlines(data.get("beamlines") or {}),
-        hook=reader.hook(data.get("hook") or {}),
-        kernels=reader.kernels(data.get("kernels") or {}),
+        manifests=resolve.path(site.manifests),
+        store=resolve.store(site.store),
+        store_options=site.store_options,
+        deploy_root=resolve.path(site.deploy_root),
+        channel_mirrors={
+            name: resolve.mirror(name, url) for name, url in site.channel_mirrors.items()
+        },
+        retention=site.retention,
+        agent=site.agent,
+        beamlines={name: resolve.beamline(name, entry) for name, entry in site.beamlines.items()},
+        hook=resolve.hook(site.hook),
+        kernels=msgspec.structs.replace(site.kernels, memory_limit=_plain_int(site.kernels)),
     )
 
 
-class _Reader:
-    """Field-by-field validation that names the file and the dotted key on error."""
+def _plain_int(kernels: KernelSettings) -> int | None:
+    limit = kernels.memory_limit
+    return None if limit is None else int(limit)
+
+
+class _Resolver:
+    """What the schema cannot say: paths relative to the config file, the store URL, and
+    beamline names (file names in the deploy root)."""
 
     def __init__(self, source: Path | None, base: Path) -> None:
         self.source = source
         self.base = base
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.source, key, message)
-
-    def number(self, key: str, value: Any) -> Any:
-        """A numeric field checked against `NUMBER_RULES[key]` (finite, in range)."""
-        try:
-            return NUMBER_RULES[key].check(value)
-        except ValueError as exc:
-            raise self.fail(key, str(exc)) from None
-
-    def path(self, data: dict[str, Any], key: str, default: str) -> Path:
-        value = data.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, "expected a path")
+    def path(self, value: str | Path) -> Path:
         return (self.base / Path(value).expanduser()).resolve()
 
-    def store(self, data: dict[str, Any]) -> Path | str:
-        value = data.get("store", "./var/store")
-        if isinstance(value, str) and "://" in value:
-            scheme, _, rest = value.partition("://")
-            if scheme != "s3":
-                raise self.fail(
-                    "store", f"expected a directory or s3://BUCKET/PREFIX, got {value!r}"
-                )
-            if not rest.split("/", 1)[0]:
-                raise self.fail("store", f"no bucket in {value!r} (expected s3://BUCKET/PREFIX)")
-            return value.rstrip("/")
-        return self.path(data, "store", "./var/store")
+    def store(self, value: str) -> Path | str:
+        if "://" not in value:
+            return self.path(value)
+        scheme, _, rest = value.partition("://")
+        if scheme != "s3":
+            message = f"expected a directory or s3://BUCKET/PREFIX, got {value!r}"
+            raise ConfigError(self.source, "store", message)
+        if not rest.split("/", 1)[0]:
+            message = f"no bucket in {value!r} (expected s3://BUCKET/PREFIX)"
+            raise ConfigError(self.source, "store", message)
+        return value.rstrip("/")
 
-    def store_options(self, data: dict[str, Any]) -> StoreOptions:
-        raw = data.get("store_options") or {}
-        if not isinstance(raw, dict):
-            raise self.fail("store_options", "expected a mapping")
-        for key in raw:
-            if key not in StoreOptions.__dataclass_fields__:
-                known = ", ".join(StoreOptions.__dataclass_fields__)
-                if key in (
-                    "aws_access_key_id",
-                    "aws_secret_access_key",
-                    "access_key",
-                    "secret_key",
-                ):
-                    raise self.fail(
-                        f"store_options.{key}",
-                        "credentials do not belong in the site config: use AWS_ACCESS_KEY_ID/"
-                        "AWS_SECRET_ACCESS_KEY, a shared credentials file or an instance role",
-                    )
-                raise self.fail(f"store_options.{key}", f"unknown key (known: {known})")
-        for key in ("endpoint_url", "region"):
-            if raw.get(key) is not None and not isinstance(raw[key], str):
-                raise self.fail(f"store_options.{key}", f"expected a string, got {raw[key]!r}")
-        style = raw.get("addressing_style", "auto")
-        if style not in ("auto", "path", "virtual"):
-            raise self.fail(
-                "store_options.addressing_style", f"expected auto, path or virtual, got {style!r}"
-            )
-        numbers: dict[str, Any] = {}
-        for key in ("relist_seconds", "timeout_seconds", "attempts"):
-            try:
-                numbers[key] = NUMBER_RULES[f"store_options.{key}"].check(
-                    raw.get(key, getattr(StoreOptions, key))
-                )
-            except ValueError as exc:
-                raise self.fail(f"store_options.{key}", str(exc)) from None
-        return StoreOptions(raw.get("endpoint_url"), raw.get("region"), style, **numbers)
-
-    def mirrors(self, data: Any) -> dict[str, str]:
-        if not isinstance(data, dict):
-            raise self.fail("channel_mirrors", "expected a mapping of channel -> mirror URL")
-        out = {}
-        for name, url in data.items():
-            if not isinstance(url, str) or not url:
-                raise self.fail(f"channel_mirrors.{name}", "expected a URL or path")
-            if "://" not in url:
-                url = (self.base / url).resolve().as_uri()
-            out[str(name)] = url
-        return out
-
-    def section(self, data: dict[str, Any], key: str, kind: type) -> Any:
-        raw = data.get(key) or {}
-        if not isinstance(raw, dict):
-            raise self.fail(key, "expected a mapping")
-        defaults = kind()
-        values = {}
-        types = typing.get_type_hints(kind)  # the declared types, not their spelling
-        for name, value in raw.items():
-            if not hasattr(defaults, name):
-                raise self.fail(f"{key}.{name}", "unknown key")
-            if f"{key}.{name}" in NUMBER_RULES:
-                values[name] = self.number(f"{key}.{name}", value)
-                continue
-            try:  # msgspec checks the type (a list for a tuple, every element's type)
-                values[name] = msgspec.convert(value, types[name])
-            except msgspec.ValidationError as exc:
-                problem = record_error(str(exc), key, {}).detail
-                raise self.fail(f"{key}.{name}", f"{problem} (got {value!r})") from None
-        return kind(**values)
-
-    def agent(self, data: dict[str, Any]) -> AgentSettings:
-        settings = self.section(data, "agent", AgentSettings)
-        # checked here, once, so a bad name stops the agent at start and not mid-pass
-        if problem := node_name_problem(settings.node):
-            raise self.fail("agent.node", problem)
-        return settings
-
-    def beamlines(self, data: Any) -> dict[str, Beamline]:
-        if not isinstance(data, dict):
-            raise self.fail("beamlines", "expected a mapping of beamline -> {uri, path}")
-        out = {}
-        for name, entry in data.items():
-            # the name is a file name in the deploy root (etc/tiled/profiles/NAME.yml)
-            if problem := beamline_name_problem(name):
-                raise self.fail(f"beamlines.{name}", problem)
-            if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
-                raise self.fail(f"beamlines.{name}.uri", "expected a URI string")
-            path = entry.get("path") or []
-            if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
-                raise self.fail(f"beamlines.{name}.path", "expected a list of strings")
-            out[str(name)] = Beamline(name=str(name), uri=entry["uri"], path=tuple(path))
-        return out
-
-    def kernels(self, data: Any) -> KernelSettings:
-        if not isinstance(data, dict):
-            raise self.fail("kernels", "expected a mapping {memory_limit, listed_lts}")
-        for key in data:
-            if key not in KernelSettings.__dataclass_fields__:
-                raise self.fail(f"kernels.{key}", "unknown key (known: listed_lts, memory_limit)")
-        try:
-            memory_limit = parse_size(data.get("memory_limit"))
-        except ValueError as exc:
-            raise self.fail("kernels.memory_limit", str(exc)) from None
-        listed = data.get("listed_lts", KernelSettings.listed_lts)
-        listed = self.number("kernels.listed_lts", listed)
-        return KernelSettings(memory_limit=memory_limit, listed_lts=listed)
-
-    def tokens(
-        self, entries: Any, key: str = "hook.tokens_sha256"
-    ) -> tuple[tuple[str, ...], dict[str, str]]:
-        """`hook.tokens_sha256` (or a tokens file, `key` ""): plain sha256 hex digests, or
-        {name, sha256} mappings (`hook token --name NAME`) so the history says who asked."""
-        if not isinstance(entries, list):
-            raise self.fail(key or "(top level)", "expected a list of sha256 hex digests")
-        hashes, names = [], {}
-        for i, entry in enumerate(entries):
-            name = None
-            if isinstance(entry, dict):
-                name, entry = entry.get("name"), entry.get("sha256")
-                if not isinstance(name, str) or not name.strip():
-                    raise self.fail(f"{key}[{i}].name", "expected a name")
-            if not isinstance(entry, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", entry):
-                where = f"{key}[{i}]" + (".sha256" if name else "")
-                raise self.fail(where, f"expected a sha256 hex digest, got {entry!r}")
-            hashes.append(entry.lower())
-            if name:
-                names[entry.lower()] = name.strip()
-        return tuple(hashes), names
-
-    def hook(self, data: Any) -> HookSettings:
-        if not isinstance(data, dict):
-            raise self.fail("hook", "expected a mapping")
-        d = HookSettings()  # the defaults, written once (in the dataclass)
-        known = set(HookSettings.__dataclass_fields__) - {"token_names"}
-        for key in data:
-            if key not in known:
-                raise self.fail(f"hook.{key}", "unknown key")
-        listen = data.get("listen", d.listen)
-        port = listen.rsplit(":", 1)[1] if isinstance(listen, str) and ":" in listen else ""
-        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-            raise self.fail("hook.listen", f"expected HOST:PORT, got {listen!r}")
-        tokens, names = self.tokens(data.get("tokens_sha256") or [])
-        repos = data.get("webhook_repos") or {}
-        if not isinstance(repos, dict) or not all(isinstance(v, list) for v in repos.values()):
-            raise self.fail("hook.webhook_repos", "expected a mapping of owner/repo -> [env, ...]")
-        nightly = data.get("nightly", d.nightly)
-        if nightly is not None and not isinstance(nightly, str):
-            raise self.fail("hook.nightly", "expected a time of day (HH:MM) or a cron expression")
-        state_dir = data.get("state_dir")
-        build_user = data.get("build_user")
-        if build_user is not None and (not isinstance(build_user, str | int) or build_user == ""):
-            raise self.fail("hook.build_user", f"expected a user name, got {build_user!r}")
-        tokens_file = data.get("tokens_file")
-        if tokens_file is not None and (not isinstance(tokens_file, str) or not tokens_file):
-            raise self.fail("hook.tokens_file", f"expected a path, got {tokens_file!r}")
-        return HookSettings(
-            listen=listen,
-            tokens_sha256=tokens,
-            token_names=names,
-            webhook_secret_env=str(data.get("webhook_secret_env", d.webhook_secret_env)),
-            nightly=nightly,
-            webhook_repos={str(k): [str(e) for e in v] for k, v in repos.items()},
-            concurrency=self.number("hook.concurrency", data.get("concurrency", d.concurrency)),
-            build_timeout_seconds=self.number(
-                "hook.build_timeout_seconds",
-                data.get("build_timeout_seconds", d.build_timeout_seconds),
-            ),
-            state_dir=(self.base / state_dir).resolve() if state_dir else None,
-            max_failed_signins=self.number(
-                "hook.max_failed_signins", data.get("max_failed_signins", d.max_failed_signins)
-            ),
-            failed_signin_window_seconds=self.number(
-                "hook.failed_signin_window_seconds",
-                data.get("failed_signin_window_seconds", d.failed_signin_window_seconds),
-            ),
-            keep_history_days=self.number(
-                "hook.keep_history_days", data.get("keep_history_days", d.keep_history_days)
-            ),
-            build_user=str(build_user) if build_user is not None else None,
-            tokens_file=(self.base / tokens_file).resolve() if tokens_file else None,
+    def hook(self, hook: HookSettings) -> HookSettings:
+        user = hook.build_user
+        return msgspec.structs.replace(
+            hook,
+            state_dir=self.path(hook.state_dir) if hook.state_dir else None,
+            tokens_file=self.path(hook.tokens_file) if hook.tokens_file else None,
+            build_user=str(user) if user is not None else None,  # a uid works as a name
         )
+
+    def mirror(self, name: str, value: Any) -> str:
+        key = f"channel_mirrors.{name}"
+        url = convert_section({"url": value}, Mirror, key, self.source).url
+        return url if "://" in url else self.path(url).as_uri()
+
+    def beamline(self, name: str, entry: Any) -> Beamline:
+        # the name is a file name in the deploy root (etc/tiled/profiles/NAME.yml)
+        if problem := beamline_name_problem(name):
+            raise ConfigError(self.source, f"beamlines.{name}", problem)
+        given = convert_section(entry, BeamlineEntry, f"beamlines.{name}", self.source)
+        return Beamline(name=name, uri=given.uri, path=given.path)
+
+
+def convert_section(value: Any, kind: type[T], key: str, source: Path | str | None) -> T:
+    """`value` (parsed YAML) as a `kind`, or ConfigError naming `source` and the dotted
+    key of the field that is wrong (`key` is where `value` sits in its file). A null
+    where the schema has no null means "the default", as an empty YAML key does."""
+    if value is None:
+        value = {}
+    value = _drop_nulls(value, kind)
+    try:
+        return msgspec.convert(value, kind, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        field, message = _explain(str(exc), value, kind)
+        if kind is Mirror:  # the value itself, not a field of it
+            field = ""
+        field = field.replace("[...]", "")  # a dict's key: msgspec does not say which
+        where = ".".join(part for part in (key, field) if part).replace(".[", "[")
+        raise ConfigError(source, where or None, message) from None
+
+
+def _decode_custom(kind: type, value: Any) -> Any:
+    if kind is MemoryLimit:
+        size = parse_size(value)
+        return None if size is None else MemoryLimit(size)
+    if kind is Path and isinstance(value, str) and value:
+        return Path(value)
+    raise TypeError(f"expected {'a path' if kind is Path else kind.__name__}")
+
+
+def _drop_nulls(value: Any, kind: Any) -> Any:
+    """A mapping for a Struct without its null values for fields that take no null (YAML's
+    `hook:` with nothing under it), recursively through the Structs it contains."""
+    info = msgspec.inspect.type_info(kind)
+    if not isinstance(value, dict) or not isinstance(info, msgspec.inspect.StructType):
+        return value
+    fields = {f.encode_name: f for f in info.fields}
+    out = {}
+    for name, item in value.items():
+        field = fields.get(name) if isinstance(name, str) else None
+        if item is None and field is not None and not _takes_null(field.type):
+            continue
+        if field is not None and isinstance(field.type, msgspec.inspect.StructType):
+            item = _drop_nulls(item, field.type.cls)
+        out[name] = item
+    return out
+
+
+def _takes_null(info: msgspec.inspect.Type) -> bool:
+    if isinstance(info, msgspec.inspect.NoneType):
+        return True
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(isinstance(t, msgspec.inspect.NoneType) for t in info.types)
+    return False
+
+
+def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
+    """msgspec's message and path as (dotted field, message in the words of this file)."""
+    match = _AT.match(text)
+    assert match is not None  # the pattern matches any text
+    message, path = match["message"], match["path"] or ""
+    tokens = [name or index for name, index in _TOKEN.findall(path)]
+    info = _info_at(kind, tokens)
+    dotted = ".".join(tokens).replace(".[", "[")
+    join = lambda name: f"{dotted}.{name}" if dotted else name  # noqa: E731
+    if found := _UNKNOWN.match(message):
+        name = found["name"]
+        if name in _CREDENTIAL_KEYS:
+            return join(name), (
+                "credentials do not belong in the site config: use AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY, a shared credentials file or an instance role"
+            )
+        if isinstance(info, msgspec.inspect.UnionType):  # a token: plain digest or {name, sha256}
+            info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), info)
+        known = sorted(f.encode_name for f in getattr(info, "fields", ()))
+        return join(name), f"unknown key (known: {', '.join(known)})"
+    if found := _MISSING.match(message):
+        return join(found["name"]), _MESSAGES.get(found["name"], "missing")
+    if found := _FIELD.match(message):  # a __post_init__ check (field_problem)
+        return join(found["name"]), found["detail"]
+    value = _value_at(data, tokens)
+    if isinstance(info, msgspec.inspect.UnionType):  # `int | UNSET`: the number's rules
+        numbers = [t for t in info.types if isinstance(t, _NUMBER_TYPES)]
+        info = numbers[0] if len(numbers) == 1 else info
+    if isinstance(info, _NUMBER_TYPES):
+        return dotted, number_problem(info, value)
+    last = next((t for t in reversed(tokens) if not t.startswith("[")), "")
+    if isinstance(info, msgspec.inspect.StructType) and message.startswith("Expected `object`"):
+        return dotted, f"expected a mapping, got {value!r}"
+    known_value = "[...]" not in tokens  # msgspec does not say which key of a mapping
+    if last in _MESSAGES:
+        return dotted, _MESSAGES[last] + (f", got {value!r}" if known_value else "")
+    detail = _plain(message)
+    if known_value and repr(value) not in detail:
+        detail += f" (got {value!r})"
+    return dotted, detail
+
+
+_NUMBER_TYPES = (msgspec.inspect.IntType, msgspec.inspect.FloatType)
+
+
+def number_problem(info: msgspec.inspect.IntType | msgspec.inspect.FloatType, value: Any) -> str:
+    """Why `value` is not allowed by a ranged int or float field, in words."""
+    whole = isinstance(info, msgspec.inspect.IntType)
+    what = "int (a whole number)" if whole else "float (a number)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected {what}, got {value!r}"
+    if whole and not isinstance(value, int):
+        return f"expected {what}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    return f"expected {describe_range(info)}, got {value!r}"
+
+
+def describe_range(info: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
+    noun = "whole number" if isinstance(info, msgspec.inspect.IntType) else "number"
+    high = f" up to {info.le:g}" if info.le is not None else ""
+    if info.ge == 0:
+        return f"a non-negative {noun}{high}"
+    if info.gt is not None:
+        return f"a {noun} more than {info.gt:g} and{high}"
+    return f"a {noun} at least {info.ge:g} and{high}"
+
+
+def _info_at(kind: type, tokens: list[str]) -> msgspec.inspect.Type | None:
+    """The type msgspec saw at `tokens` inside `kind` (None where the path leaves it)."""
+    info: Any = msgspec.inspect.type_info(kind)
+    for token in tokens:
+        if isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+            info = structs[0] if structs and not token.startswith("[") else info
+        if token.startswith("["):
+            if isinstance(info, msgspec.inspect.UnionType):
+                return None
+            info = getattr(info, "item_type", None) or getattr(info, "value_type", None)
+        else:
+            fields = {f.encode_name: f.type for f in getattr(info, "fields", ())}
+            info = fields.get(token)
+        if info is None:
+            return None
+    return info
+
+
+def _value_at(data: Any, tokens: list[str]) -> Any:
+    for token in tokens:
+        try:
+            data = data[int(token[1:-1])] if token.startswith("[") else data[token]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return data
+
+
+class _TokensFile(Section):
+    tokens: tuple[Sha256Hex | StaffToken, ...] = ()
 
 
 def read_tokens_file(path: Path) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The token entries of `hook.tokens_file` (the same entries as hook.tokens_sha256).
-
-    Only `hook serve` calls this: builds read the site config but not this file."""
+    """The token entries of `hook.tokens_file` (the same entries as hook.tokens_sha256):
+    (hashes, sha256 -> name). Only `hook serve` calls this: builds read the site config but
+    not this file."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -527,4 +563,10 @@ def read_tokens_file(path: Path) -> tuple[tuple[str, ...], dict[str, str]]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, None, f"invalid YAML: {exc}") from None
-    return _Reader(path, path.parent).tokens(data or [], key="")
+    try:
+        entries = convert_section({"tokens": data or []}, _TokensFile, "", path).tokens
+    except ConfigError as exc:  # the file is the list itself: name the entry, not "tokens"
+        field = (exc.field or "").removeprefix("tokens") or "(top level)"
+        raise ConfigError(path, field, exc.detail) from None
+    settings = HookSettings(tokens=entries)
+    return settings.tokens_sha256, settings.token_names

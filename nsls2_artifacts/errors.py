@@ -52,6 +52,7 @@ class ConfigError(ArtifactsError):
     def __init__(self, path: str | Path | None, field: str | None, message: str) -> None:
         self.path = str(path) if path is not None else "<embedded default>"
         self.field = field
+        self.detail = message
         where = f"{self.path}: {field}" if field else self.path
         super().__init__(f"{where}: {message}")
 

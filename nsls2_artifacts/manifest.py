@@ -7,7 +7,6 @@ hook and the CLI call `list_manifests` to find buildable environments.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import re
@@ -16,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .config import NUMBER_RULES, RetentionPolicy, parse_size
-from .errors import ManifestError
+from .config import RetentionOverrides, RetentionPolicy, convert_section, parse_size
+from .errors import ConfigError, ManifestError
 from .names import beamline_name_problem, env_name_problem
 
 PIXI_TOML = "pixi.toml"
@@ -48,7 +48,6 @@ _NSLS2_KEYS = {
     "kernels",
 }
 LOGO_MAX_BYTES = 256 * 1024  # it travels inside manifest.json
-_RETENTION_KEYS = {f.name for f in dataclasses.fields(RetentionPolicy)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class EnvManifest:
 
     def retention_policy(self, site: RetentionPolicy) -> RetentionPolicy:
         """The site's retention policy with this environment's overrides applied."""
-        return dataclasses.replace(site, **self.retention)
+        return msgspec.structs.replace(site, **self.retention)
 
 
 def list_manifests(manifests_dir: str | Path) -> list[str]:
@@ -162,7 +161,7 @@ def env_retention(
     """
     reader = _nsls2_reader(manifests_dir, env)
     overrides = reader.retention() if reader else {}
-    return dataclasses.replace(site, **overrides), bool(overrides)
+    return msgspec.structs.replace(site, **overrides), bool(overrides)
 
 
 def env_nightly(manifests_dir: str | Path, env: str) -> bool:
@@ -449,16 +448,11 @@ class _Nsls2Reader:
             raise self.fail("kernels.memory_limit", str(exc)) from None
 
     def retention(self) -> dict[str, float]:
-        value = self.doc.get("retention") or {}
-        if not isinstance(value, dict):
-            raise self.fail("retention", "expected a mapping")
-        out: dict[str, float] = {}
-        for key, item in value.items():
-            if key not in _RETENTION_KEYS:
-                known = ", ".join(sorted(_RETENTION_KEYS))
-                raise self.fail(f"retention.{key}", f"unknown key (known: {known})")
-            try:
-                out[key] = NUMBER_RULES[f"retention.{key}"].check(item)
-            except ValueError as exc:
-                raise self.fail(f"retention.{key}", str(exc)) from None
-        return out
+        """The `retention:` overrides, checked by the site policy's own schema (same ranges)."""
+        try:
+            given = convert_section(
+                self.doc.get("retention"), RetentionOverrides, "retention", None
+            )
+        except ConfigError as exc:
+            raise self.fail(exc.field or "retention", exc.detail) from None
+        return given.given()

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import replace
 
+import msgspec
 import pytest
 from support.retention import (
     age,
@@ -222,7 +223,7 @@ def test_prune_cli_on_a_host_without_agent_does_not_register_a_node(two_envs):
 
 def test_agent_prune_off_still_beats_but_changes_nothing(two_envs):
     config, site, builds = two_envs
-    site = replace(site, agent=replace(site.agent, prune=False))  # `agent: {prune: false}`
+    site = replace(site, agent=msgspec.structs.replace(site.agent, prune=False))  # prune: false
     decisions = run(site)
     old = builds["demo"]
     assert decisions[old.name].action == "keep"
