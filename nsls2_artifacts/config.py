@@ -225,6 +225,7 @@ _MESSAGES = {
     "build_user": "expected a user name",
     "url": "expected a URL or path",
     "tokens_sha256": "expected a list of sha256 hex digests or {name, sha256} entries",
+    "tokens": "expected a list of sha256 hex digests or {name, sha256} entries",
     "sha256": "expected a sha256 hex digest",
     "nightly": "expected a time of day (HH:MM), a cron expression or null",
     "webhook_repos": "expected a mapping of owner/repo -> [env, ...]",
@@ -475,9 +476,12 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     if found := _FIELD.match(message):  # a __post_init__ check (field_problem)
         return join(found["name"]), found["detail"]
     value = _value_at(data, tokens)
-    if isinstance(info, msgspec.inspect.UnionType):  # `int | UNSET`: the number's rules
+    if isinstance(info, msgspec.inspect.UnionType):  # `int | None`: the number's rules
         numbers = [t for t in info.types if isinstance(t, _NUMBER_TYPES)]
-        info = numbers[0] if len(numbers) == 1 else info
+        rest = [
+            t for t in info.types if not isinstance(t, (*_NUMBER_TYPES, msgspec.inspect.NoneType))
+        ]
+        info = numbers[0] if len(numbers) == 1 and not rest else info
     if isinstance(info, _NUMBER_TYPES):
         return dotted, number_problem(info, value)
     last = next((t for t in reversed(tokens) if not t.startswith("[")), "")

@@ -118,6 +118,7 @@ BAD = [
     ("hook: {nightly: 5}\n", "hook.nightly", "time of day"),
     ("hook: {concurrency: 0}\n", "hook.concurrency", "at least 1 and up to 64, got 0"),
     ("hook: {state_dir: 3}\n", "hook.state_dir", "expected a path, got 3"),
+    ("hook: {build_user: ''}\n", "hook.build_user", "expected a user name, got ''"),
     ("hook: {listen: '127.0.0.1:1', lissen: x}\n", "hook.lissen", "unknown key (known: "),
     ("agent: {poll_seconds: 0}\n", "agent.poll_seconds", "more than 0 and up to 86400, got 0"),
     ("store_options: {timeout_seconds: .inf}\n", "store_options.timeout_seconds", "finite"),
