@@ -226,6 +226,8 @@ _MESSAGES = {
     "url": "expected a URL or path",
     "tokens_sha256": "expected a list of sha256 hex digests or {name, sha256} entries",
     "tokens": "expected a list of sha256 hex digests or {name, sha256} entries",
+    "tokens_sha256[]": "expected a sha256 hex digest (or {name, sha256})",
+    "tokens[]": "expected a sha256 hex digest (or {name, sha256})",
     "sha256": "expected a sha256 hex digest",
     "nightly": "expected a time of day (HH:MM), a cron expression or null",
     "webhook_repos": "expected a mapping of owner/repo -> [env, ...]",
@@ -488,6 +490,8 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     if isinstance(info, msgspec.inspect.StructType) and message.startswith("Expected `object`"):
         return dotted, f"expected a mapping, got {value!r}"
     known_value = "[...]" not in tokens  # msgspec does not say which key of a mapping
+    if tokens and tokens[-1].startswith("[") and f"{last}[]" in _MESSAGES:  # one element
+        last = f"{last}[]"
     if last in _MESSAGES:
         return dotted, _MESSAGES[last] + (f", got {value!r}" if known_value else "")
     detail = _plain(message)

@@ -103,7 +103,8 @@ BAD = [
     # the schema (msgspec Structs) names the field path, inside lists and entries too
     ("beamlines: {csx: {path: [raw]}}\n", "beamlines.csx.uri", "expected a URI string"),
     ("beamlines: {csx: {uri: u, paths: [raw]}}\n", "beamlines.csx.paths", "known: path, uri"),
-    ("hook: {tokens_sha256: [abc]}\n", "hook.tokens_sha256[0]", "sha256 hex digests"),
+    ("hook: {tokens_sha256: [abc]}\n", "hook.tokens_sha256[0]", "a sha256 hex digest"),
+    ("hook: {tokens_sha256: abc}\n", "hook.tokens_sha256", "a list of sha256 hex digests"),
     ("hook: {tokens_sha256: [{name: x, sha256: zz}]}\n", "hook.tokens_sha256[0].sha256", "'zz'"),
     (
         "hook: {tokens_sha256: [{name: ' ', sha256: " + "a" * 64 + "}]}\n",
