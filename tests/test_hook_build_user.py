@@ -66,7 +66,7 @@ def build_user() -> Iterator[str]:
     try:
         yield name
     finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+        subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
 
 
 @pytest.fixture
