@@ -463,9 +463,14 @@ class RetentionDecision:
     reason: str
 
 
-class NodeCheck(Record, frozen=True):
+class NodeCheck(Record, frozen=True, forbid_unknown_fields=True):
     """`state/nodecheck/NODE/ENV/BUILD_ID.json`: whether the build imported `imports` on
-    NODE (`reason` empty: it did)."""
+    NODE (`reason` empty: it did).
+
+    Only NODE's own agent writes and reads it, so it refuses unknown fields: a record this
+    version does not fully understand (left by a newer agent before a downgrade) is
+    unreadable, which `nodecheck` treats as "check again" - a few seconds of imports, never
+    a wrong answer about this node."""
 
     RECORD: ClassVar[str] = "node check"
     MESSAGES: ClassVar[dict[str, str]] = {"imports": "expected a list of module names"}

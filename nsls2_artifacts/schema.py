@@ -8,7 +8,8 @@ the record, the field and (through `RecordError.at`) the file.
 
 Unknown fields are ignored for records other versions of this tool write (a newer build
 host may add a field an older agent has never heard of; `schema` marks the breaking
-changes); a record that must refuse them declares `forbid_unknown_fields=True`.
+changes); a record only one version writes and reads (`NodeCheck`: one node's agent) and
+the site config declare `forbid_unknown_fields=True`. docs/design.md lists which is which.
 """
 
 from __future__ import annotations

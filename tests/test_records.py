@@ -161,6 +161,48 @@ def test_manifests_of_older_and_newer_builds_still_load() -> None:
     assert BuildManifest.from_dict(data).name == "demo"
 
 
+# Records other versions of the tool write and this one reads (a newer build host, another
+# node's newer agent, a newer CLI's rollback, the server extension reading the agent's
+# kernelspecs) ignore fields they do not know: refusing them would stop an older agent
+# mid-upgrade. docs/design.md, "Which records refuse unknown fields".
+LENIENT = [c for c in GOOD if c is not NodeCheck]
+
+
+@pytest.mark.parametrize("cls", LENIENT, ids=lambda c: c.__name__)
+def test_shared_records_ignore_unknown_fields(cls) -> None:
+    data = GOOD[cls].to_dict() | {"added_by_a_newer_version": {"x": 1}}
+    assert cls.from_dict(data) == GOOD[cls]
+
+
+def test_shared_manifest_rollout_and_kernel_metadata_ignore_unknown_fields() -> None:
+    from nsls2_artifacts.kernelmeta import KernelMetadata
+
+    manifest = _manifest_dict() | {"new": 1}
+    manifest["artifact"] = manifest["artifact"] | {"new": 1}
+    assert BuildManifest.from_dict(manifest).artifact.sha256 == "ab" * 32
+    report = NodeRollout("n1", "t", "0.1", 1.5, {"base": EnvRollout("b", ("a",))}).to_dict()
+    report["envs"]["base"]["new"] = 1
+    assert NodeRollout.from_dict(report | {"new": 1}).envs["base"].latest == "b"
+    meta = {"env": "base", "build_id": BUILD, "channel": "latest", "label": "latest", "new": 1}
+    assert KernelMetadata.from_dict(meta).env == "base"
+
+
+def test_local_records_refuse_unknown_fields_by_name(tmp_path: Path) -> None:
+    """NodeCheck is written and read by one node's agent only: an unknown field is refused,
+    named, and the node simply checks the build again."""
+    from nsls2_artifacts.agent import nodecheck
+
+    data = GOOD[NodeCheck].to_dict() | {"gpu": "a100"}
+    with pytest.raises(RecordError) as info:
+        NodeCheck.from_dict(data)
+    assert info.value.field == "gpu" and "field 'gpu': unknown field" in str(info.value)
+    path = tmp_path / "check.json"
+    path.write_text(json.dumps(data))
+    assert nodecheck._previous(path, ("ipykernel", "cupy")) is False  # check again
+    path.write_text(json.dumps(GOOD[NodeCheck].to_dict()))
+    assert nodecheck._previous(path, ("ipykernel", "cupy")) is None  # passed before
+
+
 def test_rollout_reports_are_typed() -> None:
     report = NodeRollout("n1", "t", "0.1", 1.5, {"base": EnvRollout("b", ("a", "b"))})
     assert NodeRollout.from_dict(json.loads(json.dumps(report.to_dict()))) == report
