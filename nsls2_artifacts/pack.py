@@ -207,7 +207,8 @@ def pack(
             env = CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
     except CondaPackException as exc:
         raise PackError(f"conda-pack cannot pack {prefix}: {exc}") from None
-    groups, python_id = group_files(prefix, list(env.files))
+    meta = MetaCache()  # each conda-meta record parsed once for grouping, signing, packing
+    groups, python_id = group_files(prefix, list(env.files), meta)
     framed = fmt == "tar.zst"
     plan = _FramePlan(
         salt=f"{PACK_FORMAT}:{mtime}:{python_id}",
@@ -227,7 +228,7 @@ def pack(
             compressor = _compressor(fmt, sink, level, threads)
             archive = FastTarArchive(compressor, sink=sink, mtime=mtime, framed=framed)
             packer = _Packer(str(prefix), archive)
-            packer.meta = MetaCache()
+            packer.meta = meta
             try:
                 for group in groups:
                     plan.write(group, packer)
@@ -425,14 +426,16 @@ class Group:
         return digest.hexdigest()
 
 
-def group_files(prefix: Path, files: list[File]) -> tuple[list[Group], str]:
+def group_files(
+    prefix: Path, files: list[File], meta: MetaCache | None = None
+) -> tuple[list[Group], str]:
     """conda-pack's file records grouped by the conda package that installed them (via
     `conda-meta/*.json` file lists), packages in name order, members in path order, then
     the files of no package; plus the python package's identity (sha256) or "".
 
     The hash-based pycs install.py compiled for package sources are added to their
     source's package (conda-pack leaves out pycs whose source a package owns)."""
-    owners, python_id = _owners(prefix)
+    owners, python_id = _owners(prefix, meta or MetaCache())
     groups: dict[str, Group] = {}
     listed = set()
     for record in files:
@@ -453,14 +456,13 @@ def group_files(prefix: Path, files: list[File]) -> tuple[list[Group], str]:
     return ordered, python_id
 
 
-def _owners(prefix: Path) -> tuple[dict[str, str], str]:
+def _owners(prefix: Path, records: MetaCache) -> tuple[dict[str, str], str]:
     """target -> package name for every file a conda-meta record lists (and the record
     itself), and the python package's sha256."""
     owners: dict[str, str] = {}
     python_id = ""
     for meta in sorted((prefix / "conda-meta").glob("*.json")):
-        with open(meta, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = records.data(str(meta))
         name = str(data.get("name", meta.stem))
         owners[f"conda-meta/{meta.name}"] = name
         for path in data.get("files") or ():
