@@ -45,10 +45,11 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import zstandard
 
 from .. import layout
@@ -780,10 +781,10 @@ def keep(prefix: Path, plan: LinkPlan, rewritten: set[str]) -> DedupRecord:
     """Write the index copy (files conda-unpack rewrote marked so: never shared from here)
     and the dedup record into `.nsls2/`, before ready.json."""
     entries = tuple(
-        replace(e, rewritten=True) if e.path in rewritten and not e.rewritten else e
+        msgspec.structs.replace(e, rewritten=True) if e.path in rewritten and not e.rewritten else e
         for e in plan.index.entries
     )
-    kept = replace(plan.index, entries=entries)
+    kept = msgspec.structs.replace(plan.index, entries=entries)
     blob = kept.to_bytes()
     path = prefix / INDEX_COPY
     path.parent.mkdir(exist_ok=True)
