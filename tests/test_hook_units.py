@@ -311,3 +311,28 @@ def test_every_queue_state_has_a_label_and_a_name() -> None:
     states = set(get_args(queue.QueueState))
     assert set(queue.STATE_LABELS) == states
     assert set(queue.ACTIVE) | set(queue.FINISHED) == states
+
+
+def test_queue_rows_refuse_unknown_columns_and_states_by_name(tmp_path: Path) -> None:
+    """Only this hook writes and reads its database: a column it does not know (a database
+    a newer hook migrated) or a state outside QueueState is refused, naming the column and
+    the file, instead of a TypeError or a row shown with a made-up state."""
+    import sqlite3
+
+    from nsls2_artifacts.errors import RecordError
+
+    path = tmp_path / "hook.sqlite"
+    queue = BuildQueue(path)
+    record, _ = queue.request("demo", source="api", requested_by="t")
+    assert queue.get(record.id) == record and record.state == "queued"
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE builds SET state = 'lost' WHERE id = ?", (record.id,))
+    with pytest.raises(RecordError) as info:
+        BuildQueue(path).get(record.id)
+    assert info.value.field == "state" and str(path) in str(info.value)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE builds SET state = 'queued'")
+        db.execute("ALTER TABLE builds ADD COLUMN priority INTEGER")
+    with pytest.raises(RecordError) as info:
+        BuildQueue(path).history()
+    assert info.value.field == "priority" and "unknown field" in str(info.value)

@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from ..errors import RecordError
+from ..schema import Record
 
 # every state a request can be in (the `state` column); the names below spell them
 QueueState = Literal["queued", "running", "published", "unchanged", "failed", "cancelled"]
@@ -77,12 +79,16 @@ def _iso(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-@dataclass(frozen=True)
-class BuildRequest:
+class BuildRequest(Record, frozen=True, forbid_unknown_fields=True):
     """One row of the queue/history: a build the hook ran, runs, or will run.
 
     `id` is the *request* id (the queue's own integer, /builds/ID); `build_id` is the
-    store build id the publish made (`2026.11.25T0200Z-1a2b3c4d`), once it made one."""
+    store build id the publish made (`2026.11.25T0200Z-1a2b3c4d`), once it made one.
+    Rows are decoded by `Record.from_dict` (the state checked against QueueState) and
+    refuse a column they do not know: only this hook writes and reads its database, so
+    an unknown column means a database of another version, named, not guessed at."""
+
+    RECORD: ClassVar[str] = "hook.sqlite builds row"
 
     id: int
     env: str
@@ -188,7 +194,10 @@ class BuildQueue:
             conn.execute("COMMIT")
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[BuildRequest]:
-        return [BuildRequest(**dict(row)) for row in self._conn().execute(sql, args)]
+        try:
+            return [BuildRequest.from_dict(dict(row)) for row in self._conn().execute(sql, args)]
+        except RecordError as exc:
+            raise exc.at(str(self.path)) from None
 
     # -- requests --------------------------------------------------------------------------
 
