@@ -25,7 +25,7 @@ from msgspec import Meta
 
 from .errors import ConfigError
 from .names import beamline_name_problem, node_name_problem
-from .schema import _AT, _FIELD, _MISSING, _TOKEN, _UNKNOWN, _plain, field_problem
+from .schema import FIELD, MISSING, UNKNOWN, field_problem, plain, split_error
 
 T = TypeVar("T")
 
@@ -455,14 +455,11 @@ def _takes_null(info: msgspec.inspect.Type) -> bool:
 
 def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     """msgspec's message and path as (dotted field, message in the words of this file)."""
-    match = _AT.match(text)
-    assert match is not None  # the pattern matches any text
-    message, path = match["message"], match["path"] or ""
-    tokens = [name or index for name, index in _TOKEN.findall(path)]
+    message, tokens = split_error(text)
     info = _info_at(kind, tokens)
     dotted = ".".join(tokens).replace(".[", "[")
     join = lambda name: f"{dotted}.{name}" if dotted else name  # noqa: E731
-    if found := _UNKNOWN.match(message):
+    if found := UNKNOWN.match(message):
         name = found["name"]
         if name in _CREDENTIAL_KEYS:
             return join(name), (
@@ -473,9 +470,9 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
             info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), info)
         known = sorted(f.encode_name for f in getattr(info, "fields", ()))
         return join(name), f"unknown key (known: {', '.join(known)})"
-    if found := _MISSING.match(message):
+    if found := MISSING.match(message):
         return join(found["name"]), _MESSAGES.get(found["name"], "missing")
-    if found := _FIELD.match(message):  # a __post_init__ check (field_problem)
+    if found := FIELD.match(message):  # a __post_init__ check (field_problem)
         return join(found["name"]), found["detail"]
     value = _value_at(data, tokens)
     if isinstance(info, msgspec.inspect.UnionType):  # `int | None`: the number's rules
@@ -494,7 +491,7 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
         last = f"{last}[]"
     if last in _MESSAGES:
         return dotted, _MESSAGES[last] + (f", got {value!r}" if known_value else "")
-    detail = _plain(message)
+    detail = plain(message)
     if known_value and repr(value) not in detail:
         detail += f" (got {value!r})"
     return dotted, detail

@@ -25,9 +25,11 @@ T = TypeVar("T")
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _TOKEN = re.compile(r"\.([^.\[]+)|(\[[^\]]*\])")
-_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
-_FIELD = re.compile(r"^field `(?P<name>[^`]+)`: (?P<detail>.*)$", re.S)
+# msgspec's wordings (and `field_problem`'s), matched by both readers of its errors:
+# `record_error` here and the site config's (config.py)
+MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+FIELD = re.compile(r"^field `(?P<name>[^`]+)`: (?P<detail>.*)$", re.S)
 _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?:, got `(?P<got>[^`]+)`)?(?P<rest>.*)$")
 _JSON_NAMES = {"null": "NoneType", "array": "list", "object": "dict"}
 
@@ -76,24 +78,21 @@ def _lists(value: Any) -> Any:
 
 def record_error(text: str, record: str, messages: dict[str, str]) -> RecordError:
     """msgspec's message and path as RecordError(record + where, field, detail)."""
-    match = _AT.match(text)
-    assert match is not None  # the pattern matches any text
-    message, path = match["message"], match["path"] or ""
-    tokens = [name or index for name, index in _TOKEN.findall(path)]
-    for pattern in (_MISSING, _UNKNOWN, _FIELD):
+    message, tokens = split_error(text)
+    for pattern in (MISSING, UNKNOWN, FIELD):
         found = pattern.match(message)
         if found:
-            detail = {_MISSING: "missing", _UNKNOWN: "unknown field"}.get(pattern)
+            detail = {MISSING: "missing", UNKNOWN: "unknown field"}.get(pattern)
             return RecordError(_where(record, tokens), found["name"], detail or found["detail"])
     names = [i for i, t in enumerate(tokens) if not t.startswith("[")]
     if not names:
         expected = _EXPECTED.match(message)
         if expected and expected["want"] == "object":
             return RecordError(record, None, "record is not a JSON object")
-        return RecordError(_where(record, tokens), None, _plain(message))
+        return RecordError(_where(record, tokens), None, plain(message))
     last = names[-1]
     field, inside = tokens[last], "".join(tokens[last + 1 :])
-    detail = messages.get(field) or _plain(message) + (f" (at {field}{inside})" if inside else "")
+    detail = messages.get(field) or plain(message) + (f" (at {field}{inside})" if inside else "")
     return RecordError(_where(record, tokens[:last]), field, detail)
 
 
@@ -106,7 +105,16 @@ def _where(record: str, tokens: list[str]) -> str:
     return f"{record}{suffix}" if suffix.startswith("[") else f"{record} {suffix}"
 
 
-def _plain(message: str) -> str:
+def split_error(text: str) -> tuple[str, list[str]]:
+    """msgspec's error text as (message, path tokens): "... - at `$.a[0].b`" gives
+    ["a", "[0]", "b"]."""
+    match = _AT.match(text)
+    assert match is not None  # the pattern matches any text
+    path = match["path"] or ""
+    return match["message"], [name or index for name, index in _TOKEN.findall(path)]
+
+
+def plain(message: str) -> str:
     """ "Expected `int`, got `str`" -> "expected int, got str" (Python's type names)."""
     expected = _EXPECTED.match(message)
     if not expected:
