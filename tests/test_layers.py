@@ -118,3 +118,21 @@ def test_layout_is_imported_from_where_it_lives() -> None:
         importlib.import_module("nsls2_artifacts.agent.layout")
     users = [p for p in PACKAGE.rglob("*.py") if "nsls2_artifacts.agent.layout" in _imports(p)]
     assert users == []
+
+
+# what a user's Jupyter server imports of ours (docs/design.md): paths, schemas, the bottom
+JUPYTER_MAY_IMPORT = {"layout", "kernelmeta", "records", "schema", "names", "fsutil", "errors"}
+
+
+def test_jupyter_depends_only_on_paths_and_schemas() -> None:
+    """Narrower than the layers: jupyter/ may not reach config, the store or publish
+    either, so its install stays small and its behaviour cannot depend on them."""
+    found = set()
+    for path in (PACKAGE / "jupyter").rglob("*.py"):
+        for target in _imports(path):
+            unit = _unit(target)
+            if unit in ("jupyter", "__version__"):
+                continue
+            if unit not in JUPYTER_MAY_IMPORT and _sub(target) != "agent.kernel_ceiling":
+                found.add(f"{path.relative_to(PACKAGE)}: {target}")
+    assert found == set()
