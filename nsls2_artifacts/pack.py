@@ -203,12 +203,13 @@ def pack(
     prefix = Path(prefix).absolute()
     mtime = source_date_epoch() if mtime is None else mtime
     try:
-        with _fast_listing():
+        with _fast_listing() as listings:
             env = CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
     except CondaPackException as exc:
         raise PackError(f"conda-pack cannot pack {prefix}: {exc}") from None
     meta = MetaCache()  # each conda-meta record parsed once for grouping, signing, packing
-    groups, python_id = group_files(prefix, list(env.files), meta)
+    listing = listings[0] if len(listings) == 1 else None
+    groups, python_id = group_files(prefix, list(env.files), meta, listing)
     framed = fmt == "tar.zst"
     plan = _FramePlan(
         salt=f"{PACK_FORMAT}:{mtime}:{python_id}",
@@ -325,15 +326,22 @@ _NOT_LISTED = frozenset(
 
 
 @contextlib.contextmanager
-def _fast_listing() -> Iterator[None]:
+def _fast_listing() -> Iterator[list[set[str]]]:
     """conda-pack's `load_environment` with `list_prefix` as its `load_files` (same set;
     the stock one costs a `relpath` per directory, a join per file and an `lstat` per
     directory: half of `CondaEnv.from_prefix` on a 30k-file env). The stock function is
-    put back after: only our packs use ours (tests compare the two)."""
+    put back after: only our packs use ours (tests compare the two). Yields the list of
+    the listings made (grouping takes the pycs from it)."""
     stock = conda_pack.core.load_files
-    conda_pack.core.load_files = list_prefix
+    listings: list[set[str]] = []
+
+    def listing(prefix: str) -> set[str]:
+        listings.append(list_prefix(prefix))
+        return set(listings[-1])  # conda-pack's to change as it likes
+
+    conda_pack.core.load_files = listing
     try:
-        yield
+        yield listings
     finally:
         conda_pack.core.load_files = stock
 
@@ -427,7 +435,7 @@ class Group:
 
 
 def group_files(
-    prefix: Path, files: list[File], meta: MetaCache | None = None
+    prefix: Path, files: list[File], meta: MetaCache | None = None, listing: set[str] | None = None
 ) -> tuple[list[Group], str]:
     """conda-pack's file records grouped by the conda package that installed them (via
     `conda-meta/*.json` file lists), packages in name order, members in path order, then
@@ -442,7 +450,7 @@ def group_files(
         package = owners.get(record.target) or owners.get(_pyc_source(record.target), "")
         groups.setdefault(package, Group(package)).files.append(record)
         listed.add(record.target)
-    for target in _compiled_pycs(prefix, listed, owners):
+    for target in _compiled_pycs(prefix, listed, owners, listing):
         package = owners[_pyc_source(target)]
         group = groups.setdefault(package, Group(package))
         source = os.path.join(prefix, target)
@@ -480,10 +488,30 @@ def _pyc_source(target: str) -> str:
     return f"{directory}/{name.split('.', 1)[0]}.py"
 
 
-def _compiled_pycs(prefix: Path, listed: set[str], owners: dict[str, str]) -> list[str]:
+def _compiled_pycs(
+    prefix: Path, listed: set[str], owners: dict[str, str], listing: set[str] | None = None
+) -> list[str]:
     """Unchecked-hash pycs (what install.py compiles) of package sources that conda-pack
-    did not list: it drops pycs whose source a package owns. Only the `__pycache__` dirs
-    next to package sources are read, not the whole prefix."""
+    did not list: it drops pycs whose source a package owns. They are taken from
+    `listing` (the prefix as `list_prefix` listed it) or else from the `__pycache__` dirs
+    next to package sources."""
+    if listing is None:
+        candidates = _pycache_files(prefix, owners)
+    else:
+        candidates = sorted(t for t in listing if t.endswith(".pyc") and "/__pycache__/" in t)
+    found = []
+    for target in candidates:
+        if target in listed or _pyc_source(target) not in owners:
+            continue
+        header = _head(os.path.join(prefix, target), 16)
+        # flags word: bit 0 hash-based, bit 1 check the source; 0b01 = unchecked-hash
+        if len(header) == 16 and int.from_bytes(header[4:8], "little") == 0b01:
+            found.append(target)
+    return found
+
+
+def _pycache_files(prefix: Path, owners: dict[str, str]) -> list[str]:
+    """`.pyc` files of the `__pycache__` dirs next to package sources."""
     found = []
     directories = {t.rpartition("/")[0] for t in owners if t.endswith(".py") and "/" in t}
     for directory in sorted(directories):
@@ -492,14 +520,7 @@ def _compiled_pycs(prefix: Path, listed: set[str], owners: dict[str, str]) -> li
                 names = sorted(e.name for e in entries if e.name.endswith(".pyc"))
         except OSError:
             continue
-        for name in names:
-            target = f"{directory}/__pycache__/{name}"
-            if target in listed or _pyc_source(target) not in owners:
-                continue
-            header = _head(os.path.join(prefix, target), 16)
-            # flags word: bit 0 hash-based, bit 1 check the source; 0b01 = unchecked-hash
-            if len(header) == 16 and int.from_bytes(header[4:8], "little") == 0b01:
-                found.append(target)
+        found.extend(f"{directory}/__pycache__/{name}" for name in names)
     return found
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from conda_pack.core import CondaEnv
 from support.build import BUILD_CACHE, conda_unpack, env_python, extract
 
 from nsls2_artifacts import install, pack, solve
@@ -300,3 +301,16 @@ def test_a_previous_archive_shorter_than_its_index_is_a_previous_archive_error(
         previous = pack.PreviousPack(None, packs.full_a.index, opener=lambda: stream_of(raw))
         with pytest.raises(pack.PreviousArchiveError, match="previous archive"):
             pack.pack(_prefix_of(packs), tmp_path / "b.tar.zst", previous=previous)
+
+
+def test_pycs_from_the_listing_are_the_pycs_next_to_package_sources(packs: Packs) -> None:
+    """The packer takes install.py's pycs from the prefix listing; reading the
+    `__pycache__` dirs next to package sources finds the same ones (six's among them)."""
+    prefix = _prefix_of(packs)
+    files = CondaEnv.from_prefix(str(prefix)).files
+    listed = {f.target for f in files}
+    owners, _ = pack._owners(prefix, pack.MetaCache())
+    scanned = pack._compiled_pycs(prefix, listed, owners)
+    from_listing = pack._compiled_pycs(prefix, listed, owners, pack.list_prefix(str(prefix)))
+    assert "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc" in scanned
+    assert len(scanned) > 1000 and sorted(scanned) == sorted(from_listing)

@@ -58,8 +58,10 @@ def test_an_unreadable_directory_is_skipped_as_conda_pack_skips_it(tree: Path) -
         locked.chmod(0o755)
 
 
-def test_the_stock_listing_is_put_back_after_a_pack() -> None:
+def test_the_stock_listing_is_put_back_after_a_pack(tree: Path) -> None:
     stock = conda_pack.core.load_files
-    with pack._fast_listing():
-        assert conda_pack.core.load_files is pack.list_prefix
+    with pack._fast_listing() as listings:
+        assert conda_pack.core.load_files is not stock
+        assert conda_pack.core.load_files(str(tree)) == stock(str(tree))
+        assert listings == [stock(str(tree))]  # kept for the packer (its pycs)
     assert conda_pack.core.load_files is stock
