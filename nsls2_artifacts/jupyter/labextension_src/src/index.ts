@@ -543,14 +543,19 @@ const buildIndicatorPlugin: JupyterFrontEndPlugin<void> = {
       }
       render();
     };
+    // kernels being restarted: the server may still see the old process while the
+    // restart is under way, so ask it again once the kernel is idle on the new one
+    const restarting = new Set<string>();
     const onStatus = (context: ISessionContext, status: string) => {
       // a restarted latest kernel may be on a newer build: ask again once it is up
       const kernel = context.session?.kernel;
       if (kernel && ['starting', 'restarting', 'autorestarting'].includes(status)) {
         running.delete(kernel.id);
         firstSeen.delete(kernel.id);
+        restarting.add(kernel.id);
       }
-      void lookUp();
+      const settled = !!kernel && status === 'idle' && restarting.delete(kernel.id);
+      void lookUp(settled);
     };
     const onKernel = () => void lookUp();
     let watched: ISessionContext | null = null;
