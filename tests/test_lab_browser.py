@@ -418,6 +418,16 @@ def test_facility_launcher_one_card_per_env(facility, facility_lab, browser) -> 
     assert console == ["NSLS-II console…"]
     notebook = [c for c in section_cards(page, "Notebook") if c.startswith("NSLS-II")]
     assert notebook == []
+    # 30 envs are several screens at 1280 x 860: the beamline cards come first, in view
+    # without scrolling, then the env section with its filter box
+    titles = page.locator(".jp-Launcher:visible .jp-Launcher-sectionTitle").all_inner_texts()
+    assert titles[:2] == ["NSLS-II beamlines", "NSLS-II"], titles
+    beamline = section(page, "NSLS-II beamlines").locator(".jp-LauncherCard").first
+    box = beamline.bounding_box()
+    assert box and box["y"] + box["height"] <= page.viewport_size["height"], box
+    filter_box = section(page, "NSLS-II").locator("input.jp-nsls2-launcher-filter")
+    top = filter_box.bounding_box()
+    assert top and top["y"] + top["height"] <= page.viewport_size["height"], top
     screenshot(page, "facility-launcher")
     # more than a screenful of envs: a filter box
     box = nsls2.locator("input.jp-nsls2-launcher-filter")

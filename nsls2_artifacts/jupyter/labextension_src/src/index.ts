@@ -32,6 +32,7 @@ import {
   BEAMLINE_CARD_CLASS,
   decorateLaunchers,
   ENV_CARD_CLASS,
+  FILTER_FROM,
   IDecorations,
   keyClass
 } from './cards';
@@ -283,6 +284,9 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
           })
         );
       }
+      // more envs than a screenful (the section gets a filter box): the few beamline cards
+      // go above it, so a scientist reaches their beamline without scrolling past every env
+      const beamlineRank = decorations.cards.size > FILTER_FROM ? -30 : -10;
       beamlineCards(specs, profiles).forEach(({ beamline, spec }, index) => {
         decorations.beamlines.set(keyClass('beamline', beamline), {
           env: spec.nsls2!.env,
@@ -293,7 +297,7 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
             command: CommandIDs.beamlineNotebook,
             args: { beamline, kernelName: spec.name },
             category: BEAMLINE_CATEGORY,
-            categoryRank: -10,
+            categoryRank: beamlineRank,
             rank: index
           })
         );
