@@ -24,7 +24,7 @@ import yaml
 from msgspec import Meta
 
 from .errors import ConfigError
-from .names import beamline_name_problem, node_name_problem
+from .names import beamline_name_problem, env_name_problem, node_name_problem
 from .schema import FIELD, MISSING, UNKNOWN, field_problem, plain, split_error
 
 T = TypeVar("T")
@@ -92,6 +92,7 @@ class Beamline(Section):
     name: str
     uri: str
     path: tuple[str, ...] = ()
+    env: str | None = None  # the env its launcher card starts when none is named after it
 
 
 class BeamlineEntry(Section):
@@ -99,6 +100,7 @@ class BeamlineEntry(Section):
 
     uri: str
     path: tuple[str, ...] = ()
+    env: str | None = None
 
 
 class Mirror(Section):
@@ -217,7 +219,7 @@ _MESSAGES = {
     "deploy_root": "expected a path",
     "store": "expected a path (a directory) or s3://BUCKET/PREFIX",
     "channel_mirrors": "expected a mapping of channel -> mirror URL or path",
-    "beamlines": "expected a mapping of beamline -> {uri, path}",
+    "beamlines": "expected a mapping of beamline -> {uri, path, env}",
     "uri": "expected a URI string",
     "name": "expected a name",
     "state_dir": "expected a path",
@@ -397,7 +399,9 @@ class _Resolver:
         if problem := beamline_name_problem(name):
             raise ConfigError(self.source, f"beamlines.{name}", problem)
         given = convert_section(entry, BeamlineEntry, f"beamlines.{name}", self.source)
-        return Beamline(name=name, uri=given.uri, path=given.path)
+        if given.env is not None and (problem := env_name_problem(given.env)):
+            raise ConfigError(self.source, f"beamlines.{name}.env", problem)
+        return Beamline(name=name, uri=given.uri, path=given.path, env=given.env)
 
 
 def convert_section(value: Any, kind: type[T], key: str, source: Path | str | None) -> T:

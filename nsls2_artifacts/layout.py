@@ -86,6 +86,12 @@ def profiles_dir(deploy_root: str | Path) -> Path:
     return Path(deploy_root) / "etc" / "tiled" / "profiles"
 
 
+def beamline_envs_file(deploy_root: str | Path) -> Path:
+    """`{beamline: env}` from the site config's `beamlines.NAME.env` (kept out of the tiled
+    profiles: tiled owns their schema)."""
+    return Path(deploy_root) / "etc" / "nsls2" / "beamline-envs.json"
+
+
 # -- the agents' shared state ----------------------------------------------------------------
 
 

@@ -332,6 +332,12 @@ def test_profile_uri_forms_and_stale_profiles_removed(tmp_path: Path) -> None:
     # csx leaves the config
     assert run(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api"}})).ok
     assert sorted(p.name for p in profiles.iterdir()) == ["hxn.yml", "mine.yml"]
+    envs_file = layout.beamline_envs_file(cfg.deploy_root)
+    assert json.loads(envs_file.read_text()) == {}
+    # beamlines.NAME.env (the env its launcher card starts) goes beside, not into, tiled's file
+    assert run(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api", "env": "demo"}})).ok
+    assert json.loads(envs_file.read_text()) == {"hxn": "demo"}
+    assert "demo" not in (profiles / "hxn.yml").read_text()
 
 
 def started(manager):

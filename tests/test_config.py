@@ -102,7 +102,8 @@ BAD = [
     ("beamlines: {../etc: {uri: 'http://x'}}\n", "beamlines.../etc", "beamline name '../etc'"),
     # the schema (msgspec Structs) names the field path, inside lists and entries too
     ("beamlines: {csx: {path: [raw]}}\n", "beamlines.csx.uri", "expected a URI string"),
-    ("beamlines: {csx: {uri: u, paths: [raw]}}\n", "beamlines.csx.paths", "known: path, uri"),
+    ("beamlines: {csx: {uri: u, paths: [raw]}}\n", "beamlines.csx.paths", "known: env, path, uri"),
+    ("beamlines: {csx: {uri: u, env: ../base}}\n", "beamlines.csx.env", "environment name"),
     ("hook: {tokens_sha256: [abc]}\n", "hook.tokens_sha256[0]", "a sha256 hex digest"),
     ("hook: {tokens_sha256: abc}\n", "hook.tokens_sha256", "a list of sha256 hex digests"),
     ("hook: {tokens_sha256: [{name: x, sha256: zz}]}\n", "hook.tokens_sha256[0].sha256", "'zz'"),

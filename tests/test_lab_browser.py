@@ -413,7 +413,7 @@ def test_facility_launcher_one_card_per_env(facility, facility_lab, browser) -> 
     assert lts.count() == 30 * facility.listed_lts
     assert nsls2.locator(".jp-nsls2-badge-latest").count() == 30
     # beamline cards: one per profile; Console: one NSLS-II card, not one per env
-    assert section_cards(page, "NSLS-II beamlines") == ["AMX", "CHX", "CSX", "HXN", "TST"]
+    assert section_cards(page, "NSLS-II beamlines") == ["AMX", "CHX", "CSX", "HEX", "HXN", "TST"]
     console = [c for c in section_cards(page, "Console") if c.startswith("NSLS-II")]
     assert console == ["NSLS-II console…"]
     notebook = [c for c in section_cards(page, "Notebook") if c.startswith("NSLS-II")]
@@ -540,17 +540,23 @@ def test_facility_beamline_cards_use_the_beamlines_env(facility, facility_lab, b
         ).inner_text()
         for card in cards.all()
     }
-    # its own env when there is one (not "base", first by name); tst has none: the most
-    # specific env listing it
+    # its own env when there is one (not "base", first by name); hex has none: the env the
+    # site config names (beamlines.hex.env: fmx), though base lists hex; tst has neither:
+    # the most specific env listing it
     assert served == {
         "AMX": "on NSLS-II AMX",
         "CHX": "on NSLS-II CHX",
         "CSX": "on NSLS-II CSX",
         "HXN": "on NSLS-II HXN",
         "TST": "on NSLS-II HXN",
+        "HEX": "on NSLS-II FMX",
     }
     cards.filter(has_text="CSX").first.click()
     assert idle_kernel(facility_lab, "csx.ipynb")["kernel"]["name"] == "nsls2-csx-latest"
+    page.evaluate("() => window.jupyterapp.commands.execute('launcher:create')")
+    cards = section(page, "NSLS-II beamlines").locator(".jp-LauncherCard")
+    cards.filter(has_text="HEX").first.click()
+    assert idle_kernel(facility_lab, "hex.ipynb")["kernel"]["name"] == "nsls2-fmx-latest"
     page.close()
 
 

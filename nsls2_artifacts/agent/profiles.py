@@ -8,7 +8,9 @@ beamline; files we wrote but whose beamline left the config are removed.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -53,7 +55,22 @@ def write_profiles(site: SiteConfig) -> tuple[list[str], list[str]]:
         if path.stem not in site.beamlines and (_read(path) or "").startswith(HEADER):
             os.unlink(path)
             removed.append(path.stem)
+    write_beamline_envs(site)
     return written, removed
+
+
+def render_beamline_envs(beamlines: Mapping[str, Beamline]) -> str:
+    envs = {name: b.env for name, b in sorted(beamlines.items()) if b.env}
+    return json.dumps(envs, indent=1, sort_keys=True) + "\n"
+
+
+def write_beamline_envs(site: SiteConfig) -> None:
+    """`beamlines.NAME.env` for the lab's beamline cards (layout.beamline_envs_file)."""
+    path = layout.beamline_envs_file(site.deploy_root)
+    text = render_beamline_envs(site.beamlines)
+    if _read(path) != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
 
 
 def _read(path: Path) -> str | None:

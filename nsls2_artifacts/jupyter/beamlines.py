@@ -38,6 +38,18 @@ def profile_names(deploy_roots: Iterable[Path]) -> list[str]:
     return sorted(names)
 
 
+def configured_envs(deploy_roots: Iterable[Path]) -> dict[str, str]:
+    """`beamlines.NAME.env` of the site config as the agent wrote it (an unreadable or
+    malformed file counts as none: the cards fall back to the envs listing the beamline)."""
+    envs: dict[str, str] = {}
+    for root in deploy_roots:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(layout.beamline_envs_file(root).read_text())
+            if isinstance(data, dict):
+                envs.update({str(k): v for k, v in data.items() if isinstance(v, str)})
+    return envs
+
+
 class BeamlinesHandler(APIHandler):
     """`{"beamlines": [NAME, ...]}`, authorized like `GET /api/kernelspecs`."""
 
@@ -49,5 +61,6 @@ class BeamlinesHandler(APIHandler):
         specs = self.kernel_spec_manager.find_kernel_specs()
         roots = build_catalogue(specs).deploy_roots
         names = await asyncio.to_thread(profile_names, roots)
+        envs = await asyncio.to_thread(configured_envs, roots)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"beamlines": names}))
+        self.finish(json.dumps({"beamlines": names, "envs": envs}))

@@ -7,12 +7,13 @@ that count launcher cards and dialog entries (issue 19: 30 envs x 5 labels = 180
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import kernels, latest
-from nsls2_artifacts.agent.profiles import render_profile
+from nsls2_artifacts.agent.profiles import render_beamline_envs, render_profile
 from nsls2_artifacts.config import Beamline
 
 # real NSLS-II beamline names first (a few get their own env), then made-up ones
@@ -85,12 +86,16 @@ def generate_site(
     envs: int = 30,
     labels: tuple[str, ...] = LTS_LABELS,
     listed_lts: int = 2,
-    beamlines: tuple[str, ...] = ("csx", "hxn", "chx", "amx", "tst"),
+    beamlines: tuple[str, ...] = ("csx", "hxn", "chx", "amx", "tst", "hex"),
     tiled_uri: str = "http://127.0.0.1:9/api",
+    beamline_envs: Mapping[str, str] | None = None,
 ) -> BigSite:
     """Write the site under `deploy_root`. `base` serves every beamline (the union env);
     an env named after a beamline serves that beamline; `tst` has a profile but no env of
-    its own, so its card must fall back to the env that lists it."""
+    its own, so its card must fall back to the env that lists it; `hex` (the 31st name, no
+    env at 30) has none either but the site config names its env (`beamlines.hex.env: fmx`,
+    `beamline_envs`)."""
+    beamline_envs = {"hex": "fmx"} if beamline_envs is None else beamline_envs
     names = ENV_NAMES[:envs]
     written: list[str] = []
     kernels.write_startup(deploy_root)
@@ -115,9 +120,15 @@ def generate_site(
             written.append(plan.name)
     profiles = layout.profiles_dir(deploy_root)
     profiles.mkdir(parents=True, exist_ok=True)
-    for name in beamlines:
-        beamline = Beamline(name=name, uri=tiled_uri, path=(name,))
+    configured = {
+        name: Beamline(name=name, uri=tiled_uri, path=(name,), env=beamline_envs.get(name))
+        for name in beamlines
+    }
+    for name, beamline in configured.items():
         (profiles / f"{name}.yml").write_text(render_profile(beamline))
+    envs_file = layout.beamline_envs_file(deploy_root)
+    envs_file.parent.mkdir(parents=True, exist_ok=True)
+    envs_file.write_text(render_beamline_envs(configured))
     return BigSite(deploy_root, names, labels, listed_lts, tuple(beamlines), tuple(written))
 
 

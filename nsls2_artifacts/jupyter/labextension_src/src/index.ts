@@ -49,6 +49,7 @@ import {
   ISpec,
   mustAsk,
   nsls2Of,
+  parseBeamlineEnvs,
   parseBeamlines,
   parseServerInfo,
   IServerInfo,
@@ -109,15 +110,19 @@ async function fetchServerInfo(): Promise<IServerInfo> {
 }
 
 /** GET /nsls2/api/beamlines: the beamline profiles of the site; null if unavailable. */
-async function fetchBeamlines(): Promise<string[] | null> {
+async function fetchBeamlines(): Promise<{
+  profiles: string[] | null;
+  envs: Record<string, string>;
+}> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'nsls2/api/beamlines');
   try {
     const response = await ServerConnection.makeRequest(url, {}, settings);
-    return response.ok ? parseBeamlines(await response.json()) : null;
+    const body = response.ok ? await response.json() : null;
+    return { profiles: parseBeamlines(body), envs: parseBeamlineEnvs(body) };
   } catch (reason) {
     console.warn(`${PLUGIN}: ${url} unavailable`, reason);
-    return null;
+    return { profiles: null, envs: {} };
   }
 }
 
@@ -257,7 +262,7 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
     };
     let cards: DisposableSet | null = null;
     const refresh = async () => {
-      const profiles = await fetchBeamlines();
+      const { profiles, envs } = await fetchBeamlines();
       cards?.dispose();
       cards = new DisposableSet();
       const specs = currentSpecs(app);
@@ -287,7 +292,7 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
       // more envs than a screenful (the section gets a filter box): the few beamline cards
       // go above it, so a scientist reaches their beamline without scrolling past every env
       const beamlineRank = decorations.cards.size > FILTER_FROM ? -30 : -10;
-      beamlineCards(specs, profiles).forEach(({ beamline, spec }, index) => {
+      beamlineCards(specs, profiles, envs).forEach(({ beamline, spec }, index) => {
         decorations.beamlines.set(keyClass('beamline', beamline), {
           env: spec.nsls2!.env,
           label: envLabel(spec)

@@ -23,6 +23,7 @@ import {
   PICKER_TOP_ROWS,
   recommendedKernel,
   mustAsk,
+  parseBeamlineEnvs,
   parseBeamlines,
   parseServerInfo,
   tooltip
@@ -249,6 +250,17 @@ test('beamlines: the env named after it, else the most specific env listing it',
       ['tst', 'nsls2-hxn-latest'] // hxn serves 2 beamlines, base 3
     ]
   );
+  // the site config's beamlines.NAME.env: after an env named after it, before the listing
+  const configured = parseBeamlineEnvs({ envs: { tst: 'base', csx: 'hxn', hxn: 'nowhere' } });
+  assert.deepEqual(
+    beamlineCards(site, ['csx', 'hxn', 'tst'], configured).map(c => [c.beamline, c.spec.name]),
+    [
+      ['csx', 'nsls2-csx-latest'],
+      ['hxn', 'nsls2-hxn-latest'],
+      ['tst', 'nsls2-base-latest']
+    ]
+  );
+  assert.deepEqual(parseBeamlineEnvs({ beamlines: [] }), {});
 });
 
 test('beamlines: one card each, served by the first env naming it; notebook content', () => {

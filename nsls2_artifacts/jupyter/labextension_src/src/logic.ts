@@ -481,7 +481,8 @@ function timeValue(buildId: string): number {
 }
 
 /**
- * Beamline -> the latest kernel it starts: the env named after the beamline, else the most
+ * Beamline -> the latest kernel it starts: the env named after the beamline, else the env
+ * the site config names for it (`configured`: `beamlines.NAME.env`), else the most
  * specific env whose nsls2.yaml lists it (fewest beamlines: `base` serves all of them, so a
  * beamline's own env wins), then by name. `profiles`: the site's beamline profiles
  * (GET /nsls2/api/beamlines); a beamline without one could not connect, so it gets no
@@ -489,7 +490,8 @@ function timeValue(buildId: string): number {
  */
 export function beamlineCards(
   specs: ISpec[],
-  profiles: string[] | null = null
+  profiles: string[] | null = null,
+  configured: Record<string, string> = {}
 ): { beamline: string; spec: ISpec }[] {
   const latest = [...byEnv(specs).values()]
     .map(group => group.latest)
@@ -507,7 +509,9 @@ export function beamlineCards(
           (a.nsls2!.beamlines?.length ?? 0) - (b.nsls2!.beamlines?.length ?? 0) ||
           a.nsls2!.env.localeCompare(b.nsls2!.env)
       );
-    const spec = own ?? listing[0];
+    const setting = configured[beamline];
+    const chosen = setting ? latest.find(s => s.nsls2!.env === setting) : undefined;
+    const spec = own ?? chosen ?? listing[0];
     if (spec) {
       cards.push({ beamline, spec });
     }
@@ -650,6 +654,20 @@ export function parseServerInfo(data: unknown): IServerInfo {
 }
 
 /** `GET /nsls2/api/beamlines` -> the profile names, or null when it did not answer. */
+/** `envs` of GET /nsls2/api/beamlines: beamline -> the env the site config names for it. */
+export function parseBeamlineEnvs(data: unknown): Record<string, string> {
+  const envs = (data as { envs?: unknown } | null)?.envs;
+  const out: Record<string, string> = {};
+  if (envs && typeof envs === 'object' && !Array.isArray(envs)) {
+    for (const [beamline, env] of Object.entries(envs)) {
+      if (typeof env === 'string') {
+        out[beamline] = env;
+      }
+    }
+  }
+  return out;
+}
+
 export function parseBeamlines(data: unknown): string[] | null {
   const list = (data as { beamlines?: unknown } | null)?.beamlines;
   return Array.isArray(list) ? list.filter((b): b is string => typeof b === 'string') : null;
