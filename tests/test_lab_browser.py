@@ -441,6 +441,16 @@ def test_facility_launcher_one_card_per_env(facility, facility_lab, browser) -> 
     page.close()
 
 
+EMPTY_BASE_NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {
+        "kernelspec": {"name": "nsls2-base-latest", "display_name": "x", "language": "python"}
+    },
+    "cells": [],
+}
+
+
 def test_facility_new_notebook_dialog_is_short(facility, facility_lab, browser) -> None:
     page = open_lab(browser, facility_lab)
     # File -> New -> Notebook
@@ -474,6 +484,23 @@ def test_facility_new_notebook_dialog_is_short(facility, facility_lab, browser) 
     # the toolbar names it compactly, so a split view keeps it readable
     name = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) button.jp-nsls2-kernel-name")
     wait_until(lambda: name.inner_text() == "CSX · 2023-1", 60, "the toolbar kernel name")
+    # a second notebook split to the right: each half still shows its kernel name in the
+    # toolbar itself, not folded into the toolbar's "⋯" menu
+    (facility_lab.notebooks / "split.ipynb").write_text(json.dumps(EMPTY_BASE_NOTEBOOK))
+    page.evaluate(
+        "() => { window.jupyterapp.commands.execute('docmanager:open',"
+        " {path: 'split.ipynb', options: {mode: 'split-right'}}); }"
+    )
+    names = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) button.jp-nsls2-kernel-name")
+    wait_until(lambda: names.count() == 2, 60, "two notebooks side by side")
+    wait_until(
+        lambda: any(t.endswith("· latest") for t in names.all_inner_texts()),
+        120,
+        "the second notebook's kernel name",
+    )
+    assert all(names.nth(i).is_visible() for i in range(2)), names.all_inner_texts()
+    assert "CSX · 2023-1" in names.all_inner_texts()
+    screenshot(page, "facility-split-view")
     page.close()
 
 
