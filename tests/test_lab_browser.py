@@ -408,6 +408,9 @@ def test_facility_launcher_one_card_per_env(facility, facility_lab, browser) -> 
     assert cards[0] == "NSLS-II base"
     # labels are the env only: nothing to wrap mid-date
     assert all("(" not in label and "\n" not in label for label in cards), cards
+    # the section header carries the NSLS-II mark, not the first env's logo
+    header = section(page, "NSLS-II").locator(".jp-Launcher-sectionHeader .jp-nsls2-logo")
+    assert "kernelspecs" not in header.evaluate("el => getComputedStyle(el).backgroundImage")
     nsls2 = section(page, "NSLS-II")
     lts = nsls2.locator("button.jp-nsls2-card-lts")
     assert lts.count() == 30 * facility.listed_lts
