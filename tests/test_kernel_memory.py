@@ -277,7 +277,7 @@ def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path
     finder = kernel_ceiling._v2_parent if version == "cgroup2" else kernel_ceiling._v1_parent
     parent, why = finder()
     if parent is None:
-        pytest.skip(f"{version} unavailable to this user here: {why}")
+        pytest.skip(f"{version} unavailable to this user here: {why}{_v1_bound(version)}")
     if version == "cgroup1" and kernel_ceiling._v2_parent()[0] is not None:
         pytest.skip("cgroup2 with the memory controller takes precedence here")
     cfg, _ = sci
@@ -308,6 +308,20 @@ def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path
         page.wait_for_timeout(1000)  # the toast slides in: let the screenshot show it whole
         screenshot(page, "kernel-memory-notification")
         server.ok("DELETE", f"/api/kernels/{kernel_id}")
+
+
+def _v1_bound(version: str) -> str:
+    """Why no cgroup2 can have the memory controller here: it is bound to a v1 hierarchy."""
+    if version != "cgroup2":
+        return ""
+    for line in Path("/proc/cgroups").read_text().splitlines():
+        fields = line.split()
+        if fields[:1] == ["memory"] and fields[1] != "0":
+            return (
+                f"; /proc/cgroups binds memory to cgroup v1 hierarchy {fields[1]}, so no"
+                " cgroup2 mount (not even a new one in a private mount namespace) can enable it"
+            )
+    return ""
 
 
 def read_procs(directory: Path) -> str:
