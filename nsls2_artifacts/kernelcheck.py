@@ -7,13 +7,17 @@ it got. A kernel that cannot start under its ceiling shows here before users mee
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import layout
-from .agent import kernels
+from .agent import kernel_ceiling, kernels
+
+# the launcher's first argument is the kernel's ceiling in bytes (or "none")
+_LIMIT_RE = re.compile(r"kernel_ceiling\.py'?\s+(\d+)\s")
 
 CELL = """\
 import json as _j, os as _o, resource as _r
@@ -51,6 +55,22 @@ def _smoke(deploy_root: Path, info: dict[str, Any]) -> tuple[str, ...]:
     return ready.smoke if ready else ()
 
 
+def _failed(name: str, started: float, argv: list[str], error: str) -> KernelCheck:
+    """A kernel that did not start or import: with the ceiling its spec asks for and the
+    mechanism this node gives kernels, so the failure says under what it failed."""
+    found = _LIMIT_RE.search(" ".join(argv))
+    node = kernel_ceiling.probe()
+    return KernelCheck(
+        name,
+        False,
+        time.monotonic() - started,
+        mechanism=node.mechanism,
+        detail=node.detail,
+        limit=int(found.group(1)) if found else None,
+        error=error or "error",
+    )
+
+
 def check_kernel(deploy_root: Path, name: str, timeout: float = 120) -> KernelCheck:
     """Start kernel NAME from DEPLOY_ROOT's kernelspecs, run the check cell, shut it down."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -58,6 +78,7 @@ def check_kernel(deploy_root: Path, name: str, timeout: float = 120) -> KernelCh
 
     specs = KernelSpecManager(kernel_dirs=[str(layout.kernels_dir(deploy_root))])
     data = kernels.installed(deploy_root).get(name, {})
+    argv = [str(a) for a in data.get("argv", [])]
     imports = "\n".join(f"import {m}" for m in _smoke(deploy_root, kernels.spec_target(data)))
     started = time.monotonic()
     manager = KernelManager(kernel_name=name, kernel_spec_manager=specs)
@@ -81,14 +102,14 @@ def check_kernel(deploy_root: Path, name: str, timeout: float = 120) -> KernelCh
         finally:
             client.stop_channels()
     except Exception as exc:  # noqa: BLE001 - a kernel that does not start is the finding
-        return KernelCheck(name, False, time.monotonic() - started, error=f"{exc}".strip())
+        return _failed(name, started, argv, f"{exc}".strip())
     finally:
         if manager.has_kernel:
             manager.shutdown_kernel(now=True)
-    seconds = time.monotonic() - started
     text = "".join(output).strip()
     if reply["content"]["status"] != "ok":
-        return KernelCheck(name, False, seconds, error=text.splitlines()[-1] if text else "error")
+        return _failed(name, started, argv, text.splitlines()[-1] if text else "")
+    seconds = time.monotonic() - started
     seen = json.loads(text.splitlines()[-1])
     return KernelCheck(
         name,
@@ -110,11 +131,13 @@ def check_kernels(deploy_root: Path) -> list[KernelCheck]:
 def render(checks: list[KernelCheck]) -> list[str]:
     lines = ["kernel checks (started under their ceilings):"]
     for c in checks:
-        if not c.ok:
-            lines.append(f"  {c.name:<28} FAILED after {c.seconds:.1f} s: {c.error}")
-            continue
         ceiling = (
             f"{c.limit / 2**30:g} GiB by {c.mechanism} ({c.detail})" if c.limit else "no ceiling"
         )
+        if not c.ok:
+            lines.append(
+                f"  {c.name:<28} FAILED after {c.seconds:.1f} s under {ceiling}: {c.error}"
+            )
+            continue
         lines.append(f"  {c.name:<28} ok in {c.seconds:.1f} s; {ceiling}; BLAS threads {c.threads}")
     return lines

@@ -365,3 +365,32 @@ def test_status_says_which_ceiling_and_check_kernels_starts_them(sci) -> None:
     (check,) = data["kernel_checks"]
     assert check["ok"] and check["limit"] == 2 * GIB and check["mechanism"] == probe.mechanism
     assert data["memory"]["test-node"]["mechanism"] == probe.mechanism
+
+
+def test_check_kernels_names_a_kernel_that_cannot_start_under_its_ceiling(sci) -> None:
+    """A kernel whose ceiling it cannot start under (its kernelspec asks for 32 MiB, below
+    what python + ipykernel need; config refuses such a limit, so the spec is edited here):
+    `status --check-kernels` names the kernel, the ceiling and this node's mechanism, says
+    why, and exits non-zero."""
+    cfg, _ = sci
+    config = cfg.deploy_root.parent / "site.yaml"
+    spec = layout.kernels_dir(cfg.deploy_root) / KERNEL / "kernel.json"
+    original = spec.read_text()
+    assert f" {2 * GIB} " in original
+    spec.write_text(original.replace(f" {2 * GIB} ", f" {32 * 1024**2} "))
+    try:
+        probe = kernel_ceiling.probe()
+        out = run_cli(config, "status", "--check-kernels", timeout=600)
+        assert out.returncode == 1, out.stdout + out.stderr
+        checks = out.stdout.split("kernel checks (started under their ceilings):")[1]
+        (line,) = [x for x in checks.splitlines() if x.strip().startswith(KERNEL)]
+        assert " FAILED after " in line and f"under 0.03125 GiB by {probe.mechanism}" in line
+        assert line.split(")")[-1].strip(": "), line  # why: jupyter_client's or the kernel's
+        data = json.loads(
+            run_cli(config, "status", "--check-kernels", "--json", timeout=600).stdout
+        )
+        (check,) = data["kernel_checks"]
+        assert not check["ok"] and check["limit"] == 32 * 1024**2 and check["error"]
+        assert check["mechanism"] == probe.mechanism
+    finally:
+        spec.write_text(original)
