@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import tarfile
 from pathlib import Path
 
@@ -367,3 +368,30 @@ def test_long_extraction_logs_progress(site, monkeypatch: pytest.MonkeyPatch) ->
     progress = events(log, "extract-progress")
     assert [int(p["members"]) for p in progress] == [2, 4, 6]
     assert all(p["build"] == build.build_id for p in progress)
+
+
+def _hog_members() -> list[tuple[tarfile.TarInfo, bytes]]:
+    """A fake env whose python needs 1 GiB of data to start (a hog run first): fine without
+    a ceiling, impossible under a 512 MiB one (RLIMIT_DATA is inherited by the hog)."""
+    hog = f"{sys.executable} -c 'bytearray(1 << 30)' || exit 1\n"
+    wrapper = f'#!/bin/sh\n{hog}exec {sys.executable} "$@"\n'.encode()
+    members = [m for m in fake_env_members() if m[0].name != "bin/python"]
+    return [member("bin/python", wrapper, mode=0o755), *members]
+
+
+@pytest.mark.parametrize("limit", [None, "512MiB"])
+def test_smoke_failing_under_the_ceiling_never_becomes_latest(tmp_path: Path, limit) -> None:
+    """The smoke imports run under the build's memory ceiling: a build whose python cannot
+    start under it is quarantined (stage smoke), gets no kernel and no latest; the same
+    build without a ceiling deploys (so the ceiling is what failed it)."""
+    _, cfg = write_site(tmp_path / "site", kernels={"memory_limit": limit})
+    build = commit_build(cfg.store, "demo", tar_bytes(_hog_members()), smoke=("json",))
+    _, log = run(cfg)
+    latest = cfg.deploy_root / "envs" / "demo" / "latest"
+    if limit is None:
+        assert events(log, "quarantine") == [] and latest.is_symlink(), log
+        return
+    [q] = events(log, "quarantine")
+    assert q["stage"] == "smoke" and q["build"] == build.build_id, q
+    assert not latest.is_symlink()
+    assert not (layout.kernels_dir(cfg.deploy_root) / "nsls2-demo-latest").exists()
