@@ -159,8 +159,12 @@ def _env_status(
 
 def _disk(root: Path, env: str, build_id: str) -> dict[str, Any] | None:
     """The disk a ready build added when it was deployed, from its dedup record (None for
-    a build deployed in full, before content indexes: it added all of its files)."""
-    record = dedup.read_record(layout.build_dir(root, env, build_id))
+    a build deployed in full, before content indexes: it added all of its files; an
+    unreadable record says why, naming the file and the field)."""
+    try:
+        record = dedup.read_record(layout.build_dir(root, env, build_id))
+    except RecordError as exc:
+        return {"error": str(exc)}
     if record is None:
         return None
     return {
@@ -262,6 +266,8 @@ def _scan_lines(scans: dict[str, Any]) -> list[str]:
 def _disk_text(disk: dict[str, Any] | None) -> str:
     if not disk:
         return ""
+    if "error" in disk:
+        return f"  disk added unknown ({disk['error']})"
     linked = f", {disk['linked_files']} files linked" if disk["linked_files"] else ""
     return f"  adds {disk['added_bytes'] / 1e6:.1f} of {disk['bytes'] / 1e6:.1f} MB{linked}"
 

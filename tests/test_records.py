@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nsls2_artifacts import layout
+from nsls2_artifacts.agent.dedup import DedupRecord
 from nsls2_artifacts.records import (
     ArtifactInfo,
     BuildManifest,
@@ -40,6 +41,7 @@ GOOD = {
     DeletedMarker: DeletedMarker("demo", BUILD, "n1", "t"),
     PassRecord: PassRecord("n1", "t", 1.5, True, [], [{"env": "demo"}], True),
     NodeCheck: NodeCheck(("ipykernel", "cupy"), "", "t"),
+    DedupRecord: DedupRecord("ab" * 32, 10, 1000, 6, 600, 0, 4, 2, (f"demo/{BUILD}",)),
     NodeHeartbeat: NodeHeartbeat(
         "n1",
         "t",
@@ -71,6 +73,10 @@ def test_round_trip(cls):
         (NodeHeartbeat, "complete", 1, "expected bool, got int"),
         (NodeCheck, "imports", [1], "expected a list of module names"),
         (NodeCheck, "reason", None, "expected str, got NoneType"),
+        (DedupRecord, "linked_bytes", -1, "expected int >= 0"),
+        (DedupRecord, "files", 1.5, "expected int, got float"),
+        (DedupRecord, "index_sha256", "XY", "expected str matching regex"),
+        (DedupRecord, "donors", "demo/b", "expected list, got str"),
     ],
 )
 def test_wrong_field_is_named(cls, field, value, expect):
@@ -252,3 +258,26 @@ def test_build_id_time_is_the_inverse_of_make_build_id() -> None:
     when = datetime(2026, 11, 25, 2, 0, 7, tzinfo=UTC)
     assert build_id_time(make_build_id(when, "1a2b3c4d" + "0" * 56)) == when
     assert build_id_time("latest") is None and build_id_time("2026.13.45T990000Z-1a2b3c4d") is None
+
+
+def test_an_unreadable_dedup_record_names_file_and_field(tmp_path: Path) -> None:
+    """`.nsls2/dedup.json` is a Struct: a bad field is an error naming the file and the
+    field (status shows it), and the build is simply no donor for a later deploy."""
+    from nsls2_artifacts import status
+    from nsls2_artifacts.agent import dedup
+
+    build = layout.build_dir(tmp_path, "demo", BUILD)
+    assert dedup.read_record(build) is None  # deployed in full: no record
+    (build / layout.AGENT_DIR).mkdir(parents=True)
+    data = GOOD[DedupRecord].to_dict() | {"linked_files": "6"}
+    (build / dedup.RECORD).write_text(json.dumps(data))
+    with pytest.raises(RecordError) as info:
+        dedup.read_record(build)
+    assert info.value.field == "linked_files"
+    assert str(build / dedup.RECORD) in str(info.value)
+    assert dedup.INDEXES.get(build) is None
+    disk = status._disk(tmp_path, "demo", BUILD)
+    assert disk is not None and "field 'linked_files'" in disk["error"]
+    assert "linked_files" in status._disk_text(disk)
+    (build / dedup.RECORD).write_text(json.dumps(GOOD[DedupRecord].to_dict()))
+    assert dedup.read_record(build) == GOOD[DedupRecord]

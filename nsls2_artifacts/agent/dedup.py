@@ -45,19 +45,21 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any, ClassVar
 
 import msgspec
 import zstandard
+from msgspec import Meta
 
 from .. import layout
 from ..config import SiteConfig
 from ..contentindex import ContentIndex, FrameRecord, IndexEntry
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError
-from ..fsutil import LockBusy, atomic_write_json, read_json
+from ..fsutil import LockBusy, atomic_write_json
 from ..records import BuildManifest, RecordError, parse_time
+from ..schema import Record
 from ..store import Store
 from ..tarstream import DIRECTORY, REGULAR, SYMLINK, TarMember, TarNameError, TarReader
 from ..tarstream import canonical_name as _canonical
@@ -86,19 +88,25 @@ _END_OF_ARCHIVE = bytes(1024)
 Key = tuple[str, int, int]  # sha256, size, mode
 
 
-@dataclass(frozen=True)
-class DedupRecord:
-    """`.nsls2/dedup.json`: what one deduplicated deploy linked and wrote, and the sha256
-    of the index copy kept beside it (what vouches for it as a later donor)."""
+Count = Annotated[int, Meta(ge=0)]
 
-    index_sha256: str
-    files: int  # regular files of the build
-    bytes: int  # ... and their bytes
-    linked_files: int  # hardlinks into earlier builds
-    linked_bytes: int
-    copied_files: int  # a link was refused: reflinked or copied from the donor
-    frames: int
-    skipped_frames: int  # not decompressed
+
+class DedupRecord(Record, frozen=True):
+    """`.nsls2/dedup.json`: what one deduplicated deploy linked and wrote, and the sha256
+    of the index copy kept beside it (what vouches for it as a later donor). Written by the
+    agent that deployed the build, read by every node's agent (donors) and `status`:
+    unknown fields are ignored (docs/design.md)."""
+
+    RECORD: ClassVar[str] = "dedup.json"
+
+    index_sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    files: Count  # regular files of the build
+    bytes: Count  # ... and their bytes
+    linked_files: Count  # hardlinks into earlier builds
+    linked_bytes: Count
+    copied_files: Count  # a link was refused: reflinked or copied from the donor
+    frames: Count
+    skipped_frames: Count  # not decompressed
     donors: tuple[str, ...] = ()  # ENV/BUILD_ID
 
     @property
@@ -107,42 +115,11 @@ class DedupRecord:
         hardlinked ones), i.e. what it added to the filesystem at deploy time."""
         return self.bytes - self.linked_bytes
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["donors"] = list(self.donors)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any) -> DedupRecord:
-        if not isinstance(data, dict):
-            raise RecordError("dedup.json", None, "not a JSON object")
-        values: dict[str, Any] = {}
-        for name in ("files", "bytes", "linked_files", "linked_bytes", "copied_files"):
-            values[name] = _int(data, name)
-        for name in ("frames", "skipped_frames"):
-            values[name] = _int(data, name)
-        digest = data.get("index_sha256")
-        if not isinstance(digest, str):
-            raise RecordError("dedup.json", "index_sha256", "expected a string")
-        donors = data.get("donors", [])
-        if not isinstance(donors, list) or not all(isinstance(d, str) for d in donors):
-            raise RecordError("dedup.json", "donors", "expected a list of strings")
-        return cls(index_sha256=digest, donors=tuple(donors), **values)
-
-
-def _int(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise RecordError("dedup.json", name, "expected a count")
-    return value
-
 
 def read_record(build: Path) -> DedupRecord | None:
-    """A ready build's dedup record; None for a build deployed in full (or unreadable)."""
-    try:
-        return DedupRecord.from_dict(read_json(build / RECORD))
-    except (OSError, ValueError, RecordError):
-        return None
+    """A build's dedup record; None for a build deployed in full (no record). Raises
+    RecordError naming the file and the field when the record is unreadable."""
+    return layout.read_record(build / RECORD, DedupRecord.from_dict)
 
 
 @dataclass(frozen=True)
@@ -198,8 +175,12 @@ class _IndexCache:
             self._found[str(path)] = ((st.st_ino, st.st_mtime_ns, st.st_size), index)
 
     def get(self, build: Path) -> ContentIndex | None:
-        """The index `build` kept, if its sha256 matches its dedup record; else None."""
-        record = read_record(build)
+        """The index `build` kept, if its sha256 matches its dedup record; else None (an
+        unreadable record makes the build no donor: its files are written instead)."""
+        try:
+            record = read_record(build)
+        except RecordError:
+            return None
         if record is None:
             return None
         path = build / INDEX_COPY
