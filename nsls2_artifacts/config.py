@@ -25,7 +25,7 @@ from msgspec import Meta
 
 from .errors import ConfigError
 from .names import beamline_name_problem, env_name_problem, node_name_problem
-from .schema import FIELD, MISSING, UNKNOWN, field_problem, plain, split_error
+from .schema import FIELD, MISSING, UNKNOWN, field_problem, plain, split_error, type_at
 
 T = TypeVar("T")
 
@@ -460,7 +460,7 @@ def _takes_null(info: msgspec.inspect.Type) -> bool:
 def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     """msgspec's message and path as (dotted field, message in the words of this file)."""
     message, tokens = split_error(text)
-    info = _info_at(kind, tokens)
+    info = type_at(kind, tokens)
     dotted = ".".join(tokens).replace(".[", "[")
     join = lambda name: f"{dotted}.{name}" if dotted else name  # noqa: E731
     if found := UNKNOWN.match(message):
@@ -525,25 +525,6 @@ def describe_range(info: msgspec.inspect.IntType | msgspec.inspect.FloatType) ->
     if info.gt is not None:
         return f"a {noun} more than {info.gt:g} and{high}"
     return f"a {noun} at least {info.ge:g} and{high}"
-
-
-def _info_at(kind: type, tokens: list[str]) -> msgspec.inspect.Type | None:
-    """The type msgspec saw at `tokens` inside `kind` (None where the path leaves it)."""
-    info: Any = msgspec.inspect.type_info(kind)
-    for token in tokens:
-        if isinstance(info, msgspec.inspect.UnionType):
-            structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
-            info = structs[0] if structs and not token.startswith("[") else info
-        if token.startswith("["):
-            if isinstance(info, msgspec.inspect.UnionType):
-                return None
-            info = getattr(info, "item_type", None) or getattr(info, "value_type", None)
-        else:
-            fields = {f.encode_name: f.type for f in getattr(info, "fields", ())}
-            info = fields.get(token)
-        if info is None:
-            return None
-    return info
 
 
 def _value_at(data: Any, tokens: list[str]) -> Any:

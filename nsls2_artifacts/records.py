@@ -2,10 +2,11 @@
 
 The build side writes `BuildManifest` into the store; the agent reads it back, writes
 `ReadyRecord` into the deploy root and its shared state (`NodeHeartbeat`, `Quarantine`,
-`Hold`, `Tombstone`, `DeletedMarker`, `PassRecord`) under `DEPLOY_ROOT/state`; prune
-returns `RetentionDecision`s. Each is a msgspec Struct (`schema.Record`): its types are
-checked on the way in and `from_dict` names the field that is wrong. Build-id times are
-parsed here only (`build_id_time`). Every stage imports this module; it imports none of them.
+`Hold`, `Tombstone`, `DeletedMarker`, `PassRecord`, `MemoryProbe`) under
+`DEPLOY_ROOT/state`; prune returns `RetentionDecision`s. Each is a msgspec Struct
+(`schema.Record`): its types are checked on the way in and `from_dict` names the field
+that is wrong. Build-id times are parsed here only (`build_id_time`). Every stage imports
+this module; it imports none of them.
 """
 
 from __future__ import annotations
@@ -444,6 +445,26 @@ class PassRecord(Record, frozen=True):
     failures: list[Any]
     outcomes: list[Any]  # agent.deploy.DeployOutcome as dicts
     store_ok: bool
+
+
+# how a kernel's memory ceiling is held (agent/kernel_ceiling.py, docs/kernels.md)
+CeilingMechanism = Literal["cgroup2", "cgroup1", "rlimit"]
+
+
+class MemoryProbe(Record, frozen=True):
+    """`state/memory/NODE.json`: which memory ceiling kernels get on NODE and why, as NODE's
+    agent last probed it (agent/ceiling.py); `status` shows it per node."""
+
+    RECORD: ClassVar[str] = "memory probe"
+
+    node: str
+    mechanism: CeilingMechanism
+    detail: str  # where the cgroup is, or why no cgroup is used
+    checked: str  # when the probe said this first
+    cgroup: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_time("checked", self.checked)
 
 
 # what retention may decide for one deployed build (shown by `prune --dry-run`): "finish" is

@@ -18,6 +18,7 @@ import re
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from .errors import RecordError
 
@@ -60,7 +61,7 @@ def decode(data: Any, cls: type[T], record: str, messages: dict[str, str] | None
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
-        raise record_error(str(exc), record, messages or {}) from None
+        raise record_error(str(exc), record, messages or {}, cls) from None
 
 
 def to_builtins(value: Any) -> Any:
@@ -76,9 +77,12 @@ def _lists(value: Any) -> Any:
     return value
 
 
-def record_error(text: str, record: str, messages: dict[str, str]) -> RecordError:
-    """msgspec's message and path as RecordError(record + where, field, detail)."""
+def record_error(text: str, record: str, messages: dict[str, str], kind: Any = None) -> RecordError:
+    """msgspec's message and path as RecordError(record + where, field, detail); `kind`
+    (the type decoded) lets a literal's error list the values it allows."""
     message, tokens = split_error(text)
+    if kind is not None:
+        message = literal_message(message, type_at(kind, tokens))
     for pattern in (MISSING, UNKNOWN, FIELD):
         found = pattern.match(message)
         if found:
@@ -125,3 +129,35 @@ def plain(message: str) -> str:
     if got:
         text += f", got {_JSON_NAMES.get(got, got)}"
     return text + expected["rest"]
+
+
+_ENUM = re.compile(r"^Invalid enum value (?P<got>.*)$", re.S)
+
+
+def literal_message(message: str, info: Any) -> str:
+    """msgspec's "Invalid enum value 'x'" as "expected one of 'a', 'b', got 'x'" when the
+    field is a Literal (what the reader can fix); any other message unchanged."""
+    found = _ENUM.match(message)
+    if not found or not isinstance(info, msgspec.inspect.LiteralType):
+        return message
+    return f"expected one of {', '.join(map(repr, info.values))}, got {found['got']}"
+
+
+def type_at(kind: Any, tokens: list[str]) -> msgspec.inspect.Type | None:
+    """The type msgspec saw at `tokens` (from `split_error`) inside `kind`, None where the
+    path leaves what the type declares. In a union, a field name steps into its Struct."""
+    info: Any = msgspec.inspect.type_info(kind)
+    for token in tokens:
+        if isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+            info = structs[0] if structs and not token.startswith("[") else info
+        if token.startswith("["):
+            if isinstance(info, msgspec.inspect.UnionType):
+                return None
+            info = getattr(info, "item_type", None) or getattr(info, "value_type", None)
+        else:
+            fields = {f.encode_name: f.type for f in getattr(info, "fields", ())}
+            info = fields.get(token)
+        if info is None:
+            return None
+    return info

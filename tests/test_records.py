@@ -18,6 +18,7 @@ from nsls2_artifacts.records import (
     Hold,
     KernelExtras,
     LockInfo,
+    MemoryProbe,
     NodeCheck,
     NodeHeartbeat,
     PackageRef,
@@ -41,6 +42,7 @@ GOOD = {
     DeletedMarker: DeletedMarker("demo", BUILD, "n1", "t"),
     PassRecord: PassRecord("n1", "t", 1.5, True, [], [{"env": "demo"}], True),
     NodeCheck: NodeCheck(("ipykernel", "cupy"), "", "t"),
+    MemoryProbe: MemoryProbe("n1", "rlimit", "RLIMIT_DATA (no cgroup: x)", "2026-11-25T02:00:00Z"),
     DedupRecord: DedupRecord("ab" * 32, 10, 1000, 6, 600, 0, 4, 2, (f"demo/{BUILD}",)),
     NodeHeartbeat: NodeHeartbeat(
         "n1",
@@ -73,6 +75,9 @@ def test_round_trip(cls):
         (NodeHeartbeat, "complete", 1, "expected bool, got int"),
         (NodeCheck, "imports", [1], "expected a list of module names"),
         (NodeCheck, "reason", None, "expected str, got NoneType"),
+        (MemoryProbe, "mechanism", "x", "expected one of 'cgroup1', 'cgroup2', 'rlimit', got 'x'"),
+        (MemoryProbe, "checked", "yesterday", "not an ISO 8601 time"),
+        (MemoryProbe, "cgroup", 1, "expected str | NoneType, got int"),
         (DedupRecord, "linked_bytes", -1, "expected int >= 0"),
         (DedupRecord, "files", 1.5, "expected int, got float"),
         (DedupRecord, "index_sha256", "XY", "expected str matching regex"),
@@ -281,3 +286,27 @@ def test_an_unreadable_dedup_record_names_file_and_field(tmp_path: Path) -> None
     assert "linked_files" in status._disk_text(disk)
     (build / dedup.RECORD).write_text(json.dumps(GOOD[DedupRecord].to_dict()))
     assert dedup.read_record(build) == GOOD[DedupRecord]
+
+
+def test_memory_probe_record_names_file_and_field_and_is_written_afresh(tmp_path: Path) -> None:
+    """`state/memory/NODE.json` is a Struct: status shows an unreadable one naming the file
+    and the field; the node's agent writes it afresh (only it writes it; the probe is the
+    truth) and keeps `checked` while what the probe says is the same."""
+    import logging
+
+    from nsls2_artifacts.agent import ceiling
+
+    log = logging.getLogger("test")
+    path = layout.memory_probe_path(tmp_path, "n1")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(GOOD[MemoryProbe].to_dict() | {"mechanism": 2}))
+    (shown,) = ceiling.read_probes(tmp_path).values()
+    assert shown["mechanism"] == "unknown"
+    assert str(path) in shown["detail"] and "field 'mechanism'" in shown["detail"]
+    probe = ceiling.record_probe(tmp_path, "n1", log)
+    assert MemoryProbe.from_dict(json.loads(path.read_text())) == probe
+    assert ceiling.read_probes(tmp_path) == {
+        "n1": {"mechanism": probe.mechanism, "detail": probe.detail, "checked": probe.checked}
+    }
+    path.write_text(json.dumps(probe.to_dict() | {"checked": "2026-01-01T00:00:00Z"}))
+    assert ceiling.record_probe(tmp_path, "n1", log).checked == "2026-01-01T00:00:00Z"

@@ -10,40 +10,52 @@ user's Jupyter server, whose cgroup may differ (Delegate= is set per unit): `sta
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import RecordError
 from ..fsutil import atomic_write_json
-from ..layout import memory_probe_path, state_dir
-from ..records import isoformat, utcnow
+from ..layout import memory_probe_path, read_record, state_dir
+from ..records import MemoryProbe, isoformat, utcnow
 from . import kernel_ceiling
 from .log import event
 
 
-def record_probe(deploy_root: Path, node: str, log: logging.Logger) -> dict[str, Any]:
-    """Probe and write this node's record when what it says changed."""
-    found = kernel_ceiling.probe().to_dict()
+def record_probe(deploy_root: Path, node: str, log: logging.Logger) -> MemoryProbe:
+    """Probe and write this node's record when what it says changed (an unreadable record
+    is written afresh: only this node's agent writes it, and the probe is the truth)."""
+    found = kernel_ceiling.probe()
     path = memory_probe_path(deploy_root, node)
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        old = json.loads(path.read_text())
-        if {k: old.get(k) for k in found} == found:
-            return old
-    record = {**found, "node": node, "checked": isoformat(utcnow())}
-    atomic_write_json(path, record)
-    event(log, "memory-ceiling", mechanism=found["mechanism"], detail=found["detail"])
-    return record
+    try:
+        old = read_record(path, MemoryProbe.from_dict)
+    except RecordError:
+        old = None
+    same = (found.mechanism, found.detail, found.cgroup)
+    if old is not None and old.node == node and (old.mechanism, old.detail, old.cgroup) == same:
+        return old
+    probe = MemoryProbe(
+        node=node,
+        mechanism=found.mechanism,
+        detail=found.detail,
+        checked=isoformat(utcnow()),
+        cgroup=found.cgroup,
+    )
+    atomic_write_json(path, probe.to_dict())
+    event(log, "memory-ceiling", mechanism=found.mechanism, detail=found.detail)
+    return probe
 
 
 def read_probes(deploy_root: Path) -> dict[str, dict[str, Any]]:
-    """node -> its last probe ({mechanism, detail, checked}); unreadable ones say so."""
+    """node -> its last probe ({mechanism, detail, checked}); an unreadable one says why,
+    naming the file and the field."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted((state_dir(deploy_root) / "memory").glob("*.json")):
         try:
-            data = json.loads(path.read_text())
-            found[path.stem] = {k: data.get(k) for k in ("mechanism", "detail", "checked")}
-        except (OSError, ValueError, AttributeError) as exc:
+            probe = read_record(path, MemoryProbe.from_dict)
+        except RecordError as exc:
             found[path.stem] = {"mechanism": "unknown", "detail": f"unreadable: {exc}"}
+            continue
+        if probe is not None:  # gone since the listing
+            found[path.stem] = {k: getattr(probe, k) for k in ("mechanism", "detail", "checked")}
     return found
