@@ -25,7 +25,21 @@ from msgspec import Meta
 
 from .errors import ConfigError
 from .names import beamline_name_problem, env_name_problem, node_name_problem
-from .schema import FIELD, MISSING, UNKNOWN, field_problem, plain, split_error, type_at
+from .schema import (
+    FIELD,
+    KEY_TOKEN,
+    MISSING,
+    UNKNOWN,
+    Key,
+    fails,
+    field_problem,
+    literal_message,
+    name_keys,
+    plain,
+    split_error,
+    type_at,
+    value_at,
+)
 
 T = TypeVar("T")
 
@@ -233,6 +247,8 @@ _MESSAGES = {
     "sha256": "expected a sha256 hex digest",
     "nightly": "expected a time of day (HH:MM), a cron expression or null",
     "webhook_repos": "expected a mapping of owner/repo -> [env, ...]",
+    "webhook_repos.*": "expected a list of env names",
+    "webhook_repos.*[]": "expected an env name",
     "addressing_style": "expected auto, path or virtual",
 }
 
@@ -381,6 +397,10 @@ class _Resolver:
         return value.rstrip("/")
 
     def hook(self, hook: HookSettings) -> HookSettings:
+        for repo, envs in hook.webhook_repos.items():
+            for i, env in enumerate(envs):
+                if problem := env_name_problem(env):
+                    raise ConfigError(self.source, f"hook.webhook_repos.{repo}[{i}]", problem)
         user = hook.build_user
         return msgspec.structs.replace(
             hook,
@@ -417,7 +437,7 @@ def convert_section(value: Any, kind: type[T], key: str, source: Path | str | No
         field, message = _explain(str(exc), value, kind)
         if kind is Mirror:  # the value itself, not a field of it
             field = ""
-        field = field.replace("[...]", "")  # a dict's key: msgspec does not say which
+        field = field.replace("[...]", "")  # a mapping's key `_explain` could not find
         where = ".".join(part for part in (key, field) if part).replace(".[", "[")
         raise ConfigError(source, where or None, message) from None
 
@@ -460,6 +480,12 @@ def _takes_null(info: msgspec.inspect.Type) -> bool:
 def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     """msgspec's message and path as (dotted field, message in the words of this file)."""
     message, tokens = split_error(text)
+    tokens = name_keys(data, tokens, lambda trial: fails(trial, kind, _decode_custom))
+    if tokens[-1:] == [KEY_TOKEN]:  # a mapping's key, not its value
+        mapping = value_at(data, tokens[:-1])
+        keys = [k for k in mapping if not isinstance(k, str)] if isinstance(mapping, dict) else []
+        dotted = ".".join(tokens[:-1])
+        return dotted, f"expected names (strings) as keys, got {keys[0] if keys else '?'!r}"
     info = type_at(kind, tokens)
     dotted = ".".join(tokens).replace(".[", "[")
     join = lambda name: f"{dotted}.{name}" if dotted else name  # noqa: E731
@@ -478,7 +504,8 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
         return join(found["name"]), _MESSAGES.get(found["name"], "missing")
     if found := FIELD.match(message):  # a __post_init__ check (field_problem)
         return join(found["name"]), found["detail"]
-    value = _value_at(data, tokens)
+    value = value_at(data, tokens)
+    message = literal_message(message, info)
     if isinstance(info, msgspec.inspect.UnionType):  # `int | None`: the number's rules
         numbers = [t for t in info.types if isinstance(t, _NUMBER_TYPES)]
         rest = [
@@ -487,7 +514,7 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
         info = numbers[0] if len(numbers) == 1 and not rest else info
     if isinstance(info, _NUMBER_TYPES):
         return dotted, number_problem(info, value)
-    last = next((t for t in reversed(tokens) if not t.startswith("[")), "")
+    last = _name_of(tokens)
     if isinstance(info, msgspec.inspect.StructType) and message.startswith("Expected `object`"):
         return dotted, f"expected a mapping, got {value!r}"
     known_value = "[...]" not in tokens  # msgspec does not say which key of a mapping
@@ -527,13 +554,15 @@ def describe_range(info: msgspec.inspect.IntType | msgspec.inspect.FloatType) ->
     return f"a {noun} at least {info.ge:g} and{high}"
 
 
-def _value_at(data: Any, tokens: list[str]) -> Any:
-    for token in tokens:
-        try:
-            data = data[int(token[1:-1])] if token.startswith("[") else data[token]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-    return data
+def _name_of(tokens: list[str]) -> str:
+    """The last field name in `tokens`, for `_MESSAGES`: a mapping's value (a `Key`) is
+    `MAPPING.*` (`webhook_repos.*`), whichever its key."""
+    for i in range(len(tokens) - 1, -1, -1):
+        if isinstance(tokens[i], Key):
+            return f"{_name_of(tokens[:i])}.*"
+        if not tokens[i].startswith("["):
+            return tokens[i]
+    return ""
 
 
 class _TokensFile(Section):

@@ -15,6 +15,7 @@ the site config declare `forbid_unknown_fields=True`. docs/design.md lists which
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -24,7 +25,7 @@ from .errors import RecordError
 
 T = TypeVar("T")
 
-_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(?P<message>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.S)
 _TOKEN = re.compile(r"\.([^.\[]+)|(\[[^\]]*\])")
 # msgspec's wordings (and `field_problem`'s), matched by both readers of its errors:
 # `record_error` here and the site config's (config.py)
@@ -61,7 +62,7 @@ def decode(data: Any, cls: type[T], record: str, messages: dict[str, str] | None
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
-        raise record_error(str(exc), record, messages or {}, cls) from None
+        raise record_error(str(exc), record, messages or {}, cls, data) from None
 
 
 def to_builtins(value: Any) -> Any:
@@ -77,11 +78,15 @@ def _lists(value: Any) -> Any:
     return value
 
 
-def record_error(text: str, record: str, messages: dict[str, str], kind: Any = None) -> RecordError:
+def record_error(
+    text: str, record: str, messages: dict[str, str], kind: Any = None, data: Any = None
+) -> RecordError:
     """msgspec's message and path as RecordError(record + where, field, detail); `kind`
-    (the type decoded) lets a literal's error list the values it allows."""
+    (the type decoded) lets a literal's error list the values it allows, and with `data`
+    (what was decoded) a mapping's wrong entry is named by its key."""
     message, tokens = split_error(text)
     if kind is not None:
+        tokens = name_keys(data, tokens, lambda trial: fails(trial, kind))
         message = literal_message(message, type_at(kind, tokens))
     for pattern in (MISSING, UNKNOWN, FIELD):
         found = pattern.match(message)
@@ -95,6 +100,8 @@ def record_error(text: str, record: str, messages: dict[str, str], kind: Any = N
             return RecordError(record, None, "record is not a JSON object")
         return RecordError(_where(record, tokens), None, plain(message))
     last = names[-1]
+    if tokens[-1] == KEY_TOKEN:  # a key of the mapping `field`, not a value
+        return RecordError(_where(record, tokens[:last]), tokens[last], f"key: {plain(message)}")
     field, inside = tokens[last], "".join(tokens[last + 1 :])
     detail = messages.get(field) or plain(message) + (f" (at {field}{inside})" if inside else "")
     return RecordError(_where(record, tokens[:last]), field, detail)
@@ -111,11 +118,81 @@ def _where(record: str, tokens: list[str]) -> str:
 
 def split_error(text: str) -> tuple[str, list[str]]:
     """msgspec's error text as (message, path tokens): "... - at `$.a[0].b`" gives
-    ["a", "[0]", "b"]."""
+    ["a", "[0]", "b"]; a mapping's key of the wrong type ("at `key` in `$.a`") ends in
+    KEY_TOKEN, a mapping's value whose key msgspec does not say in "[...]"."""
     match = _AT.match(text)
     assert match is not None  # the pattern matches any text
     path = match["path"] or ""
-    return match["message"], [name or index for name, index in _TOKEN.findall(path)]
+    tokens = [name or index for name, index in _TOKEN.findall(path)]
+    return match["message"], tokens + [KEY_TOKEN] * bool(match["key"])
+
+
+KEY_TOKEN = "[key]"  # the last token when a mapping's key (not its value) is wrong
+
+
+class Key(str):
+    """A path token that is a mapping's key (found by `name_keys`), not a field name."""
+
+
+def fails(data: Any, kind: Any, dec_hook: Callable[[type, Any], Any] | None = None) -> bool:
+    """Whether `data` does not convert to `kind`."""
+    try:
+        msgspec.convert(data, kind, dec_hook=dec_hook)
+    except msgspec.ValidationError:
+        return True
+    return False
+
+
+def name_keys(data: Any, tokens: list[str], failing: Callable[[Any], bool]) -> list[str]:
+    """`tokens` with each "[...]" (a mapping's value; msgspec does not say which key) as the
+    `Key` of the first entry that fails alone: the mapping is cut down to that one entry
+    and `failing` tries the whole value again. A "[...]" not found stays."""
+    out = list(tokens)
+    for i, token in enumerate(out):
+        if token != "[...]":
+            continue
+        mapping = value_at(data, out[:i])
+        found = None
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                trial = _replaced(data, out[:i], {key: value})
+                if failing(trial):
+                    found, data = key, trial
+                    break
+        if found is None:
+            break
+        out[i] = Key(found)
+    return out
+
+
+def value_at(data: Any, tokens: list[str]) -> Any:
+    """The value at `tokens` inside parsed JSON/YAML `data`, None where there is none."""
+    for token in tokens:
+        try:
+            data = data[_index(token)] if _is_index(token) else data[token]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return data
+
+
+def _is_index(token: str) -> bool:
+    return token.startswith("[") and not isinstance(token, Key)
+
+
+def _index(token: str) -> int:
+    return int(token[1:-1])
+
+
+def _replaced(data: Any, tokens: list[str], new: Any) -> Any:
+    """A copy of `data` with the value at `tokens` replaced by `new` (copies only the path)."""
+    if not tokens:
+        return new
+    token, rest = tokens[0], tokens[1:]
+    if _is_index(token):
+        items = list(data)
+        items[_index(token)] = _replaced(items[_index(token)], rest, new)
+        return items
+    return {**data, token: _replaced(data[token], rest, new)}
 
 
 def plain(message: str) -> str:
@@ -151,7 +228,9 @@ def type_at(kind: Any, tokens: list[str]) -> msgspec.inspect.Type | None:
         if isinstance(info, msgspec.inspect.UnionType):
             structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
             info = structs[0] if structs and not token.startswith("[") else info
-        if token.startswith("["):
+        if token == KEY_TOKEN:
+            info = getattr(info, "key_type", None)
+        elif token.startswith("[") or isinstance(token, Key):
             if isinstance(info, msgspec.inspect.UnionType):
                 return None
             info = getattr(info, "item_type", None) or getattr(info, "value_type", None)

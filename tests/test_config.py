@@ -124,6 +124,13 @@ BAD = [
     ("hook: {listen: '127.0.0.1:1', lissen: x}\n", "hook.lissen", "unknown key (known: "),
     ("agent: {poll_seconds: 0}\n", "agent.poll_seconds", "more than 0 and up to 86400, got 0"),
     ("store_options: {timeout_seconds: .inf}\n", "store_options.timeout_seconds", "finite"),
+    # a mapping's wrong value is named by its key (msgspec says only `[...]`)
+    ("hook: {webhook_repos: {a/b: [x], o/r: 3}}\n", "hook.webhook_repos.o/r", "list of env names"),
+    ("hook: {webhook_repos: {o/r: [x, 3]}}\n", "hook.webhook_repos.o/r[1]", "an env name, got 3"),
+    ("hook: {webhook_repos: {o/r: [x, ../y]}}\n", "hook.webhook_repos.o/r[1]", "environment name"),
+    ("hook: {webhook_repos: {1: [x]}}\n", "hook.webhook_repos", "as keys, got 1"),
+    ("beamlines: {1: {uri: u}}\n", "beamlines", "as keys, got 1"),
+    ("channel_mirrors: {2: u}\n", "channel_mirrors", "as keys, got 2"),
 ]
 
 

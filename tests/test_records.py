@@ -310,3 +310,23 @@ def test_memory_probe_record_names_file_and_field_and_is_written_afresh(tmp_path
     }
     path.write_text(json.dumps(probe.to_dict() | {"checked": "2026-01-01T00:00:00Z"}))
     assert ceiling.record_probe(tmp_path, "n1", log).checked == "2026-01-01T00:00:00Z"
+
+
+def test_a_mapping_entry_is_named_by_its_key() -> None:
+    """msgspec says `[...]` for a mapping's value: the error names the key instead."""
+    report = NodeRollout(
+        "n1", "t", "0.1", 1.5, {"a": EnvRollout("b", ()), "x": EnvRollout("b", ())}
+    )
+    data = report.to_dict()
+    data["envs"]["x"]["latest"] = 3
+    with pytest.raises(RecordError) as info:
+        NodeRollout.from_dict(data)
+    assert str(info.value).startswith("rollout report envs.x: field 'latest':")
+    data = GOOD[NodeHeartbeat].to_dict()
+    data["in_use"]["other/b"] = 3
+    with pytest.raises(RecordError) as info:
+        NodeHeartbeat.from_dict(data)
+    assert info.value.field == "other/b" and "expected list, got int" in str(info.value)
+    data["in_use"] = {1: []}
+    with pytest.raises(RecordError, match="field 'in_use': key: expected str, got int"):
+        NodeHeartbeat.from_dict(data)
