@@ -13,7 +13,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -134,8 +134,11 @@ class StaffToken(Section):
     sha256: Sha256Hex
 
 
+DEFAULT_LISTEN = "127.0.0.1:8707"  # the hook's, and `hook demo`'s
+
+
 class HookSettings(Section):
-    listen: str = "127.0.0.1:8707"
+    listen: str = DEFAULT_LISTEN
     # plain sha256 hex digests, or {name, sha256} entries
     tokens: tuple[Sha256Hex | StaffToken, ...] = msgspec.field(default=(), name="tokens_sha256")
     webhook_secret_env: str = "NSLS2_HOOK_SECRET"
@@ -289,19 +292,23 @@ def parse_size(value: Any) -> int | None:
     return size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SiteConfig:
+    """The site config resolved against its file: paths absolute, mirrors as URLs, beamlines
+    named. A view of `SiteFile` made only by `parse_config`, so it has no defaults of its own
+    (each default is written once, in the Structs above); the sections are those Structs."""
+
     source: Path | None  # the config file, None for the embedded default
     manifests: Path
     store: Path | str  # a directory, or an object-store URL (s3://BUCKET/PREFIX)
     deploy_root: Path
-    channel_mirrors: dict[str, str] = field(default_factory=dict)
-    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    beamlines: dict[str, Beamline] = field(default_factory=dict)
-    hook: HookSettings = field(default_factory=HookSettings)
-    kernels: KernelSettings = field(default_factory=KernelSettings)
-    store_options: StoreOptions = field(default_factory=StoreOptions)
+    channel_mirrors: dict[str, str]  # channel -> URL
+    retention: RetentionPolicy
+    agent: AgentSettings
+    beamlines: dict[str, Beamline]
+    hook: HookSettings
+    kernels: KernelSettings
+    store_options: StoreOptions
 
     @property
     def local_dir(self) -> Path:

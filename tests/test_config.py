@@ -76,6 +76,31 @@ def test_embedded_default_works_offline_under_var(tmp_path: Path, monkeypatch) -
     assert cfg.source is None
     assert cfg.store == tmp_path / "var" / "store"
     assert cfg.mirror_for("conda-forge") == (tmp_path / "var" / "channel").as_uri()
+    assert cfg.retention.keep_latest == 3 and cfg.hook.nightly is None
+    assert cfg.kernels.memory_limit == 16 * 1024**3 and cfg.agent.poll_seconds == 30
+
+
+def test_defaults_are_written_once() -> None:
+    """Every default is in the schema (SiteFile's Structs): the embedded default file holds
+    only what differs from it, and SiteConfig (the resolved view) declares none."""
+    import dataclasses
+    from importlib import resources
+
+    import yaml
+
+    from nsls2_artifacts.config import SiteConfig, SiteFile
+
+    text = resources.files("nsls2_artifacts").joinpath("default-site.yaml").read_text()
+    defaults = msgspec.to_builtins(SiteFile())
+    for key, value in yaml.safe_load(text).items():
+        if isinstance(value, dict) and defaults[key]:  # a section: compare its keys
+            for name, item in value.items():
+                assert item != defaults[key][name], f"{key}.{name} repeats the schema's default"
+        else:
+            assert value != defaults[key], f"{key} repeats the schema's default"
+    for field in dataclasses.fields(SiteConfig):
+        assert field.default is dataclasses.MISSING, field.name
+        assert field.default_factory is dataclasses.MISSING, field.name
 
 
 BAD = [

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..config import DEFAULT_LISTEN
 from .common import ConfigOption, console, reported_errors, require_extra, site
 
 hook_app = typer.Typer(help="The staff build hook: web page, API, CI webhook, nightly builds.")
@@ -108,7 +109,7 @@ def demo(
     directory: Annotated[
         Path, typer.Option(help="Where the demo site file and hook state go")
     ] = Path("./var/hook-demo"),
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on")] = "127.0.0.1:8707",
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on")] = DEFAULT_LISTEN,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Write a local site file with a fresh staff token (the embedded default's paths:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import SiteFile
 from ..fsutil import atomic_write_text
 from .auth import new_token, token_hash
 
@@ -25,8 +26,9 @@ def write_demo_site(directory: str | Path, listen: str) -> tuple[Path, str]:
     data = yaml.safe_load(
         resources.files("nsls2_artifacts").joinpath("default-site.yaml").read_text()
     )
+    defaults = SiteFile()  # the file holds only what differs from the schema's defaults
     for key in _PATH_KEYS:
-        data[key] = str((base / data[key]).resolve())
+        data[key] = str((base / data.get(key, getattr(defaults, key))).resolve())
     data["channel_mirrors"] = {
         name: url if "://" in url else str((base / url).resolve())
         for name, url in (data.get("channel_mirrors") or {}).items()
