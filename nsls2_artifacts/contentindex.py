@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import zstandard
 
 from .records import IndexInfo, RecordError
+from .schema import MISSING, literal_message, plain, split_error, to_builtins, type_at
 from .tarstream import NAME_MAX, TarNameError, canonical_name, check_length
 
 INDEX_SCHEMA = 1
@@ -32,7 +33,7 @@ MAX_JSON = 512 * 1024 * 1024
 MAX_ENTRIES = 2_000_000
 MAX_FRAMES = 1_000_000
 MAX_TEXT = 4096  # PATH_MAX: no member name or symlink target is longer
-ENTRY_TYPES = ("file", "dir", "symlink")
+EntryType = Literal["file", "dir", "symlink"]
 _RECORD = INDEX_FILE
 _HEX = frozenset("0123456789abcdef")
 # field types the decoder checks (in C) on the fast path; building a record in code checks
@@ -64,29 +65,6 @@ class FrameRecord(msgspec.Struct, frozen=True):
     key: _Sha256
     source: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "offset": self.offset,
-            "length": self.length,
-            "tar_offset": self.tar_offset,
-            "tar_length": self.tar_length,
-            "package": self.package,
-            "key": self.key,
-            "source": self.source,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> FrameRecord:
-        return cls(
-            offset=_count(data, where, "offset"),
-            length=_count(data, where, "length"),
-            tar_offset=_count(data, where, "tar_offset"),
-            tar_length=_count(data, where, "tar_length"),
-            package=_text(data, where, "package"),
-            key=_sha256(data, where, "key"),
-            source=_sha256(data, where, "source") if data.get("source") else "",
-        )
-
 
 class IndexEntry(msgspec.Struct, frozen=True):
     """One archive member, as extracted (before conda-unpack).
@@ -100,113 +78,29 @@ class IndexEntry(msgspec.Struct, frozen=True):
     """
 
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-    type: str  # "file", "dir" or "symlink"
+    type: EntryType
     size: _Count
-    sha256: str  # checked per type by `_fast_decode`
+    sha256: str  # a sha256 for a file, "" otherwise: checked by `_check_entry`
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
     target: _Text
     rewritten: bool
     frame: _Count
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "type": self.type,
-            "size": self.size,
-            "sha256": self.sha256,
-            "mode": self.mode,
-            "target": self.target,
-            "rewritten": self.rewritten,
-            "frame": self.frame,
-        }
-
-    @classmethod
-    def parse(cls, data: Any, number: int, frames: int) -> IndexEntry:
-        """`from_dict` of `entries[number]`, with the well-formed case checked inline: an
-        index of a 100k-file env is parsed at every deploy (the generic checks took ~1.5 s
-        of it). Anything the fast checks do not accept goes through `from_dict`, which
-        accepts or refuses it naming the field."""
-        try:
-            path, kind, size, digest = data["path"], data["type"], data["size"], data["sha256"]
-            mode, target, rewritten, frame = (
-                data["mode"], data["target"], data["rewritten"], data["frame"],
-            )  # fmt: skip
-        except (TypeError, KeyError):
-            path = None
-        if (
-            type(path) is str
-            and type(target) is str
-            and type(size) is int
-            and type(mode) is int
-            and type(frame) is int
-            and type(rewritten) is bool
-            and 0 < len(path) <= MAX_TEXT
-            and len(target) <= MAX_TEXT
-            and 0 <= mode <= 0o7777
-            and 0 <= frame < frames
-            and _plain_canonical(path)
-            and _short(path)
-            and _short(target)
-            and (
-                (kind == "file" and 0 <= size < 1 << 63 and _is_sha256(digest))
-                or (kind == "dir" and size == 0 and digest == "")
-                or (
-                    kind == "symlink"
-                    and size == 0
-                    and digest == ""
-                    and target
-                    and "\0" not in target
-                )
-            )
-        ):
-            return cls(path, kind, size, digest, mode, target, rewritten, frame)
-        return cls.from_dict(data, f"entries[{number}]", frames)
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str, frames: int) -> IndexEntry:
-        kind = _text(data, where, "type")
-        if kind not in ENTRY_TYPES:
-            raise RecordError(_RECORD, f"{where}.type", f"expected one of {ENTRY_TYPES}")
-        path = _text(data, where, "path")
-        try:  # the reader's rules: members of skipped frames are extracted from these
-            check_length(path, "path")
-            canonical_name(path, "path")
-        except TarNameError as exc:
-            raise RecordError(_RECORD, f"{where}.path", str(exc)) from None
-        size = _count(data, where, "size")
-        digest = _sha256(data, where, "sha256") if kind == "file" else _text(data, where, "sha256")
-        target = _text(data, where, "target")
-        if kind == "symlink" and (not target or "\0" in target):
-            raise RecordError(_RECORD, f"{where}.target", "a symlink needs a target without NUL")
-        try:
-            check_length(target, "target")
-        except TarNameError as exc:
-            raise RecordError(_RECORD, f"{where}.target", str(exc)) from None
-        if kind != "file" and (size or digest):
-            raise RecordError(_RECORD, f"{where}.size", f"a {kind} has no size or sha256")
-        mode = _count(data, where, "mode")
-        if mode > 0o7777:
-            raise RecordError(_RECORD, f"{where}.mode", f"{mode:o} is not a permission mode")
-        rewritten = _field(data, where, "rewritten", bool)
-        frame = _count(data, where, "frame")
-        if frame >= frames:
-            raise RecordError(_RECORD, f"{where}.frame", f"{frame} names no frame ({frames})")
-        return cls(path, kind, size, digest, mode, target, rewritten, frame)
-
 
 class ContentIndex(msgspec.Struct, frozen=True):
     """`index.json.zst`: the frames of one build's archive and every member in them.
 
-    The records are msgspec Structs, and a well-formed index is decoded straight from its
-    JSON bytes into them (`_fast_decode`: 0.29x the time of json.loads + the dict checks on
-    100k entries, benchmarks/bench_index_parse.py); anything that path does not accept is
-    parsed again field by field (`from_dict`), which accepts it or names the field.
-    Unknown fields are ignored: a newer build host may add one (docs/design.md)."""
+    The records are msgspec Structs, decoded straight from the JSON bytes (types, ranges,
+    hex and entry types checked in C) and then checked for what a type cannot say (path
+    rules, frames tiling the archive, one entry per path): `_plain` accepts the usual index
+    in one pass, `_check` names the field of anything else. Errors name the dotted field
+    (`entries[3].path`). Unknown fields are ignored: a newer build host may add one
+    (docs/design.md)."""
 
     archive_sha256: _Sha256
     frames: Annotated[tuple[FrameRecord, ...], msgspec.Meta(max_length=MAX_FRAMES)]
     entries: Annotated[tuple[IndexEntry, ...], msgspec.Meta(max_length=MAX_ENTRIES)]
-    schema: Annotated[int, msgspec.Meta(le=INDEX_SCHEMA)] = INDEX_SCHEMA
+    schema: int = INDEX_SCHEMA  # newer than INDEX_SCHEMA: refused by `_check`
 
     def files(self) -> dict[str, IndexEntry]:
         """Entries by path (the agent's lookup for "same file in an earlier build")."""
@@ -216,12 +110,7 @@ class ContentIndex(msgspec.Struct, frozen=True):
         return [e for e in self.entries if e.frame == frame]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "archive_sha256": self.archive_sha256,
-            "frames": [f.to_dict() for f in self.frames],
-            "entries": [e.to_dict() for e in self.entries],
-        }
+        return to_builtins(self)
 
     def to_bytes(self) -> bytes:
         """Compact JSON, zstd-compressed (one frame, content size recorded)."""
@@ -230,31 +119,12 @@ class ContentIndex(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_dict(cls, data: Any) -> ContentIndex:
-        if not isinstance(data, dict):
-            raise RecordError(_RECORD, None, "not a JSON object")
-        schema = _field(data, "", "schema", int)
-        if schema > INDEX_SCHEMA:
-            raise RecordError(
-                _RECORD, "schema", f"schema {schema} is newer than this tool ({INDEX_SCHEMA})"
-            )
-        frames_raw = _field(data, "", "frames", list)
-        entries_raw = _field(data, "", "entries", list)
-        if len(frames_raw) > MAX_FRAMES or len(entries_raw) > MAX_ENTRIES:
-            raise RecordError(_RECORD, "entries", "more frames or entries than any env has")
-        frames = tuple(FrameRecord.from_dict(f, f"frames[{i}]") for i, f in enumerate(frames_raw))
-        _check_frames(frames)
-        entries = tuple(IndexEntry.parse(e, i, len(frames)) for i, e in enumerate(entries_raw))
-        seen: set[str] = set()
-        for i, entry in enumerate(entries):
-            if entry.path in seen:
-                raise RecordError(_RECORD, f"entries[{i}].path", f"{entry.path!r} listed twice")
-            seen.add(entry.path)
-        return cls(
-            schema=schema,
-            archive_sha256=_sha256(data, "", "archive_sha256"),
-            frames=frames,
-            entries=entries,
-        )
+        """Parsed JSON as an index, or RecordError naming the field."""
+        try:
+            index = msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise _error(str(exc)) from None
+        return _checked(index)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ContentIndex:
@@ -268,27 +138,85 @@ class ContentIndex(msgspec.Struct, frozen=True):
             raise RecordError(_RECORD, None, f"not zstd-compressed JSON: {exc}") from None
         if len(text) > MAX_JSON:
             raise RecordError(_RECORD, None, f"decompresses to over {MAX_JSON} bytes")
-        fast = _fast_decode(text)
-        if fast is not None:
-            return fast
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            index = _DECODER.decode(text)
+        except msgspec.ValidationError as exc:
+            raise _error(str(exc)) from None
+        except msgspec.DecodeError as exc:
             raise RecordError(_RECORD, None, f"invalid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return _checked(index)
 
 
 _DECODER = msgspec.json.Decoder(ContentIndex)
 
 
-def _fast_decode(text: bytes) -> ContentIndex | None:
-    """The index if it is well-formed in the plain way every index we write is, else None
-    (the caller then parses it field by field, which names what is wrong)."""
+def _error(text: str) -> RecordError:
+    """msgspec's error as RecordError naming the dotted field (`entries[3].size`)."""
+    message, tokens = split_error(text)
+    if found := MISSING.match(message):
+        tokens, message = [*tokens, found["name"]], "missing"
+    field = ".".join(tokens).replace(".[", "[") or None
+    if field is None and message.startswith("Expected `object`"):
+        return RecordError(_RECORD, None, "not a JSON object")
+    return RecordError(
+        _RECORD, field, plain(literal_message(message, type_at(ContentIndex, tokens)))
+    )
+
+
+def _checked(index: ContentIndex) -> ContentIndex:
+    """`index` if it keeps the rules its types cannot say, else RecordError naming the field."""
+    if not _plain(index):
+        _check(index)
+    return index
+
+
+def _check(index: ContentIndex) -> None:
+    """RecordError naming the first field that breaks a rule (`_plain` said one does)."""
+    if index.schema > INDEX_SCHEMA:
+        problem = f"schema {index.schema} is newer than this tool ({INDEX_SCHEMA})"
+        raise RecordError(_RECORD, "schema", problem)
+    _check_frames(index.frames)
+    seen: set[str] = set()
+    for i, entry in enumerate(index.entries):
+        _check_entry(entry, f"entries[{i}]", len(index.frames))
+        if entry.path in seen:
+            raise RecordError(_RECORD, f"entries[{i}].path", f"{entry.path!r} listed twice")
+        seen.add(entry.path)
+
+
+def _check_entry(entry: IndexEntry, where: str, frames: int) -> None:
+    try:  # the reader's rules: members of skipped frames are extracted from these
+        check_length(entry.path, "path")
+        canonical_name(entry.path, "path")
+    except TarNameError as exc:
+        raise RecordError(_RECORD, f"{where}.path", str(exc)) from None
+    if entry.type == "file" and not _is_sha256(entry.sha256):
+        problem = f"{entry.sha256[:80]!r} is not a sha256 hex digest"
+        raise RecordError(_RECORD, f"{where}.sha256", problem)
+    if entry.type == "symlink" and (not entry.target or "\0" in entry.target):
+        raise RecordError(_RECORD, f"{where}.target", "a symlink needs a target without NUL")
     try:
-        index = _DECODER.decode(text)
+        check_length(entry.target, "target")
+    except TarNameError as exc:
+        raise RecordError(_RECORD, f"{where}.target", str(exc)) from None
+    if entry.type != "file" and (entry.size or entry.sha256):
+        raise RecordError(_RECORD, f"{where}.size", f"a {entry.type} has no size or sha256")
+    if entry.frame >= frames:
+        problem = f"{entry.frame} names no frame ({frames})"
+        raise RecordError(_RECORD, f"{where}.frame", problem)
+
+
+def _plain(index: ContentIndex) -> bool:
+    """Whether `index` keeps every rule, checked inline for the usual case (an index of a
+    100k-file env is read at every deploy): short ASCII canonical paths. False sends it
+    to `_check`, which accepts anything this refuses only for being unusual (a non-ASCII
+    name) and names the field of the rest."""
+    if index.schema > INDEX_SCHEMA:
+        return False
+    try:
         _check_frames(index.frames)
-    except (msgspec.MsgspecError, RecordError):
-        return None
+    except RecordError:
+        return False
     count, seen = len(index.frames), set()
     for entry in index.entries:
         path, kind, target = entry.path, entry.type, entry.target
@@ -310,9 +238,9 @@ def _fast_decode(text: bytes) -> ContentIndex | None:
                 )
             )
         ):
-            return None
+            return False
         seen.add(path)
-    return index
+    return True
 
 
 def _plain_canonical(name: str) -> bool:
@@ -360,44 +288,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 # -- field checks ----------------------------------------------------------------------------
-
-
-def _label(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _field(data: Any, where: str, name: str, kind: type) -> Any:
-    label = _label(where, name)
-    if not isinstance(data, dict):
-        raise RecordError(_RECORD, where or None, "not a JSON object")
-    if name not in data:
-        raise RecordError(_RECORD, label, "missing")
-    value = data[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise RecordError(_RECORD, label, f"expected {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _count(data: Any, where: str, name: str) -> int:
-    value = _field(data, where, name, int)
-    if value < 0 or value >= 1 << 63:
-        raise RecordError(_RECORD, _label(where, name), f"{value} is out of range")
-    return value
-
-
-def _text(data: Any, where: str, name: str) -> str:
-    value = _field(data, where, name, str)
-    if len(value) > MAX_TEXT:
-        raise RecordError(_RECORD, _label(where, name), f"longer than {MAX_TEXT} characters")
-    return value
-
-
-def _sha256(data: Any, where: str, name: str) -> str:
-    value = _field(data, where, name, str)
-    if len(value) != 64 or not set(value) <= _HEX:
-        problem = f"{value[:80]!r} is not a sha256 hex digest"
-        raise RecordError(_RECORD, _label(where, name), problem)
-    return value
 
 
 def _check_frames(frames: tuple[FrameRecord, ...]) -> None:

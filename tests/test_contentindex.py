@@ -205,17 +205,19 @@ def test_store_round_trip_of_the_index(store: Store, tmp_path: Path) -> None:  #
     assert store.builds("demo") == []
 
 
-def test_fast_decode_gives_the_field_by_field_result_and_leaves_the_rest_to_it() -> None:
-    """The Struct decoder (the agent's hot path) and the field-by-field reader agree; an
-    index the fast path does not take (a non-ASCII name, a field from a newer packer) is
-    still read, by the fallback, and a bad one is refused by it (test above)."""
-    from nsls2_artifacts.contentindex import _fast_decode
+def test_the_inline_check_and_the_naming_check_agree() -> None:
+    """The index is decoded into its Structs either way; the inline check (`_plain`, the
+    agent's hot path) accepts the usual index, and one it does not take (a non-ASCII name,
+    a field from a newer packer) is still accepted by the check that names a bad field
+    (test above)."""
+    from nsls2_artifacts.contentindex import _plain
 
     index = sample_index()
     text = json.dumps(index.to_dict()).encode()
-    assert _fast_decode(text) == index == ContentIndex.from_dict(json.loads(text))
+    assert ContentIndex.from_bytes(_blob(index.to_dict())) == index
+    assert ContentIndex.from_dict(json.loads(text)) == index and _plain(index)
     data = index.to_dict()
     data["entries"][0]["path"] = "lib/données.py"  # valid, but not the plain ASCII case
     data["entries"][0]["added_by_a_newer_packer"] = 1  # ignored (docs/design.md)
-    assert _fast_decode(json.dumps(data).encode()) is None
+    assert not _plain(ContentIndex.from_dict(data))
     assert ContentIndex.from_bytes(_blob(data)).entries[0].path == "lib/données.py"
