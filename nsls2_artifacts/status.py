@@ -1,17 +1,20 @@
 """What is deployed here: envs, builds and their state, latest, holds, LTS labels,
 kernels, quarantined builds with reasons, invalid manifests, each node's last pass.
 
-Called by `nsls2-artifacts status [--json]`. Reads only. The envs, builds, latest, holds,
-kernels and failures come from one `agent.observe` snapshot, the look an agent pass
-plans from, so status shows what the agent sees (a function of `Observed`,
-`status_of`); each node's last pass and heartbeat and this node's rollout report are read
-beside it. The store's absence is reported, not fatal.
+Called by `nsls2-artifacts status [--json]`. Reads only, and all of it in one look
+(`collect_status`): the envs, builds, latest, holds, kernels and failures come from one
+`agent.observe` snapshot, the look an agent pass plans from; what the nodes wrote beside
+it (each node's last pass, heartbeat scan and memory probe, the dedup record of each
+ready build, this node's rollout report, the store's stray entries) is read right after,
+into `Beside`. `status_of` is a function of those two and reads nothing, so status shows
+exactly what that look saw (`tests/test_one_look.py`). The store's absence is reported,
+not fatal.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +30,69 @@ from .rollout import NodeRollout
 from .store import Store
 
 
+@dataclass
+class Beside:
+    """What status shows beside the snapshot, read in the same look as it: records the
+    nodes wrote about themselves and what only the store's listing and reports say."""
+
+    location: str  # the store, as the config names it
+    superseded: dict[tuple[str, str], str] = field(default_factory=dict)  # -> the newer build
+    strays: list[dict[str, Any]] = field(default_factory=list)  # store entries, not builds
+    passes: dict[str, Any] = field(default_factory=dict)  # node -> its last pass
+    scans: dict[str, Any] = field(default_factory=dict)  # node -> its last /proc scan
+    memory: dict[str, Any] = field(default_factory=dict)  # node -> the ceiling it offers
+    disk: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+
+
 def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
-    """One look (as an agent pass takes it), then `status_of` that snapshot."""
+    """One look (as an agent pass takes it, plus `look_beside`), then `status_of` it."""
     quiet = logging.getLogger("nsls2_artifacts.status")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False  # what the look logs, status shows itself
     obs = observe(site, store, quiet)
-    strays: list[dict[str, Any]] = []
-    superseded: dict[tuple[str, str], str] = {}
+    return status_of(site, obs, look_beside(site, store, obs))
+
+
+def look_beside(site: SiteConfig, store: Store, obs: Observed) -> Beside:
+    """The rest of status's look, right after the snapshot `obs` (a store failure here
+    is recorded in `obs`, as the snapshot's own would be)."""
+    root = site.deploy_root
+    beside = Beside(
+        location=store.location,
+        passes=_passes(root),
+        scans=_scans(root),
+        memory=ceiling.read_probes(root),
+        disk={
+            (env, r.build_id): _disk(root, env, r.build_id)
+            for env, ready in obs.ready.items()
+            for r in ready
+        },
+    )
     if obs.store_ok:
         try:
-            superseded = _superseded(store, site.agent.node)
-            strays = [asdict(s) for s in store.strays()]
+            beside.superseded = _superseded(store, site.agent.node)
+            beside.strays = [asdict(s) for s in store.strays()]
         except StoreError as exc:
             obs.store_ok, obs.store_error = False, str(exc)
-    return status_of(site, obs, superseded, strays, store.location)
+    return beside
 
 
-def status_of(
-    site: SiteConfig,
-    obs: Observed,
-    superseded: dict[tuple[str, str], str],
-    strays: list[dict[str, Any]],
-    location: str,
-) -> dict[str, Any]:
-    """Status as a function of the snapshot `obs` (plus what only the store's reports and
-    listing say: builds this node skipped as superseded, stray store entries)."""
-    root = site.deploy_root
+def status_of(site: SiteConfig, obs: Observed, beside: Beside) -> dict[str, Any]:
+    """Status as a function of the snapshot `obs` and what was read `beside` it; reads
+    nothing itself."""
     out: dict[str, Any] = {
-        "deploy_root": str(root),
-        "store": location,
+        "deploy_root": str(site.deploy_root),
+        "store": beside.location,
         "store_error": obs.store_error or None,
         "envs": {},
         "quarantined": [q.to_dict() for q in obs.quarantine_records],
         "retrying": [r.to_dict() for r in obs.retrying],
         "invalid": [asdict(i) for i in obs.invalid],
-        "not_builds": strays,  # store entries that are neither builds nor known records
+        "not_builds": beside.strays,  # store entries that are neither builds nor known records
         "kernels": {},
-        "nodes": _passes(root),
-        "scans": _scans(root),
-        "memory": ceiling.read_probes(root),  # which ceiling kernels get, per node
+        "nodes": beside.passes,
+        "scans": beside.scans,
+        "memory": beside.memory,  # which ceiling kernels get, per node
     }
     labels: dict[tuple[str, str], list[str]] = {}
     for env, records in obs.lts.items():
@@ -75,7 +101,7 @@ def status_of(
     quarantined = {(q["env"], q["build_id"]): q for q in out["quarantined"]}
     retrying = {(r["env"], r["build_id"]): r for r in out["retrying"]}
     for env in sorted(set(obs.manifests) | set(obs.deployed_envs)):
-        out["envs"][env] = _env_status(root, env, obs, labels, quarantined, retrying, superseded)
+        out["envs"][env] = _env_status(env, obs, beside, labels, quarantined, retrying)
     installed = obs.kernels
     for name, data in sorted(installed.items()):
         out["kernels"][name] = {
@@ -98,14 +124,14 @@ def _kernel_clashes(
 
 
 def _env_status(
-    root: Path,
     env: str,
     obs: Observed,
+    beside: Beside,
     labels: dict[tuple[str, str], list[str]],
     quarantined: dict[tuple[str, str], dict[str, Any]],
     retrying: dict[tuple[str, str], dict[str, Any]],
-    superseded: dict[tuple[str, str], str],
 ) -> dict[str, Any]:
+    superseded = beside.superseded
     committed = {m.build_id: m for m in obs.manifests.get(env, [])}
     ready = {r.build_id: r for r in obs.ready.get(env, [])}
     dirs = obs.dirs.get(env, {})
@@ -146,7 +172,7 @@ def _env_status(
                     if (env, build_id) in superseded
                     else None
                 ),
-                "disk": _disk(root, env, build_id) if build_id in ready else None,
+                "disk": beside.disk.get((env, build_id)) if build_id in ready else None,
             }
         )
     return {
@@ -197,15 +223,6 @@ def _superseded(store: Store, node: str) -> dict[tuple[str, str], str]:
             for build, newer in state.superseded.items()
         }
     return {}
-
-
-def _problem(
-    quarantined: dict[tuple[str, str], dict[str, Any]],
-    retrying: dict[tuple[str, str], dict[str, Any]],
-    key: tuple[str, str],
-) -> str | None:
-    """Why a build is not ready: its quarantine reason, else its last node fault."""
-    return (quarantined.get(key) or retrying.get(key) or {}).get("reason")
 
 
 def _passes(root: Path) -> dict[str, Any]:

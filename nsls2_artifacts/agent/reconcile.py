@@ -127,6 +127,9 @@ class PassResult:
     outcomes: list[deploy.DeployOutcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # the snapshot the pass ended on (as its flips left it): retention and the rollout
+    # report were made from it, and `status.status_of` shows it (one look per pass)
+    seen: Observed | None = None
 
     @property
     def ok(self) -> bool:
@@ -447,7 +450,7 @@ def run_pass(
         env: {m.build_id for m in builds} | {i.build_id for i in observed.invalid if i.env == env}
         for env, builds in observed.manifests.items()
     }
-    result = PassResult(plan)
+    result = PassResult(plan, seen=observed)
     if dry_run:
         return result
     for bad in plan.invalid:
@@ -479,7 +482,7 @@ def run_pass(
         snapshot = observe(site, store, log)
         state_plan = make_plan(site, snapshot)
         apply_state(site, state_plan, log)
-        seen = after_state(snapshot, state_plan)
+        seen = result.seen = after_state(snapshot, state_plan)
         if (failure := _run_retention(site, seen, log)) is not None:
             result.failures.append(failure)
     result.plan.to_flip, result.plan.kernels_write = state_plan.to_flip, state_plan.kernels_write
