@@ -71,14 +71,6 @@ def beamline_name_problem(name: str) -> str | None:
     return None
 
 
-def check_node_name(node: str) -> str:
-    """`node` itself, or KernelNameError saying why it cannot name a node."""
-    problem = node_name_problem(node)
-    if problem:
-        raise KernelNameError(problem)
-    return node
-
-
 def kernel_name(env: str, label: str | None = None) -> str:
     """`nsls2-ENV-latest` (label None) or `nsls2-ENV-LABEL`; KernelNameError if either
     breaks its rule (then no name would be safe to write)."""

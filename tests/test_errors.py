@@ -6,13 +6,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+from pathlib import Path
 
 import pytest
+from support.cli import CLI, cli_env
 
 import nsls2_artifacts
 from nsls2_artifacts.cli.common import reported_errors
 from nsls2_artifacts.errors import ArtifactsError, KernelNameError, LockBusy, RecordError
-from nsls2_artifacts.names import check_node_name, kernel_name
+from nsls2_artifacts.layout import heartbeat_path
+from nsls2_artifacts.names import kernel_name
 
 
 def _project_modules() -> list[str]:
@@ -42,7 +46,7 @@ def test_every_public_exception_class_derives_from_the_one_base() -> None:
     "raiser",
     [
         lambda: kernel_name("Bad-Env"),
-        lambda: check_node_name("../etc"),
+        lambda: heartbeat_path("/deploy", "../etc"),
         lambda: (_ for _ in ()).throw(RecordError("x.json", "build_id", "missing")),
         lambda: (_ for _ in ()).throw(LockBusy("/shared/state/locks/apply.lock")),
     ],
@@ -58,3 +62,25 @@ def test_cli_reports_them_in_one_line_and_exit_1(raiser, capsys) -> None:
 
 def test_the_old_value_error_catchers_still_catch_them() -> None:
     assert issubclass(RecordError, ValueError) and issubclass(KernelNameError, ValueError)
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_from_the_real_cli(tmp_path: Path) -> None:
+    """StoreUnavailableError once escaped the CLI as a traceback: the real command prints
+    one line naming the config key to fix, and exits 1."""
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "store: s3://bucket/prefix\n"
+        "store_options: {endpoint_url: 'http://127.0.0.1:9', attempts: 1, timeout_seconds: 1}\n"
+    )
+    env = cli_env({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    done = subprocess.run(
+        [*CLI, "store", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("error: store_options.endpoint_url: cannot reach"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1
