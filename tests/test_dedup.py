@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.agent import run_cli, start_agent, write_site
+from support.agent import events, run_cli, start_agent, write_site
 from support.cli import CLI, cli_env
 from support.dedup import PLACEHOLDER, commit_framed, inode, tree
 from support.processes import kill9, wait_for
@@ -294,3 +294,34 @@ def test_protect_before_unpack_copies_a_shared_prefix_record(tmp_path: Path) -> 
     assert inode(prefix / "etc/prefix.txt") != inode(shared)
     assert os.stat(prefix / "etc/prefix.txt").st_mode & 0o200
     assert os.stat(shared).st_nlink == 1 and shared.read_text() == f"prefix={PLACEHOLDER}\n"
+
+
+def test_a_chmodded_build_is_no_donor_and_the_agent_says_why(tmp_path: Path) -> None:
+    """`chmod -R u+w` on a linked build changes the mode of every inode it shares, in
+    every build sharing it: none of those files is linked again (nothing vouches they
+    were not written since). The next deploy writes them, and logs a warning per donor
+    passed over naming the reason, so an operator sees why the disk grew."""
+    config, site = write_site(tmp_path / "site")
+    first, second = deploy_in_turn(config, site, V1, V2)
+    subprocess.run(["chmod", "-R", "u+w", str(second)], check=True)
+    third = commit_framed(site, V3, 2)
+    result = agent_once(config)
+    record = dedup.read_record(build_dir(site, third.build_id))
+    assert record is not None and (record.linked_files, record.donors) == (0, ())
+    unused = {e["donor"]: e for e in events(result.stderr, "dedup-donor-unused")}
+    # the chmodded build, and the earlier one whose files it shares (now writable too)
+    assert set(unused) == {f"demo/{second.name}", f"demo/{first.name}"}, result.stderr
+    for line in unused.values():
+        assert line["level"] == "warning" and line["build"] == third.build_id
+        assert line["reason"].startswith("none of the"), line
+        assert "(chmod on a build sharing it), e.g. " in line["reason"], line
+    assert "3 with mode 644 instead of read-only 444" in unused[f"demo/{second.name}"]["reason"]
+    # a donor whose kept index is gone says that instead
+    os.unlink(first / dedup.INDEX_COPY)
+    fourth = commit_framed(site, V1, 3)
+    result = agent_once(config)
+    unused = {e["donor"]: e for e in events(result.stderr, "dedup-donor-unused")}
+    reason = unused[f"demo/{first.name}"]["reason"]
+    assert reason.startswith(f"cannot read {dedup.INDEX_COPY}"), reason
+    assert unused[f"demo/{first.name}"]["level"] == "warning"
+    assert layout.read_ready(site.deploy_root, "demo", fourth.build_id) is not None

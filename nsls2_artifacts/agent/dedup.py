@@ -86,6 +86,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _END_OF_ARCHIVE = bytes(1024)
 
 Key = tuple[str, int, int]  # sha256, size, mode
+INFO, WARNING = logging.INFO, logging.WARNING
 
 
 Count = Annotated[int, Meta(ge=0)]
@@ -147,6 +148,9 @@ class LinkPlan:
     donors: list[Donor] = field(default_factory=list)
     linked_files: int = 0
     copied_files: int = 0
+    # donors passed over: (ENV/BUILD_ID, why, log level: WARNING when a build here is
+    # not as its deploy left it, INFO for the routine reasons)
+    unused: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def linked_bytes(self) -> int:
@@ -177,12 +181,18 @@ class _IndexCache:
     def get(self, build: Path) -> ContentIndex | None:
         """The index `build` kept, if its sha256 matches its dedup record; else None (an
         unreadable record makes the build no donor: its files are written instead)."""
+        found = self.load(build)
+        return found if isinstance(found, ContentIndex) else None
+
+    def load(self, build: Path) -> ContentIndex | str:
+        """The index `build` kept, or why there is none the agent can trust (the reason a
+        build is no donor, logged: an operator must see why a deploy was not linked)."""
         try:
             record = read_record(build)
-        except RecordError:
-            return None
+        except RecordError as exc:
+            return str(exc)
         if record is None:
-            return None
+            return f"deployed in full: no {RECORD}"
         path = build / INDEX_COPY
         try:
             st = os.stat(path)
@@ -192,10 +202,12 @@ class _IndexCache:
                 return hit[1]
             blob = path.read_bytes()
             if hashlib.sha256(blob).hexdigest() != record.index_sha256:
-                return None
+                return f"{INDEX_COPY} does not match the index_sha256 of {RECORD}"
             index = ContentIndex.from_bytes(blob)
-        except (OSError, RecordError):
-            return None
+        except OSError as exc:
+            return f"cannot read {INDEX_COPY}: {exc.strerror or exc}"
+        except RecordError as exc:
+            return f"{INDEX_COPY}: {exc}"
         if len(self._found) >= self._limit:
             self._found.clear()
         self._found[str(path)] = (identity, index)
@@ -216,16 +228,18 @@ def _candidates(deploy_root: Path, env: str, build_id: str) -> list[tuple[str, s
     return [(other, ready.build_id) for _, _, other, ready in found]
 
 
-def _donor(deploy_root: Path, env: str, build_id: str) -> Donor | None:
+def _donor(deploy_root: Path, env: str, build_id: str) -> Donor | str:
     """ENV/BUILD_ID as a donor: ready here, and its kept index is of the very artifact its
-    ready record vouches for."""
+    ready record vouches for; else why it is none."""
     ready = layout.read_ready(deploy_root, env, build_id)
     if ready is None:
-        return None
+        return "not ready here (deleted or redeployed meanwhile)"
     path = layout.build_dir(deploy_root, env, build_id)
-    index = INDEXES.get(path)
-    if index is None or index.archive_sha256 != ready.artifact_sha256:
-        return None
+    index = INDEXES.load(path)
+    if isinstance(index, str):
+        return index
+    if index.archive_sha256 != ready.artifact_sha256:
+        return f"{INDEX_COPY} is of another artifact than ready.json vouches for"
     return Donor(env, build_id, path, index)
 
 
@@ -257,19 +271,61 @@ def _usable(path: str, entry: IndexEntry, device: int) -> bool:
     )
 
 
-def _can_link(source: str, dest: Path) -> bool:
+def _link_refused(source: str, dest: Path) -> str:
     """One real link from the donor into the new build's directory: a filesystem (or a
-    GPFS fileset boundary) that refuses links shows here, before any frame is skipped."""
+    GPFS fileset boundary) that refuses links shows here, before any frame is skipped.
+    Returns why it was refused ("" if the link was made)."""
     probe = dest / _PROBE
     probe.parent.mkdir(exist_ok=True)
     try:
         os.link(source, probe, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in _LINK_REFUSED:
-            return False
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            return f"the filesystem refuses a link from it ({name}: {exc.strerror}): files written"
         raise
     os.unlink(probe)
-    return True
+    return ""
+
+
+def _why_no_files(donor: Donor, wanted: dict[Key, list[str]], device: int) -> str:
+    """Why none of the donor's files that this build wants could be linked ("" when it
+    has none of them): called only for a donor that gave nothing, so it costs nothing
+    when dedup works. A chmod on a deployed build changes the mode of every inode it
+    shares, in every build sharing it, so such files are never linked again: say so."""
+    counts: dict[str, int] = {}
+    example: dict[str, str] = {}
+    seen: set[Key] = set()
+    for entry in donor.index.entries:  # the files `_donor_files` checked: one per key
+        key = (entry.sha256, entry.size, entry.mode)
+        if key not in wanted or key in seen or not _shareable(entry):
+            continue
+        seen.add(key)
+        why = _unusable(f"{donor.path}/{entry.path}", entry, device)
+        counts[why] = counts.get(why, 0) + 1
+        example.setdefault(why, entry.path)
+    if not counts:
+        return ""
+    parts = [f"{count} {why}, e.g. {example[why]}" for why, count in sorted(counts.items())]
+    return f"none of the {sum(counts.values())} files wanted is usable: " + "; ".join(parts)
+
+
+def _unusable(path: str, entry: IndexEntry, device: int) -> str:
+    """Why `_usable` refuses the donor's file (the same checks, named)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"missing ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
+    if st.st_size != entry.size:
+        return "changed size"
+    if st.st_dev != device:
+        return "on another filesystem"
+    mode, expected = stat.S_IMODE(st.st_mode), shared_mode(entry.mode)
+    if mode != expected:
+        return f"with mode {mode:o} instead of read-only {expected:o} (chmod on a build sharing it)"
+    return "usable now (changed while checked)"
 
 
 def plan_links(
@@ -291,12 +347,21 @@ def plan_links(
     for donor in donors:
         try:
             hold.enter_context(build_lock(deploy_root, donor.env, donor.build_id, wait=False))
-        except LockBusy:
-            continue  # being deleted or redeployed by another agent: not a donor now
+        except LockBusy:  # being deleted or redeployed by another agent: not a donor now
+            plan.unused.append((donor.name, "its build lock is held by another agent", INFO))
+            continue
         if layout.read_ready(deploy_root, donor.env, donor.build_id) is None:
-            continue  # deleted between listing and locking
+            plan.unused.append((donor.name, "deleted between listing and locking", INFO))
+            continue
         found = _donor_files(donor, wanted, device)
-        if not found or not _can_link(next(iter(found.values())), dest):
+        if not found:
+            why = _why_no_files(donor, wanted, device)
+            if why:  # else it simply holds none of this build's files
+                plan.unused.append((donor.name, why, WARNING))
+            continue
+        refused = _link_refused(next(iter(found.values())), dest)
+        if refused:
+            plan.unused.append((donor.name, refused, INFO))  # the fallback: by design
             continue
         plan.donors.append(donor)
         for key, source in found.items():
@@ -363,12 +428,30 @@ def prepare(
     if index is None:
         return None
     root = site.deploy_root
-    donors = (
-        donor
-        for env, build_id in _candidates(root, manifest.name, manifest.build_id)[: MAX_DONORS * 2]
-        if (donor := _donor(root, env, build_id)) is not None
-    )
-    plan = plan_links(index, _first(donors, MAX_DONORS), dest, hold, root)
+    unused: list[tuple[str, str, int]] = []
+
+    def donors() -> Iterator[Donor]:
+        for env, build_id in _candidates(root, manifest.name, manifest.build_id)[: MAX_DONORS * 2]:
+            donor = _donor(root, env, build_id)
+            if isinstance(donor, Donor):
+                yield donor
+            else:  # a build deployed in full is routine; a broken index copy is not
+                level = INFO if donor.startswith(("deployed in full", "not ready")) else WARNING
+                unused.append((f"{env}/{build_id}", donor, level))
+
+    plan = plan_links(index, _first(donors(), MAX_DONORS), dest, hold, root)
+    for name, why, level in unused + plan.unused:
+        # one line per donor passed over, so an operator sees why a deploy wrote files
+        # it could have linked (a chmodded build, a lost index copy, another fileset)
+        event(
+            log,
+            "dedup-donor-unused",
+            level,
+            env=manifest.name,
+            build=manifest.build_id,
+            donor=name,
+            reason=why,
+        )
     why = _frames_usable(index, manifest)
     if why is not None:
         plan.skip = frozenset()
