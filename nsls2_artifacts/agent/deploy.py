@@ -19,10 +19,13 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import layout
 from ..config import SiteConfig
@@ -36,6 +39,7 @@ from .locks import build_lock
 from .log import event
 
 EXTRACT_PROGRESS_SECONDS = 10.0  # a log line this often while a large env unpacks
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -400,10 +404,14 @@ def _steps(
     trash.discard(site.deploy_root, env, final)
     partial.mkdir(parents=True)
     with contextlib.ExitStack() as donors:  # the builds linked from, locked until renamed
+        # the link plan (index parses, donor checks: Python) is made while the archive is
+        # hashed (hashlib releases the GIL); it only reads, and links one probe into
+        # `partial`, so it cannot act on unverified bytes
+        planning = _in_thread(dedup.prepare, site, store, manifest, partial, donors, log)
         try:
-            plan = dedup.prepare(site, store, manifest, partial, donors, log)
             # verified before the first byte is read (S3: spooled next to the env, hashed)
             with store.open_artifact(manifest, scratch=partial.parent) as artifact:
+                plan = planning.result()
                 marks["verify"] = time.monotonic()
                 event(log, "extract", env=env, build=build_id, node=site.agent.node)
                 try:
@@ -416,6 +424,10 @@ def _steps(
             raise StageFailedError(build_id, "verify", str(exc)) from None
         except StoreError as exc:  # the store unreachable mid-stream: this node's, retried
             raise NodeFaultError(build_id, "extract", str(exc)) from None
+        finally:
+            # a hash that failed first waits for the plan: its donor locks are released
+            # with `donors`, and nothing touches `partial` after it is discarded
+            futures.wait([planning])
         event(log, "verified", env=env, build=build_id, sha256=manifest.artifact.sha256)
         os.rename(partial, final)
         fsync_dir(final.parent)
@@ -442,6 +454,21 @@ def _steps(
             skipped_frames=record.skipped_frames,
         )
     return members, nbytes
+
+
+def _in_thread(work: Callable[..., T], *args: Any) -> futures.Future[T]:
+    """`work(*args)` started in a thread of its own; its result (or exception) in the
+    future returned."""
+    future: futures.Future[T] = futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(*args))
+        except BaseException as exc:  # handed to the waiting thread, raised there
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="dedup-plan", daemon=True).start()
+    return future
 
 
 def _extract(

@@ -9,6 +9,7 @@ these methods. Listings raise StoreError when the store is unreachable.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ class ArtifactReader(Protocol):
     `VerifiedReader`), so `finish()` there has nothing left to check."""
 
     def read(self, size: int = -1) -> bytes: ...
+    def skip(self, length: int) -> None:
+        """Move `length` bytes on without handing them out (a deduplicated deploy's
+        frames it does not decompress): a seek where they were verified already."""
+        ...
+
     def finish(self) -> None: ...
 
 
@@ -129,6 +135,11 @@ class CheckedReader:
         self._digest.update(data)
         self._seen += len(data)
         return data
+
+    def skip(self, length: int) -> None:
+        """Read past `length` bytes: they are hashed all the same."""
+        while length > 0 and (data := self.read(min(length, HASH_CHUNK))):
+            length -= len(data)
 
     def finish(self) -> None:
         while self.read(HASH_CHUNK):
@@ -153,6 +164,10 @@ class VerifiedReader:
 
     def read(self, size: int = -1) -> bytes:
         return self._raw.read(size)
+
+    def skip(self, length: int) -> None:
+        """Seek past `length` bytes (verified before the first read: nothing to check)."""
+        self._raw.seek(length, os.SEEK_CUR)
 
     def fileno(self) -> int:
         """The local file's descriptor: the incremental pack copies frames by offset."""
