@@ -280,13 +280,32 @@ def _scan_lines(scans: dict[str, Any]) -> list[str]:
     return lines
 
 
+DISK_LEGEND = (
+    "disk: 'adds' is what a build's deploy wrote; the rest of its files are hardlinks to "
+    "identical read-only files of earlier builds, kept while any build links them"
+)
+
+
 def _disk_text(disk: dict[str, Any] | None) -> str:
+    """`adds 12.0 MB (1.48 GB of 1.49 GB hardlinked to earlier builds: 41230 files)`."""
     if not disk:
         return ""
     if "error" in disk:
         return f"  disk added unknown ({disk['error']})"
-    linked = f", {disk['linked_files']} files linked" if disk["linked_files"] else ""
-    return f"  adds {disk['added_bytes'] / 1e6:.1f} of {disk['bytes'] / 1e6:.1f} MB{linked}"
+    if not disk["linked_files"]:
+        shared = "nothing linked"
+    else:
+        shared = (
+            f"{_size(disk['linked_bytes'])} of {_size(disk['bytes'])} hardlinked to earlier "
+            f"builds: {disk['linked_files']} files"
+        )
+    if disk["copied_files"]:
+        shared += f"; {disk['copied_files']} copied, the filesystem refused a link"
+    return f"  adds {_size(disk['added_bytes'])} ({shared})"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def quarantine_hint(env: str, build_id: str, stage: str) -> str:
@@ -316,6 +335,7 @@ def render_text(status: dict[str, Any]) -> str:
     if status["store_error"]:
         lines.append(f"  STORE UNAVAILABLE: {status['store_error']}")
     lines += _scan_lines(status.get("scans", {}))
+    legend = False  # the disk column explained once, under the builds, when shown
     for env, info in status["envs"].items():
         hold = f" (held by rollback to {info['hold']['build_id']})" if info["hold"] else ""
         lines.append(f"env {env}: latest -> {info['latest'] or '-'}{hold}")
@@ -326,7 +346,10 @@ def render_text(status: dict[str, Any]) -> str:
             mark = " *" if b["build_id"] == info["latest"] else ""
             reason = f"  reason: {b['reason']}" if b["reason"] else ""
             disk = _disk_text(b.get("disk"))
+            legend = legend or bool(disk)
             lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{disk}{reason}")
+    if legend:
+        lines.append(DISK_LEGEND)
     if status["kernels"]:
         lines.append("kernels:")
         for name, k in status["kernels"].items():

@@ -26,6 +26,7 @@ from support.dedup import PLACEHOLDER, commit_framed, inode, tree
 from support.processes import kill9, wait_for
 
 from nsls2_artifacts import layout
+from nsls2_artifacts import status as status_module
 from nsls2_artifacts.agent import dedup, retention
 from nsls2_artifacts.records import RetentionDecision
 
@@ -103,6 +104,15 @@ def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) ->
     disk = builds[second.name]["disk"]
     assert disk["added_bytes"] == record.added_bytes and disk["linked_files"] == 6
     assert "index" in disk["how"]
+    # what an operator reads: per build what its deploy wrote and what it shares
+    text = run_cli(config, "status").stdout
+    mb = f"{record.added_bytes / 1e6:.1f} MB"
+    shared = f"{record.linked_bytes / 1e6:.1f} MB of {record.bytes / 1e6:.1f} MB"
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {second.name}")]
+    assert line.endswith(f"adds {mb} ({shared} hardlinked to earlier builds: 6 files)"), text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {first.name}")]
+    assert line.endswith("(nothing linked)"), text
+    assert status_module.DISK_LEGEND in text
 
 
 def test_every_earlier_build_is_unchanged_and_deleting_any_one_leaves_the_others(
@@ -194,6 +204,7 @@ def test_links_refused_fall_back_to_copies(tmp_path: Path) -> None:
         (second,) = deploy_in_turn(config, site, V2)
     record = dedup.read_record(second)
     assert record is not None and record.copied_files == 1
+    assert "; 1 copied, the filesystem refused a link)" in run_cli(config, "status").stdout
     assert os.stat(second / "lib/site/alpha/data.bin").st_nlink == 1
     assert (second / "lib/site/alpha/data.bin").read_bytes() == refused.read_bytes()
     assert inode(second / "lib/site/common.py") == inode(first / "lib/site/common.py")
