@@ -70,3 +70,28 @@ def test_the_lab_extension_mirrors_every_field() -> None:
     assert set(declared) == {f.name for f in fields}
     required = {f.name for f in fields if f.required}
     assert {name for name, optional in declared.items() if not optional} == required
+
+
+# the same cases as logic.test.ts "kernel metadata: a field of the wrong type ..."
+WRONG = [
+    {"listed": "yes"},
+    {"labels": "x"},
+    {"memory_limit": -1},
+    {"memory_limit": 1.5},
+    {"python": 3},
+    {"created": None},
+    {"beamlines": [1]},
+]
+
+
+@pytest.mark.parametrize("wrong", WRONG, ids=lambda w: next(iter(w)))
+def test_a_field_of_the_wrong_type_is_no_record_on_either_side(wrong: dict) -> None:
+    """Python refuses the record (naming the field) where the lab extension's parser
+    returns null: both read the spec as a stock kernel, none keeps it minus the field."""
+    block = {"env": "demo", "build_id": BUILD, "channel": "lts", "label": "2026-1"}
+    assert kernel_metadata({"nsls2": block}) is not None
+    with pytest.raises(RecordError, match=f"field '{next(iter(wrong))}'"):
+        kernel_metadata({"nsls2": {**block, **wrong}})
+    assert kernel_metadata_or_none({"nsls2": {**block, **wrong}}) is None
+    ts = (METADATA_TS.parent / "logic.test.ts").read_text()
+    assert f"{{ {next(iter(wrong))}: " in ts  # the lab extension tests the same case

@@ -11,6 +11,7 @@ import {
   beamlineFileName,
   beamlineNotebook,
   buildDate,
+  buildIdTime,
   cardMatches,
   compactKernelName,
   chooseForMissing,
@@ -341,4 +342,38 @@ test('toolbar kernel name: env and track, short enough for a split view', () => 
   assert.equal(compactKernelName(specs[2], ''), 'base · 2026-1');
   assert.equal(compactKernelName(stock, ''), 'Python 3 (ipykernel)');
   assert.equal(compactKernelName(undefined, 'No Kernel'), 'No Kernel');
+});
+
+test('build id time: one parser, impossible times and other strings are none', () => {
+  const iso = (id: string) => buildIdTime(id)?.toISOString();
+  assert.equal(iso('2026.11.25T020304Z-1a2b3c4d'), '2026-11-25T02:03:04.000Z');
+  assert.equal(iso('2026.11.25T0203Z-1a2b3c4d'), '2026-11-25T02:03:00.000Z');
+  assert.equal(buildIdTime('2026.13.25T020000Z-1a2b3c4d'), null); // month 13
+  assert.equal(buildIdTime('2026-11-25T02:00:00Z'), null);
+  assert.equal(buildDate('2026.11.25T020304Z-1a2b3c4d'), '2026-11-25 02:03 UTC');
+  assert.equal(buildDate('2026-11-25T02:00:00Z'), '2026-11-25 02:00 UTC');
+});
+
+test('kernel metadata: a field of the wrong type makes it no NSLS-II record, as in Python', () => {
+  const block = {
+    env: 'demo',
+    build_id: '2026.11.25T020000Z-1a2b3c4d',
+    channel: 'lts',
+    label: '2026-1'
+  };
+  assert.equal(nsls2Of({ nsls2: block })?.label, '2026-1');
+  assert.equal(nsls2Of({ nsls2: { ...block, added_by_a_newer_agent: 1 } })?.env, 'demo');
+  for (const wrong of [
+    { listed: 'yes' },
+    { labels: 'x' },
+    { memory_limit: -1 },
+    { memory_limit: 1.5 },
+    { python: 3 },
+    { created: null },
+    { beamlines: [1] }
+  ]) {
+    assert.equal(nsls2Of({ nsls2: { ...block, ...wrong } }), null, JSON.stringify(wrong));
+  }
+  assert.equal(nsls2Of({ nsls2: { ...block, python: null, memory_limit: null } })?.env, 'demo');
+  assert.equal(nsls2Of({ nsls2: { env: 'demo', build_id: 'b', label: 'latest' } }), null);
 });

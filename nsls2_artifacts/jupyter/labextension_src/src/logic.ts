@@ -49,14 +49,40 @@ export function looksManaged(name: string | undefined | null): boolean {
   return !!name && name.startsWith(MANAGED_PREFIX);
 }
 
-/** `2026.11.25T0200Z-abcd1234` (or an ISO time) -> `2026-11-25 02:00 UTC`. */
+const BUILD_ID_TIME = /^(\d{4})\.(\d{2})\.(\d{2})T(\d{2})(\d{2})(\d{2})?Z?(?:-|$)/;
+
+/**
+ * When a build id (`2026.11.25T020000Z-abcd1234`) says its build was made, null if it is not
+ * a build id or names no real time (month 13): the one parser of a build id's time here, as
+ * `records.build_id_time` is in Python.
+ */
+export function buildIdTime(buildId: string): Date | null {
+  const m = BUILD_ID_TIME.exec(buildId);
+  if (!m) {
+    return null;
+  }
+  const parts = [+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] ?? 0)] as const;
+  const time = new Date(Date.UTC(...parts));
+  const back = [
+    time.getUTCFullYear(),
+    time.getUTCMonth(),
+    time.getUTCDate(),
+    time.getUTCHours(),
+    time.getUTCMinutes(),
+    time.getUTCSeconds()
+  ];
+  return back.every((value, i) => value === parts[i]) ? time : null; // Date.UTC rolls over
+}
+
+/** `2026.11.25T020000Z-abcd1234` (or an ISO time) -> `2026-11-25 02:00 UTC`. */
 export function buildDate(buildIdOrIso: string | undefined): string {
   if (!buildIdOrIso) {
     return '';
   }
-  const id = /^(\d{4})\.(\d{2})\.(\d{2})T(\d{2})(\d{2})/.exec(buildIdOrIso);
-  if (id) {
-    return `${id[1]}-${id[2]}-${id[3]} ${id[4]}:${id[5]} UTC`;
+  const made = buildIdTime(buildIdOrIso);
+  if (made) {
+    const iso = made.toISOString();
+    return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
   }
   const iso = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}))?/.exec(buildIdOrIso);
   if (iso) {
@@ -476,8 +502,7 @@ function nearestKept(group: { latest?: ISpec; lts: ISpec[] }, buildId: string): 
 }
 
 function timeValue(buildId: string): number {
-  const m = /^(\d{4})\.(\d{2})\.(\d{2})T(\d{2})(\d{2})(\d{2})?/.exec(buildId);
-  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] ?? 0)) : 0;
+  return buildIdTime(buildId)?.getTime() ?? 0;
 }
 
 /**

@@ -4,7 +4,8 @@
  * extension read it. Change both together; tests/test_kernelmeta.py checks the fields match.
  *
  * `channel` is required: a spec without it (or with another value) is not an NSLS-II spec,
- * so no reader guesses whether it is the rolling kernel.
+ * so no reader guesses whether it is the rolling kernel. A field of the wrong type, required
+ * or not, makes the record invalid on both sides (kernelmeta.py refuses it too).
  */
 
 export type Channel = 'latest' | 'lts';
@@ -28,8 +29,10 @@ export interface INsls2Meta {
 const isStrings = (value: unknown): value is string[] =>
   Array.isArray(value) && value.every(v => typeof v === 'string');
 
-const optional = <T>(value: unknown, ok: (v: unknown) => v is T): T | undefined =>
-  value === undefined ? undefined : ok(value) ? value : undefined;
+// an optional field is absent or of its type; one of another type makes the whole record
+// invalid, as kernelmeta.py (msgspec) refuses it, so both sides see a stock kernel
+const absentOr = (value: unknown, ok: (v: unknown) => boolean): boolean =>
+  value === undefined || ok(value);
 
 const isString = (v: unknown): v is string => typeof v === 'string';
 const isStringOrNull = (v: unknown): v is string | null => v === null || typeof v === 'string';
@@ -51,7 +54,16 @@ export function parseNsls2Meta(metadata: unknown): INsls2Meta | null {
     !isString(m.env) ||
     !isString(m.build_id) ||
     (m.channel !== 'latest' && m.channel !== 'lts') ||
-    !isString(m.label)
+    !isString(m.label) ||
+    !absentOr(m.labels, isStrings) ||
+    !absentOr(m.env_display_name, isString) ||
+    !absentOr(m.created, isString) ||
+    !absentOr(m.python, isStringOrNull) ||
+    !absentOr(m.expires, isStringOrNull) ||
+    !absentOr(m.promoted, isStringOrNull) ||
+    !absentOr(m.listed, isBool) ||
+    !absentOr(m.beamlines, isStrings) ||
+    !absentOr(m.memory_limit, isSizeOrNull)
   ) {
     return null;
   }
@@ -60,14 +72,14 @@ export function parseNsls2Meta(metadata: unknown): INsls2Meta | null {
     build_id: m.build_id,
     channel: m.channel,
     label: m.label,
-    labels: optional(m.labels, isStrings),
-    env_display_name: optional(m.env_display_name, isString),
-    created: optional(m.created, isString),
-    python: optional(m.python, isStringOrNull),
-    expires: optional(m.expires, isStringOrNull),
-    promoted: optional(m.promoted, isStringOrNull),
-    listed: optional(m.listed, isBool),
-    beamlines: optional(m.beamlines, isStrings),
-    memory_limit: optional(m.memory_limit, isSizeOrNull)
+    labels: m.labels as string[] | undefined,
+    env_display_name: m.env_display_name as string | undefined,
+    created: m.created as string | undefined,
+    python: m.python as string | null | undefined,
+    expires: m.expires as string | null | undefined,
+    promoted: m.promoted as string | null | undefined,
+    listed: m.listed as boolean | undefined,
+    beamlines: m.beamlines as string[] | undefined,
+    memory_limit: m.memory_limit as number | null | undefined
   };
 }
