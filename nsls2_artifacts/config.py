@@ -123,7 +123,7 @@ class Mirror(Section):
     url: Annotated[str, Meta(min_length=1)]
 
 
-Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-fA-F]{64}$")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}\Z")]
 
 
 class StaffToken(Section):

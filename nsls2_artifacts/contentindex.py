@@ -39,7 +39,7 @@ _HEX = frozenset("0123456789abcdef")
 # field types the decoder checks (in C) on the fast path; building a record in code checks
 # nothing, as with any msgspec Struct
 _Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
-_Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+_Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 
@@ -63,7 +63,7 @@ class FrameRecord(msgspec.Struct, frozen=True):
     tar_length: _Count
     package: _Text
     key: _Sha256
-    source: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] = ""
+    source: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?\Z")] = ""
 
 
 class IndexEntry(msgspec.Struct, frozen=True):

@@ -31,11 +31,11 @@ KNOWN_PLATFORMS = frozenset(
     {"linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64", "noarch"}
 )
 
-_CONDA_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]*$")
-_PYPI_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_CONDA_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]*\Z")
+_PYPI_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?\Z")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 # A bare version ("1.2.3") means exactly that version in pixi; conda would read it fuzzily.
-_BARE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z._+!]*$")
+_BARE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z._+!]*\Z")
 
 _NSLS2_KEYS = {
     "display_name",

@@ -28,14 +28,14 @@ ENV_NAME_RULE = (
     "lowercase letters, digits and '_' (no '-': it separates ENV and LABEL in kernel names)"
 )
 LABEL_RULE = "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
-_ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
-_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}\Z")
+_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 BEAMLINE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # a beamline name becomes a file name (etc/tiled/profiles/NAME.yml) and a tiled profile name
-_BEAMLINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BEAMLINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 NODE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # a node name becomes a file name (state/nodes/NODE.json) and an object key (.nodes/NODE.json)
-_NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 def env_name_problem(env: str) -> str | None:

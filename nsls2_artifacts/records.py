@@ -24,7 +24,7 @@ from .schema import Record, decode, field_problem, to_builtins
 
 MANIFEST_SCHEMA = 1
 
-_BUILD_ID_RE = re.compile(r"^(\d{4}\.\d{2}\.\d{2}T\d{6}Z)-([0-9a-f]{8})$")
+_BUILD_ID_RE = re.compile(r"^(\d{4}\.\d{2}\.\d{2}T\d{6}Z)-([0-9a-f]{8})\Z")
 
 
 def utcnow() -> datetime:

@@ -15,6 +15,7 @@ import random
 import string
 from pathlib import Path
 
+import msgspec
 import pytest
 from support.agent import commit_fake, promote_fake, run_cli, write_site
 
@@ -57,6 +58,9 @@ def test_kernel_name_is_injective_and_invertible() -> None:
         ("demo", "-x", "lowercase"),
         ("demo", "2026/1", "lowercase"),
         ("Demo", None, "no '-'"),
+        # `$` matches before a trailing newline: the rules match the whole name (\Z)
+        ("demo\n", None, "no '-'"),
+        ("demo", "2026-1\n", "lowercase"),
     ],
 )
 def test_names_breaking_the_rules_are_refused(env: str, label: str | None, why: str) -> None:
@@ -130,3 +134,18 @@ def test_agent_reports_clashes_instead_of_overwriting(tmp_path: Path) -> None:
     run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
     taken = kernels.spec_target(kernels.installed(cfg.deploy_root)["nsls2-a-b-latest"])
     assert (taken["env"], taken["label"]) == ("a", "b-latest")
+
+
+def test_no_rule_takes_a_trailing_newline() -> None:
+    """`re.match("^...$")` accepts "name\\n": a node, beamline or build id with a newline
+    would name a different file than the one every other reader looks for."""
+    from nsls2_artifacts.config import HookSettings
+    from nsls2_artifacts.records import build_id_time, is_build_id
+
+    assert names.node_name_problem("n1\n") and names.beamline_name_problem("csx\n")
+    assert names.env_name_problem("demo\n") and names.label_problem("2026-1\n")
+    build = "2026.11.25T020000Z-1a2b3c4d"
+    assert is_build_id(build) and not is_build_id(build + "\n")
+    assert build_id_time(build + "\n") is None
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"tokens_sha256": ["a" * 64 + "\n"]}, HookSettings)

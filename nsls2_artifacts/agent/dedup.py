@@ -109,7 +109,7 @@ class DedupRecord(Record, frozen=True):
 
     RECORD: ClassVar[str] = "dedup.json"
 
-    index_sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    index_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
     files: Count  # regular files of the build
     bytes: Count  # ... and their bytes
     linked_files: Count  # hardlinks into earlier builds
