@@ -24,6 +24,7 @@ from support.agent import events, run_cli, start_agent, write_site
 from support.cli import CLI, cli_env
 from support.dedup import PLACEHOLDER, commit_framed, inode, tree
 from support.processes import kill9, wait_for
+from support.retention import age
 
 from nsls2_artifacts import layout
 from nsls2_artifacts import status as status_module
@@ -139,6 +140,51 @@ def test_every_earlier_build_is_unchanged_and_deleting_any_one_leaves_the_others
                 assert tree(build_dir(moved, other.name)) == trees[other], (victim, other)
     # and in place, the originals never changed
     assert {d: tree(d) for d in dirs} == trees
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "s3"])
+def test_retention_in_an_agent_pass_deletes_a_linked_build_and_no_shared_file(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Three linked builds deployed by the agent from the store (a directory or an S3
+    bucket); the oldest falls out of retention (keep_latest 2) and the agent's own passes
+    tombstone and delete it: the two others are byte for byte as before, their files
+    shared with it keep their bytes (one name fewer), and the newest still imports."""
+    store: dict = {}
+    if backend == "s3":
+        server = request.getfixturevalue("s3_server")
+        store = {"store": server.new_store_url(), "store_options": server.site_options()}
+    retention = {"keep_latest": 2, "grace_days": 1, "lts_years": 3}
+    config, site = write_site(tmp_path / "site", retention=retention, **store)
+    dirs = []
+    for hours, version in ((-30 * 24, V1), (-29 * 24, V2), (0, V3)):
+        staging = Path(tempfile.mkdtemp(dir=tmp_path)) if backend == "s3" else None
+        manifest = commit_framed(site, version, hours, staging=staging)
+        agent_once(config)
+        dirs.append(build_dir(site, manifest.build_id))
+    oldest, kept = dirs[0], dirs[1:]
+    assert all(dedup.read_record(d).linked_files > 0 for d in kept)  # type: ignore[union-attr]
+    shared = inode(kept[0] / "lib/site/common.py")
+    assert shared == inode(oldest / "lib/site/common.py") == inode(kept[1] / "lib/site/common.py")
+    links = os.stat(oldest / "lib/site/common.py").st_nlink
+    trees = {d: tree(d) for d in kept}
+    agent_once(config)  # tombstone
+    tombstone = layout.tombstone_path(site.deploy_root, "demo", oldest.name)
+    assert tombstone.exists(), list(tombstone.parent.iterdir())
+    age(tombstone, 2)
+    agent_once(config)  # delete
+    assert not oldest.exists()
+    assert {d: tree(d) for d in kept} == trees
+    assert inode(kept[0] / "lib/site/common.py") == shared
+    assert os.stat(kept[0] / "lib/site/common.py").st_nlink == links - 1
+    for build in kept:
+        assert layout.read_ready(site.deploy_root, "demo", build.name) is not None
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import alpha; print(alpha.VERSION)"
+    out = subprocess.run(
+        [str(kept[1] / "bin/python"), "-c", code, str(kept[1] / "lib/site")],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.stdout.split() == ["1.1"]
 
 
 def _link(source: str, target: str) -> None:

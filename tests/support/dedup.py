@@ -22,6 +22,7 @@ import zstandard
 from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.contentindex import ContentIndex, FrameRecord, IndexEntry
 from nsls2_artifacts.records import BuildManifest
+from nsls2_artifacts.store import open_store
 from support.agent import T0, commit_build, member
 
 PLACEHOLDER = "/opt/nsls2-placeholder-prefix-0123456789abcdef0123456789abcdef"
@@ -122,19 +123,25 @@ def commit_framed(
     env: str = "demo",
     rewritten: set[str] | None = None,
     smoke: tuple[str, ...] = ("json",),
+    staging: Path | None = None,
 ) -> BuildManifest:
-    """Commit a fake env with the given package versions, created `hours` after T0."""
+    """Commit a fake env with the given package versions, created `hours` after T0: into
+    the site's store directory, or with `staging` (a scratch directory) through the
+    Store protocol (`open_store(site).commit_build`: for an S3 store)."""
     if rewritten is None:
         rewritten = {"bin/conda-unpack", "etc/prefix.txt"}
     archive, index = framed(fake_env(versions), rewritten)
-    return commit_build(
-        site.store,
+    manifest = commit_build(
+        site.store if staging is None else staging,
         env,
         archive,
         created=T0 + timedelta(hours=hours),
         index=index,
         smoke=smoke,
     )
+    if staging is not None:
+        open_store(site).commit_build(staging / env / manifest.build_id, manifest)
+    return manifest
 
 
 def tree(root: Path) -> dict[str, tuple[str, int, str]]:
