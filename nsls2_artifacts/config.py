@@ -431,17 +431,25 @@ class _Resolver:
         return Beamline(name=name, uri=given.uri, path=given.path, env=given.env)
 
 
-def convert_section(value: Any, kind: type[T], key: str, source: Path | str | None) -> T:
+def convert_section(
+    value: Any,
+    kind: type[T],
+    key: str,
+    source: Path | str | None,
+    messages: dict[str, str] | None = None,
+) -> T:
     """`value` (parsed YAML) as a `kind`, or ConfigError naming `source` and the dotted
     key of the field that is wrong (`key` is where `value` sits in its file). A null
-    where the schema has no null means "the default", as an empty YAML key does."""
+    where the schema has no null means "the default", as an empty YAML key does.
+    `messages` (field name, `NAME[]` for an element) replace the site config's wording
+    for another file's fields (nsls2.yaml)."""
     if value is None:
         value = {}
     value = _drop_nulls(value, kind)
     try:
         return msgspec.convert(value, kind, dec_hook=_decode_custom)
     except msgspec.ValidationError as exc:
-        field, message = _explain(str(exc), value, kind)
+        field, message = _explain(str(exc), value, kind, {**_MESSAGES, **(messages or {})})
         if kind is Mirror:  # the value itself, not a field of it
             field = ""
         field = field.replace("[...]", "")  # a mapping's key `_explain` could not find
@@ -484,7 +492,7 @@ def _takes_null(info: msgspec.inspect.Type) -> bool:
     return False
 
 
-def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
+def _explain(text: str, data: Any, kind: type, words: dict[str, str]) -> tuple[str, str]:
     """msgspec's message and path as (dotted field, message in the words of this file)."""
     message, tokens = split_error(text)
     tokens = name_keys(data, tokens, lambda trial: fails(trial, kind, _decode_custom))
@@ -508,7 +516,7 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
         known = sorted(f.encode_name for f in getattr(info, "fields", ()))
         return join(name), f"unknown key (known: {', '.join(known)})"
     if found := MISSING.match(message):
-        return join(found["name"]), _MESSAGES.get(found["name"], "missing")
+        return join(found["name"]), words.get(found["name"], "missing")
     if found := FIELD.match(message):  # a __post_init__ check (field_problem)
         return join(found["name"]), found["detail"]
     value = value_at(data, tokens)
@@ -525,10 +533,10 @@ def _explain(text: str, data: Any, kind: type) -> tuple[str, str]:
     if isinstance(info, msgspec.inspect.StructType) and message.startswith("Expected `object`"):
         return dotted, f"expected a mapping, got {value!r}"
     known_value = "[...]" not in tokens  # msgspec does not say which key of a mapping
-    if tokens and tokens[-1].startswith("[") and f"{last}[]" in _MESSAGES:  # one element
+    if tokens and tokens[-1].startswith("[") and f"{last}[]" in words:  # one element
         last = f"{last}[]"
-    if last in _MESSAGES:
-        return dotted, _MESSAGES[last] + (f", got {value!r}" if known_value else "")
+    if last in words:
+        return dotted, words[last] + (f", got {value!r}" if known_value else "")
     detail = plain(message)
     if known_value and repr(value) not in detail:
         detail += f" (got {value!r})"

@@ -13,15 +13,16 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import yaml
+from msgspec import Meta
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .config import RetentionOverrides, RetentionPolicy, convert_section, parse_size
+from .config import MemoryLimit, RetentionOverrides, RetentionPolicy, Section, convert_section
 from .errors import ConfigError, ManifestError
-from .names import beamline_name_problem, env_name_problem
+from .names import BEAMLINE_NAME_PATTERN, env_name_problem
 
 PIXI_TOML = "pixi.toml"
 NSLS2_YAML = "nsls2.yaml"
@@ -37,15 +38,47 @@ _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 # A bare version ("1.2.3") means exactly that version in pixi; conda would read it fuzzily.
 _BARE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z._+!]*\Z")
 
-_NSLS2_KEYS = {
-    "display_name",
-    "smoke",
-    "retention",
-    "nightly",
-    "description",
-    "logo",
-    "beamlines",
-    "kernels",
+ModuleName = Annotated[str, Meta(pattern=_MODULE_RE.pattern)]
+NonBlank = Annotated[str, Meta(pattern=r"\S")]
+
+
+class KernelOverrides(Section):
+    """`kernels:` in nsls2.yaml: `memory_limit` given (null: no ceiling) or not at all."""
+
+    memory_limit: MemoryLimit | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class Nsls2File(Section):
+    """`nsls2.yaml` as written: every field optional, unknown keys refused (a typo must not
+    pass silently), decoded like the site config (errors name the file and dotted key)."""
+
+    display_name: NonBlank | None = None  # None: "NSLS-II ENV"
+    description: str = ""
+    smoke: tuple[ModuleName, ...] = ("ipykernel",)  # modules every build must import
+    nightly: bool = True
+    beamlines: tuple[Annotated[str, Meta(pattern=BEAMLINE_NAME_PATTERN)], ...] = ()
+    logo: NonBlank | None = None  # an SVG or PNG file, relative to the env's directory
+    kernels: KernelOverrides = msgspec.field(default_factory=KernelOverrides)
+    retention: RetentionOverrides = msgspec.field(default_factory=RetentionOverrides)
+
+    def memory_limit(self) -> tuple[int | None, bool]:
+        """(bytes or None, whether nsls2.yaml sets it at all)."""
+        limit = self.kernels.memory_limit
+        if limit is msgspec.UNSET:
+            return None, False
+        return (None if limit is None else int(limit)), True
+
+
+# nsls2.yaml's words for its fields where a type name says little
+_NSLS2_MESSAGES = {
+    "display_name": "expected a non-empty string",
+    "description": "expected a string",
+    "smoke": "expected a list of module names to import",
+    "smoke[]": "not an importable module name",
+    "nightly": "expected true or false",
+    "beamlines": "expected a list of beamline names, e.g. [csx, hxn]",
+    "beamlines[]": "not a beamline name",
+    "logo": "expected a path to an SVG or PNG file",
 }
 LOGO_MAX_BYTES = 256 * 1024  # it travels inside manifest.json
 
@@ -121,8 +154,9 @@ def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
     yaml_bytes = _read_bytes(yaml_path) if yaml_path.exists() else b""
 
     pixi = _PixiReader(toml_path, toml_bytes)
-    extras = _Nsls2Reader(yaml_path, yaml_bytes, env)
+    extras = read_nsls2(yaml_path, yaml_bytes)
     platform_deps = pixi.platform_dependencies()
+    memory_limit, memory_limit_set = extras.memory_limit()
     return EnvManifest(
         name=env,
         directory=directory,
@@ -130,26 +164,52 @@ def load_manifest(manifests_dir: str | Path, env: str) -> EnvManifest:
         platforms=pixi.platforms(),
         dependencies={**pixi.dependencies("dependencies"), **platform_deps[0]},
         pypi_dependencies={**pixi.pypi_dependencies("pypi-dependencies"), **platform_deps[1]},
-        display_name=extras.display_name(),
-        smoke=extras.smoke(),
-        retention=extras.retention(),
-        nightly=extras.nightly(),
-        description=extras.description(),
+        display_name=(extras.display_name or f"NSLS-II {env}").strip(),
+        smoke=extras.smoke,
+        retention=extras.retention.given(),
+        nightly=extras.nightly,
+        description=extras.description.strip(),
         system_requirements=pixi.system_requirements(),
         source_sha256=source_digest(toml_bytes, yaml_bytes),
-        beamlines=extras.beamlines(),
-        logo=extras.logo(directory),
-        memory_limit=extras.memory_limit()[0],
-        memory_limit_set=extras.memory_limit()[1],
+        beamlines=extras.beamlines,
+        logo=_logo(yaml_path, directory, extras.logo),
+        memory_limit=memory_limit,
+        memory_limit_set=memory_limit_set,
     )
 
 
-def _nsls2_reader(manifests_dir: str | Path, env: str) -> _Nsls2Reader | None:
+def read_nsls2(path: Path, data: bytes) -> Nsls2File:
+    """nsls2.yaml's bytes (empty: no file) as an `Nsls2File`, or ManifestError naming the
+    file and the dotted key."""
+    try:
+        doc = yaml.safe_load(data.decode("utf-8")) if data else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, None, f"invalid YAML: {exc}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise ManifestError(path, None, "expected a mapping at the top level")
+    try:
+        return convert_section(doc, Nsls2File, "", path, _NSLS2_MESSAGES)
+    except ConfigError as exc:
+        raise ManifestError(path, exc.field, exc.detail) from None
+
+
+def _logo(path: Path, directory: Path, value: str | None) -> Path | None:
+    """The logo file nsls2.yaml names (relative to the env's directory), checked."""
+    if value is None:
+        return None
+    logo = (directory / value.strip()).resolve()
+    if not logo.is_file():
+        raise ManifestError(path, "logo", f"no such file: {logo}")
+    logo_format(logo)
+    return logo
+
+
+def _nsls2_file(manifests_dir: str | Path, env: str) -> Nsls2File | None:
     """ENV's nsls2.yaml alone (pixi.toml need not exist any more), None without one."""
     path = Path(manifests_dir).absolute() / env / NSLS2_YAML
     if env_name_problem(env) or not path.exists():
         return None
-    return _Nsls2Reader(path, _read_bytes(path), env)
+    return read_nsls2(path, _read_bytes(path))
 
 
 def env_retention(
@@ -159,15 +219,15 @@ def env_retention(
     overrides of ENV's nsls2.yaml. Agent retention and `store prune` both ask here, so they
     apply one policy. Raises ManifestError naming file and field if nsls2.yaml is malformed.
     """
-    reader = _nsls2_reader(manifests_dir, env)
-    overrides = reader.retention() if reader else {}
+    found = _nsls2_file(manifests_dir, env)
+    overrides = found.retention.given() if found else {}
     return msgspec.structs.replace(site, **overrides), bool(overrides)
 
 
 def env_nightly(manifests_dir: str | Path, env: str) -> bool:
     """`nightly:` of ENV's nsls2.yaml (default true); ManifestError if it is malformed."""
-    reader = _nsls2_reader(manifests_dir, env)
-    return reader.nightly() if reader else True
+    found = _nsls2_file(manifests_dir, env)
+    return found.nightly if found else True
 
 
 def logo_format(path: Path) -> str:
@@ -358,101 +418,3 @@ class _PixiReader:
                 raise self.fail(f"system-requirements.{name}", "expected a version string")
             out[str(name)] = value
         return out
-
-
-class _Nsls2Reader:
-    """Field-by-field reading of nsls2.yaml (optional: every field has a default)."""
-
-    def __init__(self, path: Path, data: bytes, env: str) -> None:
-        self.path = path
-        self.env = env
-        try:
-            doc = yaml.safe_load(data.decode("utf-8")) if data else {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ManifestError(path, None, f"invalid YAML: {exc}") from None
-        doc = {} if doc is None else doc
-        if not isinstance(doc, dict):
-            raise ManifestError(path, None, "expected a mapping at the top level")
-        unknown = sorted(set(doc) - _NSLS2_KEYS)
-        if unknown:
-            known = ", ".join(sorted(_NSLS2_KEYS))
-            raise ManifestError(path, unknown[0], f"unknown key (known: {known})")
-        self.doc = doc
-
-    def fail(self, key: str, message: str) -> ManifestError:
-        return ManifestError(self.path, key, message)
-
-    def display_name(self) -> str:
-        value = self.doc.get("display_name", f"NSLS-II {self.env}")
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail("display_name", "expected a non-empty string")
-        return value.strip()
-
-    def description(self) -> str:
-        value = self.doc.get("description", "")
-        if not isinstance(value, str):
-            raise self.fail("description", "expected a string")
-        return value.strip()
-
-    def smoke(self) -> tuple[str, ...]:
-        value = self.doc.get("smoke", ["ipykernel"])
-        if not isinstance(value, list):
-            raise self.fail("smoke", "expected a list of module names to import")
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not _MODULE_RE.match(item):
-                raise self.fail(f"smoke[{index}]", f"not an importable module name: {item!r}")
-        return tuple(value)
-
-    def nightly(self) -> bool:
-        value = self.doc.get("nightly", True)
-        if not isinstance(value, bool):
-            raise self.fail("nightly", f"expected true or false, got {value!r}")
-        return value
-
-    def beamlines(self) -> tuple[str, ...]:
-        value = self.doc.get("beamlines") or []
-        if not isinstance(value, list):
-            raise self.fail("beamlines", "expected a list of beamline names, e.g. [csx, hxn]")
-        for index, item in enumerate(value):
-            if beamline_name_problem(item):
-                raise self.fail(f"beamlines[{index}]", f"not a beamline name: {item!r}")
-        return tuple(value)
-
-    def logo(self, directory: Path) -> Path | None:
-        value = self.doc.get("logo")
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail("logo", "expected a path to an SVG or PNG file")
-        path = (directory / value.strip()).resolve()
-        if not path.is_file():
-            raise self.fail("logo", f"no such file: {path}")
-        logo_format(path)
-        return path
-
-    def memory_limit(self) -> tuple[int | None, bool]:
-        """(bytes or None, whether nsls2.yaml sets it at all)."""
-        value = self.doc.get("kernels")
-        if value is None:
-            return None, False
-        if not isinstance(value, dict):
-            raise self.fail("kernels", "expected a mapping {memory_limit: 16GiB}")
-        for key in value:
-            if key != "memory_limit":
-                raise self.fail(f"kernels.{key}", "unknown key (known: memory_limit)")
-        if "memory_limit" not in value:
-            return None, False
-        try:
-            return parse_size(value["memory_limit"]), True
-        except ValueError as exc:
-            raise self.fail("kernels.memory_limit", str(exc)) from None
-
-    def retention(self) -> dict[str, float]:
-        """The `retention:` overrides, checked by the site policy's own schema (same ranges)."""
-        try:
-            given = convert_section(
-                self.doc.get("retention"), RetentionOverrides, "retention", None
-            )
-        except ConfigError as exc:
-            raise self.fail(exc.field or "retention", exc.detail) from None
-        return given.given()

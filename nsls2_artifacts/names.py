@@ -32,7 +32,8 @@ _ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}\Z")
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 BEAMLINE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # a beamline name becomes a file name (etc/tiled/profiles/NAME.yml) and a tiled profile name
-_BEAMLINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+BEAMLINE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"  # for schemas (msgspec Meta)
+_BEAMLINE_NAME_RE = re.compile(BEAMLINE_NAME_PATTERN)
 NODE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # a node name becomes a file name (state/nodes/NODE.json) and an object key (.nodes/NODE.json)
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")

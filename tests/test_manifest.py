@@ -149,6 +149,12 @@ BAD_YAML = [
     ("kernels: {memory_limit: lots}\n", "kernels.memory_limit", "16GiB"),
     ("kernels: {memory: 1GiB}\n", "kernels.memory", "unknown key"),
     ("kernels: {memory_limit: 200MB}\n", "kernels.memory_limit", "below 512MiB"),
+    # nsls2.yaml is a Struct (manifest.Nsls2File) decoded like the site config
+    ("smoke: [databroker, 3]\n", "smoke[1]", "not an importable module name, got 3"),
+    ("smoke: ['databroker\\n']\n", "smoke[0]", "not an importable module name"),
+    ("description: [a]\n", "description", "expected a string"),
+    ("logo: 3\n", "logo", "SVG or PNG"),
+    ("kernels: 3\n", "kernels", "expected a mapping"),
 ]
 
 
@@ -176,6 +182,20 @@ def test_unknown_env_lists_the_known_ones(tmp_path: Path) -> None:
 def test_nsls2_yaml_is_optional(tmp_path: Path) -> None:
     m = load_manifest(write_env(tmp_path, yaml=None), "t")
     assert m.display_name == "NSLS-II t"
+    assert (m.smoke, m.nightly, m.beamlines, m.memory_limit_set) == (
+        ("ipykernel",),
+        True,
+        (),
+        False,
+    )
+
+
+def test_an_empty_nsls2_key_means_its_default(tmp_path: Path) -> None:
+    """As in the site config, `key:` with nothing under it (null) is the default."""
+    yaml = "display_name:\nsmoke:\nbeamlines:\nnightly:\nkernels:\nretention:\n"
+    m = load_manifest(write_env(tmp_path, yaml=yaml), "t")
+    assert (m.display_name, m.smoke, m.beamlines) == ("NSLS-II t", ("ipykernel",), ())
+    assert m.nightly and not m.memory_limit_set and m.retention == {}
 
 
 def test_kernel_fields_travel_in_the_build_manifest(tmp_path: Path) -> None:
