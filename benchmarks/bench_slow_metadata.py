@@ -1,12 +1,19 @@
 """Extraction when creating a file is slow (GPFS, NFS): the agent's `safe_extract` vs
-`tar -I zstd -xf`, both run under `strace` injecting a fixed delay into every `openat`
-(file creation is what a parallel filesystem makes slow; data writes stream).
+`tar -I zstd -xf`, both run under a harness adding a fixed delay to file creation
+(what a parallel filesystem makes slow; data writes stream).
 
-The delay is injected per call, so tar (one file at a time) pays it once per file while
-the agent, once its probe sees slow writes, creates files from four threads. strace's
-own ptrace stop per `openat` is in both sides. Needs `strace` (Debian package).
+The delay is paid per call, so tar (one file at a time) pays it once per file while
+the agent, once its probe sees slow writes, creates files from four threads. Two
+harnesses (`--harness`, both by default):
+- `strace`: `strace` injects the delay on exit of every `openat` (reads pay it too);
+  each is a ptrace stop served by one tracer, so the agent's threads wait in line and
+  strace's own stop is in both sides. Needs `strace` (Debian package).
+- `shim`: latency_shim.py's LD_PRELOAD library sleeps in the calling thread before
+  every create (open with O_CREAT, mkdir, link, symlink, rename, unlink), so threads
+  overlap their waits as on GPFS, and reads run at full speed. Needs `cc`.
 
     .venv/bin/python benchmarks/bench_slow_metadata.py [--archive A.tar.zst] [--delays-us 500 1000]
+        [--harness strace shim]
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import latency_shim  # noqa: E402
+
 EXTRACT = """
 import sys
 from pathlib import Path
@@ -38,11 +49,17 @@ def demo_archive(work: Path) -> Path:
     return next((work / "store" / "demo").glob("*/env.tar.zst"))
 
 
-def timed_under_strace(delay_us: int, argv: list[str]) -> float:
-    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat",
-              "-e", f"inject=openat:delay_exit={delay_us}"]  # fmt: skip
+def timed(harness: str, delay_us: int, argv: list[str], shim: Path | None) -> float:
+    """Wall seconds of `argv` under `harness` ("strace", or "shim" with the built `shim`)."""
+    env = None
+    if harness == "strace":
+        argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat",
+                "-e", f"inject=openat:delay_exit={delay_us}", *argv]  # fmt: skip
+    else:
+        assert shim is not None
+        env = latency_shim.environ(shim, delay_us)
     start = time.perf_counter()
-    subprocess.run([*inject, *argv], check=True, cwd=ROOT)
+    subprocess.run(argv, check=True, cwd=ROOT, env=env)
     return time.perf_counter() - start
 
 
@@ -51,29 +68,40 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=None)
     parser.add_argument("--delays-us", type=int, nargs="+", default=[500, 1000])
     parser.add_argument("--scratch", type=Path, default=Path("/dev/shm"))
+    parser.add_argument(
+        "--harness", nargs="+", choices=("strace", "shim"), default=["strace", "shim"]
+    )
     opts = parser.parse_args()
-    if shutil.which("strace") is None:
-        sys.exit("needs strace (apt-get install strace)")
+    if "strace" in opts.harness and shutil.which("strace") is None:
+        sys.exit("--harness strace needs strace (apt-get install strace)")
     work = Path(tempfile.mkdtemp(prefix="bench-slowmeta-"))
-    archive = opts.archive or demo_archive(work)
-    print(f"archive: {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
-    for delay in opts.delays_us:
-        times = {}
-        for side in ("tar", "agent"):
-            dest = Path(tempfile.mkdtemp(dir=opts.scratch, prefix=f"slowmeta-{side}-"))
-            if side == "tar":
-                argv = ["tar", "-I", "zstd", "-xf", str(archive), "-C", str(dest)]
-            else:
-                argv = [sys.executable, "-c", EXTRACT, str(archive), str(dest)]
-            times[side] = timed_under_strace(delay, argv)
-            shutil.rmtree(dest)
-        print(
-            f"openat +{delay} us: tar {times['tar']:.2f}s  agent {times['agent']:.2f}s "
-            f"(incl. interpreter start) -> ratio {times['agent'] / times['tar']:.2f}x"
-        )
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        shim = latency_shim.build(work) if "shim" in opts.harness else None
+        archive = opts.archive or demo_archive(work)
+        print(f"archive: {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+        for delay in opts.delays_us:
+            for harness in opts.harness:
+                compare(harness, delay, archive, opts.scratch, shim)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(harness: str, delay: int, archive: Path, scratch: Path, shim: Path | None) -> None:
+    times = {}
+    for side in ("tar", "agent"):
+        dest = Path(tempfile.mkdtemp(dir=scratch, prefix=f"slowmeta-{side}-"))
+        if side == "tar":
+            argv = ["tar", "-I", "zstd", "-xf", str(archive), "-C", str(dest)]
+        else:
+            argv = [sys.executable, "-c", EXTRACT, str(archive), str(dest)]
+        times[side] = timed(harness, delay, argv, shim)
+        shutil.rmtree(dest)
+    what = "openat (strace)" if harness == "strace" else "create (shim)"
+    print(
+        f"{what} +{delay} us: tar {times['tar']:.2f}s  agent {times['agent']:.2f}s "
+        f"(incl. interpreter start) -> ratio {times['agent'] / times['tar']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

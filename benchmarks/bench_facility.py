@@ -1,0 +1,280 @@
+"""Facility scale (issue #20): staff click -> a user's kernel restarted on the new build,
+end to end, under GPFS-like metadata latency, reported with its parts.
+
+The env is bench_dedup.py's generator (`--packages` packages, `--files` files, `--mb`
+MB; a directory per 10 files, ~3:1 compressible, one zstd frame per package with its
+content index; the nightly changes one package and copies the other frames, as the
+incremental pack does). In one run:
+
+1. the first build is committed to a filesystem store and the real agent daemon
+   (`nsls2-artifacts agent`, filesystem events on, as a node runs it) deploys it in full;
+2. a kernel is started through the env's latest kernelspec (the `/bin/sh` launcher that
+   resolves `envs/ENV/latest` when it starts) and reports its CONDA_PREFIX;
+3. the click: the nightly is written and committed (the publish stand-in: frames of
+   unchanged packages copied, the archive hashed, the index and manifest written), the
+   daemon takes it up, deploys it linked to the first build, flips latest, and the
+   kernel is restarted (as JupyterLab's restart does) and reports its CONDA_PREFIX, which
+   must be the new build.
+
+The parts come from the daemon's own log (`event=... time=...`): commit -> the deploy
+starts, the deploy's verify / extract / unpack / smoke split, deploy end -> flip.
+
+Latency harness (`--harness`): `shim` (default) runs the daemon, and the kernel, with
+latency_shim.py's LD_PRELOAD library, which sleeps `--delay-us` in the calling thread
+before every create, link, mkdir, rename or unlink; threads overlap their waits as on
+GPFS. `strace` is the older harness (`strace --seccomp-bpf` injecting the delay on exit
+of openat/mkdir/link/symlink): one tracer serialises every delayed call, so 32 threads
+wait in line. `none`: no delay.
+
+    .venv/bin/python benchmarks/bench_facility.py [--files 100000 --mb 3000 --packages 100]
+        [--delay-us 1000] [--harness shim|strace|none] [--scratch DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import latency_shim  # noqa: E402
+from bench_dedup import CLI, Shape, commit, fields, site, traced, write_build  # noqa: E402
+
+from nsls2_artifacts import layout  # noqa: E402
+from nsls2_artifacts.agent import dedup  # noqa: E402
+
+PREFIX_CODE = "import os; print(os.environ['CONDA_PREFIX'])"
+
+
+@dataclass
+class Harness:
+    """How the daemon (and the kernel) are run: argv wrapper and environment."""
+
+    kind: str
+    delay_us: int
+    library: Path | None = None
+    count_file: Path | None = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return traced(argv, self.delay_us) if self.kind == "strace" else argv
+
+    def env(self) -> dict[str, str]:
+        if self.kind == "shim" and self.library is not None:
+            env = latency_shim.environ(self.library, self.delay_us, self.count_file)
+        else:
+            env = dict(os.environ)
+        env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+        return env
+
+
+def check_disk(scratch: Path, shape: Shape) -> None:
+    """Two archives (~1/3 of the bytes each), the first build in full, the nightly's own
+    package, and the generator's staging: refuse to start where that does not fit."""
+    need = int(shape.mb * 1e6 * (2 / 3 + 1 + 0.1) * 1.2)
+    free = shutil.disk_usage(scratch).free
+    print(f"disk: {free / 1e9:.1f} GB free under {scratch}, the run needs ~{need / 1e9:.1f} GB")
+    if free < need * 1.5:
+        sys.exit("not enough free disk for this shape (use --scratch or a smaller --mb)")
+
+
+def daemon_events(log_path: Path) -> list[dict[str, str]]:
+    return [fields(line) for line in log_path.read_text().splitlines() if "event=" in line]
+
+
+def stamp(f: dict[str, str]) -> float:
+    return datetime.strptime(f["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def wait_for(predicate, daemon: subprocess.Popen, log_path: Path, what: str) -> None:
+    while not predicate():
+        if daemon.poll() is not None:
+            sys.exit(f"the agent died while waiting for {what}:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.02)
+
+
+def kernel_prefix(kc) -> str:
+    """Run PREFIX_CODE in the kernel; its stdout."""
+    out: list[str] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"].get("text", ""))
+
+    reply = kc.execute_interactive(PREFIX_CODE, timeout=120, output_hook=hook)
+    if reply["content"]["status"] != "ok":
+        sys.exit(f"the kernel could not report its prefix: {reply['content']}")
+    return "".join(out).strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", type=int, default=100)
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--mb", type=int, default=3000)
+    parser.add_argument("--delay-us", type=int, default=1000)
+    parser.add_argument("--harness", choices=("shim", "strace", "none"), default="shim")
+    parser.add_argument("--poll", type=float, default=30.0, help="agent.poll_seconds")
+    parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
+    parser.add_argument("--keep", action="store_true")
+    opts = parser.parse_args()
+    if opts.harness == "strace" and shutil.which("strace") is None:
+        sys.exit("--harness strace needs strace (apt-get install strace)")
+    shape = Shape(opts.packages, opts.files, opts.mb)
+    check_disk(opts.scratch or Path(tempfile.gettempdir()), shape)
+    work = Path(tempfile.mkdtemp(prefix="bench-facility-", dir=opts.scratch))
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    try:
+        harness = Harness(opts.harness, opts.delay_us if opts.harness != "none" else 0)
+        if harness.kind == "shim":
+            harness.library = latency_shim.build(work)
+            harness.count_file = work / "shim-calls.txt"
+            rows = latency_shim.check(harness.library, opts.delay_us)
+            print(latency_shim.describe(rows, opts.delay_us))
+        run(work, shape, harness, opts.poll)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, shape: Shape, harness: Harness, poll: float) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    store = work / "store"
+    v1 = {n: 1 for n in range(shape.packages)}
+    v2 = {**v1, 0: 2}  # the nightly: one package changed
+    staging = work / "staging-1"
+    staging.mkdir()
+    index1, gen1 = write_build(staging, shape, v1, None)
+    first = commit(store, staging, index1, datetime(2026, 12, 1, 2, tzinfo=UTC))
+    archive1 = store / "demo" / first.build_id / "env.tar.zst"
+    print(
+        f"env: {shape.packages} packages, {len(index1.entries):,} entries, "
+        f"{sum(e.size for e in index1.entries) / 1e6:,.0f} MB, archive "
+        f"{first.artifact.size / 1e6:,.0f} MB (generated in {gen1:.1f}s); harness "
+        f"{harness.kind}, +{harness.delay_us} us per create"
+    )
+    config = site(work, "linked", store, poll=int(poll))
+    deploy_root = work / "linked"
+    log_path = work / "daemon.log"
+    latest = layout.latest_link(deploy_root, "demo")
+    km = kc = None
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen(
+            harness.argv([*CLI, "agent", "--config", str(config)]),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=harness.env(),
+        )
+    try:
+        # the first pass ends after the flip and the kernelspecs
+        wait_for(lambda: _idle(log_path), daemon, log_path, "the first deploy")
+        full = [f for f in daemon_events(log_path) if f["event"] == "deploy"][-1]
+        print(f"first build, full deploy by the daemon: {_split(full)}")
+        ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
+        km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
+        km.start_kernel(env=harness.env())
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=300)
+        before = kernel_prefix(kc)
+        print(f"kernel started through the latest launcher on {Path(before).name}")
+        time.sleep(3)  # a user works in the kernel for a while
+
+        click = time.time()
+        staging = work / "staging-2"
+        staging.mkdir()
+        index2, _ = write_build(staging, shape, v2, (archive1, index1, v1))
+        second = commit(store, staging, index2, datetime.now(UTC))
+        committed = time.time()
+        target = layout.build_dir(deploy_root, "demo", second.build_id)
+        wait_for(lambda: os.path.realpath(latest) == str(target), daemon, log_path, "the flip")
+        flipped = time.time()
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=300)
+        after = kernel_prefix(kc)
+        restarted = time.time()
+    finally:
+        if kc is not None and km is not None:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        daemon.terminate()
+        daemon.wait()
+    if after != str(target):
+        sys.exit(f"the restarted kernel is on {after}, not the new build {target}")
+    report(log_path, second.build_id, target, harness, click, committed, flipped, restarted)
+
+
+def _idle(log_path: Path) -> bool:
+    """The daemon finished its first pass (the `pass` event after the first deploy)."""
+    return any(f["event"] == "pass" for f in daemon_events(log_path))
+
+
+def _split(f: dict[str, str]) -> str:
+    steps = ("verify_s", "extract_s", "unpack_s", "smoke_s")
+    parts = ", ".join(f"{s[:-2]} {float(f[s]):.1f}" for s in steps if s in f)
+    return f"{float(f['seconds']):.1f}s ({parts})"
+
+
+def report(
+    log_path: Path,
+    build_id: str,
+    target: Path,
+    harness: Harness,
+    click: float,
+    committed: float,
+    flipped: float,
+    restarted: float,
+) -> None:
+    events = daemon_events(log_path)
+    mine = [f for f in events if f.get("build") == build_id]
+    deployed = next(f for f in mine if f["event"] == "deploy")
+    flip = next(f for f in mine if f["event"] == "flip")
+    end = stamp(deployed)
+    seconds = float(deployed["seconds"])
+    # the deploy event is logged at its end; its `seconds` start when the agent took it up
+    start = end - seconds
+    hints = [stamp(f) for f in events if f["event"] == "hint" and stamp(f) >= committed - 1]
+    record = dedup.read_record(target)
+    assert record is not None
+    print(f"kernel restarted on {target.name}: the new build")
+    rows = [
+        ("publish (stand-in: write + commit the nightly)", committed - click),
+        ("commit -> agent takes it up", start - committed),
+        (f"deploy linked: {_split(deployed)}", seconds),
+        ("deploy done -> flip (sweep, re-look, flip)", stamp(flip) - end),
+        ("flip -> seen by the bench", flipped - stamp(flip)),
+        ("kernel restart -> reports CONDA_PREFIX", restarted - flipped),
+    ]
+    print("| part | seconds |\n|---|---:|")
+    for label, value in rows:
+        print(f"| {label} | {value:.1f} |")
+    print(f"| **click -> restarted kernel on the new build** | **{restarted - click:.1f}** |")
+    print(
+        f"(target <= 120 s; first hint {hints[0] - committed:.1f}s after the commit; "
+        f"linked {record.linked_files:,}/{record.files:,} files, skipped "
+        f"{record.skipped_frames}/{record.frames} frames, copied {record.copied_files})"
+        if hints
+        else "(target <= 120 s; no filesystem hint: taken up by the poll)"
+    )
+    if harness.count_file is not None:
+        calls = latency_shim.delayed_calls(harness.count_file)
+        print(f"shim: {calls:,} delayed calls in the daemon and its children (exited ones)")
+    print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
