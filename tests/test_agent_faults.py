@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from support.processes import kill9, wait_for
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import kernels
+from nsls2_artifacts.agent.watch import DEBOUNCE_SECONDS
 from nsls2_artifacts.fsutil import read_json
+from nsls2_artifacts.store.filesystem import FilesystemStore
 
 
 def assert_converged(cfg, expected_latest: dict[str, str]) -> None:
@@ -176,6 +179,43 @@ def test_daemon_store_event_triggers_pass_before_poll(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
+
+
+def test_an_idle_daemon_does_not_wake_itself(tmp_path: Path) -> None:
+    """A pass reads every manifest and writes this node's report into the store; neither
+    is a store change. With an hour's poll and nothing published, the daemon makes its
+    first pass and waits (it used to make one every ~0.5 s, each hinted by the last
+    one's own reads and report: facility-scale benchmark, issue #20)."""
+    config, cfg = write_site(tmp_path / "site", agent={"poll_seconds": 3600})
+    commit_fake(cfg, tag="one", hours=1)  # a manifest each pass reads
+    log = tmp_path / "daemon.log"
+    daemon = start_agent(config, log=log)
+    try:
+        wait_for(lambda: events(log.read_text(), "pass"), timeout=120, what="the first pass")
+        # a self-hint starts the next pass 0.5 s (the debounce) after the report
+        time.sleep(10 * DEBOUNCE_SECONDS)
+        text = log.read_text()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert events(text, "hint") == []
+    assert len(events(text, "pass")) == 1
+
+
+def test_only_commits_and_lts_records_hint_a_pass(tmp_path: Path) -> None:
+    """What the daemon's filesystem watch lets through: the commit marker and LTS records,
+    not node reports, staging directories or an atomic write's temp file."""
+    store = FilesystemStore(tmp_path)
+    hints = {
+        "demo/2026.12.01T020000Z-0123abcd/manifest.json": True,
+        "demo/lts/2026-1.json": True,
+        ".nodes/node1.json": False,
+        "demo/.staging-2026.12.01T020000Z-0123abcd-42/index.json": False,
+        "demo/2026.12.01T020000Z-0123abcd/.manifest.json.x1y2.tmp": False,
+        "demo/2026.12.01T020000Z-0123abcd/env.tar.zst": False,
+    }
+    assert {p: store.is_change_hint(str(tmp_path / p)) for p in hints} == hints
+    assert not store.is_change_hint("/elsewhere/demo/lts/2026-1.json")
 
 
 @pytest.mark.parametrize("stage", ["extract", "unpack"])

@@ -58,6 +58,8 @@ class _Hint:
         return True
 
 
+# watchdog's event types that change a file (not "opened", "closed_no_write", "attrib")
+CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
 RETRY_FIRST_SECONDS = 2.0  # first retry after the store was unreachable; doubles per pass
 
 
@@ -73,9 +75,13 @@ def _start_observer(store: Store, hint: _Hint, log: logging.Logger) -> Any:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, ev: Any) -> None:
-                # only the commit marker and LTS records matter; the rest is noise
+                # only writes to the commit marker and LTS records matter: a pass reads
+                # every manifest (opened/closed_no_write events) and writes this node's
+                # report, and a hint from either would start the next pass, forever
+                if ev.event_type not in CHANGES:
+                    return
                 path = str(getattr(ev, "dest_path", "") or ev.src_path)
-                if path.endswith(".json"):
+                if store.is_change_hint(path):
                     hint.poke()
 
         observer = Observer()

@@ -121,6 +121,15 @@ class FilesystemStore:
     def watch_path(self) -> Path | None:
         return self.root if self.root.is_dir() else None
 
+    def is_change_hint(self, path: str) -> bool:
+        # manifest.json (renamed into place last) and lts/LABEL.json; dot names are ours
+        # (.nodes/NODE.json, .staging-*, the .NAME.tmp of an atomic write) or hidden
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return False
+        return path.endswith(".json") and not any(part.startswith(".") for part in parts)
+
     def changes_token(self) -> str | None:
         return None  # listing a directory is cheap; the agent lists every pass
 

@@ -211,6 +211,12 @@ class ArtifactStore(Protocol):
         """A local directory whose change events hint at store changes, if any."""
         ...
 
+    def is_change_hint(self, path: str) -> bool:
+        """Whether a write, rename or delete at `path` (under `watch_path`) can change
+        what an agent plans: a commit marker or an LTS record, never a node report (each
+        pass writes its own: a hint from it would start the next pass, forever)."""
+        ...
+
     # -- artifacts ---------------------------------------------------------------------------
     def open_artifact(
         self, manifest: BuildManifest, *, scratch: Path | None = None

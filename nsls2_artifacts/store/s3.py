@@ -141,6 +141,9 @@ class S3Store:
     def watch_path(self) -> Path | None:
         return None
 
+    def is_change_hint(self, path: str) -> bool:
+        return False  # nothing to watch: the agent polls
+
     # -- the client and its errors -----------------------------------------------------------
 
     @property
