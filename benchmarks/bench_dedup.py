@@ -1,7 +1,8 @@
 """Deduplicated deploys (issue #20): a one-package nightly deployed next to the previous
 build (hardlinks, skipped frames) vs the same nightly deployed in full, and the disk it
-adds; optionally the facility-scale timeline, staff click -> restarted kernel on the new
-build, with a running agent daemon and GPFS-like metadata latency.
+adds. (The facility-scale timeline, staff click -> restarted kernel on the new build with
+a running agent daemon under GPFS-like metadata latency, is bench_facility.py, which
+uses this generator.)
 
 The env is generated: `--packages` packages of `--files` files and `--mb` MB in all, each
 package one zstd frame of a conda-pack-like archive with its content index (the format of
@@ -12,7 +13,7 @@ runs the agent under `strace` adding that delay to every create-like syscall (op
 mkdir, link, symlink: GPFS metadata latency; reads via openat pay it too).
 
     .venv/bin/python benchmarks/bench_dedup.py [--files 10000 --mb 300 --packages 100]
-        [--delay-us 1000] [--timeline] [--scratch DIR]
+        [--delay-us 1000] [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -342,7 +343,6 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--mb", type=int, default=300)
     parser.add_argument("--delay-us", type=int, default=0)
-    parser.add_argument("--timeline", action="store_true", help="staff click -> restarted kernel")
     parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
     parser.add_argument("--keep", action="store_true")
     opts = parser.parse_args()
@@ -366,9 +366,6 @@ def main() -> None:
             f"metadata delay {opts.delay_us} us"
         )
         linked_cfg = site(work, "linked", store)
-        if opts.timeline:  # the daemon deploys the first build too (as it would, nightly)
-            timeline(work, store, shape, (archive1, index1, v1), v2, linked_cfg, opts.delay_us)
-            return
         wall, fields1 = agent_once(linked_cfg, opts.delay_us)
         print(
             f"first build, full deploy (no donor): {float(fields1['seconds']):.2f}s "
@@ -423,87 +420,6 @@ def report(
         f"{whole / 1e6:.1f} MB for the full build -> {alone / whole:.3f} (target <= 0.10); "
         f"from the index: {record.added_bytes / 1e6:.1f} of {record.bytes / 1e6:.1f} MB"
     )
-
-
-def timeline(
-    work: Path, store: Path, shape: Shape, previous, v2: dict[int, int], config: Path, delay_us: int
-) -> None:
-    """A kernel on the latest build; the agent daemon running (under the delay); then the
-    click: publish the nightly, commit, the agent notices and deploys, the kernel restarts."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    deploy_root = work / "linked"
-    log_path = work / "daemon.log"
-    with open(log_path, "ab") as log:
-        daemon = subprocess.Popen(
-            traced([*CLI, "agent", "--config", str(config)], delay_us),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=_env(),
-        )
-    latest = layout.latest_link(deploy_root, "demo")
-    km = kc = None
-    try:
-        while not latest.exists():  # the first build, deployed in full by the daemon
-            if daemon.poll() is not None:
-                sys.exit(f"the agent died:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        first = [
-            fields(line) for line in log_path.read_text().splitlines() if "event=deploy " in line
-        ]
-        print(f"first build, full deploy by the daemon: {float(first[-1]['seconds']):.1f}s")
-        ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
-        km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
-        km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=120)
-        time.sleep(3)  # a user works in the kernel for a while
-        click = time.time()
-        staging = work / "staging-2"
-        staging.mkdir()
-        index2, _ = write_build(staging, shape, v2, previous)
-        second = commit(store, staging, index2, datetime.now(UTC))
-        committed = time.time()
-        target = layout.build_dir(deploy_root, "demo", second.build_id)
-        while os.path.realpath(latest) != str(target):
-            time.sleep(0.05)
-        flipped = time.time()
-        km.restart_kernel(now=True)
-        kc.wait_for_ready(timeout=120)
-        code = "import os; print(os.environ['CONDA_PREFIX'])"
-        reply = kc.execute_interactive(code, timeout=60, output_hook=prefixes.append)
-        restarted = time.time()
-        assert reply["content"]["status"] == "ok"
-    finally:
-        daemon.terminate()
-        daemon.wait()
-        if kc is not None and km is not None:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
-    text = log_path.read_text()
-    deployed = [fields(line) for line in text.splitlines() if "event=deploy " in line]
-    out = "".join(m["content"].get("text", "") for m in prefixes if m["msg_type"] == "stream")
-    print(f"kernel now on {out.strip()} (the new build: {out.strip() == str(target)})")
-    record = dedup.read_record(target)
-    seconds = float(deployed[-1]["seconds"])
-    # the deploy event is logged at its end; its `seconds` start when the agent took it up
-    noticed = max(_time(line) for line in text.splitlines() if "event=deploy " in line) - seconds
-    print(
-        f"click -> restarted kernel {restarted - click:.1f}s: publish {committed - click:.1f}s, "
-        f"commit -> agent notices {noticed - committed:.1f}s, deploy {seconds:.1f}s, "
-        f"deploy done -> flip seen {flipped - noticed - seconds:.1f}s, kernel restart "
-        f"{restarted - flipped:.1f}s; linked {record.linked_files}/{record.files} files"
-    )
-
-
-prefixes: list[dict] = []
-
-
-def _time(line: str) -> float:
-    stamp = fields(line)["time"]
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ wait in line. `none`: no delay.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,27 @@ class Harness:
 
     def argv(self, argv: list[str]) -> list[str]:
         return traced(argv, self.delay_us) if self.kind == "strace" else argv
+
+    def stop(self, daemon: subprocess.Popen) -> None:
+        """SIGTERM the agent and wait for it. Under strace the agent is strace's child,
+        and strace run with `-o FILE PROG` blocks fatal signals (its `-I` default): a
+        SIGTERM to strace is ignored and the wait never returns (the "stalled daemon" of
+        the first facility runs: the agent had deployed, the bench hung here)."""
+        pids = [daemon.pid]
+        if self.kind == "strace":
+            children = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children")
+            with contextlib.suppress(OSError):
+                pids = [int(pid) for pid in children.read_text().split()] or pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            daemon.wait()
 
     def env(self) -> dict[str, str]:
         if self.kind == "shim" and self.library is not None:
@@ -211,8 +234,7 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float) -> None:
         if kc is not None and km is not None:
             kc.stop_channels()
             km.shutdown_kernel(now=True)
-        daemon.terminate()
-        daemon.wait()
+        harness.stop(daemon)
     if after != str(target):
         sys.exit(f"the restarted kernel is on {after}, not the new build {target}")
     report(log_path, second.build_id, target, harness, click, committed, flipped, restarted)
@@ -247,7 +269,7 @@ def report(
     seconds = float(deployed["seconds"])
     # the deploy event is logged at its end; its `seconds` start when the agent took it up
     start = end - seconds
-    hints = [stamp(f) for f in events if f["event"] == "hint" and stamp(f) >= committed - 1]
+    hints = [stamp(f) for f in events if f["event"] == "hint" and stamp(f) >= committed]
     record = dedup.read_record(target)
     assert record is not None
     print(f"kernel restarted on {target.name}: the new build")
