@@ -27,6 +27,7 @@ from nsls2_artifacts.contentindex import (
     read_index,
     write_index,
 )
+from nsls2_artifacts.errors import StoreError
 from nsls2_artifacts.records import (
     ArtifactInfo,
     BuildManifest,
@@ -160,7 +161,7 @@ def test_manifest_index_record_is_optional_and_checked() -> None:
     assert caught.value.field == "file" and "index" in caught.value.record
 
 
-def _commit_with_index(target: Store, tmp_path: Path) -> BuildManifest:
+def _commit_with_index(target: Store, tmp_path: Path, *, lose_index: bool = False) -> BuildManifest:
     created = utcnow() - timedelta(hours=1)
     archive, lock = b"archive" * 50, b"version: 6\n"
     build_id = make_build_id(created, hashlib.sha256(lock).hexdigest())
@@ -177,8 +178,21 @@ def _commit_with_index(target: Store, tmp_path: Path) -> BuildManifest:
         ),
         lock=LockInfo("pixi.lock", hashlib.sha256(lock).hexdigest()),
     )
+    if lose_index:  # named by the manifest, gone before the commit stored it
+        (staging / INDEX_FILE).unlink()
     target.commit_build(staging, manifest)
     return manifest
+
+
+def test_a_build_is_never_visible_before_its_index_is_stored(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The index is stored before manifest.json (the commit marker), on both backends: a
+    commit that cannot store the index fails and leaves no visible build."""
+    with pytest.raises(StoreError):
+        _commit_with_index(store, tmp_path, lose_index=True)
+    assert store.builds("demo") == []
 
 
 def test_store_round_trip_of_the_index(store: Store, tmp_path: Path) -> None:  # noqa: F811

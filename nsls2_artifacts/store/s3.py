@@ -678,12 +678,17 @@ class S3Store:
         base = f"{manifest.name}/{manifest.build_id}"
         if f"{base}/{MANIFEST}" in self._fresh().objects:
             raise StoreError(f"{manifest.name}/{manifest.build_id} already exists in the store")
-        self.upload(staging / manifest.artifact.file, f"{base}/{manifest.artifact.file}", progress)
-        self._put_once(
-            f"{base}/{manifest.lock.file}", (staging / manifest.lock.file).read_bytes(), "lock"
-        )
-        if manifest.index is not None:  # before the manifest, like every file of the build
-            self.upload(staging / manifest.index.file, f"{base}/{manifest.index.file}")
+        try:
+            self.upload(
+                staging / manifest.artifact.file, f"{base}/{manifest.artifact.file}", progress
+            )
+            self._put_once(
+                f"{base}/{manifest.lock.file}", (staging / manifest.lock.file).read_bytes(), "lock"
+            )
+            if manifest.index is not None:  # before the manifest, like every file of the build
+                self.upload(staging / manifest.index.file, f"{base}/{manifest.index.file}")
+        except OSError as exc:  # a staged file unreadable: as the filesystem store says it
+            raise StoreError(f"cannot read the staged build {staging}: {exc}") from None
         body = (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         self._put_once(f"{base}/{MANIFEST}", body, "manifest")
         shutil.rmtree(staging, ignore_errors=True)
