@@ -12,8 +12,15 @@ Both deploys are real `agent --once` runs on the same archive in one run; `--del
 runs the agent under `strace` adding that delay to every create-like syscall (openat,
 mkdir, link, symlink: GPFS metadata latency; reads via openat pay it too).
 
+Fairness (a shared VM's disk is throttled and its load varies 3x within minutes): one
+warm-up round of each deploy, untimed; then `--rounds` rounds, each a linked deploy of
+the nightly (next to the first build, its previous copy removed) then a full one (into a
+fresh deploy root), interleaved so both sides see the same moments; the medians and
+their ratio are reported, with every round's pair. `--deploy-dir /dev/shm` puts the
+deploy roots on tmpfs (no disk throttling: the metadata and CPU work only).
+
     .venv/bin/python benchmarks/bench_dedup.py [--files 10000 --mb 300 --packages 100]
-        [--delay-us 1000] [--scratch DIR]
+        [--delay-us 1000] [--rounds 3] [--warmup 1] [--deploy-dir DIR] [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -269,10 +277,11 @@ def _platform() -> str:
     return node_platform()
 
 
-def site(work: Path, name: str, store: Path, poll: int = 2) -> Path:
+def site(work: Path, name: str, store: Path, poll: int = 2, roots: Path | None = None) -> Path:
+    """A site config NAME.yaml in `work`, its deploy root `roots/NAME` (`work` by default)."""
     config = work / f"{name}.yaml"
     config.write_text(
-        f"store: {store}\ndeploy_root: {work / name}\n"
+        f"store: {store}\ndeploy_root: {(roots or work) / name}\n"
         f"agent: {{poll_seconds: {poll}, node: bench, prune: false, smoke_timeout_seconds: 600}}\n"
         "beamlines: {}\n"
     )
@@ -345,11 +354,21 @@ def main() -> None:
     parser.add_argument("--delay-us", type=int, default=0)
     parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of both deploys")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument(
+        "--deploy-dir", type=Path, default=None, help="deploy roots' parent (/dev/shm: tmpfs)"
+    )
     opts = parser.parse_args()
     if opts.delay_us and shutil.which("strace") is None:
         sys.exit("--delay-us needs strace (apt-get install strace)")
     shape = Shape(opts.packages, opts.files, opts.mb)
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=opts.scratch))
+    roots = (
+        Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=opts.deploy_dir))
+        if opts.deploy_dir
+        else work
+    )
     store = work / "store"
     v1 = {n: 1 for n in range(shape.packages)}
     v2 = {**v1, 0: 2}  # the nightly: one package changed
@@ -365,7 +384,7 @@ def main() -> None:
             f"{first.artifact.size / 1e6:.0f} MB (generated in {gen1:.1f}s); "
             f"metadata delay {opts.delay_us} us"
         )
-        linked_cfg = site(work, "linked", store)
+        linked_cfg = site(work, "linked", store, roots=roots)
         wall, fields1 = agent_once(linked_cfg, opts.delay_us)
         print(
             f"first build, full deploy (no donor): {float(fields1['seconds']):.2f}s "
@@ -379,36 +398,70 @@ def main() -> None:
             f"nightly written in {gen2:.2f}s (frames of unchanged packages copied; full "
             f"write {gen1:.2f}s)"
         )
-        # interleaved: the nightly next to the first build, then in full into a fresh root
-        linked_wall, linked = agent_once(linked_cfg, opts.delay_us)
-        full_wall, full = agent_once(site(work, "full", store), opts.delay_us)
-        report(work, second, linked, full, linked_wall, full_wall)
+        print(f"load average before the rounds: {_load()}; deploy roots in {roots}")
+        pairs = rounds(roots, work, store, second, opts)
+        report(roots, second, pairs)
+        print(f"load average after: {_load()}")
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(roots, ignore_errors=True)
 
 
-def report(
-    work: Path,
-    second: BuildManifest,
-    linked: dict[str, str],
-    full: dict[str, str],
-    linked_wall: float,
-    full_wall: float,
-) -> None:
-    linked_dir = layout.build_dir(work / "linked", "demo", second.build_id)
-    full_dir = layout.build_dir(work / "full", "demo", second.build_id)
+Run = tuple[float, dict[str, str]]  # agent --once wall seconds, its deploy event
+
+
+def rounds(
+    roots: Path, work: Path, store: Path, second: BuildManifest, opts
+) -> list[tuple[Run, Run]]:
+    """Warm-up rounds, then timed ones: the nightly linked (next to the first build; the
+    previous round's copy removed first), then in full into a fresh deploy root."""
+    linked_cfg = work / "linked.yaml"
+    nightly = layout.build_dir(roots / "linked", "demo", second.build_id)
+    pairs = []
+    for number in range(opts.warmup + opts.rounds):
+        if nightly.exists():
+            shutil.rmtree(nightly)
+        linked = agent_once(linked_cfg, opts.delay_us)
+        full_root = roots / "full"
+        shutil.rmtree(full_root, ignore_errors=True)
+        full = agent_once(site(work, "full", store, roots=roots), opts.delay_us)
+        timed = number >= opts.warmup
+        label = f"round {number - opts.warmup + 1}" if timed else "warm-up"
+        print(
+            f"{label}: linked {float(linked[1]['seconds']):.2f}s, full "
+            f"{float(full[1]['seconds']):.2f}s (load {_load()})"
+        )
+        if timed:
+            pairs.append((linked, full))
+    return pairs
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def report(roots: Path, second: BuildManifest, pairs: list[tuple[Run, Run]]) -> None:
+    linked_dir = layout.build_dir(roots / "linked", "demo", second.build_id)
+    full_dir = layout.build_dir(roots / "full", "demo", second.build_id)
     record = dedup.read_record(linked_dir)
     assert record is not None
     steps = ("verify_s", "extract_s", "unpack_s", "smoke_s")
-    for label, f, wall in (("linked", linked, linked_wall), ("full", full, full_wall)):
+    medians = {}
+    for side, label in ((0, "linked"), (1, "full")):
+        runs = sorted((pair[side] for pair in pairs), key=lambda run: float(run[1]["seconds"]))
+        wall, f = runs[len(runs) // 2]  # the median round's (the lower one of an even count)
+        medians[label] = statistics.median(float(pair[side][1]["seconds"]) for pair in pairs)
         parts = " ".join(f"{s[:-2]} {float(f[s]):.2f}" for s in steps if s in f)
         print(
-            f"nightly deploy, {label:>6}: {float(f['seconds']):.2f}s ({parts}; "
-            f"agent --once {wall:.2f}s)"
+            f"nightly deploy, {label:>6}: median {medians[label]:.2f}s of {len(runs)} "
+            f"(median round: {parts}; agent --once {wall:.2f}s)"
         )
-    ratio = float(linked["seconds"]) / float(full["seconds"])
-    print(f"-> deploy ratio linked/full {ratio:.3f}x (target <= 0.2x)")
+    ratio = medians["linked"] / medians["full"]
+    each = ", ".join(f"{float(a[1]['seconds']) / float(b[1]['seconds']):.3f}" for a, b in pairs)
+    print(
+        f"-> deploy ratio linked/full {ratio:.3f}x of the medians (rounds: {each}; target <= 0.2x)"
+    )
     alone = build_blocks(linked_dir, only_single=True)
     whole = build_blocks(full_dir, only_single=False)
     print(
