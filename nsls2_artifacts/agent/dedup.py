@@ -160,6 +160,7 @@ class LinkPlan:
     # donors passed over: (ENV/BUILD_ID, why, log level: WARNING when a build here is
     # not as its deploy left it, INFO for the routine reasons)
     unused: list[tuple[str, str, int]] = field(default_factory=list)
+    dirs: set[str] = field(default_factory=set)  # made ahead (absolute), by `make_dirs`
 
     @property
     def linked_bytes(self) -> int:
@@ -527,6 +528,8 @@ def prepare(
     why = _frames_usable(index, manifest)
     if why is not None:
         plan.skip = frozenset()
+    # the extraction's directories, made now: `prepare` runs while the archive is hashed
+    plan.dirs = make_dirs(index, os.path.realpath(dest))
     event(
         log,
         "dedup-plan",
@@ -687,24 +690,10 @@ class _Placer:
             )
 
     def prepare_dirs(self, root: str) -> set[str]:
-        """Every directory of the index (and every parent of an entry), made level by level
-        by LINKERS threads: on GPFS each mkdir is a create, and a conda env has a directory
-        for every few files. No link exists yet, names are canonical: all lie in `root`."""
-        names: set[str] = set()
-        for entry in self.plan.index.entries:
-            if entry.type == "dir":
-                names.add(entry.path)
-            cut = entry.path.rfind("/")
-            while cut > 0 and (parent := entry.path[:cut]) not in names:
-                names.add(parent)
-                cut = parent.rfind("/")
-        levels: dict[int, list[str]] = {}
-        for name in names:
-            levels.setdefault(name.count("/"), []).append(f"{root}/{name}")
-        mkdirs = _Latency()
-        for depth in sorted(levels):
-            _run_all(_make_dirs, levels[depth], mkdirs)
-        return {f"{root}/{name}" for name in names}
+        """The index's directories: made by `prepare` while the archive was hashed."""
+        if not self.plan.dirs or not all(d.startswith(f"{root}/") for d in self.plan.dirs):
+            self.plan.dirs = make_dirs(self.plan.index, root)
+        return self.plan.dirs
 
     def place(self, member: TarMember, path: str) -> bool:
         source = self.plan.sources.get(member.name)
@@ -773,6 +762,30 @@ class _Placer:
                 copy_from(source, path, entry, self.build_id)
                 copied += 1
         return linked, copied
+
+
+def make_dirs(index: ContentIndex, root: str) -> set[str]:
+    """Every directory of the index (and every parent of an entry) under the empty
+    directory `root`, level by level (on GPFS each mkdir is a create, made by threads
+    there; a conda env has a directory for every few files); returns them (absolute).
+    No link exists yet and index names are canonical: all lie in `root`. The index was
+    checked against the manifest; the archive's members are checked against it later,
+    and the directory is discarded if they disagree."""
+    names: set[str] = set()
+    for entry in index.entries:
+        if entry.type == "dir":
+            names.add(entry.path)
+        cut = entry.path.rfind("/")
+        while cut > 0 and (parent := entry.path[:cut]) not in names:
+            names.add(parent)
+            cut = parent.rfind("/")
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(name.count("/"), []).append(f"{root}/{name}")
+    mkdirs = _Latency()
+    for depth in sorted(levels):
+        _run_all(_make_dirs, levels[depth], mkdirs)
+    return {f"{root}/{name}" for name in names}
 
 
 def _make_dirs(paths: list[str]) -> list[str]:

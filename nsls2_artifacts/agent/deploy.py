@@ -434,15 +434,22 @@ def _steps(
     marks["extract"] = time.monotonic()
     # conda-unpack rewrites files in place: never one another build shares
     rewritten = dedup.protect_before_unpack(final, build_id, log) if plan else set()
-    layout.test_pause("unpack")
-    conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
-    marks["unpack"] = time.monotonic()
-    layout.test_pause("smoke")
-    limit = memory_limit_for(site, manifest)
-    smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id, limit)
-    marks["smoke"] = time.monotonic()
-    if plan is not None:  # a later deploy may link from this one: keep its index
-        record = dedup.keep(final, plan, rewritten)
+    # a later deploy may link from this one: its index copy is encoded and written while
+    # conda-unpack and the smoke test run (both wait on a child process); before ready.json
+    keeping = _in_thread(dedup.keep, final, plan, rewritten) if plan is not None else None
+    try:
+        layout.test_pause("unpack")
+        conda_unpack(final, site.agent.smoke_timeout_seconds, build_id)
+        marks["unpack"] = time.monotonic()
+        layout.test_pause("smoke")
+        limit = memory_limit_for(site, manifest)
+        smoke_test(final, manifest.smoke, site.agent.smoke_timeout_seconds, build_id, limit)
+        marks["smoke"] = time.monotonic()
+    finally:
+        if keeping is not None:  # never left writing into a build being discarded
+            futures.wait([keeping])
+    if keeping is not None:
+        record = keeping.result()
         event(
             log,
             "dedup",
@@ -467,7 +474,7 @@ def _in_thread(work: Callable[..., T], *args: Any) -> futures.Future[T]:
         except BaseException as exc:  # handed to the waiting thread, raised there
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="dedup-plan", daemon=True).start()
+    threading.Thread(target=run, name=f"deploy-{work.__name__}", daemon=True).start()
     return future
 
 
