@@ -44,6 +44,8 @@ from .records import (
     KernelExtras,
     LockInfo,
     LtsRecord,
+    PublishLine,
+    PublishStatus,
     isoformat,
     make_build_id,
     utcnow,
@@ -83,7 +85,7 @@ class SilentReporter:
 class PublishResult:
     env: str
     build_id: str
-    status: str  # "published" or "unchanged"
+    status: PublishStatus
     size: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -104,13 +106,9 @@ class PublishResult:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "env": self.env,
-            "build_id": self.build_id,
-            "status": self.status,
-            "size": self.size,
-            "seconds": round(self.seconds, 3),
-        }
+        """What `publish --json` prints (`PublishLine`, read back by the hook)."""
+        seconds = round(self.seconds, 3)
+        return PublishLine(self.env, self.build_id, self.status, self.size, seconds).to_dict()
 
 
 def publish(

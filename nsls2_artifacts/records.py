@@ -447,6 +447,23 @@ class PassRecord(Record, frozen=True):
     store_ok: bool
 
 
+# what one env's publish did: a new build, or none (the lock equals the newest build's)
+PublishStatus = Literal["published", "unchanged"]
+
+
+class PublishLine(Record, frozen=True):
+    """The JSON line `publish --json` prints per env; the hook reads the last one to tell a
+    published build from an unchanged one (hook/runner.py)."""
+
+    RECORD: ClassVar[str] = "publish --json result"
+
+    env: str
+    build_id: str
+    status: PublishStatus
+    size: Size
+    seconds: float
+
+
 # how a kernel's memory ceiling is held (agent/kernel_ceiling.py, docs/kernels.md)
 CeilingMechanism = Literal["cgroup2", "cgroup1", "rlimit"]
 

@@ -336,3 +336,28 @@ def test_queue_rows_refuse_unknown_columns_and_states_by_name(tmp_path: Path) ->
     with pytest.raises(RecordError) as info:
         BuildQueue(path).history()
     assert info.value.field == "priority" and "unknown field" in str(info.value)
+
+
+def test_the_publish_result_line_is_a_typed_record() -> None:
+    """The hook reads publish's last JSON line as a PublishLine (what publish.to_json
+    writes): a status it does not know, a missing field or no JSON is a failed build whose
+    reason names what is wrong, never a guess."""
+    import json
+
+    from nsls2_artifacts.publish import PublishResult
+
+    build = "2026.11.25T020000Z-1a2b3c4d"
+    line = json.dumps(PublishResult("demo", build, "published", 10, 1.23456).to_json())
+    assert Runner._parse_result(f"log\n{line}\n".encode()) == (
+        "published",
+        {"published": build, "size": 10, "seconds": 1.235},
+    )
+    same = json.dumps(PublishResult("demo", build, "unchanged", 10, 1.0).to_json())
+    assert Runner._parse_result(same.encode())[0] == "unchanged"
+    state, fields = Runner._parse_result(line.replace("published", "skipped").encode())
+    assert state == "failed" and "field 'status'" in fields["reason"]
+    assert "'published', 'unchanged'" in fields["reason"]
+    state, fields = Runner._parse_result(json.dumps({"status": "published"}).encode())
+    assert state == "failed" and "field 'env': missing" in fields["reason"]
+    assert Runner._parse_result(b"not json\n")[0] == "failed"
+    assert "printed no JSON" in Runner._parse_result(b"\n")[1]["reason"]

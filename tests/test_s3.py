@@ -360,3 +360,25 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
         own_server.thaw()
         kill9(daemon)
     assert snapshot(site.deploy_root / "envs") == before
+
+
+def test_an_unreadable_store_index_restarts_its_generation(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """index.json is a StoreIndex record: one that does not parse (a string generation,
+    garbage) is replaced by generation 1 on the next change, never a crash of the commit."""
+    from nsls2_artifacts.store.s3 import INDEX, StoreIndex
+
+    _config, site = s3_site(tmp_path / "site", s3_server)
+    store = open_store(site)
+    assert isinstance(store, S3Store)
+
+    def index() -> StoreIndex:
+        response, _ = store._raw("get_object", Key=store.prefix + INDEX)
+        return StoreIndex.from_dict(json.loads(response["Body"].read()))
+
+    commit_to(store, tmp_path / "scratch", "a")
+    assert index().generation >= 1
+    store._raw("put_object", Key=store.prefix + INDEX, Body=b'{"generation": "7"}')
+    commit_to(store, tmp_path / "scratch", "b", hours=1)
+    assert index().generation == 1

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..config import SiteConfig
+from ..records import PublishLine
 from .builduser import BuildUser
 from .queue import CANCELLED, FAILED, PUBLISHED, UNCHANGED, BuildQueue, BuildRequest
 
@@ -299,21 +300,14 @@ class Runner:
     @staticmethod
     def _parse_result(stdout: bytes) -> tuple[str, dict]:
         lines = [line for line in stdout.decode(errors="replace").splitlines() if line.strip()]
-        try:
-            result = json.loads(lines[-1])
-            status = result["status"]
-        except (IndexError, ValueError, KeyError, TypeError):
+        if not lines:
             return FAILED, {"reason": "publish exited 0 but printed no JSON result on stdout"}
-        fields = {
-            "published": result.get("build_id"),
-            "size": result.get("size"),
-            "seconds": result.get("seconds"),
-        }
-        if status == "published":
-            return PUBLISHED, fields
-        if status == "unchanged":
-            return UNCHANGED, fields
-        return FAILED, {"reason": f"publish reported unknown status {status!r}"}
+        try:
+            result = PublishLine.from_dict(json.loads(lines[-1]))
+        except ValueError as exc:  # not JSON, or RecordError naming the field
+            return FAILED, {"reason": f"publish exited 0 but its result is unreadable: {exc}"}
+        fields = {"published": result.build_id, "size": result.size, "seconds": result.seconds}
+        return (PUBLISHED if result.status == "published" else UNCHANGED), fields
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the build's process group, then SIGKILL it after a grace period."""

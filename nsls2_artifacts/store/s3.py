@@ -41,13 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
 
 from ..config import StoreOptions
 from ..contentindex import MAX_COMPRESSED, ContentIndex
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import MANIFEST_LIMIT, RECORD_LIMIT, parse_json, pid_alive, too_large
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isoformat, utcnow
+from ..schema import Record
 from .interface import (
     MANIFEST,
     MISSING,
@@ -67,6 +70,19 @@ from .interface import (
 )
 
 INDEX = "index.json"
+
+
+class StoreIndex(Record, frozen=True):
+    """`index.json` of an S3 store: its generation, bumped by every change (compare-and-swap),
+    so an agent's cheap check (one conditional GET) tells whether to list again."""
+
+    RECORD: ClassVar[str] = "store index.json"
+
+    generation: Annotated[int, Meta(ge=0, le=2**62)]
+    updated: str = ""
+    by: str = ""
+
+
 LOCK = ".publish.lock"
 NODES = ".nodes"  # rollout reports, one object per node
 PART_SIZE = 8 << 20  # multipart above this; parts this big (boto3's default; 10,000 max)
@@ -305,14 +321,14 @@ class S3Store:
                 current, condition = 0, {"IfNoneMatch": "*"}
             else:
                 try:  # an unreadable index restarts at 0: readers only compare ETags
-                    index = parse_json(self._small(response, INDEX, RECORD_LIMIT))
-                    current = int(index["generation"])
+                    data = parse_json(self._small(response, INDEX, RECORD_LIMIT))
+                    current = StoreIndex.from_dict(data).generation
                 except StoreUnavailableError:
                     raise
-                except (StoreError, ValueError, TypeError, KeyError, OverflowError):
+                except (StoreError, ValueError):  # RecordError is a ValueError
                     current = 0
                 condition = {"IfMatch": response["ETag"]}
-            data = {"generation": current + 1, "updated": isoformat(utcnow()), "by": _who()}
+            data = StoreIndex(current + 1, isoformat(utcnow()), _who()).to_dict()
             _, code = self._raw(
                 "put_object",
                 Key=self.prefix + INDEX,
