@@ -121,6 +121,33 @@ def test_index_lists_every_member_with_its_hash(packs: Packs) -> None:
             assert entry.target == member.linkname
     # the pycs install compiled ship with their package (conda-pack alone drops them)
     assert "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc" in index.files()
+    # ... and every pyc is unchecked-hash (PEP 552 flags word 0b01): its bytes depend on
+    # the source's bytes only, never on an mtime, so equal sources give equal pycs
+    pycs = {m.name: data for m, data in members if m.name.endswith(".pyc")}
+    assert len(pycs) > 100, len(pycs)
+    for name, data in pycs.items():
+        assert int.from_bytes(data[4:8], "little") == 0b01, name
+
+
+def test_source_date_epoch_is_every_member_s_mtime(
+    packs: Packs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`$SOURCE_DATE_EPOCH` (reproducible builds) replaces the default mtime: the same
+    files as the default pack, every member at that time; a value that is no time in
+    seconds is refused before anything is written."""
+    prefix = packs.full_b.path.parent / "scratch" / "prefix"  # build B, as the fixture left it
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    again = pack.pack(prefix, tmp_path / "epoch.tar.zst")
+    stamped = _members(again.path)
+    assert {m.mtime for m, _ in stamped} == {1700000000}
+    default = _members(packs.full_b.path)
+    assert [(m.name, m.mode, data) for m, data in stamped] == [
+        (m.name, m.mode, data) for m, data in default
+    ]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(pack.PackError, match="SOURCE_DATE_EPOCH='yesterday'"):
+        pack.pack(prefix, tmp_path / "bad.tar.zst")
+    assert not (tmp_path / "bad.tar.zst").exists()
 
 
 def test_frames_decode_on_their_own_one_package_each(packs: Packs) -> None:
