@@ -267,6 +267,65 @@ def test_links_refused_fall_back_to_copies(tmp_path: Path) -> None:
     assert tree(first) == before
 
 
+def test_a_refused_link_is_a_reflink_where_the_filesystem_offers_it(tmp_path: Path) -> None:
+    """The deploy root on XFS with reflink (a loop-mounted image, in a mount namespace of
+    its own held by a sleeping process: the agent runs in it through nsenter, the test
+    reads it through /proc/PID/root). A donor file refusing links (chattr +i: EPERM) is
+    cloned: an inode of its own sharing the donor's extents, no bytes copied (FICLONE,
+    else copy_file_range, which XFS also serves by sharing extents; a copy through
+    read/write would fail this test)."""
+    tools = ("unshare", "nsenter", "mkfs.xfs", "filefrag", "chattr", "mount")
+    if os.geteuid() != 0 or not all(map(shutil.which, tools)):
+        pytest.skip(f"needs root and {', '.join(tools)} (xfsprogs)")
+    config, site = write_site(tmp_path / "site")
+    image = tmp_path / "xfs.img"
+    with open(image, "wb") as handle:
+        handle.truncate(320 << 20)  # sparse: the smallest XFS is 300 MB
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    site.deploy_root.mkdir(exist_ok=True)
+    mounted = tmp_path / "mounted"
+    holder = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", 'mount -o loop "$1" "$2" && touch "$3" && exec sleep 600',
+         "sh", str(image), str(site.deploy_root), str(mounted)],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: mounted.exists() or holder.poll() is not None, what="the XFS mount")
+        if not mounted.exists():
+            pytest.skip(f"cannot loop-mount XFS here: {holder.stderr.read().decode().strip()}")  # type: ignore[union-attr]
+        inside = Path(f"/proc/{holder.pid}/root")
+
+        def agent_pass() -> None:
+            command = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", *CLI, "agent"]
+            command += ["--config", str(config), "--once"]
+            out = subprocess.run(command, capture_output=True, text=True, env=cli_env())
+            assert out.returncode == 0, out.stderr
+
+        first_manifest = commit_framed(site, V1, 0)
+        agent_pass()
+        first = inside / str(build_dir(site, first_manifest.build_id)).lstrip("/")
+        before = tree(first)
+        refused = first / "lib/site/alpha/data.bin"
+        second_manifest = commit_framed(site, V2, 1)
+        with immutable([refused]):
+            agent_pass()
+        second = inside / str(build_dir(site, second_manifest.build_id)).lstrip("/")
+        record = dedup.read_record(second)
+        assert record is not None and record.copied_files == 1
+        clone = second / "lib/site/alpha/data.bin"
+        assert inode(clone) != inode(refused) and os.stat(clone).st_nlink == 1
+        assert not os.stat(clone).st_mode & 0o222
+        extents = subprocess.run(
+            ["filefrag", "-v", str(clone)], capture_output=True, text=True, check=True
+        ).stdout
+        assert "shared" in extents, extents  # the donor's blocks, not a copy of them
+        assert inode(second / "lib/site/common.py") == inode(first / "lib/site/common.py")
+        assert tree(second)["lib/site/alpha/data.bin"] == before["lib/site/alpha/data.bin"]
+        assert tree(first) == before
+    finally:
+        kill9(holder)  # the mount goes with its namespace
+
+
 def test_earlier_build_on_another_mount_exdev_writes_the_files(tmp_path: Path) -> None:
     """The earlier build is a mount of its own (a bind mount in a private mount namespace,
     like a GPFS fileset: same filesystem, but link(2) across it fails with EXDEV)."""
