@@ -74,3 +74,37 @@ def kernel_metadata_or_none(spec_metadata: Any) -> KernelMetadata | None:
         return kernel_metadata(spec_metadata)
     except RecordError:
         return None
+
+
+class RetiredKernelRecord(Record, frozen=True):
+    """One kernel in `DEPLOY_ROOT/share/jupyter/nsls2/retired.json`: an LTS kernelspec the
+    agent removed for good (expired or pruned), so a notebook naming it can be told why."""
+
+    RECORD: ClassVar[str] = "retired.json kernel"
+
+    env: str
+    label: str
+    build_id: str
+    display_name: str | None = None  # the spec's, when it had one
+    retired: str = ""  # ISO date
+
+
+class RetiredFile(Record, frozen=True):
+    """`retired.json`: kernel name -> its record, kept as written so the agent, adding or
+    removing one kernel, writes every other entry back byte for byte (even one it cannot
+    read); `entries` gives the readable ones."""
+
+    RECORD: ClassVar[str] = "retired.json"
+
+    kernels: dict[str, Any]
+
+    def entries(self) -> tuple[dict[str, RetiredKernelRecord], list[RecordError]]:
+        """(name -> record of each readable entry, why each other one is not)."""
+        found: dict[str, RetiredKernelRecord] = {}
+        bad: list[RecordError] = []
+        for name, entry in self.kernels.items():
+            try:
+                found[name] = RetiredKernelRecord.from_dict(entry)
+            except RecordError as exc:
+                bad.append(RecordError(f"retired.json kernels.{name}", exc.field, exc.detail))
+        return found, bad

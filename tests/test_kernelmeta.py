@@ -95,3 +95,37 @@ def test_a_field_of_the_wrong_type_is_no_record_on_either_side(wrong: dict) -> N
     assert kernel_metadata_or_none({"nsls2": {**block, **wrong}}) is None
     ts = (METADATA_TS.parent / "logic.test.ts").read_text()
     assert f"{{ {next(iter(wrong))}: " in ts  # the lab extension tests the same case
+
+
+def test_retired_json_is_typed_and_one_bad_entry_costs_only_itself(tmp_path: Path) -> None:
+    """retired.json is a RetiredFile of RetiredKernelRecords, read the same way by the
+    agent and the server extension: an entry that does not parse is skipped by readers
+    (logged, naming it) and written back as it was by the agent."""
+    from datetime import UTC, datetime
+
+    from nsls2_artifacts import layout
+    from nsls2_artifacts.jupyter.deployed import read_retired
+
+    path = layout.retired_kernels_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    good = {"env": "demo", "label": "2025-1", "build_id": BUILD, "retired": "2026-01-01"}
+    bad = {"env": "demo", "label": 2025}
+    path.write_text(json.dumps({"kernels": {"nsls2-demo-2025-1": good, "nsls2-demo-x": bad}}))
+    (retired,) = read_retired(tmp_path).values()
+    assert (retired.name, retired.build_id, retired.display_name) == (
+        "nsls2-demo-2025-1",
+        BUILD,
+        "nsls2-demo-2025-1",
+    )
+    assert list(kernels.read_retired(tmp_path)) == ["nsls2-demo-2025-1"]
+    spec = {
+        "display_name": "NSLS-II demo 2026-1",
+        "metadata": kernels._metadata(plan("lts", "2026-1")),
+    }
+    kernels._record_retired(tmp_path, "nsls2-demo-2026-1", spec, datetime(2026, 12, 6, tzinfo=UTC))
+    written = json.loads(path.read_text())["kernels"]
+    assert written["nsls2-demo-x"] == bad  # kept as it was
+    assert written["nsls2-demo-2026-1"]["display_name"] == "NSLS-II demo 2026-1"
+    assert set(kernels.read_retired(tmp_path)) == {"nsls2-demo-2025-1", "nsls2-demo-2026-1"}
+    path.write_text(json.dumps({"kernels": []}))
+    assert read_retired(tmp_path) == {} and kernels.read_retired(tmp_path) == {}

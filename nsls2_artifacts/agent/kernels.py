@@ -26,7 +26,13 @@ from jupyter_client.kernelspec import KernelSpec
 
 from .. import layout, names
 from ..fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
-from ..kernelmeta import MANAGED, KernelMetadata, kernel_metadata_or_none
+from ..kernelmeta import (
+    MANAGED,
+    KernelMetadata,
+    RetiredFile,
+    RetiredKernelRecord,
+    kernel_metadata_or_none,
+)
 from ..records import RecordError, utcnow
 from . import latest, logos
 from .log import LOGGER_NAME, event
@@ -304,28 +310,21 @@ def retired_path(deploy_root: Path) -> Path:
 
 
 def read_retired(deploy_root: Path) -> dict[str, dict[str, Any]]:
-    """`retired.json`'s kernels (name -> {env, label, build_id, display_name, retired});
-    none when the file is absent or unreadable (for readers: nothing is written)."""
-    with contextlib.suppress(RecordError, OSError):
-        return _retired_for_update(deploy_root)
+    """`retired.json`'s readable kernels (name -> {env, label, build_id, display_name,
+    retired}); none when the file is absent or unreadable (for readers: nothing is written)."""
+    with contextlib.suppress(RecordError):
+        found = layout.read_record(retired_path(deploy_root), RetiredFile.from_dict)
+        if found is not None:
+            return {name: entry.to_dict() for name, entry in found.entries()[0].items()}
     return {}
 
 
-def _retired_for_update(deploy_root: Path) -> dict[str, dict[str, Any]]:
-    """`retired.json`'s kernels, to be changed and written back: {} only when there is no
-    file. RecordError (naming the file) when it cannot be parsed, so that nobody writes
-    `{}` plus one entry over the records it still holds for an operator to recover."""
-    path = retired_path(deploy_root)
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise RecordError(str(path), None, f"not JSON ({exc})") from None
-    found = data.get("kernels") if isinstance(data, dict) else None
-    if not isinstance(found, dict):
-        raise RecordError(str(path), "kernels", "expected an object of kernel name -> record")
-    return found
+def _retired_for_update(deploy_root: Path) -> dict[str, Any]:
+    """`retired.json`'s kernels as written, to be changed and written back: {} only when
+    there is no file. RecordError (naming the file) when it cannot be parsed, so that nobody
+    writes `{}` plus one entry over the records it still holds for an operator to recover."""
+    found = layout.read_record(retired_path(deploy_root), RetiredFile.from_dict)
+    return dict(found.kernels) if found is not None else {}
 
 
 def _warn_unreadable(kernel: str, exc: RecordError) -> None:
@@ -345,13 +344,14 @@ def _record_retired(deploy_root: Path, name: str, data: dict[str, Any], when: da
         # "missing kernel" dialog instead of the retired one
         _warn_unreadable(name, exc)
         return
-    retired[name] = {
-        "env": info.env,
-        "label": info.label,
-        "build_id": info.build_id,
-        "display_name": data.get("display_name"),
-        "retired": when.date().isoformat(),
-    }
+    display = data.get("display_name")
+    retired[name] = RetiredKernelRecord(
+        env=info.env,
+        label=info.label,
+        build_id=info.build_id,
+        display_name=display if isinstance(display, str) else None,
+        retired=when.date().isoformat(),
+    ).to_dict()
     atomic_write_json(retired_path(deploy_root), {"kernels": retired})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import layout
 from ..errors import RecordError
-from ..kernelmeta import MANAGED, KernelMetadata, kernel_metadata
+from ..kernelmeta import MANAGED, KernelMetadata, RetiredFile, kernel_metadata
 from ..records import build_id_time, is_build_id
 
 log = logging.getLogger(__name__)
@@ -172,34 +172,30 @@ def kernel_dirs_in(deploy_root: str | Path) -> dict[str, Path]:
 
 
 def read_retired(deploy_root: str | Path) -> dict[str, RetiredKernel]:
-    """`DEPLOY_ROOT/share/jupyter/nsls2/retired.json`; absent or unreadable means none."""
+    """`DEPLOY_ROOT/share/jupyter/nsls2/retired.json`'s readable entries; absent or
+    unreadable means none (logged, naming the file and the field)."""
     path = layout.retired_kernels_path(deploy_root)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
+        found = layout.read_record(path, RetiredFile.from_dict)
+    except RecordError as exc:
+        log.warning("ignoring %s", exc)
         return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring %s: %s", path, exc)
+    if found is None:
         return {}
-    entries = data.get("kernels") if isinstance(data, dict) else None
-    if not isinstance(entries, dict):
-        log.warning("ignoring %s: field 'kernels' is not an object", path)
-        return {}
-    found = {}
-    for name, entry in entries.items():
-        if not isinstance(entry, dict):
-            log.warning("ignoring %s: kernels.%s is not an object", path, name)
-            continue
-        found[name] = RetiredKernel(
+    entries, bad = found.entries()
+    for problem in bad:
+        log.warning("ignoring an entry of %s: %s", path, problem)
+    return {
+        name: RetiredKernel(
             name=name,
-            env=str(entry.get("env", "")),
-            label=str(entry.get("label", "")),
-            build_id=str(entry.get("build_id", "")),
-            display_name=str(entry.get("display_name", name)),
-            retired=str(entry.get("retired", "")),
+            env=entry.env,
+            label=entry.label,
+            build_id=entry.build_id,
+            display_name=entry.display_name or name,
+            retired=entry.retired,
         )
-    return found
+        for name, entry in entries.items()
+    }
 
 
 def build_catalogue(kernel_dirs: Mapping[str, str | Path]) -> Catalogue:
