@@ -84,3 +84,20 @@ def test_a_store_that_cannot_be_reached_is_one_line_from_the_real_cli(tmp_path: 
     assert done.stderr.startswith("error: store_options.endpoint_url: cannot reach"), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_error_escaping_a_command_is_still_one_line() -> None:
+    """`main` reports any ArtifactsError a command did not (one raised while it sets up)."""
+    script = (
+        "from nsls2_artifacts import cli\n"
+        "from nsls2_artifacts.errors import RecordError\n"
+        "@cli.app.command('boom')\n"
+        "def boom():\n"
+        "    raise RecordError('/x/ready.json', 'build_id', 'missing')\n"
+        "cli.main()\n"
+    )
+    done = subprocess.run(
+        [CLI[0], "-c", script, "boom"], capture_output=True, text=True, timeout=120, env=cli_env()
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: /x/ready.json: field 'build_id': missing\n"

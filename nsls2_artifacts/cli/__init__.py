@@ -14,6 +14,7 @@ import sys
 import typer
 
 from . import agent_cmd, build_cmd, dev_cmd, hook_cmd, notebook_cmd, prune_cmd, store_cmd
+from .common import reported_errors
 
 app = typer.Typer(
     name="nsls2-artifacts",
@@ -28,7 +29,10 @@ for module in (build_cmd, store_cmd, agent_cmd, prune_cmd, hook_cmd, dev_cmd, no
 
 def main() -> None:
     try:
-        app()
+        # a backstop: commands report their own errors (`reported_errors`), and one that
+        # escapes them (raised while a command sets up) is still one line, not a traceback
+        with reported_errors():
+            app()
     except SystemExit as done:
         exit_process(done.code)
     exit_process(0)
