@@ -112,3 +112,19 @@ def test_installed_jupyterlab_accepts_the_build(tmp_path: Path) -> None:
     assert "is not compatible" not in output, output
     line = next(line for line in output.splitlines() if "nsls2-artifacts-lab v" in line)
     assert "enabled" in line and "OK" in line, line
+
+
+def test_beamline_envs_file_is_typed(tmp_path: Path, caplog) -> None:
+    """beamline-envs.json (beamline -> env, written by the agent) is decoded as such: a
+    malformed one counts as none and the log names the file and the beamline."""
+    from nsls2_artifacts import layout
+    from nsls2_artifacts.jupyter.beamlines import configured_envs
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for root, data in ((good, {"csx": "base"}), (bad, {"hxn": 3})):
+        path = layout.beamline_envs_file(root)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(data))
+    assert configured_envs([good, tmp_path / "none"]) == {"csx": "base"}
+    assert configured_envs([bad, good]) == {"csx": "base"}
+    assert "beamline-envs.json" in caplog.text and "'hxn'" in caplog.text

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jupyter_server.auth.decorator import authorized
@@ -20,9 +22,12 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from .. import layout
+from ..errors import RecordError
+from ..schema import decode
 from .deployed import build_catalogue
 
 API_PATH = "nsls2/api/beamlines"
+log = logging.getLogger(__name__)
 
 
 def profile_names(deploy_roots: Iterable[Path]) -> list[str]:
@@ -39,15 +44,22 @@ def profile_names(deploy_roots: Iterable[Path]) -> list[str]:
 
 
 def configured_envs(deploy_roots: Iterable[Path]) -> dict[str, str]:
-    """`beamlines.NAME.env` of the site config as the agent wrote it (an unreadable or
-    malformed file counts as none: the cards fall back to the envs listing the beamline)."""
+    """`beamlines.NAME.env` of the site config as the agent wrote it (beamline -> env); an
+    unreadable or malformed file counts as none (logged, naming the file and the beamline):
+    the cards fall back to the envs listing the beamline."""
     envs: dict[str, str] = {}
     for root in deploy_roots:
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(layout.beamline_envs_file(root).read_text())
-            if isinstance(data, dict):
-                envs.update({str(k): v for k, v in data.items() if isinstance(v, str)})
+        try:
+            found = layout.read_record(layout.beamline_envs_file(root), _beamline_envs)
+        except RecordError as exc:
+            log.warning("ignoring %s", exc)
+            continue
+        envs.update(found or {})
     return envs
+
+
+def _beamline_envs(data: Any) -> dict[str, str]:
+    return decode(data, dict[str, str], "beamline-envs.json")
 
 
 class BeamlinesHandler(APIHandler):
