@@ -6,12 +6,14 @@ it got. A kernel that cannot start under its ceiling shows here before users mee
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from . import layout
 from .agent import kernel_ceiling, kernels
@@ -110,16 +112,39 @@ def check_kernel(deploy_root: Path, name: str, timeout: float = 120) -> KernelCh
     if reply["content"]["status"] != "ok":
         return _failed(name, started, argv, text.splitlines()[-1] if text else "")
     seconds = time.monotonic() - started
-    seen = json.loads(text.splitlines()[-1])
+    seen = answer(text)
+    if seen is None:  # one kernel's odd output must not stop the check of the others
+        return _failed(name, started, argv, f"the check printed no answer: {text[-200:]!r}")
     return KernelCheck(
         name,
         True,
         seconds,
-        mechanism=seen["mechanism"],
-        detail=seen["detail"],
-        limit=seen["limit"],
-        threads=seen["threads"],
+        mechanism=seen.mechanism,
+        detail=seen.detail,
+        limit=seen.limit,
+        threads=seen.threads,
     )
+
+
+class Answer(msgspec.Struct, frozen=True):
+    """What CELL prints (as one JSON line) from inside the kernel."""
+
+    mechanism: str | None
+    detail: str | None
+    limit: int | None
+    threads: str | None
+
+
+def answer(text: str) -> Answer | None:
+    """CELL's answer in the kernel's output: the last line that decodes as one (an import
+    may print, and a warning on stderr may arrive after it), None if no line does."""
+    for line in reversed(text.splitlines()):
+        with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a DecodeError
+            return _ANSWER.decode(line)
+    return None
+
+
+_ANSWER = msgspec.json.Decoder(Answer)
 
 
 def check_kernels(deploy_root: Path) -> list[KernelCheck]:

@@ -129,3 +129,17 @@ def test_retired_json_is_typed_and_one_bad_entry_costs_only_itself(tmp_path: Pat
     assert set(kernels.read_retired(tmp_path)) == {"nsls2-demo-2025-1", "nsls2-demo-2026-1"}
     path.write_text(json.dumps({"kernels": []}))
     assert read_retired(tmp_path) == {} and kernels.read_retired(tmp_path) == {}
+
+
+def test_the_kernel_checks_answer_is_found_and_typed() -> None:
+    """`status --check-kernels` reads the check cell's JSON line as a typed Answer: the last
+    line that is one (an import may print before it, a stderr warning arrive after it); a
+    kernel that printed none is that kernel's failure, not a crash of every check."""
+    from nsls2_artifacts.kernelcheck import Answer, answer
+
+    line = json.dumps(
+        {"mechanism": "rlimit", "detail": "d", "limit": 1 << 30, "rlimit_data": 1, "threads": "2"}
+    )
+    assert answer(f"banner\n{line}\nUserWarning: late\n") == Answer("rlimit", "d", 1 << 30, "2")
+    assert answer('{"mechanism": 3}\nTraceback\n') is None
+    assert answer("") is None
