@@ -108,3 +108,20 @@ class RetiredFile(Record, frozen=True):
             except RecordError as exc:
                 bad.append(RecordError(f"retired.json kernels.{name}", exc.field, exc.detail))
         return found, bad
+
+
+class NotebookMeta(Record, frozen=True):
+    """`metadata.nsls2` of a notebook: the build it ran on, written by the server extension
+    when the notebook is saved (`jupyter/extension.py`), read by `notebook info|pin`. The
+    lab extension's beamline notebooks add `beamline`."""
+
+    RECORD: ClassVar[str] = "notebook metadata.nsls2"
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "env": "missing or not a string",
+        "build_id": "missing or not a string",
+    }
+
+    env: Annotated[str, Meta(min_length=1)]
+    build_id: Annotated[str, Meta(min_length=1)]
+    track: str = ""  # "latest" or the LTS label
+    beamline: str | None = None

@@ -143,3 +143,19 @@ def test_the_kernel_checks_answer_is_found_and_typed() -> None:
     assert answer(f"banner\n{line}\nUserWarning: late\n") == Answer("rlimit", "d", 1 << 30, "2")
     assert answer('{"mechanism": 3}\nTraceback\n') is None
     assert answer("") is None
+
+
+def test_a_notebooks_record_is_typed(tmp_path: Path) -> None:
+    """A notebook's metadata.nsls2 is a NotebookMeta: `notebook info` names the field."""
+    from nsls2_artifacts.errors import NotebookError
+    from nsls2_artifacts.jupyter.notebook import read_record
+
+    good = {"env": "demo", "build_id": BUILD, "track": "2026-1", "beamline": "csx"}
+    assert read_record("n.ipynb", {"metadata": {"nsls2": good}}).track == "2026-1"
+    for wrong, field in (
+        ({"env": ""}, "env"),
+        ({"track": 3}, "track"),
+        ({"build_id": 1}, "build_id"),
+    ):
+        with pytest.raises(NotebookError, match=f"metadata.nsls2.{field}: "):
+            read_record("n.ipynb", {"metadata": {"nsls2": {**good, **wrong}}})

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..errors import NotebookError, UnsafeFileError
+from ..errors import NotebookError, RecordError, UnsafeFileError
 from ..fsutil import atomic_write_bytes, parse_json, read_bounded
+from ..kernelmeta import NotebookMeta
 from .deployed import MANAGED, Catalogue, NsKernel, RetiredKernel, build_time
 
 # Notebooks with many image outputs reach tens of MB; a few hundred MB is no notebook a
@@ -136,14 +137,15 @@ def read_record(path: str | Path, notebook: dict[str, Any]) -> NotebookRecord:
         )
     if not isinstance(nsls2, dict):
         raise NotebookError(path, f"metadata.{MANAGED}", "is not an object")
-    for key in ("env", "build_id"):
-        if not isinstance(nsls2.get(key), str) or not nsls2[key]:
-            raise NotebookError(path, f"metadata.{MANAGED}.{key}", "missing or not a string")
+    try:
+        meta = NotebookMeta.from_dict(nsls2)
+    except RecordError as exc:
+        raise NotebookError(path, f"metadata.{MANAGED}.{exc.field}", exc.detail) from None
     return NotebookRecord(
         path=Path(path),
-        env=nsls2["env"],
-        build_id=nsls2["build_id"],
-        track=str(nsls2.get("track", "")),
+        env=meta.env,
+        build_id=meta.build_id,
+        track=meta.track,
         kernel_name=kernel_name,
     )
 
