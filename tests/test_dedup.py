@@ -192,7 +192,11 @@ def _link(source: str, target: str) -> None:
     os.link(source, target)
 
 
-def test_kill9_during_a_linked_deploy_leaves_nothing_partial(tmp_path: Path) -> None:
+@pytest.mark.parametrize("point", ["extract", "unpack"])
+def test_kill9_during_a_linked_deploy_leaves_nothing_partial(tmp_path: Path, point: str) -> None:
+    """Killed while linking (the partial dir) or after the rename, before conda-unpack
+    (a build dir holding links, without ready.json): never a donor nor ready, discarded
+    by the next pass, which deploys the build linked; the earlier build unchanged."""
     config, site = write_site(tmp_path / "site")
     (first,) = deploy_in_turn(config, site, V1)
     before = tree(first)
@@ -201,14 +205,22 @@ def test_kill9_during_a_linked_deploy_leaves_nothing_partial(tmp_path: Path) -> 
     agent = start_agent(
         config,
         "--once",
-        env={"NSLS2_TEST_PAUSE_AT": "extract", "NSLS2_TEST_PAUSE_FILE": str(marker)},
+        env={"NSLS2_TEST_PAUSE_AT": point, "NSLS2_TEST_PAUSE_FILE": str(marker)},
         log=tmp_path / "agent.log",
     )
     try:
-        wait_for(marker.exists, what="the agent to pause mid-extraction")
+        wait_for(marker.exists, what=f"the agent to pause at {point}")
     finally:
         kill9(agent)
-    assert not build_dir(site, second.build_id).exists()  # only ever the partial dir
+    killed = build_dir(site, second.build_id)
+    if point == "extract":
+        assert not killed.exists()  # only ever the partial dir
+    else:  # renamed, its links in place, but not ready: no later deploy links from it
+        assert inode(killed / "lib/site/alpha/data.bin") == inode(first / "lib/site/alpha/data.bin")
+        assert layout.read_ready(site.deploy_root, "demo", second.build_id) is None
+        status = json.loads(run_cli(config, "status", "--json").stdout)
+        states = {b["build_id"]: b["state"] for b in status["envs"]["demo"]["builds"]}
+        assert states[second.build_id] == "incomplete"
     assert os.readlink(layout.latest_link(site.deploy_root, "demo")) == first.name
     assert tree(first) == before
     agent_once(config)
