@@ -512,7 +512,15 @@ def prepare(
                 level = INFO if donor.startswith(("deployed in full", "not ready")) else WARNING
                 unused.append((f"{env}/{build_id}", donor, level))
 
-    plan = plan_links(index, _first(donors(), MAX_DONORS), dest, hold, root)
+    # the extraction's directories are made meanwhile (a create each: disk- or
+    # latency-bound, while the plan is CPU-bound; `prepare` itself runs while the archive
+    # is hashed)
+    making = POOL.get().submit(make_dirs, index, os.path.realpath(dest))
+    try:
+        plan = plan_links(index, _first(donors(), MAX_DONORS), dest, hold, root)
+    finally:
+        wait([making])  # nothing is left running into `dest`
+    plan.dirs = making.result()
     for name, why, level in unused + plan.unused:
         # one line per donor passed over, so an operator sees why a deploy wrote files
         # it could have linked (a chmodded build, a lost index copy, another fileset)
@@ -528,8 +536,6 @@ def prepare(
     why = _frames_usable(index, manifest)
     if why is not None:
         plan.skip = frozenset()
-    # the extraction's directories, made now: `prepare` runs while the archive is hashed
-    plan.dirs = make_dirs(index, os.path.realpath(dest))
     event(
         log,
         "dedup-plan",
@@ -705,11 +711,17 @@ class _Placer:
                 self.build_id,
                 f"the content index disagrees with the archive at {member.name!r} (size or mode)",
             )
-        if not self.links.slow:
+        if self.links.probing:
             began = time.perf_counter()
             self._count(self._link_all([(source, path, entry)]))
-            if self.links.probing:
-                self.links.record(time.perf_counter() - began)
+            self.links.record(time.perf_counter() - began)
+            return True
+        if not self.links.slow:
+            try:  # the usual case, in a line: ~100k of them in a large env
+                os.link(source, path, follow_symlinks=False)
+                self.linked += 1
+            except OSError:  # refused or failed: again, with the fallbacks and the reasons
+                self._count(self._link_all([(source, path, entry)]))
             return True
         self.batch.append((source, path, entry))
         if len(self.batch) >= LINK_BATCH:

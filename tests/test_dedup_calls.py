@@ -1,0 +1,130 @@
+"""Where a deduplicated deploy makes its metadata calls (issue #20): in the deploying
+thread while they are fast, on the shared pool once they prove slow (GPFS-like latency),
+and what a failure on the pool leaves; the artifact reader's `skip`.
+
+The pool path cannot be reached on a local disk (its calls take microseconds), so these
+tests lower the threshold in-process; the deploys themselves are real (agent code, real
+archives and links), only the verdict "slow" is forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from support.agent import write_site
+from support.dedup import commit_framed, inode, tree
+
+from nsls2_artifacts import layout
+from nsls2_artifacts.agent import dedup, deploy
+from nsls2_artifacts.store import ArtifactMismatchError, open_store
+from nsls2_artifacts.store.interface import CheckedReader, VerifiedReader
+
+V1 = {"alpha": "1.0", "beta": "1.0"}
+V2 = {"alpha": "1.0", "beta": "2.0"}
+
+
+def slow_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind of call judged slow after one probe: the rest goes to the pool."""
+    monkeypatch.setattr(dedup, "PROBE_CALLS", 1)
+    monkeypatch.setattr(dedup, "SLOW_CALL", -1.0)
+    monkeypatch.setattr(dedup, "LINK_BATCH", 2)  # several chunks even for a small env
+
+
+def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slow_everything(monkeypatch)
+    finished: list[int] = []
+    threads: set[str] = set()
+    release = threading.Event()
+
+    def work(chunk: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        if chunk == [1, 2]:
+            raise OSError(5, "this chunk fails first")
+        if chunk != [0]:  # the probe, in this thread, does not wait
+            release.wait(10)  # the others are still running when the failure is known
+        finished.extend(chunk)
+        return chunk
+
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    try:
+        with pytest.raises(OSError, match="fails first"):
+            dedup._run_all(work, list(range(11)), dedup._Latency())
+    finally:
+        timer.cancel()
+    # the probe ran here; every other chunk had finished when the failure was raised
+    assert sorted(finished) == [0, *range(3, 11)]
+    assert any(name.startswith("dedup") for name in threads)
+
+
+def test_fast_calls_stay_in_the_deploying_thread() -> None:
+    threads: set[str] = set()
+
+    def work(chunk: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        return chunk
+
+    latency = dedup._Latency()
+    assert dedup._run_all(work, list(range(200)), latency) == list(range(200))
+    assert threads == {threading.current_thread().name} and not latency.slow
+
+
+def test_linked_deploy_on_slow_storage_links_through_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same linked build as on a fast disk: links, read-only, the earlier build
+    untouched, when every lstat, mkdir and link is made by the pool's threads."""
+    _config, site = write_site(tmp_path / "site")
+    store = open_store(site)
+    log = logging.getLogger("test-dedup-calls")
+    first_manifest = commit_framed(site, V1, 1)
+    assert deploy.deploy_build(site, store, first_manifest, log).result == "deployed"
+    first = layout.build_dir(site.deploy_root, "demo", first_manifest.build_id)
+    before = tree(first)
+
+    slow_everything(monkeypatch)
+    used: set[str] = set()
+    link = os.link
+
+    def spy(*args: object, **kwargs: object) -> None:
+        used.add(threading.current_thread().name)
+        link(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dedup.os, "link", spy)
+    second_manifest = commit_framed(site, V2, 2)
+    assert deploy.deploy_build(site, store, second_manifest, log).result == "deployed"
+    second = layout.build_dir(site.deploy_root, "demo", second_manifest.build_id)
+    record = dedup.read_record(second)
+    assert record is not None and record.linked_files == 6 and record.skipped_frames == 2
+    assert any(name.startswith("dedup") for name in used), used
+    for name in ("lib/site/alpha/data.bin", "lib/site/common.py"):
+        assert inode(second / name) == inode(first / name)
+        assert not os.stat(second / name).st_mode & 0o222
+    assert (second / "lib/site/alpha/sub").is_dir()
+    assert tree(first) == before
+
+
+def test_reader_skip_seeks_when_verified_and_hashes_when_streaming() -> None:
+    data = bytes(range(256)) * 64
+    digest = hashlib.sha256(data).hexdigest()
+    verified = VerifiedReader(io.BufferedReader(io.BytesIO(data)))
+    verified.skip(1000)
+    assert verified.read(4) == data[1000:1004]
+
+    checked = CheckedReader(io.BytesIO(data), "artifact", len(data), digest, len(data))
+    checked.skip(5000)
+    assert checked.read(3) == data[5000:5003]
+    checked.finish()  # what was skipped was hashed all the same
+
+    wrong = CheckedReader(io.BytesIO(data), "artifact", len(data), "0" * 64, len(data))
+    wrong.skip(len(data))
+    with pytest.raises(ArtifactMismatchError, match="sha256 mismatch"):
+        wrong.finish()
