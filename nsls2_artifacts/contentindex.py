@@ -52,7 +52,7 @@ class FrameRecord(msgspec.Struct, frozen=True):
     no package, and for the files conda-pack generates plus the end-of-archive marker,
     always the last frame). `key`: sha256 of the frame's uncompressed bytes, so equal keys
     mean byte-identical tar members. `source` (optional, "" if unknown): the packer's
-    signature of what the frame was made from (pack.py `Group.signature`), which lets the
+    signature of what the frame was made from (pack.py `Package.signature`), which lets the
     next publish reuse the frame without reading its files; readers other than the
     packer can ignore it.
     """

@@ -341,3 +341,78 @@ def test_pycs_from_the_listing_are_the_pycs_next_to_package_sources(packs: Packs
     from_listing = pack._compiled_pycs(prefix, listed, owners, pack.list_prefix(str(prefix)))
     assert "lib/python3.11/site-packages/__pycache__/six.cpython-311.pyc" in scanned
     assert len(scanned) > 1000 and sorted(scanned) == sorted(from_listing)
+
+
+def test_packages_are_loaded_as_conda_pack_loads_them(packs: Packs) -> None:
+    """The packer's own loader (a `File` only for what is packed) lists exactly conda-pack's
+    file records, plus the pycs install.py compiled, each in its source's package."""
+    prefix = _prefix_of(packs)
+    groups, python_id = pack.load_groups(prefix, pack.MetaCache())
+    packages = [g for g in groups if isinstance(g, pack.Package)]
+    assert len(packages) == len(groups) - 1 and python_id  # the loader's path, not the fallback
+    ours = [f for g in groups for f in g.members()]
+    pycs = {t for p in packages for t in p.pycs}
+    stock = CondaEnv.from_prefix(str(prefix)).files
+
+    def fields(f: Any) -> tuple[Any, ...]:
+        return (f.source, f.target, f.is_conda, f.file_mode, f.prefix_placeholder)
+
+    assert sorted(map(fields, (f for f in ours if f.target not in pycs))) == sorted(
+        map(fields, stock)
+    )
+    listed = {f.target for f in stock}
+    owners, _ = pack._owners(prefix, pack.MetaCache())
+    assert pycs == set(pack._compiled_pycs(prefix, listed, owners, pack.list_prefix(str(prefix))))
+    for package in packages:  # a package's recorded() is its members that have a file_mode
+        recorded = [
+            f for f in package.members() if f.file_mode or f.target.startswith("conda-meta")
+        ]
+        assert list(map(fields, package.recorded())) == list(map(fields, recorded))
+
+
+def test_conda_packs_own_loader_packs_the_same_members(
+    packs: Packs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the packer leaves to conda-pack (`CondaEnv.from_prefix` and grouping by the
+    conda-meta file lists) gives the same members with the same hashes; nothing of it is
+    reused, or reusable."""
+    monkeypatch.setattr(pack, "_load_packages", lambda prefix, meta: None)
+    result = _repack_b(packs, tmp_path / "stock", lambda raw: raw)
+    assert result.reused_frames == 0
+    assert _index(result).entries == _index(packs.full_b).entries
+    assert not any(f.source for f in _index(result).frames)
+
+
+def _cache_dir(prefix: Path, package: str) -> Path:
+    record = next((prefix / "conda-meta").glob(f"{package}-*.json"))
+    return Path(json.loads(record.read_text())["link"]["source"])
+
+
+def test_reuse_survives_a_re_extract_and_not_a_changed_cache_file(
+    packs: Packs, tmp_path: Path
+) -> None:
+    """A package cache directory extracted again (new inodes, the package's mtimes, as
+    rattler extracts) keeps its frame reusable; a cache file written since (its mtime
+    moves) makes that package's frame packed again. Either way the archive indexes what
+    a full pack does."""
+    prefix = _prefix_of(packs)
+    cache = _cache_dir(prefix, "ipykernel")
+    aside = cache.with_name(cache.name + ".aside")
+    os.rename(cache, aside)
+    try:
+        shutil.copytree(aside, cache, symlinks=True)  # copy2: same bytes and mtimes
+        extracted = _repack_b(packs, tmp_path / "re-extracted", lambda raw: raw)
+        assert extracted.reused_frames == packs.incremental_b.reused_frames
+        assert extracted.index == packs.incremental_b.index
+        source = next(p for p in cache.rglob("*.py") if p.is_file())
+        st = source.stat()
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        touched = _repack_b(packs, tmp_path / "touched", lambda raw: raw)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.rename(aside, cache)
+    assert touched.reused_frames == packs.incremental_b.reused_frames - 1
+    before = {f.package: f.source for f in _index(packs.incremental_b).frames}
+    after = {f.package: f.source for f in _index(touched).frames}
+    assert {name for name in after if after[name] != before[name]} == {"ipykernel"}
+    assert _index(touched).entries == _index(packs.full_b).entries
