@@ -317,26 +317,19 @@ class NodeHeartbeat(Record, frozen=True):
     node: str
     time: str
     version: str
-    in_use: dict[str, list[dict[str, Any]]]  # "ENV/BUILD_ID" -> [ProcessUse as dict]
+    # "ENV/BUILD_ID" -> the processes using it; every use is checked on the way in (a use
+    # dropped as unreadable could let its build be deleted)
+    in_use: dict[str, list[ProcessUse]]
     complete: bool
-    # processes the scan could not read ([ProcessUse as dict]); any makes `complete` False
-    unknown: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> NodeHeartbeat:
-        beat = decode(data, cls, cls.RECORD)
-        # every use is checked here: a use dropped as unreadable could let its build be deleted
-        for key, uses in beat.in_use.items():
-            decode(uses, list[ProcessUse], f"{cls.RECORD} in_use.{key}")
-        decode(beat.unknown, list[ProcessUse], f"{cls.RECORD} unknown")
-        return beat
+    # processes the scan could not read; any makes `complete` False
+    unknown: list[ProcessUse] = field(default_factory=list)
 
     def uses(self) -> dict[str, list[ProcessUse]]:
-        """`in_use` as records ("ENV/BUILD_ID" -> uses); `from_dict` checked every entry."""
-        return {key: [ProcessUse.from_dict(u) for u in uses] for key, uses in self.in_use.items()}
+        """`in_use` ("ENV/BUILD_ID" -> uses)."""
+        return self.in_use
 
     def unknown_uses(self) -> list[ProcessUse]:
-        return [ProcessUse.from_dict(u) for u in self.unknown]
+        return self.unknown
 
 
 # -- the agents' shared state under DEPLOY_ROOT/state (paths: layout.py) ------------------

@@ -48,7 +48,7 @@ GOOD = {
         "n1",
         "t",
         "0.1",
-        {f"demo/{BUILD}": [{"pid": 1, "user": "u", "via": "exe", "path": "/"}]},
+        {f"demo/{BUILD}": [ProcessUse(1, "u", "exe", "/")]},
         True,
     ),
 }

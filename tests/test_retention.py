@@ -114,7 +114,7 @@ def test_use_through_latest_alias_counts(deploy):
         assert decision.reason == "kept: latest"
         # the environ check found the alias path and mapped it to the concrete build
         beat = hb.read_reports(site.deploy_root)[0].heartbeat
-        assert beat.in_use[f"demo/{old.name}"][0]["path"] == str(alias)
+        assert beat.in_use[f"demo/{old.name}"][0].path == str(alias)
     finally:
         proc.kill()
         proc.wait()
@@ -267,7 +267,7 @@ def test_unreadable_process_blocks_as_unknown(tmp_path):
             assert old.is_dir() and not tombstone_file(site, old).exists()
             beat = hb.read_reports(site.deploy_root)[0].heartbeat
             assert beat.complete is False
-            assert proc.pid in {u["pid"] for u in beat.unknown}
+            assert proc.pid in {u.pid for u in beat.unknown}
         # as root (who can read every process) the same build is tombstoned
         assert run(site)[old.name].action == "tombstone"
     finally:

@@ -50,9 +50,7 @@ def fs_now_ns(deploy_root: str | Path, node: str) -> int:
 def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHeartbeat:
     """The heartbeat for one scan; `keys` maps each scanned build dir to "ENV/BUILD_ID"."""
     in_use = {
-        keys[path]: [use.to_dict() for use in uses]
-        for path, uses in sorted(scan.uses.items())
-        if uses and path in keys
+        keys[path]: list(uses) for path, uses in sorted(scan.uses.items()) if uses and path in keys
     }
     return NodeHeartbeat(
         node=node,
@@ -60,7 +58,7 @@ def scan_heartbeat(node: str, scan: ScanResult, keys: dict[str, str]) -> NodeHea
         version=__version__,
         in_use=in_use,
         complete=scan.complete,
-        unknown=[use.to_dict() for use in scan.unknown],
+        unknown=list(scan.unknown),
     )
 
 
