@@ -29,6 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from msgspec import UNSET
+
 from . import install as installer
 from . import pack as packer
 from . import solve as solver
@@ -42,6 +44,7 @@ from .records import (
     ArtifactInfo,
     BuildManifest,
     KernelExtras,
+    KernelLogo,
     LockInfo,
     LtsRecord,
     PublishLine,
@@ -324,13 +327,17 @@ def _pack_and_commit(
 
 def kernel_extras(manifest: EnvManifest) -> KernelExtras:
     """What nsls2.yaml says about the kernels, carried in manifest.json (logo included)."""
-    fmt = logo_format(manifest.logo) if manifest.logo else ""
+    logo = (
+        KernelLogo(
+            logo_format(manifest.logo), base64.b64encode(manifest.logo.read_bytes()).decode()
+        )
+        if manifest.logo
+        else UNSET
+    )
     return KernelExtras(
         beamlines=manifest.beamlines,
-        memory_limit=manifest.memory_limit,
-        memory_limit_set=manifest.memory_limit_set,
-        logo_format=fmt,
-        logo_base64=base64.b64encode(manifest.logo.read_bytes()).decode() if fmt else "",
+        memory_limit=manifest.memory_limit if manifest.memory_limit_set else UNSET,
+        logo=logo,
     )
 
 

@@ -133,57 +133,41 @@ class LockInfo(Record, frozen=True):
         _check_plain_file_name("file", self.file)
 
 
-class _Logo(msgspec.Struct, frozen=True):
+class KernelLogo(msgspec.Struct, frozen=True):
+    """`kernel.logo` in manifest.json: the image itself, so the store stays the agent's only
+    source."""
+
     format: Literal["svg", "png"]
     base64: str
 
 
-class _KernelJson(msgspec.Struct, frozen=True):
-    """`kernel` in manifest.json as it is written (KernelExtras is what code uses)."""
-
-    beamlines: tuple[str, ...]
-    memory_limit: Annotated[int, Meta(ge=0)] | None | UnsetType = UNSET
-    logo: _Logo | None = None
-
-
 class KernelExtras(Record, frozen=True):
-    """`kernel` in manifest.json: what nsls2.yaml says about the env's kernels.
+    """`kernel` in manifest.json: what nsls2.yaml says about the env's kernels, as written.
 
-    `memory_limit` overrides the site's `kernels.memory_limit` only when
-    `memory_limit_set` (nsls2.yaml named it; null there means "no ceiling").
-    `logo` is the image itself (base64), so the store stays the agent's only source.
-    """
+    `memory_limit` is written only when nsls2.yaml names it (null there: "no ceiling"),
+    so it overrides the site's `kernels.memory_limit` only then (`memory_limit_set`);
+    `logo` only when the env has one (else a generated default). `beamlines` is always
+    written (readers before this Struct require it)."""
 
     RECORD: ClassVar[str] = "manifest.json kernel"
-    MESSAGES: ClassVar[dict[str, str]] = {
-        "beamlines": "expected a list of names",
-        "format": "expected svg or png",
-    }
+    MESSAGES: ClassVar[dict[str, str]] = {"beamlines": "expected a list of names"}
 
     beamlines: tuple[str, ...] = ()
-    memory_limit: int | None = None
-    memory_limit_set: bool = False
-    logo_format: str = ""  # "svg" or "png"; "" = generated default
-    logo_base64: str = ""
+    memory_limit: Annotated[int, Meta(ge=0)] | None | UnsetType = UNSET
+    logo: KernelLogo | None | UnsetType = UNSET
 
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"beamlines": list(self.beamlines)}
-        if self.memory_limit_set:
-            data["memory_limit"] = self.memory_limit
-        if self.logo_format:
-            data["logo"] = {"format": self.logo_format, "base64": self.logo_base64}
-        return data
+    @property
+    def memory_limit_set(self) -> bool:
+        return self.memory_limit is not UNSET
 
-    @classmethod
-    def from_dict(cls, data: Any) -> KernelExtras:
-        raw = decode(data, _KernelJson, cls.RECORD, cls.MESSAGES)
-        return cls(
-            beamlines=raw.beamlines,
-            memory_limit=None if raw.memory_limit is UNSET else raw.memory_limit,
-            memory_limit_set=raw.memory_limit is not UNSET,
-            logo_format=raw.logo.format if raw.logo else "",
-            logo_base64=raw.logo.base64 if raw.logo else "",
-        )
+    @property
+    def logo_format(self) -> str:
+        """ "svg" or "png"; "" for none (a generated default)."""
+        return self.logo.format if self.logo else ""
+
+    @property
+    def logo_base64(self) -> str:
+        return self.logo.base64 if self.logo else ""
 
 
 class BuildManifest(Record, frozen=True):
@@ -223,7 +207,6 @@ class BuildManifest(Record, frozen=True):
 
     def to_dict(self) -> dict[str, Any]:
         data = to_builtins(self)
-        data["kernel"] = self.kernel.to_dict()
         if self.index is None:
             del data["index"]
         return data
@@ -243,12 +226,9 @@ class BuildManifest(Record, frozen=True):
         for name in ("schema", "builder", "source"):  # required on disk, defaulted in code
             if name not in data:
                 raise RecordError(cls.RECORD, name, "missing")
-        kernel = data.get("kernel")
-        rest = {k: v for k, v in data.items() if k != "kernel"}
-        manifest = decode(rest, cls, cls.RECORD)
-        if kernel is None:
-            return manifest  # older builds: no kernel record
-        return msgspec.structs.replace(manifest, kernel=KernelExtras.from_dict(kernel))
+        if data.get("kernel", 0) is None:  # older builds: no kernel record (or null)
+            data = {k: v for k, v in data.items() if k != "kernel"}
+        return decode(data, cls, cls.RECORD, KernelExtras.MESSAGES)
 
 
 class LtsRecord(Record, frozen=True):

@@ -33,7 +33,7 @@ from nsls2_artifacts import layout
 from nsls2_artifacts.agent import kernel_ceiling, kernels, logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
-from nsls2_artifacts.records import KernelExtras, PackageRef
+from nsls2_artifacts.records import KernelExtras, KernelLogo, PackageRef
 from nsls2_artifacts.store import FilesystemStore
 
 CELL = "import os; print(os.environ['CONDA_PREFIX']); print(os.environ['PATH'].split(':')[0])"
@@ -122,9 +122,7 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     becomes the spec's PNG (and is wrapped in its SVG)."""
     config, cfg = write_site(tmp_path / "site", kernels={"listed_lts": 2, "memory_limit": "2GiB"})
     png = logos.default_png("zz-custom")
-    extras = KernelExtras(
-        logo_format="png", logo_base64=base64.b64encode(png).decode(), memory_limit_set=True
-    )
+    extras = KernelExtras(logo=KernelLogo("png", base64.b64encode(png).decode()), memory_limit=None)
     old = commit_fake(cfg, tag="a", hours=1, lts="2025-1")
     mid = commit_fake(cfg, tag="b", hours=2, lts="2025-2")
     new = commit_fake(cfg, tag="c", hours=3, lts="2026-1", kernel=extras)

@@ -21,7 +21,7 @@ from support.jupyter import jupyter_server
 from nsls2_artifacts.agent import logos
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
-from nsls2_artifacts.records import KernelExtras
+from nsls2_artifacts.records import KernelExtras, KernelLogo
 from nsls2_artifacts.store import FilesystemStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -31,9 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_stock_launcher_shows_logos_and_dated_names(tmp_path: Path) -> None:
     pytest.importorskip("jupyterlab")
     _, cfg = write_site(tmp_path / "site")
-    own = KernelExtras(
-        logo_format="png", logo_base64=base64.b64encode(logos.default_png("zz")).decode()
-    )
+    own = KernelExtras(logo=KernelLogo("png", base64.b64encode(logos.default_png("zz")).decode()))
     commit_fake(cfg, "base", tag="one", hours=1, lts="2026-1", display_name="NSLS-II base")
     commit_fake(cfg, "other", tag="x", hours=1, display_name="NSLS-II other", kernel=own)
     latest = commit_fake(cfg, "base", tag="two", hours=2, display_name="NSLS-II base")

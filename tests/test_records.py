@@ -152,7 +152,7 @@ def test_nested_manifest_fields_are_named_with_their_record() -> None:
         (
             lambda d: d.update(kernel={"beamlines": [], "logo": {"format": "gif", "base64": ""}}),
             "format",
-            "expected svg or png",
+            "expected one of 'png', 'svg', got 'gif'",
         ),
     ],
 )

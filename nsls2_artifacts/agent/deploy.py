@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgspec import UNSET
+
 from .. import layout
 from ..config import SiteConfig
 from ..errors import NodeFaultError, RejectedArtifactError, StageFailedError, StoreError
@@ -212,10 +214,8 @@ def conda_unpack(prefix: Path, timeout: float, build_id: str) -> None:
 def memory_limit_for(site: SiteConfig, manifest: BuildManifest | None) -> int | None:
     """The kernels' memory ceiling for a build: its nsls2.yaml's when it names one, else
     the site's `kernels.memory_limit`."""
-    extras = manifest.kernel if manifest else None
-    if extras is not None and extras.memory_limit_set:
-        return extras.memory_limit
-    return site.kernels.memory_limit
+    limit = manifest.kernel.memory_limit if manifest else UNSET
+    return site.kernels.memory_limit if limit is UNSET else limit
 
 
 def smoke_test(
