@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType, field
 
 from .errors import RecordError
+from .names import BEAMLINE_NAME_PATTERN
 from .schema import Record, decode, field_problem, to_builtins
 
 MANIFEST_SCHEMA = 1
@@ -150,9 +151,10 @@ class KernelExtras(Record, frozen=True):
     written (readers before this Struct require it)."""
 
     RECORD: ClassVar[str] = "manifest.json kernel"
-    MESSAGES: ClassVar[dict[str, str]] = {"beamlines": "expected a list of names"}
+    MESSAGES: ClassVar[dict[str, str]] = {"beamlines": "expected a list of beamline names"}
 
-    beamlines: tuple[str, ...] = ()
+    # the names nsls2.yaml gives (one rule: names.BEAMLINE_NAME_PATTERN)
+    beamlines: tuple[Annotated[str, Meta(pattern=BEAMLINE_NAME_PATTERN)], ...] = ()
     memory_limit: Annotated[int, Meta(ge=0)] | None | UnsetType = UNSET
     logo: KernelLogo | None | UnsetType = UNSET
 

@@ -148,7 +148,8 @@ def test_nested_manifest_fields_are_named_with_their_record() -> None:
         (lambda d: d.update(schema=99), "schema", "newer than this tool"),
         (lambda d: d.update(created="soon"), "created", "not an ISO 8601 time"),
         (lambda d: d["lock"].update(file="../x"), "file", "not a plain file name"),
-        (lambda d: d.update(kernel={"beamlines": [1]}), "beamlines", "expected a list of names"),
+        (lambda d: d.update(kernel={"beamlines": [1]}), "beamlines", "a list of beamline names"),
+        (lambda d: d.update(kernel={"beamlines": ["../x"]}), "beamlines", "beamline names"),
         (
             lambda d: d.update(kernel={"beamlines": [], "logo": {"format": "gif", "base64": ""}}),
             "format",
