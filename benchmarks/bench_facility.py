@@ -49,11 +49,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import facility_publish  # noqa: E402
 import latency_shim  # noqa: E402
 from bench_dedup import CLI, Shape, commit, fields, site, traced, write_build  # noqa: E402
 
 from nsls2_artifacts import layout  # noqa: E402
 from nsls2_artifacts.agent import dedup  # noqa: E402
+from nsls2_artifacts.contentindex import ContentIndex  # noqa: E402
 
 PREFIX_CODE = "import os; print(os.environ['CONDA_PREFIX'])"
 
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--delay-us", type=int, default=1000)
     parser.add_argument("--harness", choices=("shim", "strace", "none"), default="shim")
     parser.add_argument("--poll", type=float, default=30.0, help="agent.poll_seconds")
+    parser.add_argument(
+        "--publish", choices=("stand-in", "real"), default="stand-in", help="the click"
+    )
     parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
     parser.add_argument("--keep", action="store_true")
     opts = parser.parse_args()
@@ -166,38 +171,98 @@ def main() -> None:
             harness.count_file = work / "shim-calls.txt"
             rows = latency_shim.check(harness.library, opts.delay_us)
             print(latency_shim.describe(rows, opts.delay_us))
-        run(work, shape, harness, opts.poll)
+        run(work, shape, harness, opts.poll, opts.publish == "real")
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, shape: Shape, harness: Harness, poll: float) -> None:
+class StandIn:
+    """The publish stand-in: bench_dedup's generator writes and commits each build."""
+
+    env = "demo"
+
+    def __init__(self, work: Path, shape: Shape, poll: float) -> None:
+        self.work, self.shape, self.store = work, shape, work / "store"
+        self.config = site(work, "linked", self.store, poll=int(poll))
+        self.v1 = {n: 1 for n in range(shape.packages)}
+        self.previous: tuple[Path, ContentIndex, dict[int, int]] | None = None
+
+    def first(self) -> str:
+        staging = self.work / "staging-1"
+        staging.mkdir()
+        index, seconds = write_build(staging, self.shape, self.v1, None)
+        first = commit(self.store, staging, index, datetime(2026, 12, 1, 2, tzinfo=UTC))
+        self.previous = (self.store / "demo" / first.build_id / "env.tar.zst", index, self.v1)
+        print(
+            f"env: {self.shape.packages} packages, {len(index.entries):,} entries, "
+            f"{sum(e.size for e in index.entries) / 1e6:,.0f} MB, archive "
+            f"{first.artifact.size / 1e6:,.0f} MB (generated in {seconds:.1f}s)"
+        )
+        return first.build_id
+
+    def before_click(self) -> None:
+        pass
+
+    def nightly(self) -> tuple[str, str]:
+        """Publish the nightly (one package changed): its build id and what it did."""
+        staging = self.work / "staging-2"
+        staging.mkdir()
+        index, _ = write_build(staging, self.shape, {**self.v1, 0: 2}, self.previous)
+        return commit(self.store, staging, index, datetime.now(UTC)).build_id, (
+            "stand-in: frames of unchanged packages copied, archive hashed, index and "
+            "manifest written"
+        )
+
+
+class RealPublish:
+    """`nsls2-artifacts publish` of a real env: the dev channel's python and ipykernel
+    plus the generated packages (facility_publish.py)."""
+
+    env = facility_publish.ENV
+
+    def __init__(self, work: Path, shape: Shape, poll: float) -> None:
+        self.work, self.shape = work, shape
+        start = time.perf_counter()
+        self.channel = facility_publish.make_channel(work, shape)
+        print(
+            f"channel with {shape.packages} generated packages: {time.perf_counter() - start:.1f}s"
+        )
+        self.config = facility_publish.write_site(work, self.channel, poll)
+        self.cache = work / "rattler-cache"  # cold for the first build, warm for the nightly
+
+    def first(self) -> str:
+        seconds, result, steps = facility_publish.publish(self.config, self.cache)
+        print(
+            f"first build, real publish in full: {seconds:.1f}s ({steps}), archive "
+            f"{result['size'] / 1e6:,.0f} MB"
+        )
+        return result["build_id"]
+
+    def before_click(self) -> None:
+        start = time.perf_counter()
+        facility_publish.add_nightly_package(self.channel, self.shape)
+        print(f"pkg000 2 added to the channel: {time.perf_counter() - start:.1f}s")
+
+    def nightly(self) -> tuple[str, str]:
+        seconds, result, steps = facility_publish.publish(self.config, self.cache)
+        return result["build_id"], f"real: `publish` {seconds:.1f}s: {steps}"
+
+
+def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> None:
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    store = work / "store"
-    v1 = {n: 1 for n in range(shape.packages)}
-    v2 = {**v1, 0: 2}  # the nightly: one package changed
-    staging = work / "staging-1"
-    staging.mkdir()
-    index1, gen1 = write_build(staging, shape, v1, None)
-    first = commit(store, staging, index1, datetime(2026, 12, 1, 2, tzinfo=UTC))
-    archive1 = store / "demo" / first.build_id / "env.tar.zst"
-    print(
-        f"env: {shape.packages} packages, {len(index1.entries):,} entries, "
-        f"{sum(e.size for e in index1.entries) / 1e6:,.0f} MB, archive "
-        f"{first.artifact.size / 1e6:,.0f} MB (generated in {gen1:.1f}s); harness "
-        f"{harness.kind}, +{harness.delay_us} us per create"
-    )
-    config = site(work, "linked", store, poll=int(poll))
+    publisher = RealPublish(work, shape, poll) if real else StandIn(work, shape, poll)
+    publisher.first()
+    print(f"harness {harness.kind}, +{harness.delay_us} us per create")
     deploy_root = work / "linked"
     log_path = work / "daemon.log"
-    latest = layout.latest_link(deploy_root, "demo")
+    latest = layout.latest_link(deploy_root, publisher.env)
     km = kc = None
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen(
-            harness.argv([*CLI, "agent", "--config", str(config)]),
+            harness.argv([*CLI, "agent", "--config", str(publisher.config)]),
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=harness.env(),
@@ -206,24 +271,26 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float) -> None:
         # the first pass ends after the flip and the kernelspecs
         wait_for(lambda: _idle(log_path), daemon, log_path, "the first deploy")
         full = [f for f in daemon_events(log_path) if f["event"] == "deploy"][-1]
-        print(f"first build, full deploy by the daemon: {_split(full)}")
+        print(
+            f"first build, full deploy by the daemon: {_split(full)}; "
+            f"{int(full['members']):,} members, {int(full['bytes']) / 1e6:,.0f} MB"
+        )
         ksm = KernelSpecManager(kernel_dirs=[str(deploy_root / "share/jupyter/kernels")])
-        km = KernelManager(kernel_name="nsls2-demo-latest", kernel_spec_manager=ksm)
+        name = f"nsls2-{publisher.env}-latest"
+        km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
         km.start_kernel(env=harness.env())
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=300)
         before = kernel_prefix(kc)
         print(f"kernel started through the latest launcher on {Path(before).name}")
+        publisher.before_click()
         time.sleep(3)  # a user works in the kernel for a while
 
         click = time.time()
-        staging = work / "staging-2"
-        staging.mkdir()
-        index2, _ = write_build(staging, shape, v2, (archive1, index1, v1))
-        second = commit(store, staging, index2, datetime.now(UTC))
+        build_id, how = publisher.nightly()
         committed = time.time()
-        target = layout.build_dir(deploy_root, "demo", second.build_id)
+        target = layout.build_dir(deploy_root, publisher.env, build_id)
         wait_for(lambda: os.path.realpath(latest) == str(target), daemon, log_path, "the flip")
         flipped = time.time()
         km.restart_kernel(now=True)
@@ -237,7 +304,8 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float) -> None:
         harness.stop(daemon)
     if after != str(target):
         sys.exit(f"the restarted kernel is on {after}, not the new build {target}")
-    report(log_path, second.build_id, target, harness, click, committed, flipped, restarted)
+    times = (click, committed, flipped, restarted)
+    report(log_path, build_id, target, harness, how, times)
 
 
 def _idle(log_path: Path) -> bool:
@@ -256,11 +324,10 @@ def report(
     build_id: str,
     target: Path,
     harness: Harness,
-    click: float,
-    committed: float,
-    flipped: float,
-    restarted: float,
+    how: str,
+    times: tuple[float, float, float, float],
 ) -> None:
+    click, committed, flipped, restarted = times
     events = daemon_events(log_path)
     mine = [f for f in events if f.get("build") == build_id]
     deployed = next(f for f in mine if f["event"] == "deploy")
@@ -274,7 +341,7 @@ def report(
     assert record is not None
     print(f"kernel restarted on {target.name}: the new build")
     rows = [
-        ("publish (stand-in: write + commit the nightly)", committed - click),
+        (f"publish ({how})", committed - click),
         ("commit -> agent takes it up", start - committed),
         (f"deploy linked: {_split(deployed)}", seconds),
         ("deploy done -> flip (sweep, re-look, flip)", stamp(flip) - end),
