@@ -10,11 +10,18 @@ incremental pack does). In one run:
    (`nsls2-artifacts agent`, filesystem events on, as a node runs it) deploys it in full;
 2. a kernel is started through the env's latest kernelspec (the `/bin/sh` launcher that
    resolves `envs/ENV/latest` when it starts) and reports its CONDA_PREFIX;
-3. the click: the nightly is written and committed (the publish stand-in: frames of
-   unchanged packages copied, the archive hashed, the index and manifest written), the
-   daemon takes it up, deploys it linked to the first build, flips latest, and the
-   kernel is restarted (as JupyterLab's restart does) and reports its CONDA_PREFIX, which
-   must be the new build.
+3. the click: the nightly is published and committed, the daemon takes it up, deploys
+   it linked to the first build, flips latest, and the kernel is restarted (as
+   JupyterLab's restart does) and reports its CONDA_PREFIX, which must be the new build.
+
+The publish (`--publish`): `stand-in` writes the nightly with the generator (frames of
+unchanged packages copied, the archive hashed, index and manifest written); `real` runs
+`nsls2-artifacts publish` (solve, rattler install, bytecode, incremental conda-pack,
+commit) of an env holding the dev channel's python and ipykernel and the generated
+packages as real conda packages (facility_publish.py), the nightly after `pkg000` 2
+appeared in the channel; the agent then unpacks and smoke-tests a real env. The
+commit is the moment manifest.json appears (a real publish goes on removing its
+scratch prefix while the agent already deploys).
 
 The parts come from the daemon's own log (`event=... time=...`): commit -> the deploy
 starts, the deploy's verify / extract / unpack / smoke split, deploy end -> flip.
@@ -27,7 +34,8 @@ of openat/mkdir/link/symlink): one tracer serialises every delayed call, so 32 t
 wait in line. `none`: no delay.
 
     .venv/bin/python benchmarks/bench_facility.py [--files 100000 --mb 3000 --packages 100]
-        [--delay-us 1000] [--harness shim|strace|none] [--scratch DIR] [--keep]
+        [--delay-us 1000] [--harness shim|strace|none] [--publish stand-in|real]
+        [--scratch DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -102,10 +110,12 @@ class Harness:
         return env
 
 
-def check_disk(scratch: Path, shape: Shape) -> None:
+def check_disk(scratch: Path, shape: Shape, real: bool) -> None:
     """Two archives (~1/3 of the bytes each), the first build in full, the nightly's own
-    package, and the generator's staging: refuse to start where that does not fit."""
-    need = int(shape.mb * 1e6 * (2 / 3 + 1 + 0.1) * 1.2)
+    package, and the generator's staging; for a real publish also the channel (~1/3)
+    and rattler's extracted cache (the bytes again): refuse to start where that does
+    not fit."""
+    need = int(shape.mb * 1e6 * (2 / 3 + 1 + 0.1 + (4 / 3 if real else 0)) * 1.2)
     free = shutil.disk_usage(scratch).free
     print(f"disk: {free / 1e9:.1f} GB free under {scratch}, the run needs ~{need / 1e9:.1f} GB")
     if free < need * 1.5:
@@ -158,7 +168,7 @@ def main() -> None:
     if opts.harness == "strace" and shutil.which("strace") is None:
         sys.exit("--harness strace needs strace (apt-get install strace)")
     shape = Shape(opts.packages, opts.files, opts.mb)
-    check_disk(opts.scratch or Path(tempfile.gettempdir()), shape)
+    check_disk(opts.scratch or Path(tempfile.gettempdir()), shape, opts.publish == "real")
     work = Path(tempfile.mkdtemp(prefix="bench-facility-", dir=opts.scratch))
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
@@ -204,15 +214,15 @@ class StandIn:
     def before_click(self) -> None:
         pass
 
-    def nightly(self) -> tuple[str, str]:
-        """Publish the nightly (one package changed): its build id and what it did."""
+    def nightly(self) -> tuple[str, str, float]:
+        """Publish the nightly (one package changed): its build id, what it did and when
+        it was committed."""
         staging = self.work / "staging-2"
         staging.mkdir()
         index, _ = write_build(staging, self.shape, {**self.v1, 0: 2}, self.previous)
-        return commit(self.store, staging, index, datetime.now(UTC)).build_id, (
-            "stand-in: frames of unchanged packages copied, archive hashed, index and "
-            "manifest written"
-        )
+        build_id = commit(self.store, staging, index, datetime.now(UTC)).build_id
+        how = "stand-in: frames of unchanged packages copied, archive hashed, index written"
+        return build_id, how, time.time()
 
 
 class RealPublish:
@@ -244,9 +254,16 @@ class RealPublish:
         facility_publish.add_nightly_package(self.channel, self.shape)
         print(f"pkg000 2 added to the channel: {time.perf_counter() - start:.1f}s")
 
-    def nightly(self) -> tuple[str, str]:
+    def nightly(self) -> tuple[str, str, float]:
         seconds, result, steps = facility_publish.publish(self.config, self.cache)
-        return result["build_id"], f"real: `publish` {seconds:.1f}s: {steps}"
+        build_id = result["build_id"]
+        # committed when manifest.json appeared; the process goes on (it removes its
+        # scratch prefix) while the agent already deploys
+        manifest = self.work / "store" / self.env / build_id / "manifest.json"
+        committed = manifest.stat().st_mtime
+        after = time.time() - committed
+        how = f"real `publish`: {steps}; it exits {after:.1f}s after its commit"
+        return build_id, how, committed
 
 
 def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> None:
@@ -288,8 +305,7 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> 
         time.sleep(3)  # a user works in the kernel for a while
 
         click = time.time()
-        build_id, how = publisher.nightly()
-        committed = time.time()
+        build_id, how, committed = publisher.nightly()
         target = layout.build_dir(deploy_root, publisher.env, build_id)
         wait_for(lambda: os.path.realpath(latest) == str(target), daemon, log_path, "the flip")
         flipped = time.time()
@@ -342,7 +358,7 @@ def report(
     print(f"kernel restarted on {target.name}: the new build")
     rows = [
         (f"publish ({how})", committed - click),
-        ("commit -> agent takes it up", start - committed),
+        ("commit (manifest.json written) -> agent takes it up", start - committed),
         (f"deploy linked: {_split(deployed)}", seconds),
         ("deploy done -> flip (sweep, re-look, flip)", stamp(flip) - end),
         ("flip -> seen by the bench", flipped - stamp(flip)),
