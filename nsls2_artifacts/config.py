@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -25,6 +26,7 @@ from msgspec import Meta
 
 from .errors import ConfigError
 from .names import beamline_name_problem, env_name_problem, node_name_problem
+from .schedule import parse_schedule
 from .schema import (
     FIELD,
     KEY_TOKEN,
@@ -162,6 +164,11 @@ class HookSettings(Section):
         port = listen.rsplit(":", 1)[1] if ":" in listen else ""
         if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise field_problem("listen", f"expected HOST:PORT, got {listen!r}")
+        if self.nightly:  # checked here, once: every command loads it, not only the hook
+            try:
+                parse_schedule(self.nightly).next_after(datetime.now())
+            except ValueError as exc:
+                raise field_problem("nightly", str(exc)) from None
 
     @property
     def tokens_sha256(self) -> tuple[str, ...]:

@@ -52,10 +52,16 @@ def test_bad_schedules_are_refused(text: str) -> None:
         parse_schedule(text)
 
 
-def test_bad_nightly_names_config_key(tmp_path: Path) -> None:
-    site = load_config(hook_site(tmp_path, hook={"nightly": "26:00"}))
-    with pytest.raises(ConfigError, match="hook.nightly"):
-        site_schedule(site)
+@pytest.mark.parametrize("nightly", ["26:00", "0 0 31 2 *", "* * *"])
+def test_bad_nightly_names_config_key_when_the_config_loads(tmp_path: Path, nightly: str) -> None:
+    """Checked once, at load (every command, not only `hook serve`): a time that is none,
+    a cron line that never fires (31 February)."""
+    with pytest.raises(ConfigError, match="hook.nightly: ") as info:
+        load_config(hook_site(tmp_path, hook={"nightly": nightly}))
+    assert info.value.field == "hook.nightly"
+    site = load_config(hook_site(tmp_path / "good", hook={"nightly": "0 2 * * 1-5"}))
+    schedule = site_schedule(site)
+    assert schedule is not None and schedule.hours == {2}
 
 
 def test_nightly_enqueues_opted_in_envs_only(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nsls2_artifacts"
 
 # unit (a top-level module or subpackage) -> layer; a unit may import its own layer or below
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["records", "schema", "names", "fsutil", "errors", "__init__"], 0),
+    **dict.fromkeys(["records", "schema", "names", "schedule", "fsutil", "errors", "__init__"], 0),
     **dict.fromkeys(["layout", "kernelmeta"], 1),
     **dict.fromkeys(["manifest", "config", "contentindex", "tarstream", "procscan"], 2),
     **dict.fromkeys(["store", "rollout"], 3),
