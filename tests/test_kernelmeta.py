@@ -159,3 +159,40 @@ def test_a_notebooks_record_is_typed(tmp_path: Path) -> None:
     ):
         with pytest.raises(NotebookError, match=f"metadata.nsls2.{field}: "):
             read_record("n.ipynb", {"metadata": {"nsls2": {**good, **wrong}}})
+
+
+def _ts_type(info: msgspec.inspect.Type) -> set[str]:
+    """The TypeScript union members a msgspec type stands for (metadata.ts's spelling)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        return set().union(*(_ts_type(t) for t in info.types))
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return {f"'{v}'" for v in info.values}
+    if isinstance(info, msgspec.inspect.TupleType | msgspec.inspect.VarTupleType):
+        (item,) = _ts_type(info.item_type)
+        return {f"{item}[]"}
+    names = {
+        msgspec.inspect.StrType: "string",
+        msgspec.inspect.BoolType: "boolean",
+        msgspec.inspect.IntType: "number",
+        msgspec.inspect.NoneType: "null",
+    }
+    return {names[type(info)]}
+
+
+def test_the_lab_extension_declares_every_field_with_the_same_type() -> None:
+    """Field for field, metadata.ts's INsls2Meta has the Python record's types (an alias
+    such as Channel resolved), so neither side accepts what the other refuses."""
+    text = METADATA_TS.read_text()
+    aliases = {
+        name: {v.strip() for v in value.split("|")}
+        for name, value in re.findall(r"^export type (\w+) = ([^;]+);", text, re.M)
+    }
+    body = text[text.index("export interface INsls2Meta") :]
+    body = body[: body.index("}")]
+    declared = {}
+    for name, ts in re.findall(r"^\s+(\w+)\??: ([^;]+);", body, re.M):
+        members = {m.strip() for m in ts.split("|")}
+        declared[name] = set().union(*(aliases.get(m, {m}) for m in members))
+    info = msgspec.inspect.type_info(KernelMetadata)
+    assert isinstance(info, msgspec.inspect.StructType)
+    assert {f.name: _ts_type(f.type) for f in info.fields} == declared
