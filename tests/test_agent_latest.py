@@ -9,7 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from support.agent import commit_fake, run_cli, write_site
+from support.agent import commit_fake, write_site
+from support.cli import run_cli
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import latest
@@ -53,14 +54,14 @@ def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
     assert run(cfg).ok
     assert target(cfg) == second.build_id
 
-    out = run_cli(config, "rollback", "demo")
+    out = run_cli(config, "rollback", "demo", check=False)
     assert out.returncode == 0, out.stderr
     assert target(cfg) == first.build_id
     spec = cfg.deploy_root / "share/jupyter/kernels/nsls2-demo-latest/kernel.json"
     assert json.loads(spec.read_text())["metadata"]["nsls2"]["build_id"] == first.build_id
     assert run(cfg).ok  # the agent does not undo a rollback
     assert target(cfg) == first.build_id
-    assert "held by rollback" in run_cli(config, "status").stdout
+    assert "held by rollback" in run_cli(config, "status", check=False).stdout
 
     third = commit_fake(cfg, tag="three", hours=3)
     assert run(cfg).ok
@@ -72,9 +73,9 @@ def test_rollback_refuses_unready_build(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     commit_fake(cfg, tag="one", hours=1)
     assert run(cfg).ok
-    out = run_cli(config, "rollback", "demo", "2026.01.01T000000Z-deadbeef")
+    out = run_cli(config, "rollback", "demo", "2026.01.01T000000Z-deadbeef", check=False)
     assert out.returncode == 1 and "not a ready build" in out.stderr
-    out = run_cli(config, "rollback", "demo")
+    out = run_cli(config, "rollback", "demo", check=False)
     assert out.returncode == 1 and "no ready build older" in out.stderr
 
 
@@ -90,7 +91,7 @@ def test_dangling_latest_is_repaired(tmp_path: Path) -> None:
 def test_dry_run_prints_plan_and_changes_nothing(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     build = commit_fake(cfg)
-    out = run_cli(config, "agent", "--dry-run")
+    out = run_cli(config, "agent", "--dry-run", check=False)
     assert out.returncode == 0, out.stderr
     assert f"deploy   demo/{build.build_id}" in out.stdout
     assert f"flip     demo/latest: - -> {build.build_id}" in out.stdout
@@ -102,7 +103,7 @@ def test_builds_for_another_platform_are_not_deployed(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     native = commit_fake(cfg, tag="one", hours=1)
     foreign = commit_fake(cfg, tag="two", hours=2, platform="linux-ppc64le")
-    out = run_cli(config, "agent", "--dry-run")
+    out = run_cli(config, "agent", "--dry-run", check=False)
     assert f"skip     demo/{foreign.build_id} (built for linux-ppc64le)" in out.stdout
     assert run(cfg).ok
     assert target(cfg) == native.build_id
@@ -120,7 +121,7 @@ def test_unreadable_hold_pins_nothing_and_status_names_it(tmp_path: Path) -> Non
     assert run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, buf)).ok
     assert target(cfg) == second.build_id  # as if there were no hold
     assert "hold-unreadable" in buf.getvalue() and str(hold) in buf.getvalue()
-    out = run_cli(config, "status").stdout
+    out = run_cli(config, "status", check=False).stdout
     assert "ROLLBACK HOLD UNREADABLE" in out and "field 'newest_at_hold': missing" in out
 
 

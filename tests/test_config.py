@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import msgspec.inspect
 import pytest
-from conftest import CLI, run_cli
+from support.cli import CLI, run_cli
 
 from nsls2_artifacts.config import CONFIG_ENV, load_config
 from nsls2_artifacts.errors import ConfigError

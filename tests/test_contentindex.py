@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import zstandard
 from msgspec.structs import replace
-from test_store_contract import store  # noqa: F401 - the two-backend fixture
 
 from nsls2_artifacts.contentindex import (
     INDEX_FILE,

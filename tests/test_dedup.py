@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.agent import events, run_cli, start_agent, write_site
-from support.cli import CLI, cli_env
+from support.agent import agent_once, events, start_agent, write_site
+from support.cli import CLI, cli_env, run_cli
 from support.dedup import PLACEHOLDER, commit_framed, inode, tree
 from support.processes import kill9, wait_for
 from support.retention import age
@@ -34,12 +34,6 @@ from nsls2_artifacts.records import RetentionDecision
 V1 = {"alpha": "1.0", "beta": "1.0"}
 V2 = {"alpha": "1.0", "beta": "2.0"}  # the nightly: one package changed
 V3 = {"alpha": "1.1", "beta": "2.0"}
-
-
-def agent_once(config: Path) -> subprocess.CompletedProcess[str]:
-    result = run_cli(config, "agent", "--once")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def build_dir(site, build_id: str, env: str = "demo") -> Path:
@@ -100,13 +94,13 @@ def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert out.stdout.split() == ["1.0", "2.0", "1"]
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     builds = {b["build_id"]: b for b in status["envs"]["demo"]["builds"]}
     disk = builds[second.name]["disk"]
     assert disk["added_bytes"] == record.added_bytes and disk["linked_files"] == 6
     assert "index" in disk["how"]
     # what an operator reads: per build what its deploy wrote and what it shares
-    text = run_cli(config, "status").stdout
+    text = run_cli(config, "status", check=False).stdout
     mb = f"{record.added_bytes / 1e6:.1f} MB"
     shared = f"{record.linked_bytes / 1e6:.1f} MB of {record.bytes / 1e6:.1f} MB"
     (line,) = [line for line in text.splitlines() if line.startswith(f"  {second.name}")]
@@ -218,7 +212,7 @@ def test_kill9_during_a_linked_deploy_leaves_nothing_partial(tmp_path: Path, poi
     else:  # renamed, its links in place, but not ready: no later deploy links from it
         assert inode(killed / "lib/site/alpha/data.bin") == inode(first / "lib/site/alpha/data.bin")
         assert layout.read_ready(site.deploy_root, "demo", second.build_id) is None
-        status = json.loads(run_cli(config, "status", "--json").stdout)
+        status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
         states = {b["build_id"]: b["state"] for b in status["envs"]["demo"]["builds"]}
         assert states[second.build_id] == "incomplete"
     assert os.readlink(layout.latest_link(site.deploy_root, "demo")) == first.name
@@ -262,7 +256,10 @@ def test_links_refused_fall_back_to_copies(tmp_path: Path) -> None:
         (second,) = deploy_in_turn(config, site, V2)
     record = dedup.read_record(second)
     assert record is not None and record.copied_files == 1
-    assert "; 1 copied, the filesystem refused a link)" in run_cli(config, "status").stdout
+    assert (
+        "; 1 copied, the filesystem refused a link)"
+        in run_cli(config, "status", check=False).stdout
+    )
     assert os.stat(second / "lib/site/alpha/data.bin").st_nlink == 1
     assert (second / "lib/site/alpha/data.bin").read_bytes() == refused.read_bytes()
     assert inode(second / "lib/site/common.py") == inode(first / "lib/site/common.py")

@@ -12,22 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from support.build import BUILD_CACHE, publish
+from support.cli import run_cli
 from support.dedup import inode, tree
+from support.manifests import edit_pixi_toml
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup
 from nsls2_artifacts.store import open_store
 
 pytestmark = pytest.mark.slow
-
-
-def edit_demo(config: Path, old: str, new: str) -> None:
-    toml = config.parent / "manifests" / "demo" / "pixi.toml"
-    text = toml.read_text()
-    assert old in text
-    toml.write_text(text.replace(old, new))
 
 
 def publish_and_deploy(config: Path, site) -> Path:
@@ -41,10 +35,10 @@ def publish_and_deploy(config: Path, site) -> Path:
 
 def test_real_one_package_nightly_is_linked_and_works(make_site, tmp_path: Path) -> None:
     config, site = make_site()
-    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    edit_pixi_toml(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
     first = publish_and_deploy(config, site)
     before = tree(first)
-    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    edit_pixi_toml(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
     second = publish_and_deploy(config, site)
 
     index = dedup.INDEXES.get(second)

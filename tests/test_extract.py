@@ -18,11 +18,11 @@ from support.agent import (
     events,
     fake_env_members,
     member,
-    run_cli,
     snapshot,
     tar_bytes,
     write_site,
 )
+from support.cli import run_cli
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent.log import setup_logging
@@ -126,10 +126,10 @@ def test_hostile_member_rejected_and_contained(site, tmp_path: Path, kind: str) 
     [q] = events(log, "quarantine")
     assert q["build"] == bad.build_id and q["stage"] == "extract"
     assert layout.read_ready(cfg.deploy_root, "other", good.build_id) is not None
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [record] = status["quarantined"]
     assert record["build_id"] == bad.build_id and record["reason"]
-    assert "quarantined" in run_cli(config, "status").stdout
+    assert "quarantined" in run_cli(config, "status", check=False).stdout
 
     # the next pass does not try again
     _, log2 = run(cfg)
@@ -145,7 +145,7 @@ def test_sha256_mismatch_rejected_before_extract(site) -> None:
     [q] = events(log, "quarantine")
     assert q["stage"] == "verify" and "sha256" in q["reason"]
     assert not layout.env_dir(cfg.deploy_root, "demo").joinpath(bad.build_id).exists()
-    text = run_cli(config, "status").stdout
+    text = run_cli(config, "status", check=False).stdout
     assert bad.build_id in text and "sha256" in text
     _, log2 = run(cfg)
     assert events(log2, "quarantine") == [] and events(log2, "verified") == []
@@ -235,7 +235,7 @@ def test_bad_manifest_ignored_others_deploy(site, breakage: str) -> None:
     assert not result.ok
     assert layout.read_ready(cfg.deploy_root, "demo", good.build_id) is not None
     assert (cfg.deploy_root / "envs" / "demo" / "latest").resolve().name == good.build_id
-    assert bad.build_id in run_cli(config, "status").stdout
+    assert bad.build_id in run_cli(config, "status", check=False).stdout
 
 
 @pytest.mark.parametrize("kind", [tarfile.REGTYPE, tarfile.DIRTYPE])
@@ -310,7 +310,11 @@ def test_modes_after_extraction(site) -> None:
 
 def status_of(config: Path, build_id: str) -> str:
     """The state column of the build's row (quarantined ones are listed again, with reasons)."""
-    rows = [line for line in run_cli(config, "status").stdout.splitlines() if build_id in line]
+    rows = [
+        line
+        for line in run_cli(config, "status", check=False).stdout.splitlines()
+        if build_id in line
+    ]
     return rows[0].split()[1]
 
 
@@ -330,28 +334,33 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
     assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
     assert status_of(config, build.build_id) == "quarantined"
-    assert f"nsls2-artifacts retry demo {build.build_id}" in run_cli(config, "status").stdout
+    assert (
+        f"nsls2-artifacts retry demo {build.build_id}"
+        in run_cli(config, "status", check=False).stdout
+    )
     blocker.unlink()
-    lifted = run_cli(config, "retry", "demo", build.build_id)
+    lifted = run_cli(config, "retry", "demo", build.build_id, check=False)
     assert lifted.returncode == 0, lifted.stderr
     assert "quarantine lifted" in lifted.stdout and "unpack failed (exit 3)" in lifted.stdout
     [row] = [
-        line for line in run_cli(config, "status").stdout.splitlines() if build.build_id in line
+        line
+        for line in run_cli(config, "status", check=False).stdout.splitlines()
+        if build.build_id in line
     ]
     assert row.split()[1] == "pending", row
     result, _ = run(cfg)
     assert result.ok
     assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
-    again = run_cli(config, "retry", "demo", build.build_id)
+    again = run_cli(config, "retry", "demo", build.build_id, check=False)
     assert again.returncode == 0, again.stdout + again.stderr  # nothing to do is no error
     assert "not quarantined: deployed and ready here (it is latest); nothing to retry" in (
         " ".join(again.stdout.split())
     )
     pending = commit_build(cfg.store, "demo", tar_bytes(fake_env_members("b")))
-    waiting = run_cli(config, "retry", "demo", pending.build_id)
+    waiting = run_cli(config, "retry", "demo", pending.build_id, check=False)
     assert waiting.returncode == 0
     assert "committed in the store, not deployed here yet" in " ".join(waiting.stdout.split())
-    typo = run_cli(config, "retry", "demo", "2026.01.01T0000Z-00000000")
+    typo = run_cli(config, "retry", "demo", "2026.01.01T0000Z-00000000", check=False)
     assert typo.returncode == 1 and "no such build in the store" in typo.stdout
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from test_pack import prefix  # noqa: F401  (its env fixture: shared, not rebuilt here)
 
 from nsls2_artifacts.agent import extract
 from nsls2_artifacts.errors import RejectedArtifactError

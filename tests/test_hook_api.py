@@ -26,15 +26,18 @@ from support.hook import (
     TOKEN,
     WEBHOOK_SECRET,
     HookServer,
+    csrf_of,
     free_port,
     hook_site,
     sign,
+    wait_for_build,
     write_env,
 )
+from support.processes import wait_for
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.hook.nightly import run_nightly, site_schedule
-from nsls2_artifacts.hook.queue import BuildQueue
+from nsls2_artifacts.hook.queue import FINISHED, BuildQueue
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -201,23 +204,17 @@ def test_webhook_without_configured_secret_is_refused(tmp_path: Path) -> None:
         assert builds(hook) == []
 
 
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
-def test_forms_need_session_and_csrf(server: HookServer) -> None:
+def test_forms_need_session_andcsrf_of(server: HookServer) -> None:
     with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
         # No session at all
         assert browser.post("/envs/demo/build", data={"csrf": "x"}).status_code == 403
         # Sign in: wrong token, then a form without its nonce, then the real thing
         page = browser.get("/signin")
         assert "HttpOnly" in page.headers["set-cookie"]
-        nonce = _csrf(page.text)
+        nonce = csrf_of(page.text)
         wrong = browser.post("/signin", data={"csrf": nonce, "token": "wrong"})
         assert wrong.status_code == 403 and "nsls2_hook_session" not in browser.cookies
-        nonce = _csrf(wrong.text)
+        nonce = csrf_of(wrong.text)
         assert browser.post("/signin", data={"token": TOKEN}).status_code == 403
         response = browser.post("/signin", data={"csrf": nonce, "token": TOKEN, "next": "/"})
         assert response.status_code == 303
@@ -225,7 +222,7 @@ def test_forms_need_session_and_csrf(server: HookServer) -> None:
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
         home = browser.get("/")
         assert "Build a new latest environment!" in home.text
-        csrf = _csrf(home.text)
+        csrf = csrf_of(home.text)
         # Replayed form without / with a wrong CSRF token: refused, nothing queued
         assert browser.post("/envs/demo/build").status_code == 403
         assert browser.post("/envs/demo/build", data={"csrf": csrf + "x"}).status_code == 403
@@ -292,10 +289,12 @@ def test_nightly_schedule_runs_in_the_server(tmp_path: Path) -> None:
     write_env(tmp_path / "manifests", "demo", {"python": "3.11.*"})
     with HookServer(config) as hook, hook.client() as client:
         client.post("/api/queue", json={"paused": True})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "next at" not in client.get("/").text:
-            time.sleep(0.2)
-        page = client.get("/").text
+
+        def front_page_with_next() -> str | None:
+            page = client.get("/").text
+            return page if "next at" in page else None
+
+        page = wait_for(front_page_with_next, 60, "the next nightly on the page", interval=0.2)
         assert "Nightly builds: <code>02:00</code>" in page
         assert re.search(r"next at \d{4}-\d{2}-\d{2}T02:00", page)
 
@@ -461,10 +460,7 @@ def test_builds_started_by_the_hook_do_not_inherit_its_credentials(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "store-credential")
     with HookServer(config) as hook, hook.client() as client:
         build = client.post("/api/builds", json={"env": "demo"}).json()["id"]
-        deadline = time.monotonic() + 120
-        while client.get(f"/api/builds/{build}").json()["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, hook.logs()
-            time.sleep(0.2)
+        wait_for_build(client, build, FINISHED, timeout=120)
     seen = [json.loads(p.read_text()) for p in dumps.glob("*.json")]
     server = [d["env"] for d in seen if "serve" in d["argv"]]
     publish = [d["env"] for d in seen if "publish" in d["argv"]]
@@ -480,9 +476,9 @@ def test_promote_form_refuses_labels_that_would_clash(server: HookServer) -> Non
     """`latest` is the rolling kernel's name and Jupyter lowercases kernel names: the hook
     refuses such labels before it looks at the store or runs anything."""
     with httpx.Client(base_url=server.url, follow_redirects=False) as browser:
-        nonce = _csrf(browser.get("/signin").text)
+        nonce = csrf_of(browser.get("/signin").text)
         browser.post("/signin", data={"csrf": nonce, "token": TOKEN, "next": "/"})
-        csrf = _csrf(browser.get("/").text)
+        csrf = csrf_of(browser.get("/").text)
         for label, why in (("latest", "reserved"), ("Beta", "lowercase")):
             form = {"csrf": csrf, "build_id": "2026.01.01T000000Z-deadbeef", "label": label}
             response = browser.post("/envs/demo/promote", data=form)

@@ -9,12 +9,12 @@ queue goes on.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from support.hook import HookServer, hook_site, wait_for_build, write_env
+from support.processes import wait_for
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.store import FilesystemStore
@@ -50,15 +50,17 @@ def test_failed_build_shows_solver_message_and_next_build_works(
         write_env(manifests, "demo", DEMO)  # the fix is merged
         build = request_build(client, "demo")
         # Follow the log as the page does: chunks from an offset until the build is done.
-        streamed, offset, polls = "", 0, 0
-        while True:
-            chunk = client.get(f"/builds/{build}/log", params={"offset": offset}).json()
-            streamed += chunk["text"]
-            offset = chunk["offset"]
-            polls += 1
-            if chunk["done"]:
-                break
-            time.sleep(0.2)
+        log = {"text": "", "offset": 0, "polls": 0}
+
+        def log_done() -> bool:
+            chunk = client.get(f"/builds/{build}/log", params={"offset": log["offset"]}).json()
+            log["text"] += chunk["text"]
+            log["offset"] = chunk["offset"]
+            log["polls"] += 1
+            return chunk["done"]
+
+        wait_for(log_done, 600, f"build request #{build}'s log to end", interval=0.2)
+        streamed, polls = log["text"], log["polls"]
         good = client.get(f"/api/builds/{build}").json()
         assert good["state"] == "published", good
         whole = client.get(f"/builds/{build}/log").json()["text"]
@@ -103,18 +105,16 @@ def test_hook_killed_mid_build_marks_it_failed_and_queue_continues(
             build = request_build(client, "demo")
             record = wait_for_build(client, build, ("running", "published", "failed"))
             assert record["state"] == "running", record
-            deadline = time.monotonic() + 60
-            while record["pid"] is None and time.monotonic() < deadline:
-                record = client.get(f"/api/builds/{build}").json()
-                time.sleep(0.05)
+            record = wait_for(
+                lambda: (r := client.get(f"/api/builds/{build}").json())["pid"] and r,
+                60,
+                f"build request #{build}'s publish to start",
+            )
         publish_pid = record["pid"]
         assert publish_pid and _alive(publish_pid)
         hook.kill()
         # The publish dies with its hook (parent-death signal), it does not run on unseen.
-        deadline = time.monotonic() + 30
-        while _alive(publish_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(publish_pid)
+        wait_for(lambda: not _alive(publish_pid), 30, f"the publish (pid {publish_pid}) to die")
 
         hook = HookServer(config).start()
         with hook.client() as client:

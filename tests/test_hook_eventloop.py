@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,17 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from support.hook import SECRET_ENV, TOKEN, WEBHOOK_SECRET, hook_site, sign, write_env
+from support.hook import (
+    SECRET_ENV,
+    TOKEN,
+    WEBHOOK_SECRET,
+    csrf_of,
+    healthy,
+    hook_site,
+    sign,
+    write_env,
+)
+from support.processes import wait_for
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.hook.app import create_app
@@ -43,22 +51,12 @@ def served(config: Path) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://{listen}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    wait_for(lambda: healthy(url), 60, f"the hook at {url} to answer /healthz")
     try:
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
 def test_no_sqlite_call_runs_on_the_event_loop(
@@ -111,13 +109,13 @@ def test_no_sqlite_call_runs_on_the_event_loop(
             "/metrics",
         ):
             assert http.get(path).status_code in (200, 404), path
-        nonce = _csrf(http.get("/signin").text)
+        nonce = csrf_of(http.get("/signin").text)
         wrong = http.post("/signin", data={"csrf": nonce, "token": "wrong"})
         assert wrong.status_code == 403
-        nonce = _csrf(wrong.text)  # the form comes back with a fresh nonce
+        nonce = csrf_of(wrong.text)  # the form comes back with a fresh nonce
         signed = http.post("/signin", data={"csrf": nonce, "token": TOKEN, "next": "/"})
         assert signed.status_code == 303
-        csrf = _csrf(http.get("/").text)
+        csrf = csrf_of(http.get("/").text)
         assert http.post("/envs/demo/build", data={"csrf": "no"}).status_code == 403
         queued = http.post("/envs/demo/build", data={"csrf": csrf})
         assert queued.status_code == 303

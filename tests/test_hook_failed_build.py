@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI
 from support.agent import start_agent
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.cli import CLI
 from support.hook import TOKEN, HookServer, hook_site, wait_for_build, write_env
 from support.jupyter import wait_until
+from support.processes import stop
 from support.sites import node_config
 
 from nsls2_artifacts.config import load_config
@@ -170,6 +171,5 @@ def test_failed_build_is_never_latest_and_needs_an_override_to_promote(
             expect(page.locator("#rollout")).to_have_count(0)
             expect(page.locator("body")).not_to_contain_text("Rolling out")
         finally:
-            if agent is not None and agent.poll() is None:
-                agent.terminate()
-                agent.wait(timeout=60)
+            if agent is not None:
+                stop(agent, 60)

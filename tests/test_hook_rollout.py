@@ -12,15 +12,15 @@ claim it.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI
 from support.agent import start_agent
 from support.browser import ARTIFACTS, CHROMIUM, chromium
+from support.cli import CLI
 from support.hook import HookServer, hook_site, wait_for_build, write_env
+from support.processes import stop, wait_for
 from support.sites import node_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -38,14 +38,13 @@ def rollout_of(client: Any, build: int) -> dict[str, Any] | None:
 
 
 def wait_rollout(client: Any, build: int, predicate: Any, what: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    rollout = None
-    while time.monotonic() < deadline:
-        rollout = rollout_of(client, build)
-        if rollout and predicate(rollout):
-            return rollout
-        time.sleep(0.5)
-    raise AssertionError(f"rollout never {what}: {rollout}")
+    last: list[Any] = [None]
+
+    def reached() -> Any:
+        last[0] = rollout = rollout_of(client, build)
+        return rollout if rollout and predicate(rollout) else None
+
+    return wait_for(reached, timeout, f"rollout {what}", interval=0.5, detail=lambda: str(last[0]))
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
@@ -103,8 +102,8 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
                 assert "node-b failed: smoke import" in client.get(f"/builds/{build}").text
 
                 # node-b is gone for good: stop its agent, retire it
-                agents[1].terminate()
-                assert agents[1].wait(timeout=120) == 0
+                stop(agents[1], 120)
+                assert agents[1].returncode == 0  # SIGTERM: a clean exit, not the SIGKILL
                 retired = subprocess.run(
                     [*CLI, "nodes", "retire", "node-b", "--config", str(node_a)],
                     capture_output=True, text=True, timeout=60,
@@ -123,9 +122,7 @@ def test_partial_rollout_then_users_can_restart(tmp_path: Path, offline_channel:
                 page.screenshot(path=str(ARTIFACTS / "hook-rollout-done.png"), full_page=True)
             finally:
                 for agent in agents:
-                    if agent.poll() is None:
-                        agent.terminate()
-                        agent.wait(timeout=60)
+                    stop(agent, 60)
         (env,) = client.get("/api/envs").json()
         assert env["serving"] == build_id
         home = client.get("/").text

@@ -11,13 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from support.hook import TOKEN, HookServer, free_port, hook_site, write_env
+from support.hook import TOKEN, HookServer, free_port, healthy, hook_site, write_env
+from support.processes import stop, wait_for
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError
@@ -104,22 +104,19 @@ def test_hook_demo_writes_a_site_prints_url_and_token_and_serves(tmp_path: Path)
         site = load_config(tmp_path / "var" / "hook-demo" / "site.yaml")
         assert site.store == tmp_path / "var" / "store" and site.hook.nightly is None
         assert (tmp_path / "var" / "hook-demo" / "site.yaml").stat().st_mode & 0o077 == 0
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://{listen}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and proc.poll() is None, text
-                time.sleep(0.1)
+
+        def up() -> bool:
+            assert proc.poll() is None, text  # the demo exited instead of serving
+            return healthy(f"http://{listen}")
+
+        wait_for(up, 60, "hook demo to answer /healthz", interval=0.1, detail=lambda: text)
         with httpx.Client(base_url=f"http://{listen}") as browser:
             _sign_in(browser, token)
             home = browser.get("/").text
         assert "signed in (demo staff)" in home and 'data-env="demo"' in home
         assert token != TOKEN
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_env_without_builds_says_so_once_on_the_front_page(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.hook import hook_site, sign, write_env
+from support.processes import kill9, wait_for
 
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.errors import ConfigError
@@ -261,9 +262,8 @@ def test_recover_kills_a_surviving_publish_session_but_never_a_stranger(tmp_path
     # finished loading the program (seen under load). A real restart comes much later.
     for proc in (publish, stranger):
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
-        deadline = time.monotonic() + 30
-        while b"sleep" not in cmdline.read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        started = lambda path=cmdline: b"sleep" in path.read_bytes()  # noqa: E731
+        wait_for(started, 30, f"pid {proc.pid} to exec", interval=0.01)
     try:
         ours, _ = queue.request("demo", source="api", requested_by="t")
         other, _ = queue.request("other", source="api", requested_by="t")
@@ -280,8 +280,7 @@ def test_recover_kills_a_surviving_publish_session_but_never_a_stranger(tmp_path
         assert queue.running() == []
     finally:
         for proc in (publish, stranger):
-            proc.kill()
-            proc.wait()
+            kill9(proc)
 
 
 def test_smoke_lines_point_at_the_line_to_edit(tmp_path: Path) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import io
 import json
-import signal
-import subprocess
 import tarfile
 from pathlib import Path
 
 import zstandard
 from support.agent import (
+    agent_peak_rss,
     commit_build,
     commit_fake,
     events,
@@ -28,8 +27,7 @@ from support.agent import (
     tar_bytes,
     write_site,
 )
-from support.processes import kill9, wait_for
-from test_hostile_builds import agent_peak_rss
+from support.processes import stop, wait_for
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent.kernels import kernel_name
@@ -105,11 +103,7 @@ def test_daemon_serves_the_good_env_and_quarantines_each_hostile_one_once(
             what="three more passes",
         )
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # the old code: busy in a K^2 walk
-            kill9(daemon)
+        stop(daemon, 60)  # killed if it does not go (the old code: busy in a K^2 walk)
     text = log.read_text()
     assert events(text, "deploy-error") == [] and events(text, "pass-error") == []
     for env, build in bad.items():

@@ -13,24 +13,22 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import CLI
 from support.agent import (
+    agent_peak_rss,
     commit_build,
     commit_fake,
     events,
     fake_env_members,
     member,
-    run_cli,
     tar_bytes,
     write_site,
 )
+from support.cli import run_cli
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent.log import setup_logging
@@ -84,15 +82,15 @@ def test_file_fields_must_be_plain_names(site, key: str, value: dict) -> None:
     bad = commit_fake(cfg, tag="bad", hours=2)
     rewrite_manifest(cfg, bad, **{key: value})
 
-    agent = run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT)
+    agent = run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT, check=False)
     assert layout.read_ready(cfg.deploy_root, "demo", good.build_id) is not None, agent.stderr
     assert not layout.build_dir(cfg.deploy_root, "demo", bad.build_id).exists()
-    verify = run_cli(config, "store", "verify", "--json", timeout=CLI_TIMEOUT)
+    verify = run_cli(config, "store", "verify", "--json", timeout=CLI_TIMEOUT, check=False)
     assert verify.returncode == 1
     [row] = [r for r in json.loads(verify.stdout)["builds"] if r["build_id"] == bad.build_id]
     assert not row["ok"] and f"{key}: field 'file'" in row["detail"]
     assert "plain file name" in row["detail"]
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [invalid] = status["invalid"]
     assert invalid["build_id"] == bad.build_id and "plain file name" in invalid["reason"]
 
@@ -105,7 +103,7 @@ def test_artifact_must_be_a_regular_file(site, tmp_path: Path, shape: str) -> No
     config, cfg = site
     good = commit_fake(cfg, tag="good", hours=1)
     # deployed first: a pass deploys only the newest new build (older ones are superseded)
-    assert run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT).returncode == 0
+    assert run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT, check=False).returncode == 0
     bad = commit_fake(cfg, tag="bad", hours=2)
     artifact = cfg.store / "demo" / bad.build_id / bad.artifact.file
     outside = tmp_path / "outside.tar.zst"
@@ -122,14 +120,14 @@ def test_artifact_must_be_a_regular_file(site, tmp_path: Path, shape: str) -> No
     else:
         artifact.symlink_to(outside)  # same bytes: only the symlink is wrong
 
-    agent = run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT)
+    agent = run_cli(config, "agent", "--once", timeout=CLI_TIMEOUT, check=False)
     assert layout.read_ready(cfg.deploy_root, "demo", good.build_id) is not None, agent.stderr
     assert layout.read_ready(cfg.deploy_root, "demo", bad.build_id) is None
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [q] = status["quarantined"]
     assert q["build_id"] == bad.build_id and q["stage"] == "verify"
     assert "regular file" in q["reason"] or "symlink" in q["reason"]
-    verify = run_cli(config, "store", "verify", "--json", timeout=CLI_TIMEOUT)
+    verify = run_cli(config, "store", "verify", "--json", timeout=CLI_TIMEOUT, check=False)
     assert verify.returncode == 1
     [row] = [r for r in json.loads(verify.stdout)["builds"] if not r["ok"]]
     assert row["build_id"] == bad.build_id
@@ -215,7 +213,7 @@ def test_ready_record_must_match_the_manifest(site) -> None:
         "seconds": 0.0,
     }
     (prefix / layout.READY).write_text(json.dumps(record))
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [row] = status["envs"]["demo"]["builds"]
     assert row["state"] != "ready"
     result, log = run(cfg)
@@ -264,11 +262,11 @@ def test_smoke_timeout_is_retried_with_backoff_not_quarantined(tmp_path: Path) -
     [retry] = events(log, "retry-later")
     assert retry["stage"] in ("unpack", "smoke") and "timed out" in retry["reason"]
     assert retry["attempt"] == "1"
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [row] = status["envs"]["demo"]["builds"]
     assert row["state"] == "retrying" and "timed out" in row["reason"]
     assert status["quarantined"] == [] and status["retrying"][0]["attempts"] == 1
-    assert "retrying after a fault of the node" in run_cli(config, "status").stdout
+    assert "retrying after a fault of the node" in run_cli(config, "status", check=False).stdout
     _, log = run(cfg)  # within the backoff: not tried again
     assert events(log, "extract") == []
     # the backoff has run out (rewound instead of waited for), the node is quiet again
@@ -378,30 +376,6 @@ def big_file_build(size: int) -> bytes:
     return b"".join(out)
 
 
-# run by a small fresh python, so the agent's peak is not the test process's inherited one
-# (Linux carries the RSS high-water mark of the forked image across exec)
-_MEASURE = """
-import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-_, _, usage = os.wait4(proc.pid, 0)
-print(usage.ru_maxrss * 1024)
-"""
-
-
-def agent_peak_rss(config: Path) -> int:
-    """Peak RSS (bytes) of one `agent --once` (and the programs it waited for)."""
-    env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
-    measured = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *CLI, "agent", "--config", str(config), "--once"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    return int(measured.stdout)
-
-
 def test_pax_bomb_refused_and_peak_memory_bounded(tmp_path: Path) -> None:
     """A pax header claiming 400 MB in a small artifact made `agent --once` reach 878 MB
     and then deployed as ready despite `agent.max_bytes`. Now it is quarantined at its
@@ -423,7 +397,7 @@ def test_pax_bomb_refused_and_peak_memory_bounded(tmp_path: Path) -> None:
         if name.startswith("bomb"):
             assert len(archive) < 1 * MiB
             assert ready is None
-            status = json.loads(run_cli(config, "status", "--json").stdout)
+            status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
             [q] = status["quarantined"]
             assert q["stage"] == "extract" and "pax extended header" in q["reason"]
         else:

@@ -27,6 +27,7 @@ from support.jupyter import (
     start_session,
     wait_until,
 )
+from support.processes import kill9
 
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
@@ -284,8 +285,7 @@ def test_build_of_process_reads_exe(tmp_path: Path) -> None:
         assert build_of_process(proc.pid, [tmp_path / "elsewhere"]) is None
         assert build_of_process(os.getpid(), [tmp_path / "alias"]) is None
     finally:
-        proc.kill()
-        proc.wait()
+        kill9(proc)
 
 
 def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:

@@ -9,86 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from support import processes
-from support.agent import run_cli, write_site
+from support.hub import USER, start_hub, stop_hub
 from support.jupyter import notebook_json, wait_until
-from support.ports import free_port
-from support.publish import publish_build
 
 from nsls2_artifacts import layout
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")  # the [hub] extra (in [test]); `just venv` installs it
 REPO = Path(__file__).resolve().parents[1]
-# the example operators copy, loaded by the one-machine demo config (dummy login, local spawner)
-HUB_DEMO_CONFIG = REPO / "deploy" / "jupyterhub_demo_config.py"
-USER = "alice"
 CELL = "import sys, databroker; print(sys.prefix); print(databroker.__name__)"
-
-
-@pytest.fixture(scope="module")
-def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The demo env published from the offline channel and deployed by one agent pass."""
-    root = tmp_path_factory.mktemp("hub-site")
-    shutil.copytree(REPO / "manifests", root / "manifests")
-    config, cfg = write_site(
-        root,
-        manifests="./manifests",
-        channel_mirrors={"conda-forge": str(offline_channel)},
-        agent={"smoke_timeout_seconds": 300},
-    )
-    build_id = publish_build(config, "demo")
-    out = run_cli(config, "agent", "--once", timeout=900)
-    assert out.returncode == 0, out.stderr
-    return cfg, build_id
-
-
-def start_hub(
-    tmp_path: Path, deploy_root: Path, default_kernel: str = "nsls2-demo-latest"
-) -> tuple[subprocess.Popen[bytes], str, Path]:
-    assert shutil.which("configurable-http-proxy"), "npm install -g configurable-http-proxy"
-    state = tmp_path / "hub"
-    port = free_port()
-    env = {
-        **os.environ,
-        "NSLS2_DEPLOY_ROOT": str(deploy_root),
-        "NSLS2_DEFAULT_KERNEL": default_kernel,
-        "NSLS2_HUB_PORT": str(port),
-        "NSLS2_HUB_STATE": str(state),
-        "NSLS2_HUB_API_PORT": str(free_port()),
-        "NSLS2_PROXY_API_PORT": str(free_port()),
-        # the venv's scripts (jupyterhub-singleuser's deps) first, as an installed hub has
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    env.pop("JUPYTER_PATH", None)  # only the hub config may put the deploy root there
-    env.pop("NSLS2_SHOW_SERVER_PYTHON", None)  # the default: the server's python is hidden
-    state.mkdir()
-    log = state / "hub.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(HUB_DEMO_CONFIG)],
-            cwd=state,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM: the hub stops the user servers and the proxy it started, then exits (its
-    whole group is killed if it does not)."""
-    processes.stop(proc, timeout=60, group=True)
 
 
 def cookie(client: httpx.Client, name: str, path_prefix: str) -> str:
@@ -240,4 +174,4 @@ def test_hub_user_gets_nsls2_default_kernel_with_databroker(deployed_demo, tmp_p
         raise AssertionError(f"{exc}\n--- hub log ---\n{tail()}") from None
     finally:
         client.close()
-        stop(hub)
+        stop_hub(hub)

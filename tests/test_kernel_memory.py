@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.agent import run_cli, write_site
-from support.jupyter import wait_until
+from support.agent import write_site
+from support.cli import run_cli
+from support.jupyter import run_cell, wait_until
 from support.lab import chromium, jupyter_lab, open_lab, screenshot
 from support.publish import publish_build
 
@@ -88,7 +89,7 @@ def sci(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory):
         agent={"smoke_timeout_seconds": 300},
     )
     build = publish_build(config, "sci")
-    out = run_cli(config, "agent", "--once", timeout=900)
+    out = run_cli(config, "agent", "--once", timeout=900, check=False)
     assert out.returncode == 0, out.stderr
     assert layout.read_ready(cfg.deploy_root, "sci", build) is not None, out.stderr
     return cfg, build
@@ -132,19 +133,7 @@ def start(kernel_name: str = KERNEL):
     return manager, client
 
 
-def run_cell(client, code: str) -> tuple[str, str, dict]:
-    out: list[str] = []
-    err: list[str] = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
-
-    reply = client.execute_interactive(code, timeout=300, output_hook=hook)
-    return "".join(out), "".join(err), reply["content"]
-
-
-def stop(manager, client) -> None:
+def stop_kernel(manager, client) -> None:
     client.stop_channels()
     manager.shutdown_kernel(now=True)
 
@@ -172,7 +161,7 @@ def test_numpy_scipy_import_with_64_cpus_under_2gib(sci, cpus64, kernel_env) -> 
     kernel_env.setenv("NSLS2_MEMORY_CEILING", "rlimit")
     manager, client = start()
     try:
-        out, err, reply = run_cell(client, IMPORT_CELL)
+        out, err, reply = run_cell(client, IMPORT_CELL, timeout=300)
         assert reply["status"] == "ok", (reply, err)
         seen = json.loads(out)
         assert seen["cpus"] == 64  # the simulation reaches the kernel
@@ -181,7 +170,7 @@ def test_numpy_scipy_import_with_64_cpus_under_2gib(sci, cpus64, kernel_env) -> 
         # one thread per GiB of ceiling under RLIMIT_DATA, not one per CPU
         assert seen["openblas"] == str(kernel_ceiling.thread_count(64, 2 * GIB, "rlimit")) == "2"
     finally:
-        stop(manager, client)
+        stop_kernel(manager, client)
 
     # the same python and CPUs under the old ceiling, or without thread counts: it fails
     # (OpenBLAS starts 126 threads with ~40 MB of buffers each) - the test can fail
@@ -204,17 +193,19 @@ def test_big_array_is_a_memory_error_naming_the_ceiling(sci, kernel_env) -> None
     manager, client = start()
     try:
         cell = "import numpy\na = numpy.ones(1_600_000_000, dtype=numpy.uint8)\nprint(a.nbytes)"
-        out, err, reply = run_cell(client, cell)
+        out, err, reply = run_cell(client, cell, timeout=300)
         assert reply["status"] == "ok" and out.strip() == "1600000000", (reply, err)
-        out, err, reply = run_cell(client, "b = numpy.ones(1_600_000_000, dtype=numpy.uint8)")
+        out, err, reply = run_cell(
+            client, "b = numpy.ones(1_600_000_000, dtype=numpy.uint8)", timeout=300
+        )
         assert reply["status"] == "error" and reply["ename"] == "MemoryError", reply
         assert "may use at most 2.0 GiB" in err, err
         assert "ask your beamline staff" in err and "kernels.memory_limit" in err, err
-        out, _, reply = run_cell(client, "print(int(a.sum()))")
+        out, _, reply = run_cell(client, "print(int(a.sum()))", timeout=300)
         assert reply["status"] == "ok" and out.strip() == "1600000000"
         assert manager.is_alive()
     finally:
-        stop(manager, client)
+        stop_kernel(manager, client)
 
 
 @pytest.mark.parametrize("ceiling", ["rlimit", "auto"])
@@ -236,13 +227,13 @@ def test_mmap_of_a_file_larger_than_the_ceiling(sci, kernel_env, tmp_path, ceili
             "mechanism = os.environ['NSLS2_MEMORY_MECHANISM']\n"
             "print(m.nbytes, int(m[::4096].sum()) + int(m[-1]), mechanism)"
         )
-        out, err, reply = run_cell(client, cell)
+        out, err, reply = run_cell(client, cell, timeout=300)
         assert reply["status"] == "ok", (reply, err)
         size, total, mechanism = out.split()
         assert (int(size), int(total)) == (3 * GIB, 7)
         assert mechanism == ("rlimit" if ceiling == "rlimit" else kernel_ceiling.probe().mechanism)
     finally:
-        stop(manager, client)
+        stop_kernel(manager, client)
 
 
 async def _oom_event(server, connection: Path, code: str, timeout: float) -> dict:
@@ -355,13 +346,15 @@ def test_status_says_which_ceiling_and_check_kernels_starts_them(sci) -> None:
     cfg, _ = sci
     config = cfg.deploy_root.parent / "site.yaml"
     probe = kernel_ceiling.probe()
-    out = run_cli(config, "status", "--check-kernels", timeout=600)
+    out = run_cli(config, "status", "--check-kernels", timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"node test-node: kernel memory ceiling {probe.mechanism}: {probe.detail}" in out.stdout
     checks = out.stdout.split("kernel checks (started under their ceilings):")[1]
     (line,) = [x for x in checks.splitlines() if x.strip().startswith(KERNEL)]
     assert " ok in " in line and f"2 GiB by {probe.mechanism}" in line, out.stdout
-    data = json.loads(run_cli(config, "status", "--check-kernels", "--json", timeout=600).stdout)
+    data = json.loads(
+        run_cli(config, "status", "--check-kernels", "--json", timeout=600, check=False).stdout
+    )
     (check,) = data["kernel_checks"]
     assert check["ok"] and check["limit"] == 2 * GIB and check["mechanism"] == probe.mechanism
     assert data["memory"]["test-node"]["mechanism"] == probe.mechanism
@@ -380,14 +373,14 @@ def test_check_kernels_names_a_kernel_that_cannot_start_under_its_ceiling(sci) -
     spec.write_text(original.replace(f" {2 * GIB} ", f" {32 * 1024**2} "))
     try:
         probe = kernel_ceiling.probe()
-        out = run_cli(config, "status", "--check-kernels", timeout=600)
+        out = run_cli(config, "status", "--check-kernels", timeout=600, check=False)
         assert out.returncode == 1, out.stdout + out.stderr
         checks = out.stdout.split("kernel checks (started under their ceilings):")[1]
         (line,) = [x for x in checks.splitlines() if x.strip().startswith(KERNEL)]
         assert " FAILED after " in line and f"under 0.03125 GiB by {probe.mechanism}" in line
         assert line.split(")")[-1].strip(": "), line  # why: jupyter_client's or the kernel's
         data = json.loads(
-            run_cli(config, "status", "--check-kernels", "--json", timeout=600).stdout
+            run_cli(config, "status", "--check-kernels", "--json", timeout=600, check=False).stdout
         )
         (check,) = data["kernel_checks"]
         assert not check["ok"] and check["limit"] == 32 * 1024**2 and check["error"]

@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from support.agent import run_cli, write_site
+from support.agent import agent_once, write_site
 from support.bigsite import BigSite, generate_site
+from support.cli import run_cli
 from support.jupyter import wait_until
 from support.lab import (
     chromium,
@@ -48,17 +49,8 @@ tree = MapAdapter(
 """
 
 
-def publish(config: Path, env: str) -> str:
-    return publish_build(config, env)
-
-
 def promote(config: Path, env: str, build_id: str, label: str) -> None:
-    out = run_cli(config, "promote", env, build_id, "--lts", label)
-    assert out.returncode == 0, out.stderr
-
-
-def agent_once(config: Path) -> None:
-    out = run_cli(config, "agent", "--once", timeout=900)
+    out = run_cli(config, "promote", env, build_id, "--lts", label, check=False)
     assert out.returncode == 0, out.stderr
 
 
@@ -96,20 +88,20 @@ def site(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Sim
         kernels={"listed_lts": 2},
         agent={"smoke_timeout_seconds": 300},
     )
-    oldest = publish(config, "demo")
+    oldest = publish_build(config, "demo")
     promote(config, "demo", oldest, "2023-1")
     promote(config, "demo", oldest, "2025-1")
     add_dependency(manifests / "demo", 'six = "*"')
-    middle = publish(config, "demo")
+    middle = publish_build(config, "demo")
     promote(config, "demo", middle, "2025-2")
     add_dependency(manifests / "demo", 'numpy = "*"')
-    newest = publish(config, "demo")
+    newest = publish_build(config, "demo")
     promote(config, "demo", newest, "2026-1")
-    hxn = publish(config, "hxn")
-    agent_once(config)
+    hxn = publish_build(config, "hxn")
+    agent_once(config, timeout=900)
     # staff withdraw the 2023-1 label: its kernel is removed and recorded as retired
     (cfg.store / "demo" / "lts" / "2023-1.json").unlink()
-    agent_once(config)
+    agent_once(config, timeout=900)
     share = cfg.deploy_root / "share" / "jupyter"
     specs = {
         path.parent.name: json.loads(path.read_text())
@@ -599,8 +591,8 @@ def test_build_indicator_marks_a_kernel_behind_a_newer_latest(site, lab, browser
     wait_until(lambda: "hxn latest" in item.inner_text(), 60, "the build indicator")
     assert "newer" not in item.inner_text()
     add_dependency(site.root / "manifests" / "hxn", 'six = "*"')
-    assert publish(site.config, "hxn") != site.builds["hxn"]
-    agent_once(site.config)
+    assert publish_build(site.config, "hxn") != site.builds["hxn"]
+    agent_once(site.config, timeout=900)
     # JupyterLab re-reads the kernelspecs by itself every minute; ask now instead
     page.evaluate("() => window.jupyterapp.serviceManager.kernelspecs.refreshSpecs()")
     try:

@@ -18,17 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_jupyterhub
 from support.bigsite import generate_site
+from support.hub import USER, start_hub, stop_hub
 from support.jupyter import wait_until
 from support.lab import chromium, menu, screenshot
-from test_jupyterhub import USER, start_hub, stop
 
 from nsls2_artifacts import layout
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jupyterhub")
-deployed_demo = test_jupyterhub.deployed_demo  # its module-scoped fixture: one real build
 
 
 @contextmanager
@@ -62,7 +60,7 @@ def signed_in_lab(
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- hub log ---\n{log.read_text()[-6000:]}") from None
     finally:
-        stop(hub)
+        stop_hub(hub)
 
 
 def section(page: Any, title: str) -> Any:

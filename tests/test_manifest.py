@@ -35,7 +35,7 @@ rich = {version = "*", extras = ["jupyter"]}
 """
 
 
-def write_env(root: Path, toml: str = GOOD_TOML, yaml: str | None = "display_name: T\n") -> Path:
+def env_dir(root: Path, toml: str = GOOD_TOML, yaml: str | None = "display_name: T\n") -> Path:
     env = root / "t"
     env.mkdir(parents=True, exist_ok=True)
     (env / "pixi.toml").write_text(toml)
@@ -66,7 +66,7 @@ def test_shipped_manifests_load() -> None:
 
 
 def test_specs_follow_pixi_semantics(tmp_path: Path) -> None:
-    m = load_manifest(write_env(tmp_path), "t")
+    m = load_manifest(env_dir(tmp_path), "t")
     assert m.dependencies["numpy"] == "numpy >=1.26,<3"
     assert m.dependencies["six"] == "six ==1.16.0"  # a bare version is exact in pixi
     assert m.dependencies["ipykernel"] == "ipykernel >=6 pypi*"
@@ -76,14 +76,14 @@ def test_specs_follow_pixi_semantics(tmp_path: Path) -> None:
 
 
 def test_source_hash_names_both_files(tmp_path: Path) -> None:
-    root = write_env(tmp_path)
+    root = env_dir(tmp_path)
     first = load_manifest(root, "t").source_sha256
     (root / "t" / "nsls2.yaml").write_text("display_name: Other\n")
     assert load_manifest(root, "t").source_sha256 != first
 
 
 def test_retention_overrides_apply_over_the_site_policy(tmp_path: Path) -> None:
-    root = write_env(tmp_path, yaml="retention: {keep_latest: 5}\nnightly: false\n")
+    root = env_dir(tmp_path, yaml="retention: {keep_latest: 5}\nnightly: false\n")
     m = load_manifest(root, "t")
     policy = m.retention_policy(RetentionPolicy(lts_years=3, keep_latest=3, grace_days=7))
     assert (policy.keep_latest, policy.grace_days) == (5, 7)
@@ -117,7 +117,7 @@ BAD_TOML = [
 def test_bad_pixi_toml_names_file_and_field(
     tmp_path: Path, toml: str, field: str, text: str
 ) -> None:
-    root = write_env(tmp_path, toml=toml)
+    root = env_dir(tmp_path, toml=toml)
     with pytest.raises(ManifestError) as info:
         load_manifest(root, "t")
     message = str(info.value)
@@ -162,7 +162,7 @@ BAD_YAML = [
 def test_bad_nsls2_yaml_names_file_and_field(
     tmp_path: Path, yaml: str, field: str | None, text: str
 ) -> None:
-    root = write_env(tmp_path, yaml=yaml)
+    root = env_dir(tmp_path, yaml=yaml)
     with pytest.raises(ManifestError) as info:
         load_manifest(root, "t")
     assert info.value.path == str(root / "t" / "nsls2.yaml")
@@ -180,7 +180,7 @@ def test_unknown_env_lists_the_known_ones(tmp_path: Path) -> None:
 
 
 def test_nsls2_yaml_is_optional(tmp_path: Path) -> None:
-    m = load_manifest(write_env(tmp_path, yaml=None), "t")
+    m = load_manifest(env_dir(tmp_path, yaml=None), "t")
     assert m.display_name == "NSLS-II t"
     assert (m.smoke, m.nightly, m.beamlines, m.memory_limit_set) == (
         ("ipykernel",),
@@ -193,7 +193,7 @@ def test_nsls2_yaml_is_optional(tmp_path: Path) -> None:
 def test_an_empty_nsls2_key_means_its_default(tmp_path: Path) -> None:
     """As in the site config, `key:` with nothing under it (null) is the default."""
     yaml = "display_name:\nsmoke:\nbeamlines:\nnightly:\nkernels:\nretention:\n"
-    m = load_manifest(write_env(tmp_path, yaml=yaml), "t")
+    m = load_manifest(env_dir(tmp_path, yaml=yaml), "t")
     assert (m.display_name, m.smoke, m.beamlines) == ("NSLS-II t", ("ipykernel",), ())
     assert m.nightly and not m.memory_limit_set and m.retention == {}
 
@@ -217,7 +217,7 @@ def test_kernel_fields_travel_in_the_build_manifest(tmp_path: Path) -> None:
         "source": {},
     }
     yaml = "beamlines: [csx, hxn]\nlogo: logo.svg\nkernels: {memory_limit: 8GiB}\n"
-    root = write_env(tmp_path, yaml=yaml)
+    root = env_dir(tmp_path, yaml=yaml)
     (root / "t" / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     m = load_manifest(root, "t")
     assert m.beamlines == ("csx", "hxn") and m.memory_limit == 8 * 1024**3
@@ -228,7 +228,7 @@ def test_kernel_fields_travel_in_the_build_manifest(tmp_path: Path) -> None:
     back = BuildManifest.from_dict({**sample, **data})
     assert back.kernel == extras
     assert BuildManifest.from_dict(sample).kernel.logo_format == ""  # older builds
-    none = load_manifest(write_env(tmp_path / "b", yaml="kernels: {memory_limit: null}\n"), "t")
+    none = load_manifest(env_dir(tmp_path / "b", yaml="kernels: {memory_limit: null}\n"), "t")
     assert (none.memory_limit, none.memory_limit_set) == (None, True)
     (root / "t" / "logo.svg").write_bytes(b"GIF89a not an image we take")
     with pytest.raises(ManifestError, match="SVG or a PNG"):

@@ -17,42 +17,11 @@ from pathlib import Path
 import pytest
 import zstandard
 from conda_pack import pack as stock_pack
-from support.build import BUILD_CACHE, conda_unpack, env_python, extract
+from support.build import ODD_FILES, conda_unpack, env_python, extract
 
-from nsls2_artifacts import install, pack, solve
-from nsls2_artifacts.config import load_config
-from nsls2_artifacts.manifest import load_manifest
+from nsls2_artifacts import pack
 
 pytestmark = pytest.mark.slow
-
-LONG_DIR = "lib/python3.11/site-packages/" + "/".join(["deeply-nested-directory"] * 5)
-ODD_FILES = {
-    LONG_DIR + "/module_with_a_long_name.py": b"x = 1\n",  # > 100 chars: ustar prefix field
-    LONG_DIR + "/" + "d" * 120 + "/leaf.txt": b"leaf\n",  # > 255 chars: PAX header
-    "share/données/été.txt": b"non-ASCII names\n",
-}
-
-
-@pytest.fixture(scope="module")
-def prefix(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Path:
-    root = tmp_path_factory.mktemp("pack")
-    (root / "site.yaml").write_text(
-        f"manifests: {Path(__file__).resolve().parents[1] / 'manifests'}\n"
-        f"store: {root / 'store'}\ndeploy_root: {root / 'deploy'}\n"
-        f"channel_mirrors: {{conda-forge: {offline_channel}}}\n"
-    )
-    site = load_config(root / "site.yaml")
-    solution = solve.solve(load_manifest(site.manifests, "demo"), site, cache_dir=BUILD_CACHE)
-    env = root / "original-prefix"
-    install.install(solution, env, BUILD_CACHE)
-    for rel, data in ODD_FILES.items():
-        (env / rel).parent.mkdir(parents=True, exist_ok=True)
-        (env / rel).write_bytes(data)
-    (env / "share" / "empty-dir").mkdir(parents=True)
-    os.symlink("données/été.txt", env / "share" / "link-to-file")
-    (env / "etc").mkdir(exist_ok=True)
-    (env / "etc" / "where.conf").write_text(f"prefix={env}\n")  # unmanaged, names the prefix
-    return env
 
 
 def members(archive: Path) -> dict[str, tuple[tarfile.TarInfo, bytes]]:

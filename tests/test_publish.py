@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rattler
-from conftest import run_cli
 from support.build import (
     BUILD_CACHE,
     LineWatcher,
@@ -28,6 +25,9 @@ from support.build import (
     publish,
     start_publish,
 )
+from support.cli import run_cli
+from support.manifests import edit_pixi_toml
+from support.processes import kill9
 
 from nsls2_artifacts.contentindex import ContentIndex
 from nsls2_artifacts.records import BuildManifest, is_build_id
@@ -50,13 +50,6 @@ def only_build(store: Path) -> tuple[Path, dict]:
     manifests = committed_manifests(store)
     assert len(manifests) == 1, manifests
     return manifests[0].parent, json.loads(manifests[0].read_text())
-
-
-def edit_demo(config: Path, old: str, new: str) -> None:
-    toml = config.parent / "manifests" / "demo" / "pixi.toml"
-    text = toml.read_text()
-    assert old in text
-    toml.write_text(text.replace(old, new))
 
 
 def test_publish_demo_end_to_end(make_site, build_cache: Path, tmp_path: Path) -> None:
@@ -171,10 +164,10 @@ def test_one_package_nightly_reuses_the_other_frames(
     """A nightly that changes one package: every other file is byte-identical in the
     store's two indexes, and the second publish copies their frames instead of packing."""
     config, site = (make_site if backend == "filesystem" else make_s3_site)()
-    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    edit_pixi_toml(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
     first = publish(config, build_cache, "demo")
     assert "frames reused" not in first.stderr  # nothing to reuse yet
-    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    edit_pixi_toml(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
     second = publish(config, build_cache, "demo")
     assert "frames reused" in second.stderr, second.stderr
     store = open_store(site)
@@ -198,14 +191,14 @@ def test_a_damaged_previous_build_means_a_full_pack(make_site, build_cache: Path
     """The previous build's archive changed behind the store's back: the next publish
     reuses none of it (never a byte that fails its manifest) and packs in full."""
     config, site = make_site()
-    edit_demo(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
+    edit_pixi_toml(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
     publish(config, build_cache, "demo")
     build, data = only_build(site.store)
     archive = build / "env.tar.zst"
     damaged = bytearray(archive.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF  # same size, one byte off: only the sha256 tells
     archive.write_bytes(bytes(damaged))
-    edit_demo(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
+    edit_pixi_toml(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
     second = publish(config, build_cache, "demo")
     assert "cannot be reused" in second.stderr and "frames reused" not in second.stderr
     store = open_store(site)
@@ -227,7 +220,7 @@ def test_gzip_format(make_site, build_cache: Path, tmp_path: Path) -> None:
 
 def test_unsolvable_shows_solver_explanation_and_writes_nothing(make_site, build_cache) -> None:
     config, site = make_site()
-    edit_demo(config, 'python = "3.11.*"', 'python = "2.7.*"')
+    edit_pixi_toml(config, 'python = "3.11.*"', 'python = "2.7.*"')
     result = publish(config, build_cache, "demo", check=False)
     assert result.returncode == 1
     assert "cannot be solved" in result.stderr
@@ -288,7 +281,7 @@ def test_locked_installs_the_committed_lock_and_refuses_a_stale_one(
     assert data2["source"]["locked"] is True
 
     # The manifest moves on but the lock does not: a clear error, nothing written.
-    edit_demo(config2, 'databroker = "*"', 'databroker = "<2"\nsix = "*"')
+    edit_pixi_toml(config2, 'databroker = "*"', 'databroker = "<2"\nsix = "*"')
     stale = publish(config2, build_cache, "demo", "--locked", check=False)
     assert stale.returncode == 1
     assert str(lock) in stale.stderr
@@ -317,8 +310,7 @@ def test_sigkill_leaves_no_visible_build_and_is_cleaned_up(
     try:
         watcher.wait_for(f"paused at {point}")
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        kill9(proc, 60)
     assert committed_manifests(site.store) == []
     staging = list((site.store / "demo").glob(".staging-*"))
     if point in ("pack", "commit"):
@@ -356,8 +348,7 @@ def test_concurrent_publishes_never_corrupt(make_site, build_cache: Path) -> Non
         assert "another publish of 'demo' is running" in second.stderr
         assert second.stdout == ""
     finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait(timeout=60)
+        kill9(holder, 60)
 
     # Free-running race: both finish, or one refuses; one good build either way.
     procs = [start_publish(config, build_cache, "demo", "--json") for _ in range(2)]

@@ -12,13 +12,13 @@ import logging
 import os
 import pwd
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from support.processes import kill9, wait_for
 from support.retention import (
     age,
     by_build,
@@ -57,15 +57,20 @@ def run(site, **kwargs) -> dict[str, RetentionDecision]:
 
 
 @pytest.fixture(params=["filesystem", "s3"])
-def deploy(request, tmp_path):
-    """A site with latest (new) + one old build past every root rule (keep_latest 1, grace 1d),
-    its store a directory or a bucket of the session's S3 server (retention goes through
-    the Store interface, so it must decide the same on both)."""
-    store: dict = {}
-    if request.param == "s3":
-        server = request.getfixturevalue("s3_server")
-        store = {"store": server.new_store_url(), "store_options": server.site_options()}
-    config, site = write_retention_site(tmp_path / "site", keep_latest=1, grace_days=1, **store)
+def backend(request) -> dict:
+    """The site's store: a directory or a bucket of the session's S3 server (retention
+    goes through the Store interface, so it must decide the same on both)."""
+    if request.param == "filesystem":
+        return {}
+    server = request.getfixturevalue("s3_server")
+    return {"store": server.new_store_url(), "store_options": server.site_options()}
+
+
+@pytest.fixture
+def deploy(backend, tmp_path):
+    """A site with latest (new) + one old build past every root rule (keep_latest 1,
+    grace 1d), on each store backend."""
+    config, site = write_retention_site(tmp_path / "site", keep_latest=1, grace_days=1, **backend)
     old = make_build(site, days_ago=30, tag="a")
     new = make_build(site, days_ago=0.1, tag="b")
     set_latest(site, new)
@@ -116,8 +121,7 @@ def test_use_through_latest_alias_counts(deploy):
         beat = hb.read_reports(site.deploy_root)[0].heartbeat
         assert beat.in_use[f"demo/{old.name}"][0].path == str(alias)
     finally:
-        proc.kill()
-        proc.wait()
+        kill9(proc)
 
 
 def test_tombstoned_build_back_in_use_loses_tombstone(deploy):
@@ -134,8 +138,10 @@ def test_tombstoned_build_back_in_use_loses_tombstone(deploy):
     assert run(site)[old.name].action == "wait"
 
 
-def test_roots_latest_hold_lts_newest_grace(tmp_path):
-    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=3, lts_years=1)
+def test_roots_latest_hold_lts_newest_grace(backend, tmp_path):
+    config, site = write_retention_site(
+        tmp_path / "s", keep_latest=1, grace_days=3, lts_years=1, **backend
+    )
     lts_young = make_build(site, 400, "a")
     promote(site, lts_young, "2026-1", days_ago=100)
     lts_expired = make_build(site, 800, "b")
@@ -168,10 +174,10 @@ def test_roots_latest_hold_lts_newest_grace(tmp_path):
     assert not (site.deploy_root / "share/jupyter/kernels/nsls2-demo-2024-1").exists()
 
 
-def test_unreadable_hold_keeps_every_build_of_its_env(tmp_path):
+def test_unreadable_hold_keeps_every_build_of_its_env(backend, tmp_path):
     """A hold retention cannot read may pin any build: nothing in that env is tombstoned,
     and the reason names the file and the field."""
-    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1)
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1, **backend)
     old = make_build(site, 30, "a")
     latest = make_build(site, 1, "b")
     set_latest(site, latest)
@@ -245,7 +251,8 @@ def _run_as_nobody(site) -> dict[str, RetentionDecision]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a scan as another user")
 def test_unreadable_process_blocks_as_unknown(tmp_path):
-    """A root process the (unprivileged) scanner cannot read → kept, reason "unknown"."""
+    """A root process the (unprivileged) scanner cannot read → kept, reason "unknown".
+    (The store only lists builds here; the S3 credentials are root's, so one backend.)"""
     base = Path(os.environ.get("TMPDIR", "/tmp")) / f"nsls2-unknown-{os.getpid()}"
     base.mkdir(mode=0o755)
     try:
@@ -292,16 +299,15 @@ def test_killed_mid_delete_next_pass_finishes(deploy):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+    def paused() -> bool:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        return marker.exists()
+
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "prune never reached the pause point"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        wait_for(paused, 60, "prune to reach its pause point")
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        kill9(proc)  # at the pause point: a crash, no chance to clean up
         proc.stderr.close()
     # killed between "renamed into trash" and "tombstone removed + rmtree"
     assert not old.exists()
@@ -350,8 +356,8 @@ def test_clock_skew_up_to_grace_does_not_delete_early(deploy, monkeypatch):
     assert not old.exists()
 
 
-def test_dry_run_explains_every_decision_and_changes_nothing(tmp_path):
-    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1)
+def test_dry_run_explains_every_decision_and_changes_nothing(backend, tmp_path):
+    config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1, **backend)
     lts = make_build(site, 200, "a")
     promote(site, lts, "2026-1", days_ago=50)
     in_use = make_build(site, 100, "b")

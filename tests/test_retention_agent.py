@@ -10,16 +10,12 @@ import json
 import subprocess
 
 import pytest
-from support.agent import commit_fake, run_cli
+from support.agent import agent_once, commit_fake
 from support.agent import write_site as agent_site
+from support.processes import kill9
 from support.retention import age, tombstone_file
 
 from nsls2_artifacts import layout
-
-
-def agent_once(config) -> None:
-    result = run_cli(config, "agent", "--once")
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -47,8 +43,7 @@ def test_agent_pass_keeps_used_build_then_deletes_it(deployed):
         beat = json.loads((site.deploy_root / "state/nodes/test-node.json").read_text())
         assert [u["pid"] for u in beat["in_use"][f"demo/{old_dir.name}"]] == [proc.pid]
     finally:
-        proc.kill()
-        proc.wait()
+        kill9(proc)
     agent_once(config)
     assert tombstone_file(site, old_dir).exists()
     age(tombstone_file(site, old_dir), 2)

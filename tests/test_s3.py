@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 from s3server import S3Server
-from support.agent import commit_build, fake_env_members, run_cli, snapshot, tar_bytes, write_site
+from support.agent import fake_env_members, snapshot, tar_bytes, write_site
+from support.cli import run_cli
+from support.store import commit_to, s3_site
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent.log import setup_logging
@@ -28,29 +30,6 @@ from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.records import BuildManifest
 from nsls2_artifacts.store import Store, open_store
 from nsls2_artifacts.store.s3 import S3Store
-
-
-def s3_site(root: Path, server: S3Server, url: str | None = None, **kw: Any) -> tuple[Path, Any]:
-    """A fake-env site (support.agent) whose store is a fresh prefix on `server`."""
-    kw["store_options"] = {**server.site_options(), **kw.get("store_options", {})}
-    return write_site(root, store=url or server.new_store_url(), **kw)
-
-
-def commit_to(
-    store: Store, scratch: Path, tag: str, hours: int = 0, env: str = "demo", extra: tuple = ()
-) -> BuildManifest:
-    """A good fake build committed through the store's own publish path."""
-    from datetime import timedelta
-
-    from support.agent import T0
-
-    archive = tar_bytes([*fake_env_members(tag), *extra])
-    made = commit_build(scratch, env, archive, created=T0 + timedelta(hours=hours))
-    staging = store.staging_dir(made.name, made.build_id)
-    for name in (made.artifact.file, made.lock.file):
-        shutil.copy(scratch / made.name / made.build_id / name, staging / name)
-    store.commit_build(staging, made)
-    return made
 
 
 def one_pass(site: SiteConfig, store: Store) -> Any:
@@ -93,15 +72,15 @@ def test_overwritten_artifact_is_refused_and_quarantined_with_reason(
     key = f"{store.prefix}demo/{build.build_id}/{build.artifact.file}"
     store.client.put_object(Bucket=store.bucket, Key=key, Body=other)
 
-    out = run_cli(config, "agent", "--once")
+    out = run_cli(config, "agent", "--once", check=False)
     assert out.returncode != 0
     assert layout.read_ready(site.deploy_root, "demo", build.build_id) is None
     assert not (site.deploy_root / "envs" / "demo" / build.build_id).exists()
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     (quarantined,) = status["quarantined"]
     assert quarantined["build_id"] == build.build_id and quarantined["stage"] == "verify"
     assert "size" in quarantined["reason"] or "sha256 mismatch" in quarantined["reason"]
-    verify = run_cli(config, "store", "verify", "--json")
+    verify = run_cli(config, "store", "verify", "--json", check=False)
     assert verify.returncode == 1 and not json.loads(verify.stdout)["ok"]
 
 
@@ -130,7 +109,7 @@ def test_same_size_overwrite_never_reaches_the_extractor(
     store = open_store(site)
     assert isinstance(store, S3Store)
     good = commit_to(store, tmp_path / "scratch", "g", env="good")
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     spec = layout.kernels_dir(site.deploy_root) / kernel_name("good") / "kernel.json"
     assert spec.exists()
 
@@ -150,7 +129,7 @@ def test_same_size_overwrite_never_reaches_the_extractor(
         if agent.poll() is None:
             kill9(agent)
     for _ in range(2):  # later passes: nothing retried
-        again = run_cli(config, "agent", "--once")
+        again = run_cli(config, "agent", "--once", check=False)
         assert events(again.stderr, "extract") == [] and events(again.stderr, "quarantine") == []
     [q] = events(log.read_text(), "quarantine")
     assert q["build"] == build.build_id and q["stage"] == "verify" and "sha256" in q["reason"]
@@ -166,12 +145,14 @@ def test_bad_settings_give_one_clear_error_naming_the_setting(
 ) -> None:
     bucket_url = s3_server.new_store_url()
     config, _ = s3_site(tmp_path / "ok", s3_server, url=bucket_url)
-    wrong = run_cli(config, "store", "list", env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    wrong = run_cli(
+        config, "store", "list", env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, check=False
+    )
     assert wrong.returncode == 1 and "credentials" in wrong.stderr
     assert "AWS_ACCESS_KEY_ID" in wrong.stderr and "Traceback" not in wrong.stderr
 
     missing, _ = s3_site(tmp_path / "missing", s3_server, url="s3://no-such-bucket-here/x")
-    out = run_cli(missing, "store", "list")
+    out = run_cli(missing, "store", "list", check=False)
     assert out.returncode == 1 and "bucket 'no-such-bucket-here' does not exist" in out.stderr
 
     closed = S3Server(tmp_path / "closed").port  # a free port nobody listens on
@@ -180,13 +161,13 @@ def test_bad_settings_give_one_clear_error_naming_the_setting(
         store=bucket_url,
         store_options={"endpoint_url": f"http://127.0.0.1:{closed}", "addressing_style": "path"},
     )
-    out = run_cli(nowhere, "store", "list")
+    out = run_cli(nowhere, "store", "list", check=False)
     assert out.returncode == 1 and "store_options.endpoint_url" in out.stderr
 
     (tmp_path / "creds.yaml").write_text(
         f"store: {bucket_url}\nstore_options: {{aws_secret_access_key: x}}\n"
     )
-    out = run_cli(tmp_path / "creds.yaml", "store", "list")
+    out = run_cli(tmp_path / "creds.yaml", "store", "list", check=False)
     assert out.returncode == 1 and "credentials do not belong in the site config" in out.stderr
 
 
@@ -207,14 +188,14 @@ def test_server_down_during_agent_passes_changes_nothing_then_recovers(
     config, site = s3_site(tmp_path / "site", own_server)
     store = open_store(site)
     first = commit_to(store, tmp_path / "scratch", "a")
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     before = snapshot(site.deploy_root / "envs")
 
     own_server.kill()
-    out = run_cli(config, "agent", "--once")
+    out = run_cli(config, "agent", "--once", check=False)
     assert out.returncode != 0 and "store-unavailable" in out.stderr
     assert snapshot(site.deploy_root / "envs") == before  # nothing deleted or un-flipped
-    status = json.loads(run_cli(config, "status", "--json").stdout)
+    status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     assert status["quarantined"] == [] and status["store_error"]
     assert "endpoint_url" in status["store_error"]
     (node,) = status["nodes"].values()
@@ -223,7 +204,7 @@ def test_server_down_during_agent_passes_changes_nothing_then_recovers(
     assert latest.endswith(first.build_id)
 
     own_server.start()  # back: the next pass is clean
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
 
 
 def test_server_killed_during_multipart_upload_leaves_no_manifest_and_is_cleaned(
@@ -259,9 +240,9 @@ def test_server_killed_during_multipart_upload_leaves_no_manifest_and_is_cleaned
     assert {m.build_id for m in after.builds("demo")} == {good.build_id, made.build_id}
     leftovers = after.uncommitted("demo")
     assert leftovers, "the killed upload should have left parts behind"
-    dry = run_cli(config, "store", "prune", "--dry-run")
+    dry = run_cli(config, "store", "prune", "--dry-run", check=False)
     assert "would remove" in dry.stderr
-    assert run_cli(config, "store", "prune").returncode == 0
+    assert run_cli(config, "store", "prune", check=False).returncode == 0
     assert open_store(site).uncommitted("demo") == []
     assert after.client.list_multipart_uploads(Bucket=after.bucket).get("Uploads", []) == []
 
@@ -292,18 +273,20 @@ def test_publish_agent_kernel_on_s3(make_s3_site: Any, monkeypatch: pytest.Monke
     promote, list/verify, agent deploy (streamed), then a kernel started by name imports
     databroker from the deployed build."""
     from jupyter_client.manager import KernelManager
+    from support.jupyter import PREFIX_CELL, execute
     from support.publish import publish_build
-    from test_agent_e2e import PREFIX_CELL, execute
 
     config, site = make_s3_site()
     build_id = publish_build(config, "demo")
-    assert run_cli(config, "promote", "demo", build_id, "--lts", "2026-1").returncode == 0
-    listed = json.loads(run_cli(config, "store", "list", "--json").stdout)
+    assert (
+        run_cli(config, "promote", "demo", build_id, "--lts", "2026-1", check=False).returncode == 0
+    )
+    listed = json.loads(run_cli(config, "store", "list", "--json", check=False).stdout)
     assert [(r["build_id"], r["lts"]) for r in listed] == [(build_id, ["2026-1"])]
-    assert run_cli(config, "store", "verify").returncode == 0
+    assert run_cli(config, "store", "verify", check=False).returncode == 0
     assert publish_build(config, "demo") == build_id  # the same lock: nothing new
 
-    deployed = run_cli(config, "agent", "--once", timeout=900)
+    deployed = run_cli(config, "agent", "--once", timeout=900, check=False)
     assert deployed.returncode == 0, deployed.stderr
     monkeypatch.setenv("JUPYTER_PATH", str(site.deploy_root / "share" / "jupyter"))
     for name in ("nsls2-demo-latest", "nsls2-demo-2026-1"):
@@ -333,7 +316,7 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
         agent={"poll_seconds": 8},
     )
     commit_to(open_store(site), tmp_path / "scratch", "a")
-    assert run_cli(config, "agent", "--once").returncode == 0
+    assert run_cli(config, "agent", "--once", check=False).returncode == 0
     before = snapshot(site.deploy_root / "envs")
     log = tmp_path / "daemon.log"
     daemon = start_agent(config, "--no-events", log=log)
@@ -348,7 +331,9 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
         retries = [float(e["seconds"]) for e in events(log.read_text(), "store-retry")]
         assert retries[:2] == [2.0, 4.0]
         assert snapshot(site.deploy_root / "envs") == before
-        assert json.loads(run_cli(config, "status", "--json").stdout)["quarantined"] == []
+        assert (
+            json.loads(run_cli(config, "status", "--json", check=False).stdout)["quarantined"] == []
+        )
         own_server.thaw()
         seen = len(events(log.read_text(), "pass"))
         wait_for(

@@ -7,58 +7,20 @@ read (sizes and hashes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from support.cli import run_cli
+from support.store import fake_build
 
 from nsls2_artifacts.records import (
-    ArtifactInfo,
-    BuildManifest,
-    LockInfo,
     LtsRecord,
-    PackageRef,
     isoformat,
-    make_build_id,
     utcnow,
 )
 from nsls2_artifacts.store import FilesystemStore, Store, open_store
-
-
-def fake_build(store: Store, env: str, age_days: float, payload: bytes) -> str:
-    created = utcnow() - timedelta(days=age_days)
-    lock = b"version: 6\n# " + payload + b"\n"
-    lock_sha = hashlib.sha256(lock).hexdigest()
-    build_id = make_build_id(created, lock_sha)
-    staging = store.staging_dir(env, build_id)
-    (staging / "env.tar.zst").write_bytes(payload * 100)
-    (staging / "pixi.lock").write_bytes(lock)
-    store.commit_build(
-        staging,
-        BuildManifest(
-            name=env,
-            build_id=build_id,
-            created=isoformat(created),
-            platform="linux-64",
-            display_name=f"NSLS-II {env}",
-            smoke=("json",),
-            artifact=ArtifactInfo(
-                "env.tar.zst",
-                hashlib.sha256(payload * 100).hexdigest(),
-                len(payload) * 100,
-                "tar.zst",
-            ),
-            lock=LockInfo("pixi.lock", lock_sha),
-            packages=(PackageRef("python", "3.11.7", "0", "conda-forge"),),
-            builder={"host": "test"},
-            source={"manifest_sha256": "0" * 64},
-        ),
-    )
-    return build_id
 
 
 def label(store: Store, env: str, name: str, build_id: str) -> None:

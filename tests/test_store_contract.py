@@ -13,24 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_store import fake_build
+from support.store import fake_build
 
-from nsls2_artifacts.config import StoreOptions
 from nsls2_artifacts.errors import StoreError
 from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
 from nsls2_artifacts.store import ArtifactMismatchError, FilesystemStore, Store, open_store
 from nsls2_artifacts.store.s3 import S3Store
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "filesystem":
-        return open_store(tmp_path / "store")
-    server = request.getfixturevalue("s3_server")
-    # relist every second: an object overwritten behind our back (no index bump) shows
-    # in the stamp after relist_seconds (600 in production)
-    options = StoreOptions(**server.site_options(), relist_seconds=1)
-    return S3Store(server.new_store_url(), options, local_dir=tmp_path)
 
 
 def _tamper(store: Store, env: str, build_id: str, data: bytes) -> None:

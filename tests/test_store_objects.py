@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
 from support.agent import T0, commit_fake, write_site
-from test_store import fake_build
+from support.cli import run_cli
+from support.store import commit_to, fake_build, s3_site
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.config import StoreOptions
 from nsls2_artifacts.fsutil import MANIFEST_LIMIT, RECORD_LIMIT
 from nsls2_artifacts.records import isoformat
 from nsls2_artifacts.rollout import build_rollout, read_nodes
@@ -112,17 +111,6 @@ def test_publish_lock_never_truncates_what_a_symlink_names(tmp_path: Path) -> No
     assert victim.read_text() == "precious\n"
 
 
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """An empty store on each backend (as test_store_contract's; a fixture imported from
-    another test module would clash with the local names `store`)."""
-    if request.param == "filesystem":
-        return open_store(tmp_path / "store")
-    server = request.getfixturevalue("s3_server")
-    options = StoreOptions(**server.site_options(), relist_seconds=1)
-    return S3Store(server.new_store_url(), options, local_dir=tmp_path)
-
-
 def _put(store: Store, key: str, data: bytes) -> None:
     """Write a store object behind the store's back (a bad sync, a vandal, a bug)."""
     if isinstance(store, FilesystemStore):
@@ -192,8 +180,6 @@ def test_a_report_cannot_speak_for_another_node(store: Store) -> None:
 def test_agent_serves_every_other_env_while_one_manifest_is_huge_on_s3(
     tmp_path: Path, s3_server: Any
 ) -> None:
-    from test_s3 import commit_to, s3_site
-
     config, site = s3_site(tmp_path / "site", s3_server)
     store = open_store(site)
     assert isinstance(store, S3Store)

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import conftest
 import zstandard
 
 from nsls2_artifacts.agent.observe import node_platform
@@ -35,7 +34,7 @@ from nsls2_artifacts.records import (
     isoformat,
     make_build_id,
 )
-from support.cli import CLI
+from support.cli import CLI, run_cli
 from support.sites import merged, write_site_config
 
 # recent, so retention's grace period (when it runs in the pass) keeps every test build
@@ -199,11 +198,11 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def run_cli(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """conftest's runner, without raising: agent tests assert on the exit status."""
-    return conftest.run_cli(config, *args, check=False, timeout=timeout, env=env or {})
+def agent_once(config: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`agent --once` as a process; it must succeed."""
+    result = run_cli(config, "agent", "--once", check=False, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def start_agent(
@@ -224,3 +223,27 @@ def events(log_text: str, name: str) -> list[dict[str, str]]:
     from nsls2_artifacts.agent.log import parse_line
 
     return [f for line in log_text.splitlines() if (f := parse_line(line)).get("event") == name]
+
+
+# run by a small fresh python, so the agent's peak is not the test process's inherited one
+# (Linux carries the RSS high-water mark of the forked image across exec)
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, _, usage = os.wait4(proc.pid, 0)
+print(usage.ru_maxrss * 1024)
+"""
+
+
+def agent_peak_rss(config: Path) -> int:
+    """Peak RSS (bytes) of one `agent --once` (and the programs it waited for)."""
+    env = {k: v for k, v in os.environ.items() if k != "NSLS2_ARTIFACTS_CONFIG"}
+    measured = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *CLI, "agent", "--config", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    return int(measured.stdout)

@@ -7,12 +7,12 @@ import queue
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
+from support import processes
 from support.cli import CLI, run_cli
 from support.publish import BUILD_CACHE, cache_env  # noqa: F401 - tests import them here
 
@@ -48,16 +48,21 @@ class LineWatcher:
             self._queue.put(line)
 
     def wait_for(self, text: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def next_line_has_it() -> bool:
             try:
                 line = self._queue.get(timeout=0.5)
             except queue.Empty:
-                continue
+                return False
             self.lines.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"{text!r} never appeared on stderr:\n{''.join(self.lines)}")
+            return text in line
+
+        processes.wait_for(
+            next_line_has_it,
+            timeout,
+            f"{text!r} on stderr",
+            interval=0,
+            detail=lambda: "".join(self.lines),
+        )
 
 
 def committed_manifests(store: Path) -> list[Path]:
@@ -104,3 +109,38 @@ def env_python(prefix: Path, code: str) -> subprocess.CompletedProcess[str]:
         env=environ,
         check=False,
     )
+
+
+# the awkward things pip users leave behind (tests/test_pack.py, test_extract_parser.py)
+LONG_DIR = "lib/python3.11/site-packages/" + "/".join(["deeply-nested-directory"] * 5)
+ODD_FILES = {
+    LONG_DIR + "/module_with_a_long_name.py": b"x = 1\n",  # > 100 chars: ustar prefix field
+    LONG_DIR + "/" + "d" * 120 + "/leaf.txt": b"leaf\n",  # > 255 chars: PAX header
+    "share/données/été.txt": b"non-ASCII names\n",
+}
+
+
+def installed_prefix(root: Path, offline_channel: Path) -> Path:
+    """The demo env installed by rattler from the offline channel under `root`, plus
+    ODD_FILES, an empty directory, a non-ASCII symlink and a file naming the prefix."""
+    from nsls2_artifacts import install, solve
+    from nsls2_artifacts.config import load_config
+    from nsls2_artifacts.manifest import load_manifest
+
+    (root / "site.yaml").write_text(
+        f"manifests: {Path(__file__).resolve().parents[2] / 'manifests'}\n"
+        f"store: {root / 'store'}\ndeploy_root: {root / 'deploy'}\n"
+        f"channel_mirrors: {{conda-forge: {offline_channel}}}\n"
+    )
+    site = load_config(root / "site.yaml")
+    solution = solve.solve(load_manifest(site.manifests, "demo"), site, cache_dir=BUILD_CACHE)
+    env = root / "original-prefix"
+    install.install(solution, env, BUILD_CACHE)
+    for rel, data in ODD_FILES.items():
+        (env / rel).parent.mkdir(parents=True, exist_ok=True)
+        (env / rel).write_bytes(data)
+    (env / "share" / "empty-dir").mkdir(parents=True)
+    os.symlink("données/été.txt", env / "share" / "link-to-file")
+    (env / "etc").mkdir(exist_ok=True)
+    (env / "etc" / "where.conf").write_text(f"prefix={env}\n")  # unmanaged, names the prefix
+    return env

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +56,23 @@ def hook_site(
     return write_site_yaml(root, data, dirs=("store", "manifests"))
 
 
+def csrf_of(html: str) -> str:
+    """The CSRF nonce of the form in a hook page."""
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
 def sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def healthy(url: str) -> bool:
+    """The hook at `url` answers /healthz with 200 (not yet listening: False)."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class HookServer:
@@ -94,10 +110,7 @@ class HookServer:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"hook serve exited {self.proc.returncode}:\n{self.logs()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return healthy(self.url)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -123,19 +136,19 @@ class HookServer:
 
 
 def wait_for_build(
-    client: httpx.Client, build: int, states: tuple[str, ...], timeout: float = 600
+    client: httpx.Client, request_id: int, states: tuple[str, ...], timeout: float = 600
 ) -> dict[str, Any]:
-    """Poll GET /api/builds/ID until its state is one of `states`."""
+    """Poll GET /api/builds/ID (a build request) until its state is one of `states`."""
     last: dict[str, Any] = {}
 
     def reached() -> dict[str, Any] | None:
-        last.update(client.get(f"/api/builds/{build}").raise_for_status().json())
+        last.update(client.get(f"/api/builds/{request_id}").raise_for_status().json())
         return dict(last) if last["state"] in states else None
 
     return wait_for(
         reached,
         timeout,
-        f"build #{build} to reach {states}",
+        f"build request #{request_id} to reach {states}",
         interval=0.2,
         detail=lambda: str(last),
     )

@@ -181,3 +181,43 @@ def notebook_cli(config: Path, command: str, *args: str) -> subprocess.Completed
         timeout=120,
         env=env,
     )
+
+
+def run_cell(client: Any, code: str, timeout: float = 60) -> tuple[str, str, dict[str, Any]]:
+    """(stdout, stderr, reply content) of one cell run by a kernel client; an error in
+    the cell does not fail the helper (the reply says it)."""
+    out: list[str] = []
+    err: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+
+    reply = client.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return "".join(out), "".join(err), reply["content"]
+
+
+# a cell that prints which build's python runs it
+PREFIX_CELL = "import sys, databroker; print(sys.prefix)"
+
+
+def execute(manager: Any, code: str) -> str:
+    """The stdout of `code` run in the kernel of a KernelManager (its error's traceback
+    if it fails, then an AssertionError)."""
+    client = manager.blocking_client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        chunks: list[str] = []
+
+        def hook(msg):  # stdout only: stderr may carry the restart notice after a flip
+            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+                chunks.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                chunks.append("\n".join(msg["content"]["traceback"]))
+
+        reply = client.execute_interactive(code, timeout=120, output_hook=hook)
+        assert reply["content"]["status"] == "ok", "".join(chunks)
+        return "".join(chunks).strip()
+    finally:
+        client.stop_channels()

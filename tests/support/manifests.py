@@ -26,3 +26,11 @@ def write_env(manifests: Path, name: str, deps: dict[str, str], **nsls2: Any) ->
     meta = {"display_name": f"Test {name}", "smoke": [], **nsls2}
     (path / "nsls2.yaml").write_text(yaml.safe_dump(meta))
     return path
+
+
+def edit_pixi_toml(config: Path, old: str, new: str, env: str = "demo") -> None:
+    """Replace `old` (which must be there) by `new` in the site's manifests/ENV/pixi.toml."""
+    toml = config.parent / "manifests" / env / "pixi.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))

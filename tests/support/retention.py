@@ -35,7 +35,7 @@ from nsls2_artifacts.records import (
     utcnow,
 )
 from nsls2_artifacts.store import open_store
-from support.processes import kill9
+from support.processes import kill9, wait_for
 from support.sites import write_site_config
 
 DAY = 86400
@@ -243,14 +243,14 @@ def child(kind: str, prefix: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def wait_exec(pid: int, program: str, timeout: float = 10) -> None:
     """Wait until `pid` has exec'd `program` (after fork its exe is still python)."""
-    deadline = time.monotonic() + timeout
     wanted = os.path.realpath(program)
-    while time.monotonic() < deadline:
+
+    def exec_done() -> bool:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/exe") == wanted:
-                return
-        time.sleep(0.01)
-    raise AssertionError(f"pid {pid} did not exec {program} within {timeout}s")
+            return os.readlink(f"/proc/{pid}/exe") == wanted
+        return False
+
+    wait_for(exec_done, timeout, f"pid {pid} to exec {program}", interval=0.01)
 
 
 def read_json(path: Path) -> Any:
