@@ -112,16 +112,9 @@ class EnvManifest:
         return self.directory / PIXI_TOML
 
     @property
-    def nsls2_yaml(self) -> Path:
-        return self.directory / NSLS2_YAML
-
-    @property
     def lock_path(self) -> Path:
         """Where a committed lock lives (it may not exist: only LTS rebuilds need one)."""
         return self.directory / PIXI_LOCK
-
-    def match_specs(self) -> list[str]:
-        return list(self.dependencies.values())
 
     def retention_policy(self, site: RetentionPolicy) -> RetentionPolicy:
         """The site's retention policy with this environment's overrides applied."""

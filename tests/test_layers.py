@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -136,3 +137,47 @@ def test_jupyter_depends_only_on_paths_and_schemas() -> None:
             if unit not in JUPYTER_MAY_IMPORT and _sub(target) != "agent.kernel_ceiling":
                 found.add(f"{path.relative_to(PACKAGE)}: {target}")
     assert found == set()
+
+
+AUDIENCES = {"pages", "api", "webhook"}  # staff in a browser, scripts, CI
+
+
+def test_hook_audiences_are_apart_and_wired_only_by_app() -> None:
+    """hook/ is split by audience (docs/design.md): the pages, the JSON API and the
+    webhook import none of each other, and only app.py mounts them."""
+    found = set()
+    for path in (PACKAGE / "hook").glob("*.py"):
+        module, _ = _module_name(path)
+        for target in _imports(path):
+            parts = target.split(".")
+            audience = parts[2] if len(parts) > 2 and parts[1] == "hook" else None
+            if audience in AUDIENCES and path.stem not in ("app", audience):
+                found.add(f"{module} imports {target}")
+    assert found == set()
+
+
+def test_every_api_endpoint_goes_through_the_one_auth_dependency() -> None:
+    """One bearer-token check for the whole JSON API (`api.staff_api`), not a copy per
+    endpoint: every route is the dependency's wrapper, and only it reads the token."""
+    from nsls2_artifacts.hook import api
+
+    async def endpoint(*args: object) -> None: ...
+
+    guarded = api.staff_api(endpoint).__code__  # the wrapper every endpoint must be
+    for route in api.routes():
+        assert route.endpoint.__code__ is guarded, route.path
+    readers = [p.name for p in (PACKAGE / "hook").glob("*.py") if ".auth.bearer(" in p.read_text()]
+    assert readers == ["api.py"]
+
+
+def test_readme_module_table_follows_the_layers() -> None:
+    """README's module table lists every unit of the layer table, bottom to top."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("| module | job |") :].split("\n\n", 1)[0]
+    order = []
+    for line in table.splitlines()[2:]:
+        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            order.append(name.split("/")[0].removesuffix(".py"))
+    assert set(order) == set(LAYERS) - {"__init__"}
+    layers = [LAYERS[unit] for unit in order]
+    assert layers == sorted(layers), list(zip(order, layers, strict=True))
