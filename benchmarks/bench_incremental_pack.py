@@ -5,9 +5,11 @@ For the demo env and a larger one (100+ packages), two builds that differ by one
 their hash-based pycs. Build A is packed once (the previous nightly). Then build B is packed
 in one run, interleaved, median of --repeat:
 - full: `pack.pack` as a publish without a previous build runs it;
-- incremental: what publish runs with a previous build in a filesystem store: the store's
-  verified open of A (whole-file sha256 before the first byte) on a worker thread while
-  `pack.pack(previous=A)` lists the env, then A's frames copied by offset.
+- incremental: what publish runs with a previous build in a filesystem store: the check of
+  A (`pack.checked_archive`: whole-file sha256 before the first byte is used, keeping the
+  hash state at each frame) on a worker thread while `pack.pack(previous=A)` lists the
+  env, then A's frames copied by offset; the new archive's hash goes on from A's state
+  after the last frame both share at the same offset.
 Target (issue #20): incremental <= 0.1x full. It also prints archive sizes, frames and how
 many were reused, and checks that both archives index the same members with the same hashes.
 
@@ -18,8 +20,6 @@ many were reused, and checks that both archives index the same members with the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import os
 import platform
 import resource
@@ -28,9 +28,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -109,20 +108,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, cpu
 
 
-@contextlib.contextmanager
-def verified_open(source: Path, sha256: str) -> Iterator[BinaryIO]:
-    """What the filesystem store's `open_artifact` does: hash the whole file before the
-    first byte is handed out, then give the same open file."""
-    with open(source, "rb") as src:
-        digest = hashlib.sha256()
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-        if digest.hexdigest() != sha256:
-            raise SystemExit(f"{source} changed")
-        src.seek(0)
-        yield src
-
-
 def bench(env: str, repeat: int, work: Path) -> dict[str, float]:
     print(f"\n== {env} env", flush=True)
     channel, requirements = channel_for(env)
@@ -142,8 +127,12 @@ def bench(env: str, repeat: int, work: Path) -> dict[str, float]:
     def incremental() -> None:
         (work / "incr.tar.zst").unlink(missing_ok=True)
         assert previous.index is not None
-        # as publish._incremental_pack: the verified open runs on a worker thread
-        with opened_in_background(verified_open(previous.path, previous.sha256)) as stream:
+        # as publish._incremental_pack with a filesystem store: the check of the previous
+        # archive (keeping its hash states) runs on a worker thread
+        checking = pack.checked_archive(
+            previous.path, previous.size, previous.sha256, previous.index
+        )
+        with opened_in_background(checking) as stream:
             last = pack.PreviousPack(None, previous.index, opener=stream)
             results["incremental"] = pack.pack(prefix, work / "incr.tar.zst", previous=last)
 

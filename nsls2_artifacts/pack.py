@@ -118,7 +118,7 @@ class PreviousPack:
             stream = self._stream()
             fd = _local_fileno(stream)
             if fd is not None:  # by offset: the file position of `stream` is never used
-                sink.copy_range(fd, frame.offset, frame.length)
+                sink.copy_range(fd, frame.offset, frame.length, getattr(stream, "states", None))
                 self.position = frame.offset + frame.length
                 return
             self._forward(stream, frame.offset - self.position, None)
@@ -152,6 +152,54 @@ class PreviousPack:
             for entry in self.index.entries:
                 self._by_frame.setdefault(entry.frame, []).append(entry)
         return self._by_frame.get(frame, [])
+
+
+class CheckedArchive:
+    """The previous build's archive, checked against its manifest by `checked_archive`
+    before the first byte is handed out, with the sha256 state after each of its
+    frames' bytes (`states`, by offset)."""
+
+    def __init__(self, handle: BinaryIO, states: dict[int, Any]) -> None:
+        self._handle = handle
+        self.states = states
+
+    def read(self, size: int = -1) -> bytes:
+        return self._handle.read(size)
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def finish(self) -> None:
+        return None  # every byte was checked before the first was handed out
+
+
+@contextlib.contextmanager
+def checked_archive(
+    path: str | Path, size: int, sha256: str, index: ContentIndex
+) -> Iterator[CheckedArchive]:
+    """Open the previous build's archive and check it (size, then the sha256 of every
+    byte) as the store's verified open does, keeping the hash state at the start of each
+    frame: a new archive that begins with the same frames at the same offsets has the
+    same hash state there, so its own hash goes on from it instead of reading those
+    bytes back (one sha256 pass instead of two for the unchanged front of the archive).
+    PreviousArchiveError when it is not the archive its manifest names."""
+    with open(path, "rb") as handle:
+        found = os.fstat(handle.fileno()).st_size
+        if found != size:
+            raise PreviousArchiveError(f"{path}: size {found}, its manifest says {size}")
+        digest, states, position = hashlib.sha256(), {}, 0
+        for offset in sorted({frame.offset for frame in index.frames} | {size}):
+            while position < offset:
+                chunk = handle.read(min(_READ_CHUNK, offset - position))
+                if not chunk:
+                    raise PreviousArchiveError(f"{path}: shorter than its manifest says")
+                digest.update(chunk)
+                position += len(chunk)
+            states[offset] = digest.copy()
+        if handle.read(1) or digest.hexdigest() != sha256:
+            raise PreviousArchiveError(f"{path}: not the archive its manifest names (sha256)")
+        handle.seek(0)
+        yield CheckedArchive(handle, states)
 
 
 def _local_fileno(stream: ArchiveStream) -> int | None:
@@ -873,12 +921,15 @@ class _HashingSink:
     def flush(self) -> None:
         self.raw.flush()
 
-    def copy_range(self, source: int, offset: int, length: int) -> None:
+    def copy_range(
+        self, source: int, offset: int, length: int, states: dict[int, Any] | None = None
+    ) -> None:
         """Append `length` bytes of file descriptor `source` from `offset` (the worker
-        copies them; PreviousArchiveError from `hexdigest` if it could not)."""
+        copies them; PreviousArchiveError from `hexdigest` if it could not). `states`:
+        the sha256 state of `source` (checked) at each frame boundary (`checked_archive`)."""
         self.raw.flush()
         self.raw.seek(self.size + length)  # later writes go after the range, a hole till then
-        self._worker.copy(self.raw.fileno(), source, offset, self.size, length)
+        self._worker.copy(self.raw.fileno(), source, offset, self.size, length, states)
         self.size += length
 
     def hexdigest(self) -> str:
@@ -888,6 +939,9 @@ class _HashingSink:
     def close(self) -> None:
         self._worker.close()
 
+
+# (archive fd, previous archive fd, offset there, offset here, length, hash states there)
+_CopyItem = tuple[int, int, int, int, int, "dict[int, Any] | None"]
 
 # copy_file_range cannot copy between these two files (another filesystem on older
 # kernels, a filesystem without it, a kernel without the call, seccomp): copy in Python
@@ -904,9 +958,13 @@ class _SinkWorker:
     def __init__(self, path: str | Path) -> None:
         self._path = path
         self._digest = hashlib.sha256()
-        self._queue: queue.SimpleQueue[bytes | tuple[int, int, int, int, int] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[bytes | _CopyItem | None] = queue.SimpleQueue()
+        # While every byte so far is a copy of the checked previous archive at the same
+        # offset, its hash state is that archive's (`_states`, at `_position`): nothing
+        # is hashed until the first byte that differs.
+        self._shared = True
+        self._states: dict[int, Any] = {}
+        self._position = 0
         self._thread: threading.Thread | None = None
         self._error: PackError | None = None
         self._reader = -1  # the archive opened for reading back what was copied into it
@@ -916,15 +974,18 @@ class _SinkWorker:
         self._start()
         self._queue.put(data)
 
-    def copy(self, out: int, source: int, offset: int, at: int, length: int) -> None:
+    def copy(
+        self, out: int, source: int, offset: int, at: int, length: int, states: Any = None
+    ) -> None:
         """Copy `length` bytes of `source` from `offset` to `out` at `at`, then hash them."""
         self._start()
-        self._queue.put((out, source, offset, at, length))
+        self._queue.put((out, source, offset, at, length, states))
 
     def hexdigest(self) -> str:
         self.close()
         if self._error is not None:
             raise self._error
+        self._diverge()  # (an archive that is all copies: its state at its end)
         return self._digest.hexdigest()
 
     def close(self) -> None:
@@ -947,18 +1008,35 @@ class _SinkWorker:
             if self._error is not None:
                 continue  # drain: hexdigest() reports the first error
             if isinstance(item, bytes):
+                self._diverge()
                 self._digest.update(item)
+                self._position += len(item)
                 continue
-            out, source, offset, at, length = item
+            out, source, offset, at, length, states = item
+            shared = self._shared and states is not None and offset == at and at + length in states
+            if not shared:
+                self._diverge()
             try:
                 self._copy(out, source, offset, at, length)
             except OSError as exc:
                 self._error = PreviousArchiveError(f"copying from the previous archive: {exc}")
                 continue
+            self._position = at + length
+            if shared:
+                self._states = states
+                continue
             try:
                 self._hash_back(at, length)
             except OSError as exc:
                 self._error = PackError(f"cannot read back the archive to hash it: {exc}")
+
+    def _diverge(self) -> None:
+        """The archive stops being a copy of the previous one's front here: its hash
+        goes on from that archive's state at this offset."""
+        if self._shared:
+            self._shared = False
+            if self._position:
+                self._digest = self._states[self._position].copy()
 
     def _copy(self, out: int, source: int, offset: int, at: int, length: int) -> None:
         done = 0

@@ -379,11 +379,12 @@ def _incremental_pack(
     store: Store, env: str, prefix: Path, output: Path, fmt: str, progress: packer.ProgressFn
 ) -> packer.PackResult:
     """Pack reusing the frames of the newest committed build that has a content index and
-    the same format (a full pack when there is none). Its archive comes from the store's
-    verified reader (size + sha256 against its manifest before the first byte), opened on
-    a worker thread so that check runs beside the listing of the env; `finish()` before
-    the result is used. StoreError (or OSError reading it, PreviousArchiveError) when it
-    or its index is wrong."""
+    the same format (a full pack when there is none). Its archive is checked (size + sha256
+    against its manifest) before its first byte is used, on a worker thread so that check
+    runs beside the listing of the env: a local file by `pack.checked_archive`, which keeps
+    the hash states the new archive's hash goes on from, else the store's verified reader;
+    `finish()` before the result is used. StoreError (or OSError reading it,
+    PreviousArchiveError) when it or its index is wrong."""
     newest = next(
         (m for m in reversed(store.builds(env)) if m.index and m.artifact.format == fmt), None
     )
@@ -392,7 +393,13 @@ def _incremental_pack(
     index = store.read_index(newest)
     if index is None or index.archive_sha256 != newest.artifact.sha256:
         raise StoreError(f"{env}/{newest.build_id}: its index names another archive")
-    with opened_in_background(store.open_artifact(newest)) as reader:
+    local = store.local_artifact(newest)
+    opening = (  # a local file: checked here, keeping the hash states (one pass, not two)
+        packer.checked_archive(local, newest.artifact.size, newest.artifact.sha256, index)
+        if local is not None
+        else store.open_artifact(newest)
+    )
+    with opened_in_background(opening) as reader:
         previous = packer.PreviousPack(None, index, opener=reader)
         result = packer.pack(prefix, output, fmt=fmt, progress=progress, previous=previous)
         if result.reused_frames:

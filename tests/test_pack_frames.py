@@ -416,3 +416,48 @@ def test_reuse_survives_a_re_extract_and_not_a_changed_cache_file(
     after = {f.package: f.source for f in _index(touched).frames}
     assert {name for name in after if after[name] != before[name]} == {"ipykernel"}
     assert _index(touched).entries == _index(packs.full_b).entries
+
+
+def test_a_checked_previous_archive_gives_the_same_archive_hashed_once(
+    packs: Packs, tmp_path: Path
+) -> None:
+    """`checked_archive` (publish's way with a local store file) checks the previous archive
+    and keeps its hash state per frame; the new archive's hash goes on from the state after
+    the frames both share at the same offsets (before six's) instead of reading them back.
+    Same bytes, and a sha256 that is the file's."""
+    a = packs.full_a
+    assert a.index is not None
+    shared = next(f for f in _index(packs.incremental_b).frames if f.package == "six").offset
+    assert shared > a.size // 4  # the front both archives share is worth not hashing twice
+    with pack.checked_archive(a.path, a.size, a.sha256, a.index) as checked:
+        assert set(checked.states) == {f.offset for f in a.index.frames} | {a.size}
+        previous = pack.PreviousPack(None, a.index, opener=lambda: checked)
+        (tmp_path / "out").mkdir()
+        result = pack.pack(_prefix_of(packs), tmp_path / "out" / "b.tar.zst", previous=previous)
+    assert result.reused_frames == packs.incremental_b.reused_frames
+    assert result.path.read_bytes() == packs.incremental_b.path.read_bytes()
+    assert result.sha256 == packs.incremental_b.sha256 == file_sha256(result.path)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "short", "long"])
+def test_a_previous_archive_that_is_not_its_manifests_is_refused_before_use(
+    packs: Packs, tmp_path: Path, damage: str
+) -> None:
+    """One byte changed (same size), cut short or grown: PreviousArchiveError from
+    `checked_archive`, before any frame is handed out (publish then packs in full)."""
+    a = packs.full_a
+    assert a.index is not None
+    data = bytearray(a.path.read_bytes())
+    if damage == "flipped":
+        data[len(data) // 3] ^= 1
+    elif damage == "short":
+        del data[-1]
+    else:
+        data += b"\0"
+    copy = tmp_path / "a.tar.zst"
+    copy.write_bytes(bytes(data))
+    with (
+        pytest.raises(pack.PreviousArchiveError, match="manifest"),
+        pack.checked_archive(copy, a.size, a.sha256, a.index),
+    ):
+        pytest.fail("the damaged archive was handed out")

@@ -289,6 +289,9 @@ class FilesystemStore:
             handle.seek(0)
             yield VerifiedReader(handle)
 
+    def local_artifact(self, manifest: BuildManifest) -> Path | None:
+        return self._file(manifest, manifest.artifact.file)
+
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp:
         try:  # lstat: the stamp of the entry itself, never of what a symlink names
             st = os.lstat(self._file(manifest, manifest.artifact.file))

@@ -228,6 +228,13 @@ class ArtifactStore(Protocol):
         ...
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...
+    def local_artifact(self, manifest: BuildManifest) -> Path | None:
+        """The committed artifact as a local file, NOT checked against the manifest (the
+        caller checks size and sha256 before it trusts a byte: the incremental pack does,
+        keeping the hash state at each frame so the new archive's hash starts from it);
+        None where the artifact is not a local file."""
+        ...
+
     def verify_build(self, manifest: BuildManifest, *, lock: bool = True) -> None:
         """Size and sha256 of the artifact (and the lock and the content index, if any)
         against the manifest; raises ArtifactMismatchError naming the file."""
