@@ -157,3 +157,14 @@ def deployed_demo(offline_channel: Path, tmp_path_factory: pytest.TempPathFactor
     build_id = publish_build(config, "demo")
     agent_once(config, timeout=900)
     return cfg, build_id
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Site config keys for the store on each backend: none (the site's ./store
+    directory), or a fresh prefix of the session's S3 server. Logic behind the Store
+    protocol (retention, store prune) must decide the same on both."""
+    if request.param == "filesystem":
+        return {}
+    server = request.getfixturevalue("s3_server")
+    return {"store": server.new_store_url(), "store_options": server.site_options()}

@@ -8,32 +8,35 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from support.agent import commit_fake, write_site
+from support.agent import write_site
+from support.store import commit_to
 
 from nsls2_artifacts.agent import kernels
 from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.layout import tombstones
 from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
-from nsls2_artifacts.store import FilesystemStore
+from nsls2_artifacts.store import open_store
 
 
 def _pass(site) -> None:
-    run_pass(site, FilesystemStore(site.store), setup_logging(logging.INFO, io.StringIO()))
+    run_pass(site, open_store(site), setup_logging(logging.INFO, io.StringIO()))
 
 
 def _kernel_names(site) -> set[str]:
     return set(kernels.installed(site.deploy_root))
 
 
-def test_tombstoned_lts_build_loses_its_kernel_for_good(tmp_path: Path) -> None:
+def test_tombstoned_lts_build_loses_its_kernel_for_good(backend, tmp_path: Path) -> None:
     # fake builds are a day old: past a half-day grace, while a fresh tombstone is not
     _, site = write_site(
-        tmp_path / "site", retention={"lts_years": 1, "keep_latest": 1, "grace_days": 0.5}
+        tmp_path / "site",
+        retention={"lts_years": 1, "keep_latest": 1, "grace_days": 0.5},
+        **backend,
     )
-    old = commit_fake(site, "demo", tag="old")
-    new = commit_fake(site, "demo", tag="new", hours=1)
-    store = FilesystemStore(site.store)
+    store = open_store(site)
+    old = commit_to(store, tmp_path / "scratch", "old")
+    new = commit_to(store, tmp_path / "scratch", "new", hours=1)
     promoted = isoformat(utcnow() - timedelta(days=800))  # older than lts_years
     store.set_lts(LtsRecord("demo", "2024-1", old.build_id, promoted))
 

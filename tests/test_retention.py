@@ -56,16 +56,6 @@ def run(site, **kwargs) -> dict[str, RetentionDecision]:
     return by_build(run_pass(site, open_store(site), LOG, **kwargs))
 
 
-@pytest.fixture(params=["filesystem", "s3"])
-def backend(request) -> dict:
-    """The site's store: a directory or a bucket of the session's S3 server (retention
-    goes through the Store interface, so it must decide the same on both)."""
-    if request.param == "filesystem":
-        return {}
-    server = request.getfixturevalue("s3_server")
-    return {"store": server.new_store_url(), "store_options": server.site_options()}
-
-
 @pytest.fixture
 def deploy(backend, tmp_path):
     """A site with latest (new) + one old build past every root rule (keep_latest 1,

@@ -1,7 +1,8 @@
 """Retention inside the real agent: `agent --once` deploys, flips, then prunes every pass.
 
-Uses the agent tests' hand-made archives (tests/support/agent.py), so no conda channel
-is needed: real extraction, real `latest` flips, real kernelspecs, real processes.
+Uses the agent tests' hand-made archives (tests/support/agent.py), committed through the
+Store protocol on each backend (a directory, a real S3 server), so no conda channel is
+needed: real extraction, real `latest` flips, real kernelspecs, real processes.
 """
 
 from __future__ import annotations
@@ -10,22 +11,26 @@ import json
 import subprocess
 
 import pytest
-from support.agent import agent_once, commit_fake
+from support.agent import agent_once
 from support.agent import write_site as agent_site
 from support.processes import kill9
 from support.retention import age, tombstone_file
+from support.store import commit_to
 
 from nsls2_artifacts import layout
+from nsls2_artifacts.store import open_store
 
 
 @pytest.fixture
-def deployed(tmp_path):
+def deployed(backend, tmp_path):
+    """An old and a new build deployed by the agent, on each store backend."""
     config, site = agent_site(
-        tmp_path / "site", retention={"keep_latest": 1, "grace_days": 1, "lts_years": 3}
+        tmp_path / "site", retention={"keep_latest": 1, "grace_days": 1, "lts_years": 3}, **backend
     )
-    old = commit_fake(site, tag="a", hours=-30 * 24)
+    store = open_store(site)
+    old = commit_to(store, tmp_path / "scratch", "a", hours=-30 * 24)
     agent_once(config)  # deployed before the next publish (else superseded, never deployed)
-    new = commit_fake(site, tag="b", hours=0)
+    new = commit_to(store, tmp_path / "scratch", "b", hours=0)
     agent_once(config)
     old_dir = site.deploy_root / "envs" / "demo" / old.build_id
     new_dir = site.deploy_root / "envs" / "demo" / new.build_id
