@@ -17,7 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "nsls2_artifacts" / "jupyter" / "labextension_src"
 BUILT = REPO / "nsls2_artifacts" / "jupyter" / "labextensions" / "nsls2-artifacts-lab"
-SOURCES = ("package.json", "tsconfig.json", "src", "style")
+# every input of the build: a dependency bumped in package-lock.json is a stale build too
+SOURCES = ("package.json", "package-lock.json", "rspack.config.js", "tsconfig.json", "src", "style")
 
 
 def sources_sha256() -> str:

@@ -4,7 +4,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-const SOURCES = ['package.json', 'tsconfig.json', 'src', 'style'];
+// every input of the build (the lock too: a bumped dependency makes the build stale)
+const SOURCES = ['package.json', 'package-lock.json', 'rspack.config.js', 'tsconfig.json', 'src', 'style'];
 const OUT = '../labextensions/nsls2-artifacts-lab/build-sources.json';
 
 function files(path) {
