@@ -27,7 +27,7 @@ from .names import Pair, assign_kernel_names
 from .procscan import SCAN_PRIVILEGE_HINT
 from .records import PassRecord, RecordError
 from .rollout import NodeRollout
-from .store import Store
+from .store import NodeReports, Store
 
 
 @dataclass
@@ -207,7 +207,7 @@ def _disk(root: Path, env: str, build_id: str) -> dict[str, Any] | None:
     }
 
 
-def _superseded(store: Store, node: str) -> dict[tuple[str, str], str]:
+def _superseded(store: NodeReports, node: str) -> dict[tuple[str, str], str]:
     """(env, build) -> the newer build this node's agent deployed instead (from its last
     rollout report in the store)."""
     for item in store.node_reports():

@@ -3,7 +3,7 @@
 Called by `nsls2-artifacts store prune [--dry-run]`. Every committed build gets a decision
 with a reason. Kept: every LTS-labelled build (LTS artifacts are never deleted), the newest
 `keep_latest` builds, builds younger than `grace_days`, and the build a deploy root's
-`latest` points at. Deleting is `Store.delete_build` (manifest.json first). Leftovers of
+`latest` points at. Deleting is `ArtifactStore.delete_build` (manifest.json first). Leftovers of
 interrupted publishes (uncommitted files, unfinished uploads) are removed too, under the
 env's publish lock. The deployed copies on the cluster are the agent's business (its own
 prune, with in-use checks). Policy, so it sits above the store package, which only stores.
@@ -18,10 +18,12 @@ from .config import RetentionPolicy, SiteConfig
 from .errors import BuildLockedError, ManifestError, StoreError
 from .manifest import env_retention
 from .records import RetentionDecision, utcnow
-from .store import Store
+from .store import ArtifactStore
 
 
-def plan(site: SiteConfig, store: Store, now: datetime | None = None) -> list[RetentionDecision]:
+def plan(
+    site: SiteConfig, store: ArtifactStore, now: datetime | None = None
+) -> list[RetentionDecision]:
     """One decision ("keep" or "delete") per committed or unreadable build, oldest first."""
     now = now or utcnow()
     decisions: list[RetentionDecision] = []
@@ -30,7 +32,7 @@ def plan(site: SiteConfig, store: Store, now: datetime | None = None) -> list[Re
     return decisions
 
 
-def apply(store: Store, decisions: list[RetentionDecision]) -> list[RetentionDecision]:
+def apply(store: ArtifactStore, decisions: list[RetentionDecision]) -> list[RetentionDecision]:
     """Delete what `plan` marked; returns the deletions that failed (as "error" decisions)."""
     failed = []
     for decision in decisions:
@@ -43,12 +45,12 @@ def apply(store: Store, decisions: list[RetentionDecision]) -> list[RetentionDec
     return failed
 
 
-def leftovers(store: Store) -> list[tuple[str, str]]:
+def leftovers(store: ArtifactStore) -> list[tuple[str, str]]:
     """(env, name) of every leftover of an interrupted publish."""
     return [(env, name) for env in store.envs() for name in store.uncommitted(env)]
 
 
-def clean_leftovers(store: Store) -> list[tuple[str, str]]:
+def clean_leftovers(store: ArtifactStore) -> list[tuple[str, str]]:
     """Remove leftovers of interrupted publishes, skipping envs being published right now."""
     removed = []
     for env in store.envs():
@@ -67,7 +69,9 @@ def _policy(site: SiteConfig, env: str) -> tuple[RetentionPolicy, str]:
     return policy, "nsls2.yaml policy" if overridden else "site policy"
 
 
-def _plan_env(site: SiteConfig, store: Store, env: str, now: datetime) -> list[RetentionDecision]:
+def _plan_env(
+    site: SiteConfig, store: ArtifactStore, env: str, now: datetime
+) -> list[RetentionDecision]:
     try:
         policy, source = _policy(site, env)
     except ManifestError as exc:  # as the agent does: keep everything rather than guess
