@@ -486,6 +486,7 @@ class Package:
     targets: list[str]  # where each of `paths` goes in the prefix
     extras: list[str]  # prefix files of a noarch package that paths.json does not list
     pycs: list[str] = field(default_factory=list)  # install.py's, of its sources
+    pyc_stats: list[tuple[int, int]] = field(default_factory=list)  # (size, mode) of each
 
     @property
     def count(self) -> int:
@@ -538,10 +539,7 @@ class Package:
                 if stat.S_ISLNK(st.st_mode)
             ]
             own = [_prefix_file(self.prefix, target) for target in self.extras]
-            pycs = [
-                (t, st.st_size, st.st_mode)
-                for t, st in zip(self.pycs, self._pyc_stats(), strict=True)
-            ]
+            pycs = [(t, *st) for t, st in zip(self.pycs, self.pyc_stats, strict=True)]
         except OSError:
             return ""
         blob = msgspec.msgpack.encode(
@@ -552,9 +550,6 @@ class Package:
             ]
         )  # fmt: skip
         return hashlib.sha256(blob).hexdigest()
-
-    def _pyc_stats(self) -> list[os.stat_result]:
-        return [os.lstat(os.path.join(self.prefix, t)) for t in self.pycs]
 
     def _extra(self, target: str) -> File:
         mode = "unknown" if target.startswith(conda_pack.core.BIN_DIR) else None
@@ -630,14 +625,17 @@ def _load_packages(prefix: str, meta: MetaCache) -> tuple[list[Group | Package],
     if os.path.exists(history):
         managed.add("conda-meta/history")
         rest.files.append(File(history, "conda-meta/history", True, None, None))
+    inside = os.path.join(prefix, "")
     for target in sorted(listing.difference(managed, _CONDA_SCRIPTS)):
         if "__pycache__" in target:  # else find_py_source is None
             source = find_py_source(target)
             if source in managed:  # conda-pack leaves it out
-                if target.endswith(".pyc") and _unchecked_hash(os.path.join(prefix, target)):
-                    owner[source].pycs.append(target)  # the one install.py compiled: packed
+                pyc = _compiled_pyc(inside + target) if target.endswith(".pyc") else None
+                if pyc is not None:  # the one install.py compiled: packed with its source
+                    owner[source].pycs.append(target)
+                    owner[source].pyc_stats.append(pyc)
                 continue
-        rest.files.append(File(os.path.join(prefix, target), target, False, "unknown", None))
+        rest.files.append(File(inside + target, target, False, "unknown", None))
     groups: list[Group | Package] = sorted(packages, key=lambda p: p.package)
     rest.files.sort(key=lambda r: r.target)
     if rest.files:
@@ -699,6 +697,27 @@ def _load_package(
         targets=targets,
         extras=extras,
     )
+
+
+def _compiled_pyc(path: str) -> tuple[int, int] | None:
+    """(size, mode) of an unchecked-hash pyc (what install.py compiles), else None; from
+    the descriptor its header is read through (one path lookup, not two)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        st = os.lstat(path)  # a symlink: its header is its target's, it is packed as a link
+        return (st.st_size, st.st_mode) if _unchecked_hash(path) else None
+    try:
+        header = os.read(fd, 16)
+        # flags word: bit 0 hash-based, bit 1 check the source; 0b01 = unchecked-hash
+        if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0b01:
+            return None
+        st = os.fstat(fd)
+        return st.st_size, st.st_mode
+    finally:
+        os.close(fd)
 
 
 def _unchecked_hash(path: str) -> bool:
