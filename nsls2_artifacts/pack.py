@@ -22,6 +22,7 @@ import os
 import queue
 import stat
 import struct
+import sys
 import tarfile
 import threading
 import time
@@ -618,8 +619,7 @@ def _load_packages(prefix: str, meta: MetaCache) -> tuple[list[Group | Package],
         owner.update(dict.fromkeys(targets, package))
         packages.append(package)
         if package.package == "python":
-            data = meta.data(source)
-            python_id = str(data.get("sha256") or data.get("md5") or data.get("version", ""))
+            python_id = meta.identity(source)
     rest = Group("")
     history = os.path.join(conda_meta, "history")
     if os.path.exists(history):
@@ -628,7 +628,7 @@ def _load_packages(prefix: str, meta: MetaCache) -> tuple[list[Group | Package],
     inside = os.path.join(prefix, "")
     for target in sorted(listing.difference(managed, _CONDA_SCRIPTS)):
         if "__pycache__" in target:  # else find_py_source is None
-            source = find_py_source(target)
+            source = _py_source(target)
             if source in managed:  # conda-pack leaves it out
                 pyc = _compiled_pyc(inside + target) if target.endswith(".pyc") else None
                 if pyc is not None:  # the one install.py compiled: packed with its source
@@ -648,9 +648,8 @@ def _load_package(
 ) -> Package | None:
     """conda-pack's `load_managed_package` for the record at `source`, as a `Package`;
     None for what conda-pack should decide itself."""
-    data = meta.data(source)
     cache = meta.cache_dir(source)
-    files = data.get("files")
+    files = meta.view(source).files
     if not cache or not os.path.exists(cache) or not isinstance(files, list):
         return None  # not in the package cache: conda-pack's error
     noarch = read_noarch_type(cache) == "python"
@@ -686,7 +685,7 @@ def _load_package(
     else:
         targets, extras = [r.path for r in paths], []
     return Package(
-        package=str(data.get("name", Path(source).stem)),
+        package=meta.name(source),
         prefix=prefix,
         record=source,
         cache=cache,
@@ -697,6 +696,21 @@ def _load_package(
         targets=targets,
         extras=extras,
     )
+
+
+def _py_source(target: str) -> str | None:
+    """conda-pack's `find_py_source(target)` (importlib's `source_from_cache`), with the
+    usual `DIR/__pycache__/NAME.TAG.pyc` done in a line instead of importlib's path
+    splitting (a third of the loader's time for the pycs of an env)."""
+    head, _, name = target.rpartition("/")
+    if (
+        name.count(".") == 2
+        and (head == "__pycache__" or head.endswith("/__pycache__"))
+        and sys.pycache_prefix is None
+        and sys.implementation.cache_tag is not None
+    ):
+        return head[: -len("__pycache__")] + name.partition(".")[0] + ".py"
+    return find_py_source(target)
 
 
 def _compiled_pyc(path: str) -> tuple[int, int] | None:
@@ -849,10 +863,13 @@ def _head(path: str, size: int) -> bytes:
 
 
 class MetaCache:
-    """conda-meta records, each read and parsed once per pack (loading, signatures and
-    the packer): the record as packed (local cache paths blanked), its packed bytes (made
-    only for a frame that is packed), the sha256 of the file as it is (what a signature
-    needs: the packed bytes follow from it) and the package cache directory it names."""
+    """conda-meta records, each read once per pack (loading, signatures and the packer).
+
+    A record carries every path's hash (`paths_data`): most of its bytes. Loading and
+    signing need only a few fields (`view`: name, files, link source, hashes), so the
+    whole record is decoded only for a frame that is packed (`data`: local cache paths
+    blanked; `packed`: its compact sorted JSON). The sha256 of the file as it is is what
+    a signature needs: the packed bytes follow from it."""
 
     def __init__(self) -> None:
         self._records: dict[str, _MetaRecord] = {}
@@ -861,11 +878,16 @@ class MetaCache:
     def _record(self, source: str) -> _MetaRecord:
         record = self._records.get(source)
         if record is None:
-            record = self._records[source] = _conda_meta_record(source)
+            with open(source, "rb") as handle:
+                raw = handle.read()
+            record = self._records[source] = _MetaRecord(source, raw)
         return record
 
+    def view(self, source: str) -> _MetaView:
+        return self._record(source).view()
+
     def data(self, source: str) -> dict[str, Any]:
-        return self._record(source).data
+        return self._record(source).data()
 
     def packed(self, source: str) -> tuple[bytes, dict[str, Any]]:
         data = self.data(source)
@@ -876,42 +898,94 @@ class MetaCache:
     def file_sha256(self, source: str) -> str:
         return self._record(source).sha256
 
+    def name(self, source: str) -> str:
+        """The record's `name` (its file name's stem if it has none)."""
+        name = self.view(source).name
+        return Path(source).stem if name is msgspec.UNSET else str(name)
+
     def cache_dir(self, source: str) -> str | None:
         """The record's `link.source` as installed (None: no link record)."""
-        return self._record(source).link_source
+        link = self.view(source).link
+        found = link.get("source") if isinstance(link, dict) else None
+        return found if isinstance(found, str) else None
+
+    def identity(self, source: str) -> str:
+        """sha256, else md5, else version: the python package's identity in the salt."""
+        view = self.view(source)
+        return str(_set(view.sha256) or _set(view.md5) or _set(view.version) or "")
+
+    def summary(self, source: str) -> dict[str, Any]:
+        """What conda-pack's `finish` reads of a record it does not pack (its `name`)."""
+        view = self.view(source)
+        return {"name": self.name(source), "version": _set(view.version) or ""}
 
 
-@dataclass(frozen=True)
+class _MetaView(msgspec.Struct):
+    """The fields of a conda-meta record that loading and signing read (msgspec skips the
+    rest without making objects of it)."""
+
+    name: Any = msgspec.UNSET
+    files: Any = msgspec.UNSET
+    link: Any = msgspec.UNSET
+    sha256: Any = msgspec.UNSET
+    md5: Any = msgspec.UNSET
+    version: Any = msgspec.UNSET
+
+
+_META_VIEW = msgspec.json.Decoder(_MetaView)
+
+
+def _set(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
+
+
 class _MetaRecord:
-    data: dict[str, Any]
-    sha256: str
-    link_source: str | None
+    def __init__(self, source: str, raw: bytes) -> None:
+        self.source, self.raw = source, raw
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        self._view: _MetaView | None = None
+        self._data: dict[str, Any] | None = None
+
+    def view(self) -> _MetaView:
+        if self._view is None:
+            try:
+                self._view = _META_VIEW.decode(self.raw)
+            except msgspec.DecodeError:  # what msgspec refuses (NaN, lone surrogates)
+                data = _decode_record(self.source, self.raw)
+                self._view = _MetaView(**{k: data[k] for k in _VIEWED if k in data})
+        return self._view
+
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = _blanked(_decode_record(self.source, self.raw))
+        return self._data
 
 
-def _conda_meta_record(source: str) -> _MetaRecord:
-    """A conda-meta record as packed: local cache paths blanked (packed as compact sorted
-    JSON by `MetaCache.packed`). msgspec parses it (a third of json's time; the records
-    carry every path's hash), json what msgspec refuses (NaN, lone surrogates)."""
-    with open(source, "rb") as handle:
-        raw = handle.read()
+_VIEWED = ("name", "files", "link", "sha256", "md5", "version")
+
+
+def _decode_record(source: str, raw: bytes) -> dict[str, Any]:
+    """A conda-meta record's JSON: msgspec (a third of json's time), json what msgspec
+    refuses (NaN, lone surrogates)."""
     try:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         data = json.loads(raw)
     if not isinstance(data, dict):
         raise PackError(f"{source}: not a conda-meta record (a JSON object)")
+    return data
+
+
+def _blanked(data: dict[str, Any]) -> dict[str, Any]:
+    """A conda-meta record as packed: local cache paths blanked (packed as compact sorted
+    JSON by `MetaCache.packed`)."""
     link = data.get("link")
-    link_source = None
-    if isinstance(link, dict):
-        link_source = link.get("source")
-        if "source" in link:
-            link["source"] = ""
+    if isinstance(link, dict) and "source" in link:
+        link["source"] = ""
     for name in ("extracted_package_dir", "package_tarball_full_path"):
         if name in data:
             data[name] = ""
-    return _MetaRecord(
-        data, hashlib.sha256(raw).hexdigest(), link_source if isinstance(link_source, str) else None
-    )
+    return data
 
 
 class _HashingSink:
@@ -1127,7 +1201,7 @@ class _Packer(Packer):
         is_meta = target.startswith("conda-meta/") and target.endswith(".json")
         if file.file_mode is None and self.archive.discards:  # copied from a previous pack
             if is_meta:  # conda-pack's finish() reads the records (parcels, has_conda)
-                self.packages.append(self.meta.data(file.source))
+                self.packages.append(self.meta.summary(file.source))
             return  # conda-pack records nothing else for it
         if file.file_mode is None and is_meta:
             packed, data = self.meta.packed(file.source)

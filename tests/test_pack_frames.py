@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from conda_pack.compat import find_py_source
 from conda_pack.core import CondaEnv
 from support.build import BUILD_CACHE, conda_unpack, env_python, extract
 
@@ -363,6 +364,12 @@ def test_packages_are_loaded_as_conda_pack_loads_them(packs: Packs) -> None:
     listed = {f.target for f in stock}
     owners, _ = pack._owners(prefix, pack.MetaCache())
     assert pycs == set(pack._compiled_pycs(prefix, listed, owners, pack.list_prefix(str(prefix))))
+    pycaches = [t for t in pack.list_prefix(str(prefix)) if "__pycache__" in t]
+    assert len(pycaches) > 1000
+    assert [pack._py_source(t) for t in pycaches] == [find_py_source(t) for t in pycaches]
+    odd = ["__pycache__/a.cpython-311.pyc", "a/__pycache__/b.cpython-311.opt-1.pyc",
+           "a/__pycache__/b.pyc", "a/__pycache__/c/d.x.pyc", "a/__pycache__x/b.c.pyc"]  # fmt: skip
+    assert [pack._py_source(t) for t in odd] == [find_py_source(t) for t in odd]
     for package in packages:  # a package's recorded() is its members that have a file_mode
         recorded = [
             f for f in package.members() if f.file_mode or f.target.startswith("conda-meta")
