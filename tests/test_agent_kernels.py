@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.agent import (
     T0,
+    agent_pass,
     commit_build,
     commit_fake,
     fake_env_members,
@@ -38,10 +38,6 @@ from nsls2_artifacts.records import KernelExtras, KernelLogo, PackageRef
 from nsls2_artifacts.store import FilesystemStore
 
 CELL = "import os; print(os.environ['CONDA_PREFIX']); print(os.environ['PATH'].split(':')[0])"
-
-
-def run(cfg):
-    return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
 
 
 def stdout_of(client, code: str) -> str:
@@ -71,7 +67,7 @@ def test_specs_metadata_and_listing(tmp_path: Path, jupyter_path) -> None:
         cfg, tag="one", hours=1, lts="2026-1", display_name="NSLS-II base", kernel=extras
     )
     second = commit_fake(cfg, tag="two", hours=2, display_name="NSLS-II base", kernel=extras)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     jupyter_path(cfg.deploy_root)
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -129,7 +125,7 @@ def test_listed_lts_merged_labels_and_own_logo(tmp_path: Path, jupyter_path) -> 
     new = commit_fake(cfg, tag="c", hours=3, lts="2026-1", kernel=extras)
     promote_fake(cfg, "demo", "2026-1b", new.build_id, hours=5)  # a second label, later
     commit_fake(cfg, tag="d", hours=4)  # latest, no label
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     found = {n: kernels.spec_target(d) for n, d in kernels.installed(cfg.deploy_root).items()}
     listed = {n for n, meta in found.items() if meta["listed"]}
     assert listed == {"nsls2-demo-latest", "nsls2-demo-2026-1b", "nsls2-demo-2025-2"}
@@ -170,7 +166,7 @@ def test_protocol_version_read_from_the_builds_ipykernel(tmp_path: Path) -> None
     version = b"kernel_protocol_version_info = (5, 9)\n"
     path = "lib/python3.11/site-packages/ipykernel/_version.py"
     commit_fake(cfg, extra=[member(path, version)])
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     spec = kernels.installed(cfg.deploy_root)["nsls2-demo-latest"]
     assert spec["kernel_protocol_version"] == "5.9"
     assert kernels.protocol_version(str(tmp_path / "none"), "6.29.5") == "5.3"
@@ -180,11 +176,11 @@ def test_retired_record_when_an_lts_kernel_goes(tmp_path: Path) -> None:
     _, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     commit_fake(cfg, tag="two", hours=2)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     display = kernels.installed(cfg.deploy_root)["nsls2-demo-2026-1"]["display_name"]
     assert kernels.read_retired(cfg.deploy_root) == {}
     (cfg.store / "demo" / "lts" / "2026-1.json").unlink()  # the label is withdrawn
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert "nsls2-demo-2026-1" not in kernels.installed(cfg.deploy_root)
     record = json.loads(kernels.retired_path(cfg.deploy_root).read_text())
     assert record["kernels"]["nsls2-demo-2026-1"] == {
@@ -195,7 +191,7 @@ def test_retired_record_when_an_lts_kernel_goes(tmp_path: Path) -> None:
         "retired": datetime.now(UTC).date().isoformat(),
     }
     promote_fake(cfg, "demo", "2026-1", first.build_id, hours=3)  # back again
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert kernels.read_retired(cfg.deploy_root) == {}
 
 
@@ -206,7 +202,7 @@ def test_an_unreadable_retired_record_is_never_overwritten(tmp_path: Path) -> No
     _, cfg = write_site(tmp_path / "site")
     commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     commit_fake(cfg, tag="two", hours=2)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     path = kernels.retired_path(cfg.deploy_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     garbage = b'{"kernels": {"nsls2-demo-2025-1": {"env": "demo", "label": "2025-1"'  # cut off
@@ -225,7 +221,7 @@ def test_latest_kernel_restart_follows_flip_lts_stays(tmp_path: Path, jupyter_pa
 
     _, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     jupyter_path(cfg.deploy_root)
     first_dir = layout.build_dir(cfg.deploy_root, "demo", first.build_id)
 
@@ -240,7 +236,7 @@ def test_latest_kernel_restart_follows_flip_lts_stays(tmp_path: Path, jupyter_pa
         assert stdout_of(client, CELL).split() == [str(first_dir), str(first_dir / "bin")]
 
         second = commit_fake(cfg, tag="two", hours=2)
-        assert run(cfg).ok
+        assert agent_pass(cfg).ok
         second_dir = layout.build_dir(cfg.deploy_root, "demo", second.build_id)
         # the running kernel keeps its build; a restart of the SAME manager gets the new one
         assert stdout_of(client, CELL).split()[0] == str(first_dir)
@@ -267,7 +263,7 @@ def test_remove_kernelspecs_for(tmp_path: Path) -> None:
     _, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     second = commit_fake(cfg, tag="two", hours=2, lts="2026-2")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     names = set(kernels.installed(cfg.deploy_root))
     assert names == {"nsls2-demo-latest", "nsls2-demo-2026-1", "nsls2-demo-2026-2"}
     # the first build is not latest: only its LTS spec goes
@@ -285,20 +281,20 @@ def test_remove_kernelspecs_for(tmp_path: Path) -> None:
 def test_rewrites_are_idempotent_and_foreign_specs_untouched(tmp_path: Path) -> None:
     _, cfg = write_site(tmp_path / "site")
     commit_fake(cfg)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     foreign = cfg.deploy_root / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
     foreign.parent.mkdir(parents=True)
     foreign.write_text(json.dumps({"argv": ["python"], "display_name": "x", "language": "python"}))
     spec = cfg.deploy_root / "share" / "jupyter" / "kernels" / "nsls2-demo-latest" / "kernel.json"
     before = spec.stat().st_mtime_ns
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert spec.stat().st_mtime_ns == before
     assert foreign.exists()
 
 
 def test_tiled_profiles_load(tmp_path: Path) -> None:
     _, cfg = write_site(tmp_path / "site")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     profiles = cfg.deploy_root / "etc" / "tiled" / "profiles"
     code = (
         "from tiled.profiles import load_profiles; import json; "
@@ -325,16 +321,18 @@ def test_profile_uri_forms_and_stale_profiles_removed(tmp_path: Path) -> None:
         "https://t.example/api/v1/metadata/x/y"
     )
     config, cfg = write_site(tmp_path / "site")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     profiles = cfg.deploy_root / "etc" / "tiled" / "profiles"
     (profiles / "mine.yml").write_text("mine: {uri: http://x}\n")  # an operator's own file
     # csx leaves the config
-    assert run(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api"}})).ok
+    assert agent_pass(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api"}})).ok
     assert sorted(p.name for p in profiles.iterdir()) == ["hxn.yml", "mine.yml"]
     envs_file = layout.beamline_envs_file(cfg.deploy_root)
     assert json.loads(envs_file.read_text()) == {}
     # beamlines.NAME.env (the env its launcher card starts) goes beside, not into, tiled's file
-    assert run(rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api", "env": "demo"}})).ok
+    assert agent_pass(
+        rewrite_config(config, beamlines={"hxn": {"uri": "http://h/api", "env": "demo"}})
+    ).ok
     assert json.loads(envs_file.read_text()) == {"hxn": "demo"}
     assert "demo" not in (profiles / "hxn.yml").read_text()
 
@@ -396,7 +394,7 @@ def test_hygiene_and_memory_ceiling(tmp_path: Path, jupyter_path, monkeypatch, k
     members = [m for m in fake_env_members() if m[0].name != "bin/python"]
     members.append(member("bin/python", wrapper.encode(), mode=0o755))
     commit_build(cfg.store, "demo", tar_bytes(members), lts="2026-1")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     jupyter_path(cfg.deploy_root)
     leaks = tmp_path / "leaks"
     leaks.mkdir()
@@ -459,7 +457,7 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
         PackageRef("lmfit", "1.3.2", "0", "c"),
     )
     commit_fake(cfg, tag="one", hours=1, lts="2026-1", packages=old_pkgs)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     jupyter_path(cfg.deploy_root)
     latest_manager = KernelManager(kernel_name="nsls2-demo-latest")
     lts_manager = KernelManager(kernel_name="nsls2-demo-2026-1")
@@ -472,7 +470,7 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
         namespace, _, _ = run_cell(latest, "print(sorted(k for k in dir() if 'nsls2' in k))")
         assert namespace == "[]\n"  # the startup file leaves the user's namespace alone
         second = commit_fake(cfg, tag="two", hours=2, packages=new_pkgs)
-        assert run(cfg).ok
+        assert agent_pass(cfg).ok
         out, err, notices, reply = run_cell_notices(latest, "print(1 + 1)")
         assert reply["status"] == "ok" and out == "2\n"  # the cell's own output is unchanged
         assert err == ""  # a notice, not a red stderr box
@@ -487,7 +485,7 @@ def test_restart_notice_once_after_a_flip_never_on_lts(tmp_path: Path, jupyter_p
             assert run_cell_notices(lts, code)[1:3] == ("", [])  # LTS kernels never get it
         downgraded = (python, PackageRef("numpy", "1.25.0", "0", "c"), new_pkgs[2])
         third = commit_fake(cfg, tag="three", hours=3, packages=downgraded)
-        assert run(cfg).ok
+        assert agent_pass(cfg).ok
         _, _, notices, _ = run_cell_notices(latest, "pass")
         text = notices[0]["text"]
         # a newer build that downgrades a package says so (it is not "a newer numpy")
@@ -516,6 +514,6 @@ def test_expires_follows_the_envs_lts_years(tmp_path: Path) -> None:
     (cfg.manifests / "demo").mkdir(parents=True)
     (cfg.manifests / "demo" / "nsls2.yaml").write_text("retention: {lts_years: 1}\n")
     commit_fake(cfg, hours=1, lts="2026-1")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     meta = kernels.spec_target(kernels.installed(cfg.deploy_root)["nsls2-demo-2026-1"])
     assert meta["expires"] == (T0 + timedelta(hours=1, days=365.25)).date().isoformat()

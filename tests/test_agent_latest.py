@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from support.agent import commit_fake, write_site
+from support.agent import agent_pass, commit_fake, write_site
 from support.cli import run_cli
 
 from nsls2_artifacts import layout
@@ -22,10 +22,6 @@ from nsls2_artifacts.store import FilesystemStore
 
 def ready(build_id: str, hour: int) -> ReadyRecord:
     return ReadyRecord("demo", build_id, f"2026-11-01T{hour:02d}:00:00Z", "", "", "", (), 0.0)
-
-
-def run(cfg):
-    return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
 
 
 def target(cfg) -> str:
@@ -49,9 +45,9 @@ def test_choose_latest_rules() -> None:
 def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1)
-    assert run(cfg).ok  # deployed before the next publish (else superseded, never ready)
+    assert agent_pass(cfg).ok  # deployed before the next publish (else superseded, never ready)
     second = commit_fake(cfg, tag="two", hours=2)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == second.build_id
 
     out = run_cli(config, "rollback", "demo", check=False)
@@ -59,12 +55,12 @@ def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
     assert target(cfg) == first.build_id
     spec = cfg.deploy_root / "share/jupyter/kernels/nsls2-demo-latest/kernel.json"
     assert json.loads(spec.read_text())["metadata"]["nsls2"]["build_id"] == first.build_id
-    assert run(cfg).ok  # the agent does not undo a rollback
+    assert agent_pass(cfg).ok  # the agent does not undo a rollback
     assert target(cfg) == first.build_id
     assert "held by rollback" in run_cli(config, "status", check=False).stdout
 
     third = commit_fake(cfg, tag="three", hours=3)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == third.build_id
     assert not layout.hold_path(cfg.deploy_root, "demo").exists()
 
@@ -72,7 +68,7 @@ def test_rollback_holds_until_next_publish(tmp_path: Path) -> None:
 def test_rollback_refuses_unready_build(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     commit_fake(cfg, tag="one", hours=1)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     out = run_cli(config, "rollback", "demo", "2026.01.01T000000Z-deadbeef", check=False)
     assert out.returncode == 1 and "not a ready build" in out.stderr
     out = run_cli(config, "rollback", "demo", check=False)
@@ -82,9 +78,9 @@ def test_rollback_refuses_unready_build(tmp_path: Path) -> None:
 def test_dangling_latest_is_repaired(tmp_path: Path) -> None:
     _, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     latest.flip(cfg.deploy_root, "demo", "2026.01.01T000000Z-deadbeef")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == first.build_id
 
 
@@ -105,7 +101,7 @@ def test_builds_for_another_platform_are_not_deployed(tmp_path: Path) -> None:
     foreign = commit_fake(cfg, tag="two", hours=2, platform="linux-ppc64le")
     out = run_cli(config, "agent", "--dry-run", check=False)
     assert f"skip     demo/{foreign.build_id} (built for linux-ppc64le)" in out.stdout
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == native.build_id
     assert not layout.build_dir(cfg.deploy_root, "demo", foreign.build_id).exists()
 
@@ -132,7 +128,7 @@ def test_malformed_retention_override_does_not_stop_the_pass(tmp_path: Path) -> 
     build = commit_fake(cfg, tag="one", hours=1)
     (cfg.manifests / "demo").mkdir(parents=True, exist_ok=True)
     (cfg.manifests / "demo" / "nsls2.yaml").write_text("retention: {keep_latest: 2.5}\n")
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == build.build_id
 
 
@@ -141,9 +137,9 @@ def test_retention_plans_from_the_pass_snapshot_after_its_flips(tmp_path: Path) 
     plans from the pass's snapshot as the flips left it), even with no other reason to keep."""
     _, cfg = write_site(tmp_path / "site", retention={"keep_latest": 0, "grace_days": 0})
     first = commit_fake(cfg, tag="one", hours=1)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     second = commit_fake(cfg, tag="two", hours=2)
-    assert run(cfg).ok
+    assert agent_pass(cfg).ok
     assert target(cfg) == second.build_id
     tombstoned = layout.tombstones(cfg.deploy_root, "demo")
     assert second.build_id not in tombstoned and first.build_id in tombstoned

@@ -3,24 +3,16 @@ the kernelspec that retention removed when it tombstoned the build."""
 
 from __future__ import annotations
 
-import io
-import logging
 from datetime import timedelta
 from pathlib import Path
 
-from support.agent import write_site
+from support.agent import agent_pass, write_site
 from support.store import commit_to
 
 from nsls2_artifacts.agent import kernels
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.layout import tombstones
 from nsls2_artifacts.records import LtsRecord, isoformat, utcnow
 from nsls2_artifacts.store import open_store
-
-
-def _pass(site) -> None:
-    run_pass(site, open_store(site), setup_logging(logging.INFO, io.StringIO()))
 
 
 def _kernel_names(site) -> set[str]:
@@ -40,7 +32,7 @@ def test_tombstoned_lts_build_loses_its_kernel_for_good(backend, tmp_path: Path)
     promoted = isoformat(utcnow() - timedelta(days=800))  # older than lts_years
     store.set_lts(LtsRecord("demo", "2024-1", old.build_id, promoted))
 
-    _pass(site)  # deploys both, flips latest to `new`, tombstones the expired LTS build
+    agent_pass(site)  # deploys both, flips latest to `new`, tombstones the expired LTS build
     assert old.build_id in tombstones(site.deploy_root, "demo")
     lts_kernel = kernels.kernel_name("demo", "2024-1")
     assert lts_kernel not in _kernel_names(site)
@@ -54,7 +46,7 @@ def test_tombstoned_lts_build_loses_its_kernel_for_good(backend, tmp_path: Path)
     )
     assert retired["display_name"].startswith("NSLS-II test 2024-1 (")
 
-    _pass(site)  # the next pass must not bring the kernel back while the build waits
+    agent_pass(site)  # the next pass must not bring the kernel back while the build waits
     assert old.build_id in tombstones(site.deploy_root, "demo")
     assert lts_kernel not in _kernel_names(site)
     assert new.build_id not in tombstones(site.deploy_root, "demo")

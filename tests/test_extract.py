@@ -4,15 +4,14 @@ not retried in a loop, while good builds next to it deploy."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from support.agent import (
+    agent_pass_log,
     commit_build,
     commit_fake,
     events,
@@ -25,20 +24,11 @@ from support.agent import (
 from support.cli import run_cli
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
-from nsls2_artifacts.store import FilesystemStore
 
 
 @pytest.fixture
 def site(tmp_path: Path):
     return write_site(tmp_path / "site", agent={"max_members": 50})
-
-
-def run(cfg) -> tuple[object, str]:
-    stream = io.StringIO()
-    result = run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, stream))
-    return result, stream.getvalue()
 
 
 def evil(*extra: tuple[tarfile.TarInfo, bytes]) -> bytes:
@@ -114,7 +104,7 @@ def test_hostile_member_rejected_and_contained(site, tmp_path: Path, kind: str) 
 
     outside = outside_partial()
 
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
 
     # nothing appeared or changed outside the partial dir (which is gone again)
     assert outside_partial() == outside
@@ -132,7 +122,7 @@ def test_hostile_member_rejected_and_contained(site, tmp_path: Path, kind: str) 
     assert "quarantined" in run_cli(config, "status", check=False).stdout
 
     # the next pass does not try again
-    _, log2 = run(cfg)
+    _, log2 = agent_pass_log(cfg)
     assert events(log2, "extract") == [] and events(log2, "quarantine") == []
 
 
@@ -140,14 +130,14 @@ def test_sha256_mismatch_rejected_before_extract(site) -> None:
     config, cfg = site
     archive = tar_bytes(fake_env_members())
     bad = commit_build(cfg.store, "demo", archive, manifest_sha256="0" * 64)
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert events(log, "extract") == []  # never read past verification
     [q] = events(log, "quarantine")
     assert q["stage"] == "verify" and "sha256" in q["reason"]
     assert not layout.env_dir(cfg.deploy_root, "demo").joinpath(bad.build_id).exists()
     text = run_cli(config, "status", check=False).stdout
     assert bad.build_id in text and "sha256" in text
-    _, log2 = run(cfg)
+    _, log2 = agent_pass_log(cfg)
     assert events(log2, "quarantine") == [] and events(log2, "verified") == []
 
 
@@ -155,7 +145,7 @@ def test_size_mismatch_rejected(site) -> None:
     _, cfg = site
     archive = tar_bytes(fake_env_members())
     commit_build(cfg.store, "demo", archive, manifest_size=len(archive) + 1)
-    _, log = run(cfg)
+    _, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert "size" in q["reason"]
 
@@ -166,7 +156,7 @@ def test_truncated_archive_rejected(site, fmt: str) -> None:
     full = tar_bytes([*fake_env_members(), member("lib/big.bin", bytes(range(256)) * 400)], fmt)
     truncated = full[: len(full) // 2]  # the manifest matches the truncated bytes
     bad = commit_build(cfg.store, "demo", truncated, fmt=fmt)
-    _, log = run(cfg)
+    _, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["build"] == bad.build_id and "unreadable archive" in q["reason"]
     assert not layout.partial_dir(cfg.deploy_root, "demo", bad.build_id).exists()
@@ -176,7 +166,7 @@ def test_republished_artifact_is_retried(site) -> None:
     _, cfg = site
     archive = tar_bytes(fake_env_members())
     bad = commit_build(cfg.store, "demo", archive, manifest_sha256="0" * 64)
-    run(cfg)
+    agent_pass_log(cfg)
     # the publisher fixes the manifest of the same build: a different artifact identity
     path = cfg.store / "demo" / bad.build_id / "manifest.json"
     data = json.loads(path.read_text())
@@ -184,7 +174,7 @@ def test_republished_artifact_is_retried(site) -> None:
 
     data["artifact"]["sha256"] = hashlib.sha256(archive).hexdigest()
     path.write_text(json.dumps(data))
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert [e["build"] for e in events(log, "deploy")] == [bad.build_id]
     assert layout.read_ready(cfg.deploy_root, "demo", bad.build_id) is not None
 
@@ -192,13 +182,13 @@ def test_republished_artifact_is_retried(site) -> None:
 def test_smoke_failure_quarantines_without_kernel(site) -> None:
     config, cfg = site
     bad = commit_fake(cfg, smoke=("json", "no_such_module_xyz"))
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["stage"] == "smoke" and "no_such_module_xyz" in q["reason"]
     assert not (cfg.deploy_root / "envs" / "demo" / "latest").is_symlink()
     assert not (cfg.deploy_root / "share" / "jupyter" / "kernels" / "nsls2-demo-latest").exists()
     assert not layout.build_dir(cfg.deploy_root, "demo", bad.build_id).exists()
-    _, log2 = run(cfg)
+    _, log2 = agent_pass_log(cfg)
     assert events(log2, "extract") == []
 
 
@@ -206,7 +196,7 @@ def test_missing_conda_unpack_quarantines(site) -> None:
     _, cfg = site
     members = [m for m in fake_env_members() if m[0].name != "bin/conda-unpack"]
     commit_build(cfg.store, "demo", tar_bytes(members))
-    _, log = run(cfg)
+    _, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["stage"] == "unpack" and "conda-unpack" in q["reason"]
 
@@ -229,7 +219,7 @@ def test_bad_manifest_ignored_others_deploy(site, breakage: str) -> None:
     else:
         data["smoke"] = "json"
         path.write_text(json.dumps(data))
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     [ignored] = events(log, "invalid-manifest")
     assert ignored["build"] == bad.build_id and "manifest.json" in ignored["reason"]
     assert not result.ok
@@ -300,7 +290,7 @@ def test_modes_after_extraction(site) -> None:
         member("lib/private.txt", b"x", mode=0o400),
     ]
     build = commit_build(cfg.store, "demo", tar_bytes(members))
-    result, _ = run(cfg)
+    result, _ = agent_pass_log(cfg)
     assert result.ok
     prefix = layout.build_dir(cfg.deploy_root, "demo", build.build_id)
     assert (prefix / "bin" / "setuid-tool").stat().st_mode & 0o7777 == 0o755
@@ -330,7 +320,7 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
     members.append(member("bin/conda-unpack", script.encode(), mode=0o755))
     build = commit_build(cfg.store, "demo", tar_bytes(members))
     for _ in range(2):
-        _, log = run(cfg)
+        _, log = agent_pass_log(cfg)
         assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is None
     assert [e["stage"] for e in events(log, "quarantine")] == []  # second pass: not retried
     assert status_of(config, build.build_id) == "quarantined"
@@ -348,7 +338,7 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
         if build.build_id in line
     ]
     assert row.split()[1] == "pending", row
-    result, _ = run(cfg)
+    result, _ = agent_pass_log(cfg)
     assert result.ok
     assert layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
     again = run_cli(config, "retry", "demo", build.build_id, check=False)
@@ -372,7 +362,7 @@ def test_long_extraction_logs_progress(site, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(extract, "PROGRESS_EVERY", 2)
     _, cfg = site
     build = commit_fake(cfg)
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert result.ok
     progress = events(log, "extract-progress")
     assert [int(p["members"]) for p in progress] == [2, 4, 6]
@@ -395,7 +385,7 @@ def test_smoke_failing_under_the_ceiling_never_becomes_latest(tmp_path: Path, li
     build without a ceiling deploys (so the ceiling is what failed it)."""
     _, cfg = write_site(tmp_path / "site", kernels={"memory_limit": limit})
     build = commit_build(cfg.store, "demo", tar_bytes(_hog_members()), smoke=("json",))
-    _, log = run(cfg)
+    _, log = agent_pass_log(cfg)
     latest = cfg.deploy_root / "envs" / "demo" / "latest"
     if limit is None:
         assert events(log, "quarantine") == [] and latest.is_symlink(), log

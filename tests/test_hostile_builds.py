@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
-import logging
 import os
 import tarfile
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from support.agent import (
+    agent_pass_log,
     agent_peak_rss,
     commit_build,
     commit_fake,
@@ -31,10 +30,7 @@ from support.agent import (
 from support.cli import run_cli
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.records import parse_time
-from nsls2_artifacts.store import open_store
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 CLI_TIMEOUT = 120  # the old code hung here for good: a timeout fails the test
@@ -43,12 +39,6 @@ CLI_TIMEOUT = 120  # the old code hung here for good: a timeout fails the test
 @pytest.fixture
 def site(tmp_path: Path):
     return write_site(tmp_path / "site")
-
-
-def run(cfg) -> tuple[object, str]:
-    stream = io.StringIO()
-    result = run_pass(cfg, open_store(cfg.store), setup_logging(logging.INFO, stream))
-    return result, stream.getvalue()
 
 
 def rewrite_manifest(cfg, build, **changes: dict) -> Path:
@@ -165,7 +155,7 @@ def test_archive_shipping_nsls2_is_refused(site) -> None:
         bad,
         artifact={"size": len(archive), "sha256": hashlib.sha256(archive).hexdigest()},
     )
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["build"] == bad.build_id and q["stage"] == "extract" and ".nsls2" in q["reason"]
     assert layout.read_ready(cfg.deploy_root, "demo", bad.build_id) is None
@@ -187,10 +177,10 @@ def test_nsls2_shapes_quarantined_before_unpack(site, shape: list) -> None:
     every node. Now refused at extraction: quarantined, never unpacked."""
     _, cfg = site
     bad = commit_build(cfg.store, "demo", tar_bytes([*fake_env_members(), *shape]))
-    _, log = run(cfg)
+    _, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["build"] == bad.build_id and q["stage"] == "extract"
-    _, log2 = run(cfg)
+    _, log2 = agent_pass_log(cfg)
     assert events(log2, "extract") == []
 
 
@@ -216,7 +206,7 @@ def test_ready_record_must_match_the_manifest(site) -> None:
     status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     [row] = status["envs"]["demo"]["builds"]
     assert row["state"] != "ready"
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert [e["build"] for e in events(log, "deploy")] == [build.build_id]
     ready = layout.read_ready(cfg.deploy_root, "demo", build.build_id)
     assert ready is not None and ready.artifact_sha256 == build.artifact.sha256
@@ -243,11 +233,11 @@ def test_archive_shapes_quarantine_once(site, shape: str) -> None:
     verified and extracted it again. Now quarantined by artifact identity, at extract."""
     config, cfg = site
     bad = commit_build(cfg.store, "demo", tar_bytes([*fake_env_members(), *SHAPES[shape]]))
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     [q] = events(log, "quarantine")
     assert q["build"] == bad.build_id and q["stage"] == "extract", q
     assert not layout.partial_dir(cfg.deploy_root, "demo", bad.build_id).exists()
-    _, log2 = run(cfg)
+    _, log2 = agent_pass_log(cfg)
     assert events(log2, "extract") == [] and events(log2, "quarantine") == []
 
 
@@ -257,7 +247,7 @@ def test_smoke_timeout_is_retried_with_backoff_not_quarantined(tmp_path: Path) -
     out the build deploys and the retry record goes."""
     config, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 0.001})
     build = commit_fake(cfg)
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert events(log, "quarantine") == []
     [retry] = events(log, "retry-later")
     assert retry["stage"] in ("unpack", "smoke") and "timed out" in retry["reason"]
@@ -267,7 +257,7 @@ def test_smoke_timeout_is_retried_with_backoff_not_quarantined(tmp_path: Path) -
     assert row["state"] == "retrying" and "timed out" in row["reason"]
     assert status["quarantined"] == [] and status["retrying"][0]["attempts"] == 1
     assert "retrying after a fault of the node" in run_cli(config, "status", check=False).stdout
-    _, log = run(cfg)  # within the backoff: not tried again
+    _, log = agent_pass_log(cfg)  # within the backoff: not tried again
     assert events(log, "extract") == []
     # the backoff has run out (rewound instead of waited for), the node is quiet again
     path = layout.retry_path(cfg.deploy_root, "demo", build.build_id)
@@ -275,7 +265,7 @@ def test_smoke_timeout_is_retried_with_backoff_not_quarantined(tmp_path: Path) -
     record["next_try"] = "2000-01-01T00:00:00.000000Z"
     path.write_text(json.dumps(record))
     _, cfg = write_site(tmp_path / "site", agent={"smoke_timeout_seconds": 60})
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert result.ok and [e["build"] for e in events(log, "deploy")] == [build.build_id]
     assert not path.exists()
 
@@ -304,7 +294,7 @@ def test_disk_full_is_a_node_fault(site, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(extract, "_write_file", full)
     config, cfg = site
     build = commit_fake(cfg)
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert events(log, "quarantine") == []
     [retry] = events(log, "retry-later")
     assert retry["stage"] == "extract" and "No space left" in retry["reason"]
@@ -324,7 +314,7 @@ def test_a_bug_of_ours_is_never_a_quarantine(site, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(extract, "data_mode", broken)
     config, cfg = site
     build = commit_fake(cfg)
-    result, log = run(cfg)
+    result, log = agent_pass_log(cfg)
     assert events(log, "quarantine") == [] and events(log, "retry-later") == []
     [error] = events(log, "deploy-error")
     assert "a bug in data_mode" in error["reason"]
@@ -332,7 +322,7 @@ def test_a_bug_of_ours_is_never_a_quarantine(site, monkeypatch: pytest.MonkeyPat
     assert not layout.quarantine_path(cfg.deploy_root, "demo", build.build_id).exists()
     assert not layout.retry_path(cfg.deploy_root, "demo", build.build_id).exists()
     monkeypatch.undo()
-    result, _ = run(cfg)
+    result, _ = agent_pass_log(cfg)
     assert result.ok and layout.read_ready(cfg.deploy_root, "demo", build.build_id) is not None
 
 

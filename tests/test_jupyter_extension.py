@@ -5,9 +5,7 @@ and running builds; then `notebook info|pin` on the saved notebook, and bad inpu
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.agent import commit_fake, write_site
+from support.agent import agent_pass, commit_fake, write_site
 from support.jupyter import (
     jupyter_server,
     notebook_cli,
@@ -29,8 +27,6 @@ from support.jupyter import (
 )
 from support.processes import kill9
 
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.fsutil import atomic_write_json
 from nsls2_artifacts.jupyter.deployed import (
     build_catalogue,
@@ -39,13 +35,8 @@ from nsls2_artifacts.jupyter.deployed import (
 )
 from nsls2_artifacts.jupyter.notebook import duration_words
 from nsls2_artifacts.records import isoformat
-from nsls2_artifacts.store import FilesystemStore
 
 pytest.importorskip("jupyter_server")
-
-
-def run(cfg) -> None:
-    assert run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO())).ok
 
 
 def promote(cfg, build_id: str, label: str) -> None:
@@ -65,7 +56,7 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     second = commit_fake(cfg, tag="two", hours=2)
-    run(cfg)
+    assert agent_pass(cfg).ok
     work = tmp_path / "work"
     work.mkdir()
     jupyter_path = cfg.deploy_root / "share" / "jupyter"
@@ -94,7 +85,7 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
 
         # latest flips: the running kernel keeps its build, and so does the record
         third = commit_fake(cfg, tag="three", hours=3)
-        run(cfg)
+        assert agent_pass(cfg).ok
         save_notebook(server, "nb.ipynb", content)
         assert read_notebook(server, "nb.ipynb")["metadata"]["nsls2"]["build_id"] == (
             second.build_id
@@ -155,7 +146,7 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
 
     # promote `second` to LTS: now its own LTS kernel gets it back, and pin points at it
     promote(cfg, second.build_id, "2026-2")
-    run(cfg)
+    assert agent_pass(cfg).ok
     text = notebook_cli(config, "info", str(old)).stdout
     assert second.build_id in text and "nsls2-demo-2026-2" in text and "still deployed" in text
     before = old.read_bytes()
@@ -187,7 +178,7 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
 def test_bad_notebooks_are_refused_untouched(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     commit_fake(cfg, tag="one", hours=1, lts="2026-1")
-    run(cfg)
+    assert agent_pass(cfg).ok
     cases = {
         "plain.txt": b"hello\n",
         "broken.ipynb": b'{"cells": [',
@@ -223,7 +214,7 @@ def test_info_for_a_build_that_is_gone_and_retired(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     older = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     newer = commit_fake(cfg, tag="two", hours=30, lts="2026-2")
-    run(cfg)
+    assert agent_pass(cfg).ok
     gone = "2026.01.01T000000Z-0badc0de"  # long before both
     atomic_write_json(
         cfg.deploy_root / "share" / "jupyter" / "nsls2" / "retired.json",
@@ -295,7 +286,7 @@ def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
     build = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     promote(cfg, build.build_id, "2026-2")
     commit_fake(cfg, tag="two", hours=2)
-    run(cfg)
+    assert agent_pass(cfg).ok
     catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))
     listed = [k.name for k in catalogue.lts_of("demo") if k.listed]
     assert listed == ["nsls2-demo-2026-2"]  # the merged one (the newest label)
@@ -335,9 +326,9 @@ def test_kernel_retired_by_the_agent(tmp_path: Path) -> None:
     config, cfg = write_site(tmp_path / "site")
     first = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
     commit_fake(cfg, tag="two", hours=2, lts="2026-2")
-    run(cfg)
+    assert agent_pass(cfg).ok
     (cfg.store / "demo" / "lts" / "2026-1.json").unlink()
-    run(cfg)
+    assert agent_pass(cfg).ok
     catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))
     assert set(catalogue.retired) == {"nsls2-demo-2026-1"}
     assert catalogue.retired["nsls2-demo-2026-1"].build_id == first.build_id

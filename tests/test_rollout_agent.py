@@ -9,24 +9,16 @@ skipped, reported as such, and never counted as failures.
 
 from __future__ import annotations
 
-import io
-import logging
 import subprocess
 
-from support.agent import commit_fake, promote_fake, write_site
+from support.agent import agent_pass, commit_fake, promote_fake, write_site
 from support.cli import CLI, run_cli
 from support.sites import node_config
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
 from nsls2_artifacts.config import load_config
 from nsls2_artifacts.rollout import build_rollout, read_nodes, served_latest
 from nsls2_artifacts.store import FilesystemStore
-
-
-def run(cfg):
-    return run_pass(cfg, FilesystemStore(cfg.store), setup_logging(logging.INFO, io.StringIO()))
 
 
 def two_nodes(tmp_path):
@@ -40,8 +32,8 @@ def test_partial_rollout_names_the_failing_node_until_it_is_retired(tmp_path) ->
     config_a, site_a, config_b, site_b = two_nodes(tmp_path)
     assert site_b.agent.node_imports == ("cupy_for_tests",)
     build = commit_fake(site_a, tag="one", hours=1, display_name="NSLS-II demo")
-    assert run(site_a).ok
-    assert run(site_b).ok  # node-b's import failure is reported, not a failed pass
+    assert agent_pass(site_a).ok
+    assert agent_pass(site_b).ok  # node-b's import failure is reported, not a failed pass
     store = FilesystemStore(site_a.store)
     nodes, error = read_nodes(store, ttl_seconds=600)
     assert error == "" and [n.node for n in nodes] == ["node-a", "node-b"]
@@ -69,7 +61,7 @@ def test_partial_rollout_names_the_failing_node_until_it_is_retired(tmp_path) ->
     assert "not counted: node-b retired" in view.summary
 
     # node-b's agent comes back: its next report clears the retirement
-    run(site_b)
+    agent_pass(site_b)
     nodes, _ = read_nodes(store, ttl_seconds=600)
     assert [n.liveness for n in nodes] == ["live", "live"]
     # ... and a stale node no longer blocks either
@@ -81,7 +73,7 @@ def test_partial_rollout_names_the_failing_node_until_it_is_retired(tmp_path) ->
 def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
     config, site = write_site(tmp_path / "site", agent={"node": "node-a"})
     first = commit_fake(site, tag="one", hours=1)
-    assert run(site).ok
+    assert agent_pass(site).ok
     # an outage: three newer builds arrive before the next pass, the oldest labelled LTS
     lts = commit_fake(site, tag="two", hours=2)
     promote_fake(site, "demo", "2026-1", lts.build_id, hours=2.5)
@@ -91,7 +83,7 @@ def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
     assert f"skip     demo/{skipped.build_id} (superseded by {newest.build_id})" in dry.stdout, (
         dry.stdout
     )
-    result = run(site)
+    result = agent_pass(site)
     assert result.ok
     assert sorted(o.build_id for o in result.outcomes) == sorted([lts.build_id, newest.build_id])
     assert not layout.build_dir(site.deploy_root, "demo", skipped.build_id).exists()
@@ -105,7 +97,7 @@ def test_superseded_builds_are_skipped_and_not_failed(tmp_path) -> None:
     assert view.superseded_by == newest.build_id
     assert view.headline.startswith("Superseded")
     assert build_rollout(nodes, "demo", newest.build_id, "NSLS-II demo").complete
-    assert run(site).ok  # stays skipped on the next pass
+    assert agent_pass(site).ok  # stays skipped on the next pass
     assert not layout.build_dir(site.deploy_root, "demo", skipped.build_id).exists()
     status = run_cli(config, "status", check=False).stdout
     assert f"{skipped.build_id}  superseded" in status

@@ -8,9 +8,7 @@ Builds here are the agent tests' small fake envs, committed through `Store.commi
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import shutil
 import struct
@@ -19,21 +17,14 @@ from typing import Any
 
 import pytest
 from s3server import S3Server
-from support.agent import fake_env_members, snapshot, tar_bytes, write_site
+from support.agent import agent_pass, fake_env_members, snapshot, tar_bytes, write_site
 from support.cli import run_cli
 from support.store import commit_to, s3_site
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.agent.log import setup_logging
-from nsls2_artifacts.agent.reconcile import run_pass
-from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.records import BuildManifest
-from nsls2_artifacts.store import Store, open_store
+from nsls2_artifacts.store import open_store
 from nsls2_artifacts.store.s3 import S3Store
-
-
-def one_pass(site: SiteConfig, store: Store) -> Any:
-    return run_pass(site, store, setup_logging(logging.INFO, io.StringIO()))
 
 
 def test_agent_deploys_from_s3_and_an_idle_pass_costs_one_request(
@@ -43,21 +34,21 @@ def test_agent_deploys_from_s3_and_an_idle_pass_costs_one_request(
     store = open_store(site)
     assert isinstance(store, S3Store)
     first = commit_to(store, tmp_path / "scratch", "a")
-    result = one_pass(site, store)
+    result = agent_pass(site, store)
     assert [o.result for o in result.outcomes] == ["deployed"], result.outcomes
     assert layout.read_ready(site.deploy_root, "demo", first.build_id) is not None
 
     idle = open_store(site)  # another node: lists once, then only asks the index
-    one_pass(site, idle)
+    agent_pass(site, idle)
     before = idle.requests
     idle._checked = 0.0  # the next pass comes after the check interval, as in the daemon
-    again = one_pass(site, idle)
+    again = agent_pass(site, idle)
     assert again.ok and again.outcomes == []
     assert idle.requests - before == 1  # one conditional GET of index.json, answered 304
 
     second = commit_to(store, tmp_path / "scratch", "b", hours=1)
     idle._checked = 0.0
-    noticed = one_pass(site, idle)
+    noticed = agent_pass(site, idle)
     assert [(o.build_id, o.result) for o in noticed.outcomes] == [(second.build_id, "deployed")]
 
 

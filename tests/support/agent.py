@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from typing import Any
 
 import zstandard
 
+from nsls2_artifacts.agent.log import setup_logging
 from nsls2_artifacts.agent.observe import node_platform
+from nsls2_artifacts.agent.reconcile import PassResult, run_pass
 from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.contentindex import ContentIndex, write_index
 from nsls2_artifacts.fsutil import atomic_write_json
@@ -34,6 +37,7 @@ from nsls2_artifacts.records import (
     isoformat,
     make_build_id,
 )
+from nsls2_artifacts.store import Store, open_store
 from support.cli import CLI, run_cli
 from support.sites import merged, write_site_config
 
@@ -196,6 +200,18 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
                 st.st_mode,
             )
     return found
+
+
+def agent_pass(site: SiteConfig, store: Store | None = None) -> PassResult:
+    """One agent pass (`run_pass`) in this process on `site`'s store, or on `store`."""
+    return agent_pass_log(site, store)[0]
+
+
+def agent_pass_log(site: SiteConfig, store: Store | None = None) -> tuple[PassResult, str]:
+    """`agent_pass`, and the log lines it wrote."""
+    stream = io.StringIO()
+    result = run_pass(site, store or open_store(site), setup_logging(logging.INFO, stream))
+    return result, stream.getvalue()
 
 
 def agent_once(config: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
