@@ -214,15 +214,18 @@ class StandIn:
     def before_click(self) -> None:
         pass
 
-    def nightly(self) -> tuple[str, str, float]:
-        """Publish the nightly (one package changed): its build id, what it did and when
-        it was committed."""
+    def nightly(self) -> tuple[str, float]:
+        """Publish the nightly (one package changed): its build id and when it was
+        committed (manifest.json written)."""
         staging = self.work / "staging-2"
         staging.mkdir()
         index, _ = write_build(staging, self.shape, {**self.v1, 0: 2}, self.previous)
         build_id = commit(self.store, staging, index, datetime.now(UTC)).build_id
-        how = "stand-in: frames of unchanged packages copied, archive hashed, index written"
-        return build_id, how, time.time()
+        return build_id, time.time()
+
+    def finish(self) -> str:
+        """What the publish did (once the kernel restarted)."""
+        return "stand-in: frames of unchanged packages copied, archive hashed, index written"
 
 
 class RealPublish:
@@ -242,28 +245,43 @@ class RealPublish:
         self.cache = work / "rattler-cache"  # cold for the first build, warm for the nightly
 
     def first(self) -> str:
-        seconds, result, steps = facility_publish.publish(self.config, self.cache)
+        seconds, result, steps = facility_publish.publish(self.config, self.cache, self.work)
         print(
             f"first build, real publish in full: {seconds:.1f}s ({steps}), archive "
             f"{result['size'] / 1e6:,.0f} MB"
         )
-        return result["build_id"]
+        self.first_id = result["build_id"]
+        return self.first_id
 
     def before_click(self) -> None:
         start = time.perf_counter()
         facility_publish.add_nightly_package(self.channel, self.shape)
         print(f"pkg000 2 added to the channel: {time.perf_counter() - start:.1f}s")
 
-    def nightly(self) -> tuple[str, str, float]:
-        seconds, result, steps = facility_publish.publish(self.config, self.cache)
-        build_id = result["build_id"]
-        # committed when manifest.json appeared; the process goes on (it removes its
-        # scratch prefix) while the agent already deploys
-        manifest = self.work / "store" / self.env / build_id / "manifest.json"
-        committed = manifest.stat().st_mtime
-        after = time.time() - committed
-        how = f"real `publish`: {steps}; it exits {after:.1f}s after its commit"
-        return build_id, how, committed
+    def nightly(self) -> tuple[str, float]:
+        """Start the publish and return once it committed (manifest.json appeared): the
+        process goes on (it removes its scratch prefix) while the agent deploys, and the
+        bench must be free to see the flip meanwhile."""
+        self.publishing = facility_publish.start_publish(self.config, self.cache, self.work)
+        builds = self.work / "store" / self.env
+        while True:
+            new = [
+                m
+                for m in builds.glob("*/manifest.json")
+                if m.parent.name not in (self.first_id, "lts") and m.parent.name[0] != "."
+            ]
+            if new:
+                return new[0].parent.name, new[0].stat().st_mtime
+            if self.publishing.process.poll() is not None:
+                self.publishing.finish()  # raises with its stderr
+                sys.exit("publish exited without committing a build")
+            time.sleep(0.02)
+
+    def finish(self) -> str:
+        _, result, steps = self.publishing.finish()
+        manifest = self.work / "store" / self.env / result["build_id"] / "manifest.json"
+        exits = self.publishing.ended - manifest.stat().st_mtime
+        return f"real `publish`: {steps}; the process exits {exits:.1f}s after its commit"
 
 
 def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> None:
@@ -305,7 +323,7 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> 
         time.sleep(3)  # a user works in the kernel for a while
 
         click = time.time()
-        build_id, how, committed = publisher.nightly()
+        build_id, committed = publisher.nightly()
         target = layout.build_dir(deploy_root, publisher.env, build_id)
         wait_for(lambda: os.path.realpath(latest) == str(target), daemon, log_path, "the flip")
         flipped = time.time()
@@ -313,6 +331,7 @@ def run(work: Path, shape: Shape, harness: Harness, poll: float, real: bool) -> 
         kc.wait_for_ready(timeout=300)
         after = kernel_prefix(kc)
         restarted = time.time()
+        how = publisher.finish()
     finally:
         if kc is not None and km is not None:
             kc.stop_channels()

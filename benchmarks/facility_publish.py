@@ -17,8 +17,10 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
@@ -133,24 +135,60 @@ def _packages(channel: Path) -> int:
     return len({p.name.split("-")[0] for p in (channel / devchannel.SUBDIR).glob("pkg*.conda")})
 
 
-def publish(config: Path, cache: Path) -> tuple[float, dict, str]:
-    """`nsls2-artifacts publish facility --json`: wall seconds, its result and its
-    summary line (the stages' seconds: solve, install, bytecode, pack, upload)."""
+@dataclass
+class Publishing:
+    """A `nsls2-artifacts publish facility --json` running in the background (the bench
+    watches the store and the agent meanwhile)."""
+
+    process: subprocess.Popen
+    out: Path
+    err: Path
+    started: float
+    ended: float = 0.0  # wall clock (time.time) when it exited, set by `watcher`
+    watcher: threading.Thread | None = None
+
+    def finish(self) -> tuple[float, dict, str]:
+        """Wait for it: wall seconds, its JSON result and the stages' seconds (solve,
+        install, bytecode, pack, upload) from its summary line."""
+        code = self.process.wait()
+        if self.watcher is not None:
+            self.watcher.join()
+        seconds = time.perf_counter() - self.started
+        stderr = self.err.read_text()
+        if code != 0:
+            raise SystemExit(f"publish failed ({code}):\n{stderr[-4000:]}")
+        summary = next((line for line in stderr.splitlines() if "published" in line), "")
+        steps = re.search(r"\((solve [^;]*); total", summary)
+        result = json.loads(self.out.read_text().strip().splitlines()[-1])
+        return seconds, result, steps[1] if steps else ""
+
+
+def start_publish(config: Path, cache: Path, logs: Path) -> Publishing:
     env = {**os.environ, "NSLS2_ARTIFACTS_CACHE": str(cache)}
     env.pop("NSLS2_ARTIFACTS_CONFIG", None)
-    start = time.perf_counter()
-    out = subprocess.run(
-        [*CLI, "publish", ENV, "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    seconds = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"publish failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    summary = next((line for line in out.stderr.splitlines() if "published" in line), "")
-    steps = re.search(r"\((solve [^;]*); total", summary)
-    return seconds, json.loads(out.stdout.strip().splitlines()[-1]), steps[1] if steps else ""
+    number = len(list(logs.glob("publish-*.out")))
+    out, err = logs / f"publish-{number}.out", logs / f"publish-{number}.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        process = subprocess.Popen(
+            [*CLI, "publish", ENV, "--config", str(config), "--json"],
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+        )
+    publishing = Publishing(process, out, err, time.perf_counter())
+
+    def watch() -> None:
+        process.wait()
+        publishing.ended = time.time()
+
+    publishing.watcher = threading.Thread(target=watch, daemon=True)
+    publishing.watcher.start()
+    return publishing
+
+
+def publish(config: Path, cache: Path, logs: Path) -> tuple[float, dict, str]:
+    """A whole publish: see `Publishing.finish`."""
+    return start_publish(config, cache, logs).finish()
 
 
 def remove(path: Path) -> None:
