@@ -110,6 +110,18 @@ def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) ->
     assert status_module.DISK_LEGEND in text
 
 
+def test_two_builds_of_an_env_are_never_committed_at_one_time(tmp_path: Path) -> None:
+    """The cause of this file's flaky nightly test: it committed both nightlies at T0, so
+    which was newer came down to their build ids' hashes, which change with T0 every hour
+    (at b7f15cc it failed in 16 of 24 hours: the agent skipped the nightly as superseded).
+    The helpers refuse such a tie, so no test can depend on the hour again."""
+    _, site = write_site(tmp_path / "site")
+    commit_framed(site, V1, 0)
+    with pytest.raises(ValueError, match="already created at"):
+        commit_framed(site, V2, 0)
+    commit_framed(site, V2, 1)
+
+
 def test_every_earlier_build_is_unchanged_and_deleting_any_one_leaves_the_others(
     tmp_path: Path,
 ) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import sys
 import tarfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from support.agent import (
+    T0,
     agent_pass_log,
     commit_build,
     commit_fake,
@@ -346,7 +348,8 @@ def test_retry_lifts_a_quarantine_once(tmp_path: Path) -> None:
     assert "not quarantined: deployed and ready here (it is latest); nothing to retry" in (
         " ".join(again.stdout.split())
     )
-    pending = commit_build(cfg.store, "demo", tar_bytes(fake_env_members("b")))
+    later = T0 + timedelta(hours=1)  # its own time: a tie would be ordered by hash
+    pending = commit_build(cfg.store, "demo", tar_bytes(fake_env_members("b")), created=later)
     waiting = run_cli(config, "retry", "demo", pending.build_id, check=False)
     assert waiting.returncode == 0
     assert "committed in the store, not deployed here yet" in " ".join(waiting.stdout.split())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -126,6 +127,7 @@ def commit_build(
     """Write STORE/ENV/BUILD_ID/{env.FMT, pixi.lock, [index.json.zst], manifest.json}
     (manifest last)."""
     created = created or T0
+    _no_tie(store, env, created)
     lock = (
         f"# lock for {env} {created.isoformat()} {hashlib.sha256(archive).hexdigest()}\n".encode()
     )
@@ -163,6 +165,25 @@ def commit_build(
             {"build_id": build_id, "promoted": isoformat(created)},
         )
     return manifest
+
+
+def _no_tie(store: Path, env: str, created: datetime) -> None:
+    """Refuse a second build of `env` created at the same moment as one in `store`: the
+    agent takes the newest by (created, build id), so a tie is decided by the build id's
+    hash, which changes with T0 every hour: a test relying on its order would pass or fail
+    by the hour (test_dedup's nightly did, until its builds got distinct hours)."""
+    stamp = isoformat(created)
+    for path in (store / env).glob("*/manifest.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a test's deliberately broken manifest: not a build
+        if isinstance(data, dict) and data.get("created") == stamp:
+            raise ValueError(
+                f"{env}/{path.parent.name} is already created at {stamp}: give each "
+                "build of an env its own time (hours=...), or the agent's order of "
+                "the two depends on their hashes"
+            )
 
 
 def commit_fake(
