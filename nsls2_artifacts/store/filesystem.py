@@ -61,6 +61,7 @@ from .interface import (
 STAGING_PREFIX = ".staging-"
 NODES_DIR = ".nodes"  # a dot name: never listed as an env
 CACHE_LIMIT = 4096
+LOCAL_HASH_CHUNK = 16 << 20  # see _local_chunks
 
 
 def sha256_file(path: str | Path) -> tuple[str, int]:
@@ -437,7 +438,18 @@ def _check_handle(handle: IO[bytes], what: str, size: int | None, sha256: str) -
     actual = os.fstat(handle.fileno()).st_size
     if size is not None and actual != size:
         raise ArtifactMismatchError(f"{what}: size {actual}, manifest says {size}")
-    check_stream(read_chunks(handle), what, size, sha256)
+    check_stream(_local_chunks(handle), what, size, sha256)
+
+
+def _local_chunks(handle: IO[bytes]) -> Iterator[memoryview]:
+    """An open local file's bytes in LOCAL_HASH_CHUNK pieces, read into one buffer. Each
+    read and each hash update gives the GIL up and waits for it again, up to a switch
+    interval (5 ms) while another thread runs Python (a deduplicated deploy plans its
+    links while the archive is hashed): in 1 MiB pieces the hash advanced about 1 MiB
+    per switch interval while the plan ran (336 MB took 2.7 s under cProfile)."""
+    view = memoryview(bytearray(LOCAL_HASH_CHUNK))
+    while count := handle.readinto(view):
+        yield view[:count]
 
 
 @contextlib.contextmanager

@@ -292,7 +292,9 @@ class Store(ArtifactStore, NodeReports, Protocol):
     """The store as `open_store` returns it: artifacts and node reports in one place."""
 
 
-def check_stream(chunks: Iterator[bytes], name: str, size: int | None, sha256: str) -> None:
+def check_stream(
+    chunks: Iterator[bytes] | Iterator[memoryview], name: str, size: int | None, sha256: str
+) -> None:
     """Hash `chunks` and compare with the manifest's size (if given) and sha256."""
     digest = hashlib.sha256()
     seen = 0
