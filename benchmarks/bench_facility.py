@@ -29,9 +29,10 @@ starts, the deploy's verify / extract / unpack / smoke split, deploy end -> flip
 Latency harness (`--harness`): `shim` (default) runs the daemon, and the kernel, with
 latency_shim.py's LD_PRELOAD library, which sleeps `--delay-us` in the calling thread
 before every create, link, mkdir, rename or unlink; threads overlap their waits as on
-GPFS. `strace` is the older harness (`strace --seccomp-bpf` injecting the delay on exit
-of openat/mkdir/link/symlink): one tracer serialises every delayed call, so 32 threads
-wait in line. `none`: no delay.
+GPFS, and reads run at full speed. `strace` is the older harness (`strace --seccomp-bpf`
+injecting the delay on exit of openat/mkdir/link/symlink): its delays overlap across
+threads as well, but every openat pays, reads included, and every traced call is two
+ptrace stops served by one tracer process. `none`: no delay.
 
     .venv/bin/python benchmarks/bench_facility.py [--files 100000 --mb 3000 --packages 100]
         [--delay-us 1000] [--harness shim|strace|none] [--publish stand-in|real]

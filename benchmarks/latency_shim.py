@@ -1,10 +1,13 @@
 """GPFS-like metadata latency for a benchmark's processes: an LD_PRELOAD shim.
 
 A parallel filesystem makes every namespace change a round trip to a metadata server
-(~1 ms on GPFS), while data streams and many round trips are in flight at once (one per
-thread). `strace --inject=...:delay_exit` models the first but not the second: each
-delayed call is a ptrace stop handled by one tracer process, so 32 threads' creates are
-served one at a time, and a daemon under strace for minutes stalled (docs/benchmarks.md).
+(~1 ms on GPFS), while reads of existing files and data stream, and many round trips
+are in flight at once (one per thread). `strace --inject=...:delay_exit` (the older
+harness) overlaps its delays across threads too (it resumes each stopped thread on a
+timer), but it delays every traced syscall, so each read-only `openat` pays the 1 ms
+as well (the agent's reads of the store, conda-unpack's and the kernel's imports), and
+every traced call costs two ptrace stops served by one tracer process, CPU a shared
+2-core VM does not have to spare.
 
 This shim is a small shared library, compiled with `cc` at bench time into a temp dir,
 that interposes the libc calls that change the namespace and sleeps `delay` µs in the
