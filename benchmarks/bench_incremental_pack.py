@@ -15,6 +15,7 @@ many were reused, and checks that both archives index the same members with the 
 
     .venv/bin/python benchmarks/bench_incremental_pack.py             # demo + large
     .venv/bin/python benchmarks/bench_incremental_pack.py --env demo
+    .venv/bin/python benchmarks/bench_incremental_pack.py --env large --other-env-between
 """
 
 from __future__ import annotations
@@ -108,11 +109,15 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, cpu
 
 
-def bench(env: str, repeat: int, work: Path) -> dict[str, float]:
+def bench(env: str, repeat: int, work: Path, between: bool = False) -> dict[str, float]:
     print(f"\n== {env} env", flush=True)
     channel, requirements = channel_for(env)
     prefix = install_build(work, channel, requirements, "1.16.0")
     previous = pack.pack(prefix, work / "a.tar.zst")  # last night's build
+    if between:  # another env from another channel, into the same rattler cache
+        other = "large" if env == "demo" else "demo"
+        print(f"installing the {other} env between the two builds", flush=True)
+        install_build(work / "other", *channel_for(other), "1.16.0")
     assert previous.index is not None
     prefix = install_build(work, channel, requirements, "1.17.0")
     packages = len(list((prefix / "conda-meta").glob("*.json")))
@@ -177,6 +182,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", choices=["demo", "large", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved runs per method")
+    parser.add_argument(
+        "--other-env-between",
+        action="store_true",
+        help="install the other env (its own channel, the same rattler cache) between the "
+        "two builds: rattler re-extracts the packages they share",
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -185,7 +196,7 @@ def main() -> None:
     for env in ["demo", "large"] if args.env == "both" else [args.env]:
         work = Path(tempfile.mkdtemp(prefix=f"bench-incremental-{env}-"))
         try:
-            bench(env, args.repeat, work)
+            bench(env, args.repeat, work, args.other_env_between)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
