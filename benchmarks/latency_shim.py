@@ -14,7 +14,7 @@ that interposes the libc calls that change the namespace and sleeps `delay` µs 
 calling thread before calling the real one (found with dlsym(RTLD_NEXT)):
 
 - open, open64, openat, openat64 with O_CREAT (or O_TMPFILE), creat, creat64,
-  fopen/fopen64 for writing;
+  fopen/fopen64 with "w" or "a";
 - mkdir, mkdirat, link, linkat, symlink, symlinkat, mknod, mknodat;
 - rename, renameat, renameat2, unlink, unlinkat, rmdir.
 
@@ -118,7 +118,7 @@ int openat64(int dirfd, const char *path, int flags, ...) {
 int creat(const char *path, mode_t m) { REAL(creat); pay(); return real_creat(path, m); }
 int creat64(const char *path, mode_t m) { REAL(creat64); pay(); return real_creat64(path, m); }
 
-static int writes(const char *mode) { return strpbrk(mode, "wa+") != NULL; }
+static int writes(const char *mode) { return strpbrk(mode, "wa") != NULL; } /* r+ creates nothing */
 FILE *fopen(const char *path, const char *mode) {
     REAL(fopen); if (writes(mode)) pay(); return real_fopen(path, mode);
 }
