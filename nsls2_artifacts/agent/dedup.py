@@ -12,15 +12,18 @@ Called by `deploy._steps` for a build whose manifest names a content index
    sha256 + size + mode, if that file is a regular, read-only file of the expected size on
    this filesystem. Donors are held under their build locks (retention cannot delete them
    meanwhile). A frame all of whose members are linked files, directories or symlinks is
-   skipped.
+   skipped. `prepare` runs in a thread while the archive is hashed, and makes the
+   index's directories (on the shared pool) while it plans.
 2. `extract`: the ordinary safe extraction (`extract.safe_extract`) with a `_Placer`: the
    members of skipped frames come from the index, in archive order, and pass the same
-   checks as the archive's; linked files are made by a few threads (file creation is
-   latency-bound on GPFS), and where a link is refused (EXDEV across filesets, EPERM,
-   EMLINK at the link-count limit) the file is reflinked (FICLONE) or copied from the
-   donor. Files never rewritten are written read-only, so a later build can share them.
-   The archive is still verified before anything is read (or, from S3, before anything
-   extracted is used): skipped frames are read and hashed, not decompressed.
+   checks as the archive's; linked files are made in the deploying thread, or by the
+   shared pool's threads once links prove slow (file creation is latency-bound on
+   GPFS), and where a link is refused (EXDEV across filesets, EPERM, EMLINK at the
+   link-count limit) the file is reflinked (FICLONE) or copied from the donor. Files
+   never rewritten are written read-only, so a later build can share them. The archive
+   is still verified before anything is read (or, from S3, before anything extracted is
+   used): skipped frames are seeked past (a streaming reader hashes them), never
+   decompressed.
 3. `protect_before_unpack`: every file bin/conda-unpack will rewrite gets an inode of its
    own (a shared one is copied first) whatever the index says, so conda-unpack never
    writes into another build's file; those files are marked rewritten in the kept index.

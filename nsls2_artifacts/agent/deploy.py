@@ -405,8 +405,9 @@ def _steps(
     partial.mkdir(parents=True)
     with contextlib.ExitStack() as donors:  # the builds linked from, locked until renamed
         # the link plan (index parses, donor checks: Python) is made while the archive is
-        # hashed (hashlib releases the GIL); it only reads, and links one probe into
-        # `partial`, so it cannot act on unverified bytes
+        # hashed (hashlib releases the GIL); it reads no archive byte: into `partial` it
+        # links one probe and makes the directories of the index (checked against the
+        # manifest by the store), so it cannot act on unverified bytes
         planning = _in_thread(dedup.prepare, site, store, manifest, partial, donors, log)
         try:
             # verified before the first byte is read (S3: spooled next to the env, hashed)
