@@ -1,0 +1,137 @@
+"""Deduplicated deploys of the real envs (issue #20): the demo env and the larger one
+(100+ packages) of bench_incremental_pack.py, a one-package nightly (six 1.16.0 -> 1.17.0)
+deployed next to the previous build (hardlinks, skipped frames) vs in full.
+
+bench_dedup.py measures the same on generated envs; this one installs the real envs with
+rattler at the same scratch path (as publish does), packs build A in full and the nightly
+B incrementally from A (as publish does with a previous build), and commits both into a
+filesystem store with their content index (bench_dedup's `commit`). A is deployed with a
+real `agent --once`; then bench_dedup's interleaved rounds (warm-up, then `--rounds`):
+B linked next to A, then B in full into a fresh deploy root. Times are the agent's
+`event=deploy seconds`; the ratio is of the medians, with every round's.
+
+    .venv/bin/python benchmarks/bench_dedup_real.py [--env demo|large|both]
+        [--rounds 3] [--warmup 1] [--deploy-dir /dev/shm] [--scratch DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from bench_dedup import _load, agent_once, commit, report, rounds, site  # noqa: E402
+from bench_incremental_pack import channel_for, install_build  # noqa: E402
+
+from nsls2_artifacts import pack  # noqa: E402
+from nsls2_artifacts.contentindex import ContentIndex  # noqa: E402
+from nsls2_artifacts.records import BuildManifest  # noqa: E402
+
+
+def packed_build(
+    work: Path,
+    store: Path,
+    prefix: Path,
+    name: str,
+    created: datetime,
+    previous: tuple[Path, ContentIndex] | None,
+) -> tuple[BuildManifest, pack.PackResult]:
+    """Pack `prefix` into a staging directory (incrementally from `previous`'s archive,
+    as publish does with a previous build) and commit it into `store`."""
+    staging = work / f"staging-{name}"
+    staging.mkdir()
+    last = None
+    if previous is not None:
+        archive, index = previous
+        last = pack.PreviousPack(open(archive, "rb"), index)  # noqa: SIM115 - closed below
+    try:
+        result = pack.pack(prefix, staging / "env.tar.zst", previous=last)
+    finally:
+        if last is not None and last.stream is not None:
+            last.stream.close()  # type: ignore[attr-defined]
+    assert result.index is not None
+    return commit(store, staging, result.index, created), result
+
+
+def bench(env: str, opts: argparse.Namespace) -> None:
+    print(f"\n== {env} env", flush=True)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-dedup-real-{env}-", dir=opts.scratch))
+    roots = (
+        Path(tempfile.mkdtemp(prefix=f"bench-dedup-real-{env}-", dir=opts.deploy_dir))
+        if opts.deploy_dir
+        else work
+    )
+    store = work / "store"
+    try:
+        channel, requirements = channel_for(env)
+        prefix = install_build(work, channel, requirements, "1.16.0")
+        first, packed = packed_build(
+            work, store, prefix, "a", datetime(2026, 12, 1, 2, tzinfo=UTC), None
+        )
+        assert packed.index is not None
+        packages = len(list((prefix / "conda-meta").glob("*.json")))
+        print(
+            f"build A: {packages} packages, {len(packed.index.entries)} entries, "
+            f"{sum(e.size for e in packed.index.entries) / 1e6:.0f} MB, archive "
+            f"{packed.size / 1e6:.0f} MB in {len(packed.index.frames)} frames "
+            f"(packed in {packed.seconds:.1f}s)"
+        )
+        wall, fields = agent_once(site(work, "linked", store, roots=roots), 0)
+        print(
+            f"build A, full deploy (no donor): {float(fields['seconds']):.2f}s "
+            f"(agent --once {wall:.2f}s)"
+        )
+        prefix = install_build(work, channel, requirements, "1.17.0")
+        second, packed = packed_build(
+            work,
+            store,
+            prefix,
+            "b",
+            datetime(2026, 12, 2, 2, tzinfo=UTC),
+            (store / "demo" / first.build_id / "env.tar.zst", packed.index),
+        )
+        print(
+            f"nightly B (six 1.17.0): packed in {packed.seconds:.1f}s, reused "
+            f"{packed.reused_frames} frames, packed {packed.packed_frames}"
+        )
+        print(f"load average before the rounds: {_load()}; deploy roots in {roots}", flush=True)
+        pairs = rounds(roots, work, store, second, opts)
+        report(roots, second, pairs)
+        print(f"load average after: {_load()}", flush=True)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(roots, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=["demo", "large", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of both deploys")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
+    parser.add_argument(
+        "--deploy-dir", type=Path, default=None, help="deploy roots' parent (/dev/shm: tmpfs)"
+    )
+    parser.add_argument("--keep", action="store_true")
+    opts = parser.parse_args()
+    opts.delay_us = 0  # bench_dedup.rounds runs the agent under strace when set
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.platform()}; load {_load()}"
+    )
+    for env in ["demo", "large"] if opts.env == "both" else [opts.env]:
+        bench(env, opts)
+
+
+if __name__ == "__main__":
+    main()
