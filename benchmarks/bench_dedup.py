@@ -419,11 +419,15 @@ def rounds(
     linked_cfg = work / "linked.yaml"
     nightly = layout.build_dir(roots / "linked", "demo", second.build_id)
     pairs = []
+    full_root = roots / "full"
     for number in range(opts.warmup + opts.rounds):
         if nightly.exists():
             shutil.rmtree(nightly)
+        if getattr(opts, "delete_first", False):
+            # both deletions before both deploys: what the disk still does for the
+            # deleted full root falls on the linked deploy first, not only on the full one
+            shutil.rmtree(full_root, ignore_errors=True)
         linked = agent_once(linked_cfg, opts.delay_us)
-        full_root = roots / "full"
         shutil.rmtree(full_root, ignore_errors=True)
         full = agent_once(site(work, "full", store, roots=roots), opts.delay_us)
         timed = number >= opts.warmup

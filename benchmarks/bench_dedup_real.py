@@ -12,6 +12,7 @@ B linked next to A, then B in full into a fresh deploy root. Times are the agent
 
     .venv/bin/python benchmarks/bench_dedup_real.py [--env demo|large|both]
         [--rounds 3] [--warmup 1] [--deploy-dir /dev/shm] [--scratch DIR] [--keep]
+        [--delete-first]
 """
 
 from __future__ import annotations
@@ -123,6 +124,12 @@ def main() -> None:
         "--deploy-dir", type=Path, default=None, help="deploy roots' parent (/dev/shm: tmpfs)"
     )
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--delete-first",
+        action="store_true",
+        help="remove the previous round's full deploy root before the linked deploy, not "
+        "between the two deploys",
+    )
     opts = parser.parse_args()
     opts.delay_us = 0  # bench_dedup.rounds runs the agent under strace when set
     print(
