@@ -49,12 +49,12 @@ class FrameRecord(msgspec.Struct, frozen=True):
     `offset`/`length`: the frame's compressed bytes in the archive file. `tar_offset`/
     `tar_length`: where its uncompressed bytes sit in the tar stream (whole members: a frame
     never splits one). `package`: the conda package whose files it holds ("" for files of
-    no package, and for the files conda-pack generates plus the end-of-archive marker,
-    always the last frame). `key`: sha256 of the frame's uncompressed bytes, so equal keys
-    mean byte-identical tar members. `source` (optional, "" if unknown): the packer's
-    signature of what the frame was made from (pack.py `Package.signature`), which lets the
-    next publish reuse the frame without reading its files; readers other than the
-    packer can ignore it.
+    no package, and for the last frame: the packages' files conda-unpack may rewrite,
+    then the files conda-pack generates and the end-of-archive marker). `key`: sha256 of
+    the frame's uncompressed bytes, so equal keys mean byte-identical tar members.
+    `source` (optional, "" if unknown): the packer's signature of what the frame was made
+    from (pack.py `Package.signature`), which lets the next publish reuse the frame
+    without reading its files; readers other than the packer can ignore it.
     """
 
     offset: _Count

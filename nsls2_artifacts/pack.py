@@ -60,7 +60,7 @@ _BLOCK = tarfile.BLOCKSIZE
 DEFAULT_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: every member's mtime (source_date_epoch)
 # Salt of frame signatures: bump when what a frame holds for the same files changes
 # (member order, header fields, conda-pack treatment), so no older frame is reused.
-PACK_FORMAT = "nsls2-frames-2"
+PACK_FORMAT = "nsls2-frames-3"  # 3: files conda-unpack may rewrite moved to the last frame
 
 # (files done, files total)
 ProgressFn = Callable[[int, int], None]
@@ -288,6 +288,7 @@ def pack(
             try:
                 for group in groups:
                     plan.write(group, packer)
+                plan.write_deferred(packer)  # opens the last frame, before the generated files
                 with archive.generating():
                     packer.finish()  # activate scripts + bin/conda-unpack with the prefix records
                 archive.close()
@@ -319,7 +320,13 @@ def pack(
 @dataclass
 class _FramePlan:
     """Writes one group as a frame: copied from the previous archive when its signature
-    matches one of that archive's frames, else packed (and progress reported)."""
+    matches one of that archive's frames, else packed (and progress reported).
+
+    A package's files conda-pack may record a prefix for (those with a `file_mode`: what
+    conda-unpack rewrites) are not in its frame: they are deferred to the last frame,
+    packed every time with the files conda-pack generates. A deploy that links the
+    unchanged files of an earlier build then skips every package frame but the changed
+    ones, instead of decompressing a frame for one rewritten entry point (issue #20)."""
 
     salt: str  # what every signature depends on besides the package (format, python, prefix)
     previous: PreviousPack | None
@@ -327,6 +334,7 @@ class _FramePlan:
     progress: ProgressFn | None
     done: int = 0
     _reusable: dict[tuple[str, str], int] | None = None
+    deferred: list[File] = field(default_factory=list)  # for the last frame, in order
 
     def write(self, group: Group | Package, packer: _Packer) -> None:
         archive = packer.archive
@@ -334,18 +342,33 @@ class _FramePlan:
         reuse = self.reusable().get((group.package, signature)) if signature else None
         previous = self.previous
         if reuse is not None and previous is not None and self._ahead(previous, reuse):
-            with archive.discarding():  # conda-pack still records its prefixes
-                for record in group.recorded():
-                    packer.add(record)
+            recorded = group.recorded()
+            with archive.discarding():  # conda-pack still reads the conda-meta record
+                for record in recorded:
+                    if not _deferred(group, record):
+                        packer.add(record)
+            self.deferred += [r for r in recorded if _deferred(group, r)]
             archive.adopt(previous, reuse)
-            self.done += group.count
+            self.done += group.count - sum(1 for r in recorded if _deferred(group, r))
             return
         for record in group.members():
+            if _deferred(group, record):
+                self.deferred.append(record)
+                continue
             packer.add(record)
-            self.done += 1
-            if self.progress and self.done % 256 == 0:
-                self.progress(self.done, self.total)
+            self._count()
         archive.end_frame(group.package, signature)
+
+    def write_deferred(self, packer: _Packer) -> None:
+        """The deferred files, at the start of the last frame (never reused: see `_reusable`)."""
+        for record in self.deferred:
+            packer.add(record)
+            self._count()
+
+    def _count(self) -> None:
+        self.done += 1
+        if self.progress and self.done % 256 == 0:
+            self.progress(self.done, self.total)
 
     @staticmethod
     def _ahead(previous: PreviousPack, number: int) -> bool:
@@ -357,6 +380,12 @@ class _FramePlan:
         if self._reusable is None:
             self._reusable = _reusable(self.previous) if self.previous else {}
         return self._reusable
+
+
+def _deferred(group: Group | Package, record: File) -> bool:
+    """Whether `record` goes to the last frame: a package's file conda-pack may record a
+    prefix for (the files of no package keep theirs: conda-pack looks at each one's bytes)."""
+    return bool(group.package) and record.file_mode is not None
 
 
 def _reusable(previous: PreviousPack) -> dict[tuple[str, str], int]:

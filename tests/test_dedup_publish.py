@@ -8,7 +8,9 @@ build's python imports the env's packages.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,14 @@ from support.build import BUILD_CACHE, publish
 from support.cli import run_cli
 from support.dedup import inode, tree
 from support.manifests import edit_pixi_toml
+from support.sites import write_site_config
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup
 from nsls2_artifacts.store import open_store
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 
 def publish_and_deploy(config: Path, site) -> Path:
@@ -33,14 +37,38 @@ def publish_and_deploy(config: Path, site) -> Path:
     return layout.build_dir(site.deploy_root, "demo", newest.build_id)
 
 
-def test_real_one_package_nightly_is_linked_and_works(make_site, tmp_path: Path) -> None:
-    config, site = make_site()
+@dataclass(frozen=True)
+class Nightly:
+    first: Path  # the build with six 1.16, deployed first
+    second: Path  # the one-package nightly (six 1.17), linked from `first`
+    before: dict[str, tuple[str, int, str]]  # `first`'s tree before `second` was deployed
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Nightly:
+    root = tmp_path_factory.mktemp("nightly")
+    shutil.copytree(REPO / "manifests", root / "manifests")
+    config, site = write_site_config(
+        root,
+        {
+            "manifests": "./manifests",
+            "store": "./store",
+            "deploy_root": "./deploy",
+            "channel_mirrors": {"conda-forge": str(offline_channel)},
+            "retention": {"lts_years": 3, "keep_latest": 3, "grace_days": 7},
+            "agent": {"poll_seconds": 2, "node": "test-node", "node_ttl_seconds": 600},
+            "beamlines": {},
+        },
+    )
     edit_pixi_toml(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
     first = publish_and_deploy(config, site)
     before = tree(first)
     edit_pixi_toml(config, 'six = "==1.16.0"', 'six = "==1.17.0"')
-    second = publish_and_deploy(config, site)
+    return Nightly(first, publish_and_deploy(config, site), before)
 
+
+def test_real_one_package_nightly_is_linked_and_works(nightly: Nightly, tmp_path: Path) -> None:
+    first, second, before = nightly.first, nightly.second, nightly.before
     index = dedup.INDEXES.get(second)
     record = dedup.read_record(second)
     assert index is not None and record is not None
@@ -79,3 +107,24 @@ def test_real_one_package_nightly_is_linked_and_works(make_site, tmp_path: Path)
         cwd=tmp_path,
     )
     assert out.stdout.split() == ["1.17.0", str(second)]
+
+
+def test_only_the_changed_package_and_the_rewritten_files_frames_are_decompressed(
+    nightly: Nightly,
+) -> None:
+    """The packer puts every package file conda-unpack rewrites into the last frame
+    (pack.py `_FramePlan`), so no unchanged package's frame is kept for an entry point."""
+    index = dedup.INDEXES.get(nightly.second)
+    record = dedup.read_record(nightly.second)
+    assert index is not None and record is not None
+    six = {e.frame for e in index.entries if e.path.endswith("site-packages/six.py")}
+    last = len(index.frames) - 1
+    rewritten = {e.frame for e in index.entries if e.rewritten and e.type == "file"}
+    assert len(six) == 1 and six != {last}, six
+    assert index.frames[next(iter(six))].package == "six"
+    assert rewritten <= {last} | six | _unmanaged(index)
+    assert record.skipped_frames == record.frames - 2, (record, rewritten)
+
+
+def _unmanaged(index) -> set[int]:
+    return {n for n, frame in enumerate(index.frames) if not frame.package}
