@@ -298,7 +298,9 @@ def test_kernel_over_its_cgroup_limit_is_stopped_and_the_user_told(sci, tmp_path
         assert "NSLS-II sci" in notice.inner_text()
         page.wait_for_timeout(1000)  # the toast slides in: let the screenshot show it whole
         screenshot(page, "kernel-memory-notification")
-        server.ok("DELETE", f"/api/kernels/{kernel_id}")
+        # no DELETE of the kernel here: Jupyter is restarting the killed kernel, and a DELETE
+        # during that restart hits a jupyter_client race (InvalidStateError in
+        # shutdown_kernel: a 500); stopping the server at the end of the block shuts it down
 
 
 def _v1_bound(version: str) -> str:
