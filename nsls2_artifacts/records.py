@@ -306,13 +306,6 @@ class NodeHeartbeat(Record, frozen=True):
     # processes the scan could not read; any makes `complete` False
     unknown: list[ProcessUse] = field(default_factory=list)
 
-    def uses(self) -> dict[str, list[ProcessUse]]:
-        """`in_use` ("ENV/BUILD_ID" -> uses)."""
-        return self.in_use
-
-    def unknown_uses(self) -> list[ProcessUse]:
-        return self.unknown
-
 
 # -- the agents' shared state under DEPLOY_ROOT/state (paths: layout.py) ------------------
 

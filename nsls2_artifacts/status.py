@@ -251,7 +251,7 @@ def _scans(root: Path) -> dict[str, Any]:
         beat = report.heartbeat
         if beat is None:
             continue
-        unknown = beat.unknown_uses()
+        unknown = beat.unknown
         found[report.node] = {
             "complete": beat.complete,
             "unreadable": len(unknown),

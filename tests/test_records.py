@@ -111,7 +111,7 @@ def test_heartbeat_use_entries_are_checked():
     data["unknown"] = [{"pid": 1, "user": "u", "via": "unreadable"}]
     with pytest.raises(RecordError, match=r"unknown\[0\]: field 'path': missing"):
         NodeHeartbeat.from_dict(data)
-    assert GOOD[NodeHeartbeat].uses() == {f"demo/{BUILD}": [ProcessUse(1, "u", "exe", "/")]}
+    assert GOOD[NodeHeartbeat].in_use == {f"demo/{BUILD}": [ProcessUse(1, "u", "exe", "/")]}
 
 
 def test_read_record_names_the_file(tmp_path: Path):

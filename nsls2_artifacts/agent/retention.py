@@ -195,10 +195,10 @@ def gather_cluster(
         if beat is None:
             continue
         # a stale node's last uses still count: being conservative costs only disk space
-        for key, uses in beat.uses().items():
+        for key, uses in beat.in_use.items():
             cluster.in_use.setdefault(key, []).extend((report.node, use) for use in uses)
         if not report.stale(now_ns, ttl_seconds):
-            unknown: list[ProcessUse | None] = list(beat.unknown_uses())
+            unknown: list[ProcessUse | None] = list(beat.unknown)
             if not beat.complete and not unknown:
                 unknown = [None]
             cluster.unknown.extend((report.node, u) for u in unknown)
