@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.sites import write_site_config
+from support.sites import write_demo_site
 
 from nsls2_artifacts.config import SiteConfig
 from nsls2_artifacts.devchannel import build_channel, default_cache_dir
@@ -35,21 +35,7 @@ def make_site(tmp_path: Path, offline_channel: Path) -> Callable[..., tuple[Path
     """Write a site config under tmp_path (own store, deploy root, copy of manifests/)."""
 
     def factory(name: str = "site", **overrides: Any) -> tuple[Path, SiteConfig]:
-        root = tmp_path / name
-        root.mkdir(parents=True, exist_ok=True)
-        manifests = root / "manifests"
-        if not manifests.exists():
-            shutil.copytree(REPO / "manifests", manifests)
-        base: dict[str, Any] = {
-            "manifests": "./manifests",
-            "store": "./store",
-            "deploy_root": "./deploy",
-            "channel_mirrors": {"conda-forge": str(offline_channel)},
-            "retention": {"lts_years": 3, "keep_latest": 3, "grace_days": 7},
-            "agent": {"poll_seconds": 2, "node": "test-node", "node_ttl_seconds": 600},
-            "beamlines": {},
-        }
-        return write_site_config(root, {**base, **overrides})
+        return write_demo_site(tmp_path / name, offline_channel, **overrides)
 
     return factory
 

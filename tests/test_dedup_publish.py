@@ -8,7 +8,6 @@ build's python imports the env's packages.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,13 @@ from support.build import BUILD_CACHE, publish
 from support.cli import run_cli
 from support.dedup import inode, tree
 from support.manifests import edit_pixi_toml
-from support.sites import write_site_config
+from support.sites import write_demo_site
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup
 from nsls2_artifacts.store import open_store
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 
 
 def publish_and_deploy(config: Path, site) -> Path:
@@ -47,19 +45,7 @@ class Nightly:
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory: pytest.TempPathFactory, offline_channel: Path) -> Nightly:
     root = tmp_path_factory.mktemp("nightly")
-    shutil.copytree(REPO / "manifests", root / "manifests")
-    config, site = write_site_config(
-        root,
-        {
-            "manifests": "./manifests",
-            "store": "./store",
-            "deploy_root": "./deploy",
-            "channel_mirrors": {"conda-forge": str(offline_channel)},
-            "retention": {"lts_years": 3, "keep_latest": 3, "grace_days": 7},
-            "agent": {"poll_seconds": 2, "node": "test-node", "node_ttl_seconds": 600},
-            "beamlines": {},
-        },
-    )
+    config, site = write_demo_site(root, offline_channel)  # make_site's, once per module
     edit_pixi_toml(config, 'databroker = "*"', 'databroker = "*"\nsix = "==1.16.0"')
     first = publish_and_deploy(config, site)
     before = tree(first)

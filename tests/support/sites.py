@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import yaml
 
 from nsls2_artifacts.config import SiteConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -57,3 +60,21 @@ def write_site_config(
     """`write_site_yaml`, then load it back through the real config loader."""
     path = write_site_yaml(root, data, dirs)
     return path, load_config(path)
+
+
+def write_demo_site(root: Path, channel: Path, **overrides: Any) -> tuple[Path, SiteConfig]:
+    """A site under `root` that publishes the repo's envs from the offline `channel`: a copy
+    of manifests/ (kept if there is one), its own store and deploy root, test-node's agent
+    and retention's defaults; `overrides` replace whole top-level keys."""
+    if not (root / "manifests").exists():
+        shutil.copytree(REPO / "manifests", root / "manifests")
+    base: dict[str, Any] = {
+        "manifests": "./manifests",
+        "store": "./store",
+        "deploy_root": "./deploy",
+        "channel_mirrors": {"conda-forge": str(channel)},
+        "retention": {"lts_years": 3, "keep_latest": 3, "grace_days": 7},
+        "agent": {"poll_seconds": 2, "node": "test-node", "node_ttl_seconds": 600},
+        "beamlines": {},
+    }
+    return write_site_config(root, {**base, **overrides})
