@@ -110,6 +110,59 @@ def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) ->
     assert status_module.DISK_LEGEND in text
 
 
+def test_whole_frames_are_linked_by_key_and_an_older_record_by_its_index(
+    tmp_path: Path,
+) -> None:
+    """A build's dedup.json names the frames it shares (keys of frames none of whose
+    files was rewritten) and its artifact: the next deploy links those frames' files
+    from the same paths without reading the donor's index copy. A record of an older
+    agent (neither field) still lends files, by the hashes of its kept index; a record
+    of another artifact than ready.json vouches for lends nothing and says why."""
+    config, site = write_site(tmp_path / "site")
+    (first,) = deploy_in_turn(config, site, V1)
+    record = dedup.read_record(first)
+    ready = layout.read_ready(site.deploy_root, "demo", first.name)
+    assert record is not None and ready is not None
+    assert record.archive_sha256 == ready.artifact_sha256
+    index = dedup.INDEXES.get(first)
+    assert index is not None
+    # python, alpha and beta: not conda-pack's frame, which holds etc/prefix.txt (rewritten)
+    keys = {f.package: f.key for f in index.frames}
+    assert set(record.shared_frames) == {keys["python"], keys["alpha"], keys["beta"]}
+
+    os.unlink(first / dedup.INDEX_COPY)  # by key alone: the index copy is not needed
+    second_manifest = commit_framed(site, V2, 1)
+    result = agent_once(config)
+    (plan,) = events(result.stderr, "dedup-plan")
+    assert (plan["linked"], plan["by_frame"]) == ("5", "5"), plan  # python 2, alpha 3
+    second = build_dir(site, second_manifest.build_id)
+    assert inode(second / "lib/site/alpha/data.bin") == inode(first / "lib/site/alpha/data.bin")
+
+    # an older agent's record: the frames unknown, the index copy read for single files
+    legacy = json.loads((second / dedup.RECORD).read_text())
+    for name in ("archive_sha256", "shared_frames"):
+        del legacy[name]
+    (second / dedup.RECORD).write_text(json.dumps(legacy))
+    shutil.rmtree(first)  # the second build is the only donor
+    third_manifest = commit_framed(site, V3, 2)
+    result = agent_once(config)
+    (plan,) = events(result.stderr, "dedup-plan")
+    assert plan["by_frame"] == "0" and int(plan["linked"]) >= 3, plan  # python, beta 2.0
+    third = build_dir(site, third_manifest.build_id)
+    assert inode(third / "lib/site/beta/data.bin") == inode(second / "lib/site/beta/data.bin")
+
+    # a record naming another artifact than ready.json: no donor, and the log says why
+    forged = json.loads((third / dedup.RECORD).read_text()) | {"archive_sha256": "0" * 64}
+    (third / dedup.RECORD).write_text(json.dumps(forged))
+    fourth_manifest = commit_framed(site, V3 | {"gamma": "1.0"}, 3)
+    result = agent_once(config)
+    unused = {e["donor"]: e for e in events(result.stderr, "dedup-donor-unused")}
+    assert "of another artifact" in unused[f"demo/{third.name}"]["reason"], result.stderr
+    assert unused[f"demo/{third.name}"]["level"] == "warning"
+    fourth = dedup.read_record(build_dir(site, fourth_manifest.build_id))
+    assert fourth is not None and f"demo/{third.name}" not in fourth.donors
+
+
 def test_two_builds_of_an_env_are_never_committed_at_one_time(tmp_path: Path) -> None:
     """The cause of this file's flaky nightly test: it committed both nightlies at T0, so
     which was newer came down to their build ids' hashes, which change with T0 every hour
@@ -453,12 +506,21 @@ def test_a_chmodded_build_is_no_donor_and_the_agent_says_why(tmp_path: Path) -> 
         assert line["reason"].startswith("none of the"), line
         assert "(chmod on a build sharing it), e.g. " in line["reason"], line
     assert "3 with mode 644 instead of read-only 444" in unused[f"demo/{second.name}"]["reason"]
-    # a donor whose kept index is gone says that instead
+    # a donor whose kept index is gone still lends whole frames (their keys are in its
+    # dedup.json): the first build's beta 1.0, never shared with the chmodded build
     os.unlink(first / dedup.INDEX_COPY)
     fourth = commit_framed(site, V1, 3)
+    result = agent_once(config)
+    record = dedup.read_record(build_dir(site, fourth.build_id))
+    assert record is not None and f"demo/{first.name}" in record.donors, result.stderr
+    assert f"demo/{first.name}" not in events(result.stderr, "dedup-donor-unused")
+    beta = build_dir(site, fourth.build_id) / "lib/site/beta/data.bin"
+    assert inode(beta) == inode(first / "lib/site/beta/data.bin")
+    # ... but no single file of a frame it does not share: a deploy wanting one says why
+    fifth = commit_framed(site, {"gamma": "1.0"}, 4)
     result = agent_once(config)
     unused = {e["donor"]: e for e in events(result.stderr, "dedup-donor-unused")}
     reason = unused[f"demo/{first.name}"]["reason"]
     assert reason.startswith(f"cannot read {dedup.INDEX_COPY}"), reason
     assert unused[f"demo/{first.name}"]["level"] == "warning"
-    assert layout.read_ready(site.deploy_root, "demo", fourth.build_id) is not None
+    assert layout.read_ready(site.deploy_root, "demo", fifth.build_id) is not None

@@ -5,15 +5,19 @@ Called by `deploy._steps` for a build whose manifest names a content index
 (`contentindex.py`); builds without one are deployed in full, as before. The steps:
 
 1. `prepare`: the new build's index (the store checks it against the manifest), then the
-   donors: READY builds here (this env's newest first, then other envs'), each holding the
-   copy of its own index the agent kept (`.nsls2/index.json.zst`, its sha256 in
-   `.nsls2/dedup.json`, its archive the one `ready.json` vouches for). Every file entry of
-   the new index that conda-unpack never rewrites is linked from a donor file of the same
-   sha256 + size + mode, if that file is a regular, read-only file of the expected size on
-   this filesystem. Donors are held under their build locks (retention cannot delete them
-   meanwhile). A frame all of whose members are linked files, directories or symlinks is
-   skipped. `prepare` runs in a thread while the archive is hashed, and makes the
-   index's directories (on the shared pool) while it plans.
+   donors: READY builds here (this env's newest first, then other envs'), each with its
+   `.nsls2/dedup.json` (of the archive its `ready.json` vouches for) and the copy of its
+   own index the agent kept (`.nsls2/index.json.zst`, its sha256 in dedup.json). Every
+   file entry of the new index that conda-unpack never rewrites is linked from a donor
+   file, if that file is a regular, read-only file of the expected size on this
+   filesystem: first whole frames, by key (a frame of the same key the donor shares,
+   listed in its dedup.json, holds the same members at the same paths: its index is not
+   read), then single files of the same sha256 + size + mode from the donor's kept index,
+   read only while over ENOUGH of the files still lack a donor (another env's build, a
+   record of an older agent). Donors are held under their build locks (retention cannot
+   delete them meanwhile). A frame all of whose members are linked files, directories
+   or symlinks is skipped. `prepare` runs in a thread while the archive is hashed, and
+   makes the index's directories (on the shared pool) while it plans.
 2. `extract`: the ordinary safe extraction (`extract.safe_extract`) with a `_Placer`: the
    members of skipped frames come from the index, in archive order, and pass the same
    checks as the archive's; linked files are made in the deploying thread, or by the
@@ -27,8 +31,9 @@ Called by `deploy._steps` for a build whose manifest names a content index
 3. `protect_before_unpack`: every file bin/conda-unpack will rewrite gets an inode of its
    own (a shared one is copied first) whatever the index says, so conda-unpack never
    writes into another build's file; those files are marked rewritten in the kept index.
-4. `keep`: the index copy and `.nsls2/dedup.json` (what was linked, what written), before
-   ready.json; `status` shows the disk a build adds from it.
+4. `keep`: the index copy and `.nsls2/dedup.json` (what was linked, what written, the
+   archive and the keys of the frames it shares), before ready.json; `status` shows the
+   disk a build adds from it.
 
 Retention deletes a build by unlinking its names (`trash.remove`): a file another build
 links keeps its inode and bytes; nothing here chmods or writes a shared inode.
@@ -121,6 +126,14 @@ class DedupRecord(Record, frozen=True):
     frames: Count
     skipped_frames: Count  # not decompressed
     donors: tuple[str, ...] = ()  # ENV/BUILD_ID
+    # the artifact this build was deployed from (its ready.json's), so a later deploy can
+    # use `shared_frames` without reading the index copy; "" in records of older agents
+    archive_sha256: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?\Z")] = ""
+    # keys of this build's frames whose every file was written or linked read-only (none
+    # rewritten at deploy): a later build's frame of the same key holds the very same
+    # members (names, modes, bytes: the key is the sha256 of the frame's tar bytes), so
+    # its files can be linked from this build's same paths, its index left unread
+    shared_frames: tuple[Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")], ...] = ()
 
     @property
     def added_bytes(self) -> int:
@@ -135,18 +148,31 @@ def read_record(build: Path) -> DedupRecord | None:
     return layout.read_record(build / RECORD, DedupRecord.from_dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Donor:
-    """An earlier READY build here whose kept index vouches for its files' hashes."""
+    """An earlier READY build here, deployed with a content index: its dedup record's
+    `shared_frames` vouch for whole frames' files, its kept index (read only when
+    frames leave too many files without a donor) for single files' hashes."""
 
     env: str
     build_id: str
     path: Path
-    index: ContentIndex
+    record: DedupRecord
+    artifact_sha256: str  # of the artifact its ready.json vouches for
+    _index: ContentIndex | str | None = None
 
     @property
     def name(self) -> str:
         return f"{self.env}/{self.build_id}"
+
+    def index(self) -> ContentIndex | str:
+        """The kept index (parsed once, cached across deploys), or why it cannot be used."""
+        if self._index is None:
+            found = INDEXES.load(self.path)
+            if isinstance(found, ContentIndex) and found.archive_sha256 != self.artifact_sha256:
+                found = f"{INDEX_COPY} is of another artifact than ready.json vouches for"
+            self._index = found
+        return self._index
 
 
 @dataclass
@@ -160,6 +186,7 @@ class LinkPlan:
     donors: list[Donor] = field(default_factory=list)
     linked_files: int = 0
     copied_files: int = 0
+    by_frame: int = 0  # sources found by frame key (the rest: by a donor index's hashes)
     # donors passed over: (ENV/BUILD_ID, why, log level: WARNING when a build here is
     # not as its deploy left it, INFO for the routine reasons)
     unused: list[tuple[str, str, int]] = field(default_factory=list)
@@ -308,18 +335,27 @@ def _candidates(deploy_root: Path, env: str, build_id: str) -> list[tuple[str, s
 
 
 def _donor(deploy_root: Path, env: str, build_id: str) -> Donor | str:
-    """ENV/BUILD_ID as a donor: ready here, and its kept index is of the very artifact its
-    ready record vouches for; else why it is none."""
+    """ENV/BUILD_ID as a donor: ready here, with a dedup record of the very artifact its
+    ready record vouches for (records of older agents name none: their kept index is
+    read now to tell); else why it is none."""
     ready = layout.read_ready(deploy_root, env, build_id)
     if ready is None:
         return "not ready here (deleted or redeployed meanwhile)"
     path = layout.build_dir(deploy_root, env, build_id)
-    index = INDEXES.load(path)
-    if isinstance(index, str):
-        return index
-    if index.archive_sha256 != ready.artifact_sha256:
-        return f"{INDEX_COPY} is of another artifact than ready.json vouches for"
-    return Donor(env, build_id, path, index)
+    try:
+        record = read_record(path)
+    except RecordError as exc:
+        return str(exc)
+    if record is None:
+        return f"deployed in full: no {RECORD}"
+    if record.archive_sha256 and record.archive_sha256 != ready.artifact_sha256:
+        return f"{RECORD} is of another artifact than ready.json vouches for"
+    donor = Donor(env, build_id, path, record, ready.artifact_sha256)
+    if not record.archive_sha256:
+        index = donor.index()
+        if isinstance(index, str):
+            return index
+    return donor
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -372,10 +408,13 @@ def _why_no_files(donor: Donor, wanted: dict[Key, list[str]], device: int) -> st
     has none of them): called only for a donor that gave nothing, so it costs nothing
     when dedup works. A chmod on a deployed build changes the mode of every inode it
     shares, in every build sharing it, so such files are never linked again: say so."""
+    index = donor.index()
+    if isinstance(index, str):
+        return index
     counts: dict[str, int] = {}
     example: dict[str, str] = {}
     seen: set[Key] = set()
-    for entry in donor.index.entries:  # the files `_donor_files` checked: one per key
+    for entry in index.entries:  # the files `_donor_files` checked: one per key
         key = (entry.sha256, entry.size, entry.mode)
         if key not in wanted or key in seen or not _shareable(entry):
             continue
@@ -415,15 +454,18 @@ def plan_links(
     deploy_root: Path,
 ) -> LinkPlan:
     """Choose a donor file for every shareable entry that has one, reading at most
-    MAX_DONORS donor indexes; each donor used stays locked in `hold`."""
+    MAX_DONORS donors; each donor used stays locked in `hold`. Whole frames first, by
+    key (`DedupRecord.shared_frames`: the donor's index is not read, the new index's
+    names are the donor's); single files by hash from the donor's kept index only while
+    over ENOUGH of the files still lack one (another env's build, an older agent's)."""
     plan = LinkPlan(index)
-    wanted: dict[Key, list[str]] = {}
+    by_frame: dict[int, list[IndexEntry]] = {}
     for entry in index.entries:
         if _shareable(entry):
-            wanted.setdefault((entry.sha256, entry.size, entry.mode), []).append(entry.path)
+            by_frame.setdefault(entry.frame, []).append(entry)
+    shareable = sum(map(len, by_frame.values()))
     device = os.stat(dest).st_dev
-    shareable = sum(len(names) for names in wanted.values())
-    for donor in donors:
+    for donor in donors if shareable else ():
         try:
             hold.enter_context(build_lock(deploy_root, donor.env, donor.build_id, wait=False))
         except LockBusy:  # being deleted or redeployed by another agent: not a donor now
@@ -432,9 +474,18 @@ def plan_links(
         if layout.read_ready(deploy_root, donor.env, donor.build_id) is None:
             plan.unused.append((donor.name, "deleted between listing and locking", INFO))
             continue
-        found = _donor_files(donor, wanted, device)
+        found = _same_frames(donor, index, by_frame, plan.sources, device)
+        framed = len(found)
+        wanted: dict[Key, list[str]] = {}
+        if shareable - len(plan.sources) - len(found) > ENOUGH * shareable:
+            wanted = _wanted(by_frame, plan.sources, found)
+            donor_index = donor.index()
+            if isinstance(donor_index, ContentIndex):
+                for key, source in _donor_files(donor, donor_index, wanted, device).items():
+                    for name in wanted[key]:
+                        found[name] = source
         if not found:
-            why = _why_no_files(donor, wanted, device)
+            why = _why_no_files(donor, wanted, device) if wanted else ""
             if why:  # else it simply holds none of this build's files
                 plan.unused.append((donor.name, why, WARNING))
             continue
@@ -443,20 +494,57 @@ def plan_links(
             plan.unused.append((donor.name, refused, INFO))  # the fallback: by design
             continue
         plan.donors.append(donor)
-        for key, source in found.items():
-            for name in wanted.pop(key):
-                plan.sources[name] = source
-        if sum(map(len, wanted.values())) <= ENOUGH * shareable:
+        plan.sources.update(found)
+        plan.by_frame += framed
+        if shareable - len(plan.sources) <= ENOUGH * shareable:
             break  # what is left is new in this build (the changed packages): stop looking
     plan.skip = _skippable(index, plan.sources)
     return plan
 
 
-def _donor_files(donor: Donor, wanted: dict[Key, list[str]], device: int) -> dict[Key, str]:
+def _same_frames(
+    donor: Donor,
+    index: ContentIndex,
+    by_frame: dict[int, list[IndexEntry]],
+    sources: dict[str, str],
+    device: int,
+) -> dict[str, str]:
+    """Donor files by name for the shareable entries, not yet linked, of every frame
+    whose key is one of the donor's shared frames: the same path in the donor, if
+    usable (one `lstat` each: by threads on slow storage)."""
+    keys = set(donor.record.shared_frames)
+    base = str(donor.path)
+    candidates = [
+        (f"{base}/{entry.path}", entry)
+        for number, entries in by_frame.items()
+        if index.frames[number].key in keys
+        for entry in entries
+        if entry.path not in sources
+    ]
+
+    def check(chunk: list[tuple[str, IndexEntry]]) -> list[tuple[str, str]]:
+        return [(entry.path, path) for path, entry in chunk if _usable(path, entry, device)]
+
+    return dict(_run_all(check, candidates, _Latency()))
+
+
+def _wanted(by_frame: dict[int, list[IndexEntry]], *linked: dict[str, str]) -> dict[Key, list[str]]:
+    """Names by content key of the shareable entries none of `linked` has a source for."""
+    wanted: dict[Key, list[str]] = {}
+    for entries in by_frame.values():
+        for entry in entries:
+            if not any(entry.path in names for names in linked):
+                wanted.setdefault((entry.sha256, entry.size, entry.mode), []).append(entry.path)
+    return wanted
+
+
+def _donor_files(
+    donor: Donor, donor_index: ContentIndex, wanted: dict[Key, list[str]], device: int
+) -> dict[Key, str]:
     """The donor's usable file for each wanted key it has (one `lstat` each: a metadata
     round trip on GPFS, made by threads there)."""
     candidates: dict[Key, tuple[str, IndexEntry]] = {}
-    for entry in donor.index.entries:
+    for entry in donor_index.entries:
         key = (entry.sha256, entry.size, entry.mode)
         if key in wanted and key not in candidates and _shareable(entry):
             candidates[key] = (f"{donor.path}/{entry.path}", entry)
@@ -545,6 +633,7 @@ def prepare(
         env=manifest.name,
         build=manifest.build_id,
         linked=len(plan.sources),
+        by_frame=plan.by_frame,
         files=sum(1 for e in index.entries if e.type == "file"),
         skipped_frames=len(plan.skip),
         frames=len(index.frames),
@@ -978,10 +1067,25 @@ def keep(prefix: Path, plan: LinkPlan, rewritten: set[str]) -> DedupRecord:
         frames=len(plan.index.frames),
         skipped_frames=len(plan.skip),
         donors=tuple(d.name for d in plan.donors),
+        archive_sha256=kept.archive_sha256,
+        shared_frames=_shared_frames(kept),
     )
     atomic_write_json(prefix / RECORD, record.to_dict())
     INDEXES.put(prefix, kept)  # by its final path: the build was renamed into place
     return record
+
+
+def _shared_frames(index: ContentIndex) -> tuple[str, ...]:
+    """Keys of the frames holding files, every one of them shareable (written read-only,
+    never rewritten here): what a later build may link frame by frame."""
+    holds_file: set[int] = set()
+    private: set[int] = set()
+    for entry in index.entries:
+        if entry.type == "file":
+            holds_file.add(entry.frame)
+            if entry.rewritten:
+                private.add(entry.frame)
+    return tuple(sorted({index.frames[n].key for n in holds_file - private}))
 
 
 def _encode(index: ContentIndex) -> bytes:
