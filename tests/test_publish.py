@@ -27,7 +27,7 @@ from support.build import (
 )
 from support.cli import run_cli
 from support.manifests import edit_pixi_toml
-from support.processes import kill9
+from support.processes import kill9, wait_for
 
 from nsls2_artifacts.contentindex import ContentIndex
 from nsls2_artifacts.records import BuildManifest, is_build_id
@@ -363,6 +363,37 @@ def test_concurrent_publishes_never_corrupt(make_site, build_cache: Path) -> Non
     assert statuses.count("published") == 1, outcomes
     only_build(site.store)
     assert run_cli(config, "store", "verify").returncode == 0
+
+
+def test_the_scratch_prefix_is_deleted_after_the_lock_is_released(
+    make_site, build_cache: Path
+) -> None:
+    """Deleting a large scratch prefix takes seconds (110k files: 9-20 s): it is renamed
+    aside under the env's publish lock and deleted after the lock is released, by a
+    detached `rm -rf`, so the next publish of the env need not wait for it, nor the hook
+    for the result. Paused right after the lock is released: the build is committed, the
+    lock is free, the prefix is set aside under this publish's pid; then it is deleted."""
+    config, site = make_site()
+    proc = start_publish(config, build_cache, "demo", NSLS2_TEST_PAUSE_AT="cleanup")
+    watcher = LineWatcher(proc)
+    try:
+        watcher.wait_for("paused at cleanup")
+        only_build(site.store)
+        with open_store(site).publish_lock("demo"):  # free: raises if still held
+            pass
+        tag = hashlib.sha256(str(site.store).encode()).hexdigest()[:8]
+        assert scratch_dirs(build_cache, site) == []
+        aside = build_cache / "scratch" / f"demo-{tag}-{proc.pid}"
+        assert (aside / "prefix" / "conda-meta").is_dir()
+    finally:
+        kill9(proc, 60)
+    # killed before it started the rm: the next publish removes the leftover of a dead pid
+    publish(config, build_cache, "demo")
+    assert not aside.exists()
+    # and a publish left to finish starts an rm that deletes its prefix by itself
+    result = publish(config, build_cache, "demo", "--json")
+    assert json.loads(result.stdout)["status"] in ("published", "unchanged")
+    wait_for(lambda: not list((build_cache / "scratch").glob(f"demo-{tag}*")), 120)
 
 
 def test_pypi_dependencies_go_through_uv_into_the_lock(
