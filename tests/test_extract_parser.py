@@ -196,7 +196,8 @@ def test_any_decompressor_error_is_the_archives(
     assert "ValueError: a frame shape nobody thought of" in rejected(archive, "tar.zst", tmp_path)
 
 
-def tree(root: Path) -> dict[str, tuple[int, bytes | str]]:
+def tree_with_every_mode(root: Path) -> dict[str, tuple[int, bytes | str]]:
+    """Every entry's full st_mode (directories' and links' too) and bytes or link target."""
     out: dict[str, tuple[int, bytes | str]] = {}
     for path in sorted(root.rglob("*")):
         st = path.lstat()
@@ -233,7 +234,7 @@ def test_thread_pool_and_inline_writes_give_one_tree(
         )
         assert count == len(members)
         assert bool(batches) == slow  # the pool gets batches only when storage is slow
-        trees.append(tree(dest))
+        trees.append(tree_with_every_mode(dest))
     assert trees[0] == trees[1]
     assert trees[0]["many/f7.txt"] == (0o100755, b"7")
 

@@ -1,9 +1,11 @@
 """The test helpers are one copy each (issue #21 item 6): a test waits with
 `support.processes.wait_for` and ends a process with `kill9` or `stop`, never with a loop
-or a kill of its own; no two helper modules define the same helper, and no test module
-takes a helper or fixture from another test module (shared ones live in support/ and
-conftest.py). Read with `ast`
-from the test sources, so a new copy fails here, and the checker is shown to see one.
+or a kill of its own; no two helper modules define the same helper, no test module defines
+a helper under a support/ helper's name (a second copy, or a different helper whose name does
+not say the difference, as three `tree`s, three `promote`s and two `run_cell`s did until the
+review), and no test module takes a helper or fixture from another test module (shared ones
+live in support/ and conftest.py). Read with `ast` from the test sources, so a new copy fails
+here, and the checker is shown to see one.
 """
 
 from __future__ import annotations
@@ -76,12 +78,29 @@ def problems(root: Path) -> list[str]:
     helpers: dict[str, list[str]] = defaultdict(list)
     for path in sorted((root / "support").glob("*.py")):
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 helpers[node.name].append(path.name)
     found += [
         f"support: {name} defined in {where}" for name, where in helpers.items() if len(where) > 1
     ]
+    for path in sorted(root.glob("*.py")):  # test modules, conftest.py, s3server.py
+        if path.name == Path(__file__).name:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if _helper(node) and node.name in helpers:
+                found.append(
+                    f"{path.name}:{node.lineno}: defines {node.name}, as support/"
+                    f"{helpers[node.name][0]} does (use it, or name the difference)"
+                )
     return found
+
+
+def _helper(node: ast.stmt) -> bool:
+    """A top-level function or class that is not a fixture (a fixture is found by its name,
+    so its name is free to match a helper's)."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return False
+    return not any("fixture" in ast.unparse(d) for d in node.decorator_list)
 
 
 def test_one_wait_loop_one_process_ender_one_copy_of_each_helper() -> None:
@@ -92,6 +111,7 @@ def test_the_checker_sees_copies(tmp_path: Path) -> None:
     (tmp_path / "support").mkdir()
     (tmp_path / "support" / "a.py").write_text("def write_site():\n    pass\n")
     (tmp_path / "support" / "b.py").write_text("def write_site():\n    pass\n")
+    (tmp_path / "support" / "c.py").write_text("def promote():\n    pass\n")
     (tmp_path / "test_x.py").write_text(
         "import os, time\nfrom test_y import helper\n"
         "def test_x(proc, deadline):\n"
@@ -101,6 +121,11 @@ def test_the_checker_sees_copies(tmp_path: Path) -> None:
         "    proc.kill()\n"
         "    os.kill(proc.pid, 9)\n"
         "    server.kill()\n"
+        "def promote():\n"
+        "    pass\n"
+        "@pytest.fixture\n"
+        "def write_site():\n"
+        "    pass\n"
     )
     assert problems(tmp_path) == [
         "test_x.py:4: a polling loop (use wait_for)",
@@ -109,4 +134,5 @@ def test_the_checker_sees_copies(tmp_path: Path) -> None:
         "test_x.py:8: os.kill() (use kill9 or stop)",
         "test_x.py:2: imports test_y (use support/)",
         "support: write_site defined in ['a.py', 'b.py']",
+        "test_x.py:10: defines promote, as support/c.py does (use it, or name the difference)",
     ]

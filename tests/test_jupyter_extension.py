@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from support.agent import agent_pass, commit_fake, write_site
+from support.agent import agent_pass, commit_fake, promote_fake, write_site
 from support.jupyter import (
     jupyter_server,
     notebook_cli,
@@ -34,16 +33,8 @@ from nsls2_artifacts.jupyter.deployed import (
     kernel_dirs_in,
 )
 from nsls2_artifacts.jupyter.notebook import duration_words
-from nsls2_artifacts.records import isoformat
 
 pytest.importorskip("jupyter_server")
-
-
-def promote(cfg, build_id: str, label: str) -> None:
-    atomic_write_json(
-        cfg.store / "demo" / "lts" / f"{label}.json",
-        {"build_id": build_id, "promoted": isoformat(datetime.now(UTC))},
-    )
 
 
 def running_build(server, kernel_id: str):
@@ -144,8 +135,9 @@ def test_saved_notebook_records_build_info_and_pin(tmp_path: Path) -> None:
     assert info["recovery"]["reason"].endswith("built 1 hour before it")  # not "1 days"
     assert info["latest_runs_it"] is False
 
-    # promote `second` to LTS: now its own LTS kernel gets it back, and pin points at it
-    promote(cfg, second.build_id, "2026-2")
+    # promote `second` to LTS (after every build): now its own LTS kernel gets it back,
+    # and pin points at it
+    promote_fake(cfg, "demo", "2026-2", second.build_id, hours=4)
     assert agent_pass(cfg).ok
     text = notebook_cli(config, "info", str(old)).stdout
     assert second.build_id in text and "nsls2-demo-2026-2" in text and "still deployed" in text
@@ -284,7 +276,7 @@ def test_merged_labels_and_jupyter_path_only(tmp_path: Path) -> None:
     the spec of that very label; without --config the CLI finds the kernels on JUPYTER_PATH."""
     _, cfg = write_site(tmp_path / "site")
     build = commit_fake(cfg, tag="one", hours=1, lts="2026-1")
-    promote(cfg, build.build_id, "2026-2")
+    promote_fake(cfg, "demo", "2026-2", build.build_id, hours=3)  # the newest label
     commit_fake(cfg, tag="two", hours=2)
     assert agent_pass(cfg).ok
     catalogue = build_catalogue(kernel_dirs_in(cfg.deploy_root))

@@ -48,8 +48,9 @@ def log_in(client: httpx.Client, user: str) -> str:
     return token.json()["token"]
 
 
-async def run_cell(url: str, token: str, code: str) -> tuple[dict, str]:
-    """Send one execute_request over the kernel websocket; (execute_reply content, output)."""
+async def run_cell_over_websocket(url: str, token: str, code: str) -> tuple[dict, str]:
+    """Send one execute_request over the hub's kernel websocket (support.jupyter.run_cell
+    uses a kernel client); (execute_reply content, output)."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
@@ -150,7 +151,7 @@ def test_hub_user_gets_nsls2_default_kernel_with_databroker(deployed_demo, tmp_p
         assert kernel["name"] == "nsls2-demo-latest"
 
         ws_url = f"{url.replace('http', 'ws')}/user/{USER}/api/kernels/{kernel['id']}/channels"
-        reply, output = asyncio.run(run_cell(ws_url, token, CELL))
+        reply, output = asyncio.run(run_cell_over_websocket(ws_url, token, CELL))
         assert reply["status"] == "ok", output
         build_dir = layout.build_dir(cfg.deploy_root, "demo", build_id)
         assert output.split() == [str(build_dir), "databroker"]

@@ -49,7 +49,8 @@ tree = MapAdapter(
 """
 
 
-def promote(config: Path, env: str, build_id: str, label: str) -> None:
+def promote_by_cli(config: Path, env: str, build_id: str, label: str) -> None:
+    """`nsls2-artifacts promote ENV BUILD_ID --lts LABEL`, what staff run; it must succeed."""
     out = run_cli(config, "promote", env, build_id, "--lts", label, check=False)
     assert out.returncode == 0, out.stderr
 
@@ -89,14 +90,14 @@ def site(offline_channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Sim
         agent={"smoke_timeout_seconds": 300},
     )
     oldest = publish_build(config, "demo")
-    promote(config, "demo", oldest, "2023-1")
-    promote(config, "demo", oldest, "2025-1")
+    promote_by_cli(config, "demo", oldest, "2023-1")
+    promote_by_cli(config, "demo", oldest, "2025-1")
     add_dependency(manifests / "demo", 'six = "*"')
     middle = publish_build(config, "demo")
-    promote(config, "demo", middle, "2025-2")
+    promote_by_cli(config, "demo", middle, "2025-2")
     add_dependency(manifests / "demo", 'numpy = "*"')
     newest = publish_build(config, "demo")
-    promote(config, "demo", newest, "2026-1")
+    promote_by_cli(config, "demo", newest, "2026-1")
     hxn = publish_build(config, "hxn")
     agent_once(config, timeout=900)
     # staff withdraw the 2023-1 label: its kernel is removed and recorded as retired

@@ -24,7 +24,7 @@ from support.retention import (
     by_build,
     child,
     make_build,
-    promote,
+    promote_deployed,
     run_as_nobody,
     set_latest,
     tombstone_file,
@@ -133,9 +133,9 @@ def test_roots_latest_hold_lts_newest_grace(backend, tmp_path):
         tmp_path / "s", keep_latest=1, grace_days=3, lts_years=1, **backend
     )
     lts_young = make_build(site, 400, "a")
-    promote(site, lts_young, "2026-1", days_ago=100)
+    promote_deployed(site, lts_young, "2026-1", days_ago=100)
     lts_expired = make_build(site, 800, "b")
-    promote(site, lts_expired, "2024-1", days_ago=500)
+    promote_deployed(site, lts_expired, "2024-1", days_ago=500)
     held = make_build(site, 60, "c")
     newest_ready = make_build(site, 5, "d")
     young = make_build(site, 1, "e", ready=False)  # not ready: not counted in keep_latest
@@ -349,7 +349,7 @@ def test_clock_skew_up_to_grace_does_not_delete_early(deploy, monkeypatch):
 def test_dry_run_explains_every_decision_and_changes_nothing(backend, tmp_path):
     config, site = write_retention_site(tmp_path / "s", keep_latest=1, grace_days=1, **backend)
     lts = make_build(site, 200, "a")
-    promote(site, lts, "2026-1", days_ago=50)
+    promote_deployed(site, lts, "2026-1", days_ago=50)
     in_use = make_build(site, 100, "b")
     expired = make_build(site, 90, "c")
     tombstoned = make_build(site, 80, "d")
@@ -362,16 +362,18 @@ def test_dry_run_explains_every_decision_and_changes_nothing(backend, tmp_path):
     write_kernelspec(site, expired, "x")
     age(tombstone_file(site, tombstoned), 3)
 
-    def snapshot() -> list[tuple[str, int]]:
+    def mtimes() -> list[tuple[str, int]]:
+        """Every path under the deploy root and its mtime: a dry run writes nothing, not
+        even the same bytes again."""
         return sorted(
             (str(p.relative_to(site.deploy_root)), p.lstat().st_mtime_ns)
             for p in site.deploy_root.rglob("*")
         )
 
     with child("fd", in_use) as proc:
-        before = snapshot()
+        before = mtimes()
         output = prune(config, "--dry-run")
-        assert snapshot() == before
+        assert mtimes() == before
     assert "dry run: nothing changed" in output
     rows = {}
     for line in output.splitlines():
@@ -393,7 +395,7 @@ def test_deleted_build_that_becomes_lts_again_may_be_redeployed(deploy):
     age(tombstone_file(site, old), 2)
     assert run(site)[old.name].action == "delete"
     assert old.name in layout.deleted_builds(site.deploy_root, "demo")
-    promote(site, old, "2026-2", days_ago=0)  # staff promote the deleted build to LTS
+    promote_deployed(site, old, "2026-2", days_ago=0)  # staff promote the deleted build to LTS
     decision = run(site)[old.name]
     assert decision.action == "revive"
     assert decision.reason.startswith("kept: lts 2026-2 (promoted ")

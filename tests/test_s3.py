@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from s3server import S3Server
-from support.agent import agent_pass, fake_env_members, snapshot, tar_bytes, write_site
+from support.agent import agent_pass, fake_env_members, sizes_and_modes, tar_bytes, write_site
 from support.cli import run_cli
 from support.store import commit_to, s3_site
 
@@ -180,12 +180,12 @@ def test_server_down_during_agent_passes_changes_nothing_then_recovers(
     store = open_store(site)
     first = commit_to(store, tmp_path / "scratch", "a")
     assert run_cli(config, "agent", "--once", check=False).returncode == 0
-    before = snapshot(site.deploy_root / "envs")
+    before = sizes_and_modes(site.deploy_root / "envs")
 
     own_server.kill()
     out = run_cli(config, "agent", "--once", check=False)
     assert out.returncode != 0 and "store-unavailable" in out.stderr
-    assert snapshot(site.deploy_root / "envs") == before  # nothing deleted or un-flipped
+    assert sizes_and_modes(site.deploy_root / "envs") == before  # nothing deleted or un-flipped
     status = json.loads(run_cli(config, "status", "--json", check=False).stdout)
     assert status["quarantined"] == [] and status["store_error"]
     assert "endpoint_url" in status["store_error"]
@@ -308,7 +308,7 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
     )
     commit_to(open_store(site), tmp_path / "scratch", "a")
     assert run_cli(config, "agent", "--once", check=False).returncode == 0
-    before = snapshot(site.deploy_root / "envs")
+    before = sizes_and_modes(site.deploy_root / "envs")
     log = tmp_path / "daemon.log"
     daemon = start_agent(config, "--no-events", log=log)
     try:
@@ -321,7 +321,7 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
         )
         retries = [float(e["seconds"]) for e in events(log.read_text(), "store-retry")]
         assert retries[:2] == [2.0, 4.0]
-        assert snapshot(site.deploy_root / "envs") == before
+        assert sizes_and_modes(site.deploy_root / "envs") == before
         assert (
             json.loads(run_cli(config, "status", "--json", check=False).stdout)["quarantined"] == []
         )
@@ -335,7 +335,7 @@ def test_hung_server_during_daemon_passes_is_retried_with_backoff(
     finally:
         own_server.thaw()
         kill9(daemon)
-    assert snapshot(site.deploy_root / "envs") == before
+    assert sizes_and_modes(site.deploy_root / "envs") == before
 
 
 def test_an_unreadable_store_index_restarts_its_generation(

@@ -202,15 +202,17 @@ def commit_fake(
 
 
 def promote_fake(site: SiteConfig, env: str, label: str, build_id: str, hours: float) -> None:
-    """Write STORE/ENV/lts/LABEL.json naming `build_id`, promoted `hours` after T0."""
+    """Write STORE/ENV/lts/LABEL.json naming `build_id`, promoted `hours` after T0, by hand
+    (a filesystem store; no check of the build or label, as `promote` would make)."""
     promoted = isoformat(T0 + timedelta(hours=hours))
     atomic_write_json(
         site.store / env / "lts" / f"{label}.json", {"build_id": build_id, "promoted": promoted}
     )
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under `root` (lstat size + mode), to prove what a step did not touch."""
+def sizes_and_modes(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with its lstat size and mode (no content, no mtime): proves a
+    step created, removed, resized or chmod'ed nothing there."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:

@@ -145,8 +145,8 @@ def commit_framed(
 
 
 def tree(root: Path) -> dict[str, tuple[str, int, str]]:
-    """Every entry under `root` except the agent's `.nsls2/`: (kind, mode, content hash or
-    link target), read byte for byte."""
+    """Every entry under `root` except the agent's `.nsls2/`: (kind, a file's mode, its
+    content hash or a link's target), read byte for byte; directories by kind only."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not (dirpath == str(root) and d == ".nsls2")]

@@ -140,7 +140,9 @@ def set_latest(site: SiteConfig, prefix: Path) -> None:
     atomic_symlink(prefix.name, prefix.parent / "latest")
 
 
-def promote(site: SiteConfig, prefix: Path, label: str, days_ago: float) -> None:
+def promote_deployed(site: SiteConfig, prefix: Path, label: str, days_ago: float) -> None:
+    """Make the deployed build at `prefix` LTS `label`, promoted `days_ago`, through the
+    Store protocol (either backend)."""
     promoted = isoformat(utcnow() - timedelta(days=days_ago))
     open_store(site).set_lts(LtsRecord(prefix.parent.name, label, prefix.name, promoted))
 
