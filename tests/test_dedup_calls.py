@@ -1,6 +1,6 @@
 """Where a deduplicated deploy makes its metadata calls (issue #20): in the deploying
 thread while they are fast, on the shared pool once they prove slow (GPFS-like latency),
-and what a failure on the pool leaves; the artifact reader's `skip`.
+and what a failure on the pool leaves.
 
 The pool path cannot be reached on a local disk (its calls take microseconds), so these
 tests lower the threshold in-process; the deploys themselves are real (agent code, real
@@ -9,8 +9,6 @@ archives and links), only the verdict "slow" is forced.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import threading
@@ -22,8 +20,7 @@ from support.dedup import commit_framed, inode, tree
 
 from nsls2_artifacts import layout
 from nsls2_artifacts.agent import dedup, deploy
-from nsls2_artifacts.store import ArtifactMismatchError, open_store
-from nsls2_artifacts.store.interface import CheckedReader, VerifiedReader
+from nsls2_artifacts.store import open_store
 
 V1 = {"alpha": "1.0", "beta": "1.0"}
 V2 = {"alpha": "1.0", "beta": "2.0"}
@@ -110,21 +107,3 @@ def test_linked_deploy_on_slow_storage_links_through_the_pool(
         assert not os.stat(second / name).st_mode & 0o222
     assert (second / "lib/site/alpha/sub").is_dir()
     assert tree(first) == before
-
-
-def test_reader_skip_seeks_when_verified_and_hashes_when_streaming() -> None:
-    data = bytes(range(256)) * 64
-    digest = hashlib.sha256(data).hexdigest()
-    verified = VerifiedReader(io.BufferedReader(io.BytesIO(data)))
-    verified.skip(1000)
-    assert verified.read(4) == data[1000:1004]
-
-    checked = CheckedReader(io.BytesIO(data), "artifact", len(data), digest, len(data))
-    checked.skip(5000)
-    assert checked.read(3) == data[5000:5003]
-    checked.finish()  # what was skipped was hashed all the same
-
-    wrong = CheckedReader(io.BytesIO(data), "artifact", len(data), "0" * 64, len(data))
-    wrong.skip(len(data))
-    with pytest.raises(ArtifactMismatchError, match="sha256 mismatch"):
-        wrong.finish()

@@ -16,18 +16,25 @@ Called by `deploy._steps` for a build whose manifest names a content index
    read only while over ENOUGH of the files still lack a donor (another env's build, a
    record of an older agent). Donors are held under their build locks (retention cannot
    delete them meanwhile). A frame all of whose members are linked files, directories
-   or symlinks is skipped. `prepare` runs in a thread while the archive is hashed, and
-   makes the index's directories (on the shared pool) while it plans.
+   or symlinks is skipped. `prepare` runs in a thread (beside the whole archive's hash
+   when no build here kept an index, `may_skip_frames`: then no frame can be skipped),
+   and makes the index's directories (on the shared pool) while it plans.
 2. `extract`: the ordinary safe extraction (`extract.safe_extract`) with a `_Placer`: the
    members of skipped frames come from the index, in archive order, and pass the same
    checks as the archive's; linked files are made in the deploying thread, or by the
    shared pool's threads once links prove slow (file creation is latency-bound on
    GPFS), and where a link is refused (EXDEV across filesets, EPERM, EMLINK at the
    link-count limit) the file is reflinked (FICLONE) or copied from the donor. Files
-   never rewritten are written read-only, so a later build can share them. The archive
-   is still verified before anything is read (or, from S3, before anything extracted is
-   used): skipped frames are seeked past (a streaming reader hashes them), never
-   decompressed.
+   never rewritten are written read-only, so a later build can share them. Verification
+   follows the plan (`deploy._open_verified`): a plan that skips frames reads only the
+   frames it keeps (`kept_frames`, `Store.open_frames`: in place, or by ranged GETs from
+   S3) and checks each against its record in the content index, which the store checked
+   against the manifest: its tar bytes' sha256 is the frame's `key`, their length its
+   `tar_length`, before the first of them reaches the tar reader. The archive's own
+   sha256 is not computed and the skipped frames' bytes are never read: damage there
+   cannot reach this build (its files come from donors, whose bytes were verified when
+   they were deployed, under the same frame keys or sha256s). A plan that skips nothing reads and
+   verifies the whole archive, as a full deploy does.
 3. `protect_before_unpack`: every file bin/conda-unpack will rewrite gets an inode of its
    own (a shared one is copied first) whatever the index says, so conda-unpack never
    writes into another build's file; those files are marked rewritten in the kept index.
@@ -654,83 +661,43 @@ def _first(items: Iterator[Donor], count: int) -> Iterator[Donor]:
 # -- extracting ------------------------------------------------------------------------------------
 
 
+def may_skip_frames(deploy_root: Path, manifest: BuildManifest) -> bool:
+    """Whether a link plan for `manifest` may skip frames: it names a content index of a
+    zstd archive, and another build ready here kept its index (a donor candidate). When
+    not, the deploy verifies the whole archive while the plan is made, as a full deploy
+    does, instead of waiting for the plan to choose."""
+    if manifest.index is None or manifest.artifact.format not in ("tar.zst", "tar.zstd"):
+        return False
+    return any(
+        (layout.build_dir(deploy_root, env, build_id) / RECORD).exists()
+        for env, build_id in _candidates(deploy_root, manifest.name, manifest.build_id)
+    )
+
+
+def kept_frames(plan: LinkPlan | None) -> list[tuple[int, FrameRecord]] | None:
+    """The frames a deploy after `plan` decompresses, (number, record) in archive order,
+    when it skips any: only these are read from the store, each checked against its record
+    (`Store.open_frames`). None when it skips none: the whole archive is read and verified."""
+    if plan is None or not plan.skip:
+        return None
+    return [(n, frame) for n, frame in enumerate(plan.index.frames) if n not in plan.skip]
+
+
 class _KeptFrames:
-    """The tar stream of the frames that are not skipped, decompressed, front to back (a
-    file object for the extractor's reader). Skipped frames are read past (and so still
-    hashed by a streaming artifact reader) but never decompressed. Each kept frame must
-    decompress to exactly its `tar_length`: the index is checked against the archive."""
+    """The tar stream of the frames not skipped (`Store.open_frames`' reader: each frame
+    checked against the index before its first byte), then the end-of-archive marker (a
+    last frame skipped took it with it). A file object for the extractor's reader."""
 
-    def __init__(
-        self,
-        artifact: IO[bytes],
-        frames: tuple[FrameRecord, ...],
-        skip: frozenset[int],
-        build_id: str,
-    ) -> None:
-        self._artifact = artifact
-        self._build_id = build_id
+    def __init__(self, frames: IO[bytes]) -> None:
         self._frames = frames
-        self._skip = skip
-        self._next = 0
-        self._reader: Any = None
-        self._left = 0  # tar bytes the current frame still owes
-        self._tail = _END_OF_ARCHIVE  # a last frame skipped took the end marker with it
+        self._tail = _END_OF_ARCHIVE
 
     def read(self, size: int = -1) -> bytes:
-        size = READ_CHUNK if size < 0 else size
-        while True:
-            if self._reader is not None:
-                data = self._reader.read(min(size, self._left) if self._left else 1)
-                if data:
-                    if len(data) > self._left:
-                        raise self._disagree(f"frame {self._next - 1} exceeds its tar_length")
-                    self._left -= len(data)
-                    return data
-                if self._left:
-                    raise self._disagree(f"frame {self._next - 1} is shorter than its tar_length")
-                self._reader = None
-            if self._next == len(self._frames):
-                tail, self._tail = self._tail, b""
-                return tail
-            frame = self._frames[self._next]
-            self._next += 1
-            if self._next - 1 in self._skip:
-                self._read_past(frame.length)
-                continue
-            window = _Window(self._artifact, frame.length)
-            self._reader = zstandard.ZstdDecompressor().stream_reader(
-                window, read_size=READ_CHUNK, read_across_frames=True
-            )
-            self._left = frame.tar_length
-
-    def _read_past(self, length: int) -> None:
-        skip = getattr(self._artifact, "skip", None)  # an ArtifactReader: seek when verified
-        if skip is not None:
-            skip(length)
-            return
-        while length:
-            data = self._artifact.read(min(length, READ_CHUNK))
-            if not data:
-                raise self._disagree("the archive ends inside a frame")
-            length -= len(data)
-
-    def _disagree(self, what: str) -> RejectedArtifactError:
-        return RejectedArtifactError(
-            self._build_id, f"the content index disagrees with the archive: {what}"
-        )
-
-
-class _Window:
-    """At most `length` bytes of a stream, from where it stands."""
-
-    def __init__(self, raw: IO[bytes], length: int) -> None:
-        self._raw, self._left = raw, length
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._raw.read(size) if size else b""
-        self._left -= len(data)
-        return data
+        data = self._frames.read(READ_CHUNK if size < 0 else size)
+        if data or not size:
+            return data
+        tail, self._tail = self._tail, b""
+        return tail
 
 
 def _synthetic(entry: IndexEntry) -> TarMember:
@@ -950,12 +917,13 @@ def extract(
     max_bytes: int,
     **progress: Any,
 ) -> tuple[int, int]:
-    """`extract.safe_extract` of the build's archive into `dest` after `plan`: skipped
-    frames are read past, their members made from the index; linked files from donors."""
+    """`extract.safe_extract` into `dest` after `plan`, linked files from donors. When the
+    plan skips frames, `artifact` is the tar bytes of the frames it keeps
+    (`Store.open_frames`, see `kept_frames`) and the skipped frames' members are made from
+    the index; else it is the whole archive, in `fmt`."""
     placer = _Placer(plan, build_id)
     if plan.skip:
-        kept = _KeptFrames(artifact, plan.index.frames, plan.skip, build_id)
-        source: IO[bytes] = kept  # type: ignore[assignment]  # read() is all it needs
+        source: IO[bytes] = _KeptFrames(artifact)  # type: ignore[assignment]  # read() is all it needs
         fmt = "tar"
     else:
         source = artifact

@@ -1,12 +1,16 @@
 """Deploy one committed build: verify, extract safely, conda-unpack, smoke-test, mark ready.
 
-Called by `reconcile.run_pass` for every committed build that is not ready here. Each
-step is safe to redo: the archive is extracted into `envs/ENV/.partial-BUILD_ID`,
-renamed to `envs/ENV/BUILD_ID`, `bin/conda-unpack` runs at that final path, the smoke
-imports run with the env's own python, and `.nsls2/ready.json` is written last. A
-failure is classified once (`failures.classify`): a property of the artifact quarantines
-it (reason + what was seen of the artifact), so the same bad artifact is never retried
-in a loop; a fault of this node is retried later, with backoff.
+Called by `reconcile.run_pass` for every committed build that is not ready here. Nothing
+reaches the tar reader unchecked: the whole archive against the manifest's size and
+sha256 (`Store.open_artifact`), or, for a deduplicated deploy that skips frames
+(agent/dedup.py), only the frames it keeps, each against its content-index record
+(`Store.open_frames`; see `_open_verified`). Each step is safe to redo: the archive is
+extracted into `envs/ENV/.partial-BUILD_ID`, renamed to `envs/ENV/BUILD_ID`,
+`bin/conda-unpack` runs at that final path, the smoke imports run with the env's own
+python, and `.nsls2/ready.json` is written last. A failure is classified once
+(`failures.classify`): a property of the artifact quarantines it (reason + what was seen
+of the artifact), so the same bad artifact is never retried in a loop; a fault of this
+node is retried later, with backoff.
 """
 
 from __future__ import annotations
@@ -404,15 +408,16 @@ def _steps(
     trash.discard(site.deploy_root, env, final)
     partial.mkdir(parents=True)
     with contextlib.ExitStack() as donors:  # the builds linked from, locked until renamed
-        # the link plan (index parses, donor checks: Python) is made while the archive is
-        # hashed (hashlib releases the GIL); it reads no archive byte: into `partial` it
-        # links one probe and makes the directories of the index (checked against the
-        # manifest by the store), so it cannot act on unverified bytes
+        # the link plan (index parses, donor checks: Python) is made in a thread; it reads
+        # no archive byte: into `partial` it links one probe and makes the directories of
+        # the index (checked against the manifest by the store), so it cannot act on
+        # unverified bytes
         planning = _in_thread(dedup.prepare, site, store, manifest, partial, donors, log)
         try:
-            # verified before the first byte is read (S3: spooled next to the env, hashed)
-            with store.open_artifact(manifest, scratch=partial.parent) as artifact:
-                plan = planning.result()
+            with contextlib.ExitStack() as reading:
+                plan, artifact, verified = _open_verified(
+                    site, store, manifest, planning, partial.parent, reading
+                )
                 marks["verify"] = time.monotonic()
                 event(log, "extract", env=env, build=build_id, node=site.agent.node)
                 try:
@@ -429,7 +434,7 @@ def _steps(
             # a hash that failed first waits for the plan: its donor locks are released
             # with `donors`, and nothing touches `partial` after it is discarded
             futures.wait([planning])
-        event(log, "verified", env=env, build=build_id, sha256=manifest.artifact.sha256)
+        event(log, "verified", env=env, build=build_id, **verified)
         os.rename(partial, final)
         fsync_dir(final.parent)
     marks["extract"] = time.monotonic()
@@ -462,6 +467,48 @@ def _steps(
             skipped_frames=record.skipped_frames,
         )
     return members, nbytes
+
+
+def _open_verified(
+    site: SiteConfig,
+    store: Store,
+    manifest: BuildManifest,
+    planning: futures.Future[dedup.LinkPlan | None],
+    scratch: Path,
+    reading: contextlib.ExitStack,
+) -> tuple[dedup.LinkPlan | None, ArtifactReader, dict[str, Any]]:
+    """The link plan, what to extract (opened in `reading`) and what was verified (the
+    `verified` event's fields). Nothing reaches the tar reader unchecked either way:
+
+    - a plan that skips frames: only the frames it keeps are read from the store, each
+      checked against its content-index record (sha256 of its tar bytes, their length)
+      before its first byte is handed out (`Store.open_frames`); the archive's own sha256
+      is not computed (that alone read the whole archive to use a few frames of it);
+    - else the whole archive, size and sha256 against the manifest (`Store.open_artifact`:
+      hashed in place, or from S3 spooled next to the env and hashed) before its first
+      byte, hashed while the plan is made when no frame can be skipped anyway."""
+    size = manifest.artifact.size
+    whole = {"sha256": manifest.artifact.sha256, "what": "archive", "bytes_read": size}
+    if not dedup.may_skip_frames(site.deploy_root, manifest):
+        artifact = reading.enter_context(store.open_artifact(manifest, scratch=scratch))
+        plan = planning.result()
+        if plan is not None:
+            plan.skip = frozenset()  # (frames of dirs and symlinks only) read: it is all here
+        return plan, artifact, whole
+    plan = planning.result()
+    kept = dedup.kept_frames(plan)
+    if kept is None:
+        return plan, reading.enter_context(store.open_artifact(manifest, scratch=scratch)), whole
+    frames = reading.enter_context(store.open_frames(manifest, kept, scratch=scratch))
+    assert plan is not None
+    verified = {
+        "what": "frames",
+        "frames_read": len(kept),
+        "frames": len(plan.index.frames),
+        "bytes_read": frames.bytes_read,
+        "archive_bytes": size,
+    }
+    return plan, frames, verified
 
 
 def _in_thread(work: Callable[..., T], *args: Any) -> futures.Future[T]:

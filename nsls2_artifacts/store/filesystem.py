@@ -21,12 +21,12 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..contentindex import MAX_COMPRESSED, ContentIndex
+from ..contentindex import MAX_COMPRESSED, ContentIndex, FrameRecord
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import (
     MANIFEST_LIMIT,
@@ -47,6 +47,7 @@ from .interface import (
     ArtifactMismatchError,
     ArtifactReader,
     ArtifactStamp,
+    FrameReader,
     InvalidBuild,
     Progress,
     StoredNodeReport,
@@ -289,6 +290,25 @@ class FilesystemStore:
             _check_handle(handle, f"artifact {artifact.file}", artifact.size, artifact.sha256)
             handle.seek(0)
             yield VerifiedReader(handle)
+
+    @contextlib.contextmanager
+    def open_frames(
+        self,
+        manifest: BuildManifest,
+        frames: Sequence[tuple[int, FrameRecord]],
+        *,
+        scratch: Path | None = None,
+    ) -> Iterator[FrameReader]:
+        """The frames read in place (pread at their offsets), each checked against its
+        record before its first byte is handed out; the file's size is checked first."""
+        artifact = manifest.artifact
+        with self._open(manifest, artifact.file, "artifact") as handle:
+            what = f"artifact {artifact.file}"
+            actual = os.fstat(handle.fileno()).st_size
+            if actual != artifact.size:
+                raise ArtifactMismatchError(f"{what}: size {actual}, manifest says {artifact.size}")
+            spans = [(number, frame, frame.offset) for number, frame in frames]
+            yield FrameReader(handle, spans, what, sum(frame.length for _, frame in frames))
 
     def local_artifact(self, manifest: BuildManifest) -> Path | None:
         return self._file(manifest, manifest.artifact.file)

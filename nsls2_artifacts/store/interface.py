@@ -4,20 +4,28 @@ Callers (publish, the agent, retention, store prune, the hook, `status`) are typ
 against `Store` and never see the backend's layout: listing, reading manifests and LTS
 records, opening and verifying artifacts, committing and deleting builds all go through
 these methods. Listings raise StoreError when the store is unreachable.
+
+Two ways to a committed artifact's bytes, both checked before the tar reader sees one:
+`open_artifact` (the whole archive, against the manifest's size and sha256) and
+`open_frames` (some of its zstd frames, each against its record in the content index,
+which the store checked against the manifest): a deduplicated deploy reads only the
+frames it does not link.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..contentindex import ContentIndex, read_index
+import zstandard
+
+from ..contentindex import ContentIndex, FrameRecord, read_index
 from ..errors import StoreError
 from ..fsutil import parse_json
 from ..names import node_name_problem
@@ -25,6 +33,9 @@ from ..records import BuildManifest, LtsRecord, RecordError
 
 MANIFEST = "manifest.json"
 HASH_CHUNK = 1 << 20
+# a frame of at most this many tar bytes is decompressed once, into memory, and handed out
+# from there once it matched; a larger one is decompressed twice (checked, then handed out)
+FRAME_IN_MEMORY = 64 << 20
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -104,18 +115,14 @@ def check_node_name(node: str) -> str:
 
 
 class ArtifactReader(Protocol):
-    """A committed artifact's bytes, front to back. `finish()` reads what is left and
-    raises ArtifactMismatchError unless every byte matched the manifest: nothing read
-    from it may be trusted (renamed into place, marked ready) before `finish()` returned.
-    The reader `Store.open_artifact` hands out is verified before its first byte (a
-    `VerifiedReader`), so `finish()` there has nothing left to check."""
+    """A committed artifact's bytes (or the tar bytes of some of its frames), front to
+    back. `finish()` reads what is left and raises ArtifactMismatchError unless every byte
+    matched: nothing read from it may be trusted (renamed into place, marked ready) before
+    `finish()` returned. The readers `Store.open_artifact` and `Store.open_frames` hand
+    out check bytes before handing them out (`VerifiedReader`, `FrameReader`), so
+    `finish()` there checks only what was not read."""
 
     def read(self, size: int = -1) -> bytes: ...
-    def skip(self, length: int) -> None:
-        """Move `length` bytes on without handing them out (a deduplicated deploy's
-        frames it does not decompress): a seek where they were verified already."""
-        ...
-
     def finish(self) -> None: ...
 
 
@@ -135,11 +142,6 @@ class CheckedReader:
         self._digest.update(data)
         self._seen += len(data)
         return data
-
-    def skip(self, length: int) -> None:
-        """Read past `length` bytes: they are hashed all the same."""
-        while length > 0 and (data := self.read(min(length, HASH_CHUNK))):
-            length -= len(data)
 
     def finish(self) -> None:
         while self.read(HASH_CHUNK):
@@ -165,16 +167,140 @@ class VerifiedReader:
     def read(self, size: int = -1) -> bytes:
         return self._raw.read(size)
 
-    def skip(self, length: int) -> None:
-        """Seek past `length` bytes (verified before the first read: nothing to check)."""
-        self._raw.seek(length, os.SEEK_CUR)
-
     def fileno(self) -> int:
         """The local file's descriptor: the incremental pack copies frames by offset."""
         return self._raw.fileno()
 
     def finish(self) -> None:
         return None
+
+
+class FrameReader:
+    """An ArtifactReader over the tar bytes of some of an archive's zstd frames, one after
+    the other, each checked against its content-index record before its first byte is
+    handed out: it must decompress to exactly `tar_length` bytes whose sha256 is its `key`
+    (ArtifactMismatchError otherwise, naming the frame). The index was checked against the
+    manifest (`Store.read_index`), so a frame that matches holds the very tar bytes the
+    build host packed, whatever the rest of the archive holds.
+
+    `raw` is a local file holding each frame's compressed bytes at the offset given with
+    it (the store's own file, or a spool of what was downloaded); `bytes_read` is how many
+    compressed bytes came from the store. A frame of at most FRAME_IN_MEMORY tar bytes is
+    decompressed once, into memory; a larger one is decompressed and checked, then
+    decompressed again as it is handed out and checked again at its end (a store file's
+    bytes could change in between: that frame's end, or `finish()`, raises)."""
+
+    def __init__(
+        self,
+        raw: IO[bytes],
+        spans: Sequence[tuple[int, FrameRecord, int]],
+        name: str,
+        bytes_read: int,
+    ) -> None:
+        """`spans`: (the frame's number in the index, its record, where its compressed
+        bytes start in `raw`), in the order its tar bytes are wanted."""
+        self._fd = raw.fileno()
+        self._spans = list(spans)
+        self._name = name
+        self.bytes_read = bytes_read
+        self._next = 0
+        self._source: Iterator[bytes] | None = None  # the current frame's checked bytes
+        self._pending = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        size = HASH_CHUNK if size < 0 else size
+        while not self._pending:
+            if self._source is not None:
+                chunk = next(self._source, None)
+                if chunk is None:
+                    self._source = None
+                else:
+                    self._pending = memoryview(chunk)
+                continue
+            if self._next == len(self._spans):
+                return b""
+            self._source = self._verified(*self._spans[self._next])
+            self._next += 1
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return bytes(data)
+
+    def finish(self) -> None:
+        """Check the rest of the frame being read and every frame not read yet."""
+        if self._source is not None:
+            for _ in self._source:
+                pass
+        self._source, self._pending = None, memoryview(b"")
+        while self._next < len(self._spans):
+            number, frame, at = self._spans[self._next]
+            self._next += 1
+            for _ in self._checked(number, frame, at):
+                pass
+
+    def _verified(self, number: int, frame: FrameRecord, at: int) -> Iterator[bytes]:
+        """The frame's tar bytes, checked before the first is handed out."""
+        if frame.tar_length <= FRAME_IN_MEMORY:
+            data = b"".join(self._checked(number, frame, at))  # raises before returning
+            return iter((data,))
+        for _ in self._checked(number, frame, at):
+            pass
+        return self._checked(number, frame, at)
+
+    def _checked(self, number: int, frame: FrameRecord, at: int) -> Iterator[bytes]:
+        """The frame decompressed from `raw`, raising ArtifactMismatchError at the first
+        byte past `tar_length` or at its end, when the length or sha256 is not its record's."""
+        what = f"{self._name}: frame {number} ({frame.package or 'no package'})"
+        digest = hashlib.sha256()
+        seen = 0
+        for chunk in _frame_chunks(self._fd, at, frame, what):
+            seen += len(chunk)
+            if seen > frame.tar_length:
+                raise ArtifactMismatchError(
+                    f"{what} decompresses to more than its {frame.tar_length} bytes"
+                )
+            digest.update(chunk)
+            yield chunk
+        if seen != frame.tar_length:
+            raise ArtifactMismatchError(
+                f"{what} decompresses to {seen} bytes, the content index says {frame.tar_length}"
+            )
+        if digest.hexdigest() != frame.key:
+            raise ArtifactMismatchError(
+                f"{what}: sha256 mismatch ({digest.hexdigest()}, the content index says "
+                f"{frame.key})"
+            )
+
+
+def _frame_chunks(fd: int, at: int, frame: FrameRecord, what: str) -> Iterator[bytes]:
+    """The frame's compressed bytes (at `at` in the file `fd`) decompressed, bounded: at
+    most one byte more than `tar_length` (which shows a frame holding more)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        _Span(fd, at, frame.length), read_size=HASH_CHUNK, read_across_frames=True
+    )
+    left = frame.tar_length + 1
+    while left > 0:
+        try:
+            data = reader.read(min(HASH_CHUNK, left))
+        except zstandard.ZstdError as exc:
+            raise ArtifactMismatchError(f"{what}: not valid zstd data ({exc})") from None
+        if not data:
+            return
+        left -= len(data)
+        yield data
+
+
+class _Span:
+    """`length` bytes of the file `fd` from `offset`, read with pread (no shared file
+    position): the compressed bytes of one frame."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd, self._offset, self._left = fd, offset, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = os.pread(self._fd, size, self._offset) if size else b""
+        self._offset += len(data)
+        self._left -= len(data)
+        return data
 
 
 class ArtifactStore(Protocol):
@@ -225,6 +351,22 @@ class ArtifactStore(Protocol):
         BEFORE the first byte is handed out (ArtifactMismatchError otherwise): nothing
         unverified ever reaches the tar reader. A remote backend spools the download to
         an unlinked file in `scratch` (None: the system temp dir)."""
+        ...
+
+    def open_frames(
+        self,
+        manifest: BuildManifest,
+        frames: Sequence[tuple[int, FrameRecord]],
+        *,
+        scratch: Path | None = None,
+    ) -> AbstractContextManager[FrameReader]:
+        """The tar bytes of some of the artifact's zstd frames ((number, record) from the
+        build's content index, as `read_index` returned it, in archive order), reading only
+        their compressed bytes: a deduplicated deploy's frames it does not link. Each
+        frame is checked against its record (length and sha256 of its tar bytes) before
+        its first byte is handed out (`FrameReader`); the artifact's own sha256 is not
+        checked (that would read it all), its size is. A remote backend fetches the
+        frames' byte ranges into an unlinked spool file in `scratch`."""
         ...
 
     def artifact_stamp(self, manifest: BuildManifest) -> ArtifactStamp: ...

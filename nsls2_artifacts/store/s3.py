@@ -19,8 +19,10 @@ full listing is still made every `store_options.relist_seconds` (an index write 
 a crash, an object changed behind our back). An agent downloads an artifact to an
 unlinked spool file, hashing it on the way, and extracts only after its size and sha256
 matched: the hash vouches for every byte before any is interpreted (a same-size object
-overwritten after commit never reaches the tar reader). `store verify` only streams
-and hashes (`CheckedReader`).
+overwritten after commit never reaches the tar reader). A deduplicated deploy fetches only
+the frames it does not link (`open_frames`: one ranged GET per run of adjacent frames,
+spooled the same way) and checks each against the content index before it is read.
+`store verify` only streams and hashes (`CheckedReader`).
 
 Credentials come only from boto3's standard chain (environment, shared credentials
 file, instance role). Errors name the setting to fix.
@@ -36,17 +38,17 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import IO, Annotated, Any, ClassVar
 
 from msgspec import Meta
 
 from ..config import StoreOptions
-from ..contentindex import MAX_COMPRESSED, ContentIndex
+from ..contentindex import MAX_COMPRESSED, ContentIndex, FrameRecord
 from ..errors import BuildLockedError, StoreError
 from ..fsutil import MANIFEST_LIMIT, RECORD_LIMIT, parse_json, pid_alive, too_large
 from ..records import BuildManifest, LtsRecord, RecordError, is_build_id, isoformat, utcnow
@@ -59,6 +61,7 @@ from .interface import (
     ArtifactReader,
     ArtifactStamp,
     CheckedReader,
+    FrameReader,
     InvalidBuild,
     Progress,
     StoredNodeReport,
@@ -147,6 +150,7 @@ class S3Store:
         self._manifests: dict[str, tuple[str, BuildManifest | StoreError]] = {}
         self._lts: dict[str, tuple[str, LtsRecord | StoreError]] = {}
         self.requests = 0  # S3 requests made (for the benchmarks and tests)
+        self.range_bytes = 0  # bytes fetched by ranged GETs of frames (likewise)
         self.report_refresh_seconds = report_refresh_seconds
         self._reports: dict[str, tuple[str, float]] = {}
 
@@ -524,6 +528,65 @@ class S3Store:
         finally:
             body.close()
 
+    @contextlib.contextmanager
+    def open_frames(
+        self,
+        manifest: BuildManifest,
+        frames: Sequence[tuple[int, FrameRecord]],
+        *,
+        scratch: Path | None = None,
+    ) -> Iterator[FrameReader]:
+        """The frames' compressed bytes fetched with one ranged GET per run of adjacent
+        frames (the rest of the object is never transferred) into an unlinked spool file
+        in `scratch`, then each frame checked against its record before its first byte is
+        handed out. Each response must be the range asked for, of an object of the
+        manifest's size."""
+        key = self._key(manifest, manifest.artifact.file)
+        what = f"artifact {manifest.artifact.file}"
+        with tempfile.TemporaryFile(dir=scratch, prefix=".spool-") as spool:
+            spans = []
+            for run in _runs(frames):
+                start, end = run[0][1].offset, run[-1][1].offset + run[-1][1].length
+                at = spool.tell()
+                self._get_range(key, (start, end), manifest.artifact.size, spool, what)
+                spans += [(number, frame, at + frame.offset - start) for number, frame in run]
+            spool.flush()
+            yield FrameReader(spool, spans, what, spool.tell())
+
+    def _get_range(
+        self, key: str, span: tuple[int, int], size: int, out: IO[bytes], what: str
+    ) -> None:
+        """Bytes [start, end) = `span` of the object `key` (of `size` bytes, else the
+        artifact differs from its manifest) appended to `out`: one GET with a Range header,
+        read in READ_CHUNK pieces, never past the range (a server that answers with more
+        is refused before its body is read)."""
+        start, end = span
+        if end <= start:
+            return
+        response, code = self._raw("get_object", Key=key, Range=f"bytes={start}-{end - 1}")
+        if response is None:
+            raise ArtifactMismatchError(f"{what} {self.url}/{key}: missing ({code})")
+        body = _Body(response["Body"], self, key)
+        with contextlib.closing(body):
+            total = str(response.get("ContentRange", "")).rpartition("/")[2]
+            if total.isdigit() and int(total) != size:
+                raise ArtifactMismatchError(f"{what}: size {total}, manifest says {size}")
+            if int(response.get("ContentLength", -1)) != end - start or not total.isdigit():
+                raise StoreError(
+                    f"store {self.url} ({key}): asked for bytes {start}-{end - 1}, the server "
+                    f"answered {response.get('ContentRange') or 'the whole object'}"
+                )
+            left = end - start
+            while left > 0:
+                data = body.read(min(READ_CHUNK, left))
+                if not data:
+                    raise StoreUnavailableError(
+                        f"store {self.url}: reading {key} ended {left} bytes early"
+                    )
+                out.write(data)
+                left -= len(data)
+                self.range_bytes += len(data)
+
     def local_artifact(self, manifest: BuildManifest) -> Path | None:
         return None  # an object: open_artifact spools and checks it in one pass
 
@@ -811,6 +874,21 @@ class S3Store:
                 continue
             reports.append(stored_report(node, raw, where, written))
         return reports
+
+
+def _runs(
+    frames: Sequence[tuple[int, FrameRecord]],
+) -> list[list[tuple[int, FrameRecord]]]:
+    """(number, frame)s in archive order, grouped into runs of adjacent frames (each run
+    one ranged GET)."""
+    runs: list[list[tuple[int, FrameRecord]]] = []
+    for number, frame in frames:
+        last = runs[-1][-1][1] if runs else None
+        if last is not None and last.offset + last.length == frame.offset:
+            runs[-1].append((number, frame))
+        else:
+            runs.append([(number, frame)])
+    return runs
 
 
 class _Body:
