@@ -97,6 +97,39 @@ def test_unknown_env_and_malformed_json(server: HookServer) -> None:
     assert builds(server) == []
 
 
+def test_a_body_field_missing_or_of_the_wrong_type_is_named(server: HookServer) -> None:
+    """Request bodies are typed records (hook/web.py `Body`): a field missing or of the wrong
+    type is a 422 whose error names the body, the field and the shape it should have; nothing
+    is queued, unpaused or promoted."""
+    said = {  # path -> (the body's name in errors, its shape)
+        "/api/builds": ("POST /api/builds body", '{"env": "base"}'),
+        "/api/queue": ("POST /api/queue body", '{"paused": true}'),
+        "/api/envs/demo/promote": (
+            "POST /api/envs/ENV/promote body",
+            '{"build_id": "...", "label": "2026-3"}',
+        ),
+    }
+    build_id = "2026.01.01T000000Z-deadbeef"
+    cases = [
+        ("/api/builds", {"env": 3}, "field 'env': expected str, got int"),
+        ("/api/queue", {"paused": "no"}, "field 'paused': expected bool, got str"),
+        (
+            "/api/envs/demo/promote",
+            {"build_id": build_id, "label": "2026-3", "allow_failed": "yes"},
+            "field 'allow_failed': expected bool, got str",
+        ),
+        ("/api/envs/demo/promote", {"label": "2026-3"}, "field 'build_id': missing"),
+    ]
+    with server.client() as client:
+        for path, body, problem in cases:
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, response.text)
+            name, shape = said[path]
+            assert response.json() == {"error": f"{name}: {problem}; a body looks like {shape}"}
+        assert client.get("/api/queue").json()["paused"] is True
+    assert builds(server) == []
+
+
 def test_two_hundred_concurrent_posts_make_one_queued_build(server: HookServer) -> None:
     def post(_: int) -> httpx.Response:
         with server.client() as client:

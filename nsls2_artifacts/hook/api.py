@@ -5,14 +5,15 @@ cancel build requests, list envs, hold the queue.
 dependency, `staff_api`, which checks the bearer token and the wrong-token limiter.
 The integer in `/api/builds/N` is a build *request* id (the queue's row), not a store
 build id; responses carry it as `request_id` and, for scripts written before the
-rename, as `id`.
+rename, as `id`. Request bodies are typed records (`web.Body`): a missing field or one of
+the wrong type is a 422 naming it.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -32,7 +33,7 @@ from .context import (
 )
 from .envs import is_env, list_envs
 from .queue import PUBLISHED
-from .web import json_body, json_error
+from .web import Body, body_of, json_error
 
 StaffEndpoint = Callable[[Request, Hook, str], Awaitable[Response]]
 
@@ -72,6 +73,29 @@ def staff_api(endpoint: StaffEndpoint) -> Callable[[Request], Awaitable[Response
     return guarded
 
 
+class BuildBody(Body, frozen=True):
+    RECORD: ClassVar[str] = "POST /api/builds body"
+    EXAMPLE: ClassVar[str] = '{"env": "base"}'
+
+    env: str
+
+
+class QueueBody(Body, frozen=True):
+    RECORD: ClassVar[str] = "POST /api/queue body"
+    EXAMPLE: ClassVar[str] = '{"paused": true}'
+
+    paused: bool
+
+
+class PromoteBody(Body, frozen=True):
+    RECORD: ClassVar[str] = "POST /api/envs/ENV/promote body"
+    EXAMPLE: ClassVar[str] = '{"build_id": "...", "label": "2026-3"}'
+
+    build_id: str
+    label: str
+    allow_failed: bool = False
+
+
 def _request_id(request: Request) -> int:
     return int(request.path_params["id"])
 
@@ -82,12 +106,10 @@ def _no_request(request_id: int) -> JSONResponse:
 
 @staff_api
 async def request_build(request: Request, hook: Hook, who: str) -> Response:
-    data, error = await json_body(request)
-    if error:
-        return error
-    if not isinstance(data, dict) or not isinstance(data.get("env"), str):
-        return json_error(422, 'expected a JSON object like {"env": "base"}')
-    env = data["env"]
+    body = await body_of(request, BuildBody)
+    if isinstance(body, Response):
+        return body
+    env = body.env
     if not await run_in_threadpool(is_env, hook.site, env):
         envs = await run_in_threadpool(list_envs, hook.site)
         return json_error(404, f"no environment {env!r}", envs=envs)
@@ -151,12 +173,10 @@ async def envs(request: Request, hook: Hook, who: str) -> Response:
 async def queue(request: Request, hook: Hook, who: str) -> Response:
     """GET: the queue; POST {"paused": bool}: hold or release it (e.g. store maintenance)."""
     if request.method == "POST":
-        data, error = await json_body(request)
-        if error:
-            return error
-        if not isinstance(data, dict) or not isinstance(data.get("paused"), bool):
-            return json_error(422, 'expected a JSON object like {"paused": true}')
-        await run_in_threadpool(hook.queue.set_paused, data["paused"])
+        body = await body_of(request, QueueBody)
+        if isinstance(body, Response):
+            return body
+        await run_in_threadpool(hook.queue.set_paused, body.paused)
         hook.runner.wake()
 
     def read() -> dict[str, Any]:
@@ -174,18 +194,10 @@ async def promote(request: Request, hook: Hook, who: str) -> Response:
     --lts LABEL`; 409 (with the nodes' reasons) for a build nodes report as failed,
     unless allow_failed is true."""
     env = request.path_params["env"]
-    data, error = await json_body(request)
-    if error:
-        return error
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("build_id"), str)
-        or not isinstance(data.get("label"), str)
-        or not isinstance(data.get("allow_failed", False), bool)
-    ):
-        return json_error(422, 'expected a JSON object like {"build_id": "...", "label": "2026-3"}')
-    build_id, label = data["build_id"], data["label"].strip()
-    allow_failed = data.get("allow_failed", False)
+    body = await body_of(request, PromoteBody)
+    if isinstance(body, Response):
+        return body
+    build_id, label, allow_failed = body.build_id, body.label.strip(), body.allow_failed
     if not await run_in_threadpool(is_env, hook.site, env):
         return json_error(404, f"no environment {env!r}")
     if problem := label_problem(label):

@@ -1,4 +1,5 @@
-"""HTTP plumbing the JSON API and the webhook share: bounded bodies and JSON errors.
+"""HTTP plumbing the JSON API and the webhook share: bounded bodies, bodies decoded into
+typed records, and JSON errors.
 
 Called by `api` and `webhook`; no hook state here.
 """
@@ -6,10 +7,13 @@ Called by `api` and `webhook`; no hook state here.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from ..errors import RecordError
+from ..schema import Record
 
 MAX_BODY = 1024 * 1024  # a GitHub release payload is ~20 kB; refuse anything silly
 
@@ -46,3 +50,27 @@ async def json_body(request: Request) -> tuple[Any, Response | None]:
         return json.loads(body), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, json_error(422, f"malformed JSON: {exc}")
+
+
+class Body(Record, frozen=True):
+    """A JSON request body. Fields it does not declare are ignored, as they always were
+    (a script may send more); `EXAMPLE` ends every error about it, so the caller sees the
+    shape it should have sent."""
+
+    EXAMPLE: ClassVar[str] = "{}"
+
+
+B = TypeVar("B", bound=Body)
+
+
+async def body_of(request: Request, kind: type[B]) -> B | Response:
+    """The request's JSON body as a `kind`, or the 413/422 response: malformed JSON, or the
+    record's error naming the field ("POST /api/builds body: field 'env': expected str,
+    got int"), then `kind.EXAMPLE`."""
+    data, error = await json_body(request)
+    if error is not None:
+        return error
+    try:
+        return kind.from_dict(data)
+    except RecordError as exc:
+        return json_error(422, f"{exc}; a body looks like {kind.EXAMPLE}")
