@@ -10,7 +10,11 @@ contentindex.py), plus an interpreter wrapper (this Python, so smoke imports and
 kernel work) and a conda-unpack that rewrites one file. The nightly changes one package.
 Both deploys are real `agent --once` runs on the same archive in one run; `--delay-us`
 runs the agent under `strace` adding that delay to every create-like syscall (openat,
-mkdir, link, symlink: GPFS metadata latency; reads via openat pay it too).
+mkdir, link, symlink: GPFS metadata latency; reads via openat pay it too);
+`--latency-shim` runs it with latency_shim.py's LD_PRELOAD library instead (`--delay-us`,
+default 1000, before every create, mkdir, link, symlink, rename and unlink of the agent
+and of its children, conda-unpack and the smoke test; reads at full speed), checked
+first (µs per call, plain vs shim), with the delayed calls counted per deploy.
 
 Fairness (a shared VM's disk is throttled and its load varies 3x within minutes): one
 warm-up round of each deploy, untimed; then `--rounds` rounds, each a linked deploy of
@@ -20,7 +24,8 @@ their ratio are reported, with every round's pair. `--deploy-dir /dev/shm` puts 
 deploy roots on tmpfs (no disk throttling: the metadata and CPU work only).
 
     .venv/bin/python benchmarks/bench_dedup.py [--files 10000 --mb 300 --packages 100]
-        [--delay-us 1000] [--rounds 3] [--warmup 1] [--deploy-dir DIR] [--scratch DIR]
+        [--delay-us 1000] [--latency-shim] [--rounds 3] [--warmup 1] [--deploy-dir DIR]
+        [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import latency_shim  # noqa: E402
 
 from nsls2_artifacts import layout  # noqa: E402
 from nsls2_artifacts.agent import dedup  # noqa: E402
@@ -288,12 +296,6 @@ def site(work: Path, name: str, store: Path, poll: int = 2, roots: Path | None =
     return config
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ}
-    env.pop("NSLS2_ARTIFACTS_CONFIG", None)
-    return env
-
-
 def traced(argv: list[str], delay_us: int) -> list[str]:
     if not delay_us:
         return argv
@@ -312,21 +314,69 @@ def traced(argv: list[str], delay_us: int) -> list[str]:
     ]
 
 
-def agent_once(config: Path, delay_us: int) -> tuple[float, dict[str, str]]:
-    """Wall seconds of one `agent --once`, and its deploy event's fields."""
+@dataclass
+class Latency:
+    """How an agent process pays GPFS-like metadata latency: `none`, `strace` (injected
+    delays on exit of CREATES) or `shim` (latency_shim.py's LD_PRELOAD library, inherited
+    by the agent's children: conda-unpack and the smoke test pay it too)."""
+
+    kind: str = "none"
+    delay_us: int = 0
+    library: Path | None = None
+    count_file: Path | None = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return traced(argv, self.delay_us) if self.kind == "strace" else argv
+
+    def env(self) -> dict[str, str]:
+        if self.kind == "shim" and self.library is not None:
+            env = latency_shim.environ(self.library, self.delay_us, self.count_file)
+        else:
+            env = dict(os.environ)
+        env.pop("NSLS2_ARTIFACTS_CONFIG", None)
+        return env
+
+    def describe(self) -> str:
+        return "none" if self.kind == "none" else f"{self.kind}, +{self.delay_us} us"
+
+
+def latency(opts: argparse.Namespace, work: Path) -> Latency:
+    """The harness `--latency-shim` / `--delay-us` ask for; the shim is compiled into
+    `work` and checked (every kind of create delayed, reads not, threads overlapping)
+    before any agent runs under it, and the check's µs per call printed."""
+    if getattr(opts, "latency_shim", False):
+        delay = opts.delay_us or 1000
+        found = Latency("shim", delay, latency_shim.build(work), work / "shim-calls.txt")
+        assert found.library is not None
+        print(latency_shim.describe(latency_shim.check(found.library, delay), delay), flush=True)
+        return found
+    if opts.delay_us:
+        if shutil.which("strace") is None:
+            sys.exit("--delay-us without --latency-shim needs strace (apt-get install strace)")
+        return Latency("strace", opts.delay_us)
+    return Latency()
+
+
+def agent_once(config: Path, latency: Latency) -> tuple[float, dict[str, str]]:
+    """Wall seconds of one `agent --once`, and its deploy event's fields (under the shim
+    also `shim_calls`: the calls it delayed in the agent and its children)."""
     subprocess.run(["sync"], check=True)
+    if latency.count_file is not None:
+        latency.count_file.unlink(missing_ok=True)
     start = time.perf_counter()
     out = subprocess.run(
-        traced([*CLI, "agent", "--config", str(config), "--once"], delay_us),
+        latency.argv([*CLI, "agent", "--config", str(config), "--once"]),
         capture_output=True,
         text=True,
-        env=_env(),
+        env=latency.env(),
         check=True,
     )
     wall = time.perf_counter() - start
     deployed = [fields(line) for line in out.stderr.splitlines() if "event=deploy " in line]
     if not deployed:
         sys.exit(f"no deploy in this pass:\n{out.stderr}")
+    if latency.count_file is not None:
+        deployed[-1]["shim_calls"] = str(latency_shim.delayed_calls(latency.count_file))
     return wall, deployed[-1]
 
 
@@ -351,7 +401,7 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=100)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--delay-us", type=int, default=0)
+    add_latency_options(parser)
     parser.add_argument("--scratch", type=Path, default=None, help="work directory's parent")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of both deploys")
@@ -360,8 +410,6 @@ def main() -> None:
         "--deploy-dir", type=Path, default=None, help="deploy roots' parent (/dev/shm: tmpfs)"
     )
     opts = parser.parse_args()
-    if opts.delay_us and shutil.which("strace") is None:
-        sys.exit("--delay-us needs strace (apt-get install strace)")
     shape = Shape(opts.packages, opts.files, opts.mb)
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=opts.scratch))
     roots = (
@@ -373,6 +421,7 @@ def main() -> None:
     v1 = {n: 1 for n in range(shape.packages)}
     v2 = {**v1, 0: 2}  # the nightly: one package changed
     try:
+        harness = latency(opts, work)
         staging = work / "staging-1"
         staging.mkdir()
         index1, gen1 = write_build(staging, shape, v1, None)
@@ -382,10 +431,10 @@ def main() -> None:
             f"env: {shape.packages} packages, {len(index1.entries)} entries, "
             f"{sum(e.size for e in index1.entries) / 1e6:.0f} MB, archive "
             f"{first.artifact.size / 1e6:.0f} MB (generated in {gen1:.1f}s); "
-            f"metadata delay {opts.delay_us} us"
+            f"metadata latency: {harness.describe()}"
         )
         linked_cfg = site(work, "linked", store, roots=roots)
-        wall, fields1 = agent_once(linked_cfg, opts.delay_us)
+        wall, fields1 = agent_once(linked_cfg, harness)
         print(
             f"first build, full deploy (no donor): {float(fields1['seconds']):.2f}s "
             f"(agent --once {wall:.2f}s)"
@@ -399,7 +448,7 @@ def main() -> None:
             f"write {gen1:.2f}s)"
         )
         print(f"load average before the rounds: {_load()}; deploy roots in {roots}")
-        pairs = rounds(roots, work, store, second, opts)
+        pairs = rounds(roots, work, store, second, opts, harness)
         report(roots, second, pairs)
         print(f"load average after: {_load()}")
     finally:
@@ -408,11 +457,35 @@ def main() -> None:
             shutil.rmtree(roots, ignore_errors=True)
 
 
+def add_latency_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--delay-us",
+        type=int,
+        default=0,
+        help="metadata latency per create (alone: under strace; with --latency-shim: the "
+        "shim's, 1000 if not given)",
+    )
+    parser.add_argument(
+        "--latency-shim",
+        action="store_true",
+        help="run every agent under latency_shim.py's LD_PRELOAD library (GPFS-like)",
+    )
+
+
 Run = tuple[float, dict[str, str]]  # agent --once wall seconds, its deploy event
+STEPS = ("verify_s", "extract_s", "unpack_s", "smoke_s")
+
+
+def split(f: dict[str, str]) -> str:
+    """The agent's own marks: verify / extract / unpack / smoke seconds (and the calls the
+    shim delayed, under it)."""
+    parts = "/".join(f"{float(f[s]):.2f}" for s in STEPS if s in f)
+    calls = f" {int(f['shim_calls']):,} delayed" if "shim_calls" in f else ""
+    return f"{parts}{calls}"
 
 
 def rounds(
-    roots: Path, work: Path, store: Path, second: BuildManifest, opts
+    roots: Path, work: Path, store: Path, second: BuildManifest, opts, harness: Latency
 ) -> list[tuple[Run, Run]]:
     """Warm-up rounds, then timed ones: the nightly linked (next to the first build; the
     previous round's copy removed first), then in full into a fresh deploy root."""
@@ -427,14 +500,15 @@ def rounds(
             # both deletions before both deploys: what the disk still does for the
             # deleted full root falls on the linked deploy first, not only on the full one
             shutil.rmtree(full_root, ignore_errors=True)
-        linked = agent_once(linked_cfg, opts.delay_us)
+        linked = agent_once(linked_cfg, harness)
         shutil.rmtree(full_root, ignore_errors=True)
-        full = agent_once(site(work, "full", store, roots=roots), opts.delay_us)
+        full = agent_once(site(work, "full", store, roots=roots), harness)
         timed = number >= opts.warmup
         label = f"round {number - opts.warmup + 1}" if timed else "warm-up"
         print(
-            f"{label}: linked {float(linked[1]['seconds']):.2f}s, full "
-            f"{float(full[1]['seconds']):.2f}s (load {_load()})"
+            f"{label}: linked {float(linked[1]['seconds']):.2f}s ({split(linked[1])}), full "
+            f"{float(full[1]['seconds']):.2f}s ({split(full[1])}) (load {_load()})",
+            flush=True,
         )
         if timed:
             pairs.append((linked, full))
@@ -450,16 +524,15 @@ def report(roots: Path, second: BuildManifest, pairs: list[tuple[Run, Run]]) -> 
     full_dir = layout.build_dir(roots / "full", "demo", second.build_id)
     record = dedup.read_record(linked_dir)
     assert record is not None
-    steps = ("verify_s", "extract_s", "unpack_s", "smoke_s")
     medians = {}
     for side, label in ((0, "linked"), (1, "full")):
         runs = sorted((pair[side] for pair in pairs), key=lambda run: float(run[1]["seconds"]))
         wall, f = runs[len(runs) // 2]  # the median round's (the lower one of an even count)
         medians[label] = statistics.median(float(pair[side][1]["seconds"]) for pair in pairs)
-        parts = " ".join(f"{s[:-2]} {float(f[s]):.2f}" for s in steps if s in f)
         print(
             f"nightly deploy, {label:>6}: median {medians[label]:.2f}s of {len(runs)} "
-            f"(median round: {parts}; agent --once {wall:.2f}s)"
+            f"(median round, verify/extract/unpack/smoke: {split(f)}; agent --once "
+            f"{wall:.2f}s)"
         )
     ratio = medians["linked"] / medians["full"]
     each = ", ".join(f"{float(a[1]['seconds']) / float(b[1]['seconds']):.3f}" for a, b in pairs)

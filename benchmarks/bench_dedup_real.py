@@ -8,11 +8,18 @@ B incrementally from A (as publish does with a previous build), and commits both
 filesystem store with their content index (bench_dedup's `commit`). A is deployed with a
 real `agent --once`; then bench_dedup's interleaved rounds (warm-up, then `--rounds`):
 B linked next to A, then B in full into a fresh deploy root. Times are the agent's
-`event=deploy seconds`; the ratio is of the medians, with every round's.
+`event=deploy seconds`; the ratio is of the medians, with every round's, and each
+deploy's verify/extract/unpack/smoke split.
+
+`--latency-shim [--delay-us 1000]` runs every `agent --once` (A's, the linked and the
+full ones) under latency_shim.py's LD_PRELOAD library, as bench_facility does: +1 ms
+before every create, mkdir, link, symlink, rename and unlink of the agent and of its
+children (conda-unpack, the smoke test), reads at full speed: GPFS-like metadata
+latency on the real envs. The shim is checked first (µs per call, plain vs shim).
 
     .venv/bin/python benchmarks/bench_dedup_real.py [--env demo|large|both]
         [--rounds 3] [--warmup 1] [--deploy-dir /dev/shm] [--scratch DIR] [--keep]
-        [--delete-first]
+        [--delete-first] [--latency-shim [--delay-us 1000]]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -30,7 +38,18 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from bench_dedup import _load, agent_once, commit, report, rounds, site  # noqa: E402
+from bench_dedup import (  # noqa: E402
+    Latency,
+    _load,
+    add_latency_options,
+    agent_once,
+    commit,
+    latency,
+    report,
+    rounds,
+    site,
+    split,
+)
 from bench_incremental_pack import channel_for, install_build  # noqa: E402
 
 from nsls2_artifacts import pack  # noqa: E402
@@ -63,7 +82,7 @@ def packed_build(
     return commit(store, staging, result.index, created), result
 
 
-def bench(env: str, opts: argparse.Namespace) -> None:
+def bench(env: str, opts: argparse.Namespace, harness: Latency) -> None:
     print(f"\n== {env} env", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-dedup-real-{env}-", dir=opts.scratch))
     roots = (
@@ -86,10 +105,10 @@ def bench(env: str, opts: argparse.Namespace) -> None:
             f"{packed.size / 1e6:.0f} MB in {len(packed.index.frames)} frames "
             f"(packed in {packed.seconds:.1f}s)"
         )
-        wall, fields = agent_once(site(work, "linked", store, roots=roots), 0)
+        wall, fields = agent_once(site(work, "linked", store, roots=roots), harness)
         print(
             f"build A, full deploy (no donor): {float(fields['seconds']):.2f}s "
-            f"(agent --once {wall:.2f}s)"
+            f"({split(fields)}; agent --once {wall:.2f}s)"
         )
         prefix = install_build(work, channel, requirements, "1.17.0")
         second, packed = packed_build(
@@ -105,7 +124,7 @@ def bench(env: str, opts: argparse.Namespace) -> None:
             f"{packed.reused_frames} frames, packed {packed.packed_frames}"
         )
         print(f"load average before the rounds: {_load()}; deploy roots in {roots}", flush=True)
-        pairs = rounds(roots, work, store, second, opts)
+        pairs = rounds(roots, work, store, second, opts, harness)
         report(roots, second, pairs)
         print(f"load average after: {_load()}", flush=True)
     finally:
@@ -130,14 +149,33 @@ def main() -> None:
         help="remove the previous round's full deploy root before the linked deploy, not "
         "between the two deploys",
     )
+    add_latency_options(parser)
     opts = parser.parse_args()
-    opts.delay_us = 0  # bench_dedup.rounds runs the agent under strace when set
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {platform.platform()}; load {_load()}"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}; load {_load()}"
     )
-    for env in ["demo", "large"] if opts.env == "both" else [opts.env]:
-        bench(env, opts)
+    print(f"code: {_commit()}; deploy roots under {opts.deploy_dir or opts.scratch or 'TMPDIR'}")
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-real-shim-", dir=opts.scratch) as tmp:
+        harness = latency(opts, Path(tmp))
+        print(f"metadata latency: {harness.describe()}", flush=True)
+        for env in ["demo", "large"] if opts.env == "both" else [opts.env]:
+            bench(env, opts, harness)
+
+
+def _commit() -> str:
+    """The checkout's commit, and whether the agent's code (nsls2_artifacts/) differs
+    from it: the agent processes run this checkout's code."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(BENCH), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        " (nsls2_artifacts/ modified)" if git("status", "--porcelain", "nsls2_artifacts") else ""
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 import facility_publish  # noqa: E402
 import latency_shim  # noqa: E402
-from bench_dedup import CLI, Shape, commit, fields, site, traced, write_build  # noqa: E402
+from bench_dedup import CLI, Latency, Shape, commit, fields, site, write_build  # noqa: E402
 
 from nsls2_artifacts import layout  # noqa: E402
 from nsls2_artifacts.agent import dedup  # noqa: E402
@@ -69,17 +68,9 @@ from nsls2_artifacts.contentindex import ContentIndex  # noqa: E402
 PREFIX_CODE = "import os; print(os.environ['CONDA_PREFIX'])"
 
 
-@dataclass
-class Harness:
-    """How the daemon (and the kernel) are run: argv wrapper and environment."""
-
-    kind: str
-    delay_us: int
-    library: Path | None = None
-    count_file: Path | None = None
-
-    def argv(self, argv: list[str]) -> list[str]:
-        return traced(argv, self.delay_us) if self.kind == "strace" else argv
+class Harness(Latency):
+    """How the daemon (and the kernel) are run: bench_dedup's argv wrapper and
+    environment, and how to stop the daemon under it."""
 
     def stop(self, daemon: subprocess.Popen) -> None:
         """SIGTERM the agent and wait for it. Under strace the agent is strace's child,
@@ -101,14 +92,6 @@ class Harness:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             daemon.wait()
-
-    def env(self) -> dict[str, str]:
-        if self.kind == "shim" and self.library is not None:
-            env = latency_shim.environ(self.library, self.delay_us, self.count_file)
-        else:
-            env = dict(os.environ)
-        env.pop("NSLS2_ARTIFACTS_CONFIG", None)
-        return env
 
 
 def check_disk(scratch: Path, shape: Shape, real: bool) -> None:
