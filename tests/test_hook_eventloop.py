@@ -59,6 +59,15 @@ def served(config: Path) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def _runs_an_event_loop() -> bool:
+    """Whether the calling thread is running an asyncio event loop (public API only)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def test_no_sqlite_call_runs_on_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,7 +75,7 @@ def test_no_sqlite_call_runs_on_the_event_loop(
     connect = BuildQueue._conn
 
     def watched(self: BuildQueue):  # noqa: ANN202 - wraps a private method
-        if asyncio._get_running_loop() is not None:  # this thread runs an event loop
+        if _runs_an_event_loop():
             on_loop.append("".join(traceback.format_stack(limit=6)))
         return connect(self)
 
