@@ -41,9 +41,12 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
     threads: set[str] = set()
     release = threading.Event()
 
+    failed: list[int] = []
+
     def work(chunk: list[int]) -> list[int]:
         threads.add(threading.current_thread().name)
-        if chunk == [1, 2]:
+        if 1 in chunk:
+            failed.extend(chunk)
             raise OSError(5, "this chunk fails first")
         if chunk != [0]:  # the probe, in this thread, does not wait
             release.wait(10)  # the others are still running when the failure is known
@@ -58,8 +61,26 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
     finally:
         timer.cancel()
     # the probe ran here; every other chunk had finished when the failure was raised
-    assert sorted(finished) == [0, *range(3, 11)]
+    assert sorted(finished + failed) == list(range(11)) and failed
     assert any(name.startswith("dedup") for name in threads)
+
+
+def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 slow calls (a level of directories) go out in chunks of at most 7, one for
+    each of the 32 threads, not in 4 chunks of 64: each call is a round trip."""
+    monkeypatch.setattr(dedup, "PROBE_CALLS", 1)
+    monkeypatch.setattr(dedup, "SLOW_CALL", -1.0)
+    chunks: list[list[int]] = []
+
+    def work(chunk: list[int]) -> list[int]:
+        chunks.append(chunk)
+        return chunk
+
+    assert sorted(dedup._run_all(work, list(range(201)), dedup._Latency())) == list(range(201))
+    pooled = chunks[1:]  # the first: the probe, in this thread
+    assert max(map(len, pooled)) == 7 and len(pooled) >= dedup.LINKERS - 4
+    assert len(dedup._run_all(work, list(range(10_001)), dedup._Latency())) == 10_001
+    assert max(map(len, chunks[len(pooled) + 2 :])) == dedup.LINK_BATCH
 
 
 def test_fast_calls_stay_in_the_deploying_thread() -> None:
