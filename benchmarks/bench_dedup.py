@@ -375,6 +375,9 @@ def agent_once(config: Path, latency: Latency) -> tuple[float, dict[str, str]]:
     deployed = [fields(line) for line in out.stderr.splitlines() if "event=deploy " in line]
     if not deployed:
         sys.exit(f"no deploy in this pass:\n{out.stderr}")
+    planned = [fields(line) for line in out.stderr.splitlines() if "event=dedup-plan " in line]
+    if planned:  # the link plan's own time, inside "verify" (made beside the archive's hash)
+        deployed[-1]["plan_s"] = planned[-1]["seconds"]
     if latency.count_file is not None:
         deployed[-1]["shim_calls"] = str(latency_shim.delayed_calls(latency.count_file))
     return wall, deployed[-1]
@@ -477,11 +480,12 @@ STEPS = ("verify_s", "extract_s", "unpack_s", "smoke_s")
 
 
 def split(f: dict[str, str]) -> str:
-    """The agent's own marks: verify / extract / unpack / smoke seconds (and the calls the
-    shim delayed, under it)."""
+    """The agent's own marks: verify / extract / unpack / smoke seconds, and the link
+    plan's seconds (part of verify) and the calls the shim delayed, when there are."""
     parts = "/".join(f"{float(f[s]):.2f}" for s in STEPS if s in f)
-    calls = f" {int(f['shim_calls']):,} delayed" if "shim_calls" in f else ""
-    return f"{parts}{calls}"
+    plan = f", plan {float(f['plan_s']):.2f}" if "plan_s" in f else ""
+    calls = f", {int(f['shim_calls']):,} delayed" if "shim_calls" in f else ""
+    return f"{parts}{plan}{calls}"
 
 
 def rounds(
