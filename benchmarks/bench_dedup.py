@@ -285,13 +285,19 @@ def _platform() -> str:
     return node_platform()
 
 
-def site(work: Path, name: str, store: Path, poll: int = 2, roots: Path | None = None) -> Path:
+# appended to every site config `site` writes (bench_dedup_real --s3: the store_options)
+SITE_EXTRA = ""
+
+
+def site(
+    work: Path, name: str, store: Path | str, poll: int = 2, roots: Path | None = None
+) -> Path:
     """A site config NAME.yaml in `work`, its deploy root `roots/NAME` (`work` by default)."""
     config = work / f"{name}.yaml"
     config.write_text(
         f"store: {store}\ndeploy_root: {(roots or work) / name}\n"
         f"agent: {{poll_seconds: {poll}, node: bench, prune: false, smoke_timeout_seconds: 600}}\n"
-        "beamlines: {}\n"
+        "beamlines: {}\n" + SITE_EXTRA
     )
     return config
 
@@ -359,7 +365,8 @@ def latency(opts: argparse.Namespace, work: Path) -> Latency:
 
 def agent_once(config: Path, latency: Latency) -> tuple[float, dict[str, str]]:
     """Wall seconds of one `agent --once`, and its deploy event's fields (under the shim
-    also `shim_calls`: the calls it delayed in the agent and its children)."""
+    also `shim_calls`: the calls it delayed in the agent and its children; `read_bytes`
+    and `read_frames`: what its verified event says was read to verify it)."""
     subprocess.run(["sync"], check=True)
     if latency.count_file is not None:
         latency.count_file.unlink(missing_ok=True)
@@ -380,6 +387,11 @@ def agent_once(config: Path, latency: Latency) -> tuple[float, dict[str, str]]:
         deployed[-1]["plan_s"] = planned[-1]["seconds"]
     if latency.count_file is not None:
         deployed[-1]["shim_calls"] = str(latency_shim.delayed_calls(latency.count_file))
+    verified = [fields(line) for line in out.stderr.splitlines() if "event=verified " in line]
+    if verified and "bytes_read" in verified[-1]:  # agents before 74ebd20 did not say
+        deployed[-1]["read_bytes"] = verified[-1]["bytes_read"]
+        if verified[-1].get("what") == "frames":
+            deployed[-1]["read_frames"] = verified[-1]["frames_read"]
     return wall, deployed[-1]
 
 
@@ -481,11 +493,16 @@ STEPS = ("verify_s", "extract_s", "unpack_s", "smoke_s")
 
 def split(f: dict[str, str]) -> str:
     """The agent's own marks: verify / extract / unpack / smoke seconds, and the link
-    plan's seconds (part of verify) and the calls the shim delayed, when there are."""
+    plan's seconds (part of verify), the calls the shim delayed and what was read to
+    verify, when there are."""
     parts = "/".join(f"{float(f[s]):.2f}" for s in STEPS if s in f)
     plan = f", plan {float(f['plan_s']):.2f}" if "plan_s" in f else ""
     calls = f", {int(f['shim_calls']):,} delayed" if "shim_calls" in f else ""
-    return f"{parts}{plan}{calls}"
+    read = ""
+    if "read_bytes" in f:
+        what = f"{f['read_frames']} frames" if "read_frames" in f else "the archive"
+        read = f", verified {what}: {int(f['read_bytes']):,} bytes read"
+    return f"{parts}{plan}{calls}{read}"
 
 
 def rounds(

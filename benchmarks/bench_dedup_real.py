@@ -9,7 +9,9 @@ filesystem store with their content index (bench_dedup's `commit`). A is deploye
 real `agent --once`; then bench_dedup's interleaved rounds (warm-up, then `--rounds`):
 B linked next to A, then B in full into a fresh deploy root. Times are the agent's
 `event=deploy seconds`; the ratio is of the medians, with every round's, and each
-deploy's verify/extract/unpack/smoke split.
+deploy's verify/extract/unpack/smoke split and what was read to verify it (`event=verified`:
+the whole archive, or the frames a linked deploy keeps). `--s3` puts both builds in a
+SeaweedFS store on 127.0.0.1 (tests/s3server.py) and the agents deploy from it.
 
 `--latency-shim [--delay-us 1000]` runs every `agent --once` (A's, the linked and the
 full ones) under latency_shim.py's LD_PRELOAD library, as bench_facility does: +1 ms
@@ -19,7 +21,7 @@ latency on the real envs. The shim is checked first (µs per call, plain vs shim
 
     .venv/bin/python benchmarks/bench_dedup_real.py [--env demo|large|both]
         [--rounds 3] [--warmup 1] [--deploy-dir /dev/shm] [--scratch DIR] [--keep]
-        [--delete-first] [--latency-shim [--delay-us 1000]]
+        [--delete-first] [--latency-shim [--delay-us 1000]] [--s3]
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH.parent / "tests"))
 
+import bench_dedup  # noqa: E402
 from bench_dedup import (  # noqa: E402
     Latency,
     _load,
@@ -55,6 +59,7 @@ from bench_incremental_pack import channel_for, install_build  # noqa: E402
 from nsls2_artifacts import pack  # noqa: E402
 from nsls2_artifacts.contentindex import ContentIndex  # noqa: E402
 from nsls2_artifacts.records import BuildManifest  # noqa: E402
+from nsls2_artifacts.store.s3 import S3Store  # noqa: E402
 
 
 def packed_build(
@@ -91,6 +96,8 @@ def bench(env: str, opts: argparse.Namespace, harness: Latency) -> None:
         else work
     )
     store = work / "store"
+    s3 = _s3_store(work) if opts.s3 else None
+    where = s3.url if s3 is not None else store  # what the agents' site configs name
     try:
         channel, requirements = channel_for(env)
         prefix = install_build(work, channel, requirements, "1.16.0")
@@ -105,7 +112,9 @@ def bench(env: str, opts: argparse.Namespace, harness: Latency) -> None:
             f"{packed.size / 1e6:.0f} MB in {len(packed.index.frames)} frames "
             f"(packed in {packed.seconds:.1f}s)"
         )
-        wall, fields = agent_once(site(work, "linked", store, roots=roots), harness)
+        if s3 is not None:
+            _upload(s3, store, first)
+        wall, fields = agent_once(site(work, "linked", where, roots=roots), harness)
         print(
             f"build A, full deploy (no donor): {float(fields['seconds']):.2f}s "
             f"({split(fields)}; agent --once {wall:.2f}s)"
@@ -123,14 +132,44 @@ def bench(env: str, opts: argparse.Namespace, harness: Latency) -> None:
             f"nightly B (six 1.17.0): packed in {packed.seconds:.1f}s, reused "
             f"{packed.reused_frames} frames, packed {packed.packed_frames}"
         )
+        if s3 is not None:
+            _upload(s3, store, second)
         print(f"load average before the rounds: {_load()}; deploy roots in {roots}", flush=True)
-        pairs = rounds(roots, work, store, second, opts, harness)
+        pairs = rounds(roots, work, where, second, opts, harness)  # type: ignore[arg-type]
         report(roots, second, pairs)
         print(f"load average after: {_load()}", flush=True)
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(roots, ignore_errors=True)
+
+
+def _s3_store(work: Path) -> S3Store:
+    """A SeaweedFS server on 127.0.0.1 for this run (stopped at exit), the agents' site
+    configs pointed at a fresh prefix of it."""
+    import atexit
+
+    from s3server import CREDENTIALS, S3Server
+
+    from nsls2_artifacts.config import StoreOptions
+
+    os.environ.update(CREDENTIALS)  # the agents (subprocesses) find the key there
+    server = S3Server(work / "s3")
+    server.start()
+    atexit.register(server.kill)
+    options = server.site_options()
+    bench_dedup.SITE_EXTRA = (
+        "store_options: {" + ", ".join(f"{k}: '{v}'" for k, v in options.items()) + "}\n"
+    )
+    return S3Store(server.new_store_url(), StoreOptions(**options), local_dir=work)
+
+
+def _upload(s3: S3Store, store: Path, manifest: BuildManifest) -> None:
+    """Commit a build of the filesystem store into the S3 one (as publish would)."""
+    staging = s3.staging_dir(manifest.name, manifest.build_id)
+    for name in manifest.files():
+        shutil.copy(store / manifest.name / manifest.build_id / name, staging / name)
+    s3.commit_build(staging, manifest)
 
 
 def main() -> None:
@@ -150,6 +189,7 @@ def main() -> None:
         "between the two deploys",
     )
     add_latency_options(parser)
+    parser.add_argument("--s3", action="store_true", help="deploy from a local SeaweedFS")
     opts = parser.parse_args()
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
