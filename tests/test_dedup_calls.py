@@ -66,8 +66,8 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
 
 
 def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """200 slow calls (a level of directories) go out in chunks of at most 7, one for
-    each of the 32 threads, not in 4 chunks of 64: each call is a round trip."""
+    """200 slow calls (a level of directories) go out in a chunk for each of the pool's
+    threads (4 calls each for 64), not in 4 chunks of 64: each call is a round trip."""
     monkeypatch.setattr(dedup, "PROBE_CALLS", 1)
     monkeypatch.setattr(dedup, "SLOW_CALL", -1.0)
     chunks: list[list[int]] = []
@@ -78,7 +78,8 @@ def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch)
 
     assert sorted(dedup._run_all(work, list(range(201)), dedup._Latency())) == list(range(201))
     pooled = chunks[1:]  # the first: the probe, in this thread
-    assert max(map(len, pooled)) == 7 and len(pooled) >= dedup.LINKERS - 4
+    assert max(map(len, pooled)) == -(-200 // dedup.LINKERS) < dedup.LINK_BATCH
+    assert len(pooled) >= dedup.LINKERS * 3 // 4
     assert len(dedup._run_all(work, list(range(10_001)), dedup._Latency())) == 10_001
     assert max(map(len, chunks[len(pooled) + 2 :])) == dedup.LINK_BATCH
 
