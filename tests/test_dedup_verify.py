@@ -6,8 +6,9 @@ directory and SeaweedFS), real deploys; the archive is damaged behind the store'
 What is proven, on both backends: bytes damaged inside a frame the deploy skips do not
 matter (the linked build is byte for byte what the index lists) and are never read (the
 bytes read are the kept frames'); a damaged kept frame is quarantined at `verify` with
-the frame named, leaves nothing behind, and a later good build deploys; a full deploy
-(no donor) still hashes the whole archive and refuses a damaged byte anywhere.
+the frame named, leaves nothing behind, and a later good build deploys; an archive of
+another size is refused though its kept frames match; a full deploy (no donor) still
+hashes the whole archive and refuses a damaged byte anywhere.
 """
 
 from __future__ import annotations
@@ -83,19 +84,7 @@ def damage(store: Store, manifest: BuildManifest, frame: FrameRecord) -> None:
     """Flip one byte in the middle of `frame`'s compressed bytes of the committed archive
     (same size: only the sha256 can tell)."""
     at = frame.offset + frame.length // 2
-    if isinstance(store, FilesystemStore):
-        path = store.root / manifest.name / manifest.build_id / manifest.artifact.file
-        with open(path, "r+b") as handle:
-            handle.seek(at)
-            byte = handle.read(1)
-            handle.seek(at)
-            handle.write(bytes([byte[0] ^ 0xFF]))
-        return
-    assert isinstance(store, S3Store)
-    key = f"{store.prefix}{manifest.name}/{manifest.build_id}/{manifest.artifact.file}"
-    data = bytearray(store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read())
-    data[at] ^= 0xFF
-    store.client.put_object(Bucket=store.bucket, Key=key, Body=bytes(data))
+    _rewrite(store, manifest, lambda data: data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
 
 
 def leftovers(site: Any, manifest: BuildManifest) -> list[str]:
@@ -164,6 +153,35 @@ def test_a_damaged_kept_frame_is_quarantined_at_verify_and_a_later_build_deploys
     assert result == "deployed", reason
     kept = dedup.read_record(layout.build_dir(site.deploy_root, "demo", later.build_id))
     assert kept is not None and kept.linked_files > 0
+
+
+def test_a_linked_deploy_refuses_an_archive_of_another_size(backend: tuple[Any, Store]) -> None:
+    """Only the kept frames are read, but the artifact's size is still checked (the file's,
+    or the total of each ranged answer on S3): a truncated or grown archive is quarantined
+    at verify even when every kept frame would match."""
+    site, store = backend
+    first = commit(site, store, V1, 1)
+    assert deployed(site, store, first)[0] == "deployed"
+    nightly = commit(site, store, V2, 2)
+    _rewrite(store, nightly, lambda data: data + b"\0" * 100)
+    result, reason, _ = deployed(site, store, nightly)
+    assert result == "quarantined", reason
+    assert f"manifest says {nightly.artifact.size}" in reason, reason
+    record = deploy.read_quarantine(site.deploy_root, "demo", nightly.build_id)
+    assert record is not None and record.stage == "verify"
+    assert leftovers(site, nightly) == []
+
+
+def _rewrite(store: Store, manifest: BuildManifest, change: Any) -> None:
+    """Replace the committed archive by `change(its bytes)` behind the store's back."""
+    if isinstance(store, FilesystemStore):
+        path = store.root / manifest.name / manifest.build_id / manifest.artifact.file
+        path.write_bytes(change(path.read_bytes()))
+        return
+    assert isinstance(store, S3Store)
+    key = f"{store.prefix}{manifest.name}/{manifest.build_id}/{manifest.artifact.file}"
+    data = store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=change(data))
 
 
 def test_a_full_deploy_still_hashes_the_whole_archive(backend: tuple[Any, Store]) -> None:
