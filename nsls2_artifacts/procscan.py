@@ -63,6 +63,13 @@ ENV_PATH_VARS = frozenset(
 # development VMs among them) give it capabilities that make it unreadable even to root.
 # Counting it as "unknown" would block every deletion forever, so it is not scanned.
 ALWAYS_SKIPPED = frozenset({1})
+# A process in the middle of execve(2) refuses ptrace-checked reads (`ns/mnt`, `maps`,
+# `fd/`) with EACCES for a moment, even to root and to its own user (seen in 10 of ~70
+# errors while /bin/true ran in a loop). Such a process is looked at again after these
+# pauses before it counts as unreadable, by a scan that may read it (root, the scan's
+# capabilities, its own user's process); one it may not read at all is not (an
+# unprivileged scan meets thousands of those).
+RETRY_UNREADABLE = (0.002, 0.02)
 
 
 @dataclass(frozen=True)
@@ -486,12 +493,13 @@ def scan(
     users = _Users()
     namespaces = _Namespaces(proc)
     skipped = {os.getpid(), *ALWAYS_SKIPPED, *skip_pids}
+    privileged = os.geteuid() == 0 or not missing_capabilities(proc)
     proc_fd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in os.listdir(proc_fd):
             if not name.isdigit() or int(name) in skipped:
                 continue
-            _scan_one(int(name), proc_fd, matcher, users, namespaces, result)
+            _scan_one(int(name), proc_fd, matcher, users, namespaces, result, privileged)
     finally:
         os.close(proc_fd)
     result.seconds = time.perf_counter() - started
@@ -505,23 +513,30 @@ def _scan_one(
     users: _Users,
     namespaces: _Namespaces,
     result: ScanResult,
+    privileged: bool,
 ) -> None:
     try:
         pid_fd = os.open(str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
     except OSError:
         result.vanished += 1
         return
-    process = None
     try:
-        try:
-            process = _ProcessScan(matcher, pid_fd, namespaces.translator(pid_fd))
-            process.run()
-        except _Vanished:
-            result.vanished += 1
-            return
-        except _Unreadable as exc:
-            where = f"/proc/{pid}/{exc.what}"
-            result.unknown.append(ProcessUse(pid, users.of(pid_fd), "unreadable", where))
+        for pause in (*RETRY_UNREADABLE, None):
+            process = None  # what an attempt found before its refusal still counts
+            try:
+                process = _ProcessScan(matcher, pid_fd, namespaces.translator(pid_fd))
+                process.run()
+                break
+            except _Vanished:
+                result.vanished += 1
+                return
+            except _Unreadable as exc:
+                if pause is not None and (privileged or _own(pid_fd)):
+                    time.sleep(pause)  # mid-execve: readable again in a moment
+                    continue
+                where = f"/proc/{pid}/{exc.what}"
+                result.unknown.append(ProcessUse(pid, users.of(pid_fd), "unreadable", where))
+                break
         result.scanned += 1
         if process is not None and process.hits:
             user = users.of(pid_fd)
@@ -529,6 +544,15 @@ def _scan_one(
                 result.uses[key].append(ProcessUse(pid, user, via, path))
     finally:
         os.close(pid_fd)
+
+
+def _own(pid_fd: int) -> bool:
+    """Whether the process is of this scanner's user (which may read it unprivileged: a
+    refusal is then transient, the process changing its image)."""
+    try:
+        return os.fstat(pid_fd).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,32 @@ def test_processes_vanishing_mid_scan_are_skipped(build):
         worker.join(timeout=30)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a refusal to root is what is retried")
+def test_a_refusal_mid_execve_is_looked_at_again(build, monkeypatch):
+    """A process changing its image refuses ptrace-checked reads (EACCES) for a moment,
+    even to root: the churn above saw it. Such a process is read again after a short
+    pause (refused once here: the use is found, the scan complete); one that keeps
+    refusing is unknown, never unused. Faked: the moment cannot be hit on purpose."""
+    readlink = os.readlink
+    refusals = {"left": 1}
+
+    def refuse(path, *args, **kwargs):
+        if path == "ns/mnt" and refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise PermissionError(13, "Permission denied")
+        return readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", refuse)
+    with child("cwd", build) as proc:
+        result = procscan.scan([build])
+        assert result.complete and uses_of(result, build, proc.pid), result.unknown
+        assert refusals["left"] == 0
+        refusals["left"] = 10**9  # refuses every time: unknown after the retries
+        result = procscan.scan([build])
+    assert not result.complete
+    assert proc.pid in {use.pid for use in result.unknown}
+
+
 def _scan_as_nobody(paths) -> tuple[bool, set[int]]:
     def scan() -> str:
         result = procscan.scan(paths)
