@@ -177,7 +177,7 @@ class Donor:
     def index(self) -> ContentIndex | str:
         """The kept index (parsed once, cached across deploys), or why it cannot be used."""
         if self._index is None:
-            found = INDEXES.load(self.path)
+            found = INDEXES.load(self.path, self.record)
             if isinstance(found, ContentIndex) and found.archive_sha256 != self.artifact_sha256:
                 found = f"{INDEX_COPY} is of another artifact than ready.json vouches for"
             self._index = found
@@ -302,15 +302,14 @@ class _IndexCache:
         found = self.load(build)
         return found if isinstance(found, ContentIndex) else None
 
-    def load(self, build: Path) -> ContentIndex | str:
-        """The index `build` kept, or why there is none the agent can trust (the reason a
-        build is no donor, logged: an operator must see why a deploy was not linked)."""
-        try:
-            record = read_record(build)
-        except RecordError as exc:
-            return str(exc)
-        if record is None:
-            return f"deployed in full: no {RECORD}"
+    def load(self, build: Path, record: DedupRecord | None = None) -> ContentIndex | str:
+        """The index `build` kept (its dedup `record` read here unless given), or why there
+        is none the agent can trust (the reason a build is no donor, logged: an operator
+        must see why a deploy was not linked)."""
+        found = record or _record_of(build)
+        if isinstance(found, str):
+            return found
+        record = found
         path = build / INDEX_COPY
         try:
             st = os.stat(path)
@@ -335,6 +334,15 @@ class _IndexCache:
 INDEXES = _IndexCache()
 
 
+def _record_of(build: Path) -> DedupRecord | str:
+    """The build's dedup record, or why it has none the agent can use."""
+    try:
+        record = read_record(build)
+    except RecordError as exc:
+        return str(exc)
+    return f"deployed in full: no {RECORD}" if record is None else record
+
+
 def _candidates(deploy_root: Path, env: str, build_id: str) -> list[tuple[str, str]]:
     """READY builds here other than ENV/BUILD_ID: this env's newest first, then others'."""
     found = []
@@ -354,12 +362,9 @@ def _donor(deploy_root: Path, env: str, build_id: str) -> Donor | str:
     if ready is None:
         return "not ready here (deleted or redeployed meanwhile)"
     path = layout.build_dir(deploy_root, env, build_id)
-    try:
-        record = read_record(path)
-    except RecordError as exc:
-        return str(exc)
-    if record is None:
-        return f"deployed in full: no {RECORD}"
+    record = _record_of(path)
+    if isinstance(record, str):
+        return record
     if record.archive_sha256 and record.archive_sha256 != ready.artifact_sha256:
         return f"{RECORD} is of another artifact than ready.json vouches for"
     donor = Donor(env, build_id, path, record, ready.artifact_sha256)
