@@ -495,7 +495,7 @@ def plan_links(
         framed = len(found)
         wanted: dict[Key, list[str]] = {}
         if shareable - len(plan.sources) - len(found) > ENOUGH * shareable:
-            wanted = _wanted(by_frame, plan.sources, found)
+            wanted = _wanted(by_frame, plan.sources.keys() | found.keys())
             donor_index = donor.index()
             if isinstance(donor_index, ContentIndex):
                 for key, source in _donor_files(donor, donor_index, wanted, device).items():
@@ -545,12 +545,12 @@ def _same_frames(
     return dict(_run_all(check, candidates, _Latency()))
 
 
-def _wanted(by_frame: dict[int, list[IndexEntry]], *linked: dict[str, str]) -> dict[Key, list[str]]:
-    """Names by content key of the shareable entries none of `linked` has a source for."""
+def _wanted(by_frame: dict[int, list[IndexEntry]], linked: set[str]) -> dict[Key, list[str]]:
+    """Names by content key of the shareable entries not in `linked` (those with a source)."""
     wanted: dict[Key, list[str]] = {}
     for entries in by_frame.values():
         for entry in entries:
-            if not any(entry.path in names for names in linked):
+            if entry.path not in linked:
                 wanted.setdefault((entry.sha256, entry.size, entry.mode), []).append(entry.path)
     return wanted
 
