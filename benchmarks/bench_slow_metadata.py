@@ -3,7 +3,8 @@
 (what a parallel filesystem makes slow; data writes stream).
 
 The delay is paid per call, so tar (one file at a time) pays it once per file while
-the agent, once its probe sees slow writes, creates files from four threads. Two
+the agent, once its probe sees slow writes, creates files from the 64 threads of
+agent/slowfs.py's pool. Two
 harnesses (`--harness`, both by default):
 - `strace`: `strace` injects the delay on exit of every `openat` (reads pay it too);
   each is a ptrace stop served by one tracer, so the agent's threads wait in line and

@@ -19,7 +19,7 @@ from support.agent import write_site
 from support.dedup import commit_framed, inode, tree
 
 from nsls2_artifacts import layout
-from nsls2_artifacts.agent import dedup, deploy
+from nsls2_artifacts.agent import dedup, deploy, slowfs
 from nsls2_artifacts.store import open_store
 
 V1 = {"alpha": "1.0", "beta": "1.0"}
@@ -29,7 +29,7 @@ V2 = {"alpha": "1.0", "beta": "2.0"}
 def slow_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every kind of call judged slow after one probe: the rest goes to the pool."""
     monkeypatch.setattr(dedup, "PROBE_CALLS", 1)
-    monkeypatch.setattr(dedup, "SLOW_CALL", -1.0)
+    monkeypatch.setattr(slowfs, "SLOW_CALL", -1.0)
     monkeypatch.setattr(dedup, "LINK_BATCH", 2)  # several chunks even for a small env
 
 
@@ -62,14 +62,14 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
         timer.cancel()
     # the probe ran here; every other chunk had finished when the failure was raised
     assert sorted(finished + failed) == list(range(11)) and failed
-    assert any(name.startswith("dedup") for name in threads)
+    assert any(name.startswith("slowfs") for name in threads)
 
 
 def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     """200 slow calls (a level of directories) go out in a chunk for each of the pool's
     threads (4 calls each for 64), not in 4 chunks of 64: each call is a round trip."""
     monkeypatch.setattr(dedup, "PROBE_CALLS", 1)
-    monkeypatch.setattr(dedup, "SLOW_CALL", -1.0)
+    monkeypatch.setattr(slowfs, "SLOW_CALL", -1.0)
     chunks: list[list[int]] = []
 
     def work(chunk: list[int]) -> list[int]:
@@ -123,7 +123,7 @@ def test_linked_deploy_on_slow_storage_links_through_the_pool(
     second = layout.build_dir(site.deploy_root, "demo", second_manifest.build_id)
     record = dedup.read_record(second)
     assert record is not None and record.linked_files == 6 and record.skipped_frames == 2
-    assert any(name.startswith("dedup") for name in used), used
+    assert any(name.startswith("slowfs") for name in used), used
     for name in ("lib/site/alpha/data.bin", "lib/site/common.py"):
         assert inode(second / name) == inode(first / name)
         assert not os.stat(second / name).st_mode & 0o222

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from nsls2_artifacts.agent import extract
+from nsls2_artifacts.agent import extract, slowfs
 from nsls2_artifacts.errors import RejectedArtifactError
 
 Member = tuple[str, bytes, int, int, str, float, bytes]
@@ -225,7 +225,7 @@ def test_thread_pool_and_inline_writes_give_one_tree(
     monkeypatch.setattr(extract._Extraction, "place_all", place_all)
     trees = []
     for slow in (False, True):
-        monkeypatch.setattr(extract, "SLOW_WRITE", -1.0 if slow else 1e9)
+        monkeypatch.setattr(slowfs, "SLOW_CALL", -1.0 if slow else 1e9)
         batches.clear()
         dest = tmp_path / f"dest-{slow}"
         dest.mkdir()

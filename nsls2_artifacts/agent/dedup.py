@@ -56,11 +56,10 @@ import hashlib
 import logging
 import os
 import stat
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any, ClassVar, TypeVar
@@ -79,7 +78,8 @@ from ..schema import Record
 from ..store import Store
 from ..tarstream import DIRECTORY, REGULAR, SYMLINK, TarMember, TarNameError, TarReader
 from ..tarstream import canonical_name as _canonical
-from .extract import SLOW_WRITE, data_mode, safe_extract
+from . import slowfs
+from .extract import data_mode, safe_extract
 from .locks import build_lock
 from .log import event
 
@@ -88,17 +88,12 @@ RECORD = f"{layout.AGENT_DIR}/dedup.json"
 _PROBE = f"{layout.AGENT_DIR}/link-probe"
 MAX_DONORS = 6  # indexes read per deploy: the newest builds hold nearly every file
 ENOUGH = 0.05  # ... and after one donor, another is read only while over 5% of files lack one
-# threads making links and checking donor files on slow storage: each is a metadata round
-# trip (a create ~1 ms on GPFS), latency-bound, so many in flight; batches keep the
-# handoffs few. On a local disk a link or an lstat takes ~2-10 us, less than handing it
-# to a thread: the calls are made in the deploying thread until PROBE_CALLS of a kind
-# show a median over SLOW_CALL (the extractor's threshold for its writers). 64: 6,000
-# links into 60 directories under +1 ms (latency_shim) took 0.20 s from 64 threads, 0.25-
-# 0.31 s from 32, 0.18-0.21 s from 128, at load 8.8 on 2 cores
-LINKERS = 64
+# links and donor checks are latency-bound metadata calls (slowfs): made in the deploying
+# thread until PROBE_CALLS of a kind show a median over slowfs.SLOW_CALL, then from the
+# shared pool
+LINKERS = slowfs.THREADS
 LINK_BATCH = 64  # links handed to a thread at once
 PROBE_CALLS = 32
-SLOW_CALL = SLOW_WRITE
 READ_CHUNK = 1 << 20
 KEPT_LEVEL = 3  # zstd level of the kept index copy: ~0.1 s for 100k entries, 5 MB
 _FICLONE = 0x40049409  # ioctl: share the source's extents (btrfs, XFS with reflink)
@@ -210,23 +205,7 @@ class LinkPlan:
 # -- where metadata calls run ------------------------------------------------------------------
 
 
-class _SharedPool:
-    """One pool of LINKERS threads for the life of the process, started on first need:
-    a daemon deploys night after night, and starting LINKERS threads for each step of each
-    deploy cost ~0.3 s on a loaded 2-core node (each new thread waits for the GIL)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def get(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(LINKERS, thread_name_prefix="dedup")
-            return self._pool
-
-
-POOL = _SharedPool()
+POOL = slowfs.POOL
 
 
 class _Latency:
@@ -245,7 +224,7 @@ class _Latency:
     def record(self, seconds: float) -> None:
         self.samples.append(seconds)
         if not self.probing:
-            self.slow = sorted(self.samples)[PROBE_CALLS // 2] > SLOW_CALL
+            self.slow = sorted(self.samples)[PROBE_CALLS // 2] > slowfs.SLOW_CALL
 
 
 def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Latency) -> list[R]:

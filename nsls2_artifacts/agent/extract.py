@@ -24,7 +24,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -46,6 +46,7 @@ from ..tarstream import (
     TarStreamError,
     UnsupportedTarError,
 )
+from . import slowfs
 
 PAUSE_AFTER_MEMBERS = 3  # the test pause point "extract" fires after this many members
 PROGRESS_EVERY = 256  # members between clock reads for the progress callback
@@ -55,17 +56,17 @@ AGENT_DIR = layout.AGENT_DIR
 CHUNK = 4 << 20  # decompressed bytes handed from the decompressing thread at once
 
 SMALL_FILE = 4 * 1024 * 1024  # larger members are streamed to disk by the parsing thread
-BATCH_FILES = 32  # small files handed to a writer at once
-BATCH_BYTES = 8 * 1024 * 1024  # ... or this much data
-# batches queued: bounds memory to about MAX_INFLIGHT * (BATCH_BYTES + SMALL_FILE)
-MAX_INFLIGHT = 16
-WRITERS = 4  # file creation is latency-bound (GPFS metadata): overlap it
-# ... but on a local disk a file takes ~40 us and handing it to a thread costs more (GIL
-# handoffs, futex waits: 2x the CPU on 2 cores). Files are written by the parsing thread;
-# the pool takes over for good once the median of PROBE_FILES writes in a row took more
-# than SLOW_WRITE seconds (GPFS, NFS, or a local disk throttling writers).
+# On a local disk a file takes ~40 us and handing it to a thread costs more (GIL handoffs,
+# futex waits: 2x the CPU on 2 cores): files are written by the parsing thread. Once the
+# median of PROBE_FILES writes in a row took over slowfs.SLOW_CALL (GPFS, NFS, a local
+# disk throttling writers), creation is latency-bound and the writes go, in batches, to
+# the shared pool of slowfs.THREADS threads for good.
 PROBE_FILES = 64
-SLOW_WRITE = 300e-6
+BATCH_FILES = 16  # small files handed to a writer at once: ~16 round trips per handoff
+BATCH_BYTES = 8 * 1024 * 1024  # ... or this much data
+# data queued for the writers, at most (plus one batch): every thread busy, memory bounded
+INFLIGHT_BYTES = 128 * 1024 * 1024
+INFLIGHT_BATCHES = 2 * slowfs.THREADS
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # errors of the archive (sha256-verified, so the same everywhere) raised by decompressors
 _CORRUPT_STREAM = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError)
@@ -234,11 +235,8 @@ def safe_extract(
     """
     root = os.path.realpath(dest)
     try:
-        with (
-            open_reader(archive, fmt, max_members=max_members, max_bytes=max_bytes) as tar,
-            ThreadPoolExecutor(WRITERS) as pool,
-        ):
-            job = _Extraction(root, build_id, pool, progress, progress_seconds, reuse)
+        with open_reader(archive, fmt, max_members=max_members, max_bytes=max_bytes) as tar:
+            job = _Extraction(root, build_id, progress, progress_seconds, reuse)
             try:
                 job.run(tar)
                 job.drain()
@@ -350,7 +348,6 @@ class _Extraction:
         self,
         root: str,
         build_id: str,
-        pool: ThreadPoolExecutor,
         progress: Callable[[int, int], None] | None = None,
         progress_seconds: float = 10.0,
         reuse: MemberReuse | None = None,
@@ -358,7 +355,6 @@ class _Extraction:
         self.root = root
         self.reuse = reuse
         self.build_id = build_id
-        self.pool = pool
         umask = _umask()
         self.chmod = umask is None or bool(umask & 0o755)  # else the mode survives creation
         self.members = self.total = 0
@@ -368,7 +364,8 @@ class _Extraction:
         # parent directories (absolute) made and known to lie below none of `symlinks`
         self.clear_dirs: set[str] = set()
         self.links: list[tuple[TarMember, str]] = []
-        self.pending: deque[Future[None]] = deque()
+        self.pending: deque[tuple[Future[None], int]] = deque()  # (write, its bytes)
+        self.pending_bytes = 0
         self.batch: list[tuple[str, bytes | memoryview, int, float]] = []
         self.batch_bytes = 0
         self.progress = progress
@@ -463,7 +460,7 @@ class _Extraction:
             if len(self.probe) == PROBE_FILES:
                 # the median: one stall (a journal commit) must not hand a fast disk
                 # to the pool for good; slow storage makes most writes slow
-                self.inline = sorted(self.probe)[PROBE_FILES // 2] <= SLOW_WRITE
+                self.inline = sorted(self.probe)[PROBE_FILES // 2] <= slowfs.SLOW_CALL
                 self.probe.clear()
             return
         self.batch.append((path, data, mode, mtime))
@@ -473,10 +470,20 @@ class _Extraction:
 
     def flush(self) -> None:
         if self.batch:
-            self.pending.append(self.pool.submit(self.place_all, self.batch))
+            future = slowfs.POOL.get().submit(self.place_all, self.batch)
+            self.pending.append((future, self.batch_bytes))
+            self.pending_bytes += self.batch_bytes
             self.batch, self.batch_bytes = [], 0
-        while len(self.pending) > MAX_INFLIGHT:
-            self.pending.popleft().result()
+        while self.pending and (
+            len(self.pending) > INFLIGHT_BATCHES or self.pending_bytes > INFLIGHT_BYTES
+        ):
+            self.collect()
+
+    def collect(self) -> None:
+        """Wait for the oldest batch (raising its failure)."""
+        future, size = self.pending.popleft()
+        self.pending_bytes -= size
+        future.result()
 
     def place_all(self, batch: list[tuple[str, bytes | memoryview, int, float]]) -> None:
         """Write a batch of small files (in a writer thread)."""
@@ -504,11 +511,15 @@ class _Extraction:
     def drain(self) -> None:
         self.flush()
         while self.pending:
-            self.pending.popleft().result()
+            self.collect()
 
     def cancel(self) -> None:
-        for future in self.pending:
+        """Stop the queued writes and wait for the running ones: nothing is written into
+        `root` afterwards (the caller may remove it after a failure)."""
+        futures = [future for future, _ in self.pending]
+        for future in futures:
             future.cancel()
+        wait(futures)
 
 
 def _check_link_stays_inside(member: TarMember, build_id: str) -> None:
