@@ -78,8 +78,8 @@ def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch)
 
     assert sorted(dedup._run_all(work, list(range(201)), dedup._Latency())) == list(range(201))
     pooled = chunks[1:]  # the first: the probe, in this thread
-    assert max(map(len, pooled)) == -(-200 // dedup.LINKERS) < dedup.LINK_BATCH
-    assert len(pooled) >= dedup.LINKERS * 3 // 4
+    assert max(map(len, pooled)) == -(-200 // slowfs.THREADS) < dedup.LINK_BATCH
+    assert len(pooled) >= slowfs.THREADS * 3 // 4
     assert len(dedup._run_all(work, list(range(10_001)), dedup._Latency())) == 10_001
     assert max(map(len, chunks[len(pooled) + 2 :])) == dedup.LINK_BATCH
 

@@ -88,10 +88,8 @@ RECORD = f"{layout.AGENT_DIR}/dedup.json"
 _PROBE = f"{layout.AGENT_DIR}/link-probe"
 MAX_DONORS = 6  # indexes read per deploy: the newest builds hold nearly every file
 ENOUGH = 0.05  # ... and after one donor, another is read only while over 5% of files lack one
-# links and donor checks are latency-bound metadata calls (slowfs): made in the deploying
-# thread until PROBE_CALLS of a kind show a median over slowfs.SLOW_CALL, then from the
-# shared pool
-LINKERS = slowfs.THREADS
+# links and donor checks are latency-bound metadata calls: made in the deploying thread
+# until PROBE_CALLS of a kind prove slow (slowfs.slow), then from slowfs.POOL
 LINK_BATCH = 64  # links handed to a thread at once
 PROBE_CALLS = 32
 READ_CHUNK = 1 << 20
@@ -205,13 +203,9 @@ class LinkPlan:
 # -- where metadata calls run ------------------------------------------------------------------
 
 
-POOL = slowfs.POOL
-
-
 class _Latency:
-    """Whether one kind of metadata call (lstat, mkdir, link) is slow here: the median of
-    its first PROBE_CALLS over SLOW_CALL (a median: one journal stall must not send a
-    fast disk's calls to threads)."""
+    """Whether one kind of metadata call (lstat, mkdir, link) is slow here, by its first
+    PROBE_CALLS (`slowfs.slow`)."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -224,7 +218,7 @@ class _Latency:
     def record(self, seconds: float) -> None:
         self.samples.append(seconds)
         if not self.probing:
-            self.slow = sorted(self.samples)[PROBE_CALLS // 2] > slowfs.SLOW_CALL
+            self.slow = slowfs.slow(self.samples)
 
 
 def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Latency) -> list[R]:
@@ -246,8 +240,8 @@ def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Laten
         return done
     if not latency.slow:
         return done + work(rest)
-    pool = POOL.get()
-    size = min(LINK_BATCH, -(-len(rest) // LINKERS))
+    pool = slowfs.POOL.get()
+    size = min(LINK_BATCH, -(-len(rest) // slowfs.THREADS))
     futures = [pool.submit(work, rest[i : i + size]) for i in range(0, len(rest), size)]
     wait(futures)
     for future in futures:
@@ -602,7 +596,7 @@ def prepare(
     # the extraction's directories are made meanwhile (a create each: disk- or
     # latency-bound, while the plan is CPU-bound; `prepare` itself runs while the archive
     # is hashed)
-    making = POOL.get().submit(make_dirs, index, os.path.realpath(dest))
+    making = slowfs.POOL.get().submit(make_dirs, index, os.path.realpath(dest))
     try:
         plan = plan_links(index, _first(donors(), MAX_DONORS), dest, hold, root)
     finally:
@@ -783,9 +777,9 @@ class _Placer:
 
     def _submit(self) -> None:
         if self.batch:
-            self.pending.append(POOL.get().submit(self._link_all, self.batch))
+            self.pending.append(slowfs.POOL.get().submit(self._link_all, self.batch))
             self.batch = []
-        while len(self.pending) > 4 * LINKERS:
+        while len(self.pending) > 4 * slowfs.THREADS:
             self._collect(self.pending.popleft())
 
     def _collect(self, future: Future[tuple[int, int]]) -> None:

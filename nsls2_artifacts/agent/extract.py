@@ -458,9 +458,7 @@ class _Extraction:
             _write_file(path, data, mode, mtime, self.chmod)
             self.probe.append(time.perf_counter() - start)
             if len(self.probe) == PROBE_FILES:
-                # the median: one stall (a journal commit) must not hand a fast disk
-                # to the pool for good; slow storage makes most writes slow
-                self.inline = sorted(self.probe)[PROBE_FILES // 2] <= slowfs.SLOW_CALL
+                self.inline = not slowfs.slow(self.probe)  # if slow, the pool's for good
                 self.probe.clear()
             return
         self.batch.append((path, data, mode, mtime))

@@ -19,6 +19,13 @@ THREADS = 64
 SLOW_CALL = 300e-6
 
 
+def slow(seconds: list[float]) -> bool:
+    """Whether calls that took `seconds` show slow storage: their median over SLOW_CALL (a
+    median: one stall, a journal commit, must not send a fast disk's calls to threads;
+    slow storage makes most calls slow)."""
+    return sorted(seconds)[len(seconds) // 2] > SLOW_CALL
+
+
 class SharedPool:
     """One pool of THREADS threads for the life of the process, started on first need:
     a daemon deploys night after night, and starting THREADS threads for each step of each
