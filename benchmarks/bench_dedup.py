@@ -488,11 +488,11 @@ def add_latency_options(parser: argparse.ArgumentParser) -> None:
 
 
 Run = tuple[float, dict[str, str]]  # agent --once wall seconds, its deploy event
-STEPS = ("verify_s", "extract_s", "unpack_s", "smoke_s")
+STEPS = ("verify_s", "extract_s", "unpack_s", "smoke_s", "sync_s")
 
 
 def split(f: dict[str, str]) -> str:
-    """The agent's own marks: verify / extract / unpack / smoke seconds, and the link
+    """The agent's own marks: verify / extract / unpack / smoke / sync seconds, and the link
     plan's seconds (part of verify), the calls the shim delayed and what was read to
     verify, when there are."""
     parts = "/".join(f"{float(f[s]):.2f}" for s in STEPS if s in f)
@@ -552,7 +552,7 @@ def report(roots: Path, second: BuildManifest, pairs: list[tuple[Run, Run]]) -> 
         medians[label] = statistics.median(float(pair[side][1]["seconds"]) for pair in pairs)
         print(
             f"nightly deploy, {label:>6}: median {medians[label]:.2f}s of {len(runs)} "
-            f"(median round, verify/extract/unpack/smoke: {split(f)}; agent --once "
+            f"(median round, verify/extract/unpack/smoke/sync: {split(f)}; agent --once "
             f"{wall:.2f}s)"
         )
     ratio = medians["linked"] / medians["full"]

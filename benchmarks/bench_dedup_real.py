@@ -9,7 +9,7 @@ filesystem store with their content index (bench_dedup's `commit`). A is deploye
 real `agent --once`; then bench_dedup's interleaved rounds (warm-up, then `--rounds`):
 B linked next to A, then B in full into a fresh deploy root. Times are the agent's
 `event=deploy seconds`; the ratio is of the medians, with every round's, and each
-deploy's verify/extract/unpack/smoke split and what was read to verify it (`event=verified`:
+deploy's verify/extract/unpack/smoke/sync split and what was read to verify it (`event=verified`:
 the whole archive, or the frames a linked deploy keeps). `--s3` puts both builds in a
 SeaweedFS store on 127.0.0.1 (tests/s3server.py) and the agents deploy from it.
 

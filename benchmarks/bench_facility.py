@@ -24,7 +24,7 @@ commit is the moment manifest.json appears (a real publish goes on removing its
 scratch prefix while the agent already deploys).
 
 The parts come from the daemon's own log (`event=... time=...`): commit -> the deploy
-starts, the deploy's verify / extract / unpack / smoke split, deploy end -> flip.
+starts, the deploy's verify / extract / unpack / smoke / sync split, deploy end -> flip.
 
 Latency harness (`--harness`): `shim` (default) runs the daemon, and the kernel, with
 latency_shim.py's LD_PRELOAD library, which sleeps `--delay-us` in the calling thread
@@ -333,7 +333,7 @@ def _idle(log_path: Path) -> bool:
 
 
 def _split(f: dict[str, str]) -> str:
-    steps = ("verify_s", "extract_s", "unpack_s", "smoke_s")
+    steps = ("verify_s", "extract_s", "unpack_s", "smoke_s", "sync_s")
     parts = ", ".join(f"{s[:-2]} {float(f[s]):.1f}" for s in steps if s in f)
     return f"{float(f['seconds']):.1f}s ({parts})"
 

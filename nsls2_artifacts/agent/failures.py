@@ -53,7 +53,7 @@ BACKOFF_MAX = timedelta(hours=1)
 @dataclass(frozen=True)
 class Failure:
     kind: str  # ARTIFACT | NODE
-    stage: str  # verify | extract | unpack | smoke | ready
+    stage: str  # verify | extract | unpack | smoke | sync | ready
     reason: str
 
 
