@@ -296,16 +296,19 @@ def _disk_text(disk: dict[str, Any] | None) -> str:
         shared = "nothing linked"
     else:
         shared = (
-            f"{_size(disk['linked_bytes'])} of {_size(disk['bytes'])} hardlinked to earlier "
-            f"builds: {disk['linked_files']} files"
+            f"{size_text(disk['linked_bytes'])} of {size_text(disk['bytes'])} hardlinked to "
+            f"earlier builds: {disk['linked_files']} files"
         )
     if disk["copied_files"]:
         shared += f"; {disk['copied_files']} copied, the filesystem refused a link"
-    return f"  adds {_size(disk['added_bytes'])} ({shared})"
+    return f"  adds {size_text(disk['added_bytes'])} ({shared})"
 
 
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+def size_text(nbytes: int) -> str:
+    """`1.48 GB`, `12.0 MB`, `24.6 kB` (a nightly that linked nearly everything adds kB)."""
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
 
 def quarantine_hint(env: str, build_id: str, stage: str) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ from support.retention import age
 from nsls2_artifacts import layout
 from nsls2_artifacts import status as status_module
 from nsls2_artifacts.agent import dedup, retention
+from nsls2_artifacts.agent.diskuse import disk_freed
 from nsls2_artifacts.records import RetentionDecision
 
 V1 = {"alpha": "1.0", "beta": "1.0"}
@@ -101,8 +103,9 @@ def test_nightly_links_unchanged_files_and_skips_their_frames(tmp_path: Path) ->
     assert "index" in disk["how"]
     # what an operator reads: per build what its deploy wrote and what it shares
     text = run_cli(config, "status", check=False).stdout
-    mb = f"{record.added_bytes / 1e6:.1f} MB"
-    shared = f"{record.linked_bytes / 1e6:.1f} MB of {record.bytes / 1e6:.1f} MB"
+    size = status_module.size_text
+    mb, shared = size(record.added_bytes), f"{size(record.linked_bytes)} of {size(record.bytes)}"
+    assert mb.endswith(" kB") and shared.count(" kB") == 2  # a small env: kB, not "0.0 MB"
     (line,) = [line for line in text.splitlines() if line.startswith(f"  {second.name}")]
     assert line.endswith(f"adds {mb} ({shared} hardlinked to earlier builds: 6 files)"), text
     (line,) = [line for line in text.splitlines() if line.startswith(f"  {first.name}")]
@@ -524,3 +527,76 @@ def test_a_chmodded_build_is_no_donor_and_the_agent_says_why(tmp_path: Path) -> 
     assert reason.startswith(f"cannot read {dedup.INDEX_COPY}"), reason
     assert unused[f"demo/{first.name}"]["level"] == "warning"
     assert layout.read_ready(site.deploy_root, "demo", fifth.build_id) is not None
+
+
+def _inodes(root: Path) -> set[tuple[int, int]]:
+    found = set()
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if not path.is_dir() or path.is_symlink():
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def test_prune_dry_run_says_what_deleting_linked_builds_frees(tmp_path: Path) -> None:
+    """Two old nightlies fall out of retention while the newest shares files with them:
+    `prune --dry-run` says what their deletion gives back, which is not their size - the
+    files the kept build also names (hardlinks) stay - first for the tombstoned builds,
+    then for the builds it would delete now."""
+    retention = {"keep_latest": 1, "grace_days": 1, "lts_years": 3}
+    config, site = write_site(tmp_path / "site", retention=retention)
+    dirs = []
+    for hours, version in ((-30 * 24, V1), (-29 * 24, V2), (0, V3)):
+        manifest = commit_framed(site, version, hours)
+        agent_once(config)  # deploys it, linked from the last; tombstones the older ones
+        dirs.append(build_dir(site, manifest.build_id))
+    old, (kept,) = dirs[:2], dirs[2:]
+    assert all(layout.read_ready(site.deploy_root, "demo", d.name) for d in dirs)
+    inodes = _inodes(old[0]) | _inodes(old[1])
+    stay = inodes & _inodes(kept)
+    assert 0 < len(stay) < len(inodes)  # some shared with the kept build, some not
+
+    def disk_line(output: str) -> str:
+        (line,) = [line for line in output.splitlines() if line.startswith("disk: ")]
+        return " ".join(line.split())
+
+    expected = f"({len(stay)} of their {len(inodes)} files stay: hardlinked by builds kept)"
+    waiting = run_cli(config, "prune", "--dry-run").stdout
+    line = disk_line(waiting)
+    assert line.startswith("disk: once the 2 builds on their way out are gone: frees "), line
+    assert line.endswith(expected), line
+    for tombstoned in old:
+        age(layout.tombstone_path(site.deploy_root, "demo", tombstoned.name), 2)
+    now = run_cli(config, "prune", "--dry-run").stdout
+    assert now.count("│ would delete") == 2, now
+    line = disk_line(now)
+    assert line.startswith("disk: deleting the 2 builds marked 'would delete' frees "), line
+    assert line.endswith(expected), line
+    freed, held = re.match(r".* frees (.+) of the (.+) they hold", line).groups()  # type: ignore[union-attr]
+    assert freed != held
+    assert all(d.is_dir() for d in dirs)  # a dry run
+
+
+def test_disk_freed_counts_a_file_only_when_every_name_of_it_goes(tmp_path: Path) -> None:
+    """x is in a and b, y only in a, z in a and c: deleting a frees y; a and b, x and y;
+    all three, everything. Blocks, as the filesystem allocated them."""
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    sizes = {"x": 10_000, "y": 20_000, "z": 40_000}
+    for name, size in sizes.items():
+        (tmp_path / "a" / name).write_bytes(name.encode() * size)
+    os.link(tmp_path / "a/x", tmp_path / "b/x")
+    os.link(tmp_path / "a/z", tmp_path / "c/z")
+
+    def blocks(*paths: str) -> int:
+        return sum(os.lstat(tmp_path / p).st_blocks * 512 for p in paths)
+
+    a = disk_freed([tmp_path / "a"])
+    assert (a.freed, a.bytes) == (blocks("a", "a/y"), blocks("a", "a/x", "a/y", "a/z"))
+    assert (a.files, a.shared, a.builds, a.unreadable) == (3, 2, 1, 0)
+    ab = disk_freed([tmp_path / "a", tmp_path / "b"])
+    assert ab.freed == blocks("a", "b", "a/x", "a/y") and ab.shared == 1
+    abc = disk_freed(tmp_path / n for n in "abc")
+    assert abc.freed == abc.bytes == blocks("a", "b", "c", "a/x", "a/y", "a/z")
+    gone = disk_freed([tmp_path / "missing"])
+    assert (gone.builds, gone.freed, gone.unreadable) == (0, 0, 1)

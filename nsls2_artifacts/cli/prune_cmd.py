@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,9 +18,11 @@ from rich.table import Table
 
 from .. import layout
 from ..agent import heartbeat as hb
+from ..agent.diskuse import DiskFreed, disk_freed
 from ..agent.log import setup_logging
 from ..agent.retention import run_pass
 from ..records import RetentionDecision
+from ..status import size_text
 from ..store import open_store
 from .common import ConfigOption, console, out, reported_errors, site
 
@@ -35,12 +38,11 @@ _STYLE = {
 }
 
 
-def _show(table: Table) -> None:
+def _show(*lines: Table | str) -> None:
     """Full width on a terminal; in a pipe, wide enough that reasons are not wrapped."""
-    if out.is_terminal:
-        out.print(table)
-    else:
-        Console(file=out.file, width=240).print(table)
+    shown = out if out.is_terminal else Console(file=out.file, width=240)
+    for line in lines:
+        shown.print(line)
 
 
 def decisions_table(decisions: list[RetentionDecision], *, dry_run: bool) -> Table:
@@ -55,6 +57,39 @@ def decisions_table(decisions: list[RetentionDecision], *, dry_run: bool) -> Tab
             d.env, d.build_id, f"[{style}]{action}[/]" if style else action, escape(d.reason)
         )
     return table
+
+
+# the builds on their way out: deleted by this pass, or tombstoned (deleted after the grace)
+_NOW = ("delete",)
+_LATER = ("delete", "tombstone", "wait")
+
+
+def disk_lines(root: Path, decisions: list[RetentionDecision]) -> list[str]:
+    """What the deletions give back: builds share unchanged files by hardlinks, so the
+    disk freed is what no build that stays still names (`agent/diskuse.py`)."""
+    lines = []
+    now = [d for d in decisions if d.action in _NOW]
+    later = [d for d in decisions if d.action in _LATER]
+    if now:
+        freed = disk_freed(layout.build_dir(root, d.env, d.build_id) for d in now)
+        lines.append(f"disk: deleting the {_builds(now)} marked 'would delete' {_freed(freed)}")
+    if len(later) > len(now):  # some are tombstoned, deleted after the grace period
+        freed = disk_freed(layout.build_dir(root, d.env, d.build_id) for d in later)
+        lines.append(f"disk: once the {_builds(later)} on their way out are gone: {_freed(freed)}")
+    return lines
+
+
+def _builds(decisions: list[RetentionDecision]) -> str:
+    return "1 build" if len(decisions) == 1 else f"{len(decisions)} builds"
+
+
+def _freed(freed: DiskFreed) -> str:
+    text = f"frees {size_text(freed.freed)} of the {size_text(freed.bytes)} they hold"
+    if freed.shared:
+        text += f" ({freed.shared} of their {freed.files} files stay: hardlinked by builds kept)"
+    if freed.unreadable:
+        text += f"; {freed.unreadable} entries could not be read, counted as kept"
+    return text
 
 
 def prune(
@@ -76,7 +111,8 @@ def prune(
     if not decisions:
         console.print(f"no deployed builds under {layout.envs_dir(cfg.deploy_root)}")
     else:
-        _show(decisions_table(decisions, dry_run=dry_run))
+        disk = disk_lines(cfg.deploy_root, decisions) if dry_run else []
+        _show(decisions_table(decisions, dry_run=dry_run), *map(escape, disk))
     if any(d.action == "error" for d in decisions):
         sys.exit(1)
 
