@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
         if 1 in chunk:
             failed.extend(chunk)
             raise OSError(5, "this chunk fails first")
-        if chunk != [0]:  # the probe, in this thread, does not wait
+        if chunk != [0]:  # the probe (timed first, alone) does not wait
             release.wait(10)  # the others are still running when the failure is known
         finished.extend(chunk)
         return chunk
@@ -60,7 +61,7 @@ def test_slow_calls_go_to_the_pool_and_a_failure_waits_for_every_chunk(
             dedup._run_all(work, list(range(11)), dedup._Latency())
     finally:
         timer.cancel()
-    # the probe ran here; every other chunk had finished when the failure was raised
+    # every chunk after the probe had finished when the failure was raised
     assert sorted(finished + failed) == list(range(11)) and failed
     assert any(name.startswith("slowfs") for name in threads)
 
@@ -85,15 +86,55 @@ def test_slow_calls_keep_every_pool_thread_busy(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_fast_calls_stay_in_the_deploying_thread() -> None:
-    threads: set[str] = set()
+    """The probe's calls are timed a few at once on the pool; once they prove fast, the
+    rest is made in the calling thread (handing a fast call to a thread costs more)."""
+    threads: dict[int, str] = {}
 
     def work(chunk: list[int]) -> list[int]:
-        threads.add(threading.current_thread().name)
+        for item in chunk:
+            threads[item] = threading.current_thread().name
         return chunk
 
     latency = dedup._Latency()
     assert dedup._run_all(work, list(range(200)), latency) == list(range(200))
-    assert threads == {threading.current_thread().name} and not latency.slow
+    assert not latency.slow and len(latency.samples) == dedup.PROBE_CALLS
+    probed = {threads[item] for item in range(dedup.PROBE_CALLS)}
+    assert all(name.startswith("slowfs") for name in probed), probed
+    rest = {threads[item] for item in range(dedup.PROBE_CALLS, 200)}
+    assert rest == {threading.current_thread().name}
+
+
+def test_a_probe_times_its_calls_a_few_at_once_and_waits_for_all() -> None:
+    """`slowfs.timed`: every call's result in order and its own seconds, never more than
+    PROBE_STRANDS calls at once, and a failure raised only once every call has ended."""
+    lock = threading.Lock()
+    running = [0, 0]  # now, most
+
+    def call(item: int) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        time.sleep(0.01 if item % 2 else 0.001)
+        with lock:
+            running[0] -= 1
+        return item * 10
+
+    results, seconds = slowfs.timed(call, list(range(20)))
+    assert results == [item * 10 for item in range(20)]
+    assert running[1] == slowfs.PROBE_STRANDS
+    assert all(s >= 0.01 for s in seconds[1::2]) and all(s < 0.01 for s in seconds[0::2])
+    ended: list[int] = []
+
+    def failing(item: int) -> None:
+        time.sleep(0.02)
+        ended.append(item)
+        if item == 0:
+            raise OSError(5, "the first call fails")
+
+    with pytest.raises(OSError, match="first call fails"):
+        slowfs.timed(failing, list(range(8)))
+    # the other strands ran to their end; the failed one stopped (4 came after 0 in it)
+    assert sorted(ended) == [0, 1, 2, 3, 5, 6, 7]
 
 
 def test_linked_deploy_on_slow_storage_links_through_the_pool(

@@ -222,19 +222,21 @@ class _Latency:
 
 
 def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Latency) -> list[R]:
-    """`work` over `items`: in this thread while the calls are fast, else in chunks on the
-    shared pool, at most LINK_BATCH each and small enough that every thread gets one (a
-    level of 200 directories in chunks of 64 kept 4 threads busy for 64 round trips each,
-    not 32 for 7: ~1 s of a demo deploy's plan under +1 ms latency). Returns when every
-    chunk has finished (nothing is left running into a directory the caller may remove
-    after a failure), raising the first failure."""
+    """`work` over `items`: the first ones timed (`slowfs.timed`) until `latency` knows;
+    then in this thread while the calls are fast, else in chunks on the shared pool, at
+    most LINK_BATCH each and small enough that every thread gets one (a level of 200
+    directories in chunks of 64 kept 4 threads busy for 64 round trips each, not 32 for 7:
+    ~1 s of a demo deploy's plan under +1 ms latency). Returns when every chunk has
+    finished (nothing is left running into a directory the caller may remove after a
+    failure), raising the first failure."""
     done: list[R] = []
     start = 0
-    while latency.probing and start < len(items):
-        began = time.perf_counter()
-        done += work(items[start : start + 1])
-        latency.record(time.perf_counter() - began)
-        start += 1
+    if latency.probing:
+        start = PROBE_CALLS - len(latency.samples)
+        results, seconds = slowfs.timed(lambda item: work([item]), items[:start])
+        for result, took in zip(results, seconds, strict=True):
+            done += result
+            latency.record(took)
     rest = items[start:]
     if not rest:
         return done
@@ -699,6 +701,7 @@ class _Placer:
         self.readonly = {e.path for e in plan.index.entries if _shareable(e)}
         self.links = _Latency()  # links made here until they prove slow, then by the pool
         self.pending: deque[Future[tuple[int, int]]] = deque()
+        self.probe: list[tuple[str, str, IndexEntry]] = []  # links waiting to be timed
         self.batch: list[tuple[str, str, IndexEntry]] = []
         self.linked = self.copied = 0
 
@@ -753,10 +756,10 @@ class _Placer:
                 self.build_id,
                 f"the content index disagrees with the archive at {member.name!r} (size or mode)",
             )
-        if self.links.probing:
-            began = time.perf_counter()
-            self._count(self._link_all([(source, path, entry)]))
-            self.links.record(time.perf_counter() - began)
+        if self.links.probing:  # timed a few at once (`slowfs.timed`), then decided
+            self.probe.append((source, path, entry))
+            if len(self.probe) + len(self.links.samples) >= PROBE_CALLS:
+                self._time_probe()
             return True
         if not self.links.slow:
             try:  # the usual case, in a line: ~100k of them in a large env
@@ -775,6 +778,13 @@ class _Placer:
             return shared_mode(member.mode)
         return data_mode(member.mode)
 
+    def _time_probe(self) -> None:
+        done, seconds = slowfs.timed(lambda link: self._link_all([link]), self.probe)
+        self.probe = []
+        for counts, took in zip(done, seconds, strict=True):
+            self._count(counts)
+            self.links.record(took)
+
     def _submit(self) -> None:
         if self.batch:
             self.pending.append(slowfs.POOL.get().submit(self._link_all, self.batch))
@@ -790,6 +800,7 @@ class _Placer:
         self.copied += done[1]
 
     def drain(self) -> None:
+        self._time_probe()
         self._submit()
         while self.pending:
             self._collect(self.pending.popleft())
