@@ -699,7 +699,7 @@ class _Placer:
         self.build_id = build_id
         self.entries = plan.index.files()
         self.readonly = {e.path for e in plan.index.entries if _shareable(e)}
-        self.links = _Latency()  # links made here until they prove slow, then by the pool
+        self.links = _Latency()  # the first links timed; then made here if fast, else by the pool
         self.pending: deque[Future[tuple[int, int]]] = deque()
         self.probe: list[tuple[str, str, IndexEntry]] = []  # links waiting to be timed
         self.batch: list[tuple[str, str, IndexEntry]] = []
