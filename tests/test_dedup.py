@@ -230,12 +230,16 @@ def test_retention_in_an_agent_pass_deletes_a_linked_build_and_no_shared_file(
     assert shared == inode(oldest / "lib/site/common.py") == inode(kept[1] / "lib/site/common.py")
     links = os.stat(oldest / "lib/site/common.py").st_nlink
     trees = {d: tree(d) for d in kept}
+    stay = _inodes(oldest) & (_inodes(kept[0]) | _inodes(kept[1]))
     agent_once(config)  # tombstone
     tombstone = layout.tombstone_path(site.deploy_root, "demo", oldest.name)
     assert tombstone.exists(), list(tombstone.parent.iterdir())
     age(tombstone, 2)
-    agent_once(config)  # delete
+    (deleted,) = events(agent_once(config).stderr, "deleted")  # delete
     assert not oldest.exists()
+    # the log says what the deletion gave back: not the files the kept builds still link
+    assert deleted["build"] == oldest.name and int(deleted["shared_files"]) == len(stay) > 0
+    assert 0 < float(deleted["freed_mb"]) < sum(f.stat().st_size for f in kept[0].rglob("*")) / 1e6
     assert {d: tree(d) for d in kept} == trees
     assert inode(kept[0] / "lib/site/common.py") == shared
     assert os.stat(kept[0] / "lib/site/common.py").st_nlink == links - 1

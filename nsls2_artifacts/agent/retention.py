@@ -52,6 +52,7 @@ from ..records import (
 from ..store import Store
 from . import heartbeat as hb
 from . import kernels, latest, trash
+from .diskuse import disk_freed
 from .locks import apply_lock, build_lock
 from .log import event
 from .observe import Observed, observe
@@ -350,6 +351,7 @@ def _delete(
 ) -> RetentionDecision:
     """Delete one build under its deploy lock: marker, kernelspecs, rename to trash, rmtree."""
     root, env, build_id = site.deploy_root, decision.env, decision.build_id
+    freed = None
     try:
         with build_lock(root, env, build_id, wait=False):
             if _pinned(root, env, build_id):
@@ -362,13 +364,19 @@ def _delete(
             target = trash.move_to_trash(root, env, layout.build_dir(root, env, build_id))
             layout.test_pause("prune-trashed")  # test-only: a kill here leaves trash + tombstone
             _unlink(layout.tombstone_path(root, env, build_id))
+            # what the deletion gives back: a file other builds link stays (one walk more
+            # than the removal's; it runs in the pass's retention step, after the flips)
+            freed = disk_freed([target]) if target is not None else None
             if target is not None:
                 trash.remove(target)
     except LockBusy:
         return RetentionDecision(
             env, build_id, "wait", "waiting: another agent holds the build lock"
         )
-    event(log, "deleted", env=env, build=build_id, kernelspecs=removed)
+    disk = {}
+    if freed is not None:
+        disk = {"freed_mb": round(freed.freed / 1e6, 1), "shared_files": freed.shared}
+    event(log, "deleted", env=env, build=build_id, kernelspecs=removed, **disk)
     return decision
 
 
