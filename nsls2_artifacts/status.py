@@ -20,6 +20,7 @@ from typing import Any
 
 from . import layout
 from .agent import ceiling, dedup, heartbeat, kernels
+from .agent.diskuse import disk_freed
 from .agent.observe import Observed, observe
 from .config import SiteConfig
 from .errors import StoreError
@@ -44,16 +45,19 @@ class Beside:
     disk: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
 
 
-def collect_status(site: SiteConfig, store: Store) -> dict[str, Any]:
-    """One look (as an agent pass takes it, plus `look_beside`), then `status_of` it."""
+def collect_status(site: SiteConfig, store: Store, *, walk_disk: bool = False) -> dict[str, Any]:
+    """One look (as an agent pass takes it, plus `look_beside`), then `status_of` it.
+    `walk_disk`: also what each ready build holds alone now (a walk of every build)."""
     quiet = logging.getLogger("nsls2_artifacts.status")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False  # what the look logs, status shows itself
     obs = observe(site, store, quiet)
-    return status_of(site, obs, look_beside(site, store, obs))
+    return status_of(site, obs, look_beside(site, store, obs, walk_disk=walk_disk))
 
 
-def look_beside(site: SiteConfig, store: Store, obs: Observed) -> Beside:
+def look_beside(
+    site: SiteConfig, store: Store, obs: Observed, *, walk_disk: bool = False
+) -> Beside:
     """The rest of status's look, right after the snapshot `obs` (a store failure here
     is recorded in `obs`, as the snapshot's own would be)."""
     root = site.deploy_root
@@ -63,7 +67,7 @@ def look_beside(site: SiteConfig, store: Store, obs: Observed) -> Beside:
         scans=_scans(root),
         memory=ceiling.read_probes(root),
         disk={
-            (env, r.build_id): _disk(root, env, r.build_id)
+            (env, r.build_id): _disk(root, env, r.build_id, walk_disk)
             for env, ready in obs.ready.items()
             for r in ready
         },
@@ -183,17 +187,21 @@ def _env_status(
     }
 
 
-def _disk(root: Path, env: str, build_id: str) -> dict[str, Any] | None:
+def _disk(root: Path, env: str, build_id: str, walk: bool = False) -> dict[str, Any] | None:
     """The disk a ready build added when it was deployed, from its dedup record (None for
     a build deployed in full, before content indexes: it added all of its files; an
-    unreadable record says why, naming the file and the field)."""
+    unreadable record says why, naming the file and the field); with `walk`, also what it
+    holds alone now (`_held_now`)."""
+    prefix = layout.build_dir(root, env, build_id)
+    now = _held_now(prefix) if walk else {}
     try:
-        record = dedup.read_record(layout.build_dir(root, env, build_id))
+        record = dedup.read_record(prefix)
     except RecordError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), **now}
     if record is None:
-        return None
+        return now or None
     return {
+        **now,
         "added_bytes": record.added_bytes,
         "bytes": record.bytes,
         "files": record.files,
@@ -204,6 +212,18 @@ def _disk(root: Path, env: str, build_id: str) -> dict[str, Any] | None:
         "how": "at deploy, from the content index: bytes of the files written, not "
         "hardlinked to an earlier build (if those builds are deleted since, the shared "
         "files are this build's alone)",
+    }
+
+
+def _held_now(prefix: Path) -> dict[str, Any]:
+    """What deleting this build alone would free now (`diskuse.disk_freed`): its deploy's
+    figure grows when a build it shared files with is deleted."""
+    freed = disk_freed([prefix])
+    return {
+        "alone_bytes": freed.freed,
+        "held_bytes": freed.bytes,
+        "shared_files_now": freed.shared,
+        "unreadable_entries": freed.unreadable,
     }
 
 
@@ -284,14 +304,22 @@ DISK_LEGEND = (
     "disk: 'adds' is what a build's deploy wrote; the rest of its files are hardlinks to "
     "identical read-only files of earlier builds, kept while any build links them"
 )
+DISK_NOW_LEGEND = (
+    "disk: 'alone now' is what deleting that build alone would free today (it grows as "
+    "builds it shares files with are deleted)"
+)
 
 
 def _disk_text(disk: dict[str, Any] | None) -> str:
-    """`adds 12.0 MB (1.48 GB of 1.49 GB hardlinked to earlier builds: 41230 files)`."""
+    """`adds 12.0 MB (1.48 GB of 1.49 GB hardlinked to earlier builds: 41230 files)`,
+    then (`status --disk`) `; alone now 14.2 MB of 1.49 GB (41100 files shared)`."""
     if not disk:
         return ""
+    now = _now_text(disk)
     if "error" in disk:
-        return f"  disk added unknown ({disk['error']})"
+        return f"  disk added unknown ({disk['error']}){now}"
+    if "added_bytes" not in disk:  # deployed in full, walked: only what it holds now
+        return f"  {now.lstrip('; ')}"
     if not disk["linked_files"]:
         shared = "nothing linked"
     else:
@@ -301,7 +329,18 @@ def _disk_text(disk: dict[str, Any] | None) -> str:
         )
     if disk["copied_files"]:
         shared += f"; {disk['copied_files']} copied, the filesystem refused a link"
-    return f"  adds {size_text(disk['added_bytes'])} ({shared})"
+    return f"  adds {size_text(disk['added_bytes'])} ({shared}){now}"
+
+
+def _now_text(disk: dict[str, Any]) -> str:
+    if "alone_bytes" not in disk:
+        return ""
+    text = f"; alone now {size_text(disk['alone_bytes'])} of {size_text(disk['held_bytes'])}"
+    if disk["shared_files_now"]:
+        text += f" ({disk['shared_files_now']} files shared with other builds)"
+    if disk["unreadable_entries"]:
+        text += f", {disk['unreadable_entries']} entries unreadable"
+    return text
 
 
 def size_text(nbytes: int) -> str:
@@ -353,6 +392,10 @@ def render_text(status: dict[str, Any]) -> str:
             lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{disk}{reason}")
     if legend:
         lines.append(DISK_LEGEND)
+    if any(
+        "alone_bytes" in (b.get("disk") or {}) for i in status["envs"].values() for b in i["builds"]
+    ):
+        lines.append(DISK_NOW_LEGEND)
     if status["kernels"]:
         lines.append("kernels:")
         for name, k in status["kernels"].items():

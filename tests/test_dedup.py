@@ -604,3 +604,32 @@ def test_disk_freed_counts_a_file_only_when_every_name_of_it_goes(tmp_path: Path
     assert abc.freed == abc.bytes == blocks("a", "b", "c", "a/x", "a/y", "a/z")
     gone = disk_freed([tmp_path / "missing"])
     assert (gone.builds, gone.freed, gone.unreadable) == (0, 0, 1)
+
+
+def test_status_disk_says_what_a_build_holds_alone_now(tmp_path: Path) -> None:
+    """`status --disk` walks the builds: what deleting one alone would free today. A
+    nightly that linked from an earlier build holds little alone; once that build is
+    deleted (retention's way: renamed out, then removed), it holds every file alone."""
+    config, site = write_site(tmp_path / "site")
+    first, second = deploy_in_turn(config, site, V1, V2)
+    shared = _inodes(first) & _inodes(second)
+
+    def disk_of(build: Path) -> dict:
+        status = json.loads(run_cli(config, "status", "--json", "--disk").stdout)
+        builds = {b["build_id"]: b for b in status["envs"]["demo"]["builds"]}
+        return builds[build.name]["disk"]
+
+    now = disk_of(second)
+    assert now["shared_files_now"] == len(shared) > 0 and now["unreadable_entries"] == 0
+    assert now["alone_bytes"] < now["held_bytes"]
+    assert now["added_bytes"] == dedup.read_record(second).added_bytes  # type: ignore[union-attr]
+    text = run_cli(config, "status", "--disk").stdout
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {second.name}")]
+    assert f"({len(shared)} files shared with other builds)" in line, text
+    assert status_module.DISK_NOW_LEGEND in text
+    assert "alone now" not in run_cli(config, "status").stdout  # no walk unless asked
+
+    retention.trash.discard(site.deploy_root, "demo", first)
+    later = disk_of(second)
+    assert later["shared_files_now"] == 0 and later["alone_bytes"] == later["held_bytes"]
+    assert later["added_bytes"] == now["added_bytes"]  # the deploy's figure does not move

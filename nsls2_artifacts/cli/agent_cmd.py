@@ -86,6 +86,14 @@ def _check_scan_privileges(log: Any) -> None:
 def status(
     config: ConfigOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    disk: Annotated[
+        bool,
+        typer.Option(
+            "--disk",
+            help="Also what each ready build holds alone now (walks every build: one lstat "
+            "per file)",
+        ),
+    ] = False,
     check_kernels: Annotated[
         bool,
         typer.Option(
@@ -101,7 +109,7 @@ def status(
 
     cfg = site(config)
     with reported_errors():
-        data = collect_status(cfg, open_store(cfg))
+        data = collect_status(cfg, open_store(cfg), walk_disk=disk)
     checks = []
     if check_kernels:
         from ..kernelcheck import check_kernels as run_checks
