@@ -377,7 +377,7 @@ def render_text(status: dict[str, Any]) -> str:
     if status["store_error"]:
         lines.append(f"  STORE UNAVAILABLE: {status['store_error']}")
     lines += _scan_lines(status.get("scans", {}))
-    legend = False  # the disk column explained once, under the builds, when shown
+    legend = walked = False  # the disk columns explained once, under the builds, when shown
     for env, info in status["envs"].items():
         hold = f" (held by rollback to {info['hold']['build_id']})" if info["hold"] else ""
         lines.append(f"env {env}: latest -> {info['latest'] or '-'}{hold}")
@@ -389,12 +389,11 @@ def render_text(status: dict[str, Any]) -> str:
             reason = f"  reason: {b['reason']}" if b["reason"] else ""
             disk = _disk_text(b.get("disk"))
             legend = legend or bool(disk)
+            walked = walked or "alone_bytes" in (b.get("disk") or {})
             lines.append(f"  {b['build_id']}  {b['state']:<11}{lts}{mark}{disk}{reason}")
     if legend:
         lines.append(DISK_LEGEND)
-    if any(
-        "alone_bytes" in (b.get("disk") or {}) for i in status["envs"].values() for b in i["builds"]
-    ):
+    if walked:
         lines.append(DISK_NOW_LEGEND)
     if status["kernels"]:
         lines.append("kernels:")

@@ -203,22 +203,12 @@ class LinkPlan:
 # -- where metadata calls run ------------------------------------------------------------------
 
 
-class _Latency:
+class _Latency(slowfs.Probe):
     """Whether one kind of metadata call (lstat, mkdir, link) is slow here, by its first
-    PROBE_CALLS (`slowfs.slow`)."""
+    PROBE_CALLS."""
 
     def __init__(self) -> None:
-        self.samples: list[float] = []
-        self.slow = False
-
-    @property
-    def probing(self) -> bool:
-        return len(self.samples) < PROBE_CALLS
-
-    def record(self, seconds: float) -> None:
-        self.samples.append(seconds)
-        if not self.probing:
-            self.slow = slowfs.slow(self.samples)
+        super().__init__(PROBE_CALLS)
 
 
 def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Latency) -> list[R]:
@@ -232,11 +222,9 @@ def _run_all(work: Callable[[list[T]], list[R]], items: list[T], latency: _Laten
     done: list[R] = []
     start = 0
     if latency.probing:
-        start = PROBE_CALLS - len(latency.samples)
-        results, seconds = slowfs.timed(lambda item: work([item]), items[:start])
-        for result, took in zip(results, seconds, strict=True):
+        start = latency.calls - len(latency.samples)
+        for result in latency.run(lambda item: work([item]), items[:start]):
             done += result
-            latency.record(took)
     rest = items[start:]
     if not rest:
         return done
@@ -758,7 +746,7 @@ class _Placer:
             )
         if self.links.probing:  # timed a few at once (`slowfs.timed`), then decided
             self.probe.append((source, path, entry))
-            if len(self.probe) + len(self.links.samples) >= PROBE_CALLS:
+            if len(self.probe) + len(self.links.samples) >= self.links.calls:
                 self._time_probe()
             return True
         if not self.links.slow:
@@ -779,11 +767,9 @@ class _Placer:
         return data_mode(member.mode)
 
     def _time_probe(self) -> None:
-        done, seconds = slowfs.timed(lambda link: self._link_all([link]), self.probe)
-        self.probe = []
-        for counts, took in zip(done, seconds, strict=True):
+        for counts in self.links.run(lambda link: self._link_all([link]), self.probe):
             self._count(counts)
-            self.links.record(took)
+        self.probe = []
 
     def _submit(self) -> None:
         if self.batch:

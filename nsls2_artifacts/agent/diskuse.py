@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BLOCK = 512  # st_blocks unit (POSIX), whatever the filesystem's block size
@@ -32,18 +32,37 @@ class DiskFreed:
     unreadable: int = 0  # entries that could not be read: counted as not freed
 
 
+@dataclass(frozen=True)
+class Held:
+    """One build walked: its directories' own blocks, and its files by (dev, ino) with
+    their names in it and their stat."""
+
+    dir_bytes: int = 0
+    files: dict[tuple[int, int], tuple[int, os.stat_result]] = field(default_factory=dict)
+    unreadable: int = 0
+    found: bool = True
+
+
 def disk_freed(prefixes: Iterable[Path]) -> DiskFreed:
     """What deleting every directory of `prefixes` together would free, in allocated
     blocks (one `lstat` per entry, by `os.scandir`)."""
-    names: dict[tuple[int, int], int] = {}  # (dev, ino) -> its names in the set
+    return freed_by([walk(prefix) for prefix in prefixes])
+
+
+def freed_by(builds: Iterable[Held]) -> DiskFreed:
+    """`disk_freed` of builds walked before (`walk`): a build walked once counts for every
+    set it is in."""
+    names: dict[tuple[int, int], int] = {}
     files: dict[tuple[int, int], os.stat_result] = {}
-    walk = _Walk()
-    for prefix in prefixes:
-        for st in walk.files(prefix):
-            key = (st.st_dev, st.st_ino)
-            names[key] = names.get(key, 0) + 1
+    count = allocated = unreadable = 0
+    for held in builds:
+        count += held.found
+        allocated += held.dir_bytes
+        unreadable += held.unreadable
+        for key, (here, st) in held.files.items():
+            names[key] = names.get(key, 0) + here
             files[key] = st
-    allocated = freed = walk.dir_bytes
+    freed = allocated
     shared = 0
     for key, st in files.items():
         allocated += st.st_blocks * BLOCK
@@ -51,37 +70,34 @@ def disk_freed(prefixes: Iterable[Path]) -> DiskFreed:
             freed += st.st_blocks * BLOCK
         else:
             shared += 1
-    return DiskFreed(walk.builds, allocated, freed, len(files), shared, walk.unreadable)
+    return DiskFreed(count, allocated, freed, len(files), shared, unreadable)
 
 
-class _Walk:
-    """Every non-directory under the prefixes walked, and the directories' own blocks
-    (freed with them: a build's directories are its own)."""
-
-    def __init__(self) -> None:
-        self.builds = self.dir_bytes = self.unreadable = 0
-
-    def files(self, prefix: Path) -> Iterator[os.stat_result]:
+def walk(prefix: Path) -> Held:
+    """Every entry under `prefix`, `lstat`ed once; a directory's own blocks are freed
+    with it (a build's directories are its own)."""
+    try:
+        dir_bytes = os.lstat(prefix).st_blocks * BLOCK
+    except OSError:
+        return Held(unreadable=1, found=False)
+    files: dict[tuple[int, int], tuple[int, os.stat_result]] = {}
+    unreadable = 0
+    stack = [str(prefix)]
+    while stack:
         try:
-            self.dir_bytes += os.lstat(prefix).st_blocks * BLOCK
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        unreadable += 1
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        dir_bytes += st.st_blocks * BLOCK
+                        stack.append(entry.path)
+                    else:
+                        key = (st.st_dev, st.st_ino)
+                        files[key] = (files[key][0] + 1 if key in files else 1, st)
         except OSError:
-            self.unreadable += 1
-            return
-        self.builds += 1
-        stack = [str(prefix)]
-        while stack:
-            try:
-                with os.scandir(stack.pop()) as entries:
-                    for entry in entries:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            self.unreadable += 1
-                            continue
-                        if stat.S_ISDIR(st.st_mode):
-                            self.dir_bytes += st.st_blocks * BLOCK
-                            stack.append(entry.path)
-                        else:
-                            yield st
-            except OSError:
-                self.unreadable += 1
+            unreadable += 1
+    return Held(dir_bytes, files, unreadable)

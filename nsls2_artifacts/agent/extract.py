@@ -375,7 +375,7 @@ class _Extraction:
         self.next_progress = time.monotonic() + progress_seconds
         self.inline = True  # writing in this thread until the probe says storage is slow
         self.probe: list[float] = []  # seconds per write, the last few
-        self.unjudged = True  # until the first PROBE_FILES writes were timed
+        self.first = slowfs.Probe(PROBE_FILES)  # the first writes, timed a few at once
         self.trial: list[tuple[str, bytes | memoryview, int, float]] = []  # to be timed
         self.trial_bytes = 0
 
@@ -458,10 +458,13 @@ class _Extraction:
     def write(self, path: str, data: bytes | memoryview, mode: int, mtime: float) -> None:
         """Write now (fast storage) or queue a write; writers get them in batches (one
         future per file costs more than writing a small file)."""
-        if self.unjudged:  # the first PROBE_FILES writes: timed a few at once
+        if self.first.probing:
             self.trial.append((path, data, mode, mtime))
             self.trial_bytes += len(data)
-            if len(self.trial) + len(self.probe) >= PROBE_FILES or self.trial_bytes >= BATCH_BYTES:
+            if (
+                len(self.trial) + len(self.first.samples) >= PROBE_FILES
+                or self.trial_bytes >= BATCH_BYTES
+            ):
                 self.time_trial()
             return
         if self.inline:
@@ -482,12 +485,8 @@ class _Extraction:
         +1 ms per create waits 16 round trips, not 64), and judge the storage once
         PROBE_FILES writes are timed."""
         writes, self.trial, self.trial_bytes = self.trial, [], 0
-        _, seconds = slowfs.timed(lambda w: _write_file(*w, self.chmod), writes)
-        self.probe += seconds
-        if len(self.probe) >= PROBE_FILES:
-            self.inline = not slowfs.slow(self.probe)  # if slow, the pool's for good
-            self.probe.clear()
-            self.unjudged = False
+        self.first.run(lambda w: _write_file(*w, self.chmod), writes)
+        self.inline = not self.first.slow  # if slow, the pool's for good
 
     def flush(self) -> None:
         if self.batch:

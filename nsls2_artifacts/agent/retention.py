@@ -366,8 +366,8 @@ def _delete(
             _unlink(layout.tombstone_path(root, env, build_id))
             # what the deletion gives back: a file other builds link stays (one walk more
             # than the removal's; it runs in the pass's retention step, after the flips)
-            freed = disk_freed([target]) if target is not None else None
             if target is not None:
+                freed = disk_freed([target])
                 trash.remove(target)
     except LockBusy:
         return RetentionDecision(

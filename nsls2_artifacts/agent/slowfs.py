@@ -56,6 +56,28 @@ class SharedPool:
 POOL = SharedPool()
 
 
+class Probe:
+    """Whether one kind of call is slow here, by the first `calls` of it (`slow`); `run`
+    makes and times them a few at once (`timed`)."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.samples: list[float] = []
+        self.slow = False
+
+    @property
+    def probing(self) -> bool:
+        return len(self.samples) < self.calls
+
+    def run(self, call: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`call` on every item (`timed`), their times counted; the results in order."""
+        results, seconds = timed(call, items)
+        self.samples += seconds
+        if not self.probing:
+            self.slow = slow(self.samples)
+        return results
+
+
 def timed(call: Callable[[T], R], items: Sequence[T]) -> tuple[list[R], list[float]]:
     """`call` on every item, PROBE_STRANDS at a time on the pool: the results in the
     items' order, and the seconds each call took. Returns once every call has ended

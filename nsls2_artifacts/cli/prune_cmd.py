@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .. import layout
 from ..agent import heartbeat as hb
-from ..agent.diskuse import DiskFreed, disk_freed
+from ..agent.diskuse import DiskFreed, freed_by, walk
 from ..agent.log import setup_logging
 from ..agent.retention import run_pass
 from ..records import RetentionDecision
@@ -66,15 +66,17 @@ _LATER = ("delete", "tombstone", "wait")
 
 def disk_lines(root: Path, decisions: list[RetentionDecision]) -> list[str]:
     """What the deletions give back: builds share unchanged files by hardlinks, so the
-    disk freed is what no build that stays still names (`agent/diskuse.py`)."""
+    disk freed is what no build that stays still names (`agent/diskuse.py`; each build
+    walked once)."""
     lines = []
     now = [d for d in decisions if d.action in _NOW]
     later = [d for d in decisions if d.action in _LATER]
+    held = {d: walk(layout.build_dir(root, d.env, d.build_id)) for d in later}
     if now:
-        freed = disk_freed(layout.build_dir(root, d.env, d.build_id) for d in now)
+        freed = freed_by(held[d] for d in now)
         lines.append(f"disk: deleting the {_builds(now)} marked 'would delete' {_freed(freed)}")
     if len(later) > len(now):  # some are tombstoned, deleted after the grace period
-        freed = disk_freed(layout.build_dir(root, d.env, d.build_id) for d in later)
+        freed = freed_by(held.values())
         lines.append(f"disk: once the {_builds(later)} on their way out are gone: {_freed(freed)}")
     return lines
 
